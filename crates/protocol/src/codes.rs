@@ -1,0 +1,126 @@
+//! Command and error codes: numeric newtypes with named constants, so that an
+//! unknown code survives a round trip and prints as hex.
+
+macro_rules! wire_code {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $( $(#[$cmeta:meta])* $konst:ident = $value:literal => $text:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u16);
+
+        impl $name {
+            $( $(#[$cmeta])* pub const $konst: Self = Self($value); )*
+
+            /// Every code this implementation knows, in numeric order.
+            pub const ALL: &'static [Self] = &[$(Self::$konst),*];
+
+            /// The stable snake_case name, if the code is known.
+            pub fn name(self) -> Option<&'static str> {
+                match self.0 {
+                    $( $value => Some($text), )*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self.name() {
+                    Some(name) => write!(f, "{}({})", name, self.0),
+                    None => write!(f, "{}(0x{:04x})", stringify!($name), self.0),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self.name() {
+                    Some(name) => f.write_str(name),
+                    None => write!(f, "0x{:04x}", self.0),
+                }
+            }
+        }
+    };
+}
+
+wire_code! {
+    /// What a request asks for (envelope element 2).
+    Command {
+        /// Version and limit negotiation.
+        HELLO = 1 => "hello",
+        /// Signer health report.
+        HEALTH = 2 => "health",
+        /// Resend selected parts of an earlier multi-part response.
+        FETCH_PARTS = 3 => "fetch_parts",
+        /// Issue an X.509 certificate by profile.
+        SIGN_X509 = 16 => "sign_x509",
+        /// Revoke an X.509 certificate.
+        REVOKE_X509 = 17 => "revoke_x509",
+        /// Fetch a CRL (full or as a difference).
+        FETCH_CRL = 18 => "fetch_crl",
+        /// Fetch the CA certificates this signer issues under.
+        CA_CERTS = 19 => "ca_certs",
+        /// Certify user IDs of an OpenPGP key.
+        CERTIFY_OPENPGP = 32 => "certify_openpgp",
+    }
+}
+
+wire_code! {
+    /// Outcome of a request (response envelope element 2). Zero is success.
+    Status {
+        /// Success; the body is the command's reply.
+        OK = 0 => "ok",
+        /// A frame failed its CRC check.
+        FRAME_CRC = 1 => "frame_crc",
+        /// A frame was longer than the receiver's limit.
+        FRAME_OVERSIZE = 2 => "frame_oversize",
+        /// A frame was not valid COBS.
+        FRAME_COBS = 3 => "frame_cobs",
+        /// A frame was too short to carry content and CRC.
+        FRAME_SHORT = 4 => "frame_short",
+        /// The frame content is not a valid request envelope.
+        MALFORMED_ENVELOPE = 10 => "malformed_envelope",
+        /// The envelope's protocol version is not supported.
+        UNSUPPORTED_VERSION = 11 => "unsupported_version",
+        /// The command code is not known.
+        UNKNOWN_COMMAND = 12 => "unknown_command",
+        /// The body does not match the command's schema.
+        MALFORMED_BODY = 13 => "malformed_body",
+        /// Too many requests in flight; retry later with the same id.
+        BUSY = 14 => "busy",
+        /// The request id was already used for a different request.
+        ID_CONFLICT = 15 => "id_conflict",
+        /// `fetch_parts` named a response the signer no longer holds.
+        UNKNOWN_RESPONSE = 16 => "unknown_response",
+        /// The command is known but not enabled on this signer.
+        NOT_ENABLED = 17 => "not_enabled",
+        /// The signer failed internally; the request had no effect.
+        INTERNAL = 50 => "internal",
+        /// The signer is shutting down; retry with the same id (also on the twin).
+        SHUTTING_DOWN = 51 => "shutting_down",
+    }
+}
+
+impl Status {
+    /// True for the status of a successful request.
+    pub fn is_ok(self) -> bool {
+        self == Status::OK
+    }
+
+    /// True where retrying the same request (same id) may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Status::FRAME_CRC
+                | Status::FRAME_COBS
+                | Status::FRAME_SHORT
+                | Status::BUSY
+                | Status::SHUTTING_DOWN
+                | Status::UNKNOWN_RESPONSE
+        )
+    }
+}

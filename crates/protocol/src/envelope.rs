@@ -1,0 +1,189 @@
+//! Request and response envelopes.
+//!
+//! ```text
+//! request  = [version, id, command, body]              (msgpack array of 4)
+//! response = [version, id, status, part, parts, data]  (msgpack array of 6)
+//! ```
+//!
+//! A request's body is one msgpack value embedded in the array. A response's
+//! body is msgpack-encoded, cut into `parts` pieces, and each piece travels as
+//! the `bin` element `data` of its own frame.
+
+use std::io::Cursor;
+
+use rmp::decode as d;
+use rmp::encode as e;
+
+use crate::{Command, Status, VERSION};
+
+/// Largest overhead of a response part's envelope, data excluded:
+/// array marker (1) + version (9) + id (9) + status (3) + part (5) + parts (5) + bin header (5).
+pub const RESPONSE_OVERHEAD: usize = 37;
+
+/// Why an envelope could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not an array of the right shape, or a field of the wrong type.
+    #[error("malformed envelope: {0}")]
+    Malformed(&'static str),
+    /// A well-formed envelope of a protocol version this side does not speak.
+    #[error("unsupported protocol version {version}")]
+    UnsupportedVersion {
+        /// The version the peer sent.
+        version: u64,
+        /// The request id, so the answer can be matched.
+        id: u64,
+    },
+}
+
+/// A request as read off the wire; the body is still msgpack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Request id chosen by the client; a retry reuses it.
+    pub id: u64,
+    /// What is asked for.
+    pub command: Command,
+    /// The body: exactly one msgpack value.
+    pub body: &'a [u8],
+}
+
+/// One frame's worth of a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsePart<'a> {
+    /// The id of the request answered (0 when the request could not be read).
+    pub id: u64,
+    /// Outcome.
+    pub status: Status,
+    /// Index of this part, from 0.
+    pub part: u32,
+    /// Number of parts (at least 1).
+    pub parts: u32,
+    /// This part's slice of the msgpack-encoded body.
+    pub data: &'a [u8],
+}
+
+/// Encodes a request envelope around an already msgpack-encoded body.
+pub fn encode_request(id: u64, command: Command, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    // Writing into a Vec cannot fail.
+    let _ = e::write_array_len(&mut out, 4);
+    let _ = e::write_uint(&mut out, VERSION);
+    let _ = e::write_uint(&mut out, id);
+    let _ = e::write_uint(&mut out, u64::from(command.0));
+    out.extend_from_slice(body);
+    out
+}
+
+fn read_u64(cursor: &mut Cursor<&[u8]>, what: &'static str) -> Result<u64, EnvelopeError> {
+    d::read_int(cursor).map_err(|_| EnvelopeError::Malformed(what))
+}
+
+fn read_u16(cursor: &mut Cursor<&[u8]>, what: &'static str) -> Result<u16, EnvelopeError> {
+    d::read_int(cursor).map_err(|_| EnvelopeError::Malformed(what))
+}
+
+fn read_u32(cursor: &mut Cursor<&[u8]>, what: &'static str) -> Result<u32, EnvelopeError> {
+    d::read_int(cursor).map_err(|_| EnvelopeError::Malformed(what))
+}
+
+/// Reads the version and id that start every envelope, checking the array length.
+fn read_head(
+    cursor: &mut Cursor<&[u8]>,
+    len: u32,
+    what: &'static str,
+) -> Result<(u64, u64), EnvelopeError> {
+    let n = d::read_array_len(cursor).map_err(|_| EnvelopeError::Malformed(what))?;
+    // The first two elements keep their meaning in every protocol version, so
+    // a peer speaking another version can still be told so, by id.
+    if n < 2 {
+        return Err(EnvelopeError::Malformed(what));
+    }
+    let version = read_u64(cursor, "version is not an unsigned integer")?;
+    let id = read_u64(cursor, "id is not an unsigned integer")?;
+    if version != VERSION {
+        return Err(EnvelopeError::UnsupportedVersion { version, id });
+    }
+    if n != len {
+        return Err(EnvelopeError::Malformed(what));
+    }
+    Ok((version, id))
+}
+
+/// Reads a request envelope. The body is returned as the remaining bytes; it
+/// is checked when the command decodes it.
+pub fn decode_request(content: &[u8]) -> Result<Request<'_>, EnvelopeError> {
+    let mut cursor = Cursor::new(content);
+    let (_, id) = read_head(&mut cursor, 4, "request is not an array of 4")?;
+    let command = Command(read_u16(&mut cursor, "command is not a 16-bit unsigned integer")?);
+    let at = usize::try_from(cursor.position()).unwrap_or(content.len());
+    let body = &content[at.min(content.len())..];
+    if body.is_empty() {
+        return Err(EnvelopeError::Malformed("request has no body"));
+    }
+    Ok(Request { id, command, body })
+}
+
+/// Encodes one response part.
+pub fn encode_response_part(part: &ResponsePart<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(part.data.len() + RESPONSE_OVERHEAD);
+    let data_len = u32::try_from(part.data.len()).unwrap_or(u32::MAX);
+    let _ = e::write_array_len(&mut out, 6);
+    let _ = e::write_uint(&mut out, VERSION);
+    let _ = e::write_uint(&mut out, part.id);
+    let _ = e::write_uint(&mut out, u64::from(part.status.0));
+    let _ = e::write_uint(&mut out, u64::from(part.part));
+    let _ = e::write_uint(&mut out, u64::from(part.parts));
+    let _ = e::write_bin_len(&mut out, data_len);
+    out.extend_from_slice(part.data);
+    out
+}
+
+/// Cuts an encoded response body into frame contents of at most
+/// `max_content` bytes each.
+pub fn encode_response(id: u64, status: Status, body: &[u8], max_content: usize) -> Vec<Vec<u8>> {
+    let chunk = max_content.saturating_sub(RESPONSE_OVERHEAD).max(1);
+    let pieces: Vec<&[u8]> = if body.is_empty() {
+        vec![body]
+    } else {
+        body.chunks(chunk).collect()
+    };
+    let parts = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
+    pieces
+        .iter()
+        .zip(0u32..)
+        .map(|(data, part)| {
+            encode_response_part(&ResponsePart {
+                id,
+                status,
+                part,
+                parts,
+                data,
+            })
+        })
+        .collect()
+}
+
+/// Reads one response part.
+pub fn decode_response_part(content: &[u8]) -> Result<ResponsePart<'_>, EnvelopeError> {
+    let mut cursor = Cursor::new(content);
+    let (_, id) = read_head(&mut cursor, 6, "response is not an array of 6")?;
+    let status = Status(read_u16(&mut cursor, "status is not a 16-bit unsigned integer")?);
+    let part = read_u32(&mut cursor, "part is not a 32-bit unsigned integer")?;
+    let parts = read_u32(&mut cursor, "parts is not a 32-bit unsigned integer")?;
+    if parts == 0 || part >= parts {
+        return Err(EnvelopeError::Malformed("part index out of range"));
+    }
+    let len = d::read_bin_len(&mut cursor).map_err(|_| EnvelopeError::Malformed("data is not bin"))?;
+    let at = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    match at.checked_add(len) {
+        Some(end) if end == content.len() => Ok(ResponsePart {
+            id,
+            status,
+            part,
+            parts,
+            data: &content[at..end],
+        }),
+        _ => Err(EnvelopeError::Malformed("data length does not match the frame")),
+    }
+}

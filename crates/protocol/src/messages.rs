@@ -1,0 +1,140 @@
+//! Bodies of the commands. Requests reject unknown fields (a client must not
+//! believe the signer honours a field it ignores); replies tolerate them (a
+//! newer signer may add fields).
+
+use serde::{Deserialize, Serialize};
+
+/// The body of a request that carries no arguments: an empty map.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// `hello` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Largest frame content (CRC excluded) the client accepts.
+    pub max_frame: u32,
+    /// Free-form client name and version, for the signer's log.
+    #[serde(default)]
+    pub client: String,
+}
+
+/// `hello` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// Protocol version in use (always the envelope version).
+    pub version: u64,
+    /// Every protocol version the signer speaks.
+    pub versions: Vec<u64>,
+    /// Largest frame content the signer accepts, and the largest it will send
+    /// (never above the client's `max_frame`).
+    pub max_frame: u32,
+    /// How many requests may await their response at once.
+    pub max_in_flight: u32,
+    /// Signer software name and version.
+    pub server: String,
+    /// This signer's name (distinguishes twins).
+    pub signer_id: String,
+    /// Commands this signer has enabled.
+    pub commands: Vec<u16>,
+}
+
+/// `fetch_parts` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchParts {
+    /// The id of the earlier request whose response is wanted.
+    pub id: u64,
+    /// Part indices to resend; empty means all.
+    pub parts: Vec<u32>,
+}
+
+/// `fetch_parts` reply, sent after the resent parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchPartsReply {
+    /// How many parts were resent.
+    pub resent: u32,
+}
+
+/// Body of every response whose status is not `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Machine-readable detail where a status has some (for example the
+    /// profile rule that failed); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Overall health verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Everything works.
+    Ok,
+    /// Serving, but something needs attention (see `checks`).
+    Degraded,
+    /// Cannot serve its main purpose (for example no signing key usable).
+    Failing,
+}
+
+/// Counters of the serial link as the signer sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStats {
+    /// Frames received that passed every check.
+    pub frames_ok: u64,
+    /// Frames rejected for their CRC.
+    pub frames_bad_crc: u64,
+    /// Frames rejected as invalid COBS.
+    pub frames_bad_cobs: u64,
+    /// Frames rejected as too long.
+    pub frames_oversize: u64,
+    /// Frames rejected as too short.
+    pub frames_short: u64,
+    /// Frames whose envelope or body could not be read.
+    pub malformed: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Responses sent again for a retried request id.
+    pub replayed: u64,
+    /// Retries that arrived while the original was still being executed.
+    pub duplicates_in_flight: u64,
+    /// Requests refused with `busy`.
+    pub busy: u64,
+    /// Times the serial device was (re)opened.
+    pub opens: u64,
+}
+
+/// One named check in a health report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked, e.g. `link` or `hsm:root-2026`.
+    pub name: String,
+    /// Its verdict.
+    pub status: HealthStatus,
+    /// Details for a person.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// `health` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReply {
+    /// The worst status among the checks.
+    pub status: HealthStatus,
+    /// Signer software version.
+    pub version: String,
+    /// This signer's name.
+    pub signer_id: String,
+    /// The signer's clock: milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// Serial link counters.
+    pub link: LinkStats,
+    /// Individual checks.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}

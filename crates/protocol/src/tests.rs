@@ -1,0 +1,183 @@
+use super::*;
+
+/// Test vectors exactly as printed in docs/protocol.md ("Test vectors").
+/// Each is (content hex, frame hex).
+const HELLO: (&str, &str) = (
+    "9401010182a96d61785f6672616d65cd1000a6636c69656e74a464656d6f",
+    "129401010182a96d61785f6672616d65cd1011a6636c69656e74a464656d6fe7e19bcf00",
+);
+const HEALTH: (&str, &str) = ("9401020280", "0a94010202808612246400");
+const UNKNOWN_COMMAND: (&str, &str) = (
+    "9601030c0001c42081a76d657373616765b6756e6b6e6f776e20636f6d6d616e6420307830306666",
+    "059601030c2801c42081a76d657373616765b6756e6b6e6f776e20636f6d6d616e6420307830306666a4398dec00",
+);
+const FETCH_PARTS: (&str, &str) = (
+    "9401040382a2696403a57061727473920102",
+    "179401040382a2696403a5706172747392010214177f8f00",
+);
+
+fn check_frame(vector: (&str, &str)) -> Vec<u8> {
+    let content = hex::decode(vector.0).unwrap();
+    assert_eq!(hex::encode(signer_frame::encode(&content)), vector.1);
+    content
+}
+
+#[test]
+fn hello_request_vector() {
+    let content = check_frame(HELLO);
+    let body = encode_body(&msg::Hello {
+        max_frame: 4096,
+        client: "demo".into(),
+    });
+    assert_eq!(encode_request(1, Command::HELLO, &body), content);
+    let request = decode_request(&content).unwrap();
+    assert_eq!((request.id, request.command), (1, Command::HELLO));
+}
+
+#[test]
+fn health_request_vector() {
+    let content = check_frame(HEALTH);
+    assert_eq!(encode_request(2, Command::HEALTH, &encode_body(&msg::Empty {})), content);
+}
+
+#[test]
+fn error_response_vector() {
+    let content = check_frame(UNKNOWN_COMMAND);
+    let body = encode_body(&msg::ErrorBody {
+        message: "unknown command 0x00ff".into(),
+        detail: String::new(),
+    });
+    let parts = encode_response(3, Status::UNKNOWN_COMMAND, &body, 4096);
+    assert_eq!(parts, vec![content.clone()]);
+    let part = decode_response_part(&content).unwrap();
+    assert_eq!((part.id, part.status, part.part, part.parts), (3, Status::UNKNOWN_COMMAND, 0, 1));
+    let err: msg::ErrorBody = decode_body(part.data).unwrap();
+    assert_eq!(err.message, "unknown command 0x00ff");
+}
+
+#[test]
+fn fetch_parts_vector() {
+    let content = check_frame(FETCH_PARTS);
+    let body = encode_body(&msg::FetchParts {
+        id: 3,
+        parts: vec![1, 2],
+    });
+    assert_eq!(encode_request(4, Command::FETCH_PARTS, &body), content);
+}
+
+#[test]
+fn unsupported_version_keeps_the_id() {
+    // [2, 9, 2, {}]
+    let content = hex::decode("9402090280").unwrap();
+    assert_eq!(
+        decode_request(&content),
+        Err(EnvelopeError::UnsupportedVersion { version: 2, id: 9 })
+    );
+}
+
+#[test]
+fn malformed_envelopes() {
+    for (hex, why) in [
+        ("80", "a map"),
+        ("9301020280", "array of 3"),
+        ("940102", "truncated"),
+        ("940102a1780080", "string command"),
+        ("9401020200", "array of 4 missing body"),
+        ("94010203", "no body"),
+        ("940102cdffff80", "never mind: valid"),
+    ] {
+        let content = hex::decode(hex).unwrap();
+        let result = decode_request(&content);
+        if why.starts_with("never mind") {
+            assert!(result.is_ok(), "{why}");
+        } else if why == "array of 4 missing body" {
+            // 0x00 is a valid msgpack value (0), so the body exists; the
+            // command decides whether it is acceptable.
+            assert!(result.is_ok());
+            assert!(decode_body::<msg::Empty>(result.unwrap().body).is_err());
+        } else {
+            assert!(matches!(result, Err(EnvelopeError::Malformed(_))), "{why}: {result:?}");
+        }
+    }
+}
+
+#[test]
+fn bodies_reject_unknown_fields_and_trailing_bytes() {
+    let with_extra = hex::decode("81a178c3").unwrap(); // {"x": true}
+    assert!(decode_body::<msg::Empty>(&with_extra).is_err());
+    let trailing = hex::decode("8080").unwrap();
+    assert!(decode_body::<msg::Empty>(&trailing).is_err());
+}
+
+#[test]
+fn codes_print_names_or_hex() {
+    assert_eq!(Status::BUSY.to_string(), "busy");
+    assert_eq!(Status(999).to_string(), "0x03e7");
+    assert_eq!(format!("{:?}", Command(0xff)), "Command(0x00ff)");
+    assert_eq!(Command::SIGN_X509.name(), Some("sign_x509"));
+}
+
+#[test]
+fn multi_part_round_trip_with_reassembly() {
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let parts = encode_response(42, Status::OK, &body, 1024);
+    assert!(parts.len() > 10);
+    assert!(parts.iter().all(|p| p.len() <= 1024));
+    let decoded: Vec<_> = parts.iter().map(|p| decode_response_part(p).unwrap()).collect();
+    // Deliver in reverse, with a duplicate.
+    let mut re = Reassembly::new(&decoded[decoded.len() - 1], 100).unwrap();
+    assert_eq!(re.missing().len(), decoded.len() - 1);
+    for p in decoded.iter().rev() {
+        re.add(p).unwrap();
+    }
+    assert!(re.is_complete());
+    assert_eq!(re.into_body().unwrap(), body);
+}
+
+#[test]
+fn reassembly_rejects_mismatched_parts() {
+    let parts = encode_response(1, Status::OK, &[1u8; 3000], 1024);
+    let first = decode_response_part(&parts[0]).unwrap();
+    let mut re = Reassembly::new(&first, 10).unwrap();
+    let other = encode_response(1, Status::INTERNAL, &[1u8; 3000], 1024);
+    assert!(re.add(&decode_response_part(&other[1]).unwrap()).is_err());
+    assert!(Reassembly::new(&first, 1).is_err());
+}
+
+proptest::proptest! {
+    #[test]
+    fn random_content_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        if let Ok(request) = decode_request(&data) {
+            let _ = decode_body::<msg::Hello>(request.body);
+            let _ = decode_body::<msg::FetchParts>(request.body);
+        }
+        let _ = decode_response_part(&data);
+    }
+
+    #[test]
+    fn request_round_trip(id in proptest::num::u64::ANY, cmd in proptest::num::u16::ANY, max_frame in proptest::num::u32::ANY) {
+        let body = encode_body(&msg::Hello { max_frame, client: "p".into() });
+        let content = encode_request(id, Command(cmd), &body);
+        let request = decode_request(&content).unwrap();
+        proptest::prop_assert_eq!(request.id, id);
+        proptest::prop_assert_eq!(request.command, Command(cmd));
+        proptest::prop_assert_eq!(decode_body::<msg::Hello>(request.body).unwrap().max_frame, max_frame);
+    }
+
+    #[test]
+    fn response_round_trip(id in proptest::num::u64::ANY, status in proptest::num::u16::ANY,
+                           body in proptest::collection::vec(proptest::num::u8::ANY, 0..5000),
+                           max in 40usize..3000) {
+        let parts = encode_response(id, Status(status), &body, max);
+        let mut re: Option<Reassembly> = None;
+        for p in &parts {
+            proptest::prop_assert!(p.len() <= max.max(RESPONSE_OVERHEAD + 1));
+            let part = decode_response_part(p).unwrap();
+            match re.as_mut() {
+                None => re = Some(Reassembly::new(&part, u32::MAX).unwrap()),
+                Some(r) => r.add(&part).unwrap(),
+            }
+        }
+        proptest::prop_assert_eq!(re.unwrap().into_body().unwrap(), body);
+    }
+}
