@@ -1,0 +1,541 @@
+//! The protocol engine: frames in, frames out, every request executed once.
+//!
+//! ```text
+//! frame ─► envelope ─► (id, digest) in cache? ─ done ──► replay the stored frames
+//!                                 │            └ running ► drop (its answer will come)
+//!                                 └ new ─► route ─► inline or worker pool ─► store + send
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use signer_frame::FrameError;
+use signer_protocol::{
+    decode_body, decode_request, encode_body, encode_response, msg, Command, EnvelopeError,
+    Request, Status, DEFAULT_MAX_FRAME, VERSION,
+};
+use tracing::{debug, info, warn};
+
+use crate::router::{CallContext, Failure, Placement, Router};
+
+/// Limits of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This signer's name.
+    pub signer_id: String,
+    /// Largest frame content accepted and sent.
+    pub max_frame: u32,
+    /// Requests that may be executing or queued at once.
+    pub max_in_flight: u32,
+    /// Completed responses kept for retries, by count.
+    pub cache_entries: usize,
+    /// Completed responses kept for retries, by encoded size.
+    pub cache_bytes: usize,
+    /// Worker threads for pooled commands.
+    pub workers: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            signer_id: "signer".into(),
+            max_frame: 16384,
+            max_in_flight: 16,
+            cache_entries: 4096,
+            cache_bytes: 64 << 20,
+            workers: 2,
+        }
+    }
+}
+
+/// Contributes checks to the health report (HSM keys, repository, …).
+pub trait HealthSource: Send + Sync + 'static {
+    /// Current checks; must not block for long.
+    fn checks(&self) -> Vec<msg::Check>;
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_ok: AtomicU64,
+    bad_crc: AtomicU64,
+    bad_cobs: AtomicU64,
+    oversize: AtomicU64,
+    short: AtomicU64,
+    malformed: AtomicU64,
+    sent: AtomicU64,
+    replayed: AtomicU64,
+    duplicates: AtomicU64,
+    busy: AtomicU64,
+    opens: AtomicU64,
+}
+
+type Digest32 = [u8; 32];
+
+enum Entry {
+    Running { digest: Digest32 },
+    Done { digest: Digest32, frames: Arc<Vec<Vec<u8>>> },
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<u64, Entry>,
+    order: VecDeque<u64>,
+    bytes: usize,
+    running: u32,
+}
+
+struct Job {
+    ctx: CallContext,
+    digest: Digest32,
+    body: Vec<u8>,
+    out: Sender<Vec<u8>>,
+}
+
+/// The engine. Cheap to share: clone the `Arc`.
+pub struct Engine {
+    config: EngineConfig,
+    router: Router,
+    cache: Mutex<Cache>,
+    counters: Counters,
+    peer_max_frame: AtomicU32,
+    started: Instant,
+    health: Vec<Arc<dyn HealthSource>>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    stopping: AtomicBool,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Where encoded frames (wire bytes, delimiter included) go.
+pub type Outbox = Sender<Vec<u8>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside a handler is caught per job; a poisoned lock only means
+    // a panic happened while held, and the data is still consistent enough to serve.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn digest(command: Command, body: &[u8]) -> Digest32 {
+    let mut h = Sha256::new();
+    h.update(command.0.to_be_bytes());
+    h.update(body);
+    h.finalize().into()
+}
+
+impl Engine {
+    /// Builds the engine and starts its worker threads.
+    pub fn start(config: EngineConfig, router: Router, health: Vec<Arc<dyn HealthSource>>) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let engine = Arc::new(Engine {
+            peer_max_frame: AtomicU32::new(DEFAULT_MAX_FRAME.min(config.max_frame)),
+            config,
+            router,
+            cache: Mutex::new(Cache::default()),
+            counters: Counters::default(),
+            started: Instant::now(),
+            health,
+            jobs: Mutex::new(Some(tx)),
+            stopping: AtomicBool::new(false),
+            workers: Mutex::new(Vec::new()),
+        });
+        let rx = Arc::new(Mutex::new(rx));
+        let mut handles = lock(&engine.workers);
+        for worker in 0..engine.config.workers.max(1) {
+            let rx = Arc::clone(&rx);
+            let weak = Arc::downgrade(&engine);
+            let spawned = std::thread::Builder::new()
+                .name(format!("worker-{worker}"))
+                .spawn(move || worker_loop(worker, rx, weak));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => warn!(worker, cause = %e, "could not start worker thread"),
+            }
+        }
+        drop(handles);
+        engine
+    }
+
+    /// The engine's limits.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Records that the serial device was (re)opened.
+    pub fn note_open(&self) {
+        self.counters.opens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refuses new work from now on and waits up to `grace` for running requests.
+    pub fn shutdown(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        while lock(&self.cache).running > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lock(&self.jobs).take();
+        let handles = std::mem::take(&mut *lock(&self.workers));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+
+    /// Requests currently executing or queued.
+    pub fn running(&self) -> u32 {
+        lock(&self.cache).running
+    }
+
+    fn send(&self, out: &Outbox, frames: &[Vec<u8>]) {
+        for frame in frames {
+            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            // The receiver only goes away when the daemon stops.
+            let _ = out.send(frame.clone());
+        }
+    }
+
+    fn respond_uncached(&self, out: &Outbox, id: u64, failure: &Failure) {
+        let frames = self.encode(id, failure.status, &failure.body());
+        self.send(out, &frames);
+    }
+
+    fn encode(&self, id: u64, status: Status, body: &[u8]) -> Vec<Vec<u8>> {
+        let max = self.peer_max_frame.load(Ordering::Relaxed) as usize;
+        encode_response(id, status, body, max)
+            .iter()
+            .map(|content| signer_frame::encode(content))
+            .collect()
+    }
+
+    /// Handles one decoded frame (or frame error) from the link.
+    pub fn on_frame(self: &Arc<Self>, frame: Result<Vec<u8>, FrameError>, out: &Outbox) {
+        let content = match frame {
+            Ok(content) => {
+                self.counters.frames_ok.fetch_add(1, Ordering::Relaxed);
+                content
+            }
+            Err(err) => {
+                let (counter, status) = match err {
+                    FrameError::Crc { .. } => (&self.counters.bad_crc, Status::FRAME_CRC),
+                    FrameError::Cobs => (&self.counters.bad_cobs, Status::FRAME_COBS),
+                    FrameError::Oversize { .. } => (&self.counters.oversize, Status::FRAME_OVERSIZE),
+                    FrameError::TooShort { .. } => (&self.counters.short, Status::FRAME_SHORT),
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                debug!(cause = %err, "rejected frame");
+                self.respond_uncached(out, 0, &Failure::new(status, err.to_string()));
+                return;
+            }
+        };
+        match decode_request(&content) {
+            Ok(request) => self.on_request(request, out),
+            Err(EnvelopeError::UnsupportedVersion { version, id }) => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                let failure = Failure::new(
+                    Status::UNSUPPORTED_VERSION,
+                    format!("protocol version {version} is not supported; supported: {VERSION}"),
+                )
+                .with_detail(VERSION.to_string());
+                self.respond_uncached(out, id, &failure);
+            }
+            Err(err @ EnvelopeError::Malformed(_)) => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                self.respond_uncached(out, 0, &Failure::new(Status::MALFORMED_ENVELOPE, err.to_string()));
+            }
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, request: Request<'_>, out: &Outbox) {
+        let id = request.id;
+        if request.command == Command::FETCH_PARTS {
+            self.fetch_parts(id, request.body, out);
+            return;
+        }
+        let digest = digest(request.command, request.body);
+        let placement = {
+            let mut cache = lock(&self.cache);
+            match cache.entries.get(&id) {
+                Some(Entry::Done { digest: d, frames }) if *d == digest => {
+                    let frames = Arc::clone(frames);
+                    drop(cache);
+                    self.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    debug!(req_id = id, "replaying stored response");
+                    self.send(out, &frames);
+                    return;
+                }
+                Some(Entry::Running { digest: d }) if *d == digest => {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    debug!(req_id = id, "retry of a running request ignored");
+                    return;
+                }
+                Some(_) => {
+                    drop(cache);
+                    let failure = Failure::new(
+                        Status::ID_CONFLICT,
+                        format!("request id {id} was already used for a different request"),
+                    );
+                    self.respond_uncached(out, id, &failure);
+                    return;
+                }
+                None => {}
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                drop(cache);
+                let failure = Failure::new(Status::SHUTTING_DOWN, "the signer is shutting down");
+                self.respond_uncached(out, id, &failure);
+                return;
+            }
+            let placement = match request.command {
+                Command::HELLO | Command::HEALTH => Placement::Inline,
+                command => match self.router.get(command) {
+                    Some(route) => route.placement,
+                    None => {
+                        drop(cache);
+                        let failure = Failure::new(
+                            Status::UNKNOWN_COMMAND,
+                            format!("unknown command {}", command_label(command)),
+                        );
+                        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        self.respond_uncached(out, id, &failure);
+                        return;
+                    }
+                },
+            };
+            if cache.running >= self.config.max_in_flight {
+                drop(cache);
+                self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                let failure = Failure::new(
+                    Status::BUSY,
+                    format!("{} requests in flight; retry with the same id", self.config.max_in_flight),
+                );
+                self.respond_uncached(out, id, &failure);
+                return;
+            }
+            cache.running += 1;
+            cache.entries.insert(id, Entry::Running { digest });
+            placement
+        };
+        let ctx = CallContext {
+            id,
+            command: request.command,
+            worker: 0,
+        };
+        match placement {
+            Placement::Inline => {
+                let result = self.execute(&ctx, request.body);
+                self.complete(ctx, digest, result, out);
+            }
+            Placement::Pool => {
+                let job = Job {
+                    ctx,
+                    digest,
+                    body: request.body.to_vec(),
+                    out: out.clone(),
+                };
+                let refused = match lock(&self.jobs).as_ref() {
+                    Some(jobs) => jobs.send(job).err().map(|e| e.0),
+                    None => Some(job),
+                };
+                if let Some(job) = refused {
+                    let failure = Failure::new(Status::SHUTTING_DOWN, "the signer is shutting down");
+                    self.forget(id);
+                    self.respond_uncached(&job.out, id, &failure);
+                }
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        let mut cache = lock(&self.cache);
+        if let Some(Entry::Running { .. }) = cache.entries.remove(&id) {
+            cache.running = cache.running.saturating_sub(1);
+        }
+    }
+
+    fn execute(&self, ctx: &CallContext, body: &[u8]) -> Result<Vec<u8>, Failure> {
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ctx.command {
+            Command::HELLO => self.hello(body),
+            Command::HEALTH => self.health(body),
+            command => match self.router.get(command) {
+                Some(route) => route.handler.call(ctx, body),
+                None => Err(Failure::new(Status::UNKNOWN_COMMAND, "unknown command")),
+            },
+        }))
+        .unwrap_or_else(|_| Err(Failure::new(Status::INTERNAL, "internal error while executing the request")));
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(_) => debug!(req_id = ctx.id, cmd = %ctx.command, elapsed_ms, "request done"),
+            Err(f) => info!(req_id = ctx.id, cmd = %ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed"),
+        }
+        result
+    }
+
+    fn complete(&self, ctx: CallContext, digest: Digest32, result: Result<Vec<u8>, Failure>, out: &Outbox) {
+        let frames = match result {
+            Ok(body) => self.encode(ctx.id, Status::OK, &body),
+            Err(failure) => self.encode(ctx.id, failure.status, &failure.body()),
+        };
+        let frames = Arc::new(frames);
+        {
+            let mut cache = lock(&self.cache);
+            cache.running = cache.running.saturating_sub(1);
+            cache.bytes += frames.iter().map(Vec::len).sum::<usize>();
+            cache.entries.insert(
+                ctx.id,
+                Entry::Done {
+                    digest,
+                    frames: Arc::clone(&frames),
+                },
+            );
+            cache.order.push_back(ctx.id);
+            self.evict(&mut cache);
+        }
+        self.send(out, &frames);
+    }
+
+    fn evict(&self, cache: &mut Cache) {
+        while cache.order.len() > self.config.cache_entries || cache.bytes > self.config.cache_bytes {
+            let Some(old) = cache.order.pop_front() else { break };
+            if let Some(Entry::Done { frames, .. }) = cache.entries.get(&old) {
+                cache.bytes -= frames.iter().map(Vec::len).sum::<usize>();
+                cache.entries.remove(&old);
+            }
+        }
+    }
+
+    fn fetch_parts(&self, id: u64, body: &[u8], out: &Outbox) {
+        let request: msg::FetchParts = match decode_body(body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                self.respond_uncached(out, id, &Failure::new(Status::MALFORMED_BODY, e.0));
+                return;
+            }
+        };
+        let frames = match lock(&self.cache).entries.get(&request.id) {
+            Some(Entry::Done { frames, .. }) => Some(Arc::clone(frames)),
+            Some(Entry::Running { .. }) => None,
+            None => {
+                let failure = Failure::new(
+                    Status::UNKNOWN_RESPONSE,
+                    format!("no stored response for request id {}; send the request again", request.id),
+                );
+                self.respond_uncached(out, id, &failure);
+                return;
+            }
+        };
+        let mut resent = 0u32;
+        if let Some(frames) = frames {
+            let wanted: Vec<&Vec<u8>> = if request.parts.is_empty() {
+                frames.iter().collect()
+            } else {
+                request
+                    .parts
+                    .iter()
+                    .filter_map(|&p| frames.get(p as usize))
+                    .collect()
+            };
+            for frame in wanted {
+                self.send(out, std::slice::from_ref(frame));
+                resent += 1;
+            }
+            self.counters.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        let frames = self.encode(id, Status::OK, &encode_body(&msg::FetchPartsReply { resent }));
+        self.send(out, &frames);
+    }
+
+    fn hello(&self, body: &[u8]) -> Result<Vec<u8>, Failure> {
+        let hello: msg::Hello = decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
+        if (hello.max_frame as usize) < signer_frame::MIN_MAX_CONTENT {
+            return Err(Failure::new(
+                Status::MALFORMED_BODY,
+                format!("max_frame {} is below the protocol minimum {}", hello.max_frame, signer_frame::MIN_MAX_CONTENT),
+            ));
+        }
+        let max_frame = hello.max_frame.min(self.config.max_frame);
+        self.peer_max_frame.store(max_frame, Ordering::Relaxed);
+        info!(client = %hello.client, max_frame, "hello");
+        let mut commands = vec![Command::HELLO.0, Command::HEALTH.0, Command::FETCH_PARTS.0];
+        commands.extend(self.router.commands().map(|c| c.0));
+        Ok(encode_body(&msg::HelloReply {
+            version: VERSION,
+            versions: vec![VERSION],
+            max_frame,
+            max_in_flight: self.config.max_in_flight,
+            server: format!("signerd {}", env!("CARGO_PKG_VERSION")),
+            signer_id: self.config.signer_id.clone(),
+            commands,
+        }))
+    }
+
+    /// The link counters as reported in `health`.
+    pub fn link_stats(&self) -> msg::LinkStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        msg::LinkStats {
+            frames_ok: get(&c.frames_ok),
+            frames_bad_crc: get(&c.bad_crc),
+            frames_bad_cobs: get(&c.bad_cobs),
+            frames_oversize: get(&c.oversize),
+            frames_short: get(&c.short),
+            malformed: get(&c.malformed),
+            frames_sent: get(&c.sent),
+            replayed: get(&c.replayed),
+            duplicates_in_flight: get(&c.duplicates),
+            busy: get(&c.busy),
+            opens: get(&c.opens),
+        }
+    }
+
+    /// The health report.
+    pub fn health_report(&self) -> msg::HealthReply {
+        let checks: Vec<msg::Check> = self.health.iter().flat_map(|s| s.checks()).collect();
+        let status = checks
+            .iter()
+            .map(|c| c.status)
+            .max_by_key(|s| match s {
+                msg::HealthStatus::Ok => 0,
+                msg::HealthStatus::Degraded => 1,
+                msg::HealthStatus::Failing => 2,
+            })
+            .unwrap_or(msg::HealthStatus::Ok);
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        msg::HealthReply {
+            status,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            signer_id: self.config.signer_id.clone(),
+            time_ms,
+            uptime_s: self.started.elapsed().as_secs(),
+            link: self.link_stats(),
+            checks,
+        }
+    }
+
+    fn health(&self, body: &[u8]) -> Result<Vec<u8>, Failure> {
+        let _: msg::Empty = decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
+        Ok(encode_body(&self.health_report()))
+    }
+}
+
+fn command_label(command: Command) -> String {
+    format!("0x{:04x}", command.0)
+}
+
+fn worker_loop(worker: usize, rx: Arc<Mutex<Receiver<Job>>>, engine: std::sync::Weak<Engine>) {
+    loop {
+        let job = match lock(&rx).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let Some(engine) = engine.upgrade() else { return };
+        let ctx = CallContext { worker, ..job.ctx };
+        let result = engine.execute(&ctx, &job.body);
+        engine.complete(ctx, job.digest, result, &job.out);
+    }
+}

@@ -1,0 +1,277 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use signer_frame::Decoder;
+use signer_protocol::{decode_body, decode_response_part, encode_body, encode_request, msg, Command, Status};
+
+use crate::{typed, CallContext, Engine, EngineConfig, Failure, Placement, Router};
+
+const ECHO: Command = Command(0x100);
+const SLOW: Command = Command(0x101);
+const BIG: Command = Command(0x102);
+const PANIC: Command = Command(0x103);
+
+struct Harness {
+    engine: Arc<Engine>,
+    out: mpsc::Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+    echo_calls: Arc<AtomicUsize>,
+    gate: Arc<Mutex<()>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Echo {
+    n: u64,
+}
+
+fn harness(config: EngineConfig) -> Harness {
+    let echo_calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Mutex::new(()));
+    let calls = Arc::clone(&echo_calls);
+    let g = Arc::clone(&gate);
+    let router = Router::new()
+        .route(
+            ECHO,
+            Placement::Pool,
+            typed(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(e)
+            }),
+        )
+        .route(
+            SLOW,
+            Placement::Pool,
+            typed(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
+                let _held = g.lock();
+                Ok(e)
+            }),
+        )
+        .route(
+            BIG,
+            Placement::Pool,
+            typed(|_: &CallContext, e: Echo| -> Result<Vec<u64>, Failure> { Ok((0..e.n).collect()) }),
+        )
+        .route(
+            PANIC,
+            Placement::Pool,
+            typed(|_: &CallContext, _: Echo| -> Result<Echo, Failure> { panic!("handler bug") }),
+        );
+    let engine = Engine::start(config, router, Vec::new());
+    let (out, rx) = mpsc::channel();
+    Harness {
+        engine,
+        out,
+        rx,
+        echo_calls,
+        gate,
+    }
+}
+
+impl Harness {
+    fn send(&self, id: u64, command: Command, body: &[u8]) {
+        let content = encode_request(id, command, body);
+        self.engine.on_frame(Ok(content), &self.out);
+    }
+
+    fn send_raw(&self, wire: &[u8]) {
+        let mut decoder = Decoder::new(self.engine.config().max_frame as usize);
+        let mut input = wire;
+        while let Some(frame) = decoder.decode(&mut input) {
+            self.engine.on_frame(frame, &self.out);
+        }
+    }
+
+    /// Next response frame, decoded: (id, status, part, parts, data).
+    fn next(&self) -> (u64, Status, u32, u32, Vec<u8>) {
+        let wire = self.rx.recv_timeout(Duration::from_secs(5)).expect("a response frame");
+        let mut decoder = Decoder::new(1 << 20);
+        let mut input = &wire[..];
+        let content = decoder.decode(&mut input).unwrap().unwrap();
+        let p = decode_response_part(&content).unwrap();
+        (p.id, p.status, p.part, p.parts, p.data.to_vec())
+    }
+
+    fn nothing_more(&self) {
+        assert!(self.rx.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+}
+
+fn echo(n: u64) -> Vec<u8> {
+    encode_body(&Echo { n })
+}
+
+#[test]
+fn hello_negotiates_the_smaller_frame_limit() {
+    let h = harness(EngineConfig {
+        max_frame: 8192,
+        ..EngineConfig::default()
+    });
+    h.send(1, Command::HELLO, &encode_body(&msg::Hello { max_frame: 100_000, client: "t".into() }));
+    let (id, status, _, _, data) = h.next();
+    assert_eq!((id, status), (1, Status::OK));
+    let reply: msg::HelloReply = decode_body(&data).unwrap();
+    assert_eq!(reply.max_frame, 8192);
+    assert!(reply.commands.contains(&ECHO.0));
+    h.send(2, Command::HELLO, &encode_body(&msg::Hello { max_frame: 10, client: String::new() }));
+    assert_eq!(h.next().1, Status::MALFORMED_BODY);
+}
+
+#[test]
+fn a_retried_id_is_answered_from_the_cache_and_executed_once() {
+    let h = harness(EngineConfig::default());
+    h.send(7, ECHO, &echo(1));
+    let first = h.next();
+    h.send(7, ECHO, &echo(1));
+    let second = h.next();
+    assert_eq!(first, second);
+    assert_eq!(h.echo_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(h.engine.link_stats().replayed, 1);
+}
+
+#[test]
+fn a_retry_while_running_is_not_executed_again() {
+    let h = harness(EngineConfig::default());
+    let held = h.gate.lock().unwrap();
+    h.send(9, SLOW, &echo(3));
+    h.send(9, SLOW, &echo(3));
+    h.nothing_more();
+    drop(held);
+    assert_eq!(h.next().0, 9);
+    h.nothing_more();
+    assert_eq!(h.engine.link_stats().duplicates_in_flight, 1);
+}
+
+#[test]
+fn reusing_an_id_for_another_request_is_refused() {
+    let h = harness(EngineConfig::default());
+    h.send(5, ECHO, &echo(1));
+    h.next();
+    h.send(5, ECHO, &echo(2));
+    let (id, status, ..) = h.next();
+    assert_eq!((id, status), (5, Status::ID_CONFLICT));
+    assert_eq!(h.echo_calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn unknown_command_and_bad_body() {
+    let h = harness(EngineConfig::default());
+    h.send(1, Command(0x7777), &echo(1));
+    let (id, status, _, _, data) = h.next();
+    assert_eq!((id, status), (1, Status::UNKNOWN_COMMAND));
+    let err: msg::ErrorBody = decode_body(&data).unwrap();
+    assert!(err.message.contains("0x7777"));
+    h.send(2, ECHO, &encode_body(&msg::Empty {}));
+    assert_eq!(h.next().1, Status::MALFORMED_BODY);
+    // [2, 3, 2, {}]: a future protocol version, answered by id.
+    h.engine.on_frame(Ok(vec![0x94, 0x02, 0x03, 0x02, 0x80]), &h.out);
+    let (id, status, ..) = h.next();
+    assert_eq!((id, status), (3, Status::UNSUPPORTED_VERSION));
+}
+
+#[test]
+fn corrupted_frames_get_an_error_frame_and_the_next_request_works() {
+    let h = harness(EngineConfig::default());
+    let mut wire = signer_frame::encode(&encode_request(1, ECHO, &echo(1)));
+    // Corrupt one byte without creating a delimiter (which would split the frame in two).
+    wire[3] = if wire[3] == 0x01 { 0x03 } else { wire[3] ^ 0x01 };
+    wire.extend(b"\x13\x37garbage\x00");
+    wire.extend(signer_frame::encode(&encode_request(2, ECHO, &echo(2))));
+    h.send_raw(&wire);
+    let (id, status, ..) = h.next();
+    assert_eq!(id, 0);
+    assert!(status == Status::FRAME_COBS || status == Status::FRAME_CRC, "{status}");
+    let (id, status, ..) = h.next();
+    assert_eq!(id, 0);
+    assert!(status == Status::FRAME_COBS || status == Status::FRAME_CRC, "{status}");
+    assert_eq!((h.next().0, h.echo_calls.load(Ordering::SeqCst)), (2, 1));
+}
+
+#[test]
+fn busy_beyond_the_in_flight_limit() {
+    let h = harness(EngineConfig {
+        max_in_flight: 2,
+        ..EngineConfig::default()
+    });
+    let held = h.gate.lock().unwrap();
+    h.send(1, SLOW, &echo(1));
+    h.send(2, SLOW, &echo(2));
+    h.send(3, SLOW, &echo(3));
+    let (id, status, ..) = h.next();
+    assert_eq!((id, status), (3, Status::BUSY));
+    drop(held);
+    let mut done = [h.next().0, h.next().0];
+    done.sort();
+    assert_eq!(done, [1, 2]);
+    // A busy answer is not stored: the retry runs.
+    h.send(3, SLOW, &echo(3));
+    assert_eq!(h.next().1, Status::OK);
+}
+
+#[test]
+fn large_response_travels_in_parts_and_lost_parts_can_be_fetched() {
+    let h = harness(EngineConfig::default());
+    // Default peer limit (4096) until hello.
+    h.send(11, BIG, &echo(3000));
+    let first = h.next();
+    let parts = first.3;
+    assert!(parts > 1);
+    let mut all = vec![first];
+    for _ in 1..parts {
+        all.push(h.next());
+    }
+    h.send(12, Command::FETCH_PARTS, &encode_body(&msg::FetchParts { id: 11, parts: vec![1] }));
+    let again = h.next();
+    assert_eq!(again, all[1]);
+    let (id, status, _, _, data) = h.next();
+    assert_eq!((id, status), (12, Status::OK));
+    assert_eq!(decode_body::<msg::FetchPartsReply>(&data).unwrap().resent, 1);
+    let body: Vec<u8> = all.iter().flat_map(|p| p.4.clone()).collect();
+    assert_eq!(decode_body::<Vec<u64>>(&body).unwrap().len(), 3000);
+    h.send(13, Command::FETCH_PARTS, &encode_body(&msg::FetchParts { id: 999, parts: vec![] }));
+    assert_eq!(h.next().1, Status::UNKNOWN_RESPONSE);
+}
+
+#[test]
+fn a_panicking_handler_answers_internal_and_the_engine_goes_on() {
+    let h = harness(EngineConfig::default());
+    h.send(1, PANIC, &echo(1));
+    assert_eq!(h.next().1, Status::INTERNAL);
+    h.send(2, ECHO, &echo(2));
+    assert_eq!(h.next().1, Status::OK);
+    assert_eq!(h.engine.running(), 0);
+}
+
+#[test]
+fn the_response_cache_is_bounded() {
+    let h = harness(EngineConfig {
+        cache_entries: 3,
+        ..EngineConfig::default()
+    });
+    for id in 1..=5 {
+        h.send(id, ECHO, &echo(id));
+        h.next();
+    }
+    // Id 1 was evicted: its retry executes again; id 5 is still stored.
+    h.send(5, ECHO, &echo(5));
+    h.next();
+    assert_eq!(h.echo_calls.load(Ordering::SeqCst), 5);
+    h.send(1, ECHO, &echo(1));
+    h.next();
+    assert_eq!(h.echo_calls.load(Ordering::SeqCst), 6);
+}
+
+#[test]
+fn health_reports_link_counters() {
+    let h = harness(EngineConfig::default());
+    h.send_raw(b"\x01\x02\x03\x00");
+    h.next();
+    h.send(1, Command::HEALTH, &encode_body(&msg::Empty {}));
+    let (_, status, _, _, data) = h.next();
+    assert_eq!(status, Status::OK);
+    let health: msg::HealthReply = decode_body(&data).unwrap();
+    assert_eq!(health.status, msg::HealthStatus::Ok);
+    assert_eq!(health.link.frames_bad_cobs + health.link.frames_short + health.link.frames_bad_crc, 1);
+    assert!(health.time_ms > 1_700_000_000_000);
+}
