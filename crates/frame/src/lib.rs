@@ -264,10 +264,7 @@ mod tests {
     fn vector_from_protocol_doc() {
         // docs/protocol.md, "Frame test vectors".
         assert_eq!(hex::encode(encode(b"\x01\x02")), "070102b6cc429200");
-        assert_eq!(
-            hex::encode(encode(b"\x00\x11\x00")),
-            "01021105ac98fa0200"
-        );
+        assert_eq!(hex::encode(encode(b"\x00\x11\x00")), "01021105ac98fa0200");
     }
 
     #[test]
@@ -300,7 +297,10 @@ mod tests {
         let wire = [big, encode(b"small")].concat();
         let mut decoder = Decoder::new(100);
         let frames = decode_all(&mut decoder, &wire);
-        assert!(matches!(frames[0], Err(FrameError::Oversize { max: 100, .. })));
+        assert!(matches!(
+            frames[0],
+            Err(FrameError::Oversize { max: 100, .. })
+        ));
         assert_eq!(frames[1], Ok(b"small".to_vec()));
         assert_eq!(decoder.pending(), 0);
     }

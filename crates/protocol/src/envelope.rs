@@ -114,7 +114,10 @@ fn read_head(
 pub fn decode_request(content: &[u8]) -> Result<Request<'_>, EnvelopeError> {
     let mut cursor = Cursor::new(content);
     let (_, id) = read_head(&mut cursor, 4, "request is not an array of 4")?;
-    let command = Command(read_u16(&mut cursor, "command is not a 16-bit unsigned integer")?);
+    let command = Command(read_u16(
+        &mut cursor,
+        "command is not a 16-bit unsigned integer",
+    )?);
     let at = usize::try_from(cursor.position()).unwrap_or(content.len());
     let body = &content[at.min(content.len())..];
     if body.is_empty() {
@@ -167,13 +170,17 @@ pub fn encode_response(id: u64, status: Status, body: &[u8], max_content: usize)
 pub fn decode_response_part(content: &[u8]) -> Result<ResponsePart<'_>, EnvelopeError> {
     let mut cursor = Cursor::new(content);
     let (_, id) = read_head(&mut cursor, 6, "response is not an array of 6")?;
-    let status = Status(read_u16(&mut cursor, "status is not a 16-bit unsigned integer")?);
+    let status = Status(read_u16(
+        &mut cursor,
+        "status is not a 16-bit unsigned integer",
+    )?);
     let part = read_u32(&mut cursor, "part is not a 32-bit unsigned integer")?;
     let parts = read_u32(&mut cursor, "parts is not a 32-bit unsigned integer")?;
     if parts == 0 || part >= parts {
         return Err(EnvelopeError::Malformed("part index out of range"));
     }
-    let len = d::read_bin_len(&mut cursor).map_err(|_| EnvelopeError::Malformed("data is not bin"))?;
+    let len =
+        d::read_bin_len(&mut cursor).map_err(|_| EnvelopeError::Malformed("data is not bin"))?;
     let at = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     match at.checked_add(len) {
@@ -184,6 +191,8 @@ pub fn decode_response_part(content: &[u8]) -> Result<ResponsePart<'_>, Envelope
             parts,
             data: &content[at..end],
         }),
-        _ => Err(EnvelopeError::Malformed("data length does not match the frame")),
+        _ => Err(EnvelopeError::Malformed(
+            "data length does not match the frame",
+        )),
     }
 }

@@ -105,6 +105,8 @@ pub struct LinkStats {
     pub busy: u64,
     /// Times the serial device was (re)opened.
     pub opens: u64,
+    /// Requests executed (each id at most once while its answer is stored).
+    pub executed: u64,
 }
 
 /// One named check in a health report.

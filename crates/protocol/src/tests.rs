@@ -37,7 +37,10 @@ fn hello_request_vector() {
 #[test]
 fn health_request_vector() {
     let content = check_frame(HEALTH);
-    assert_eq!(encode_request(2, Command::HEALTH, &encode_body(&msg::Empty {})), content);
+    assert_eq!(
+        encode_request(2, Command::HEALTH, &encode_body(&msg::Empty {})),
+        content
+    );
 }
 
 #[test]
@@ -50,7 +53,10 @@ fn error_response_vector() {
     let parts = encode_response(3, Status::UNKNOWN_COMMAND, &body, 4096);
     assert_eq!(parts, vec![content.clone()]);
     let part = decode_response_part(&content).unwrap();
-    assert_eq!((part.id, part.status, part.part, part.parts), (3, Status::UNKNOWN_COMMAND, 0, 1));
+    assert_eq!(
+        (part.id, part.status, part.part, part.parts),
+        (3, Status::UNKNOWN_COMMAND, 0, 1)
+    );
     let err: msg::ErrorBody = decode_body(part.data).unwrap();
     assert_eq!(err.message, "unknown command 0x00ff");
 }
@@ -96,7 +102,10 @@ fn malformed_envelopes() {
             assert!(result.is_ok());
             assert!(decode_body::<msg::Empty>(result.unwrap().body).is_err());
         } else {
-            assert!(matches!(result, Err(EnvelopeError::Malformed(_))), "{why}: {result:?}");
+            assert!(
+                matches!(result, Err(EnvelopeError::Malformed(_))),
+                "{why}: {result:?}"
+            );
         }
     }
 }
@@ -123,7 +132,10 @@ fn multi_part_round_trip_with_reassembly() {
     let parts = encode_response(42, Status::OK, &body, 1024);
     assert!(parts.len() > 10);
     assert!(parts.iter().all(|p| p.len() <= 1024));
-    let decoded: Vec<_> = parts.iter().map(|p| decode_response_part(p).unwrap()).collect();
+    let decoded: Vec<_> = parts
+        .iter()
+        .map(|p| decode_response_part(p).unwrap())
+        .collect();
     // Deliver in reverse, with a duplicate.
     let mut re = Reassembly::new(&decoded[decoded.len() - 1], 100).unwrap();
     assert_eq!(re.missing().len(), decoded.len() - 1);

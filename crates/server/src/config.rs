@@ -255,7 +255,10 @@ impl Config {
         if !id_ok {
             return Err(invalid(
                 "signer_id",
-                format!("expected 1–32 of a-z, 0-9 and '-', got {:?}", self.signer_id),
+                format!(
+                    "expected 1–32 of a-z, 0-9 and '-', got {:?}",
+                    self.signer_id
+                ),
             ));
         }
         let l = &self.link;
@@ -263,35 +266,65 @@ impl Config {
             return Err(invalid("link.baud", "expected a positive baud rate".into()));
         }
         if !(5..=8).contains(&l.data_bits) {
-            return Err(invalid("link.data_bits", format!("expected 5 to 8, got {}", l.data_bits)));
+            return Err(invalid(
+                "link.data_bits",
+                format!("expected 5 to 8, got {}", l.data_bits),
+            ));
         }
         if !(1..=2).contains(&l.stop_bits) {
-            return Err(invalid("link.stop_bits", format!("expected 1 or 2, got {}", l.stop_bits)));
+            return Err(invalid(
+                "link.stop_bits",
+                format!("expected 1 or 2, got {}", l.stop_bits),
+            ));
         }
         if l.reopen_min_ms == 0 || l.reopen_min_ms > l.reopen_max_ms {
             return Err(invalid(
                 "link.reopen_min_ms",
-                format!("expected 1 to link.reopen_max_ms ({}), got {}", l.reopen_max_ms, l.reopen_min_ms),
+                format!(
+                    "expected 1 to link.reopen_max_ms ({}), got {}",
+                    l.reopen_max_ms, l.reopen_min_ms
+                ),
             ));
         }
         let p = &self.protocol;
         if !(1024..=1 << 20).contains(&p.max_frame) {
-            return Err(invalid("protocol.max_frame", format!("expected 1024 to 1048576, got {}", p.max_frame)));
+            return Err(invalid(
+                "protocol.max_frame",
+                format!("expected 1024 to 1048576, got {}", p.max_frame),
+            ));
         }
         if !(1..=1024).contains(&p.max_in_flight) {
-            return Err(invalid("protocol.max_in_flight", format!("expected 1 to 1024, got {}", p.max_in_flight)));
+            return Err(invalid(
+                "protocol.max_in_flight",
+                format!("expected 1 to 1024, got {}", p.max_in_flight),
+            ));
         }
         if !(1..=64).contains(&p.workers) {
-            return Err(invalid("protocol.workers", format!("expected 1 to 64, got {}", p.workers)));
+            return Err(invalid(
+                "protocol.workers",
+                format!("expected 1 to 64, got {}", p.workers),
+            ));
         }
         if p.response_cache_entries == 0 {
-            return Err(invalid("protocol.response_cache_entries", "expected at least 1".into()));
+            return Err(invalid(
+                "protocol.response_cache_entries",
+                "expected at least 1".into(),
+            ));
         }
         if !(1..=4096).contains(&p.response_cache_mib) {
-            return Err(invalid("protocol.response_cache_mib", format!("expected 1 to 4096, got {}", p.response_cache_mib)));
+            return Err(invalid(
+                "protocol.response_cache_mib",
+                format!("expected 1 to 4096, got {}", p.response_cache_mib),
+            ));
         }
         if tracing_level_ok(&self.log.level).is_err() {
-            return Err(invalid("log.level", format!("expected a level such as info or debug, got {:?}", self.log.level)));
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "expected a level such as info or debug, got {:?}",
+                    self.log.level
+                ),
+            ));
         }
         Ok(())
     }
@@ -339,13 +372,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_path() {
-        let err = parse("signer_id: a\nlink:\n  device: /dev/x\n  baudrate: 9600\n").unwrap_err().to_string();
+        let err = parse("signer_id: a\nlink:\n  device: /dev/x\n  baudrate: 9600\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("link") && err.contains("baudrate"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_named_with_its_path() {
-        let err = parse("signer_id: a\nlink:\n  device: /dev/x\n  baud: fast\n").unwrap_err().to_string();
+        let err = parse("signer_id: a\nlink:\n  device: /dev/x\n  baud: fast\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("link.baud"), "{err}");
     }
 
@@ -353,9 +390,18 @@ mod tests {
     fn out_of_range_values_name_the_key() {
         for (yaml, key) in [
             ("signer_id: A\nlink: {device: /x}\n", "signer_id"),
-            ("signer_id: a\nlink: {device: /x, data_bits: 9}\n", "link.data_bits"),
-            ("signer_id: a\nlink: {device: /x}\nprotocol: {max_frame: 10}\n", "protocol.max_frame"),
-            ("signer_id: a\nlink: {device: /x}\nlog: {level: loud}\n", "log.level"),
+            (
+                "signer_id: a\nlink: {device: /x, data_bits: 9}\n",
+                "link.data_bits",
+            ),
+            (
+                "signer_id: a\nlink: {device: /x}\nprotocol: {max_frame: 10}\n",
+                "protocol.max_frame",
+            ),
+            (
+                "signer_id: a\nlink: {device: /x}\nlog: {level: loud}\n",
+                "log.level",
+            ),
         ] {
             let err = parse(yaml).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");

@@ -71,13 +71,19 @@ struct Counters {
     duplicates: AtomicU64,
     busy: AtomicU64,
     opens: AtomicU64,
+    executed: AtomicU64,
 }
 
 type Digest32 = [u8; 32];
 
 enum Entry {
-    Running { digest: Digest32 },
-    Done { digest: Digest32, frames: Arc<Vec<Vec<u8>>> },
+    Running {
+        digest: Digest32,
+    },
+    Done {
+        digest: Digest32,
+        frames: Arc<Vec<Vec<u8>>>,
+    },
 }
 
 #[derive(Default)]
@@ -127,7 +133,11 @@ fn digest(command: Command, body: &[u8]) -> Digest32 {
 
 impl Engine {
     /// Builds the engine and starts its worker threads.
-    pub fn start(config: EngineConfig, router: Router, health: Vec<Arc<dyn HealthSource>>) -> Arc<Self> {
+    pub fn start(
+        config: EngineConfig,
+        router: Router,
+        health: Vec<Arc<dyn HealthSource>>,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let engine = Arc::new(Engine {
             peer_max_frame: AtomicU32::new(DEFAULT_MAX_FRAME.min(config.max_frame)),
@@ -219,7 +229,9 @@ impl Engine {
                 let (counter, status) = match err {
                     FrameError::Crc { .. } => (&self.counters.bad_crc, Status::FRAME_CRC),
                     FrameError::Cobs => (&self.counters.bad_cobs, Status::FRAME_COBS),
-                    FrameError::Oversize { .. } => (&self.counters.oversize, Status::FRAME_OVERSIZE),
+                    FrameError::Oversize { .. } => {
+                        (&self.counters.oversize, Status::FRAME_OVERSIZE)
+                    }
                     FrameError::TooShort { .. } => (&self.counters.short, Status::FRAME_SHORT),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -241,7 +253,11 @@ impl Engine {
             }
             Err(err @ EnvelopeError::Malformed(_)) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                self.respond_uncached(out, 0, &Failure::new(Status::MALFORMED_ENVELOPE, err.to_string()));
+                self.respond_uncached(
+                    out,
+                    0,
+                    &Failure::new(Status::MALFORMED_ENVELOPE, err.to_string()),
+                );
             }
         }
     }
@@ -307,7 +323,10 @@ impl Engine {
                 self.counters.busy.fetch_add(1, Ordering::Relaxed);
                 let failure = Failure::new(
                     Status::BUSY,
-                    format!("{} requests in flight; retry with the same id", self.config.max_in_flight),
+                    format!(
+                        "{} requests in flight; retry with the same id",
+                        self.config.max_in_flight
+                    ),
                 );
                 self.respond_uncached(out, id, &failure);
                 return;
@@ -338,7 +357,8 @@ impl Engine {
                     None => Some(job),
                 };
                 if let Some(job) = refused {
-                    let failure = Failure::new(Status::SHUTTING_DOWN, "the signer is shutting down");
+                    let failure =
+                        Failure::new(Status::SHUTTING_DOWN, "the signer is shutting down");
                     self.forget(id);
                     self.respond_uncached(&job.out, id, &failure);
                 }
@@ -363,21 +383,35 @@ impl Engine {
                 None => Err(Failure::new(Status::UNKNOWN_COMMAND, "unknown command")),
             },
         }))
-        .unwrap_or_else(|_| Err(Failure::new(Status::INTERNAL, "internal error while executing the request")));
+        .unwrap_or_else(|_| {
+            Err(Failure::new(
+                Status::INTERNAL,
+                "internal error while executing the request",
+            ))
+        });
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(_) => debug!(req_id = ctx.id, cmd = %ctx.command, elapsed_ms, "request done"),
-            Err(f) => info!(req_id = ctx.id, cmd = %ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed"),
+            Err(f) => {
+                info!(req_id = ctx.id, cmd = %ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed")
+            }
         }
         result
     }
 
-    fn complete(&self, ctx: CallContext, digest: Digest32, result: Result<Vec<u8>, Failure>, out: &Outbox) {
+    fn complete(
+        &self,
+        ctx: CallContext,
+        digest: Digest32,
+        result: Result<Vec<u8>, Failure>,
+        out: &Outbox,
+    ) {
         let frames = match result {
             Ok(body) => self.encode(ctx.id, Status::OK, &body),
             Err(failure) => self.encode(ctx.id, failure.status, &failure.body()),
         };
         let frames = Arc::new(frames);
+        self.counters.executed.fetch_add(1, Ordering::Relaxed);
         {
             let mut cache = lock(&self.cache);
             cache.running = cache.running.saturating_sub(1);
@@ -396,8 +430,11 @@ impl Engine {
     }
 
     fn evict(&self, cache: &mut Cache) {
-        while cache.order.len() > self.config.cache_entries || cache.bytes > self.config.cache_bytes {
-            let Some(old) = cache.order.pop_front() else { break };
+        while cache.order.len() > self.config.cache_entries || cache.bytes > self.config.cache_bytes
+        {
+            let Some(old) = cache.order.pop_front() else {
+                break;
+            };
             if let Some(Entry::Done { frames, .. }) = cache.entries.get(&old) {
                 cache.bytes -= frames.iter().map(Vec::len).sum::<usize>();
                 cache.entries.remove(&old);
@@ -420,7 +457,10 @@ impl Engine {
             None => {
                 let failure = Failure::new(
                     Status::UNKNOWN_RESPONSE,
-                    format!("no stored response for request id {}; send the request again", request.id),
+                    format!(
+                        "no stored response for request id {}; send the request again",
+                        request.id
+                    ),
                 );
                 self.respond_uncached(out, id, &failure);
                 return;
@@ -443,16 +483,25 @@ impl Engine {
             }
             self.counters.replayed.fetch_add(1, Ordering::Relaxed);
         }
-        let frames = self.encode(id, Status::OK, &encode_body(&msg::FetchPartsReply { resent }));
+        let frames = self.encode(
+            id,
+            Status::OK,
+            &encode_body(&msg::FetchPartsReply { resent }),
+        );
         self.send(out, &frames);
     }
 
     fn hello(&self, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        let hello: msg::Hello = decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
+        let hello: msg::Hello =
+            decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
         if (hello.max_frame as usize) < signer_frame::MIN_MAX_CONTENT {
             return Err(Failure::new(
                 Status::MALFORMED_BODY,
-                format!("max_frame {} is below the protocol minimum {}", hello.max_frame, signer_frame::MIN_MAX_CONTENT),
+                format!(
+                    "max_frame {} is below the protocol minimum {}",
+                    hello.max_frame,
+                    signer_frame::MIN_MAX_CONTENT
+                ),
             ));
         }
         let max_frame = hello.max_frame.min(self.config.max_frame);
@@ -487,6 +536,7 @@ impl Engine {
             duplicates_in_flight: get(&c.duplicates),
             busy: get(&c.busy),
             opens: get(&c.opens),
+            executed: get(&c.executed),
         }
     }
 
@@ -518,7 +568,8 @@ impl Engine {
     }
 
     fn health(&self, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        let _: msg::Empty = decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
+        let _: msg::Empty =
+            decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
         Ok(encode_body(&self.health_report()))
     }
 }
@@ -533,7 +584,9 @@ fn worker_loop(worker: usize, rx: Arc<Mutex<Receiver<Job>>>, engine: std::sync::
             Ok(job) => job,
             Err(_) => return,
         };
-        let Some(engine) = engine.upgrade() else { return };
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
         let ctx = CallContext { worker, ..job.ctx };
         let result = engine.execute(&ctx, &job.body);
         engine.complete(ctx, job.digest, result, &job.out);

@@ -47,7 +47,9 @@ pub fn open(link: &LinkConfig) -> serialport::Result<Box<dyn SerialPort>> {
 
 /// Serves the protocol on the configured device until `stop` is set.
 /// Never returns early because of the device: it is reopened with backoff.
-pub fn serve(engine: &Arc<Engine>, link: &LinkConfig, stop: &AtomicBool) {
+/// On `stop`, requests already accepted get up to `grace` to finish and their
+/// answers are written before it returns.
+pub fn serve(engine: &Arc<Engine>, link: &LinkConfig, stop: &AtomicBool, grace: Duration) {
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>();
     let mut out_rx = Some(out_rx);
     let mut backoff = Duration::from_millis(link.reopen_min_ms);
@@ -59,7 +61,7 @@ pub fn serve(engine: &Arc<Engine>, link: &LinkConfig, stop: &AtomicBool) {
             Err(e) => {
                 failures += 1;
                 // Say it once, then every 30 attempts, so a missing cable does not flood the journal.
-                if failures == 1 || failures % 30 == 0 {
+                if failures == 1 || failures.is_multiple_of(30) {
                     warn!(device = %link.device.display(), cause = %e, attempts = failures, "cannot open serial device; retrying");
                 }
                 sleep_unless(stop, backoff);
@@ -72,7 +74,7 @@ pub fn serve(engine: &Arc<Engine>, link: &LinkConfig, stop: &AtomicBool) {
         failures = 0;
         backoff = Duration::from_millis(link.reopen_min_ms);
         let Some(rx) = out_rx.take() else { return };
-        out_rx = Some(session(engine, port, rx, &out_tx, stop));
+        out_rx = Some(session(engine, port, rx, &out_tx, stop, grace));
         if !stop.load(Ordering::SeqCst) {
             warn!(device = %link.device.display(), "serial device lost; reopening");
             sleep_unless(stop, backoff);
@@ -95,8 +97,10 @@ fn session(
     out_rx: Receiver<Vec<u8>>,
     out_tx: &mpsc::Sender<Vec<u8>>,
     stop: &AtomicBool,
+    grace: Duration,
 ) -> Receiver<Vec<u8>> {
     let failed = Arc::new(AtomicBool::new(false));
+    let finish = Arc::new(AtomicBool::new(false));
     let writer = match port.try_clone() {
         Ok(w) => w,
         Err(e) => {
@@ -105,9 +109,10 @@ fn session(
         }
     };
     let writer_failed = Arc::clone(&failed);
+    let writer_finish = Arc::clone(&finish);
     let writer = std::thread::Builder::new()
         .name("link-writer".into())
-        .spawn(move || write_loop(writer, out_rx, &writer_failed));
+        .spawn(move || write_loop(writer, out_rx, &writer_failed, &writer_finish));
     let writer = match writer {
         Ok(handle) => handle,
         Err(e) => {
@@ -135,17 +140,35 @@ fn session(
             }
         }
     }
-    failed.store(true, Ordering::SeqCst);
+    if failed.load(Ordering::SeqCst) {
+        // The writer gave up; the reader need not go on.
+    } else if stop.load(Ordering::SeqCst) {
+        engine.shutdown(grace);
+        finish.store(true, Ordering::SeqCst);
+    } else {
+        failed.store(true, Ordering::SeqCst);
+    }
     match writer.join() {
         Ok(rx) => rx,
         Err(_) => mpsc::channel().1,
     }
 }
 
-fn write_loop(mut port: Box<dyn SerialPort>, rx: Receiver<Vec<u8>>, failed: &AtomicBool) -> Receiver<Vec<u8>> {
+/// Writes queued frames until the link fails, or until `finish` is set and the queue is empty.
+fn write_loop(
+    mut port: Box<dyn SerialPort>,
+    rx: Receiver<Vec<u8>>,
+    failed: &AtomicBool,
+    finish: &AtomicBool,
+) -> Receiver<Vec<u8>> {
     let mut batch = Vec::new();
     while !failed.load(Ordering::SeqCst) {
-        match rx.recv_timeout(POLL) {
+        let wait = if finish.load(Ordering::SeqCst) {
+            Duration::ZERO
+        } else {
+            POLL
+        };
+        match rx.recv_timeout(wait) {
             Ok(frame) => {
                 batch.clear();
                 batch.extend_from_slice(&frame);
@@ -161,6 +184,10 @@ fn write_loop(mut port: Box<dyn SerialPort>, rx: Receiver<Vec<u8>>, failed: &Ato
                     failed.store(true, Ordering::SeqCst);
                 }
             }
+            Err(RecvTimeoutError::Timeout) if finish.load(Ordering::SeqCst) => {
+                let _ = port.flush();
+                break;
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -170,10 +197,19 @@ fn write_loop(mut port: Box<dyn SerialPort>, rx: Receiver<Vec<u8>>, failed: &Ato
 
 /// Writes everything, tolerating the port's poll timeouts (a slow line or
 /// flow control) for as long as the session lives.
-fn write_all(port: &mut dyn SerialPort, mut data: &[u8], failed: &AtomicBool) -> std::io::Result<()> {
+fn write_all(
+    port: &mut dyn SerialPort,
+    mut data: &[u8],
+    failed: &AtomicBool,
+) -> std::io::Result<()> {
     while !data.is_empty() {
         match port.write(data) {
-            Ok(0) => return Err(std::io::Error::new(ErrorKind::WriteZero, "device accepted no bytes")),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::WriteZero,
+                    "device accepted no bytes",
+                ))
+            }
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::Interrupted => {
                 if failed.load(Ordering::SeqCst) {

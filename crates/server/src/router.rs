@@ -127,7 +127,12 @@ impl Router {
     }
 
     /// Adds a command.
-    pub fn route(mut self, command: Command, placement: Placement, handler: Arc<dyn Handler>) -> Self {
+    pub fn route(
+        mut self,
+        command: Command,
+        placement: Placement,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
         self.routes.insert(command, Route { handler, placement });
         self
     }

@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use signer_frame::Decoder;
-use signer_protocol::{decode_body, decode_response_part, encode_body, encode_request, msg, Command, Status};
+use signer_protocol::{
+    decode_body, decode_response_part, encode_body, encode_request, msg, Command, Status,
+};
 
 use crate::{typed, CallContext, Engine, EngineConfig, Failure, Placement, Router};
 
@@ -51,7 +53,9 @@ fn harness(config: EngineConfig) -> Harness {
         .route(
             BIG,
             Placement::Pool,
-            typed(|_: &CallContext, e: Echo| -> Result<Vec<u64>, Failure> { Ok((0..e.n).collect()) }),
+            typed(|_: &CallContext, e: Echo| -> Result<Vec<u64>, Failure> {
+                Ok((0..e.n).collect())
+            }),
         )
         .route(
             PANIC,
@@ -85,7 +89,10 @@ impl Harness {
 
     /// Next response frame, decoded: (id, status, part, parts, data).
     fn next(&self) -> (u64, Status, u32, u32, Vec<u8>) {
-        let wire = self.rx.recv_timeout(Duration::from_secs(5)).expect("a response frame");
+        let wire = self
+            .rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a response frame");
         let mut decoder = Decoder::new(1 << 20);
         let mut input = &wire[..];
         let content = decoder.decode(&mut input).unwrap().unwrap();
@@ -108,13 +115,27 @@ fn hello_negotiates_the_smaller_frame_limit() {
         max_frame: 8192,
         ..EngineConfig::default()
     });
-    h.send(1, Command::HELLO, &encode_body(&msg::Hello { max_frame: 100_000, client: "t".into() }));
+    h.send(
+        1,
+        Command::HELLO,
+        &encode_body(&msg::Hello {
+            max_frame: 100_000,
+            client: "t".into(),
+        }),
+    );
     let (id, status, _, _, data) = h.next();
     assert_eq!((id, status), (1, Status::OK));
     let reply: msg::HelloReply = decode_body(&data).unwrap();
     assert_eq!(reply.max_frame, 8192);
     assert!(reply.commands.contains(&ECHO.0));
-    h.send(2, Command::HELLO, &encode_body(&msg::Hello { max_frame: 10, client: String::new() }));
+    h.send(
+        2,
+        Command::HELLO,
+        &encode_body(&msg::Hello {
+            max_frame: 10,
+            client: String::new(),
+        }),
+    );
     assert_eq!(h.next().1, Status::MALFORMED_BODY);
 }
 
@@ -165,7 +186,8 @@ fn unknown_command_and_bad_body() {
     h.send(2, ECHO, &encode_body(&msg::Empty {}));
     assert_eq!(h.next().1, Status::MALFORMED_BODY);
     // [2, 3, 2, {}]: a future protocol version, answered by id.
-    h.engine.on_frame(Ok(vec![0x94, 0x02, 0x03, 0x02, 0x80]), &h.out);
+    h.engine
+        .on_frame(Ok(vec![0x94, 0x02, 0x03, 0x02, 0x80]), &h.out);
     let (id, status, ..) = h.next();
     assert_eq!((id, status), (3, Status::UNSUPPORTED_VERSION));
 }
@@ -175,16 +197,26 @@ fn corrupted_frames_get_an_error_frame_and_the_next_request_works() {
     let h = harness(EngineConfig::default());
     let mut wire = signer_frame::encode(&encode_request(1, ECHO, &echo(1)));
     // Corrupt one byte without creating a delimiter (which would split the frame in two).
-    wire[3] = if wire[3] == 0x01 { 0x03 } else { wire[3] ^ 0x01 };
+    wire[3] = if wire[3] == 0x01 {
+        0x03
+    } else {
+        wire[3] ^ 0x01
+    };
     wire.extend(b"\x13\x37garbage\x00");
     wire.extend(signer_frame::encode(&encode_request(2, ECHO, &echo(2))));
     h.send_raw(&wire);
     let (id, status, ..) = h.next();
     assert_eq!(id, 0);
-    assert!(status == Status::FRAME_COBS || status == Status::FRAME_CRC, "{status}");
+    assert!(
+        status == Status::FRAME_COBS || status == Status::FRAME_CRC,
+        "{status}"
+    );
     let (id, status, ..) = h.next();
     assert_eq!(id, 0);
-    assert!(status == Status::FRAME_COBS || status == Status::FRAME_CRC, "{status}");
+    assert!(
+        status == Status::FRAME_COBS || status == Status::FRAME_CRC,
+        "{status}"
+    );
     assert_eq!((h.next().0, h.echo_calls.load(Ordering::SeqCst)), (2, 1));
 }
 
@@ -221,15 +253,32 @@ fn large_response_travels_in_parts_and_lost_parts_can_be_fetched() {
     for _ in 1..parts {
         all.push(h.next());
     }
-    h.send(12, Command::FETCH_PARTS, &encode_body(&msg::FetchParts { id: 11, parts: vec![1] }));
+    h.send(
+        12,
+        Command::FETCH_PARTS,
+        &encode_body(&msg::FetchParts {
+            id: 11,
+            parts: vec![1],
+        }),
+    );
     let again = h.next();
     assert_eq!(again, all[1]);
     let (id, status, _, _, data) = h.next();
     assert_eq!((id, status), (12, Status::OK));
-    assert_eq!(decode_body::<msg::FetchPartsReply>(&data).unwrap().resent, 1);
+    assert_eq!(
+        decode_body::<msg::FetchPartsReply>(&data).unwrap().resent,
+        1
+    );
     let body: Vec<u8> = all.iter().flat_map(|p| p.4.clone()).collect();
     assert_eq!(decode_body::<Vec<u64>>(&body).unwrap().len(), 3000);
-    h.send(13, Command::FETCH_PARTS, &encode_body(&msg::FetchParts { id: 999, parts: vec![] }));
+    h.send(
+        13,
+        Command::FETCH_PARTS,
+        &encode_body(&msg::FetchParts {
+            id: 999,
+            parts: vec![],
+        }),
+    );
     assert_eq!(h.next().1, Status::UNKNOWN_RESPONSE);
 }
 
@@ -272,6 +321,9 @@ fn health_reports_link_counters() {
     assert_eq!(status, Status::OK);
     let health: msg::HealthReply = decode_body(&data).unwrap();
     assert_eq!(health.status, msg::HealthStatus::Ok);
-    assert_eq!(health.link.frames_bad_cobs + health.link.frames_short + health.link.frames_bad_crc, 1);
+    assert_eq!(
+        health.link.frames_bad_cobs + health.link.frames_short + health.link.frames_bad_crc,
+        1
+    );
     assert!(health.time_ms > 1_700_000_000_000);
 }

@@ -1,0 +1,283 @@
+//! Shared test support: the workspace's real binaries, a simulated serial
+//! link and a running `signerd`, each cleaned up on drop.
+//!
+//! ```no_run
+//! use signer_testsupport::{Bench, LinkSpec};
+//!
+//! let bench = Bench::start(LinkSpec::unthrottled());
+//! let client = bench.client();
+//! assert_eq!(client.health().unwrap().signer_id, "test-signer");
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use signer_client::{Client, LinkOptions};
+use signer_linksim::{LinkSim, Options};
+
+/// Path of one of the workspace's binaries, built (once per test process)
+/// with the same profile as the running test, so it is never stale.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("test executable has no target directory")?
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bin",
+            "signerd",
+            "--bin",
+            "signer-client",
+            "--bin",
+            "signer-linksim",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("building the binaries failed: {status}"));
+        }
+        Ok(dir)
+    });
+    match dir {
+        Ok(dir) => dir.join(name),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// How the simulated link between signer and client behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkSpec {
+    /// Baud rate, 0 for unthrottled.
+    pub baud: u32,
+    /// Bit error rate.
+    pub ber: f64,
+    /// Byte drop rate.
+    pub drop: f64,
+    /// Seed of the fault generator.
+    pub seed: u64,
+}
+
+impl LinkSpec {
+    /// A clean link as fast as the pty allows.
+    pub fn unthrottled() -> Self {
+        LinkSpec {
+            baud: 0,
+            ber: 0.0,
+            drop: 0.0,
+            seed: 1,
+        }
+    }
+
+    /// A clean link at `baud`.
+    pub fn baud(baud: u32) -> Self {
+        LinkSpec {
+            baud,
+            ..LinkSpec::unthrottled()
+        }
+    }
+
+    /// Adds bit errors and dropped bytes.
+    pub fn noisy(mut self, ber: f64, drop: f64, seed: u64) -> Self {
+        self.ber = ber;
+        self.drop = drop;
+        self.seed = seed;
+        self
+    }
+}
+
+/// A running `signerd` process; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    config: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config_yaml` into `dir` and starts `signerd run` on it.
+    pub fn start(dir: &Path, config_yaml: &str) -> Daemon {
+        let config = dir.join("signerd.yaml");
+        let log = dir.join("signerd.log");
+        std::fs::write(&config, config_yaml).expect("write config");
+        let child = spawn_daemon(&config, &log);
+        Daemon {
+            child: Some(child),
+            log,
+            config,
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends a signal by name (e.g. `TERM`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return status.code();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// `kill -9` and wait.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same configuration (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn_daemon(&self.config, &self.log));
+    }
+}
+
+fn spawn_daemon(config: &Path, log: &Path) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open daemon log");
+    Command::new(bin("signerd"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("start signerd")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- signerd log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A temp dir, a simulated link and a daemon on its end A; clients use end B.
+pub struct Bench {
+    /// The daemon (declared first: stopped before the link vanishes).
+    pub daemon: Daemon,
+    /// The link simulator.
+    pub sim: LinkSim,
+    /// Baud rate of the link (0: unthrottled).
+    pub baud: u32,
+    dir: tempfile::TempDir,
+}
+
+impl Bench {
+    /// Starts a link and a daemon with the default test configuration.
+    pub fn start(link: LinkSpec) -> Bench {
+        Bench::start_with(link, "")
+    }
+
+    /// Like [`Bench::start`], appending `extra_yaml` (top-level keys) to the configuration.
+    pub fn start_with(link: LinkSpec, extra_yaml: &str) -> Bench {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sim = LinkSim::start(
+            Options::new(dir.path().join("signer.tty"), dir.path().join("client.tty"))
+                .baud(link.baud)
+                .ber(link.ber)
+                .drop_rate(link.drop)
+                .seed(link.seed),
+        )
+        .expect("start link simulator");
+        let config = format!(
+            "signer_id: test-signer\nlink:\n  device: signer.tty\n  baud: {}\n  reopen_min_ms: 20\n  reopen_max_ms: 200\n{extra_yaml}",
+            if link.baud == 0 { 115_200 } else { link.baud }
+        );
+        let daemon = Daemon::start(dir.path(), &config);
+        Bench {
+            daemon,
+            sim,
+            baud: link.baud,
+            dir,
+        }
+    }
+
+    /// The working directory (config, log, devices).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The client's device path.
+    pub fn client_device(&self) -> PathBuf {
+        self.dir.path().join("client.tty")
+    }
+
+    /// Link options for a client of this bench.
+    pub fn link_options(&self) -> LinkOptions {
+        let mut options = LinkOptions::new(self.client_device());
+        options.baud = if self.baud == 0 { 4_000_000 } else { self.baud };
+        options.timeout = Duration::from_secs(60);
+        options
+    }
+
+    /// A client that has said hello, waiting (up to 20 s) for the daemon to serve.
+    pub fn client(&self) -> Client {
+        self.client_with(self.link_options())
+    }
+
+    /// Like [`Bench::client`] with explicit options.
+    pub fn client_with(&self, mut options: LinkOptions) -> Client {
+        let until = Instant::now() + Duration::from_secs(20);
+        let timeout = options.timeout;
+        options.timeout = Duration::from_secs(2);
+        loop {
+            match Client::open(&options) {
+                Ok(client) => {
+                    drop(client);
+                    options.timeout = timeout;
+                    return Client::open(&options).expect("client after the daemon answered");
+                }
+                Err(e) if Instant::now() > until => {
+                    panic!(
+                        "signerd did not answer within 20 s: {e}\n{}",
+                        self.daemon.log()
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The foundation end to end: a real `signerd` on a pty served through the
+//! link simulator, driven by the client library, the CLI and raw bytes.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use signer_client::LinkOptions;
+use signer_protocol::{
+    decode_body, decode_response_part, encode_body, encode_request, msg, Command, Status,
+};
+use signer_testsupport::{bin, Bench, LinkSpec};
+
+fn health_body() -> Vec<u8> {
+    encode_body(&msg::Empty {})
+}
+
+#[test]
+fn health_round_trips_over_an_unthrottled_pty() {
+    let bench = Bench::start(LinkSpec::unthrottled());
+    let client = bench.client();
+    let hello = client.server().unwrap();
+    assert_eq!(hello.version, 1);
+    assert_eq!(hello.signer_id, "test-signer");
+    let health = client.health().unwrap();
+    assert_eq!(health.status, msg::HealthStatus::Ok);
+    assert_eq!(health.link.opens, 1);
+    let skew = health.time_ms
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+    assert!(
+        skew.abs() < 5_000,
+        "signer clock is the host clock here: {skew} ms"
+    );
+}
+
+#[test]
+fn pipelined_health_over_a_115200_baud_link() {
+    let bench = Bench::start(LinkSpec::baud(115_200));
+    let client = bench.client();
+    let n = 40;
+    let pending: Vec<_> = (0..n)
+        .map(|_| client.submit(Command::HEALTH, health_body()))
+        .collect();
+    for p in pending {
+        let reply = p.wait().unwrap();
+        assert_eq!(reply.status, Status::OK);
+        assert_eq!(reply.attempts, 1, "a clean link needs no retransmission");
+    }
+    let stats = client.stats();
+    assert_eq!(stats.retransmits, 0);
+    assert_eq!(stats.frames_bad, 0);
+}
+
+/// Every request completes exactly once over a link with bit errors and
+/// dropped bytes: the client retransmits with the same id and the signer
+/// answers retries from its store instead of executing them again.
+fn noisy_link_exactly_once(link: LinkSpec, requests: usize) {
+    let bench = Bench::start(link);
+    let mut options = bench.link_options();
+    options.min_rto = Duration::from_millis(100);
+    let client = bench.client_with(options);
+    let hello_and_probe = client.health().unwrap().link.executed;
+    let pending: Vec<_> = (0..requests)
+        .map(|_| client.submit(Command::HEALTH, health_body()))
+        .collect();
+    let mut attempts = 0;
+    for p in pending {
+        let reply = p.wait().expect("every request completes");
+        assert_eq!(reply.status, Status::OK);
+        decode_body::<msg::HealthReply>(&reply.body).expect("an intact health reply");
+        attempts += reply.attempts;
+    }
+    // Ask until an answer arrives (the link is noisy), then compare counts.
+    let health = loop {
+        match client.health() {
+            Ok(h) => break h,
+            Err(e) => eprintln!("health retry: {e}"),
+        }
+    };
+    let stats = client.stats();
+    eprintln!(
+        "client {stats:?}\nsigner {:?}\nlink {:?}",
+        health.link,
+        bench.sim.stats()
+    );
+    // Executed: everything before, the batch once each, and nothing twice.
+    assert_eq!(health.link.executed, hello_and_probe + 1 + requests as u64);
+    let faults = bench
+        .sim
+        .stats()
+        .iter()
+        .map(|s| s.bits_flipped + s.bytes_dropped)
+        .sum::<u64>();
+    assert!(faults > 0, "the link injected faults");
+    assert!(
+        attempts as usize > requests || stats.frames_bad > 0,
+        "faults hit the traffic"
+    );
+}
+
+#[test]
+fn noisy_115200_link_every_request_completes_exactly_once() {
+    noisy_link_exactly_once(LinkSpec::baud(115_200).noisy(1e-5, 1e-4, 42), 150);
+}
+
+#[test]
+fn very_noisy_unthrottled_link_every_request_completes_exactly_once() {
+    noisy_link_exactly_once(LinkSpec::unthrottled().noisy(2e-4, 1e-3, 7), 400);
+}
+
+#[test]
+fn the_daemon_survives_the_device_vanishing_and_returning() {
+    let bench = Bench::start(LinkSpec::unthrottled());
+    let client = bench.client();
+    assert_eq!(client.health().unwrap().link.opens, 1);
+    drop(client);
+    bench.sim.unplug(signer_linksim::Side::A);
+    std::thread::sleep(Duration::from_millis(500));
+    bench.sim.replug(signer_linksim::Side::A).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let mut options = bench.link_options();
+        options.timeout = Duration::from_millis(500);
+        if let Ok(h) = signer_client::Client::open(&options).and_then(|c| c.health()) {
+            break h;
+        }
+        assert!(
+            Instant::now() < until,
+            "signer did not come back:\n{}",
+            bench.daemon.log()
+        );
+    };
+    assert_eq!(health.link.opens, 2);
+    assert!(bench.daemon.log().contains("serial device lost"));
+}
+
+/// Writes raw bytes on the client end and collects the response frames that
+/// arrive within `wait`.
+fn exchange(
+    port: &mut dyn serialport::SerialPort,
+    wire: &[u8],
+    frames: usize,
+) -> Vec<(u64, Status, String)> {
+    port.write_all(wire).unwrap();
+    let mut decoder = signer_frame::Decoder::new(1 << 20);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + Duration::from_secs(5);
+    while out.len() < frames && Instant::now() < until {
+        let n = match port.read(&mut buf) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let mut input = &buf[..n];
+        while let Some(frame) = decoder.decode(&mut input) {
+            let content = frame.expect("signer frames are intact on a clean link");
+            let part = decode_response_part(&content).unwrap();
+            let message = if part.status.is_ok() {
+                String::new()
+            } else {
+                decode_body::<msg::ErrorBody>(part.data).unwrap().message
+            };
+            out.push((part.id, part.status, message));
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_input_gets_specific_errors_and_the_daemon_keeps_serving() {
+    let bench = Bench::start(LinkSpec::unthrottled());
+    drop(bench.client());
+    let mut port = serialport::new(bench.client_device().to_string_lossy(), 115_200)
+        .timeout(Duration::from_millis(50))
+        .open()
+        .unwrap();
+    let frame = |content: &[u8]| signer_frame::encode(content);
+
+    let mut bad_crc = frame(&encode_request(1, Command::HEALTH, &health_body()));
+    let last = bad_crc.len() - 2;
+    bad_crc[last] = if bad_crc[last] == 0x01 {
+        0x02
+    } else {
+        bad_crc[last] ^ 0x01
+    };
+    let cases: Vec<(&str, Vec<u8>, u64, Status)> = vec![
+        ("bad CRC", bad_crc, 0, Status::FRAME_CRC),
+        (
+            "truncated COBS",
+            vec![0x09, 0x94, 0x01, 0x00],
+            0,
+            Status::FRAME_COBS,
+        ),
+        (
+            "too short",
+            vec![0x03, 0x01, 0x02, 0x00],
+            0,
+            Status::FRAME_SHORT,
+        ),
+        (
+            "oversize",
+            [vec![0x55u8; 20_000], vec![0]].concat(),
+            0,
+            Status::FRAME_OVERSIZE,
+        ),
+        (
+            "not an envelope",
+            frame(&[0x80]),
+            0,
+            Status::MALFORMED_ENVELOPE,
+        ),
+        (
+            "future version",
+            frame(&[0x94, 0x07, 0x05, 0x02, 0x80]),
+            5,
+            Status::UNSUPPORTED_VERSION,
+        ),
+        (
+            "unknown command",
+            frame(&encode_request(6, Command(0x4242), &health_body())),
+            6,
+            Status::UNKNOWN_COMMAND,
+        ),
+        (
+            "malformed body",
+            frame(&encode_request(7, Command::HEALTH, &[0xc1])),
+            7,
+            Status::MALFORMED_BODY,
+        ),
+        (
+            "unknown field",
+            frame(&encode_request(
+                8,
+                Command::HEALTH,
+                &hex::decode("81a178c3").unwrap(),
+            )),
+            8,
+            Status::MALFORMED_BODY,
+        ),
+    ];
+    for (what, wire, id, status) in cases {
+        let got = exchange(&mut *port, &wire, 1);
+        assert_eq!(got.len(), 1, "{what}: one answer");
+        assert_eq!((got[0].0, got[0].1), (id, status), "{what}: {}", got[0].2);
+        assert!(!got[0].2.is_empty(), "{what}: a message");
+    }
+    // Random garbage with no delimiter, then a delimiter: one error, then service as usual.
+    let garbage: Vec<u8> = (0..3000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+        .collect();
+    let got = exchange(&mut *port, &[garbage, vec![0]].concat(), 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 0);
+    let got = exchange(
+        &mut *port,
+        &frame(&encode_request(9, Command::HEALTH, &health_body())),
+        1,
+    );
+    assert_eq!((got[0].0, got[0].1), (9, Status::OK));
+    // The same id again: answered from the store, byte for byte the same request.
+    let got = exchange(
+        &mut *port,
+        &frame(&encode_request(9, Command::HEALTH, &health_body())),
+        1,
+    );
+    assert_eq!((got[0].0, got[0].1), (9, Status::OK));
+    let got = exchange(
+        &mut *port,
+        &frame(&encode_request(
+            9,
+            Command::HELLO,
+            &encode_body(&msg::Hello {
+                max_frame: 4096,
+                client: String::new(),
+            }),
+        )),
+        1,
+    );
+    assert_eq!((got[0].0, got[0].1), (9, Status::ID_CONFLICT));
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let mut bench = Bench::start(LinkSpec::unthrottled());
+    drop(bench.client());
+    bench.daemon.signal("TERM");
+    assert_eq!(bench.daemon.wait(Duration::from_secs(15)), Some(0));
+    assert!(bench.daemon.log().contains("signerd stopped"));
+}
+
+#[test]
+fn client_cli_health_text_json_and_exit_codes() {
+    let bench = Bench::start(LinkSpec::baud(115_200));
+    drop(bench.client());
+    let device = bench.client_device();
+    let out = std::process::Command::new(bin("signer-client"))
+        .args(["--link", device.to_str().unwrap(), "--json", "health"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["health"]["signer_id"], "test-signer");
+    assert_eq!(json["clock_skew_warning"], false);
+
+    let out = std::process::Command::new(bin("signer-client"))
+        .args(["--link", device.to_str().unwrap(), "health"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("status    ok") && text.contains("test-signer"),
+        "{text}"
+    );
+
+    let out = std::process::Command::new(bin("signer-client"))
+        .args(["--link", device.to_str().unwrap(), "hello"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_in_flight 16"));
+
+    let missing = bench.dir().join("no-such-tty");
+    let out = std::process::Command::new(bin("signer-client"))
+        .args(["--link", missing.to_str().unwrap(), "health"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "link failure exit code");
+    let out = std::process::Command::new(bin("signer-client"))
+        .args(["frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage exit code");
+}
+
+#[test]
+fn client_times_out_when_no_signer_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = signer_linksim::LinkSim::start(signer_linksim::Options::new(
+        dir.path().join("a"),
+        dir.path().join("b"),
+    ))
+    .unwrap();
+    let mut options = LinkOptions::new(dir.path().join("b"));
+    options.baud = 4_000_000;
+    options.timeout = Duration::from_millis(2500);
+    let err = match signer_client::Client::open(&options) {
+        Ok(_) => panic!("nobody is listening"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, signer_client::ClientError::Timeout(_, n) if n >= 2),
+        "{err}"
+    );
+    drop(sim);
+}
