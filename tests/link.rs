@@ -1,7 +1,8 @@
 //! The foundation end to end: a real `signerd` on a pty served through the
 //! link simulator, driven by the client library, the CLI and raw bytes.
 
-use std::io::{Read, Write};
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
 use std::time::{Duration, Instant};
 
 use signer_client::LinkOptions;

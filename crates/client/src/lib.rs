@@ -239,6 +239,13 @@ impl Client {
             .timeout(Duration::from_millis(50))
             .open()
             .map_err(link_err)?;
+        let mut port = port;
+        // A lone delimiter ends any partial frame the signer may still hold.
+        port.write_all(&[signer_frame::DELIMITER])
+            .map_err(|e| ClientError::Link {
+                device: options.device.display().to_string(),
+                message: e.to_string(),
+            })?;
         let reader = port.try_clone().map_err(link_err)?;
         let (events, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(ClientStats::default()));
@@ -469,7 +476,8 @@ impl Driver {
             options.min_rto + options.wire_time(2 * signer_protocol::DEFAULT_MAX_FRAME as usize);
         Driver {
             port,
-            window: options.window.max(1) as usize,
+            // One at a time until hello tells the signer's limit.
+            window: 1,
             options,
             stats,
             outstanding: HashMap::new(),

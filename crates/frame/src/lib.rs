@@ -357,6 +357,11 @@ mod tests {
         }
 
         #[test]
+        fn fuzz_entry_point_holds_on_random_input(data in proptest::collection::vec(proptest::num::u8::ANY, 0..3000)) {
+            fuzzing::decode_stream(&data);
+        }
+
+        #[test]
         fn resyncs_after_garbage(
             garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
             content in proptest::collection::vec(proptest::num::u8::ANY, 1..300),
@@ -365,6 +370,32 @@ mod tests {
             let wire = [garbage, vec![0], encode(&content)].concat();
             let frames = decode_all(&mut decoder, &wire);
             proptest::prop_assert_eq!(frames.last(), Some(&Ok(content)));
+        }
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (and the property tests):
+/// each checks an invariant and panics if it does not hold.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Decodes arbitrary input with a small limit; every accepted frame must
+    /// re-encode to a frame that decodes to the same content, and the buffer
+    /// must stay bounded.
+    pub fn decode_stream(data: &[u8]) {
+        let max = 1 + usize::from(data.first().copied().unwrap_or(0)) * 8;
+        let mut decoder = Decoder::new(max);
+        let mut input = data;
+        while let Some(frame) = decoder.decode(&mut input) {
+            if let Ok(content) = frame {
+                assert!(content.len() <= max);
+                let mut again = Decoder::new(max);
+                let wire = encode(&content);
+                let mut wire_input = &wire[..];
+                assert_eq!(again.decode(&mut wire_input), Some(Ok(content)));
+            }
+            assert!(decoder.pending() <= max_frame_len(max));
         }
     }
 }

@@ -159,11 +159,19 @@ fn reassembly_rejects_mismatched_parts() {
 proptest::proptest! {
     #[test]
     fn random_content_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-        if let Ok(request) = decode_request(&data) {
-            let _ = decode_body::<msg::Hello>(request.body);
-            let _ = decode_body::<msg::FetchParts>(request.body);
+        crate::fuzzing::request(&data);
+        crate::fuzzing::response(&data);
+    }
+
+    #[test]
+    fn mutated_vectors_never_panic(which in 0usize..4, flips in proptest::collection::vec((0usize..64, proptest::num::u8::ANY), 1..6)) {
+        let mut data = hex::decode([HELLO.0, HEALTH.0, UNKNOWN_COMMAND.0, FETCH_PARTS.0][which]).unwrap();
+        for (at, value) in flips {
+            let i = at % data.len();
+            data[i] = value;
         }
-        let _ = decode_response_part(&data);
+        crate::fuzzing::request(&data);
+        crate::fuzzing::response(&data);
     }
 
     #[test]

@@ -133,7 +133,7 @@ fn default_workers() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProtocolConfig {
-    /// Largest frame content in bytes, 1024–1048576 (default 16384).
+    /// Largest frame content in bytes, 4096–1048576 (default 16384).
     #[serde(default = "default_max_frame")]
     pub max_frame: u32,
     /// Requests that may be in flight at once, 1–1024 (default 16).

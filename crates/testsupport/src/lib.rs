@@ -25,12 +25,14 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        // target/<profile>/deps/<test> → target/<profile>
-        let dir = exe
+        // target/<profile>/deps/<test> or target/<profile>/<bench> → target/<profile>
+        let mut dir = exe
             .parent()
-            .and_then(Path::parent)
-            .ok_or("test executable has no target directory")?
+            .ok_or("executable has no directory")?
             .to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args([

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages the signer, its demo and its tests use, when
+# missing. Idempotent; needs root or sudo only when something is missing.
+set -euo pipefail
+
+packages=(softhsm2 opensc nats-server socat openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found. Install a Rust toolchain (rustup, Rust 1.87 or newer) first." >&2
+  exit 1
+fi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: lints, unit, property and integration tests against
+# real ptys (and, as they arrive, SoftHSM2 and nats-server). Used by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-debian.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+echo "== fuzz targets (short run)"
+scripts/fuzz.sh short
+passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc)
+failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc)
+echo "tests: ${passed} passed, ${failed} failed"

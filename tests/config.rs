@@ -1,0 +1,95 @@
+//! `signerd check-config`: every shipped configuration parses; every broken
+//! one fails with exit code 1 and a message naming the offending key.
+
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Command;
+
+use signer_testsupport::bin;
+
+fn check(path: &Path) -> (Option<i32>, String) {
+    let out = Command::new(bin("signerd"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn every_file_in_configs_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, text) = check(&path);
+            assert_eq!(code, Some(0), "{}: {text}", path.display());
+            assert!(text.contains("configuration OK"), "{text}");
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 2,
+        "configs/ holds the reference and demo configurations"
+    );
+}
+
+#[test]
+fn broken_configs_name_the_key_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "signer_id: a\nlink:\n  device: /dev/x\n  baudrate: 9600\n",
+            "baudrate",
+        ),
+        (
+            "signer_id: a\nlink:\n  device: /dev/x\n  baud: fast\n",
+            "link.baud",
+        ),
+        (
+            "signer_id: a\nlink:\n  device: /dev/x\nprotocol:\n  max_in_flight: 0\n",
+            "protocol.max_in_flight",
+        ),
+        ("signer_id: a\n", "link"),
+        ("signer_id: a\nlink: [\n", "line"),
+        (
+            "signer_id: a\nlink:\n  device: /dev/x\n  parity: maybe\n",
+            "link.parity",
+        ),
+    ];
+    for (yaml, key) in cases {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let (code, text) = check(&path);
+        assert_eq!(code, Some(1), "{yaml}: {text}");
+        assert!(text.contains(key), "{yaml}: expected {key:?} in {text}");
+    }
+    let (code, text) = check(&dir.path().join("missing.yaml"));
+    assert_eq!(code, Some(1));
+    assert!(text.contains("missing.yaml"), "{text}");
+}
+
+#[test]
+fn run_refuses_a_broken_config_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "signer_id: a\nlink: {device: /dev/x, stop_bits: 3}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("signerd"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("link.stop_bits"));
+}
