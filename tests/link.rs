@@ -359,3 +359,107 @@ fn client_times_out_when_no_signer_answers() {
     );
     drop(sim);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Floods the signer with 3-byte frames (each earns a ~70-byte error
+/// answer) from a thread, without reading, until the writes stall. Returns
+/// the port for reading, the flooding thread and how many bytes got through.
+fn flood_until_stalled(
+    bench: &Bench,
+    total: usize,
+) -> (
+    Box<dyn serialport::SerialPort>,
+    std::thread::JoinHandle<()>,
+    usize,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let port = serialport::new(bench.client_device().to_string_lossy(), 115_200)
+        .timeout(Duration::from_millis(200))
+        .open()
+        .unwrap();
+    let mut writer = port.try_clone().unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::clone(&written);
+    let flood = std::thread::spawn(move || {
+        while progress.load(Ordering::SeqCst) < total {
+            match writer.write_all(&[0x02, 0x01, 0x00]) {
+                Ok(()) => progress.fetch_add(3, Ordering::SeqCst),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(_) => return,
+            };
+        }
+    });
+    let mut last = (0, Instant::now());
+    let until = Instant::now() + Duration::from_secs(30);
+    while last.1.elapsed() < Duration::from_secs(1) {
+        assert!(
+            Instant::now() < until,
+            "the daemon never applied back-pressure"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let now = written.load(Ordering::SeqCst);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    assert!(last.0 < total, "the flood stalled before its end");
+    (port, flood, last.0)
+}
+
+/// A peer that floods bad frames and never reads is answered until the line
+/// backs up; then the daemon stops reading instead of queueing answers
+/// without limit, and serves normally once the peer reads again.
+#[test]
+fn a_flood_from_a_peer_that_never_reads_keeps_memory_bounded() {
+    let bench = Bench::start(LinkSpec::unthrottled());
+    drop(bench.client());
+    let before = rss_kib(bench.daemon.pid());
+    let (mut port, flood, stalled_at) = flood_until_stalled(&bench, 200_000);
+    let during = rss_kib(bench.daemon.pid());
+    eprintln!("stalled after {stalled_at} bytes; daemon RSS {before} KiB before, {during} KiB while backed up");
+    assert!(
+        during < before + 32 * 1024,
+        "RSS grew from {before} to {during} KiB"
+    );
+    // Read what is queued until the flood is through, then the daemon serves as usual.
+    let mut buf = vec![0u8; 1 << 16];
+    let mut quiet = Instant::now();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !(flood.is_finished() && quiet.elapsed() > Duration::from_millis(500)) {
+        assert!(Instant::now() < until, "draining the answers took too long");
+        if matches!(port.read(&mut buf), Ok(n) if n > 0) {
+            quiet = Instant::now();
+        }
+    }
+    drop(port);
+    assert_eq!(
+        bench.client().health().unwrap().status,
+        msg::HealthStatus::Ok
+    );
+}
+
+/// SIGTERM stops the daemon even while the peer has stopped reading and
+/// every queue is full.
+#[test]
+fn sigterm_stops_the_daemon_while_the_peer_does_not_read() {
+    let mut bench = Bench::start(LinkSpec::unthrottled());
+    drop(bench.client());
+    let (_port, _flood, _) = flood_until_stalled(&bench, 200_000);
+    bench.daemon.signal("TERM");
+    assert_eq!(
+        bench.daemon.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        bench.daemon.log()
+    );
+}

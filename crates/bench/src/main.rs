@@ -6,7 +6,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -38,7 +37,7 @@ fn health_body() -> Vec<u8> {
 /// Requests per second through the engine alone: no link, no framing I/O.
 fn engine_baseline(n: usize) -> f64 {
     let engine = Engine::start(EngineConfig::default(), Router::new(), Vec::new());
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = signer_server::outbox();
     let body = health_body();
     let started = Instant::now();
     for i in 0..n as u64 {

@@ -175,12 +175,22 @@ pub struct ClientStats {
 /// A pending answer.
 pub struct Pending {
     rx: Receiver<Result<Reply, ClientError>>,
+    timeout: Duration,
 }
 
+/// Extra time [`Pending::wait`] allows beyond the request timeout, in case the
+/// driver itself is held up (a write blocked by flow control).
+const WAIT_SLACK: Duration = Duration::from_secs(5);
+
 impl Pending {
-    /// Waits for the answer.
+    /// Waits for the answer; never longer than the request timeout plus a few
+    /// seconds, even if the line is stalled.
     pub fn wait(self) -> Result<Reply, ClientError> {
-        self.rx.recv().unwrap_or(Err(ClientError::Closed))
+        match self.rx.recv_timeout(self.timeout + WAIT_SLACK) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(ClientError::Timeout(self.timeout, 0)),
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Closed),
+        }
     }
 }
 
@@ -324,7 +334,10 @@ impl Client {
         {
             let _ = reply.send(Err(ClientError::Closed));
         }
-        Pending { rx }
+        Pending {
+            rx,
+            timeout: self.options.timeout,
+        }
     }
 
     /// Sends a request with a fresh id; returns at once.
@@ -421,6 +434,9 @@ struct Outstanding {
     deadline: Instant,
 }
 
+/// Longest wait before a retransmission, however often a request was sent.
+const MAX_RTO: Duration = Duration::from_secs(10);
+
 /// Retransmission timer in the manner of TCP (RFC 6298): smoothed round
 /// trip and its variance, sampled only from requests sent once.
 struct Rto {
@@ -449,7 +465,7 @@ impl Rto {
             None => self.min * 2,
             Some(srtt) => (srtt + self.rttvar * 4).max(self.min),
         }
-        .min(Duration::from_secs(30))
+        .min(MAX_RTO)
     }
 }
 
@@ -611,7 +627,8 @@ impl Driver {
         let Some(o) = self.outstanding.remove(&id) else {
             return;
         };
-        if o.attempts == 1 {
+        // Karn's rule: sample only answers to requests sent once and answered whole.
+        if o.attempts == 1 && o.part_requests == 0 {
             if let Some(first) = o.first_sent {
                 self.rto.sample(first.elapsed());
             }

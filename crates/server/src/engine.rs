@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -98,7 +98,7 @@ struct Job {
     ctx: CallContext,
     digest: Digest32,
     body: Vec<u8>,
-    out: Sender<Vec<u8>>,
+    out: Outbox,
 }
 
 /// The engine. Cheap to share: clone the `Arc`.
@@ -112,11 +112,22 @@ pub struct Engine {
     health: Vec<Arc<dyn HealthSource>>,
     jobs: Mutex<Option<Sender<Job>>>,
     stopping: AtomicBool,
+    stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// Where encoded frames (wire bytes, delimiter included) go.
-pub type Outbox = Sender<Vec<u8>>;
+/// Where encoded frames (wire bytes, delimiter included) go. Bounded: when
+/// the peer does not read, senders wait, and so the link reader stops taking
+/// input instead of queueing answers without limit.
+pub type Outbox = SyncSender<Vec<u8>>;
+
+/// Frames the outgoing queue holds before senders wait.
+pub const OUTBOX_FRAMES: usize = 256;
+
+/// A new outgoing queue.
+pub fn outbox() -> (Outbox, Receiver<Vec<u8>>) {
+    mpsc::sync_channel(OUTBOX_FRAMES)
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside a handler is caught per job; a poisoned lock only means
@@ -149,6 +160,7 @@ impl Engine {
             health,
             jobs: Mutex::new(Some(tx)),
             stopping: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
         });
         let rx = Arc::new(Mutex::new(rx));
@@ -171,6 +183,13 @@ impl Engine {
     /// The engine's limits.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The daemon's stop flag (set it from a signal handler and pass it to
+    /// [`crate::link::serve`]). Once set, answers that cannot be queued
+    /// because the peer stopped reading are dropped instead of waited for.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
     }
 
     /// Records that the serial device was (re)opened.
@@ -197,11 +216,28 @@ impl Engine {
         lock(&self.cache).running
     }
 
+    /// Queues frames for the writer, waiting while the queue is full (the
+    /// peer is slow or not reading): that back-pressure is what stops the
+    /// reader from taking more input. Gives up only once the daemon is stopping.
     fn send(&self, out: &Outbox, frames: &[Vec<u8>]) {
         for frame in frames {
-            self.counters.sent.fetch_add(1, Ordering::Relaxed);
-            // The receiver only goes away when the daemon stops.
-            let _ = out.send(frame.clone());
+            let mut frame = frame.clone();
+            loop {
+                match out.try_send(frame) {
+                    Ok(()) => {
+                        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
+                    Err(TrySendError::Full(back)) => {
+                        if self.stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        frame = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
         }
     }
 

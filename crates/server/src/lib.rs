@@ -18,7 +18,7 @@ pub mod link;
 pub mod router;
 
 pub use config::{Config, ConfigError};
-pub use engine::{Engine, EngineConfig, HealthSource, Outbox};
+pub use engine::{outbox, Engine, EngineConfig, HealthSource, Outbox};
 pub use router::{typed, CallContext, Failure, Handler, Placement, Router};
 
 #[cfg(test)]

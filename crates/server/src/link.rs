@@ -3,7 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ pub fn open(link: &LinkConfig) -> serialport::Result<Box<dyn SerialPort>> {
 /// On `stop`, requests already accepted get up to `grace` to finish and their
 /// answers are written before it returns.
 pub fn serve(engine: &Arc<Engine>, link: &LinkConfig, stop: &AtomicBool, grace: Duration) {
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>();
+    let (mut out_tx, out_rx) = crate::engine::outbox();
     let mut out_rx = Some(out_rx);
     let mut backoff = Duration::from_millis(link.reopen_min_ms);
     let max_backoff = Duration::from_millis(link.reopen_max_ms);
@@ -74,7 +74,16 @@ pub fn serve(engine: &Arc<Engine>, link: &LinkConfig, stop: &AtomicBool, grace: 
         failures = 0;
         backoff = Duration::from_millis(link.reopen_min_ms);
         let Some(rx) = out_rx.take() else { return };
-        out_rx = Some(session(engine, port, rx, &out_tx, stop, grace));
+        match session(engine, port, rx, &out_tx, stop, grace) {
+            Some(rx) => out_rx = Some(rx),
+            None => {
+                // The writer is stuck in a write the device never completes; it
+                // keeps the old queue. Answers still in it are lost; retries replay them.
+                let (tx, rx) = crate::engine::outbox();
+                out_tx = tx;
+                out_rx = Some(rx);
+            }
+        }
         if !stop.load(Ordering::SeqCst) {
             warn!(device = %link.device.display(), "serial device lost; reopening");
             sleep_unless(stop, backoff);
@@ -89,39 +98,44 @@ fn sleep_unless(stop: &AtomicBool, total: Duration) {
     }
 }
 
+/// How long a session waits for its writer to finish after the reader stopped.
+const WRITER_WAIT: Duration = Duration::from_secs(5);
+
 /// One open device: reads on this thread, writes on another. Returns the
-/// outgoing queue so the next session can continue it.
+/// outgoing queue so the next session can continue it, or `None` when the
+/// writer did not finish (a peer that stopped reading under flow control
+/// blocks a write indefinitely).
 fn session(
     engine: &Arc<Engine>,
     mut port: Box<dyn SerialPort>,
     out_rx: Receiver<Vec<u8>>,
-    out_tx: &mpsc::Sender<Vec<u8>>,
+    out_tx: &crate::engine::Outbox,
     stop: &AtomicBool,
     grace: Duration,
-) -> Receiver<Vec<u8>> {
+) -> Option<Receiver<Vec<u8>>> {
     let failed = Arc::new(AtomicBool::new(false));
     let finish = Arc::new(AtomicBool::new(false));
     let writer = match port.try_clone() {
         Ok(w) => w,
         Err(e) => {
             warn!(cause = %e, "cannot clone serial handle");
-            return out_rx;
+            return Some(out_rx);
         }
     };
     let writer_failed = Arc::clone(&failed);
     let writer_finish = Arc::clone(&finish);
-    let writer = std::thread::Builder::new()
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
         .name("link-writer".into())
-        .spawn(move || write_loop(writer, out_rx, &writer_failed, &writer_finish));
-    let writer = match writer {
-        Ok(handle) => handle,
-        Err(e) => {
-            // The receiver moved into the closure that never ran; a fresh queue replaces it.
-            warn!(cause = %e, "cannot start writer thread");
-            let (_tx, rx) = mpsc::channel();
-            return rx;
-        }
-    };
+        .spawn(move || {
+            let rx = write_loop(writer, out_rx, &writer_failed, &writer_finish);
+            let _ = done_tx.send(rx);
+        });
+    if let Err(e) = spawned {
+        // The queue moved into the closure that never ran; the caller makes a new one.
+        warn!(cause = %e, "cannot start writer thread");
+        return None;
+    }
     let mut decoder = Decoder::new(engine.config().max_frame as usize);
     let mut buf = vec![0u8; 4096];
     while !stop.load(Ordering::SeqCst) && !failed.load(Ordering::SeqCst) {
@@ -148,9 +162,20 @@ fn session(
     } else {
         failed.store(true, Ordering::SeqCst);
     }
-    match writer.join() {
-        Ok(rx) => rx,
-        Err(_) => mpsc::channel().1,
+    let wait = if stop.load(Ordering::SeqCst) {
+        grace.min(WRITER_WAIT)
+    } else {
+        WRITER_WAIT
+    };
+    match done_rx.recv_timeout(wait) {
+        Ok(rx) => Some(rx),
+        Err(_) => {
+            warn!(
+                waited_ms = wait.as_millis() as u64,
+                "serial writer is blocked (peer not reading?); abandoning it"
+            );
+            None
+        }
     }
 }
 

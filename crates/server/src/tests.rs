@@ -1,5 +1,5 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ const PANIC: Command = Command(0x103);
 
 struct Harness {
     engine: Arc<Engine>,
-    out: mpsc::Sender<Vec<u8>>,
+    out: crate::Outbox,
     rx: Receiver<Vec<u8>>,
     echo_calls: Arc<AtomicUsize>,
     gate: Arc<Mutex<()>>,
@@ -63,7 +63,7 @@ fn harness(config: EngineConfig) -> Harness {
             typed(|_: &CallContext, _: Echo| -> Result<Echo, Failure> { panic!("handler bug") }),
         );
     let engine = Engine::start(config, router, Vec::new());
-    let (out, rx) = mpsc::channel();
+    let (out, rx) = crate::outbox();
     Harness {
         engine,
         out,

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,12 +112,12 @@ fn init_logging(c: &Config) {
 }
 
 fn run(c: &Config) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
+    let router = Router::new();
+    let engine = Engine::start(c.engine(), router, Vec::new());
+    let stop = engine.stop_flag();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
-    let router = Router::new();
-    let engine = Engine::start(c.engine(), router, Vec::new());
     info!(signer_id = %c.signer_id, version = env!("CARGO_PKG_VERSION"), "signerd started");
     link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
     // Without an open device the link had no session to drain; stop the workers here.
