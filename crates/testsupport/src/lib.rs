@@ -283,3 +283,90 @@ impl Bench {
         }
     }
 }
+
+/// The SoftHSM2 PKCS#11 module installed by Debian's `softhsm2` package.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A private SoftHSM2 token store with one initialized token; removed on drop.
+///
+/// SoftHSM2 reads its configuration from `SOFTHSM2_CONF` when the module is
+/// initialized, so a process uses one store: give the path to a daemon
+/// through [`SoftHsm::env`], or set it once per test process before loading
+/// the module in-process.
+pub struct SoftHsm {
+    dir: tempfile::TempDir,
+    /// The softhsm2.conf of this store.
+    pub conf: PathBuf,
+    /// The token label.
+    pub label: String,
+    /// The user PIN.
+    pub pin: String,
+}
+
+impl SoftHsm {
+    /// Creates a store with one token labelled `label` (user PIN 1234).
+    pub fn new(label: &str) -> SoftHsm {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).expect("token dir");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        let hsm = SoftHsm {
+            dir,
+            conf,
+            label: label.to_string(),
+            pin: "1234".into(),
+        };
+        hsm.init_token(label);
+        hsm
+    }
+
+    /// Initializes another token in the same store.
+    pub fn init_token(&self, label: &str) {
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                &self.pin,
+                "--so-pin",
+                "5678",
+            ])
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .expect("softhsm2-util (Debian package softhsm2) must be installed");
+        assert!(
+            out.status.success(),
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `(name, value)` of the environment variable that selects this store.
+    pub fn env(&self) -> (&'static str, &Path) {
+        ("SOFTHSM2_CONF", &self.conf)
+    }
+
+    /// Writes the PIN to a file readable only by its owner and returns the path.
+    pub fn pin_file(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("user.pin");
+        std::fs::write(&path, format!("{}\n", self.pin)).expect("write pin");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod pin");
+        path
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}

@@ -1,0 +1,132 @@
+//! Where a token PIN comes from. The PIN is held in a zeroizing secret and
+//! never logged; its source is described without the value.
+
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use zeroize::Zeroize;
+
+use crate::HsmError;
+
+/// A PIN source, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PinSource {
+    /// A file holding the PIN (trailing newline ignored); must not be readable by others.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A systemd credential (`LoadCredential=`), read from `$CREDENTIALS_DIRECTORY/<name>`.
+    Credential(String),
+}
+
+/// A PIN, zeroized when dropped.
+pub struct SecretPin(SecretString);
+
+impl std::fmt::Debug for SecretPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretPin(..)")
+    }
+}
+
+impl SecretPin {
+    /// Wraps a PIN given directly (for set-up tools and tests).
+    pub fn new(pin: String) -> Self {
+        SecretPin(SecretString::from(pin))
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+fn from_text(mut text: String) -> Result<SecretPin, HsmError> {
+    let trimmed = text.trim_end_matches(['\n', '\r']).to_string();
+    text.zeroize();
+    if trimmed.is_empty() {
+        return Err(HsmError::Pin("the PIN is empty".into()));
+    }
+    Ok(SecretPin::new(trimmed))
+}
+
+#[cfg(unix)]
+fn check_not_world_readable(path: &std::path::Path) -> Result<(), HsmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| HsmError::Pin(format!("{}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o007 != 0 {
+        return Err(HsmError::Pin(format!(
+            "{} is accessible to other users (mode {:o}); use chmod 600 or 640",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+impl PinSource {
+    /// Reads the PIN.
+    pub fn read(&self) -> Result<SecretPin, HsmError> {
+        match self {
+            PinSource::File(path) => {
+                check_not_world_readable(path)?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| HsmError::Pin(format!("{}: {e}", path.display())))?;
+                from_text(text)
+            }
+            PinSource::Env(var) => {
+                let text = std::env::var(var)
+                    .map_err(|_| HsmError::Pin(format!("environment variable {var} is not set")))?;
+                from_text(text)
+            }
+            PinSource::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    HsmError::Pin(format!("credential {name}: CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit)"))
+                })?;
+                let path = PathBuf::from(dir).join(name);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| HsmError::Pin(format!("credential {}: {e}", path.display())))?;
+                from_text(text)
+            }
+        }
+    }
+
+    /// A description that never includes the PIN.
+    pub fn describe(&self) -> String {
+        match self {
+            PinSource::File(p) => format!("file {}", p.display()),
+            PinSource::Env(v) => format!("environment variable {v}"),
+            PinSource::Credential(n) => format!("systemd credential {n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn file_pin_is_trimmed_and_permissions_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "1234\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            PinSource::File(path.clone()).read().unwrap().expose(),
+            "1234"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = PinSource::File(path).read().unwrap_err().to_string();
+        assert!(err.contains("accessible to other users"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_pin() {
+        assert_eq!(
+            format!("{:?}", SecretPin::new("secret".into())),
+            "SecretPin(..)"
+        );
+    }
+}

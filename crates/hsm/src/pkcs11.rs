@@ -1,0 +1,656 @@
+//! The PKCS#11 backend (cryptoki).
+//!
+//! - The module is initialized once per process (OS locking), whatever the
+//!   number of backends using it.
+//! - Each worker has its own session (a `Session` is not `Sync`); login is
+//!   token-wide, so "already logged in" counts as success.
+//! - Key handles are looked up once per session and cached.
+//! - Startup never blocks on the token: the slot is found lazily, and while
+//!   the token is absent calls fail fast with [`HsmError::Unavailable`],
+//!   retrying the token with exponential backoff.
+//! - After a session- or device-level error the worker's session is dropped
+//!   and reopened once at once, then with backoff.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use const_oid::ObjectIdentifier;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use der::Decode;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::der_util::{ecdsa_raw_to_der, spki_ec, spki_rsa, SECP256R1, SECP384R1};
+use crate::pin::{PinSource, SecretPin};
+use crate::{
+    digest_info_prefix, Hash, HsmError, KeyKind, KeyStatus, PublicKey, Scheme, SigningBackend,
+};
+
+/// Which token to use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenSelector {
+    /// The token with this label.
+    Label(String),
+    /// The token with this serial number.
+    Serial(String),
+    /// The token in this slot.
+    Slot(u64),
+}
+
+/// A token and how to log in to it.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// Path of the PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The token.
+    pub token: TokenSelector,
+    /// Where the user PIN comes from.
+    pub pin: PinSource,
+}
+
+/// A configured key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    /// The name handlers use.
+    pub name: String,
+    /// `CKA_LABEL` on the token.
+    pub label: Option<String>,
+    /// `CKA_ID` on the token.
+    pub id: Option<Vec<u8>>,
+}
+
+impl KeySpec {
+    fn template(&self, class: ObjectClass) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Class(class)];
+        if let Some(label) = &self.label {
+            t.push(Attribute::Label(label.as_bytes().to_vec()));
+        }
+        if let Some(id) = &self.id {
+            t.push(Attribute::Id(id.clone()));
+        }
+        t
+    }
+
+    fn describe(&self) -> String {
+        match (&self.label, &self.id) {
+            (Some(l), Some(id)) => format!("{} (label {l}, id {})", self.name, hex_string(id)),
+            (Some(l), None) => format!("{} (label {l})", self.name),
+            (None, Some(id)) => format!("{} (id {})", self.name, hex_string(id)),
+            (None, None) => self.name.clone(),
+        }
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn modules() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    MODULES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Loads and initializes a module once per process.
+fn module(path: &Path) -> Result<Pkcs11, HsmError> {
+    let mut registry = lock(modules());
+    if let Some(ctx) = registry.get(path) {
+        return Ok(ctx.clone());
+    }
+    let ctx = Pkcs11::new(path).map_err(|e| {
+        HsmError::Failed(format!(
+            "cannot load PKCS#11 module {}: {e}",
+            path.display()
+        ))
+    })?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => {
+            return Err(HsmError::Failed(format!(
+                "C_Initialize of {}: {e}",
+                path.display()
+            )))
+        }
+    }
+    registry.insert(path.to_path_buf(), ctx.clone());
+    Ok(ctx)
+}
+
+/// Sorts a cryptoki error into the backend's error kinds.
+fn classify(e: &CkError) -> HsmError {
+    match e {
+        CkError::Pkcs11(rv, _) => match rv {
+            RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::DeviceError
+            | RvError::DeviceRemoved
+            | RvError::DeviceMemory
+            | RvError::TokenNotPresent
+            | RvError::TokenNotRecognized
+            | RvError::UserNotLoggedIn
+            | RvError::CryptokiNotInitialized
+            | RvError::GeneralError
+            | RvError::FunctionFailed
+            | RvError::HostMemory
+            | RvError::SessionCount => HsmError::Unavailable(e.to_string()),
+            RvError::PinIncorrect
+            | RvError::PinLocked
+            | RvError::PinExpired
+            | RvError::PinInvalid => HsmError::Pin(e.to_string()),
+            RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid => {
+                HsmError::Unavailable(e.to_string())
+            }
+            RvError::MechanismInvalid
+            | RvError::MechanismParamInvalid
+            | RvError::KeyTypeInconsistent => HsmError::Unsupported(e.to_string()),
+            _ => HsmError::Failed(e.to_string()),
+        },
+        other => HsmError::Failed(other.to_string()),
+    }
+}
+
+struct Worker {
+    session: Option<Session>,
+    handles: HashMap<String, (ObjectHandle, KeyKind)>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Signs with keys on one PKCS#11 token.
+pub struct Pkcs11Backend {
+    ctx: Pkcs11,
+    config: TokenConfig,
+    pin: SecretPin,
+    keys: Vec<KeySpec>,
+    workers: Vec<Mutex<Worker>>,
+    public: Mutex<HashMap<String, PublicKey>>,
+    status: Mutex<HashMap<String, KeyStatus>>,
+}
+
+impl std::fmt::Debug for Pkcs11Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Backend")
+            .field("module", &self.config.module)
+            .field("token", &self.config.token)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11Backend {
+    /// Loads the module and reads the PIN; does not wait for the token.
+    pub fn open(config: TokenConfig, keys: Vec<KeySpec>, workers: usize) -> Result<Self, HsmError> {
+        let pin = config.pin.read()?;
+        Self::open_with_pin(config, pin, keys, workers)
+    }
+
+    /// Like [`Pkcs11Backend::open`] with the PIN given.
+    pub fn open_with_pin(
+        config: TokenConfig,
+        pin: SecretPin,
+        keys: Vec<KeySpec>,
+        workers: usize,
+    ) -> Result<Self, HsmError> {
+        let ctx = module(&config.module)?;
+        let status = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.name.clone(),
+                    KeyStatus {
+                        name: k.name.clone(),
+                        available: false,
+                        logged_in: false,
+                        last_sign_us: None,
+                        last_error: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Pkcs11Backend {
+            ctx,
+            config,
+            pin,
+            keys,
+            // One more session than workers: the last serves public-key reads and set-up.
+            workers: (0..workers.max(1) + 1)
+                .map(|_| {
+                    Mutex::new(Worker {
+                        session: None,
+                        handles: HashMap::new(),
+                        retry_at: None,
+                        backoff: MIN_BACKOFF,
+                    })
+                })
+                .collect(),
+            public: Mutex::new(HashMap::new()),
+            status: Mutex::new(status),
+        })
+    }
+
+    fn find_slot(&self) -> Result<Slot, HsmError> {
+        let slots = self.ctx.get_slots_with_token().map_err(|e| classify(&e))?;
+        for slot in slots {
+            let matches = match &self.config.token {
+                TokenSelector::Slot(id) => slot.id() == *id,
+                TokenSelector::Label(label) | TokenSelector::Serial(label) => {
+                    let Ok(info) = self.ctx.get_token_info(slot) else {
+                        continue;
+                    };
+                    let have = match &self.config.token {
+                        TokenSelector::Label(_) => info.label(),
+                        _ => info.serial_number(),
+                    };
+                    have.trim_end() == label.as_str()
+                }
+            };
+            if matches {
+                return Ok(slot);
+            }
+        }
+        Err(HsmError::Unavailable(format!(
+            "token {:?} is not present",
+            self.config.token
+        )))
+    }
+
+    fn open_session(&self, rw: bool) -> Result<Session, HsmError> {
+        let slot = self.find_slot()?;
+        let session = if rw {
+            self.ctx.open_rw_session(slot)
+        } else {
+            self.ctx.open_ro_session(slot)
+        }
+        .map_err(|e| classify(&e))?;
+        let pin = AuthPin::new(self.pin.expose().into());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    fn spec(&self, key: &str) -> Result<&KeySpec, HsmError> {
+        self.keys
+            .iter()
+            .find(|k| k.name == key)
+            .ok_or_else(|| HsmError::UnknownKey(key.to_string()))
+    }
+
+    /// Ensures the worker has a session, respecting its backoff.
+    fn session<'w>(&self, w: &'w mut Worker) -> Result<&'w Session, HsmError> {
+        if w.session.is_none() {
+            if let Some(at) = w.retry_at {
+                if Instant::now() < at {
+                    return Err(HsmError::Unavailable(
+                        "token not reachable; retrying with backoff".into(),
+                    ));
+                }
+            }
+            match self.open_session(false) {
+                Ok(s) => {
+                    w.session = Some(s);
+                    w.retry_at = None;
+                    w.backoff = MIN_BACKOFF;
+                }
+                Err(e) => {
+                    w.retry_at = Some(Instant::now() + w.backoff);
+                    w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
+                    return Err(e);
+                }
+            }
+        }
+        w.session
+            .as_ref()
+            .ok_or_else(|| HsmError::Unavailable("no session".into()))
+    }
+
+    fn key_handle(&self, w: &mut Worker, key: &str) -> Result<(ObjectHandle, KeyKind), HsmError> {
+        if let Some(h) = w.handles.get(key) {
+            return Ok(*h);
+        }
+        let spec = self.spec(key)?.clone();
+        let session = self.session(w)?;
+        let found = session
+            .find_objects(&spec.template(ObjectClass::PRIVATE_KEY))
+            .map_err(|e| classify(&e))?;
+        let handle = match found.as_slice() {
+            [one] => *one,
+            [] => return Err(HsmError::KeyNotFound(spec.describe())),
+            _ => {
+                return Err(HsmError::Failed(format!(
+                    "{} matches {} private keys; give both label and id",
+                    spec.describe(),
+                    found.len()
+                )))
+            }
+        };
+        let kind = key_kind(session, handle)?;
+        w.handles.insert(key.to_string(), (handle, kind));
+        Ok((handle, kind))
+    }
+
+    fn note(&self, key: &str, result: Result<Duration, &HsmError>, logged_in: bool) {
+        let mut status = lock(&self.status);
+        if let Some(s) = status.get_mut(key) {
+            match result {
+                Ok(took) => {
+                    s.available = true;
+                    s.last_sign_us = Some(took.as_micros() as u64);
+                    s.last_error = None;
+                }
+                Err(e) => {
+                    s.available = false;
+                    s.last_error = Some(e.to_string());
+                }
+            }
+            s.logged_in = logged_in;
+        }
+    }
+
+    /// Generates a key pair on the token: sensitive, not extractable, with a
+    /// random 16-byte `CKA_ID` and the given label. Refuses a label in use.
+    pub fn generate(&self, kind: KeyKind, label: &str) -> Result<(PublicKey, Vec<u8>), HsmError> {
+        let session = self.open_session(true)?;
+        let existing = session
+            .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+            .map_err(|e| classify(&e))?;
+        if !existing.is_empty() {
+            return Err(HsmError::Failed(format!(
+                "the token already holds an object labelled {label}"
+            )));
+        }
+        let id: [u8; 16] = rand::random();
+        // PKCS#11 v2.40 §4.9: CKA_SENSITIVE true and CKA_EXTRACTABLE false keep the
+        // private key inside the token; CKA_TOKEN true makes it persistent.
+        let private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+        ];
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Verify(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+        ];
+        let mechanism = match kind {
+            KeyKind::Rsa { bits } => {
+                public.push(Attribute::ModulusBits(u64::from(bits).into()));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+            KeyKind::EcP256 | KeyKind::EcP384 => {
+                let curve = if kind == KeyKind::EcP256 {
+                    SECP256R1
+                } else {
+                    SECP384R1
+                };
+                let params =
+                    der::Encode::to_der(&curve).map_err(|e| HsmError::Failed(e.to_string()))?;
+                public.push(Attribute::EcParams(params));
+                Mechanism::EccKeyPairGen
+            }
+        };
+        let (pub_handle, _priv) = session
+            .generate_key_pair(&mechanism, &public, &private)
+            .map_err(|e| classify(&e))?;
+        let key = read_public(&session, pub_handle)?;
+        info!(key_label = label, kind = %key.kind, "generated key pair on the token");
+        Ok((key, id.to_vec()))
+    }
+
+    /// The last worker slot is reserved for public-key reads and set-up.
+    fn admin(&self) -> &Mutex<Worker> {
+        &self.workers[self.workers.len() - 1]
+    }
+}
+
+fn key_kind(session: &Session, handle: ObjectHandle) -> Result<KeyKind, HsmError> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::Modulus,
+                AttributeType::EcParams,
+            ],
+        )
+        .map_err(|e| classify(&e))?;
+    let mut key_type = None;
+    let mut modulus = None;
+    let mut params = None;
+    for a in attrs {
+        match a {
+            Attribute::KeyType(t) => key_type = Some(t),
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::EcParams(p) => params = Some(p),
+            _ => {}
+        }
+    }
+    match key_type {
+        Some(KeyType::RSA) => {
+            let m = modulus
+                .ok_or_else(|| HsmError::Unsupported("RSA key without readable modulus".into()))?;
+            let bits = m.iter().skip_while(|&&b| b == 0).count() * 8;
+            Ok(KeyKind::Rsa { bits: bits as u32 })
+        }
+        Some(KeyType::EC) => {
+            let p = params
+                .ok_or_else(|| HsmError::Unsupported("EC key without CKA_EC_PARAMS".into()))?;
+            curve_kind(&p)
+        }
+        other => Err(HsmError::Unsupported(format!("key type {other:?}"))),
+    }
+}
+
+fn curve_kind(params: &[u8]) -> Result<KeyKind, HsmError> {
+    let oid = ObjectIdentifier::from_der(params)
+        .map_err(|_| HsmError::Unsupported("EC parameters are not a named curve".into()))?;
+    match oid {
+        SECP256R1 => Ok(KeyKind::EcP256),
+        SECP384R1 => Ok(KeyKind::EcP384),
+        other => Err(HsmError::Unsupported(format!("curve {other}"))),
+    }
+}
+
+fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, HsmError> {
+    let kind = key_kind(session, handle)?;
+    let spki_der = if kind.is_rsa() {
+        let attrs = session
+            .get_attributes(
+                handle,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )
+            .map_err(|e| classify(&e))?;
+        let (mut m, mut e) = (Vec::new(), Vec::new());
+        for a in attrs {
+            match a {
+                Attribute::Modulus(v) => m = v,
+                Attribute::PublicExponent(v) => e = v,
+                _ => {}
+            }
+        }
+        spki_rsa(&m, &e)
+    } else {
+        let attrs = session
+            .get_attributes(handle, &[AttributeType::EcPoint])
+            .map_err(|e| classify(&e))?;
+        let raw = attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p),
+                _ => None,
+            })
+            .ok_or_else(|| HsmError::Unsupported("EC key without CKA_EC_POINT".into()))?;
+        // SoftHSM2 (and PKCS#11 v2.40) wrap the point in an OCTET STRING; some tokens do not.
+        let point = der::asn1::OctetString::from_der(&raw)
+            .map(|o| o.into_bytes().into_vec())
+            .unwrap_or(raw);
+        let curve = if kind == KeyKind::EcP256 {
+            SECP256R1
+        } else {
+            SECP384R1
+        };
+        spki_ec(curve, &point)
+    }
+    .map_err(|e| HsmError::Failed(format!("encoding the public key: {e}")))?;
+    Ok(PublicKey { kind, spki_der })
+}
+
+fn mechanism_hash(hash: Hash) -> (MechanismType, PkcsMgfType) {
+    match hash {
+        Hash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+        Hash::Sha384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384),
+        Hash::Sha512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512),
+    }
+}
+
+impl SigningBackend for Pkcs11Backend {
+    fn public_key(&self, key: &str) -> Result<PublicKey, HsmError> {
+        if let Some(k) = lock(&self.public).get(key) {
+            return Ok(k.clone());
+        }
+        let spec = self.spec(key)?.clone();
+        let mut w = lock(self.admin());
+        let result = (|| {
+            let session = self.session(&mut w)?;
+            let found = session
+                .find_objects(&spec.template(ObjectClass::PUBLIC_KEY))
+                .map_err(|e| classify(&e))?;
+            let handle = match found.first() {
+                Some(h) => *h,
+                // Tokens without a public-key object: RSA private keys carry the modulus.
+                None => self.key_handle(&mut w, key)?.0,
+            };
+            let session = self.session(&mut w)?;
+            read_public(session, handle)
+        })();
+        if result.as_ref().is_err_and(HsmError::is_transient) {
+            w.session = None;
+            w.handles.clear();
+        }
+        let public = result?;
+        lock(&self.public).insert(key.to_string(), public.clone());
+        Ok(public)
+    }
+
+    fn sign_digest(
+        &self,
+        worker: usize,
+        key: &str,
+        scheme: Scheme,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        if digest.len() != scheme.hash().len() {
+            return Err(HsmError::Unsupported(format!(
+                "digest of {} bytes for {:?}",
+                digest.len(),
+                scheme.hash()
+            )));
+        }
+        let slots = self.workers.len() - 1;
+        let mut w = lock(&self.workers[worker % slots]);
+        let mut last = None;
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let result = self.sign_once(&mut w, key, scheme, digest);
+            match result {
+                Ok(sig) => {
+                    self.note(key, Ok(started.elapsed()), true);
+                    return Ok(sig);
+                }
+                Err(e) if e.is_transient() => {
+                    // Drop the session and its handles: after a device error every
+                    // later call on the old session would fail too.
+                    w.session = None;
+                    w.handles.clear();
+                    if attempt == 0 {
+                        warn!(key_label = key, cause = %e, "HSM call failed; reopening the session");
+                    }
+                    last = Some(e);
+                }
+                Err(e) => {
+                    self.note(key, Err(&e), w.session.is_some());
+                    return Err(e);
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| HsmError::Unavailable("unknown".into()));
+        self.note(key, Err(&e), false);
+        Err(e)
+    }
+
+    fn status(&self) -> Vec<KeyStatus> {
+        let status = lock(&self.status);
+        self.keys
+            .iter()
+            .filter_map(|k| status.get(&k.name).cloned())
+            .collect()
+    }
+}
+
+impl Pkcs11Backend {
+    fn sign_once(
+        &self,
+        w: &mut Worker,
+        key: &str,
+        scheme: Scheme,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let (handle, kind) = self.key_handle(w, key)?;
+        if !kind.supports(scheme) {
+            return Err(HsmError::Unsupported(format!(
+                "{scheme:?} with a {kind} key"
+            )));
+        }
+        let session = self.session(w)?;
+        match scheme {
+            Scheme::RsaPkcs1(hash) => {
+                let mut data = digest_info_prefix(hash).to_vec();
+                data.extend_from_slice(digest);
+                session
+                    .sign(&Mechanism::RsaPkcs, handle, &data)
+                    .map_err(|e| classify(&e))
+            }
+            Scheme::RsaPss(hash) => {
+                let (hash_alg, mgf) = mechanism_hash(hash);
+                let params = PkcsPssParams {
+                    hash_alg,
+                    mgf,
+                    s_len: (hash.len() as u64).into(),
+                };
+                session
+                    .sign(&Mechanism::RsaPkcsPss(params), handle, digest)
+                    .map_err(|e| classify(&e))
+            }
+            Scheme::Ecdsa(_) => {
+                let raw = session
+                    .sign(&Mechanism::Ecdsa, handle, digest)
+                    .map_err(|e| classify(&e))?;
+                ecdsa_raw_to_der(&raw).ok_or_else(|| {
+                    HsmError::Failed(format!("ECDSA signature of {} bytes", raw.len()))
+                })
+            }
+        }
+    }
+}
