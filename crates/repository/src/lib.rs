@@ -1,0 +1,487 @@
+//! The signer's durable repository, on redb.
+//!
+//! ```text
+//! workers ─► Repository::record_issuance ─► committer thread ─► one redb write
+//!   (block until durable)       ▲            (takes every waiting record:       transaction,
+//!                               └─────────── group commit)                     fsync'd commit
+//! ```
+//!
+//! A certificate is recorded before its response leaves: `record_issuance`
+//! returns only after the commit that holds it is on disk. Records that
+//! arrive while a commit runs go together into the next one, so durability
+//! costs one fsync per batch, not per certificate.
+//!
+//! Tables: certificates by (issuer, serial); request id → (issuer, serial,
+//! request digest); expiry index (notAfter, issuer, serial). Revocations,
+//! CRL state, the audit log and replication state get tables of their own
+//! beside these.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+const CERTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("certs_v1");
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests_v1");
+const EXPIRY: TableDefinition<(i64, &str, &[u8]), ()> = TableDefinition::new("expiry_v1");
+
+/// Largest number of records one group commit takes.
+const MAX_BATCH: usize = 256;
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The database could not be opened, read or written.
+    #[error("repository storage: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded.
+    #[error("repository record corrupt: {0}")]
+    Corrupt(String),
+    /// The serial is already taken for this issuer by another certificate.
+    #[error("serial {serial} already issued by {issuer}")]
+    SerialTaken {
+        /// Issuer name.
+        issuer: String,
+        /// Serial, hex.
+        serial: String,
+    },
+    /// The committer is gone (the daemon is stopping).
+    #[error("repository closed")]
+    Closed,
+    /// An import line could not be read.
+    #[error("import line {line}: {message}")]
+    Import {
+        /// Line number, from 1.
+        line: usize,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+fn storage(e: impl std::fmt::Display) -> RepoError {
+    RepoError::Storage(e.to_string())
+}
+
+/// An issued certificate and what the signer knows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Issuer (CA) name as configured.
+    pub issuer: String,
+    /// Serial number, big-endian bytes as encoded in the certificate.
+    pub serial: Vec<u8>,
+    /// The certificate, DER.
+    #[serde(with = "b64")]
+    pub der: Vec<u8>,
+    /// Profile used.
+    pub profile: String,
+    /// The client's idempotency key.
+    pub request_id: String,
+    /// SHA-256 of the request that produced it (detects a reused request id).
+    #[serde(with = "b64")]
+    pub request_digest: Vec<u8>,
+    /// Subject, RFC 4514 string.
+    pub subject: String,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// When it was issued, Unix milliseconds.
+    pub issued_at_ms: i64,
+    /// Which signer issued it.
+    pub signer_id: String,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestEntry {
+    issuer: String,
+    serial: Vec<u8>,
+    digest: Vec<u8>,
+}
+
+/// What recording an issuance did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The record is now durable.
+    Inserted,
+    /// The request id was already recorded: this is the original record;
+    /// the new certificate was not stored (and must not be handed out).
+    Existing(Box<CertRecord>),
+}
+
+struct Job {
+    record: CertRecord,
+    reply: Sender<Result<Recorded, RepoError>>,
+}
+
+/// Counters of the repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepoStats {
+    /// Certificates stored.
+    pub certificates: u64,
+    /// Commits made by the committer.
+    pub commits: u64,
+    /// Records those commits held.
+    pub committed_records: u64,
+}
+
+/// The repository. Cheap to share behind an `Arc`.
+pub struct Repository {
+    db: Arc<Database>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<Mutex<RepoStats>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Repository {
+    /// Opens (or creates) the repository file and starts the committer.
+    pub fn open(path: &Path) -> Result<Repository, RepoError> {
+        let db = Database::create(path).map_err(storage)?;
+        {
+            let txn = db.begin_write().map_err(storage)?;
+            txn.open_table(CERTS).map_err(storage)?;
+            txn.open_table(REQUESTS).map_err(storage)?;
+            txn.open_table(EXPIRY).map_err(storage)?;
+            txn.commit().map_err(storage)?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Mutex::new(RepoStats::default()));
+        let handle = {
+            let db = Arc::clone(&db);
+            let stats = Arc::clone(&stats);
+            std::thread::Builder::new()
+                .name("repo-committer".into())
+                .spawn(move || committer(&db, &rx, &stats))
+                .map_err(storage)?
+        };
+        Ok(Repository {
+            db,
+            jobs: Mutex::new(Some(tx)),
+            committer: Mutex::new(Some(handle)),
+            stats,
+        })
+    }
+
+    /// Records an issued certificate durably (group commit); blocks until the
+    /// commit holding it is on disk.
+    pub fn record_issuance(&self, record: CertRecord) -> Result<Recorded, RepoError> {
+        let (reply, rx) = mpsc::channel();
+        let sent = match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(jobs) => jobs.send(Job { record, reply }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(RepoError::Closed);
+        }
+        rx.recv().unwrap_or(Err(RepoError::Closed))
+    }
+
+    /// The record for a request id, if any.
+    pub fn find_by_request(&self, request_id: &str) -> Result<Option<CertRecord>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let requests = txn.open_table(REQUESTS).map_err(storage)?;
+        let Some(entry) = requests.get(request_id).map_err(storage)? else {
+            return Ok(None);
+        };
+        let entry: RequestEntry =
+            rmp_serde::from_slice(entry.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+        let certs = txn.open_table(CERTS).map_err(storage)?;
+        let found = certs
+            .get((entry.issuer.as_str(), entry.serial.as_slice()))
+            .map_err(storage)?;
+        match found {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Err(RepoError::Corrupt(format!(
+                "request {request_id} points to a missing certificate"
+            ))),
+        }
+    }
+
+    /// Whether `issuer` has issued `serial`.
+    pub fn serial_exists(&self, issuer: &str, serial: &[u8]) -> Result<bool, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let certs = txn.open_table(CERTS).map_err(storage)?;
+        Ok(certs.get((issuer, serial)).map_err(storage)?.is_some())
+    }
+
+    /// The certificate `issuer` issued with `serial`.
+    pub fn certificate(
+        &self,
+        issuer: &str,
+        serial: &[u8],
+    ) -> Result<Option<CertRecord>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let certs = txn.open_table(CERTS).map_err(storage)?;
+        match certs.get((issuer, serial)).map_err(storage)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Result<RepoStats, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let certs = txn.open_table(CERTS).map_err(storage)?;
+        let mut stats = *self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.certificates = certs.len().map_err(storage)?;
+        Ok(stats)
+    }
+
+    /// Checks that the tables agree with each other; returns the problems found.
+    pub fn check(&self) -> Result<Vec<String>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let certs = txn.open_table(CERTS).map_err(storage)?;
+        let requests = txn.open_table(REQUESTS).map_err(storage)?;
+        let expiry = txn.open_table(EXPIRY).map_err(storage)?;
+        let mut problems = Vec::new();
+        for item in certs.iter().map_err(storage)? {
+            let (key, value) = item.map_err(storage)?;
+            let (issuer, serial) = key.value();
+            match decode(value.value()) {
+                Err(e) => problems.push(format!("{issuer}/{}: {e}", hex(serial))),
+                Ok(r) => {
+                    if r.issuer != issuer || r.serial != serial {
+                        problems.push(format!(
+                            "{issuer}/{}: record names {}/{}",
+                            hex(serial),
+                            r.issuer,
+                            hex(&r.serial)
+                        ));
+                    }
+                    if requests
+                        .get(r.request_id.as_str())
+                        .map_err(storage)?
+                        .is_none()
+                    {
+                        problems.push(format!(
+                            "{issuer}/{}: request id {} not indexed",
+                            hex(serial),
+                            r.request_id
+                        ));
+                    }
+                    if expiry
+                        .get((r.not_after, issuer, serial))
+                        .map_err(storage)?
+                        .is_none()
+                    {
+                        problems.push(format!("{issuer}/{}: not in the expiry index", hex(serial)));
+                    }
+                }
+            }
+        }
+        for item in requests.iter().map_err(storage)? {
+            let (key, value) = item.map_err(storage)?;
+            match rmp_serde::from_slice::<RequestEntry>(value.value()) {
+                Err(e) => problems.push(format!("request {}: {e}", key.value())),
+                Ok(entry) => {
+                    if certs
+                        .get((entry.issuer.as_str(), entry.serial.as_slice()))
+                        .map_err(storage)?
+                        .is_none()
+                    {
+                        problems.push(format!("request {}: certificate missing", key.value()));
+                    }
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Writes every certificate record as one JSON object per line.
+    pub fn export(&self, out: &mut dyn Write) -> Result<u64, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let certs = txn.open_table(CERTS).map_err(storage)?;
+        let mut n = 0;
+        for item in certs.iter().map_err(storage)? {
+            let (_, value) = item.map_err(storage)?;
+            let record = decode(value.value())?;
+            serde_json::to_writer(&mut *out, &record).map_err(storage)?;
+            out.write_all(b"\n").map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Reads records written by [`Repository::export`] and records the ones
+    /// not present; returns (inserted, already present).
+    pub fn import(&self, input: &mut dyn BufRead) -> Result<(u64, u64), RepoError> {
+        let mut inserted = 0;
+        let mut present = 0;
+        for (i, line) in input.lines().enumerate() {
+            let line = line.map_err(storage)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: CertRecord =
+                serde_json::from_str(&line).map_err(|e| RepoError::Import {
+                    line: i + 1,
+                    message: e.to_string(),
+                })?;
+            match self.record_issuance(record)? {
+                Recorded::Inserted => inserted += 1,
+                Recorded::Existing(_) => present += 1,
+            }
+        }
+        Ok((inserted, present))
+    }
+
+    /// Stops the committer after the records already handed to it.
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Repository {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<CertRecord, RepoError> {
+    rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(e.to_string()))
+}
+
+fn committer(db: &Database, rx: &Receiver<Job>, stats: &Mutex<RepoStats>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_batch(db, &batch);
+        match outcome {
+            Ok(results) => {
+                let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                s.commits += 1;
+                s.committed_records += results
+                    .iter()
+                    .filter(|r| matches!(r, Ok(Recorded::Inserted)))
+                    .count() as u64;
+                drop(s);
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                warn!(cause = %e, records = batch.len(), "repository commit failed; nothing of the batch was stored");
+                for job in batch {
+                    let _ = job.reply.send(Err(RepoError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch. Per-record outcomes (an existing
+/// request id, a serial collision) do not fail the others.
+fn commit_batch(
+    db: &Database,
+    batch: &[Job],
+) -> Result<Vec<Result<Recorded, RepoError>>, RepoError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut certs = txn.open_table(CERTS).map_err(storage)?;
+        let mut requests = txn.open_table(REQUESTS).map_err(storage)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
+        for job in batch {
+            let r = &job.record;
+            let existing = requests
+                .get(r.request_id.as_str())
+                .map_err(storage)?
+                .map(|v| v.value().to_vec());
+            if let Some(entry) = existing {
+                let entry: RequestEntry =
+                    rmp_serde::from_slice(&entry).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+                let original = certs
+                    .get((entry.issuer.as_str(), entry.serial.as_slice()))
+                    .map_err(storage)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        RepoError::Corrupt(format!(
+                            "request {} points to a missing certificate",
+                            r.request_id
+                        ))
+                    })?;
+                results.push(Ok(Recorded::Existing(Box::new(original))));
+                continue;
+            }
+            if certs
+                .get((r.issuer.as_str(), r.serial.as_slice()))
+                .map_err(storage)?
+                .is_some()
+            {
+                results.push(Err(RepoError::SerialTaken {
+                    issuer: r.issuer.clone(),
+                    serial: hex(&r.serial),
+                }));
+                continue;
+            }
+            let value = rmp_serde::to_vec_named(r).map_err(storage)?;
+            let entry = rmp_serde::to_vec_named(&RequestEntry {
+                issuer: r.issuer.clone(),
+                serial: r.serial.clone(),
+                digest: r.request_digest.clone(),
+            })
+            .map_err(storage)?;
+            certs
+                .insert((r.issuer.as_str(), r.serial.as_slice()), value.as_slice())
+                .map_err(storage)?;
+            requests
+                .insert(r.request_id.as_str(), entry.as_slice())
+                .map_err(storage)?;
+            expiry
+                .insert((r.not_after, r.issuer.as_str(), r.serial.as_slice()), ())
+                .map_err(storage)?;
+            results.push(Ok(Recorded::Inserted));
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(results)
+}
+
+/// Base64 of DER, for logs and exports.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests;
