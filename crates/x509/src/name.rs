@@ -1,0 +1,147 @@
+//! Distinguished names: built from `(attribute, value)` pairs with the string
+//! types RFC 5280 and the Baseline Requirements expect.
+
+use const_oid::ObjectIdentifier;
+
+use crate::derw;
+
+/// An attribute the signer can put in a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Short name used in requests and profiles (`CN`, `O`, …).
+    pub short: &'static str,
+    /// Its OID.
+    pub oid: ObjectIdentifier,
+    /// Upper bound on the value length (RFC 5280 appendix A).
+    pub max_len: usize,
+    /// String type: 0x0c UTF8String, 0x13 PrintableString, 0x16 IA5String.
+    pub tag: u8,
+}
+
+const fn attr(short: &'static str, oid: &str, max_len: usize, tag: u8) -> Attr {
+    Attr {
+        short,
+        oid: ObjectIdentifier::new_unwrap(oid),
+        max_len,
+        tag,
+    }
+}
+
+/// Every attribute known, with its encoding.
+pub const ATTRS: &[Attr] = &[
+    attr("CN", "2.5.4.3", 64, 0x0c),
+    attr("SN", "2.5.4.4", 64, 0x0c),
+    attr("serialNumber", "2.5.4.5", 64, 0x13),
+    attr("C", "2.5.4.6", 2, 0x13),
+    attr("L", "2.5.4.7", 128, 0x0c),
+    attr("ST", "2.5.4.8", 128, 0x0c),
+    attr("street", "2.5.4.9", 128, 0x0c),
+    attr("O", "2.5.4.10", 64, 0x0c),
+    attr("OU", "2.5.4.11", 64, 0x0c),
+    attr("postalCode", "2.5.4.17", 40, 0x0c),
+    attr("GN", "2.5.4.42", 64, 0x0c),
+    attr("emailAddress", "1.2.840.113549.1.9.1", 255, 0x16),
+];
+
+/// Looks an attribute up by short name (case-sensitive, as configured).
+pub fn lookup(short: &str) -> Option<&'static Attr> {
+    ATTRS.iter().find(|a| a.short == short)
+}
+
+/// Looks an attribute up by OID.
+pub fn by_oid(oid: &ObjectIdentifier) -> Option<&'static Attr> {
+    ATTRS.iter().find(|a| &a.oid == oid)
+}
+
+/// Why a name cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Attribute not known to the signer.
+    #[error("unknown subject attribute {0}")]
+    UnknownAttribute(String),
+    /// Value empty, too long, or not representable in its string type.
+    #[error("subject attribute {attr}: {why}")]
+    BadValue {
+        /// Attribute short name.
+        attr: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn printable(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
+}
+
+/// Encodes a Name: one attribute per RDN, in the order given.
+pub fn encode(pairs: &[(String, String)]) -> Result<Vec<u8>, NameError> {
+    let mut rdns = Vec::with_capacity(pairs.len());
+    for (short, value) in pairs {
+        let a = lookup(short).ok_or_else(|| NameError::UnknownAttribute(short.clone()))?;
+        let bad = |why: &str| NameError::BadValue {
+            attr: short.clone(),
+            why: why.into(),
+        };
+        if value.is_empty() || value.trim() != value {
+            return Err(bad("empty or with leading/trailing space"));
+        }
+        if value.chars().count() > a.max_len {
+            return Err(bad(&format!("longer than {} characters", a.max_len)));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(bad("contains control characters"));
+        }
+        match a.tag {
+            0x13 if !value.chars().all(printable) => return Err(bad("not a PrintableString")),
+            0x16 if !value.is_ascii() => return Err(bad("not ASCII")),
+            _ => {}
+        }
+        if a.short == "C" && !(value.len() == 2 && value.chars().all(|c| c.is_ascii_uppercase())) {
+            return Err(bad("expected a two-letter ISO 3166 code in capitals"));
+        }
+        let atv = derw::seq(&[&derw::oid(&a.oid), &derw::tlv(a.tag, value.as_bytes())]);
+        rdns.push(derw::set(&[&atv]));
+    }
+    let parts: Vec<&[u8]> = rdns.iter().map(Vec::as_slice).collect();
+    Ok(derw::seq(&parts))
+}
+
+/// Text form `CN=a, O=b` of `(attribute, value)` pairs, for logs and records.
+pub fn display(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(k: &str, v: &str) -> (String, String) {
+        (k.into(), v.into())
+    }
+
+    #[test]
+    fn encodes_with_the_right_string_types() {
+        let der = encode(&[p("C", "DE"), p("CN", "ä.example")]).unwrap();
+        let name = <x509_cert::name::Name as der::Decode>::from_der(&der).unwrap();
+        assert_eq!(name.to_string(), "CN=ä.example,C=DE");
+        assert!(der.windows(4).any(|w| w == [0x13, 0x02, b'D', b'E']));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(matches!(
+            encode(&[p("XX", "a")]),
+            Err(NameError::UnknownAttribute(_))
+        ));
+        assert!(encode(&[p("C", "Germany")]).is_err());
+        assert!(encode(&[p("CN", "")]).is_err());
+        assert!(encode(&[p("CN", " padded")]).is_err());
+        assert!(encode(&[p("CN", &"x".repeat(65))]).is_err());
+        assert!(encode(&[p("serialNumber", "a_b")]).is_err());
+        assert!(encode(&[p("emailAddress", "ü@example.org")]).is_err());
+    }
+}
