@@ -4,6 +4,7 @@
 //! 3 link failure or timeout, 4 bad local input (a file, an argument).
 #![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,36 @@ enum Cmd {
     },
     /// Show protocol version and limits agreed with the signer.
     Hello,
+    /// Ask for an X.509 certificate; writes it as PEM.
+    Sign {
+        /// Certificate profile.
+        #[arg(long)]
+        profile: String,
+        /// The PKCS#10 request (PEM or DER).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Idempotency key: retrying with the same key returns the same certificate.
+        #[arg(long)]
+        request_id: String,
+        /// Subject, e.g. "CN=www.example.org,O=Example" (no commas inside values).
+        #[arg(long)]
+        subject: String,
+        /// Subject alternative name as TYPE:VALUE (dns, email, ip, uri); repeat for more.
+        #[arg(long)]
+        san: Vec<String>,
+        /// Validity in days (default: the profile's).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Write the certificate here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Fetch the CA certificates the signer issues under.
+    CaCerts {
+        /// Write NAME.pem files into this directory (default: print PEM).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 const EXIT_REFUSED: u8 = 1;
@@ -61,9 +92,33 @@ fn main() -> ExitCode {
     let mut options = LinkOptions::new(&cli.link);
     options.baud = cli.baud;
     options.timeout = Duration::from_secs_f64(cli.timeout);
-    let result = Client::open(&options).and_then(|client| match cli.command {
-        Cmd::Health { max_clock_skew } => health(&client, cli.json, max_clock_skew),
+    // Local input is checked before the link is opened.
+    let sign_request = match &cli.command {
+        Cmd::Sign {
+            profile,
+            csr,
+            request_id,
+            subject,
+            san,
+            days,
+            ..
+        } => match sign_body(profile, csr, request_id, subject, san, *days) {
+            Ok(body) => Some(body),
+            Err(e) => {
+                eprintln!("signer-client: {e}");
+                return ExitCode::from(EXIT_INPUT);
+            }
+        },
+        _ => None,
+    };
+    let result = Client::open(&options).and_then(|client| match &cli.command {
+        Cmd::Health { max_clock_skew } => health(&client, cli.json, *max_clock_skew),
         Cmd::Hello => hello(&client, cli.json),
+        Cmd::Sign { out, .. } => match sign_request {
+            Some(body) => sign(&client, cli.json, body, out.as_deref()),
+            None => Err(ClientError::Protocol("no request".into())),
+        },
+        Cmd::CaCerts { out_dir } => ca_certs(&client, cli.json, out_dir.as_deref()),
     });
     match result {
         Ok(code) => code,
@@ -186,6 +241,141 @@ fn hello(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
             .map(|&c| signer_protocol::Command(c).to_string())
             .collect();
         println!("commands      {}", names.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign_body(
+    profile: &str,
+    csr: &Path,
+    request_id: &str,
+    subject: &str,
+    sans: &[String],
+    days: Option<u32>,
+) -> Result<msg::SignX509, String> {
+    let csr = std::fs::read(csr).map_err(|e| format!("{}: {e}", csr.display()))?;
+    let subject = subject
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            part.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("subject part {part:?} is not ATTR=value"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sans = sans
+        .iter()
+        .map(|s| {
+            s.split_once(':')
+                .map(|(k, v)| msg::SanEntry {
+                    kind: k.to_string(),
+                    value: v.to_string(),
+                })
+                .ok_or_else(|| format!("--san {s:?} is not TYPE:VALUE"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(msg::SignX509 {
+        request_id: request_id.to_string(),
+        profile: profile.to_string(),
+        csr,
+        subject,
+        sans,
+        validity_days: days,
+    })
+}
+
+fn pem(der: &[u8]) -> String {
+    use std::fmt::Write as _;
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        let _ = writeln!(out, "{}", String::from_utf8_lossy(line));
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sign(
+    client: &Client,
+    json: bool,
+    body: msg::SignX509,
+    out: Option<&Path>,
+) -> Result<ExitCode, ClientError> {
+    let reply: msg::SignX509Reply =
+        client.call_typed(signer_protocol::Command::SIGN_X509, &body)?;
+    let text = pem(&reply.certificate);
+    match out {
+        Some(path) => std::fs::write(path, &text)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
+        None if !json => print!("{text}"),
+        None => {}
+    }
+    if json {
+        let value = serde_json::json!({
+            "serial": hex(&reply.serial),
+            "issuer": reply.issuer,
+            "not_before": reply.not_before,
+            "not_after": reply.not_after,
+            "replayed": reply.replayed,
+            "certificate": text,
+        });
+        println!("{value}");
+    } else {
+        eprintln!(
+            "issued by {} serial {}{}",
+            reply.issuer,
+            hex(&reply.serial),
+            if reply.replayed {
+                " (issued earlier for this request id)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ca_certs(client: &Client, json: bool, out_dir: Option<&Path>) -> Result<ExitCode, ClientError> {
+    let reply: msg::CaCertsReply =
+        client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
+    for ca in &reply.cas {
+        let text = pem(&ca.certificate);
+        match out_dir {
+            Some(dir) => {
+                let path = dir.join(format!("{}.pem", ca.name));
+                std::fs::write(&path, &text)
+                    .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?;
+                if !json {
+                    println!("wrote {}", path.display());
+                }
+            }
+            None if !json => print!("# {}\n{text}", ca.name),
+            None => {}
+        }
+    }
+    if json {
+        let list: Vec<_> = reply
+            .cas
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "certificate": pem(&c.certificate)}))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,9 +9,10 @@ use zeroize::Zeroize;
 
 use crate::HsmError;
 
-/// A PIN source, as configured.
+/// A PIN source, as configured. In YAML: `{file: path}`, `{env: VAR}` or
+/// `{credential: name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "PinRepr")]
 pub enum PinSource {
     /// A file holding the PIN (trailing newline ignored); must not be readable by others.
     File(PathBuf),
@@ -19,6 +20,30 @@ pub enum PinSource {
     Env(String),
     /// A systemd credential (`LoadCredential=`), read from `$CREDENTIALS_DIRECTORY/<name>`.
     Credential(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRepr {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    credential: Option<String>,
+}
+
+impl TryFrom<PinRepr> for PinSource {
+    type Error = &'static str;
+
+    fn try_from(r: PinRepr) -> Result<Self, Self::Error> {
+        match (r.file, r.env, r.credential) {
+            (Some(f), None, None) => Ok(PinSource::File(f)),
+            (None, Some(e), None) => Ok(PinSource::Env(e)),
+            (None, None, Some(c)) => Ok(PinSource::Credential(c)),
+            _ => Err("expected exactly one of file, env or credential"),
+        }
+    }
 }
 
 /// A PIN, zeroized when dropped.

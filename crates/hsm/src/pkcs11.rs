@@ -35,9 +35,9 @@ use crate::{
     digest_info_prefix, Hash, HsmError, KeyKind, KeyStatus, PublicKey, Scheme, SigningBackend,
 };
 
-/// Which token to use.
+/// Which token to use. In YAML: `{label: …}`, `{serial: …}` or `{slot: N}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "SelectorRepr")]
 pub enum TokenSelector {
     /// The token with this label.
     Label(String),
@@ -45,6 +45,30 @@ pub enum TokenSelector {
     Serial(String),
     /// The token in this slot.
     Slot(u64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectorRepr {
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default)]
+    slot: Option<u64>,
+}
+
+impl TryFrom<SelectorRepr> for TokenSelector {
+    type Error = &'static str;
+
+    fn try_from(r: SelectorRepr) -> Result<Self, Self::Error> {
+        match (r.label, r.serial, r.slot) {
+            (Some(l), None, None) => Ok(TokenSelector::Label(l)),
+            (None, Some(s), None) => Ok(TokenSelector::Serial(s)),
+            (None, None, Some(n)) => Ok(TokenSelector::Slot(n)),
+            _ => Err("expected exactly one of label, serial or slot"),
+        }
+    }
 }
 
 /// A token and how to log in to it.

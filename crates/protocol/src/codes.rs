@@ -102,6 +102,38 @@ wire_code! {
         INTERNAL = 50 => "internal",
         /// The signer is shutting down; retry with the same id (also on the twin).
         SHUTTING_DOWN = 51 => "shutting_down",
+        /// No profile of that name.
+        UNKNOWN_PROFILE = 100 => "unknown_profile",
+        /// The CSR is not a PKCS#10 request.
+        MALFORMED_CSR = 101 => "malformed_csr",
+        /// The CSR's self-signature does not verify or uses a refused algorithm.
+        BAD_CSR_SIGNATURE = 102 => "bad_csr_signature",
+        /// The subject key is too small (or too large).
+        WEAK_KEY = 103 => "weak_key",
+        /// The subject key type or curve is not accepted by the profile.
+        KEY_TYPE_NOT_ALLOWED = 104 => "key_type_not_allowed",
+        /// The CSR carries a critical extension the signer does not know.
+        UNKNOWN_CRITICAL_EXTENSION = 105 => "unknown_critical_extension",
+        /// A subject attribute is not allowed, missing, or badly formed.
+        SUBJECT_NOT_ALLOWED = 106 => "subject_not_allowed",
+        /// A subject alternative name is not allowed or badly formed.
+        SAN_NOT_ALLOWED = 107 => "san_not_allowed",
+        /// The requested validity exceeds the profile's maximum.
+        VALIDITY_TOO_LONG = 108 => "validity_too_long",
+        /// The certificate would fail a lint rule; `detail` names the rule.
+        LINT_FAILED = 109 => "lint_failed",
+        /// The request id was used before for a different request.
+        REQUEST_ID_CONFLICT = 110 => "request_id_conflict",
+        /// The subject key algorithm is not supported at all.
+        UNSUPPORTED_KEY = 111 => "unsupported_key",
+        /// The issuer's key is not reachable now (token absent, device error); retry later.
+        HSM_UNAVAILABLE = 300 => "hsm_unavailable",
+        /// The HSM refused the operation (configuration or token problem).
+        HSM_FAILURE = 301 => "hsm_failure",
+        /// The repository could not record the result; nothing was issued.
+        REPOSITORY_FAILURE = 302 => "repository_failure",
+        /// The issuing CA is not usable (certificate missing, expired or mismatched).
+        ISSUER_UNAVAILABLE = 303 => "issuer_unavailable",
     }
 }
 
@@ -121,6 +153,9 @@ impl Status {
                 | Status::BUSY
                 | Status::SHUTTING_DOWN
                 | Status::UNKNOWN_RESPONSE
+                | Status::INTERNAL
+                | Status::HSM_UNAVAILABLE
+                | Status::REPOSITORY_FAILURE
         )
     }
 }

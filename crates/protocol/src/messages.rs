@@ -140,3 +140,73 @@ pub struct HealthReply {
     #[serde(default)]
     pub checks: Vec<Check>,
 }
+
+/// A subject alternative name in `sign_x509`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanEntry {
+    /// `dns`, `email`, `ip` or `uri`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The name (an IP address in text form for `ip`).
+    pub value: String,
+}
+
+/// `sign_x509` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignX509 {
+    /// Durable idempotency key (1–128 printable ASCII characters): a retry
+    /// with the same key, now or after a restart or failover, returns the
+    /// original certificate.
+    pub request_id: String,
+    /// Profile name.
+    pub profile: String,
+    /// PKCS#10 request, DER or PEM.
+    #[serde(with = "serde_bytes")]
+    pub csr: Vec<u8>,
+    /// Subject as checked by the web application: `[attribute, value]` pairs in order.
+    pub subject: Vec<(String, String)>,
+    /// Subject alternative names.
+    #[serde(default)]
+    pub sans: Vec<SanEntry>,
+    /// Validity in days; absent: the profile's default.
+    #[serde(default)]
+    pub validity_days: Option<u32>,
+}
+
+/// `sign_x509` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignX509Reply {
+    /// The certificate, DER.
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+    /// Its serial number, unsigned big-endian.
+    #[serde(with = "serde_bytes")]
+    pub serial: Vec<u8>,
+    /// Name of the issuing CA.
+    pub issuer: String,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// True when this is the certificate issued earlier for the same request id.
+    pub replayed: bool,
+}
+
+/// One CA in the `ca_certs` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCert {
+    /// Configured CA name.
+    pub name: String,
+    /// The CA certificate, DER.
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+}
+
+/// `ca_certs` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCertsReply {
+    /// Every CA this signer issues under.
+    pub cas: Vec<CaCert>,
+}

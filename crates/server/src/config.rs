@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
@@ -200,10 +201,29 @@ impl Default for LogConfig {
     }
 }
 
-/// The whole configuration file.
+/// The `ca:` section a daemon adds to the file. The server crate only
+/// parses it strictly and asks it to validate itself.
+pub trait Section: DeserializeOwned + Clone + std::fmt::Debug {
+    /// Resolves relative paths against `base` and checks values; errors name
+    /// their key under `ca.`.
+    fn validate(&mut self, file: &Path, base: &Path) -> Result<(), ConfigError>;
+}
+
+/// No `ca:` section: the file must not have one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct NoSection {}
+
+impl Section for NoSection {
+    fn validate(&mut self, _file: &Path, _base: &Path) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "S: Section"))]
+pub struct Config<S = NoSection> {
     /// This signer's name: lowercase letters, digits and `-`, distinct for each twin.
     pub signer_id: String,
     /// The serial link.
@@ -214,11 +234,14 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The certificate authority: HSM, keys, CAs, profiles, repository.
+    #[serde(default)]
+    pub ca: Option<S>,
 }
 
-impl Config {
+impl<S: Section> Config<S> {
     /// Reads, parses and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config<S>, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -227,8 +250,8 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `path` resolves relative paths and names the file in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+    pub fn parse(text: &str, path: &Path) -> Result<Config<S>, ConfigError> {
+        let mut config: Config<S> = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -237,6 +260,9 @@ impl Config {
             config.link.device = base.join(&config.link.device);
         }
         config.validate(path)?;
+        if let Some(section) = config.ca.as_mut() {
+            section.validate(path, base)?;
+        }
         Ok(config)
     }
 
@@ -359,7 +385,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/signer/signerd.yaml"))
+        Config::<NoSection>::parse(text, Path::new("/etc/signer/signerd.yaml"))
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! the components from the configuration and serves the serial link.
 #![forbid(unsafe_code)]
 
+mod setup;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -9,9 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use signer_ca::{CaConfig, CaService};
 use signer_server::config::LogFormat;
-use signer_server::{link, Config, Engine, Router};
+use signer_server::{link, Engine, HealthSource, Router};
 use tracing::{error, info};
+
+/// The daemon's configuration: the server's sections plus `ca:`.
+pub type Config = signer_server::Config<CaConfig>;
 
 /// The serial-link signer daemon.
 #[derive(Parser)]
@@ -35,6 +41,12 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Key ceremony: keys in the HSM and CA certificates.
+    #[command(subcommand)]
+    Setup(setup::SetupCmd),
+    /// The repository: consistency check, export and import.
+    #[command(subcommand)]
+    Repo(setup::RepoCmd),
 }
 
 /// Exit status for a configuration error (usage errors exit with 2, from clap).
@@ -70,10 +82,13 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!(cause = %format!("{e:#}"), "signerd stopped");
+                    eprintln!("signerd: {e:#}");
                     ExitCode::from(EXIT_RUNTIME)
                 }
             }
         }
+        Cmd::Setup(cmd) => setup::run_setup(cmd),
+        Cmd::Repo(cmd) => setup::run_repo(cmd),
     }
 }
 
@@ -97,6 +112,41 @@ fn print_summary(c: &Config) {
         c.protocol.response_cache_entries,
         c.protocol.response_cache_mib
     );
+    match &c.ca {
+        None => println!("ca             none (health only)"),
+        Some(ca) => {
+            println!(
+                "hsm            {} token {:?}, PIN from {}",
+                ca.hsm.module.display(),
+                ca.hsm.token,
+                ca.hsm.pin.describe()
+            );
+            for k in &ca.keys {
+                println!(
+                    "key            {} (label {}, id {})",
+                    k.name,
+                    k.label.as_deref().unwrap_or("-"),
+                    k.id.as_deref().unwrap_or("-")
+                );
+            }
+            for a in &ca.cas {
+                println!(
+                    "ca             {} with key {}, certificate {}",
+                    a.name,
+                    a.key,
+                    a.certificate.display()
+                );
+            }
+            for (name, p) in &ca.profiles {
+                println!(
+                    "profile        {name}: issuer {}, {} days default, {} max, EKU {:?}",
+                    p.issuer, p.default_days, p.max_days, p.extended_key_usage
+                );
+            }
+            println!("repository     {}", ca.repository.display());
+            println!("serial prefix  0x{:02x}", ca.serial_prefix);
+        }
+    }
 }
 
 fn init_logging(c: &Config) {
@@ -112,16 +162,29 @@ fn init_logging(c: &Config) {
 }
 
 fn run(c: &Config) -> anyhow::Result<()> {
-    let router = Router::new();
-    let engine = Engine::start(c.engine(), router, Vec::new());
+    let mut router = Router::new();
+    let mut health: Vec<Arc<dyn HealthSource>> = Vec::new();
+    let ca = match &c.ca {
+        Some(ca_config) => {
+            let service = CaService::start(ca_config, &c.signer_id, c.protocol.workers)?;
+            router = service.routes(router);
+            health.push(service.clone());
+            Some(service)
+        }
+        None => None,
+    };
+    let engine = Engine::start(c.engine(), router, health);
     let stop = engine.stop_flag();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
-    info!(signer_id = %c.signer_id, version = env!("CARGO_PKG_VERSION"), "signerd started");
+    info!(signer_id = %c.signer_id, version = env!("CARGO_PKG_VERSION"), ca = ca.is_some(), "signerd started");
     link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
     // Without an open device the link had no session to drain; stop the workers here.
     engine.shutdown(SHUTDOWN_GRACE);
+    if let Some(ca) = ca {
+        ca.repository().close();
+    }
     info!(signal = stop.load(Ordering::SeqCst), "signerd stopped");
     Ok(())
 }

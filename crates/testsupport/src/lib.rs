@@ -106,19 +106,26 @@ pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     config: PathBuf,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Daemon {
     /// Writes `config_yaml` into `dir` and starts `signerd run` on it.
     pub fn start(dir: &Path, config_yaml: &str) -> Daemon {
+        Daemon::start_with_env(dir, config_yaml, Vec::new())
+    }
+
+    /// Like [`Daemon::start`] with extra environment variables (e.g. `SOFTHSM2_CONF`).
+    pub fn start_with_env(dir: &Path, config_yaml: &str, env: Vec<(String, PathBuf)>) -> Daemon {
         let config = dir.join("signerd.yaml");
         let log = dir.join("signerd.log");
         std::fs::write(&config, config_yaml).expect("write config");
-        let child = spawn_daemon(&config, &log);
+        let child = spawn_daemon(&config, &log, &env);
         Daemon {
             child: Some(child),
             log,
             config,
+            env,
         }
     }
 
@@ -165,11 +172,11 @@ impl Daemon {
     /// Starts the daemon again on the same configuration (after `kill`).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn_daemon(&self.config, &self.log));
+        self.child = Some(spawn_daemon(&self.config, &self.log, &self.env));
     }
 }
 
-fn spawn_daemon(config: &Path, log: &Path) -> Child {
+fn spawn_daemon(config: &Path, log: &Path, env: &[(String, PathBuf)]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -180,6 +187,7 @@ fn spawn_daemon(config: &Path, log: &Path) -> Child {
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "debug")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -215,6 +223,11 @@ impl Bench {
 
     /// Like [`Bench::start`], appending `extra_yaml` (top-level keys) to the configuration.
     pub fn start_with(link: LinkSpec, extra_yaml: &str) -> Bench {
+        Bench::start_with_env(link, extra_yaml, Vec::new())
+    }
+
+    /// Like [`Bench::start_with`], with extra environment variables for the daemon.
+    pub fn start_with_env(link: LinkSpec, extra_yaml: &str, env: Vec<(String, PathBuf)>) -> Bench {
         let dir = tempfile::tempdir().expect("temp dir");
         let sim = LinkSim::start(
             Options::new(dir.path().join("signer.tty"), dir.path().join("client.tty"))
@@ -228,7 +241,7 @@ impl Bench {
             "signer_id: test-signer\nlink:\n  device: signer.tty\n  baud: {}\n  reopen_min_ms: 20\n  reopen_max_ms: 200\n{extra_yaml}",
             if link.baud == 0 { 115_200 } else { link.baud }
         );
-        let daemon = Daemon::start(dir.path(), &config);
+        let daemon = Daemon::start_with_env(dir.path(), &config, env);
         Bench {
             daemon,
             sim,

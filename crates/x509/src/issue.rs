@@ -20,6 +20,9 @@ use crate::csr::{Csr, CsrError, SubjectKey};
 use crate::profile::{Curve, Eku, KeyUsageBit, Profile, SanType, SchemeName};
 use crate::{derw, name, time};
 
+/// Object identifiers, for configuration checks.
+pub type Oid = ObjectIdentifier;
+
 /// A subject alternative name in a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum San {

@@ -1,0 +1,224 @@
+//! The `ca:` section of the daemon's configuration.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use signer_hsm::{KeySpec, PinSource, TokenConfig, TokenSelector};
+use signer_server::config::{ConfigError, Section};
+use signer_x509::Profile;
+
+/// `ca.hsm`: the PKCS#11 token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// `{label: …}`, `{serial: …}` or `{slot: N}`.
+    pub token: TokenSelector,
+    /// `{file: path}`, `{env: VAR}` or `{credential: name}` (systemd `LoadCredential=`).
+    pub pin: PinSource,
+}
+
+/// `ca.keys[]`: a key on the token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Name used by `ca.cas[].key`.
+    pub name: String,
+    /// `CKA_LABEL`.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// `CKA_ID`, hex.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// `ca.cas[]`: a CA this signer issues under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaEntry {
+    /// CA name (profiles name it as their issuer).
+    pub name: String,
+    /// Key name from `ca.keys`.
+    pub key: String,
+    /// The CA certificate (PEM or DER).
+    pub certificate: PathBuf,
+}
+
+/// The `ca:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// The token.
+    pub hsm: HsmConfig,
+    /// Keys on the token.
+    pub keys: Vec<KeyConfig>,
+    /// CAs (may be empty during the key ceremony).
+    #[serde(default)]
+    pub cas: Vec<CaEntry>,
+    /// Certificate profiles by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+    /// The repository file (redb).
+    pub repository: PathBuf,
+    /// First octet of every serial this signer makes, 1–127; the twins differ.
+    pub serial_prefix: u8,
+    /// Warn in health when a CA certificate expires within this many days (default 90).
+    #[serde(default = "default_warn_days")]
+    pub expiry_warning_days: u32,
+}
+
+fn default_warn_days() -> u32 {
+    90
+}
+
+impl CaConfig {
+    /// The token configuration for the HSM backend.
+    pub fn token(&self) -> TokenConfig {
+        TokenConfig {
+            module: self.hsm.module.clone(),
+            token: self.hsm.token.clone(),
+            pin: self.hsm.pin.clone(),
+        }
+    }
+
+    /// Key specifications for the HSM backend.
+    pub fn key_specs(&self) -> Vec<KeySpec> {
+        self.keys
+            .iter()
+            .map(|k| KeySpec {
+                name: k.name.clone(),
+                label: k.label.clone(),
+                id: k.id.as_ref().and_then(|h| hex::decode(h).ok()),
+            })
+            .collect()
+    }
+}
+
+fn resolve(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+impl Section for CaConfig {
+    fn validate(&mut self, file: &Path, base: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        resolve(base, &mut self.repository);
+        if let PinSource::File(p) = &mut self.hsm.pin {
+            resolve(base, p);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                match std::fs::metadata(&*p) {
+                    Err(e) => {
+                        return Err(invalid(
+                            "ca.hsm.pin.file".into(),
+                            format!("{}: {e}", p.display()),
+                        ))
+                    }
+                    Ok(m) if m.permissions().mode() & 0o007 != 0 => {
+                        return Err(invalid(
+                            "ca.hsm.pin.file".into(),
+                            format!(
+                                "{} is accessible to other users (mode {:o}); chmod 600 it",
+                                p.display(),
+                                m.permissions().mode() & 0o777
+                            ),
+                        ))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        if !(1..=127).contains(&self.serial_prefix) {
+            return Err(invalid(
+                "ca.serial_prefix".into(),
+                format!("expected 1 to 127, got {}", self.serial_prefix),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            if !names.insert(k.name.as_str()) {
+                return Err(invalid(
+                    format!("ca.keys[{i}].name"),
+                    format!("duplicate key name {}", k.name),
+                ));
+            }
+            if k.label.is_none() && k.id.is_none() {
+                return Err(invalid(
+                    format!("ca.keys[{i}]"),
+                    "expected a label, an id or both".into(),
+                ));
+            }
+            if let Some(id) = &k.id {
+                if hex::decode(id).is_err() {
+                    return Err(invalid(
+                        format!("ca.keys[{i}].id"),
+                        format!("expected hex, got {id:?}"),
+                    ));
+                }
+            }
+        }
+        let mut cas = std::collections::BTreeSet::new();
+        for (i, c) in self.cas.iter_mut().enumerate() {
+            if !cas.insert(c.name.clone()) {
+                return Err(invalid(
+                    format!("ca.cas[{i}].name"),
+                    format!("duplicate CA name {}", c.name),
+                ));
+            }
+            if !names.contains(c.key.as_str()) {
+                return Err(invalid(
+                    format!("ca.cas[{i}].key"),
+                    format!("no key named {} in ca.keys", c.key),
+                ));
+            }
+            resolve(base, &mut c.certificate);
+        }
+        for (name, p) in &self.profiles {
+            if !cas.contains(&p.issuer) {
+                return Err(invalid(
+                    format!("ca.profiles.{name}.issuer"),
+                    format!("no CA named {} in ca.cas", p.issuer),
+                ));
+            }
+            if p.default_days == 0 || p.default_days > p.max_days {
+                return Err(invalid(
+                    format!("ca.profiles.{name}.default_days"),
+                    format!(
+                        "expected 1 to max_days ({}), got {}",
+                        p.max_days, p.default_days
+                    ),
+                ));
+            }
+            for (i, a) in p
+                .subject_attributes
+                .iter()
+                .chain(&p.required_subject_attributes)
+                .enumerate()
+            {
+                if signer_x509::name::lookup(a).is_none() {
+                    return Err(invalid(
+                        format!("ca.profiles.{name}.subject_attributes[{i}]"),
+                        format!("unknown attribute {a}"),
+                    ));
+                }
+            }
+            for (i, oid) in p.policies.iter().enumerate() {
+                if oid.parse::<signer_x509::issue::Oid>().is_err() {
+                    return Err(invalid(
+                        format!("ca.profiles.{name}.policies[{i}]"),
+                        format!("not an OID: {oid}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

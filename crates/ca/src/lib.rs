@@ -1,0 +1,476 @@
+//! The certificate authority service of the signer.
+//!
+//! ```text
+//! sign_x509 ─► request id known? ─ same request ──► original certificate (replayed)
+//!                    │            └ other request ─► request_id_conflict
+//!                    └ new ─► Issuer::issue (profile, CSR, lint, HSM) ─► Repository (group commit, fsync)
+//!                                                                     ─► reply only after the commit
+//! ```
+//!
+//! The HSM may be absent when the daemon starts: the CA certificates are then
+//! checked against their keys when the token appears, and requests meanwhile
+//! get `hsm_unavailable`. A CA certificate that does not match its key stops
+//! startup.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use signer_hsm::{HsmError, Pkcs11Backend, SigningBackend};
+use signer_protocol::{msg, Command, Status};
+use signer_repository::{CertRecord, Recorded, RepoError, Repository};
+use signer_server::{typed, CallContext, Failure, HealthSource, Placement, Router};
+use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
+use tracing::{info, warn};
+
+pub use config::CaConfig;
+
+/// Why the CA service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The HSM backend could not be set up (module, PIN).
+    #[error("HSM: {0}")]
+    Hsm(#[from] HsmError),
+    /// The repository could not be opened.
+    #[error("repository: {0}")]
+    Repository(#[from] RepoError),
+    /// A CA is misconfigured (certificate unreadable, not matching its key).
+    #[error("{0}")]
+    Ca(String),
+}
+
+/// The CA service: HSM backend, repository, profiles and CAs.
+pub struct CaService {
+    config: CaConfig,
+    signer_id: String,
+    backend: Arc<dyn SigningBackend>,
+    repo: Repository,
+    issuer: RwLock<Option<Arc<Issuer>>>,
+    load_error: Mutex<Option<String>>,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The wire status of an issuance failure.
+pub fn issue_failure(e: &IssueError) -> Failure {
+    let status = match e {
+        IssueError::UnknownProfile(_) => Status::UNKNOWN_PROFILE,
+        IssueError::Csr(CsrError::Malformed(_)) => Status::MALFORMED_CSR,
+        IssueError::Csr(CsrError::BadSignature(_)) => Status::BAD_CSR_SIGNATURE,
+        IssueError::Csr(CsrError::UnsupportedKey(_)) => Status::UNSUPPORTED_KEY,
+        IssueError::Csr(CsrError::UnknownCriticalExtension(_)) => {
+            Status::UNKNOWN_CRITICAL_EXTENSION
+        }
+        IssueError::WeakKey(_) => Status::WEAK_KEY,
+        IssueError::KeyNotAllowed(_) => Status::KEY_TYPE_NOT_ALLOWED,
+        IssueError::SubjectNotAllowed(_) => Status::SUBJECT_NOT_ALLOWED,
+        IssueError::SanNotAllowed(_) => Status::SAN_NOT_ALLOWED,
+        IssueError::ValidityTooLong { .. } => Status::VALIDITY_TOO_LONG,
+        IssueError::Lint { .. } => Status::LINT_FAILED,
+        IssueError::Hsm(h) if h.is_transient() => Status::HSM_UNAVAILABLE,
+        IssueError::Hsm(_) => Status::HSM_FAILURE,
+        IssueError::Issuer(_) => Status::ISSUER_UNAVAILABLE,
+        IssueError::Encoding(_) => Status::INTERNAL,
+    };
+    let failure = Failure::new(status, e.to_string());
+    match e {
+        IssueError::Lint { rule, .. } => failure.with_detail(*rule),
+        _ => failure,
+    }
+}
+
+fn repo_failure(e: &RepoError) -> Failure {
+    Failure::new(
+        Status::REPOSITORY_FAILURE,
+        format!("{e}; nothing was issued"),
+    )
+}
+
+/// SHA-256 of the request's canonical encoding: a retried request matches,
+/// a different request under the same id does not.
+fn request_digest(request: &msg::SignX509) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(signer_protocol::encode_body(request)).to_vec()
+}
+
+fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+fn parse_sans(entries: &[msg::SanEntry]) -> Result<Vec<San>, Failure> {
+    entries
+        .iter()
+        .map(|e| match e.kind.as_str() {
+            "dns" => Ok(San::Dns(e.value.clone())),
+            "email" => Ok(San::Email(e.value.clone())),
+            "uri" => Ok(San::Uri(e.value.clone())),
+            "ip" => e.value.parse().map(San::Ip).map_err(|_| {
+                Failure::new(
+                    Status::SAN_NOT_ALLOWED,
+                    format!("{:?} is not an IP address", e.value),
+                )
+            }),
+            other => Err(Failure::new(
+                Status::SAN_NOT_ALLOWED,
+                format!("unknown SAN type {other:?}; expected dns, email, ip or uri"),
+            )),
+        })
+        .collect()
+}
+
+fn reply_from(record: &CertRecord, replayed: bool) -> msg::SignX509Reply {
+    msg::SignX509Reply {
+        certificate: record.der.clone(),
+        serial: record.serial.clone(),
+        issuer: record.issuer.clone(),
+        not_before: record.not_before,
+        not_after: record.not_after,
+        replayed,
+    }
+}
+
+impl CaService {
+    /// Opens the HSM backend (one session per worker) and the repository,
+    /// and checks the CA certificates against their keys if the token is there.
+    pub fn start(
+        config: &CaConfig,
+        signer_id: &str,
+        workers: usize,
+    ) -> Result<Arc<CaService>, CaError> {
+        let backend = Pkcs11Backend::open(config.token(), config.key_specs(), workers)?;
+        Self::with_backend(config, signer_id, Arc::new(backend))
+    }
+
+    /// Like [`CaService::start`] with any backend.
+    pub fn with_backend(
+        config: &CaConfig,
+        signer_id: &str,
+        backend: Arc<dyn SigningBackend>,
+    ) -> Result<Arc<CaService>, CaError> {
+        if let Some(dir) = config.repository.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CaError::Ca(format!("{}: {e}", dir.display())))?;
+        }
+        let repo = Repository::open(&config.repository)?;
+        let service = Arc::new(CaService {
+            config: config.clone(),
+            signer_id: signer_id.to_string(),
+            backend,
+            repo,
+            issuer: RwLock::new(None),
+            load_error: Mutex::new(None),
+        });
+        match service.load() {
+            Ok(_) => {}
+            Err(IssueError::Hsm(e)) if e.is_transient() => {
+                warn!(cause = %e, "HSM not available at startup; CA certificates will be checked when it appears");
+            }
+            Err(e) => return Err(CaError::Ca(e.to_string())),
+        }
+        Ok(service)
+    }
+
+    /// Loads the CA certificates and checks each against its key.
+    fn load(&self) -> Result<Arc<Issuer>, IssueError> {
+        let mut cas = BTreeMap::new();
+        for entry in &self.config.cas {
+            let bytes = std::fs::read(&entry.certificate).map_err(|e| {
+                IssueError::Issuer(format!(
+                    "{}: {}: {e}",
+                    entry.name,
+                    entry.certificate.display()
+                ))
+            })?;
+            let der = signer_x509::cert_der(&bytes)
+                .map_err(|e| IssueError::Issuer(format!("{}: {e}", entry.name)))?;
+            let ca = CaSigner::new(&entry.name, &entry.key, der, self.backend.as_ref())?;
+            cas.insert(entry.name.clone(), ca);
+        }
+        let issuer = Arc::new(Issuer {
+            profiles: self.config.profiles.clone(),
+            cas,
+        });
+        *self.issuer.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&issuer));
+        *self.load_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        info!(
+            cas = self.config.cas.len(),
+            profiles = self.config.profiles.len(),
+            "CA certificates match their HSM keys"
+        );
+        Ok(issuer)
+    }
+
+    fn issuer(&self) -> Result<Arc<Issuer>, Failure> {
+        if let Some(issuer) = self
+            .issuer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(Arc::clone(issuer));
+        }
+        self.load().map_err(|e| {
+            *self.load_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            issue_failure(&e)
+        })
+    }
+
+    /// The repository.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The HSM backend.
+    pub fn backend(&self) -> &Arc<dyn SigningBackend> {
+        &self.backend
+    }
+
+    /// Handles `sign_x509`.
+    pub fn sign(
+        &self,
+        ctx: &CallContext,
+        request: msg::SignX509,
+    ) -> Result<msg::SignX509Reply, Failure> {
+        if !valid_request_id(&request.request_id) {
+            return Err(Failure::new(
+                Status::MALFORMED_BODY,
+                "request_id must be 1-128 printable ASCII characters",
+            ));
+        }
+        let digest = request_digest(&request);
+        if let Some(record) = self
+            .repo
+            .find_by_request(&request.request_id)
+            .map_err(|e| repo_failure(&e))?
+        {
+            return self.replay(&request.request_id, &record, &digest);
+        }
+        let sans = parse_sans(&request.sans)?;
+        let issuer = self.issuer()?;
+        let ca_name = issuer
+            .profiles
+            .get(&request.profile)
+            .map(|p| p.issuer.clone())
+            .ok_or_else(|| {
+                Failure::new(
+                    Status::UNKNOWN_PROFILE,
+                    format!("unknown profile {}", request.profile),
+                )
+            })?;
+        let issue = IssueRequest {
+            profile: request.profile.clone(),
+            csr: request.csr.clone(),
+            subject: request.subject.clone(),
+            sans,
+            validity_days: request.validity_days,
+        };
+        for _ in 0..4 {
+            let serial = self.fresh_serial(&ca_name)?;
+            let issued = issuer
+                .issue(
+                    self.backend.as_ref(),
+                    ctx.worker,
+                    &issue,
+                    &serial,
+                    now_secs(),
+                )
+                .map_err(|e| issue_failure(&e))?;
+            let record = CertRecord {
+                issuer: issued.issuer.clone(),
+                serial: issued.serial.clone(),
+                der: issued.der.clone(),
+                profile: request.profile.clone(),
+                request_id: request.request_id.clone(),
+                request_digest: digest.clone(),
+                subject: issued.subject.clone(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                issued_at_ms: now_ms(),
+                signer_id: self.signer_id.clone(),
+            };
+            match self.repo.record_issuance(record.clone()) {
+                Ok(Recorded::Inserted) => {
+                    info!(
+                        req_id = ctx.id,
+                        request_id = %request.request_id,
+                        issuer = %record.issuer,
+                        serial = %hex::encode(&record.serial),
+                        profile = %record.profile,
+                        csr_sha256 = %hex::encode(issued.csr_fingerprint),
+                        "certificate issued"
+                    );
+                    return Ok(reply_from(&record, false));
+                }
+                // Another worker recorded the same request id first: its certificate stands.
+                Ok(Recorded::Existing(original)) => {
+                    return self.replay(&request.request_id, &original, &digest)
+                }
+                Err(RepoError::SerialTaken { .. }) => continue,
+                Err(e) => return Err(repo_failure(&e)),
+            }
+        }
+        Err(Failure::new(
+            Status::INTERNAL,
+            "could not find a free serial number",
+        ))
+    }
+
+    fn replay(
+        &self,
+        request_id: &str,
+        record: &CertRecord,
+        digest: &[u8],
+    ) -> Result<msg::SignX509Reply, Failure> {
+        if record.request_digest != digest {
+            warn!(request_id, serial = %hex::encode(&record.serial), "request id reused for a different request");
+            return Err(Failure::new(
+                Status::REQUEST_ID_CONFLICT,
+                format!(
+                    "request id {request_id} was used for a different request (serial {})",
+                    hex::encode(&record.serial)
+                ),
+            ));
+        }
+        Ok(reply_from(record, true))
+    }
+
+    fn fresh_serial(&self, ca: &str) -> Result<Vec<u8>, Failure> {
+        for _ in 0..8 {
+            let serial = signer_x509::random_serial(self.config.serial_prefix);
+            if !self
+                .repo
+                .serial_exists(ca, &serial)
+                .map_err(|e| repo_failure(&e))?
+            {
+                return Ok(serial);
+            }
+        }
+        Err(Failure::new(
+            Status::INTERNAL,
+            "could not find a free serial number",
+        ))
+    }
+
+    /// Handles `ca_certs`.
+    pub fn ca_certs(&self) -> Result<msg::CaCertsReply, Failure> {
+        let issuer = self.issuer()?;
+        Ok(msg::CaCertsReply {
+            cas: issuer
+                .cas
+                .values()
+                .map(|c| msg::CaCert {
+                    name: c.name.clone(),
+                    certificate: c.cert_der.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Adds this service's commands to a router.
+    pub fn routes(self: &Arc<Self>, router: Router) -> Router {
+        let sign = Arc::clone(self);
+        let certs = Arc::clone(self);
+        router
+            .route(
+                Command::SIGN_X509,
+                Placement::Pool,
+                typed(move |ctx: &CallContext, r: msg::SignX509| sign.sign(ctx, r)),
+            )
+            .route(
+                Command::CA_CERTS,
+                Placement::Pool,
+                typed(move |_: &CallContext, _: msg::Empty| certs.ca_certs()),
+            )
+    }
+}
+
+impl HealthSource for CaService {
+    fn checks(&self) -> Vec<msg::Check> {
+        let mut checks = Vec::new();
+        for key in self.backend.status() {
+            let (status, detail) = match (&key.last_error, key.available, key.last_sign_us) {
+                (Some(e), _, _) => (msg::HealthStatus::Failing, e.clone()),
+                (None, true, Some(us)) => (
+                    msg::HealthStatus::Ok,
+                    format!("last signature {:.1} ms", us as f64 / 1000.0),
+                ),
+                _ => (msg::HealthStatus::Ok, "not used yet".into()),
+            };
+            checks.push(msg::Check {
+                name: format!("hsm:{}", key.name),
+                status,
+                detail,
+            });
+        }
+        match self
+            .issuer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(issuer) => {
+                let now = now_secs();
+                for ca in issuer.cas.values() {
+                    let days = (ca.not_after - now) / 86_400;
+                    let status = if days < 0 {
+                        msg::HealthStatus::Failing
+                    } else if days < i64::from(self.config.expiry_warning_days) {
+                        msg::HealthStatus::Degraded
+                    } else {
+                        msg::HealthStatus::Ok
+                    };
+                    checks.push(msg::Check {
+                        name: format!("ca:{}", ca.name),
+                        status,
+                        detail: format!(
+                            "expires {} ({days} days)",
+                            signer_x509::time::rfc3339(ca.not_after)
+                        ),
+                    });
+                }
+            }
+            None => checks.push(msg::Check {
+                name: "ca".into(),
+                status: msg::HealthStatus::Failing,
+                detail: self
+                    .load_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "CA certificates not checked yet (HSM unavailable)".into()),
+            }),
+        }
+        match self.repo.stats() {
+            Ok(s) => checks.push(msg::Check {
+                name: "repository".into(),
+                status: msg::HealthStatus::Ok,
+                detail: format!(
+                    "{} certificates, {} commits for {} records",
+                    s.certificates, s.commits, s.committed_records
+                ),
+            }),
+            Err(e) => checks.push(msg::Check {
+                name: "repository".into(),
+                status: msg::HealthStatus::Failing,
+                detail: e.to_string(),
+            }),
+        }
+        checks
+    }
+}

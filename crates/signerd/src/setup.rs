@@ -1,0 +1,380 @@
+//! Operator commands: the key ceremony (`signerd setup …`) and repository
+//! maintenance (`signerd repo …`). Each prints what it did; none logs a PIN.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Subcommand, ValueEnum};
+use signer_hsm::{KeyKind, Pkcs11Backend, SigningBackend};
+use signer_repository::Repository;
+use signer_x509::setup::{ca_csr, intermediate, self_signed_root, CaSpec};
+use signer_x509::{cert_pem, CaSigner};
+
+use crate::Config;
+
+/// Key types `setup generate-key` can make.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyType {
+    /// RSA, 2048-bit modulus.
+    Rsa2048,
+    /// RSA, 3072-bit modulus.
+    Rsa3072,
+    /// RSA, 4096-bit modulus.
+    Rsa4096,
+    /// ECDSA on P-256.
+    P256,
+    /// ECDSA on P-384.
+    P384,
+}
+
+impl KeyType {
+    fn kind(self) -> KeyKind {
+        match self {
+            KeyType::Rsa2048 => KeyKind::Rsa { bits: 2048 },
+            KeyType::Rsa3072 => KeyKind::Rsa { bits: 3072 },
+            KeyType::Rsa4096 => KeyKind::Rsa { bits: 4096 },
+            KeyType::P256 => KeyKind::EcP256,
+            KeyType::P384 => KeyKind::EcP384,
+        }
+    }
+}
+
+/// `signerd setup …`
+#[derive(Subcommand)]
+pub enum SetupCmd {
+    /// Generate a key pair in the HSM (sensitive, not extractable, random CKA_ID).
+    GenerateKey {
+        /// Configuration file (its `ca.hsm` section names the token).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// CKA_LABEL of the new key.
+        #[arg(long)]
+        label: String,
+        /// Key type.
+        #[arg(long = "type", value_enum)]
+        key_type: KeyType,
+    },
+    /// Self-sign a root CA certificate with a configured key.
+    SelfSign {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Key name from `ca.keys`.
+        #[arg(long)]
+        key: String,
+        /// Subject, e.g. "O=Example,CN=Example Root" (no commas inside values).
+        #[arg(long)]
+        subject: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 7305)]
+        days: u32,
+        /// pathLenConstraint (omit: unlimited).
+        #[arg(long)]
+        path_len: Option<u8>,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue an intermediate CA certificate from a CA configured on this signer.
+    Intermediate {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Issuing CA name from `ca.cas`.
+        #[arg(long)]
+        issuer: String,
+        /// Key name (from `ca.keys`) of the new intermediate.
+        #[arg(long)]
+        key: String,
+        /// Subject.
+        #[arg(long)]
+        subject: String,
+        /// Validity in days (never beyond the issuer's).
+        #[arg(long, default_value_t = 3652)]
+        days: u32,
+        /// pathLenConstraint (default 0: issues end-entity certificates only).
+        #[arg(long, default_value_t = 0)]
+        path_len: u8,
+        /// CRL distribution point of the issuer.
+        #[arg(long)]
+        crl_url: Vec<String>,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a CSR for a configured key, for a CA outside this signer to sign.
+    Csr {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Key name from `ca.keys`.
+        #[arg(long)]
+        key: String,
+        /// Subject.
+        #[arg(long)]
+        subject: String,
+        /// Where to write the CSR (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check that an existing CA certificate belongs to a configured key.
+    Import {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Key name from `ca.keys`.
+        #[arg(long)]
+        key: String,
+        /// The certificate (PEM or DER).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+}
+
+/// `signerd repo …`
+#[derive(Subcommand)]
+pub enum RepoCmd {
+    /// Check that the repository's tables agree (stop the daemon first).
+    Check {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Write every certificate record as JSON lines (stop the daemon first).
+    Export {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add records from an export; records already present are kept.
+    Import {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Input file (JSON lines from `repo export`).
+        #[arg(long, name = "in")]
+        input: PathBuf,
+    },
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses "O=Example,CN=Example Root" into pairs.
+pub fn parse_subject(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not ATTR=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn load(config: &Path) -> Result<(Config, signer_ca::CaConfig), String> {
+    let c = Config::load(config).map_err(|e| format!("configuration error: {e}"))?;
+    let ca = c.ca.clone().ok_or("the configuration has no ca: section")?;
+    Ok((c, ca))
+}
+
+fn backend(ca: &signer_ca::CaConfig) -> Result<Pkcs11Backend, String> {
+    Pkcs11Backend::open(ca.token(), ca.key_specs(), 1).map_err(|e| e.to_string())
+}
+
+fn write_out(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn ca_signer(
+    ca: &signer_ca::CaConfig,
+    backend: &dyn SigningBackend,
+    name: &str,
+) -> Result<CaSigner, String> {
+    let entry = ca
+        .cas
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| format!("no CA named {name} in ca.cas"))?;
+    let bytes = std::fs::read(&entry.certificate)
+        .map_err(|e| format!("{}: {e}", entry.certificate.display()))?;
+    let der = signer_x509::cert_der(&bytes)?;
+    CaSigner::new(&entry.name, &entry.key, der, backend).map_err(|e| e.to_string())
+}
+
+fn setup(cmd: SetupCmd) -> Result<(), String> {
+    match cmd {
+        SetupCmd::GenerateKey {
+            config,
+            label,
+            key_type,
+        } => {
+            let (_, ca) = load(&config)?;
+            let backend = backend(&ca)?;
+            let (public, id) = backend
+                .generate(key_type.kind(), &label)
+                .map_err(|e| e.to_string())?;
+            println!("generated {} key on the token", public.kind);
+            println!("label  {label}");
+            println!("id     {}", hex::encode(&id));
+            println!(
+                "add to ca.keys:  - {{name: {label}, label: {label}, id: {}}}",
+                hex::encode(&id)
+            );
+        }
+        SetupCmd::SelfSign {
+            config,
+            key,
+            subject,
+            days,
+            path_len,
+            out,
+        } => {
+            let (_, ca) = load(&config)?;
+            let backend = backend(&ca)?;
+            let spec = CaSpec {
+                subject: parse_subject(&subject)?,
+                days,
+                path_len,
+                serial_prefix: ca.serial_prefix,
+                now: now(),
+                scheme: None,
+                crl_urls: Vec::new(),
+            };
+            let der = self_signed_root(&backend, &key, &spec).map_err(|e| e.to_string())?;
+            write_out(&out, &cert_pem(&der))?;
+            println!("wrote self-signed root for key {key} to {}", out.display());
+        }
+        SetupCmd::Intermediate {
+            config,
+            issuer,
+            key,
+            subject,
+            days,
+            path_len,
+            crl_url,
+            out,
+        } => {
+            let (_, ca) = load(&config)?;
+            let backend = backend(&ca)?;
+            let parent = ca_signer(&ca, &backend, &issuer)?;
+            let spec = CaSpec {
+                subject: parse_subject(&subject)?,
+                days,
+                path_len: Some(path_len),
+                serial_prefix: ca.serial_prefix,
+                now: now(),
+                scheme: None,
+                crl_urls: crl_url,
+            };
+            let der = intermediate(&backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
+            write_out(&out, &cert_pem(&der))?;
+            println!(
+                "wrote intermediate for key {key}, issued by {issuer}, to {}",
+                out.display()
+            );
+        }
+        SetupCmd::Csr {
+            config,
+            key,
+            subject,
+            out,
+        } => {
+            let (_, ca) = load(&config)?;
+            let backend = backend(&ca)?;
+            let der =
+                ca_csr(&backend, &key, &parse_subject(&subject)?).map_err(|e| e.to_string())?;
+            let pem =
+                der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der)
+                    .map_err(|e| e.to_string())?;
+            write_out(&out, &pem)?;
+            println!("wrote CSR for key {key} to {}", out.display());
+        }
+        SetupCmd::Import { config, key, cert } => {
+            let (_, ca) = load(&config)?;
+            let backend = backend(&ca)?;
+            let bytes = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+            let der = signer_x509::cert_der(&bytes)?;
+            let signer = CaSigner::new("import", &key, der, &backend).map_err(|e| e.to_string())?;
+            println!(
+                "{} matches key {key} ({}); valid until {}",
+                cert.display(),
+                signer.kind,
+                signer_x509::time::rfc3339(signer.not_after)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs a setup command; exit code 0 on success, 1 on any error.
+pub fn run_setup(cmd: SetupCmd) -> ExitCode {
+    match setup(cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signerd setup: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn repo(cmd: RepoCmd) -> Result<(), String> {
+    let open = |config: &Path| -> Result<Repository, String> {
+        let (_, ca) = load(config)?;
+        Repository::open(&ca.repository).map_err(|e| format!("{}: {e}", ca.repository.display()))
+    };
+    match cmd {
+        RepoCmd::Check { config } => {
+            let repo = open(&config)?;
+            let problems = repo.check().map_err(|e| e.to_string())?;
+            let stats = repo.stats().map_err(|e| e.to_string())?;
+            if problems.is_empty() {
+                println!("repository consistent: {} certificates", stats.certificates);
+            } else {
+                for p in &problems {
+                    println!("problem: {p}");
+                }
+                return Err(format!("{} problems found", problems.len()));
+            }
+        }
+        RepoCmd::Export { config, out } => {
+            let repo = open(&config)?;
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?,
+            );
+            let n = repo.export(&mut file).map_err(|e| e.to_string())?;
+            std::io::Write::flush(&mut file).map_err(|e| e.to_string())?;
+            println!("exported {n} certificates to {}", out.display());
+        }
+        RepoCmd::Import { config, input } => {
+            let repo = open(&config)?;
+            let file =
+                std::fs::File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let (added, present) = repo
+                .import(&mut std::io::BufReader::new(file))
+                .map_err(|e| e.to_string())?;
+            println!("imported {added} certificates, {present} already present");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a repository command; exit code 0 on success, 1 on any error.
+pub fn run_repo(cmd: RepoCmd) -> ExitCode {
+    match repo(cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signerd repo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

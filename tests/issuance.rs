@@ -1,0 +1,619 @@
+//! Issuance end to end: a key ceremony with `signerd setup` on a private
+//! SoftHSM2 token, then `signerd` on a pty issuing certificates for the
+//! client library and CLI; results checked with `openssl verify`.
+
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use signer_protocol::{msg, Command as Cmd, Status};
+use signer_testsupport::{bin, Bench, LinkSpec, SoftHsm, SOFTHSM_MODULE};
+
+struct Ceremony {
+    hsm: SoftHsm,
+    ca_yaml: String,
+}
+
+impl Ceremony {
+    fn dir(&self) -> &Path {
+        self.hsm.dir()
+    }
+
+    fn env(&self) -> Vec<(String, PathBuf)> {
+        vec![("SOFTHSM2_CONF".into(), self.hsm.conf.clone())]
+    }
+
+    fn signerd(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(bin("signerd"))
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.hsm.conf)
+            .current_dir(self.dir())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn setup(&self, args: &[&str]) -> String {
+        let (ok, text) = self.signerd(args);
+        assert!(ok, "signerd {args:?}: {text}");
+        text
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn make_csr(dir: &Path, name: &str, key: &[&str]) -> Vec<u8> {
+    let (key_file, csr_file) = (format!("{name}.key"), format!("{name}.csr"));
+    let mut args = vec!["req", "-new", "-newkey"];
+    args.extend_from_slice(key);
+    args.extend_from_slice(&[
+        "-nodes", "-keyout", &key_file, "-out", &csr_file, "-subj", "/CN=x",
+    ]);
+    let (ok, text) = openssl(dir, &args);
+    assert!(ok, "{text}");
+    std::fs::read(dir.join(csr_file)).unwrap()
+}
+
+/// Keys, a root and an intermediate made with `signerd setup`; returns the
+/// `ca:` section for the daemon.
+fn ceremony() -> Ceremony {
+    let hsm = SoftHsm::new("signer-a");
+    let d = hsm.dir().to_path_buf();
+    let pin = hsm.pin_file();
+    let ca_yaml = format!(
+        r#"ca:
+  hsm:
+    module: {SOFTHSM_MODULE}
+    token: {{label: signer-a}}
+    pin: {{file: {pin}}}
+  keys:
+    - {{name: root, label: root-key}}
+    - {{name: sub, label: sub-key}}
+  cas:
+    - {{name: root, key: root, certificate: {d}/root.pem}}
+    - {{name: sub, key: sub, certificate: {d}/sub.pem}}
+  repository: {d}/repository.redb
+  serial_prefix: 0x21
+  profiles:
+    server:
+      issuer: sub
+      default_days: 90
+      max_days: 397
+      key_usage: [digital_signature, key_encipherment]
+      extended_key_usage: [server_auth]
+      subject_attributes: [CN, O]
+      required_subject_attributes: [CN]
+      san_types: [dns]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+"#,
+        pin = pin.display(),
+        d = d.display()
+    );
+    let c = Ceremony { hsm, ca_yaml };
+    // Setup needs a complete configuration file; the link is not opened.
+    let setup_config = format!(
+        "signer_id: setup\nlink: {{device: /dev/null}}\n{}",
+        c.ca_yaml
+    );
+    std::fs::write(d.join("setup.yaml"), setup_config).unwrap();
+    let out = c.setup(&[
+        "setup",
+        "generate-key",
+        "--config",
+        "setup.yaml",
+        "--label",
+        "root-key",
+        "--type",
+        "rsa2048",
+    ]);
+    assert!(out.contains("RSA-2048"), "{out}");
+    c.setup(&[
+        "setup",
+        "generate-key",
+        "--config",
+        "setup.yaml",
+        "--label",
+        "sub-key",
+        "--type",
+        "p256",
+    ]);
+    let (ok, text) = c.signerd(&[
+        "setup",
+        "generate-key",
+        "--config",
+        "setup.yaml",
+        "--label",
+        "sub-key",
+        "--type",
+        "p256",
+    ]);
+    assert!(
+        !ok && text.contains("already"),
+        "a second key with the same label is refused: {text}"
+    );
+    c.setup(&[
+        "setup",
+        "self-sign",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "root",
+        "--subject",
+        "O=Test,CN=Test Root",
+        "--days",
+        "3650",
+        "--path-len",
+        "1",
+        "--out",
+        "root.pem",
+    ]);
+    c.setup(&[
+        "setup",
+        "intermediate",
+        "--config",
+        "setup.yaml",
+        "--issuer",
+        "root",
+        "--key",
+        "sub",
+        "--subject",
+        "O=Test,CN=Test Sub",
+        "--days",
+        "1825",
+        "--crl-url",
+        "http://crl.example.org/root.crl",
+        "--out",
+        "sub.pem",
+    ]);
+    let out = c.setup(&[
+        "setup",
+        "import",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "sub",
+        "--cert",
+        "sub.pem",
+    ]);
+    assert!(out.contains("matches key sub"), "{out}");
+    let (ok, text) = c.signerd(&[
+        "setup",
+        "import",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "root",
+        "--cert",
+        "sub.pem",
+    ]);
+    assert!(!ok && text.contains("does not match"), "{text}");
+    c.setup(&[
+        "setup",
+        "csr",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "sub",
+        "--subject",
+        "CN=Cross",
+        "--out",
+        "cross.csr",
+    ]);
+    let (ok, text) = openssl(&d, &["req", "-in", "cross.csr", "-verify", "-noout"]);
+    assert!(ok, "{text}");
+    let (ok, text) = openssl(
+        &d,
+        &["verify", "-x509_strict", "-CAfile", "root.pem", "sub.pem"],
+    );
+    assert!(ok, "{text}");
+    c
+}
+
+fn sign_request(request_id: &str, csr: Vec<u8>, cn: &str) -> msg::SignX509 {
+    msg::SignX509 {
+        request_id: request_id.into(),
+        profile: "server".into(),
+        csr,
+        subject: vec![("CN".into(), cn.into())],
+        sans: vec![msg::SanEntry {
+            kind: "dns".into(),
+            value: cn.into(),
+        }],
+        validity_days: Some(30),
+    }
+}
+
+fn pem(der: &[u8]) -> String {
+    let b64 = {
+        let out = Command::new("openssl")
+            .args(["base64", "-A"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        out.stdin.as_ref().unwrap().write_all(der).unwrap();
+        String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let lines: Vec<String> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
+    let c = ceremony();
+    let d = c.dir().to_path_buf();
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    assert!(client
+        .server()
+        .unwrap()
+        .commands
+        .contains(&Cmd::SIGN_X509.0));
+
+    // Issue for an RSA and an EC key; openssl verifies the chain.
+    let rsa_csr = make_csr(&d, "rsa", &["rsa:2048"]);
+    let first: msg::SignX509Reply = client
+        .call_typed(
+            Cmd::SIGN_X509,
+            &sign_request("web-1", rsa_csr.clone(), "www.example.org"),
+        )
+        .unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.serial[0], 0x21, "serials carry the signer's prefix");
+    std::fs::write(d.join("leaf.pem"), pem(&first.certificate)).unwrap();
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslserver",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "sub.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(ok, "{text}");
+    let ec_csr = make_csr(&d, "ec", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]);
+    let ec: msg::SignX509Reply = client
+        .call_typed(
+            Cmd::SIGN_X509,
+            &sign_request("web-2", ec_csr, "mail.example.org"),
+        )
+        .unwrap();
+    std::fs::write(d.join("ec-leaf.pem"), pem(&ec.certificate)).unwrap();
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "sub.pem",
+            "ec-leaf.pem",
+        ],
+    );
+    assert!(ok, "{text}");
+
+    // The same request id again: the original certificate, not a new one.
+    let again: msg::SignX509Reply = client
+        .call_typed(
+            Cmd::SIGN_X509,
+            &sign_request("web-1", rsa_csr.clone(), "www.example.org"),
+        )
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.certificate, first.certificate);
+    // The same request id for a different request is refused.
+    let err = client
+        .call_typed::<_, msg::SignX509Reply>(
+            Cmd::SIGN_X509,
+            &sign_request("web-1", rsa_csr.clone(), "other.example.org"),
+        )
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::REQUEST_ID_CONFLICT), "{err}");
+
+    // Bad input: each its own status, nothing recorded.
+    let weak = make_csr(&d, "weak", &["rsa:1024"]);
+    let refusals: Vec<(msg::SignX509, Status)> = vec![
+        (
+            sign_request("bad-1", weak, "www.example.org"),
+            Status::WEAK_KEY,
+        ),
+        (
+            sign_request("bad-2", b"garbage".to_vec(), "www.example.org"),
+            Status::MALFORMED_CSR,
+        ),
+        (
+            msg::SignX509 {
+                profile: "nope".into(),
+                ..sign_request("bad-3", rsa_csr.clone(), "www.example.org")
+            },
+            Status::UNKNOWN_PROFILE,
+        ),
+        (
+            msg::SignX509 {
+                subject: vec![
+                    ("OU".into(), "x".into()),
+                    ("CN".into(), "www.example.org".into()),
+                ],
+                ..sign_request("bad-4", rsa_csr.clone(), "www.example.org")
+            },
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            msg::SignX509 {
+                sans: vec![msg::SanEntry {
+                    kind: "email".into(),
+                    value: "a@example.org".into(),
+                }],
+                ..sign_request("bad-5", rsa_csr.clone(), "www.example.org")
+            },
+            Status::SAN_NOT_ALLOWED,
+        ),
+        (
+            msg::SignX509 {
+                validity_days: Some(400),
+                ..sign_request("bad-6", rsa_csr.clone(), "www.example.org")
+            },
+            Status::VALIDITY_TOO_LONG,
+        ),
+        (
+            msg::SignX509 {
+                sans: vec![msg::SanEntry {
+                    kind: "dns".into(),
+                    value: "other.example.org".into(),
+                }],
+                ..sign_request("bad-7", rsa_csr.clone(), "www.example.org")
+            },
+            Status::LINT_FAILED,
+        ),
+        (
+            sign_request("", rsa_csr.clone(), "www.example.org"),
+            Status::MALFORMED_BODY,
+        ),
+    ];
+    for (request, status) in refusals {
+        let err = client
+            .call_typed::<_, msg::SignX509Reply>(Cmd::SIGN_X509, &request)
+            .unwrap_err();
+        assert_eq!(err.status(), Some(status), "{}: {err}", request.request_id);
+    }
+    let health = client.health().unwrap();
+    let repo = health
+        .checks
+        .iter()
+        .find(|c| c.name == "repository")
+        .unwrap();
+    assert!(repo.detail.starts_with("2 certificates"), "{}", repo.detail);
+    assert!(health
+        .checks
+        .iter()
+        .any(|c| c.name == "hsm:sub" && c.status == msg::HealthStatus::Ok));
+    assert!(health
+        .checks
+        .iter()
+        .any(|c| c.name == "ca:root" && c.detail.contains("expires")));
+
+    // ca_certs
+    let cas: msg::CaCertsReply = client.call_typed(Cmd::CA_CERTS, &msg::Empty {}).unwrap();
+    assert_eq!(
+        cas.cas.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["root", "sub"]
+    );
+
+    // The CLI: PEM out, exit 1 on refusal, 4 on bad local input.
+    drop(client);
+    let device = bench.client_device();
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("signer-client"))
+            .arg("--link")
+            .arg(&device)
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = cli(&[
+        "sign",
+        "--profile",
+        "server",
+        "--csr",
+        "rsa.csr",
+        "--request-id",
+        "cli-1",
+        "--subject",
+        "CN=cli.example.org",
+        "--san",
+        "dns:cli.example.org",
+        "--out",
+        "cli.pem",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "sub.pem",
+            "cli.pem",
+        ],
+    );
+    assert!(ok, "{text}");
+    let (code, _, err) = cli(&[
+        "sign",
+        "--profile",
+        "server",
+        "--csr",
+        "weak.csr",
+        "--request-id",
+        "cli-2",
+        "--subject",
+        "CN=cli.example.org",
+        "--san",
+        "dns:cli.example.org",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("weak_key"), "{err}");
+    let (code, _, _) = cli(&[
+        "sign",
+        "--profile",
+        "server",
+        "--csr",
+        "missing.csr",
+        "--request-id",
+        "cli-3",
+        "--subject",
+        "CN=x",
+        "--san",
+        "dns:x",
+    ]);
+    assert_eq!(code, Some(4));
+    let (code, out, _) = cli(&["--json", "ca-certs"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("BEGIN CERTIFICATE"));
+
+    // After kill -9 and restart, the request id still returns the original.
+    bench.daemon.kill();
+    bench.daemon.restart();
+    let client = bench.client();
+    let after: msg::SignX509Reply = client
+        .call_typed(
+            Cmd::SIGN_X509,
+            &sign_request("web-1", rsa_csr, "www.example.org"),
+        )
+        .unwrap();
+    assert!(after.replayed);
+    assert_eq!(after.certificate, first.certificate);
+    drop(client);
+
+    // The repository is consistent and exports what was issued.
+    bench.daemon.kill();
+    std::fs::write(
+        d.join("run.yaml"),
+        std::fs::read_to_string(bench.dir().join("signerd.yaml")).unwrap(),
+    )
+    .unwrap();
+    let out = c.setup(&["repo", "check", "--config", "run.yaml"]);
+    assert!(out.contains("consistent: 3 certificates"), "{out}");
+    c.setup(&[
+        "repo",
+        "export",
+        "--config",
+        "run.yaml",
+        "--out",
+        "dump.jsonl",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("dump.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn startup_refuses_a_ca_certificate_that_does_not_match_its_key() {
+    let c = ceremony();
+    // Point the sub CA at the root's certificate.
+    let yaml = c
+        .ca_yaml
+        .replace("certificate: ", "certificate: X")
+        .replace(
+            &format!("certificate: X{}/sub.pem", c.dir().display()),
+            &format!("certificate: {}/root.pem", c.dir().display()),
+        );
+    let yaml = yaml.replace("certificate: X", "certificate: ");
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    assert_eq!(
+        bench.daemon.wait(Duration::from_secs(20)),
+        Some(3),
+        "{}",
+        bench.daemon.log()
+    );
+    assert!(
+        bench.daemon.log().contains("does not match"),
+        "{}",
+        bench.daemon.log()
+    );
+}
+
+#[test]
+fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
+    let c = ceremony();
+    let config = c.dir().join("check.yaml");
+    std::fs::write(
+        &config,
+        format!("signer_id: a\nlink: {{device: /dev/null}}\n{}", c.ca_yaml),
+    )
+    .unwrap();
+    let (ok, text) = c.signerd(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("profile        server") && text.contains("serial prefix  0x21"),
+        "{text}"
+    );
+    let broken = c.ca_yaml.replace("issuer: sub", "issuer: nowhere");
+    std::fs::write(
+        &config,
+        format!("signer_id: a\nlink: {{device: /dev/null}}\n{broken}"),
+    )
+    .unwrap();
+    let (ok, text) = c.signerd(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(!ok && text.contains("ca.profiles.server.issuer"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(c.hsm.pin_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        &config,
+        format!("signer_id: a\nlink: {{device: /dev/null}}\n{}", c.ca_yaml),
+    )
+    .unwrap();
+    let (ok, text) = c.signerd(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("ca.hsm.pin.file") && text.contains("other users"),
+        "{text}"
+    );
+}
