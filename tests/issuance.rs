@@ -4,99 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use signer_protocol::{msg, Command as Cmd, Status};
-use signer_testsupport::{bin, Bench, LinkSpec, SoftHsm, SOFTHSM_MODULE};
+use signer_testsupport::ca::{make_csr, openssl, Ceremony};
+use signer_testsupport::{bin, Bench, LinkSpec};
 
-struct Ceremony {
-    hsm: SoftHsm,
-    ca_yaml: String,
-}
-
-impl Ceremony {
-    fn dir(&self) -> &Path {
-        self.hsm.dir()
-    }
-
-    fn env(&self) -> Vec<(String, PathBuf)> {
-        vec![("SOFTHSM2_CONF".into(), self.hsm.conf.clone())]
-    }
-
-    fn signerd(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(bin("signerd"))
-            .args(args)
-            .env("SOFTHSM2_CONF", &self.hsm.conf)
-            .current_dir(self.dir())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-
-    fn setup(&self, args: &[&str]) -> String {
-        let (ok, text) = self.signerd(args);
-        assert!(ok, "signerd {args:?}: {text}");
-        text
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn make_csr(dir: &Path, name: &str, key: &[&str]) -> Vec<u8> {
-    let (key_file, csr_file) = (format!("{name}.key"), format!("{name}.csr"));
-    let mut args = vec!["req", "-new", "-newkey"];
-    args.extend_from_slice(key);
-    args.extend_from_slice(&[
-        "-nodes", "-keyout", &key_file, "-out", &csr_file, "-subj", "/CN=x",
-    ]);
-    let (ok, text) = openssl(dir, &args);
-    assert!(ok, "{text}");
-    std::fs::read(dir.join(csr_file)).unwrap()
-}
-
-/// Keys, a root and an intermediate made with `signerd setup`; returns the
-/// `ca:` section for the daemon.
-fn ceremony() -> Ceremony {
-    let hsm = SoftHsm::new("signer-a");
-    let d = hsm.dir().to_path_buf();
-    let pin = hsm.pin_file();
-    let ca_yaml = format!(
-        r#"ca:
-  hsm:
-    module: {SOFTHSM_MODULE}
-    token: {{label: signer-a}}
-    pin: {{file: {pin}}}
-  keys:
-    - {{name: root, label: root-key}}
-    - {{name: sub, label: sub-key}}
-  cas:
-    - {{name: root, key: root, certificate: {d}/root.pem}}
-    - {{name: sub, key: sub, certificate: {d}/sub.pem}}
-  repository: {d}/repository.redb
-  serial_prefix: 0x21
+const SERVER_PROFILE: &str = r#"
   profiles:
     server:
       issuer: sub
@@ -109,129 +24,7 @@ fn ceremony() -> Ceremony {
       san_types: [dns]
       require_san: true
       crl_urls: [http://crl.example.org/sub.crl]
-"#,
-        pin = pin.display(),
-        d = d.display()
-    );
-    let c = Ceremony { hsm, ca_yaml };
-    // Setup needs a complete configuration file; the link is not opened.
-    let setup_config = format!(
-        "signer_id: setup\nlink: {{device: /dev/null}}\n{}",
-        c.ca_yaml
-    );
-    std::fs::write(d.join("setup.yaml"), setup_config).unwrap();
-    let out = c.setup(&[
-        "setup",
-        "generate-key",
-        "--config",
-        "setup.yaml",
-        "--label",
-        "root-key",
-        "--type",
-        "rsa2048",
-    ]);
-    assert!(out.contains("RSA-2048"), "{out}");
-    c.setup(&[
-        "setup",
-        "generate-key",
-        "--config",
-        "setup.yaml",
-        "--label",
-        "sub-key",
-        "--type",
-        "p256",
-    ]);
-    let (ok, text) = c.signerd(&[
-        "setup",
-        "generate-key",
-        "--config",
-        "setup.yaml",
-        "--label",
-        "sub-key",
-        "--type",
-        "p256",
-    ]);
-    assert!(
-        !ok && text.contains("already"),
-        "a second key with the same label is refused: {text}"
-    );
-    c.setup(&[
-        "setup",
-        "self-sign",
-        "--config",
-        "setup.yaml",
-        "--key",
-        "root",
-        "--subject",
-        "O=Test,CN=Test Root",
-        "--days",
-        "3650",
-        "--path-len",
-        "1",
-        "--out",
-        "root.pem",
-    ]);
-    c.setup(&[
-        "setup",
-        "intermediate",
-        "--config",
-        "setup.yaml",
-        "--issuer",
-        "root",
-        "--key",
-        "sub",
-        "--subject",
-        "O=Test,CN=Test Sub",
-        "--days",
-        "1825",
-        "--crl-url",
-        "http://crl.example.org/root.crl",
-        "--out",
-        "sub.pem",
-    ]);
-    let out = c.setup(&[
-        "setup",
-        "import",
-        "--config",
-        "setup.yaml",
-        "--key",
-        "sub",
-        "--cert",
-        "sub.pem",
-    ]);
-    assert!(out.contains("matches key sub"), "{out}");
-    let (ok, text) = c.signerd(&[
-        "setup",
-        "import",
-        "--config",
-        "setup.yaml",
-        "--key",
-        "root",
-        "--cert",
-        "sub.pem",
-    ]);
-    assert!(!ok && text.contains("does not match"), "{text}");
-    c.setup(&[
-        "setup",
-        "csr",
-        "--config",
-        "setup.yaml",
-        "--key",
-        "sub",
-        "--subject",
-        "CN=Cross",
-        "--out",
-        "cross.csr",
-    ]);
-    let (ok, text) = openssl(&d, &["req", "-in", "cross.csr", "-verify", "-noout"]);
-    assert!(ok, "{text}");
-    let (ok, text) = openssl(
-        &d,
-        &["verify", "-x509_strict", "-CAfile", "root.pem", "sub.pem"],
-    );
-    assert!(ok, "{text}");
-    c
-}
+"#;
 
 fn sign_request(request_id: &str, csr: Vec<u8>, cn: &str) -> msg::SignX509 {
     msg::SignX509 {
@@ -272,7 +65,7 @@ fn pem(der: &[u8]) -> String {
 
 #[test]
 fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
-    let c = ceremony();
+    let c = Ceremony::new("p256", SERVER_PROFILE);
     let d = c.dir().to_path_buf();
     let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
     let client = bench.client();
@@ -557,7 +350,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
 
 #[test]
 fn startup_refuses_a_ca_certificate_that_does_not_match_its_key() {
-    let c = ceremony();
+    let c = Ceremony::new("p256", SERVER_PROFILE);
     // Point the sub CA at the root's certificate.
     let yaml = c
         .ca_yaml
@@ -583,7 +376,7 @@ fn startup_refuses_a_ca_certificate_that_does_not_match_its_key() {
 
 #[test]
 fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
-    let c = ceremony();
+    let c = Ceremony::new("p256", SERVER_PROFILE);
     let config = c.dir().join("check.yaml");
     std::fs::write(
         &config,
@@ -616,4 +409,51 @@ fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
         !ok && text.contains("ca.hsm.pin.file") && text.contains("other users"),
         "{text}"
     );
+}
+
+#[test]
+fn an_absent_token_is_reported_and_a_refused_pin_stops_startup() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    // The token is not there: the daemon starts, says so, and refuses to sign.
+    let yaml = c
+        .ca_yaml
+        .replace("token: {label: signer-a}", "token: {label: elsewhere}");
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let client = bench.client();
+    let health = client.health().unwrap();
+    assert_eq!(health.status, msg::HealthStatus::Failing, "{health:?}");
+    assert!(health
+        .checks
+        .iter()
+        .any(|k| k.name == "ca" && k.status == msg::HealthStatus::Failing));
+    let csr = make_csr(c.dir(), "absent", &["rsa:2048"]);
+    let started = std::time::Instant::now();
+    let err = client
+        .call_typed::<_, msg::SignX509Reply>(
+            Cmd::SIGN_X509,
+            &sign_request("absent-1", csr, "www.example.org"),
+        )
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::HSM_UNAVAILABLE), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    drop(client);
+    drop(bench);
+
+    // A wrong PIN: startup stops with exit code 4 and says why.
+    let wrong = c.dir().join("wrong.pin");
+    std::fs::write(&wrong, "9999\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pin = c.hsm.pin_file();
+    let yaml = c
+        .ca_yaml
+        .replace(&pin.display().to_string(), &wrong.display().to_string());
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    assert_eq!(
+        bench.daemon.wait(Duration::from_secs(20)),
+        Some(4),
+        "{}",
+        bench.daemon.log()
+    );
+    assert!(bench.daemon.log().contains("PIN"), "{}", bench.daemon.log());
 }

@@ -41,6 +41,9 @@ pub enum CaError {
     /// A CA is misconfigured (certificate unreadable, not matching its key).
     #[error("{0}")]
     Ca(String),
+    /// The token refused the PIN. Not retried: repeated attempts lock tokens.
+    #[error("{0}")]
+    Pin(String),
 }
 
 /// The CA service: HSM backend, repository, profiles and CAs.
@@ -181,6 +184,7 @@ impl CaService {
             Err(IssueError::Hsm(e)) if e.is_transient() => {
                 warn!(cause = %e, "HSM not available at startup; CA certificates will be checked when it appears");
             }
+            Err(IssueError::Hsm(e @ HsmError::Pin(_))) => return Err(CaError::Pin(e.to_string())),
             Err(e) => return Err(CaError::Ca(e.to_string())),
         }
         Ok(service)

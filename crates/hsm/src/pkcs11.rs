@@ -205,6 +205,9 @@ pub struct Pkcs11Backend {
     workers: Vec<Mutex<Worker>>,
     public: Mutex<HashMap<String, PublicKey>>,
     status: Mutex<HashMap<String, KeyStatus>>,
+    /// Set once the token refused the PIN: logging in again with the same PIN
+    /// could only lock the token, so no further attempt is made.
+    pin_refused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -265,6 +268,7 @@ impl Pkcs11Backend {
                 .collect(),
             public: Mutex::new(HashMap::new()),
             status: Mutex::new(status),
+            pin_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -295,6 +299,12 @@ impl Pkcs11Backend {
     }
 
     fn open_session(&self, rw: bool) -> Result<Session, HsmError> {
+        if self.pin_refused.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HsmError::Pin(
+                "the token refused the PIN earlier; not trying again (fix the PIN and restart)"
+                    .into(),
+            ));
+        }
         let slot = self.find_slot()?;
         let session = if rw {
             self.ctx.open_rw_session(slot)
@@ -305,7 +315,15 @@ impl Pkcs11Backend {
         let pin = AuthPin::new(self.pin.expose().into());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(e) => Err(classify(&e)),
+            Err(e) => {
+                let e = classify(&e);
+                if matches!(e, HsmError::Pin(_)) {
+                    self.pin_refused
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    warn!(cause = %e, "the token refused the PIN; no further login attempts");
+                }
+                Err(e)
+            }
         }
     }
 

@@ -201,3 +201,50 @@ proptest::proptest! {
         proptest::prop_assert_eq!(re.unwrap().into_body().unwrap(), body);
     }
 }
+
+/// docs/protocol.md, `sign_x509` vector.
+const SIGN: (&str, &str) = (
+    "9401051086aa726571756573745f6964a27231a770726f66696c65a6736572766572a3637372c4023000a77375626a6563749192a2434ea9612e6578616d706c65a473616e739182a474797065a3646e73a576616c7565a9612e6578616d706c65ad76616c69646974795f646179731e",
+    "2a9401051086aa726571756573745f6964a27231a770726f66696c65a6736572766572a3637372c402304ba77375626a6563749192a2434ea9612e6578616d706c65a473616e739182a474797065a3646e73a576616c7565a9612e6578616d706c65ad76616c69646974795f646179731ee4f7b6c000",
+);
+
+#[test]
+fn sign_x509_vector() {
+    let content = check_frame(SIGN);
+    let body = msg::SignX509 {
+        request_id: "r1".into(),
+        profile: "server".into(),
+        csr: vec![0x30, 0x00],
+        subject: vec![("CN".into(), "a.example".into())],
+        sans: vec![msg::SanEntry {
+            kind: "dns".into(),
+            value: "a.example".into(),
+        }],
+        validity_days: Some(30),
+    };
+    assert_eq!(
+        encode_request(5, Command::SIGN_X509, &encode_body(&body)),
+        content
+    );
+    let request = decode_request(&content).unwrap();
+    assert_eq!(decode_body::<msg::SignX509>(request.body).unwrap(), body);
+}
+
+#[test]
+fn every_status_and_command_is_in_the_spec() {
+    let spec = include_str!("../../../docs/protocol.md");
+    for status in Status::ALL {
+        let row = format!("| {} | {} |", status.0, status.name().unwrap());
+        assert!(
+            spec.contains(&row),
+            "docs/protocol.md lacks the status row {row}"
+        );
+    }
+    for command in Command::ALL {
+        let row = format!("| {} | {} |", command.0, command.name().unwrap());
+        assert!(
+            spec.contains(&row),
+            "docs/protocol.md lacks the command row {row}"
+        );
+    }
+}

@@ -55,6 +55,9 @@ const EXIT_CONFIG: u8 = 1;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Exit status when the daemon failed at run time.
 const EXIT_RUNTIME: u8 = 3;
+/// Exit status when the token refused the PIN: restarting would only count
+/// more failed logins against the token, so the unit does not restart on it.
+const EXIT_PIN: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -80,6 +83,16 @@ fn main() -> ExitCode {
             init_logging(&c);
             match run(&c) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<signer_ca::CaError>(),
+                        Some(signer_ca::CaError::Pin(_))
+                    ) =>
+                {
+                    error!(cause = %e, "the token refused the PIN; fix it and start signerd again");
+                    eprintln!("signerd: {e}");
+                    ExitCode::from(EXIT_PIN)
+                }
                 Err(e) => {
                     error!(cause = %format!("{e:#}"), "signerd stopped");
                     eprintln!("signerd: {e:#}");

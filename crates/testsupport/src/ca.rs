@@ -1,0 +1,223 @@
+//! A CA on a private SoftHSM2 token, made the way an operator would: with
+//! `signerd setup`. Used by the integration tests and the benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{bin, SoftHsm, SOFTHSM_MODULE};
+
+/// A private SoftHSM2 token with a root (RSA-2048) and an intermediate key
+/// and certificates made by `signerd setup`, and the `ca:` section that uses them.
+pub struct Ceremony {
+    /// The token store.
+    pub hsm: SoftHsm,
+    /// The `ca:` section for the daemon's configuration.
+    pub ca_yaml: String,
+}
+
+/// Runs `openssl` in `dir`: (success, stdout and stderr).
+pub fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package openssl) must be installed");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Makes a key and CSR with openssl (`key`: the `-newkey` arguments); returns the CSR (PEM).
+pub fn make_csr(dir: &Path, name: &str, key: &[&str]) -> Vec<u8> {
+    let (key_file, csr_file) = (format!("{name}.key"), format!("{name}.csr"));
+    let mut args = vec!["req", "-new", "-newkey"];
+    args.extend_from_slice(key);
+    args.extend_from_slice(&[
+        "-nodes", "-keyout", &key_file, "-out", &csr_file, "-subj", "/CN=x",
+    ]);
+    let (ok, text) = openssl(dir, &args);
+    assert!(ok, "{text}");
+    std::fs::read(dir.join(csr_file)).expect("read CSR")
+}
+
+impl Ceremony {
+    /// Keys, a root and an intermediate made with `signerd setup`. `sub_key`
+    /// is the intermediate's key type (`rsa2048`, `p256`, …); `profiles` is
+    /// YAML for `ca.profiles` (indented two spaces, starting with
+    /// `  profiles:`), whose issuer is `sub`.
+    pub fn new(sub_key: &str, profiles: &str) -> Ceremony {
+        let hsm = SoftHsm::new("signer-a");
+        let d = hsm.dir().to_path_buf();
+        let pin = hsm.pin_file();
+        let ca_yaml = format!(
+            "ca:
+  hsm:
+    module: {SOFTHSM_MODULE}
+    token: {{label: signer-a}}
+    pin: {{file: {pin}}}
+  keys:
+    - {{name: root, label: root-key}}
+    - {{name: sub, label: sub-key}}
+  cas:
+    - {{name: root, key: root, certificate: {d}/root.pem}}
+    - {{name: sub, key: sub, certificate: {d}/sub.pem}}
+  repository: {d}/repository.redb
+  serial_prefix: 0x21
+{profiles}",
+            pin = pin.display(),
+            d = d.display()
+        );
+        let c = Ceremony { hsm, ca_yaml };
+        // Setup needs a complete configuration file; the link is not opened.
+        let setup_config = format!(
+            "signer_id: setup\nlink: {{device: /dev/null}}\n{}",
+            c.ca_yaml
+        );
+        std::fs::write(d.join("setup.yaml"), setup_config).expect("write setup.yaml");
+        let generate = |label: &str, kind: &str| {
+            c.setup(&[
+                "setup",
+                "generate-key",
+                "--config",
+                "setup.yaml",
+                "--label",
+                label,
+                "--type",
+                kind,
+            ])
+        };
+        let out = generate("root-key", "rsa2048");
+        assert!(out.contains("RSA-2048"), "{out}");
+        generate("sub-key", sub_key);
+        let (ok, text) = c.signerd(&[
+            "setup",
+            "generate-key",
+            "--config",
+            "setup.yaml",
+            "--label",
+            "sub-key",
+            "--type",
+            sub_key,
+        ]);
+        assert!(
+            !ok && text.contains("already"),
+            "a second key with the same label is refused: {text}"
+        );
+        c.setup(&[
+            "setup",
+            "self-sign",
+            "--config",
+            "setup.yaml",
+            "--key",
+            "root",
+            "--subject",
+            "O=Test,CN=Test Root",
+            "--days",
+            "3650",
+            "--path-len",
+            "1",
+            "--out",
+            "root.pem",
+        ]);
+        c.setup(&[
+            "setup",
+            "intermediate",
+            "--config",
+            "setup.yaml",
+            "--issuer",
+            "root",
+            "--key",
+            "sub",
+            "--subject",
+            "O=Test,CN=Test Sub",
+            "--days",
+            "1825",
+            "--crl-url",
+            "http://crl.example.org/root.crl",
+            "--out",
+            "sub.pem",
+        ]);
+        let out = c.setup(&[
+            "setup",
+            "import",
+            "--config",
+            "setup.yaml",
+            "--key",
+            "sub",
+            "--cert",
+            "sub.pem",
+        ]);
+        assert!(out.contains("matches key sub"), "{out}");
+        let (ok, text) = c.signerd(&[
+            "setup",
+            "import",
+            "--config",
+            "setup.yaml",
+            "--key",
+            "root",
+            "--cert",
+            "sub.pem",
+        ]);
+        assert!(!ok && text.contains("does not match"), "{text}");
+        c.setup(&[
+            "setup",
+            "csr",
+            "--config",
+            "setup.yaml",
+            "--key",
+            "sub",
+            "--subject",
+            "CN=Cross",
+            "--out",
+            "cross.csr",
+        ]);
+        let (ok, text) = openssl(&d, &["req", "-in", "cross.csr", "-verify", "-noout"]);
+        assert!(ok, "{text}");
+        let (ok, text) = openssl(
+            &d,
+            &["verify", "-x509_strict", "-CAfile", "root.pem", "sub.pem"],
+        );
+        assert!(ok, "{text}");
+        c
+    }
+
+    /// The token store's directory, which also holds the certificates.
+    pub fn dir(&self) -> &Path {
+        self.hsm.dir()
+    }
+
+    /// Environment for processes that use the token.
+    pub fn env(&self) -> Vec<(String, PathBuf)> {
+        vec![("SOFTHSM2_CONF".into(), self.hsm.conf.clone())]
+    }
+
+    /// Runs `signerd` with the token's environment in the token directory.
+    pub fn signerd(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(bin("signerd"))
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.hsm.conf)
+            .current_dir(self.dir())
+            .output()
+            .expect("run signerd");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Like [`Ceremony::signerd`], asserting success.
+    pub fn setup(&self, args: &[&str]) -> String {
+        let (ok, text) = self.signerd(args);
+        assert!(ok, "signerd {args:?}: {text}");
+        text
+    }
+}
