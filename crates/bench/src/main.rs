@@ -10,9 +10,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use signer_client::Client;
+use signer_hsm::{
+    Hash, KeySpec, PinSource, Pkcs11Backend, Scheme, SigningBackend, TokenConfig, TokenSelector,
+};
 use signer_protocol::{encode_body, encode_request, msg, Command};
 use signer_server::{Engine, EngineConfig, Router};
+use signer_testsupport::ca::{make_csr, Ceremony};
 use signer_testsupport::{Bench, LinkSpec};
+use std::sync::Arc;
 
 /// Benchmarks of the serial-link signer.
 #[derive(Parser)]
@@ -24,6 +29,13 @@ struct Cli {
     /// Scale the request counts (1.0 = the documented run).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// Run only one section (`issuance`).
+    #[arg(long)]
+    only: Option<String>,
+    /// Internal: measure the raw HSM rate in this process (SoftHSM2 reads its
+    /// configuration once per process), as `PIN_FILE,SCHEME,THREADS,COUNT`.
+    #[arg(long, hide = true)]
+    raw_hsm: Option<String>,
 }
 
 fn scaled(n: usize, scale: f64) -> usize {
@@ -80,8 +92,198 @@ fn pipelined_health(client: &Client, n: usize) -> anyhow::Result<Pipelined> {
     })
 }
 
+const BENCH_PROFILE: &str = "  profiles:
+    server:
+      issuer: sub
+      default_days: 90
+      max_days: 397
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth]
+      subject_attributes: [CN]
+      san_types: [dns]
+      require_san: true
+";
+
+/// Signatures per second straight from the token: `threads` threads, each
+/// with its own session, hashing and signing as the daemon's workers do.
+fn raw_hsm_rate(
+    pin_file: &std::path::Path,
+    scheme: Scheme,
+    threads: usize,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let token = TokenConfig {
+        module: signer_testsupport::SOFTHSM_MODULE.into(),
+        token: TokenSelector::Label("signer-a".into()),
+        pin: PinSource::File(pin_file.to_path_buf()),
+    };
+    let key = KeySpec {
+        name: "sub".into(),
+        label: Some("sub-key".into()),
+        id: None,
+    };
+    let backend = Arc::new(Pkcs11Backend::open(token, vec![key], threads)?);
+    // Warm up every session (login, key handle) outside the timed part.
+    for w in 0..threads {
+        backend.sign_digest(w, "sub", scheme, &scheme.hash().digest(b"warm-up"))?;
+    }
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|w| {
+            let backend = Arc::clone(&backend);
+            std::thread::spawn(move || -> Result<(), signer_hsm::HsmError> {
+                for i in 0..n / threads {
+                    let digest = scheme.hash().digest(format!("tbs {w} {i}").as_bytes());
+                    backend.sign_digest(w, "sub", scheme, &digest)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("signing thread panicked"))??;
+    }
+    Ok((n / threads * threads) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Certificates per second through signerd on an unthrottled pty: pipelined
+/// `sign_x509` requests with distinct request ids, each durably recorded.
+fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f64, u64)> {
+    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "8".into());
+    let yaml = format!(
+        "protocol:\n  workers: {workers}\n  max_in_flight: 32\n{}",
+        ceremony.ca_yaml
+    );
+    let mut env = ceremony.env();
+    env.push(("RUST_LOG".into(), "info".into()));
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, env);
+    let client = bench.client();
+    let request = |i: usize| msg::SignX509 {
+        request_id: format!("bench-{i}"),
+        profile: "server".into(),
+        csr: csr.to_vec(),
+        subject: vec![("CN".into(), "bench.example.org".into())],
+        sans: vec![msg::SanEntry {
+            kind: "dns".into(),
+            value: "bench.example.org".into(),
+        }],
+        validity_days: Some(30),
+    };
+    // Warm up (CA check, sessions, repository file).
+    let _: msg::SignX509Reply = client.call_typed(Command::SIGN_X509, &request(usize::MAX))?;
+    let started = Instant::now();
+    let pending: Vec<_> = (0..n)
+        .map(|i| client.submit(Command::SIGN_X509, encode_body(&request(i))))
+        .collect();
+    for p in pending {
+        let _: msg::SignX509Reply = p.wait()?.decode()?;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let health = client.health()?;
+    let commits = health
+        .checks
+        .iter()
+        .find(|c| c.name == "repository")
+        .map(|c| c.detail.clone())
+        .unwrap_or_default();
+    eprintln!("bench: repository after the run: {commits}");
+    let commits_n = commits
+        .split(", ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    Ok((rate, commits_n))
+}
+
+/// Runs [`raw_hsm_rate`] in a child process pointed at the ceremony's token.
+fn raw_in_child(ceremony: &Ceremony, key: &str, threads: usize, n: usize) -> anyhow::Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--raw-hsm")
+        .arg(format!(
+            "{},{key},{threads},{n}",
+            ceremony.hsm.pin_file().display()
+        ))
+        .envs(ceremony.env())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "raw HSM measurement failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn scheme_for(key: &str) -> Scheme {
+    if key == "p256" {
+        Scheme::Ecdsa(Hash::Sha256)
+    } else {
+        Scheme::RsaPkcs1(Hash::Sha256)
+    }
+}
+
+fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    writeln!(
+        report,
+        "## Issuance: end to end vs. the raw HSM signing rate\n"
+    )?;
+    writeln!(
+        report,
+        "The issuing CA's key is on a SoftHSM2 token; the baseline is that key's raw signing \
+         rate (host-side SHA-256, `C_Sign` on the digest) with the same number of sessions as \
+         `signerd` has workers (2). End to end: pipelined `sign_x509` requests from the client \
+         library over an unthrottled pty to `signerd`, each one parsed, its CSR verified, \
+         checked against the profile, linted, signed in the HSM, re-verified, and committed to \
+         the repository (fsync'd, group commit) before the answer is sent.\n"
+    )?;
+    writeln!(report, "| issuer key | raw HSM, 1 session (sig/s) | raw HSM, 2 sessions (sig/s) | end to end (cert/s) | end to end / raw (2 sessions) | repository commits |")?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    for (key, csr_key) in [
+        ("rsa2048", &["rsa:2048"][..]),
+        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
+    ] {
+        eprintln!("bench: issuance with a {key} issuer");
+        let ceremony = Ceremony::new(key, BENCH_PROFILE);
+        let n = scaled(2000, scale);
+        let raw1 = raw_in_child(&ceremony, key, 1, n / 2)?;
+        let raw2 = raw_in_child(&ceremony, key, 2, n)?;
+        let csr = make_csr(ceremony.dir(), "bench", csr_key);
+        let (e2e, commits) = issuance_rate(&ceremony, &csr, n)?;
+        writeln!(
+            report,
+            "| {} | {raw1:.0} | {raw2:.0} | {e2e:.0} | {:.0} % | {commits} for {} certificates |",
+            if key == "rsa2048" {
+                "RSA-2048"
+            } else {
+                "ECDSA P-256"
+            },
+            100.0 * e2e / raw2,
+            n + 1
+        )?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(spec) = &cli.raw_hsm {
+        let parts: Vec<&str> = spec.split(',').collect();
+        let [pin, key, threads, n] = parts.as_slice() else {
+            anyhow::bail!("--raw-hsm PIN_FILE,KEY,THREADS,COUNT");
+        };
+        let rate = raw_hsm_rate(
+            std::path::Path::new(pin),
+            scheme_for(key),
+            threads.parse()?,
+            n.parse()?,
+        )?;
+        println!("{rate}");
+        return Ok(());
+    }
     let mut report = String::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -95,6 +297,26 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     )?;
 
+    let only_issuance = cli.only.as_deref() == Some("issuance");
+    if !only_issuance {
+        link_sections(&mut report, cli.scale)?;
+    }
+    issuance_section(&mut report, cli.scale)?;
+    write_report(cli.out.as_deref(), &report)
+}
+
+fn write_report(out: Option<&std::path::Path>, report: &str) -> anyhow::Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, report)?;
+            eprintln!("bench: wrote {}", path.display());
+        }
+        None => print!("{report}"),
+    }
+    Ok(())
+}
+
+fn link_sections(report: &mut String, scale: f64) -> anyhow::Result<()> {
     // 1. Bytes on the wire for one health exchange.
     eprintln!("bench: health exchange size");
     let bench = Bench::start(LinkSpec::unthrottled());
@@ -127,7 +349,7 @@ fn main() -> anyhow::Result<()> {
 
     // 2. Unthrottled pty vs the engine alone.
     eprintln!("bench: unthrottled pty vs engine");
-    let n = scaled(20_000, cli.scale);
+    let n = scaled(20_000, scale);
     let baseline = engine_baseline(n);
     let run = pipelined_health(&client, n)?;
     let rate = run.requests as f64 / run.elapsed.as_secs_f64();
@@ -159,7 +381,7 @@ fn main() -> anyhow::Result<()> {
     let baud = 115_200u32;
     let bench = Bench::start(LinkSpec::baud(baud));
     let client = bench.client();
-    let n = scaled(400, cli.scale);
+    let n = scaled(400, scale);
     let run = pipelined_health(&client, n)?;
     let busier = run.bytes_sent.max(run.bytes_received);
     let line_time = (busier * 10) as f64 / f64::from(baud);
@@ -189,12 +411,5 @@ fn main() -> anyhow::Result<()> {
     drop(client);
     drop(bench);
 
-    match cli.out {
-        Some(path) => {
-            std::fs::write(&path, &report)?;
-            eprintln!("bench: wrote {}", path.display());
-        }
-        None => print!("{report}"),
-    }
     Ok(())
 }

@@ -21,9 +21,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use signer_hsm::{HsmError, Pkcs11Backend, SigningBackend};
-use signer_protocol::{msg, Command, Status};
+use signer_protocol::{decode_body, encode_body, msg, Command, Status};
 use signer_repository::{CertRecord, Recorded, RepoError, Repository};
-use signer_server::{typed, CallContext, Failure, HealthSource, Placement, Router};
+use signer_server::{
+    typed, CallContext, Completion, Failure, Handler, HealthSource, Placement, Router,
+};
 use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
@@ -148,6 +150,88 @@ fn reply_from(record: &CertRecord, replayed: bool) -> msg::SignX509Reply {
     }
 }
 
+/// Receives the reply to `sign_x509`.
+pub type SignThen = Box<dyn FnOnce(Result<msg::SignX509Reply, Failure>) + Send>;
+
+enum Prepared {
+    /// The request id was known: the original certificate.
+    Replay(msg::SignX509Reply),
+    /// A new certificate to record before answering.
+    Record(CertRecord, [u8; 32]),
+}
+
+fn replay(
+    request_id: &str,
+    record: &CertRecord,
+    digest: &[u8],
+) -> Result<msg::SignX509Reply, Failure> {
+    if record.request_digest != digest {
+        warn!(request_id, serial = %hex::encode(&record.serial), "request id reused for a different request");
+        return Err(Failure::new(
+            Status::REQUEST_ID_CONFLICT,
+            format!(
+                "request id {request_id} was used for a different request (serial {})",
+                hex::encode(&record.serial)
+            ),
+        ));
+    }
+    Ok(reply_from(record, true))
+}
+
+/// The reply once the repository has decided about `record`.
+fn recorded(
+    req_id: u64,
+    record: &CertRecord,
+    csr_fingerprint: &[u8; 32],
+    result: Result<Recorded, RepoError>,
+) -> Result<msg::SignX509Reply, Failure> {
+    match result {
+        Ok(Recorded::Inserted) => {
+            info!(
+                req_id,
+                request_id = %record.request_id,
+                issuer = %record.issuer,
+                serial = %hex::encode(&record.serial),
+                profile = %record.profile,
+                csr_sha256 = %hex::encode(csr_fingerprint),
+                "certificate issued"
+            );
+            Ok(reply_from(record, false))
+        }
+        // Another worker recorded the same request id first: its certificate stands.
+        Ok(Recorded::Existing(original)) => {
+            replay(&record.request_id, &original, &record.request_digest)
+        }
+        Err(RepoError::SerialTaken { .. }) => Err(Failure::new(
+            Status::INTERNAL,
+            "serial number collision; nothing was issued, send the request again",
+        )),
+        Err(e) => Err(repo_failure(&e)),
+    }
+}
+
+/// `sign_x509` as a handler whose worker is free once the certificate is
+/// signed: the answer goes out from the committer after the fsync'd commit.
+struct SignHandler(Arc<CaService>);
+
+impl Handler for SignHandler {
+    fn call(&self, ctx: &CallContext, body: &[u8]) -> Result<Vec<u8>, Failure> {
+        let request = decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
+        self.0.sign(ctx, request).map(|reply| encode_body(&reply))
+    }
+
+    fn call_deferred(&self, ctx: &CallContext, body: &[u8], done: Completion) {
+        match decode_body::<msg::SignX509>(body) {
+            Err(e) => done.finish(Err(Failure::new(Status::MALFORMED_BODY, e.0))),
+            Ok(request) => self.0.sign_then(
+                ctx,
+                request,
+                Box::new(move |result| done.finish(result.map(|r| encode_body(&r)))),
+            ),
+        }
+    }
+}
+
 impl CaService {
     /// Opens the HSM backend (one session per worker) and the repository,
     /// and checks the CA certificates against their keys if the token is there.
@@ -245,25 +329,61 @@ impl CaService {
         &self.backend
     }
 
-    /// Handles `sign_x509`.
+    /// Handles `sign_x509`, blocking until the certificate is recorded.
     pub fn sign(
         &self,
         ctx: &CallContext,
         request: msg::SignX509,
     ) -> Result<msg::SignX509Reply, Failure> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.sign_then(
+            ctx,
+            request,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| {
+            Err(Failure::new(
+                Status::INTERNAL,
+                "the repository stopped before answering",
+            ))
+        })
+    }
+
+    /// Handles `sign_x509`: checks, issues and hands the certificate to the
+    /// repository, then returns; `then` gets the reply on the repository's
+    /// committer thread once the certificate is durable (never before).
+    pub fn sign_then(&self, ctx: &CallContext, request: msg::SignX509, then: SignThen) {
+        match self.prepare(ctx, &request) {
+            Err(failure) => then(Err(failure)),
+            Ok(Prepared::Replay(reply)) => then(Ok(reply)),
+            Ok(Prepared::Record(record, csr_fingerprint)) => {
+                let req_id = ctx.id;
+                let mine = record.clone();
+                self.repo.record_issuance_then(
+                    record,
+                    Box::new(move |result| then(recorded(req_id, &mine, &csr_fingerprint, result))),
+                );
+            }
+        }
+    }
+
+    /// Everything up to the durable record: validation, replay check, issuance.
+    fn prepare(&self, ctx: &CallContext, request: &msg::SignX509) -> Result<Prepared, Failure> {
         if !valid_request_id(&request.request_id) {
             return Err(Failure::new(
                 Status::MALFORMED_BODY,
                 "request_id must be 1-128 printable ASCII characters",
             ));
         }
-        let digest = request_digest(&request);
+        let digest = request_digest(request);
         if let Some(record) = self
             .repo
             .find_by_request(&request.request_id)
             .map_err(|e| repo_failure(&e))?
         {
-            return self.replay(&request.request_id, &record, &digest);
+            return replay(&request.request_id, &record, &digest).map(Prepared::Replay);
         }
         let sans = parse_sans(&request.sans)?;
         let issuer = self.issuer()?;
@@ -284,74 +404,30 @@ impl CaService {
             sans,
             validity_days: request.validity_days,
         };
-        for _ in 0..4 {
-            let serial = self.fresh_serial(&ca_name)?;
-            let issued = issuer
-                .issue(
-                    self.backend.as_ref(),
-                    ctx.worker,
-                    &issue,
-                    &serial,
-                    now_secs(),
-                )
-                .map_err(|e| issue_failure(&e))?;
-            let record = CertRecord {
-                issuer: issued.issuer.clone(),
-                serial: issued.serial.clone(),
-                der: issued.der.clone(),
-                profile: request.profile.clone(),
-                request_id: request.request_id.clone(),
-                request_digest: digest.clone(),
-                subject: issued.subject.clone(),
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                issued_at_ms: now_ms(),
-                signer_id: self.signer_id.clone(),
-            };
-            match self.repo.record_issuance(record.clone()) {
-                Ok(Recorded::Inserted) => {
-                    info!(
-                        req_id = ctx.id,
-                        request_id = %request.request_id,
-                        issuer = %record.issuer,
-                        serial = %hex::encode(&record.serial),
-                        profile = %record.profile,
-                        csr_sha256 = %hex::encode(issued.csr_fingerprint),
-                        "certificate issued"
-                    );
-                    return Ok(reply_from(&record, false));
-                }
-                // Another worker recorded the same request id first: its certificate stands.
-                Ok(Recorded::Existing(original)) => {
-                    return self.replay(&request.request_id, &original, &digest)
-                }
-                Err(RepoError::SerialTaken { .. }) => continue,
-                Err(e) => return Err(repo_failure(&e)),
-            }
-        }
-        Err(Failure::new(
-            Status::INTERNAL,
-            "could not find a free serial number",
-        ))
-    }
-
-    fn replay(
-        &self,
-        request_id: &str,
-        record: &CertRecord,
-        digest: &[u8],
-    ) -> Result<msg::SignX509Reply, Failure> {
-        if record.request_digest != digest {
-            warn!(request_id, serial = %hex::encode(&record.serial), "request id reused for a different request");
-            return Err(Failure::new(
-                Status::REQUEST_ID_CONFLICT,
-                format!(
-                    "request id {request_id} was used for a different request (serial {})",
-                    hex::encode(&record.serial)
-                ),
-            ));
-        }
-        Ok(reply_from(record, true))
+        let serial = self.fresh_serial(&ca_name)?;
+        let issued = issuer
+            .issue(
+                self.backend.as_ref(),
+                ctx.worker,
+                &issue,
+                &serial,
+                now_secs(),
+            )
+            .map_err(|e| issue_failure(&e))?;
+        let record = CertRecord {
+            issuer: issued.issuer.clone(),
+            serial: issued.serial.clone(),
+            der: issued.der,
+            profile: request.profile.clone(),
+            request_id: request.request_id.clone(),
+            request_digest: digest,
+            subject: issued.subject,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            issued_at_ms: now_ms(),
+            signer_id: self.signer_id.clone(),
+        };
+        Ok(Prepared::Record(record, issued.csr_fingerprint))
     }
 
     fn fresh_serial(&self, ca: &str) -> Result<Vec<u8>, Failure> {
@@ -394,7 +470,7 @@ impl CaService {
             .route(
                 Command::SIGN_X509,
                 Placement::Pool,
-                typed(move |ctx: &CallContext, r: msg::SignX509| sign.sign(ctx, r)),
+                Arc::new(SignHandler(sign)),
             )
             .route(
                 Command::CA_CERTS,

@@ -377,10 +377,7 @@ impl Engine {
             worker: 0,
         };
         match placement {
-            Placement::Inline => {
-                let result = self.execute(&ctx, request.body);
-                self.complete(ctx, digest, result, out);
-            }
+            Placement::Inline => self.run(ctx, digest, request.body, out),
             Placement::Pool => {
                 let job = Job {
                     ctx,
@@ -409,30 +406,35 @@ impl Engine {
         }
     }
 
-    fn execute(&self, ctx: &CallContext, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        let started = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ctx.command {
-            Command::HELLO => self.hello(body),
-            Command::HEALTH => self.health(body),
+    /// Runs a request; its answer is sent when the [`Completion`] finishes,
+    /// which a handler may do later from another thread.
+    fn run(self: &Arc<Self>, ctx: CallContext, digest: Digest32, body: &[u8], out: &Outbox) {
+        let done = Completion {
+            inner: Some(Pending {
+                engine: Arc::clone(self),
+                ctx,
+                digest,
+                out: out.clone(),
+                started: Instant::now(),
+            }),
+        };
+        match ctx.command {
+            Command::HELLO => done.finish(self.hello(body)),
+            Command::HEALTH => done.finish(self.health(body)),
             command => match self.router.get(command) {
-                Some(route) => route.handler.call(ctx, body),
-                None => Err(Failure::new(Status::UNKNOWN_COMMAND, "unknown command")),
+                Some(route) => {
+                    let handler = Arc::clone(&route.handler);
+                    // A panic drops `done` while unwinding, which answers `internal`.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handler.call_deferred(&ctx, body, done)
+                    }));
+                }
+                None => done.finish(Err(Failure::new(
+                    Status::UNKNOWN_COMMAND,
+                    "unknown command",
+                ))),
             },
-        }))
-        .unwrap_or_else(|_| {
-            Err(Failure::new(
-                Status::INTERNAL,
-                "internal error while executing the request",
-            ))
-        });
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(_) => debug!(req_id = ctx.id, cmd = %ctx.command, elapsed_ms, "request done"),
-            Err(f) => {
-                info!(req_id = ctx.id, cmd = %ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed")
-            }
         }
-        result
     }
 
     fn complete(
@@ -624,7 +626,52 @@ fn worker_loop(worker: usize, rx: Arc<Mutex<Receiver<Job>>>, engine: std::sync::
             return;
         };
         let ctx = CallContext { worker, ..job.ctx };
-        let result = engine.execute(&ctx, &job.body);
-        engine.complete(ctx, job.digest, result, &job.out);
+        engine.run(ctx, job.digest, &job.body, &job.out);
+    }
+}
+
+struct Pending {
+    engine: Arc<Engine>,
+    ctx: CallContext,
+    digest: Digest32,
+    out: Outbox,
+    started: Instant,
+}
+
+/// The answer to one request, owed. A handler finishes it with the result,
+/// now or later from any thread (for example once a commit is on disk); if
+/// it is dropped unfinished, the request is answered `internal`.
+pub struct Completion {
+    inner: Option<Pending>,
+}
+
+impl Completion {
+    /// Sends the answer (and stores it for retries of the same id).
+    pub fn finish(mut self, result: Result<Vec<u8>, Failure>) {
+        if let Some(p) = self.inner.take() {
+            let elapsed_ms = p.started.elapsed().as_millis() as u64;
+            match &result {
+                Ok(_) => {
+                    debug!(req_id = p.ctx.id, cmd = %p.ctx.command, elapsed_ms, "request done")
+                }
+                Err(f) => {
+                    info!(req_id = p.ctx.id, cmd = %p.ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed")
+                }
+            }
+            p.engine.complete(p.ctx, p.digest, result, &p.out);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(p) = self.inner.take() {
+            warn!(req_id = p.ctx.id, cmd = %p.ctx.command, "request abandoned by its handler");
+            let failure = Failure::new(
+                Status::INTERNAL,
+                "internal error while executing the request",
+            );
+            p.engine.complete(p.ctx, p.digest, Err(failure), &p.out);
+        }
     }
 }

@@ -19,7 +19,7 @@ pub mod router;
 
 pub use config::{Config, ConfigError};
 pub use engine::{outbox, Engine, EngineConfig, HealthSource, Outbox};
-pub use router::{typed, CallContext, Failure, Handler, Placement, Router};
+pub use router::{typed, CallContext, Completion, Failure, Handler, Placement, Router};
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 use signer_protocol::{decode_body, encode_body, msg, Command, Status};
 
+pub use crate::engine::Completion;
+
 /// A request's failure as the client will see it: a status and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -64,6 +66,13 @@ pub struct CallContext {
 pub trait Handler: Send + Sync + 'static {
     /// Executes the command with its msgpack body; returns the msgpack reply body.
     fn call(&self, ctx: &CallContext, body: &[u8]) -> Result<Vec<u8>, Failure>;
+
+    /// Executes the command and finishes `done` with the reply, possibly
+    /// later and from another thread (the worker is then free for the next
+    /// request). The default calls [`Handler::call`] and finishes at once.
+    fn call_deferred(&self, ctx: &CallContext, body: &[u8], done: Completion) {
+        done.finish(self.call(ctx, body));
+    }
 }
 
 /// A handler from a function over typed request and reply bodies.

@@ -103,6 +103,9 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
     admin.generate(KeyKind::Rsa { bits: 2048 }, "sub").unwrap();
     admin.generate(KeyKind::EcP384, "ec-root").unwrap();
     admin.generate(KeyKind::EcP256, "external").unwrap();
+    admin
+        .generate(KeyKind::Rsa { bits: 4096 }, "root4096")
+        .unwrap();
     let spec = |name: &str| KeySpec {
         name: name.into(),
         label: Some(name.into()),
@@ -110,7 +113,13 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
     };
     let backend = Pkcs11Backend::open(
         token,
-        vec![spec("root"), spec("sub"), spec("ec-root"), spec("external")],
+        vec![
+            spec("root"),
+            spec("sub"),
+            spec("ec-root"),
+            spec("external"),
+            spec("root4096"),
+        ],
         2,
     )
     .unwrap();
@@ -172,7 +181,39 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
     );
     assert!(text.contains("External Sub"), "{text}");
 
+    // An RSA-4096 root signed with RSASSA-PSS, and a PSS-signed leaf under it.
+    let pss_root_der = self_signed_root(
+        &backend,
+        "root4096",
+        &CaSpec {
+            scheme: Some(signer_hsm::Scheme::RsaPss(signer_hsm::Hash::Sha384)),
+            ..ca("Test PSS Root", None)
+        },
+    )
+    .unwrap();
+    let pss_root = CaSigner::new("pss-root", "root4096", pss_root_der.clone(), &backend).unwrap();
+    std::fs::write(d.join("pss-root.pem"), cert_pem(&pss_root_der)).unwrap();
+    let text = openssl(&["x509", "-in", "pss-root.pem", "-noout", "-text"], d);
+    assert!(
+        text.contains("rsassaPss") && text.contains("4096 bit"),
+        "{text}"
+    );
+    openssl(
+        &[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "pss-root.pem",
+            "pss-root.pem",
+        ],
+        d,
+    );
+
     let mut profiles = BTreeMap::new();
+    let mut pss_profile = serde_yaml::from_str::<Profile>(CLIENT_PROFILE).unwrap();
+    pss_profile.issuer = "pss-root".into();
+    pss_profile.signature = Some(serde_yaml::from_str("{scheme: pss, hash: sha256}").unwrap());
+    profiles.insert("pss".to_string(), pss_profile);
     profiles.insert(
         "server".to_string(),
         serde_yaml::from_str::<Profile>(SERVER_PROFILE).unwrap(),
@@ -182,7 +223,7 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
         serde_yaml::from_str::<Profile>(CLIENT_PROFILE).unwrap(),
     );
     let mut cas = BTreeMap::new();
-    for c in [root, sub, ec_root] {
+    for c in [root, sub, ec_root, pss_root] {
         cas.insert(c.name.clone(), c);
     }
     let issuer = Issuer { profiles, cas };
@@ -266,6 +307,26 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
             "-CAfile",
             "ec-root.pem",
             "client-leaf.pem",
+        ],
+        d,
+    );
+    assert!(ok.contains(": OK"), "{ok}");
+
+    let request = IssueRequest {
+        profile: "pss".into(),
+        ..request
+    };
+    let issued = issuer
+        .issue(&backend, 0, &request, &random_serial(0x11), now())
+        .unwrap();
+    std::fs::write(d.join("pss-leaf.pem"), cert_pem(&issued.der)).unwrap();
+    let ok = openssl(
+        &[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "pss-root.pem",
+            "pss-leaf.pem",
         ],
         d,
     );
