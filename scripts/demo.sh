@@ -1,44 +1,76 @@
 #!/usr/bin/env bash
-# Demo: a signer on a simulated 115,200-baud serial link, driven by the
-# client CLI. Everything runs in ./demo-run and is stopped at the end.
+# Demo: a signer with a SoftHSM2 token on a simulated 115,200-baud serial
+# link, driven by the client CLI. Everything runs in ./demo-run and is
+# stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup-debian.sh
 echo "== building"
 cargo build --quiet --bins
-bin=target/debug
-run=demo-run
-rm -rf "$run" && mkdir -p "$run"
+bin=$PWD/target/debug
+run=$PWD/demo-run
+rm -rf "$run" && mkdir -p "$run/tokens"
 cp configs/demo.yaml "$run/signerd.yaml"
+cd "$run"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+step "a private SoftHSM2 token"
+export SOFTHSM2_CONF=$run/softhsm2.conf DEMO_PIN=1234
+printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$run" >"$SOFTHSM2_CONF"
+softhsm2-util --init-token --free --label demo --pin "$DEMO_PIN" --so-pin 5678 | tail -1
+
+step "key ceremony: keys in the HSM, a root and an intermediate"
+"$bin/signerd" setup generate-key --config signerd.yaml --label demo-root --type rsa2048 | head -1
+"$bin/signerd" setup generate-key --config signerd.yaml --label demo-server-ca --type p256 | head -1
+"$bin/signerd" setup self-sign --config signerd.yaml --key root --subject "O=Demo,CN=Demo Root" --days 3650 --path-len 1 --out root.pem
+"$bin/signerd" setup intermediate --config signerd.yaml --issuer root --key server-ca \
+  --subject "O=Demo,CN=Demo Server CA" --days 1825 --out server-ca.pem
+openssl verify -CAfile root.pem server-ca.pem
+
 step "signer-linksim: two pty endpoints joined by a 115200-baud line"
-"$bin/signer-linksim" --pty-a "$run/signer.tty" --pty-b "$run/client.tty" --baud 115200 --unplug-ms 1500 \
-  >"$run/linksim.log" 2>&1 &
-pids+=($!)
+"$bin/signer-linksim" --pty-a signer.tty --pty-b client.tty --baud 115200 --unplug-ms 1500 >linksim.log 2>&1 &
 linksim=$!
-for _ in $(seq 50); do [ -e "$run/client.tty" ] && break; sleep 0.1; done
-cat "$run/linksim.log"
+pids+=($linksim)
+for _ in $(seq 50); do [ -e client.tty ] && break; sleep 0.1; done
+cat linksim.log
 
-step "signerd check-config"
-"$bin/signerd" check-config --config "$run/signerd.yaml"
-
-step "signerd run (log: $run/signerd.log)"
-"$bin/signerd" run --config "$run/signerd.yaml" >"$run/signerd.log" 2>&1 &
+step "signerd check-config and run (log: demo-run/signerd.log)"
+"$bin/signerd" check-config --config signerd.yaml
+"$bin/signerd" run --config signerd.yaml >signerd.log 2>&1 &
 pids+=($!)
 sleep 0.5
 
-client=("$bin/signer-client" --link "$run/client.tty" --baud 115200)
+client=("$bin/signer-client" --link client.tty --baud 115200)
 step "signer-client hello"
 "${client[@]}" hello
 step "signer-client health"
 "${client[@]}" health
+
+step "signer-client sign: a CSR made by openssl, issued with the HSM key"
+openssl req -new -newkey rsa:2048 -nodes -keyout host.key -out host.csr -subj /CN=ignored 2>/dev/null
+"${client[@]}" sign --profile server --csr host.csr --request-id webdb-1 \
+  --subject "O=Example,CN=www.example.org" --san dns:www.example.org --san dns:example.org --days 30 --out host.pem
+openssl verify -purpose sslserver -CAfile root.pem -untrusted server-ca.pem host.pem
+openssl x509 -in host.pem -noout -subject -issuer -serial -dates -ext subjectAltName
+
+step "the same request id again: the original certificate, not a second one"
+"${client[@]}" sign --profile server --csr host.csr --request-id webdb-1 \
+  --subject "O=Example,CN=www.example.org" --san dns:www.example.org --san dns:example.org --days 30 --out again.pem
+cmp host.pem again.pem && echo "identical certificate returned"
+
+step "refusals: a 1024-bit key, a SAN the profile does not allow"
+openssl req -new -newkey rsa:1024 -nodes -keyout weak.key -out weak.csr -subj /CN=x 2>/dev/null
+set +e
+"${client[@]}" sign --profile server --csr weak.csr --request-id webdb-2 --subject CN=www.example.org --san dns:www.example.org
+echo "exit code $? (1 = the signer refused)"
+"${client[@]}" sign --profile server --csr host.csr --request-id webdb-3 --subject CN=www.example.org --san email:a@example.org
+echo "exit code $?"
+set -e
 
 step "unplugging the signer's serial device for 1.5 s (USB cable pulled)"
 kill -USR1 "$linksim"
@@ -51,10 +83,7 @@ sleep 2
 step "signer-client health after replugging (device opened twice)"
 "${client[@]}" health
 
-step "signer-client --json health"
-"${client[@]}" --json health
-
 step "what signerd logged"
-sed 's/\x1b\[[0-9;]*m//g' "$run/signerd.log"
+sed 's/\x1b\[[0-9;]*m//g' signerd.log
 echo
-echo "demo finished: all processes stopped; files are in $run/"
+echo "demo finished: all processes stopped; files are in demo-run/"
