@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""A signer client written from docs/protocol.md alone, with the standard
+library only (its own small msgpack codec). Used by tests/spec_client.rs to
+show that the specification is enough to interoperate.
+
+Usage: spec_client.py DEVICE   -- runs the checks, prints 'ok' lines, exits 0.
+"""
+import os, select, struct, sys, termios, time, tty, zlib
+
+# --- msgpack (the subset the protocol uses) --------------------------------
+
+def pack(v):
+    if v is None: return b"\xc0"
+    if v is True: return b"\xc3"
+    if v is False: return b"\xc2"
+    if isinstance(v, int):
+        if 0 <= v < 0x80: return bytes([v])
+        if v < 0:
+            if v >= -32: return struct.pack("b", v)
+            return b"\xd3" + struct.pack(">q", v)
+        for marker, fmt, limit in ((0xcc, ">B", 1 << 8), (0xcd, ">H", 1 << 16), (0xce, ">I", 1 << 32), (0xcf, ">Q", 1 << 64)):
+            if v < limit: return bytes([marker]) + struct.pack(fmt, v)
+    if isinstance(v, str):
+        b = v.encode()
+        if len(b) < 32: return bytes([0xa0 | len(b)]) + b
+        if len(b) < 256: return b"\xd9" + bytes([len(b)]) + b
+        return b"\xda" + struct.pack(">H", len(b)) + b
+    if isinstance(v, (bytes, bytearray)):
+        if len(v) < 256: return b"\xc4" + bytes([len(v)]) + bytes(v)
+        if len(v) < 65536: return b"\xc5" + struct.pack(">H", len(v)) + bytes(v)
+        return b"\xc6" + struct.pack(">I", len(v)) + bytes(v)
+    if isinstance(v, (list, tuple)):
+        h = bytes([0x90 | len(v)]) if len(v) < 16 else b"\xdc" + struct.pack(">H", len(v))
+        return h + b"".join(pack(x) for x in v)
+    if isinstance(v, dict):
+        h = bytes([0x80 | len(v)]) if len(v) < 16 else b"\xde" + struct.pack(">H", len(v))
+        return h + b"".join(pack(k) + pack(x) for k, x in v.items())
+    raise TypeError(v)
+
+def unpack(b, i=0):
+    t = b[i]; i += 1
+    if t < 0x80: return t, i
+    if t >= 0xe0: return t - 0x100, i
+    if 0x80 <= t <= 0x8f: return _map(b, i, t & 15)
+    if 0x90 <= t <= 0x9f: return _arr(b, i, t & 15)
+    if 0xa0 <= t <= 0xbf: n = t & 31; return b[i:i + n].decode(), i + n
+    if t == 0xc0: return None, i
+    if t in (0xc2, 0xc3): return t == 0xc3, i
+    sizes = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4}
+    if t in sizes:
+        k = sizes[t]; n = int.from_bytes(b[i:i + k], "big"); i += k
+        s = b[i:i + n]
+        return (bytes(s) if t <= 0xc6 else s.decode()), i + n
+    ints = {0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q", 0xd0: ">b", 0xd1: ">h", 0xd2: ">i", 0xd3: ">q"}
+    if t in ints:
+        n = struct.calcsize(ints[t]); return struct.unpack(ints[t], b[i:i + n])[0], i + n
+    if t == 0xdc: return _arr(b, i + 2, int.from_bytes(b[i:i + 2], "big"))
+    if t == 0xdd: return _arr(b, i + 4, int.from_bytes(b[i:i + 4], "big"))
+    if t == 0xde: return _map(b, i + 2, int.from_bytes(b[i:i + 2], "big"))
+    if t == 0xdf: return _map(b, i + 4, int.from_bytes(b[i:i + 4], "big"))
+    raise ValueError("msgpack type %#x" % t)
+
+def _arr(b, i, n):
+    out = []
+    for _ in range(n):
+        v, i = unpack(b, i); out.append(v)
+    return out, i
+
+def _map(b, i, n):
+    out = {}
+    for _ in range(n):
+        k, i = unpack(b, i); v, i = unpack(b, i); out[k] = v
+    return out, i
+
+# --- frames (section 3) -----------------------------------------------------
+
+def cobs_encode(data):
+    out, block = bytearray(), bytearray()
+    for byte in data:
+        if byte == 0:
+            out.append(len(block) + 1); out += block; block = bytearray()
+        else:
+            block.append(byte)
+            if len(block) == 254:
+                out.append(255); out += block; block = bytearray()
+    out.append(len(block) + 1); out += block
+    return bytes(out)
+
+def cobs_decode(data):
+    out, i = bytearray(), 0
+    while i < len(data):
+        code = data[i]; i += 1
+        if code == 0 or i + code - 1 > len(data): raise ValueError("bad COBS")
+        out += data[i:i + code - 1]; i += code - 1
+        if code < 255 and i < len(data): out.append(0)
+    return bytes(out)
+
+def frame(content):
+    return cobs_encode(content + zlib.crc32(content).to_bytes(4, "big")) + b"\0"
+
+def unframe(encoded):
+    raw = cobs_decode(encoded)
+    content, crc = raw[:-4], raw[-4:]
+    if zlib.crc32(content).to_bytes(4, "big") != crc: raise ValueError("CRC")
+    return content
+
+# --- the link ----------------------------------------------------------------
+
+class Link:
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self.fd)
+        self.buf = bytearray()
+        os.write(self.fd, b"\0")  # end any partial frame (section 3.2)
+
+    def send(self, request_id, command, body):
+        os.write(self.fd, frame(pack([1, request_id, command, body])))  # section 5.1
+
+    def send_raw(self, data):
+        os.write(self.fd, data)
+
+    def responses(self, count, timeout=10.0):
+        """Reads response parts until `count` complete responses arrived."""
+        done, parts, end = [], {}, time.time() + timeout
+        while len(done) < count and time.time() < end:
+            if 0 in self.buf:
+                i = self.buf.index(0)
+                encoded, self.buf = bytes(self.buf[:i]), self.buf[i + 1:]
+                if not encoded: continue
+                env, used = unpack(unframe(encoded))
+                assert used == len(unframe(encoded))
+                version, rid, status, part, nparts, data = env
+                assert version == 1
+                parts.setdefault(rid, {})[part] = data
+                if len(parts[rid]) == nparts:
+                    body = b"".join(parts.pop(rid)[k] for k in range(nparts))
+                    done.append((rid, status, unpack(body)[0]))
+                continue
+            r, _, _ = select.select([self.fd], [], [], 0.2)
+            if r: self.buf += os.read(self.fd, 65536)
+        return done
+
+def main():
+    link = Link(sys.argv[1])
+    # Vectors from section 10.
+    assert frame(bytes.fromhex("0102")).hex() == "070102b6cc429200"
+    assert frame(bytes.fromhex("9401020280")).hex() == "0a94010202808612246400"
+    print("ok vectors")
+
+    link.send(1001, 1, {"max_frame": 4096, "client": "spec_client.py"})
+    [(rid, status, hello)] = link.responses(1)
+    assert (rid, status) == (1001, 0) and hello["version"] == 1 and 2 in hello["commands"], hello
+    print("ok hello", hello["signer_id"], "max_in_flight", hello["max_in_flight"])
+
+    for rid in range(2000, 2008):  # pipelined
+        link.send(rid, 2, {})
+    got = link.responses(8)
+    assert sorted(r for r, s, _ in got) == list(range(2000, 2008)) and all(s == 0 for _, s, _ in got)
+    assert all(h["status"] in ("ok", "degraded", "failing") and "link" in h for _, _, h in got)
+    print("ok pipelined health x8")
+
+    link.send(2003, 2, {})  # a retry: answered from the store, not executed again
+    before = got[-1][2]["link"]["executed"]
+    link.send(3000, 2, {})
+    got = {r: h for r, s, h in link.responses(2)}
+    assert got[3000]["link"]["executed"] == before + 1, (before, got[3000]["link"])
+    assert got[3000]["link"]["replayed"] >= 1
+    print("ok retry replayed, executed once")
+
+    bad = bytearray(frame(pack([1, 3001, 2, {}])))
+    bad[-2] ^= 0x01 if bad[-2] != 0x01 else 0x03
+    link.send_raw(bytes(bad))
+    [(rid, status, err)] = link.responses(1)
+    assert rid == 0 and status in (1, 3) and err["message"], (rid, status, err)
+    print("ok bad frame -> id 0 status", status)
+
+    link.send(3002, 0x4242, {})
+    [(rid, status, err)] = link.responses(1)
+    assert (rid, status) == (3002, 12), (rid, status, err)
+    link.send(3003, 2, {"unexpected": 1})
+    [(rid, status, err)] = link.responses(1)
+    assert (rid, status) == (3003, 13), (rid, status, err)
+    link.send(3004, 1, {"max_frame": 4096})
+    link.send(3004, 2, {})
+    got = link.responses(2)
+    assert sorted((r, s) for r, s, _ in got) == [(3004, 0), (3004, 15)], got
+    print("ok unknown_command, malformed_body, id_conflict")
+
+    link.send(3005, 19, {})  # ca_certs: not every signer has it
+    [(rid, status, reply)] = link.responses(1)
+    assert rid == 3005 and status in (0, 12), (rid, status)
+    print("ok ca_certs status", status)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+//! docs/protocol.md is enough to write a client: a Python client written from
+//! it alone (standard library only, tests/python/spec_client.py) talks to a
+//! real `signerd` over a pty.
+
+use std::process::Command;
+
+use signer_testsupport::{Bench, LinkSpec};
+
+#[test]
+fn a_client_written_from_the_spec_interoperates() {
+    let bench = Bench::start(LinkSpec::baud(115_200));
+    drop(bench.client());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/spec_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(bench.client_device())
+        .output()
+        .expect("python3 must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{text}\n--- signerd ---\n{}",
+        bench.daemon.log()
+    );
+    for line in [
+        "ok vectors",
+        "ok hello",
+        "ok pipelined",
+        "ok retry replayed",
+        "ok bad frame",
+        "ok unknown_command",
+        "ok ca_certs",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
