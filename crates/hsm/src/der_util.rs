@@ -50,23 +50,10 @@ pub fn spki_ec(curve: ObjectIdentifier, point: &[u8]) -> der::Result<Vec<u8>> {
     .to_der()
 }
 
-fn push_der_uint(out: &mut Vec<u8>, bytes: &[u8]) {
-    let start = bytes
-        .iter()
-        .position(|&b| b != 0)
-        .unwrap_or(bytes.len().saturating_sub(1));
-    let bytes = if bytes.is_empty() {
-        &[0u8][..]
-    } else {
-        &bytes[start..]
-    };
-    let pad = bytes[0] & 0x80 != 0;
-    out.push(0x02);
-    out.push((bytes.len() + usize::from(pad)) as u8);
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(bytes);
+#[derive(Sequence)]
+struct EcdsaSigValue<'a> {
+    r: UintRef<'a>,
+    s: UintRef<'a>,
 }
 
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from raw `r ‖ s`
@@ -76,19 +63,12 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    let mut body = Vec::with_capacity(raw.len() + 8);
-    push_der_uint(&mut body, r);
-    push_der_uint(&mut body, s);
-    let mut out = Vec::with_capacity(body.len() + 3);
-    out.push(0x30);
-    if body.len() < 0x80 {
-        out.push(body.len() as u8);
-    } else {
-        out.push(0x81);
-        out.push(body.len() as u8);
+    EcdsaSigValue {
+        r: UintRef::new(r).ok()?,
+        s: UintRef::new(s).ok()?,
     }
-    out.extend_from_slice(&body);
-    Some(out)
+    .to_der()
+    .ok()
 }
 
 #[cfg(test)]

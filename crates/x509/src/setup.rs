@@ -34,6 +34,29 @@ pub struct CaSpec {
     pub crl_urls: Vec<String>,
 }
 
+/// The extensions of a CA certificate: CA key usage, basic constraints,
+/// SKI, AKI where there is an issuer, CRL distribution points.
+fn ca_extensions(
+    spki_der: &[u8],
+    path_len: Option<u8>,
+    aki: Option<Vec<u8>>,
+    crl_urls: &[String],
+) -> Result<Vec<Vec<u8>>, IssueError> {
+    encode_extensions(&ExtensionSpec {
+        ca: Some(path_len),
+        key_usage: CA_KEY_USAGE,
+        eku: &[],
+        sans: Vec::new(),
+        empty_subject: false,
+        ski: key_identifier(&spki_bits(spki_der)?),
+        aki,
+        crl_urls,
+        ocsp_urls: &[],
+        ca_issuers_urls: &[],
+        policies: &[],
+    })
+}
+
 fn spki_bits(spki_der: &[u8]) -> Result<Vec<u8>, IssueError> {
     use der::Decode;
     let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der)
@@ -51,20 +74,7 @@ pub fn self_signed_root(
     let scheme = spec.scheme.unwrap_or_else(|| default_scheme(public.kind));
     let subject =
         name::encode(&spec.subject).map_err(|e| IssueError::SubjectNotAllowed(e.to_string()))?;
-    let ski = key_identifier(&spki_bits(&public.spki_der)?);
-    let extensions = encode_extensions(&ExtensionSpec {
-        ca: Some(spec.path_len),
-        key_usage: CA_KEY_USAGE,
-        eku: &[],
-        sans: Vec::new(),
-        empty_subject: false,
-        ski,
-        aki: None,
-        crl_urls: &[],
-        ocsp_urls: &[],
-        ca_issuers_urls: &[],
-        policies: &[],
-    })?;
+    let extensions = ca_extensions(&public.spki_der, spec.path_len, None, &[])?;
     let serial = random_serial(spec.serial_prefix);
     let tbs = encode_tbs(&TbsSpec {
         serial: &serial,
@@ -90,19 +100,12 @@ pub fn intermediate(
     let scheme = spec.scheme.unwrap_or_else(|| default_scheme(parent.kind));
     let subject =
         name::encode(&spec.subject).map_err(|e| IssueError::SubjectNotAllowed(e.to_string()))?;
-    let extensions = encode_extensions(&ExtensionSpec {
-        ca: Some(spec.path_len),
-        key_usage: CA_KEY_USAGE,
-        eku: &[],
-        sans: Vec::new(),
-        empty_subject: false,
-        ski: key_identifier(&spki_bits(&public.spki_der)?),
-        aki: Some(parent.key_id.clone()),
-        crl_urls: &spec.crl_urls,
-        ocsp_urls: &[],
-        ca_issuers_urls: &[],
-        policies: &[],
-    })?;
+    let extensions = ca_extensions(
+        &public.spki_der,
+        spec.path_len,
+        Some(parent.key_id.clone()),
+        &spec.crl_urls,
+    )?;
     let serial = random_serial(spec.serial_prefix);
     let not_after = (spec.now + i64::from(spec.days) * 86_400 - 1).min(parent.not_after);
     let tbs = encode_tbs(&TbsSpec {

@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use signer_hsm::{KeyKind, KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector};
+use signer_testsupport::ca::make_csr;
 use signer_testsupport::{SoftHsm, SOFTHSM_MODULE};
 use signer_x509::issue::IssueError;
 use signer_x509::setup::{ca_csr, intermediate, self_signed_root, CaSpec};
@@ -18,33 +18,20 @@ use signer_x509::{
 };
 
 fn openssl(args: &[&str], dir: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, text) = signer_testsupport::ca::openssl(dir, args);
+    assert!(ok, "openssl {args:?}: {text}");
+    text
 }
 
+/// A CSR from openssl; `extra` adds arguments to `openssl req`.
 fn csr(dir: &Path, name: &str, key_args: &[&str], extra: &[&str]) -> Vec<u8> {
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
+    if extra.is_empty() {
+        return make_csr(dir, name, key_args);
+    }
+    let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
     let mut args = vec!["req", "-new", "-newkey"];
     args.extend_from_slice(key_args);
-    args.extend_from_slice(&[
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        "/CN=ignored.example",
-    ]);
+    args.extend_from_slice(&["-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=x"]);
     args.extend_from_slice(extra);
     openssl(&args, dir);
     std::fs::read(dir.join(csr)).unwrap()
