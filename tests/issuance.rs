@@ -457,3 +457,124 @@ fn an_absent_token_is_reported_and_a_refused_pin_stops_startup() {
     );
     assert!(bench.daemon.log().contains("PIN"), "{}", bench.daemon.log());
 }
+
+fn revoke(serial: &[u8], reason: u8) -> msg::RevokeX509 {
+    msg::RevokeX509 {
+        request_id: "rev".into(),
+        issuer: "sub".into(),
+        serial: serial.to_vec(),
+        reason,
+        invalidity_date: None,
+    }
+}
+
+#[test]
+fn revoke_over_the_link_idempotent_and_durable() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    // The sub CA accepts revocations of serials from the legacy CA it replaces.
+    let yaml = c
+        .ca_yaml
+        .replace("sub.pem}", "sub.pem, legacy_serials: true}");
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let client = bench.client();
+    let csr = make_csr(&d, "rev", &["rsa:2048"]);
+    let cert: msg::SignX509Reply = client
+        .call_typed(
+            Cmd::SIGN_X509,
+            &sign_request("rev-1", csr, "www.example.org"),
+        )
+        .unwrap();
+
+    let first: msg::RevokeX509Reply = client
+        .call_typed(Cmd::REVOKE_X509, &revoke(&cert.serial, 1))
+        .unwrap();
+    assert!(!first.replayed && !first.legacy && first.reason == 1);
+    let again: msg::RevokeX509Reply = client
+        .call_typed(Cmd::REVOKE_X509, &revoke(&cert.serial, 1))
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.revoked_at, first.revoked_at);
+
+    let refuse = |request: msg::RevokeX509| {
+        client
+            .call_typed::<_, msg::RevokeX509Reply>(Cmd::REVOKE_X509, &request)
+            .unwrap_err()
+            .status()
+    };
+    assert_eq!(
+        refuse(revoke(&cert.serial, 4)),
+        Some(Status::REVOCATION_CONFLICT)
+    );
+    assert_eq!(
+        refuse(msg::RevokeX509 {
+            issuer: "nope".into(),
+            ..revoke(&cert.serial, 1)
+        }),
+        Some(Status::UNKNOWN_ISSUER)
+    );
+    assert_eq!(
+        refuse(msg::RevokeX509 {
+            issuer: "root".into(),
+            ..revoke(&[0x21, 0x01], 1)
+        }),
+        Some(Status::UNKNOWN_SERIAL)
+    );
+    assert_eq!(
+        refuse(revoke(&cert.serial, 6)),
+        Some(Status::INVALID_REASON),
+        "certificateHold is refused"
+    );
+    assert_eq!(refuse(revoke(&[0u8; 3], 1)), Some(Status::MALFORMED_SERIAL));
+    assert_eq!(
+        refuse(revoke(&[0x11; 21], 1)),
+        Some(Status::MALFORMED_SERIAL)
+    );
+    let future = msg::RevokeX509 {
+        invalidity_date: Some(4_000_000_000),
+        ..revoke(&[0x42], 1)
+    };
+    assert_eq!(refuse(future), Some(Status::INVALID_INVALIDITY_DATE));
+
+    // A legacy serial: accepted for `sub`, recorded as such.
+    let legacy: msg::RevokeX509Reply = client
+        .call_typed(Cmd::REVOKE_X509, &revoke(&[0x00, 0x0a, 0xbc], 5))
+        .unwrap();
+    assert!(legacy.legacy);
+
+    // The CLI, and durability across kill -9.
+    drop(client);
+    let serial_hex: String = cert.serial.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new(bin("signer-client"))
+        .arg("--link")
+        .arg(bench.client_device())
+        .args([
+            "revoke",
+            "--issuer",
+            "sub",
+            "--serial",
+            &serial_hex,
+            "--reason",
+            "key_compromise",
+            "--request-id",
+            "cli",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("already revoked"),
+        "{out:?}"
+    );
+    bench.daemon.kill();
+    bench.daemon.restart();
+    let client = bench.client();
+    let after: msg::RevokeX509Reply = client
+        .call_typed(Cmd::REVOKE_X509, &revoke(&cert.serial, 1))
+        .unwrap();
+    assert!(after.replayed);
+    assert_eq!(after.revoked_at, first.revoked_at);
+    let legacy_again: msg::RevokeX509Reply = client
+        .call_typed(Cmd::REVOKE_X509, &revoke(&[0x0a, 0xbc], 5))
+        .unwrap();
+    assert!(legacy_again.replayed && legacy_again.legacy);
+}

@@ -44,6 +44,10 @@ pub struct CaEntry {
     pub key: String,
     /// The CA certificate (PEM or DER).
     pub certificate: PathBuf,
+    /// Accept revocations of serials this signer never issued (certificates
+    /// of the legacy CA being migrated); recorded as legacy. Default false.
+    #[serde(default)]
+    pub legacy_serials: bool,
 }
 
 /// The `ca:` section.

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use signer_hsm::{HsmError, Pkcs11Backend, SigningBackend};
 use signer_protocol::{decode_body, encode_body, msg, Command, Status};
-use signer_repository::{CertRecord, Recorded, RepoError, Repository};
+use signer_repository::{CertRecord, Recorded, RepoError, Repository, RevocationRecord, Revoked};
 use signer_server::{
     typed, CallContext, Completion, Failure, Handler, HealthSource, Placement, Router,
 };
@@ -447,6 +447,106 @@ impl CaService {
         ))
     }
 
+    /// Handles `revoke_x509`: durably recorded before the answer.
+    pub fn revoke(
+        &self,
+        ctx: &CallContext,
+        request: msg::RevokeX509,
+    ) -> Result<msg::RevokeX509Reply, Failure> {
+        if !valid_request_id(&request.request_id) {
+            return Err(Failure::new(
+                Status::MALFORMED_BODY,
+                "request_id must be 1-128 printable ASCII characters",
+            ));
+        }
+        let entry = self
+            .config
+            .cas
+            .iter()
+            .find(|c| c.name == request.issuer)
+            .ok_or_else(|| {
+                Failure::new(
+                    Status::UNKNOWN_ISSUER,
+                    format!("no CA named {:?} on this signer", request.issuer),
+                )
+            })?;
+        let start = request
+            .serial
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(request.serial.len());
+        let serial = request.serial[start..].to_vec();
+        if serial.is_empty() || serial.len() > 20 {
+            return Err(Failure::new(
+                Status::MALFORMED_SERIAL,
+                "a serial is a positive integer of 1 to 20 octets",
+            ));
+        }
+        if !matches!(request.reason, 0..=5 | 9 | 10) {
+            return Err(Failure::new(
+                Status::INVALID_REASON,
+                format!(
+                    "reason {} is not accepted (0-5, 9, 10; certificateHold is not supported)",
+                    request.reason
+                ),
+            ));
+        }
+        let now = now_secs();
+        if request.invalidity_date.is_some_and(|d| d > now + 60) {
+            return Err(Failure::new(
+                Status::INVALID_INVALIDITY_DATE,
+                "the invalidity date lies in the future",
+            ));
+        }
+        let record = RevocationRecord {
+            issuer: entry.name.clone(),
+            serial: serial.clone(),
+            reason: request.reason,
+            revoked_at: now,
+            invalidity_date: request.invalidity_date,
+            request_id: request.request_id.clone(),
+            legacy: false,
+            signer_id: self.signer_id.clone(),
+        };
+        let reply = |r: &RevocationRecord, replayed| msg::RevokeX509Reply {
+            revoked_at: r.revoked_at,
+            reason: r.reason,
+            invalidity_date: r.invalidity_date,
+            replayed,
+            legacy: r.legacy,
+        };
+        match self
+            .repo
+            .record_revocation(record.clone(), entry.legacy_serials)
+        {
+            Ok(Revoked::Inserted) => {
+                let legacy = !self
+                    .repo
+                    .serial_exists(&entry.name, &serial)
+                    .unwrap_or(true);
+                info!(req_id = ctx.id, request_id = %request.request_id, issuer = %entry.name, serial = %hex::encode(&serial), reason = request.reason, legacy, "certificate revoked");
+                Ok(reply(&RevocationRecord { legacy, ..record }, false))
+            }
+            Ok(Revoked::Existing(original)) => Ok(reply(&original, true)),
+            Ok(Revoked::Conflict(original)) => Err(Failure::new(
+                Status::REVOCATION_CONFLICT,
+                format!(
+                    "already revoked with reason {}, not {}",
+                    original.reason, request.reason
+                ),
+            )),
+            Ok(Revoked::UnknownSerial) => Err(Failure::new(
+                Status::UNKNOWN_SERIAL,
+                format!(
+                    "{} never issued serial {}",
+                    entry.name,
+                    hex::encode(&serial)
+                ),
+            )),
+            Err(e) => Err(repo_failure(&e)),
+        }
+    }
+
     /// Handles `ca_certs`.
     pub fn ca_certs(&self) -> Result<msg::CaCertsReply, Failure> {
         let issuer = self.issuer()?;
@@ -466,11 +566,17 @@ impl CaService {
     pub fn routes(self: &Arc<Self>, router: Router) -> Router {
         let sign = Arc::clone(self);
         let certs = Arc::clone(self);
+        let revoke = Arc::clone(self);
         router
             .route(
                 Command::SIGN_X509,
                 Placement::Pool,
                 Arc::new(SignHandler(sign)),
+            )
+            .route(
+                Command::REVOKE_X509,
+                Placement::Pool,
+                typed(move |ctx: &CallContext, r: msg::RevokeX509| revoke.revoke(ctx, r)),
             )
             .route(
                 Command::CA_CERTS,

@@ -71,6 +71,25 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a certificate.
+    Revoke {
+        /// Name of the issuing CA.
+        #[arg(long)]
+        issuer: String,
+        /// Serial number in hex.
+        #[arg(long)]
+        serial: String,
+        /// Reason: unspecified, key_compromise, ca_compromise, affiliation_changed,
+        /// superseded, cessation_of_operation, privilege_withdrawn, aa_compromise (or the code).
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Invalidity date, Unix seconds.
+        #[arg(long)]
+        invalidity_date: Option<i64>,
+        /// The request id recorded with the revocation.
+        #[arg(long)]
+        request_id: String,
+    },
     /// Fetch the CA certificates the signer issues under.
     CaCerts {
         /// Write NAME.pem files into this directory (default: print PEM).
@@ -111,6 +130,22 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    let revoke_request = match &cli.command {
+        Cmd::Revoke {
+            issuer,
+            serial,
+            reason,
+            invalidity_date,
+            request_id,
+        } => match revoke_body(issuer, serial, reason, *invalidity_date, request_id) {
+            Ok(body) => Some(body),
+            Err(e) => {
+                eprintln!("signer-client: {e}");
+                return ExitCode::from(EXIT_INPUT);
+            }
+        },
+        _ => None,
+    };
     let result = Client::open(&options).and_then(|client| match &cli.command {
         Cmd::Health { max_clock_skew } => health(&client, cli.json, *max_clock_skew),
         Cmd::Hello => hello(&client, cli.json),
@@ -119,6 +154,10 @@ fn main() -> ExitCode {
             None => Err(ClientError::Protocol("no request".into())),
         },
         Cmd::CaCerts { out_dir } => ca_certs(&client, cli.json, out_dir.as_deref()),
+        Cmd::Revoke { .. } => match revoke_request.clone() {
+            Some(body) => revoke(&client, cli.json, body),
+            None => Err(ClientError::Protocol("no request".into())),
+        },
     });
     match result {
         Ok(code) => code,
@@ -376,6 +415,75 @@ fn ca_certs(client: &Client, json: bool, out_dir: Option<&Path>) -> Result<ExitC
             .map(|c| serde_json::json!({"name": c.name, "certificate": pem(&c.certificate)}))
             .collect();
         println!("{}", serde_json::Value::Array(list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const REASONS: &[(&str, u8)] = &[
+    ("unspecified", 0),
+    ("key_compromise", 1),
+    ("ca_compromise", 2),
+    ("affiliation_changed", 3),
+    ("superseded", 4),
+    ("cessation_of_operation", 5),
+    ("privilege_withdrawn", 9),
+    ("aa_compromise", 10),
+];
+
+fn revoke_body(
+    issuer: &str,
+    serial: &str,
+    reason: &str,
+    invalidity_date: Option<i64>,
+    request_id: &str,
+) -> Result<msg::RevokeX509, String> {
+    let hex_digits = serial.trim_start_matches("0x").replace(':', "");
+    let padded = if hex_digits.len() % 2 == 1 {
+        format!("0{hex_digits}")
+    } else {
+        hex_digits
+    };
+    let serial = (0..padded.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&padded[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| format!("--serial {serial:?} is not hex"))?;
+    let reason = match REASONS.iter().find(|(name, _)| *name == reason) {
+        Some((_, code)) => *code,
+        None => reason
+            .parse()
+            .map_err(|_| format!("--reason {reason:?} is not a known reason"))?,
+    };
+    Ok(msg::RevokeX509 {
+        request_id: request_id.to_string(),
+        issuer: issuer.to_string(),
+        serial,
+        reason,
+        invalidity_date,
+    })
+}
+
+fn revoke(client: &Client, json: bool, body: msg::RevokeX509) -> Result<ExitCode, ClientError> {
+    let reply: msg::RevokeX509Reply =
+        client.call_typed(signer_protocol::Command::REVOKE_X509, &body)?;
+    if json {
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+    } else {
+        let reason = REASONS
+            .iter()
+            .find(|(_, c)| *c == reply.reason)
+            .map(|(n, _)| *n)
+            .unwrap_or("?");
+        println!(
+            "revoked at {} with reason {reason}{}{}",
+            reply.revoked_at,
+            if reply.replayed {
+                " (already revoked)"
+            } else {
+                ""
+            },
+            if reply.legacy { " (legacy serial)" } else { "" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -126,6 +126,18 @@ wire_code! {
         REQUEST_ID_CONFLICT = 110 => "request_id_conflict",
         /// The subject key algorithm is not supported at all.
         UNSUPPORTED_KEY = 111 => "unsupported_key",
+        /// No CA of that name on this signer.
+        UNKNOWN_ISSUER = 200 => "unknown_issuer",
+        /// The issuer never issued that serial (and does not accept legacy serials).
+        UNKNOWN_SERIAL = 201 => "unknown_serial",
+        /// The serial is not a positive integer of 1–20 octets.
+        MALFORMED_SERIAL = 202 => "malformed_serial",
+        /// The reason code is not an accepted RFC 5280 reason (certificateHold is refused).
+        INVALID_REASON = 203 => "invalid_reason",
+        /// The certificate is already revoked with another reason.
+        REVOCATION_CONFLICT = 204 => "revocation_conflict",
+        /// The invalidity date lies in the future.
+        INVALID_INVALIDITY_DATE = 205 => "invalid_invalidity_date",
         /// The issuer's key is not reachable now (token absent, device error); retry later.
         HSM_UNAVAILABLE = 300 => "hsm_unavailable",
         /// The HSM refused the operation (configuration or token problem).

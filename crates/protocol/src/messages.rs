@@ -210,3 +210,38 @@ pub struct CaCertsReply {
     /// Every CA this signer issues under.
     pub cas: Vec<CaCert>,
 }
+
+/// `revoke_x509` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeX509 {
+    /// The client's request id (recorded with the revocation).
+    pub request_id: String,
+    /// Name of the issuing CA.
+    pub issuer: String,
+    /// Serial number, unsigned big-endian.
+    #[serde(with = "serde_bytes")]
+    pub serial: Vec<u8>,
+    /// RFC 5280 CRLReason: 0 unspecified, 1 keyCompromise, 2 cACompromise,
+    /// 3 affiliationChanged, 4 superseded, 5 cessationOfOperation,
+    /// 9 privilegeWithdrawn, 10 aACompromise.
+    pub reason: u8,
+    /// Invalidity date, Unix seconds; not in the future.
+    #[serde(default)]
+    pub invalidity_date: Option<i64>,
+}
+
+/// `revoke_x509` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeX509Reply {
+    /// When the signer recorded the revocation, Unix seconds.
+    pub revoked_at: i64,
+    /// The reason recorded.
+    pub reason: u8,
+    /// The invalidity date recorded.
+    pub invalidity_date: Option<i64>,
+    /// True when the certificate was already revoked (this is that record).
+    pub replayed: bool,
+    /// True for a serial this signer did not issue (legacy migration).
+    pub legacy: bool,
+}

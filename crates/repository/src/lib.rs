@@ -32,6 +32,7 @@ use tracing::warn;
 const CERTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("certs_v1");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests_v1");
 const EXPIRY: TableDefinition<(i64, &str, &[u8]), ()> = TableDefinition::new("expiry_v1");
+const REVOCATIONS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("revocations_v1");
 
 /// Largest number of records one group commit takes.
 const MAX_BATCH: usize = 256;
@@ -127,6 +128,40 @@ struct RequestEntry {
     digest: Vec<u8>,
 }
 
+/// A revocation as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Issuer (CA) name as configured.
+    pub issuer: String,
+    /// Serial number, unsigned big-endian, no leading zero octets.
+    pub serial: Vec<u8>,
+    /// RFC 5280 CRLReason code.
+    pub reason: u8,
+    /// When the signer recorded it, Unix seconds (the CRL's revocationDate).
+    pub revoked_at: i64,
+    /// When the key is believed compromised or the certificate unfit, Unix seconds.
+    pub invalidity_date: Option<i64>,
+    /// The client's request id.
+    pub request_id: String,
+    /// True for a serial this signer did not issue (migrated from a legacy CA).
+    pub legacy: bool,
+    /// Which signer recorded it.
+    pub signer_id: String,
+}
+
+/// What recording a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// Newly revoked; durable.
+    Inserted,
+    /// Already revoked with the same reason: the original record.
+    Existing(Box<RevocationRecord>),
+    /// Already revoked with another reason: the original record; nothing changed.
+    Conflict(Box<RevocationRecord>),
+    /// The issuer never issued this serial (and unknown serials are not accepted).
+    UnknownSerial,
+}
+
 /// What recording an issuance did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -177,6 +212,7 @@ impl Repository {
             txn.open_table(CERTS).map_err(storage)?;
             txn.open_table(REQUESTS).map_err(storage)?;
             txn.open_table(EXPIRY).map_err(storage)?;
+            txn.open_table(REVOCATIONS).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         let db = Arc::new(db);
@@ -265,6 +301,86 @@ impl Repository {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// Records a revocation durably in its own transaction (revocations are
+    /// rare; they do not need the group commit). A serial the issuer did not
+    /// issue is refused unless `accept_unknown` (legacy migration), and then
+    /// recorded with `legacy` set.
+    pub fn record_revocation(
+        &self,
+        mut record: RevocationRecord,
+        accept_unknown: bool,
+    ) -> Result<Revoked, RepoError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let outcome = {
+            let certs = txn.open_table(CERTS).map_err(storage)?;
+            let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+            let key = (record.issuer.as_str(), record.serial.as_slice());
+            let existing = revocations
+                .get(key)
+                .map_err(storage)?
+                .map(|v| v.value().to_vec());
+            if let Some(bytes) = existing {
+                let original: RevocationRecord =
+                    rmp_serde::from_slice(&bytes).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+                if original.reason == record.reason {
+                    Revoked::Existing(Box::new(original))
+                } else {
+                    Revoked::Conflict(Box::new(original))
+                }
+            } else {
+                let known = certs.get(key).map_err(storage)?.is_some();
+                if !known && !accept_unknown {
+                    Revoked::UnknownSerial
+                } else {
+                    record.legacy = !known;
+                    let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
+                    revocations.insert(key, value.as_slice()).map_err(storage)?;
+                    Revoked::Inserted
+                }
+            }
+        };
+        if outcome == Revoked::Inserted {
+            txn.commit().map_err(storage)?;
+        } else {
+            txn.abort().map_err(storage)?;
+        }
+        Ok(outcome)
+    }
+
+    /// The revocation of `serial` by `issuer`, if any.
+    pub fn revocation(
+        &self,
+        issuer: &str,
+        serial: &[u8],
+    ) -> Result<Option<RevocationRecord>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+        match revocations.get((issuer, serial)).map_err(storage)? {
+            Some(v) => Ok(Some(
+                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every revocation by `issuer`, in serial order.
+    pub fn revocations(&self, issuer: &str) -> Result<Vec<RevocationRecord>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in revocations.range((issuer, &[][..])..).map_err(storage)? {
+            let (key, value) = item.map_err(storage)?;
+            if key.value().0 != issuer {
+                break;
+            }
+            out.push(
+                rmp_serde::from_slice(value.value())
+                    .map_err(|e| RepoError::Corrupt(e.to_string()))?,
+            );
+        }
+        Ok(out)
     }
 
     /// Counters.

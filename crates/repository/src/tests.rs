@@ -112,3 +112,63 @@ fn export_and_import_round_trip() {
         Err(RepoError::Import { line: 1, .. })
     ));
 }
+
+fn revocation(issuer: &str, serial: &[u8], reason: u8) -> RevocationRecord {
+    RevocationRecord {
+        issuer: issuer.into(),
+        serial: serial.to_vec(),
+        reason,
+        revoked_at: 1_750_000_000,
+        invalidity_date: None,
+        request_id: "rev-1".into(),
+        legacy: false,
+        signer_id: "a".into(),
+    }
+}
+
+#[test]
+fn revocations_are_idempotent_and_refuse_unknown_serials() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo.redb");
+    {
+        let repo = Repository::open(&path).unwrap();
+        repo.record_issuance(record("root", 1, "req-1")).unwrap();
+        let serial = [0x40, 1];
+        assert_eq!(
+            repo.record_revocation(revocation("root", &serial, 1), false)
+                .unwrap(),
+            Revoked::Inserted
+        );
+        let again = repo
+            .record_revocation(revocation("root", &serial, 1), false)
+            .unwrap();
+        assert_eq!(
+            again,
+            Revoked::Existing(Box::new(revocation("root", &serial, 1)))
+        );
+        assert!(matches!(
+            repo.record_revocation(revocation("root", &serial, 4), false)
+                .unwrap(),
+            Revoked::Conflict(_)
+        ));
+        assert_eq!(
+            repo.record_revocation(revocation("root", &[0x41], 1), false)
+                .unwrap(),
+            Revoked::UnknownSerial
+        );
+        assert_eq!(
+            repo.record_revocation(revocation("root", &[0x41], 1), true)
+                .unwrap(),
+            Revoked::Inserted
+        );
+    }
+    let repo = Repository::open(&path).unwrap();
+    let all = repo.revocations("root").unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|r| r.serial == [0x41] && r.legacy));
+    assert!(repo.revocations("other").unwrap().is_empty());
+    assert_eq!(
+        repo.revocation("root", &[0x40, 1]).unwrap().unwrap().reason,
+        1
+    );
+}
