@@ -71,6 +71,45 @@ pub struct CaConfig {
     /// Warn in health when a CA certificate expires within this many days (default 90).
     #[serde(default = "default_warn_days")]
     pub expiry_warning_days: u32,
+    /// CRL timing.
+    #[serde(default)]
+    pub crl: CrlConfig,
+}
+
+fn default_next_update_hours() -> u32 {
+    168
+}
+fn default_refresh_hours() -> u32 {
+    24
+}
+fn default_grace_days() -> u32 {
+    30
+}
+
+/// `ca.crl`: when CRLs are made and what they hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlConfig {
+    /// nextUpdate = thisUpdate + this many hours (default 168).
+    #[serde(default = "default_next_update_hours")]
+    pub next_update_hours: u32,
+    /// A fetch makes a new CRL when the last is older than this many hours
+    /// (default 24), or when revocations changed.
+    #[serde(default = "default_refresh_hours")]
+    pub refresh_hours: u32,
+    /// Entries stay this many days after their certificate expired (default 30).
+    #[serde(default = "default_grace_days")]
+    pub expired_grace_days: u32,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig {
+            next_update_hours: default_next_update_hours(),
+            refresh_hours: default_refresh_hours(),
+            expired_grace_days: default_grace_days(),
+        }
+    }
 }
 
 fn default_warn_days() -> u32 {
@@ -139,6 +178,16 @@ impl Section for CaConfig {
                     Ok(_) => {}
                 }
             }
+        }
+        if self.crl.refresh_hours == 0 || self.crl.refresh_hours >= self.crl.next_update_hours {
+            return Err(invalid(
+                "ca.crl.refresh_hours".into(),
+                format!(
+                    "expected 1 to ca.crl.next_update_hours - 1 ({}), got {}",
+                    self.crl.next_update_hours.saturating_sub(1),
+                    self.crl.refresh_hours
+                ),
+            ));
         }
         if !(1..=127).contains(&self.serial_prefix) {
             return Err(invalid(

@@ -22,10 +22,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use signer_hsm::{HsmError, Pkcs11Backend, SigningBackend};
 use signer_protocol::{decode_body, encode_body, msg, Command, Status};
-use signer_repository::{CertRecord, Recorded, RepoError, Repository, RevocationRecord, Revoked};
+use signer_repository::{
+    CertRecord, CrlRecord, Recorded, RepoError, Repository, RevocationRecord, Revoked,
+};
 use signer_server::{
     typed, CallContext, Completion, Failure, Handler, HealthSource, Placement, Router,
 };
+use signer_x509::crl::{CrlBuilder, CrlEntry};
 use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
@@ -56,6 +59,7 @@ pub struct CaService {
     repo: Repository,
     issuer: RwLock<Option<Arc<Issuer>>>,
     load_error: Mutex<Option<String>>,
+    crl_lock: Mutex<()>,
 }
 
 fn now_secs() -> i64 {
@@ -262,6 +266,7 @@ impl CaService {
             repo,
             issuer: RwLock::new(None),
             load_error: Mutex::new(None),
+            crl_lock: Mutex::new(()),
         });
         match service.load() {
             Ok(_) => {}
@@ -507,6 +512,7 @@ impl CaService {
             request_id: request.request_id.clone(),
             legacy: false,
             signer_id: self.signer_id.clone(),
+            cert_not_after: None,
         };
         let reply = |r: &RevocationRecord, replayed| msg::RevokeX509Reply {
             revoked_at: r.revoked_at,
@@ -547,6 +553,126 @@ impl CaService {
         }
     }
 
+    /// The issuer's current CRL: the stored one while it is fresh and no
+    /// revocation came since, else a new one, signed and stored.
+    pub fn current_crl(&self, worker: usize, issuer: &str) -> Result<CrlRecord, Failure> {
+        let _one_at_a_time = self.crl_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.repo.last_crl(issuer).map_err(|e| repo_failure(&e))?;
+        let seq = self
+            .repo
+            .revocation_seq(issuer)
+            .map_err(|e| repo_failure(&e))?;
+        let now = now_secs();
+        let refresh = i64::from(self.config.crl.refresh_hours) * 3600;
+        if let Some(last) = &last {
+            if last.revocation_seq == seq && now < last.this_update + refresh {
+                return Ok(last.clone());
+            }
+        }
+        let issuer_set = self.issuer()?;
+        let ca = issuer_set.cas.get(issuer).ok_or_else(|| {
+            Failure::new(
+                Status::UNKNOWN_ISSUER,
+                format!("no CA named {issuer:?} on this signer"),
+            )
+        })?;
+        let scheme = signer_x509::issue::default_scheme(ca.kind);
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let number =
+            signer_x509::crl::next_number(now_us, last.as_ref().map(|l| l.number.as_slice()));
+        let next_update = now + i64::from(self.config.crl.next_update_hours) * 3600;
+        let capacity = last.as_ref().map(|l| l.der.len()).unwrap_or(1024);
+        let mut builder = CrlBuilder::new(ca, scheme, now, next_update, &number, capacity)
+            .map_err(|e| issue_failure(&e))?;
+        let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
+        let mut failed = None;
+        let snapshot_seq = self
+            .repo
+            .for_each_revocation(issuer, |r| {
+                if r.cert_not_after.is_some_and(|na| na + grace < now) || failed.is_some() {
+                    return;
+                }
+                let entry = CrlEntry {
+                    serial: &r.serial,
+                    revoked_at: r.revoked_at,
+                    reason: r.reason,
+                    invalidity_date: r.invalidity_date,
+                };
+                if let Err(e) = builder.push(&entry) {
+                    failed = Some(e);
+                }
+            })
+            .map_err(|e| repo_failure(&e))?;
+        if let Some(e) = failed {
+            return Err(issue_failure(&e));
+        }
+        let entries = builder.entries();
+        let der = builder
+            .sign(self.backend.as_ref(), worker, ca, scheme)
+            .map_err(|e| issue_failure(&e))?;
+        let sha256 = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&der).to_vec()
+        };
+        let record = CrlRecord {
+            issuer: issuer.to_string(),
+            number,
+            this_update: now,
+            next_update,
+            revocation_seq: snapshot_seq,
+            entries,
+            sha256,
+            der,
+        };
+        self.repo.store_crl(&record).map_err(|e| repo_failure(&e))?;
+        info!(issuer, crl_number = %hex::encode(&record.number), entries, bytes = record.der.len(), "CRL signed");
+        Ok(record)
+    }
+
+    /// Handles `fetch_crl`.
+    pub fn fetch_crl(
+        &self,
+        ctx: &CallContext,
+        request: msg::FetchCrl,
+    ) -> Result<msg::FetchCrlReply, Failure> {
+        if !self.config.cas.iter().any(|c| c.name == request.issuer) {
+            return Err(Failure::new(
+                Status::UNKNOWN_ISSUER,
+                format!("no CA named {:?} on this signer", request.issuer),
+            ));
+        }
+        let crl = self.current_crl(ctx.worker, &request.issuer)?;
+        let to_int = |b: &[u8]| b.iter().fold(0u128, |acc, &x| acc << 8 | u128::from(x));
+        let mut unchanged = false;
+        if let Some(have) = &request.have_number {
+            let (have_n, cur_n) = (to_int(have), to_int(&crl.number));
+            let same_sha = request.have_sha256.as_deref() == Some(crl.sha256.as_slice());
+            if have.len() > 16 || have_n > cur_n || (have_n == cur_n && !same_sha) {
+                return Err(Failure::new(
+                    Status::UNKNOWN_CRL,
+                    format!(
+                        "this signer never issued CRL number {} with that digest for {}",
+                        hex::encode(have),
+                        request.issuer
+                    ),
+                ));
+            }
+            unchanged = have_n == cur_n && same_sha;
+        }
+        Ok(msg::FetchCrlReply {
+            unchanged,
+            number: crl.number.clone(),
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+            entries: crl.entries,
+            sha256: crl.sha256.clone(),
+            crl: (!unchanged).then_some(crl.der),
+        })
+    }
+
     /// Handles `ca_certs`.
     pub fn ca_certs(&self) -> Result<msg::CaCertsReply, Failure> {
         let issuer = self.issuer()?;
@@ -567,6 +693,7 @@ impl CaService {
         let sign = Arc::clone(self);
         let certs = Arc::clone(self);
         let revoke = Arc::clone(self);
+        let crl = Arc::clone(self);
         router
             .route(
                 Command::SIGN_X509,
@@ -577,6 +704,11 @@ impl CaService {
                 Command::REVOKE_X509,
                 Placement::Pool,
                 typed(move |ctx: &CallContext, r: msg::RevokeX509| revoke.revoke(ctx, r)),
+            )
+            .route(
+                Command::FETCH_CRL,
+                Placement::Pool,
+                typed(move |ctx: &CallContext, r: msg::FetchCrl| crl.fetch_crl(ctx, r)),
             )
             .route(
                 Command::CA_CERTS,

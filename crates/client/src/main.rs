@@ -90,6 +90,16 @@ enum Cmd {
         #[arg(long)]
         request_id: String,
     },
+    /// Fetch an issuer's CRL into a file; the copy already there is stated,
+    /// so an unchanged CRL is not sent again.
+    Crl {
+        /// Name of the issuing CA.
+        #[arg(long)]
+        issuer: String,
+        /// The CRL file (DER); read first if present, replaced when the CRL changed.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Fetch the CA certificates the signer issues under.
     CaCerts {
         /// Write NAME.pem files into this directory (default: print PEM).
@@ -154,6 +164,7 @@ fn main() -> ExitCode {
             None => Err(ClientError::Protocol("no request".into())),
         },
         Cmd::CaCerts { out_dir } => ca_certs(&client, cli.json, out_dir.as_deref()),
+        Cmd::Crl { issuer, out } => crl(&client, cli.json, issuer, out),
         Cmd::Revoke { .. } => match revoke_request.clone() {
             Some(body) => revoke(&client, cli.json, body),
             None => Err(ClientError::Protocol("no request".into())),
@@ -483,6 +494,65 @@ fn revoke(client: &Client, json: bool, body: msg::RevokeX509) -> Result<ExitCode
                 ""
             },
             if reply.legacy { " (legacy serial)" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CRL number of a DER CRL, if it has one.
+fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
+    use der::Decode;
+    let crl = <x509_cert::crl::CertificateList>::from_der(der).ok()?;
+    let exts = crl.tbs_cert_list.crl_extensions.as_ref()?;
+    let ext = exts.iter().find(|e| e.extn_id.to_string() == "2.5.29.20")?;
+    let n = der::asn1::Uint::from_der(ext.extn_value.as_bytes()).ok()?;
+    Some(n.as_bytes().to_vec())
+}
+
+fn crl(client: &Client, json: bool, issuer: &str, out: &Path) -> Result<ExitCode, ClientError> {
+    use sha2::Digest;
+    let have = std::fs::read(out).ok();
+    let request = msg::FetchCrl {
+        issuer: issuer.to_string(),
+        have_number: have.as_deref().and_then(crl_number),
+        have_sha256: have.as_deref().map(|d| sha2::Sha256::digest(d).to_vec()),
+    };
+    let reply: msg::FetchCrlReply =
+        client.call_typed(signer_protocol::Command::FETCH_CRL, &request)?;
+    if let Some(der) = &reply.crl {
+        if sha2::Sha256::digest(der).as_slice() != reply.sha256.as_slice() {
+            return Err(ClientError::Protocol(
+                "the CRL does not match its announced SHA-256".into(),
+            ));
+        }
+        // Replace atomically: a reader never sees half a CRL.
+        let tmp = out.with_extension("tmp");
+        std::fs::write(&tmp, der)
+            .and_then(|()| std::fs::rename(&tmp, out))
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", out.display())))?;
+    }
+    if json {
+        let value = serde_json::json!({
+            "unchanged": reply.unchanged,
+            "number": hex(&reply.number),
+            "this_update": reply.this_update,
+            "next_update": reply.next_update,
+            "entries": reply.entries,
+            "bytes": reply.crl.as_ref().map(Vec::len),
+        });
+        println!("{value}");
+    } else if reply.unchanged {
+        println!(
+            "CRL {} of {issuer} unchanged ({} entries)",
+            hex(&reply.number),
+            reply.entries
+        );
+    } else {
+        println!(
+            "wrote CRL {} of {issuer} to {} ({} entries)",
+            hex(&reply.number),
+            out.display(),
+            reply.entries
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -138,6 +138,8 @@ wire_code! {
         REVOCATION_CONFLICT = 204 => "revocation_conflict",
         /// The invalidity date lies in the future.
         INVALID_INVALIDITY_DATE = 205 => "invalid_invalidity_date",
+        /// `fetch_crl` named a CRL this signer never issued.
+        UNKNOWN_CRL = 206 => "unknown_crl",
         /// The issuer's key is not reachable now (token absent, device error); retry later.
         HSM_UNAVAILABLE = 300 => "hsm_unavailable",
         /// The HSM refused the operation (configuration or token problem).

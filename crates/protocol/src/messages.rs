@@ -245,3 +245,39 @@ pub struct RevokeX509Reply {
     /// True for a serial this signer did not issue (legacy migration).
     pub legacy: bool,
 }
+
+/// `fetch_crl` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchCrl {
+    /// Name of the issuing CA.
+    pub issuer: String,
+    /// The CRL number of the copy the client holds, if any.
+    #[serde(default, with = "serde_bytes")]
+    pub have_number: Option<Vec<u8>>,
+    /// SHA-256 of the DER of the copy the client holds, if any.
+    #[serde(default, with = "serde_bytes")]
+    pub have_sha256: Option<Vec<u8>>,
+}
+
+/// `fetch_crl` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchCrlReply {
+    /// True when the client's copy is the current CRL (`crl` is then absent).
+    pub unchanged: bool,
+    /// CRL number, unsigned big-endian.
+    #[serde(with = "serde_bytes")]
+    pub number: Vec<u8>,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// Entries in the CRL.
+    pub entries: u64,
+    /// SHA-256 of the CRL's DER.
+    #[serde(with = "serde_bytes")]
+    pub sha256: Vec<u8>,
+    /// The CRL, DER, unless unchanged.
+    #[serde(default, with = "serde_bytes")]
+    pub crl: Option<Vec<u8>>,
+}

@@ -32,7 +32,13 @@ use tracing::warn;
 const CERTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("certs_v1");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests_v1");
 const EXPIRY: TableDefinition<(i64, &str, &[u8]), ()> = TableDefinition::new("expiry_v1");
-const REVOCATIONS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("revocations_v1");
+/// Key: (issuer, serial length, serial): iteration yields serials in numeric order.
+const REVOCATIONS: TableDefinition<(&str, u8, &[u8]), &[u8]> =
+    TableDefinition::new("revocations_v1");
+/// Per issuer: a counter bumped by every new revocation (tells a stale CRL).
+const REVOCATION_SEQ: TableDefinition<&str, u64> = TableDefinition::new("revocation_seq_v1");
+/// Per issuer: the last CRL signed.
+const CRLS: TableDefinition<&str, &[u8]> = TableDefinition::new("crls_v1");
 
 /// Largest number of records one group commit takes.
 const MAX_BATCH: usize = 256;
@@ -147,6 +153,33 @@ pub struct RevocationRecord {
     pub legacy: bool,
     /// Which signer recorded it.
     pub signer_id: String,
+    /// The certificate's notAfter (Unix seconds) where known: expired entries
+    /// leave the CRL after a grace period.
+    #[serde(default)]
+    pub cert_not_after: Option<i64>,
+}
+
+/// The last CRL signed for an issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlRecord {
+    /// Issuer (CA) name.
+    pub issuer: String,
+    /// CRL number, unsigned big-endian.
+    pub number: Vec<u8>,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// The issuer's revocation counter the CRL reflects.
+    pub revocation_seq: u64,
+    /// Entries in the CRL.
+    pub entries: u64,
+    /// SHA-256 of the DER.
+    #[serde(with = "b64")]
+    pub sha256: Vec<u8>,
+    /// The CRL, DER.
+    #[serde(with = "b64")]
+    pub der: Vec<u8>,
 }
 
 /// What recording a revocation did.
@@ -213,6 +246,8 @@ impl Repository {
             txn.open_table(REQUESTS).map_err(storage)?;
             txn.open_table(EXPIRY).map_err(storage)?;
             txn.open_table(REVOCATIONS).map_err(storage)?;
+            txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+            txn.open_table(CRLS).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         let db = Arc::new(db);
@@ -316,7 +351,11 @@ impl Repository {
         let outcome = {
             let certs = txn.open_table(CERTS).map_err(storage)?;
             let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-            let key = (record.issuer.as_str(), record.serial.as_slice());
+            let mut seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+            let serial_len = u8::try_from(record.serial.len())
+                .map_err(|_| storage("serial longer than 255 octets"))?;
+            let key = (record.issuer.as_str(), serial_len, record.serial.as_slice());
+            let cert_key = (record.issuer.as_str(), record.serial.as_slice());
             let existing = revocations
                 .get(key)
                 .map_err(storage)?
@@ -330,13 +369,25 @@ impl Repository {
                     Revoked::Conflict(Box::new(original))
                 }
             } else {
-                let known = certs.get(key).map_err(storage)?.is_some();
-                if !known && !accept_unknown {
+                let cert = certs
+                    .get(cert_key)
+                    .map_err(storage)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                if cert.is_none() && !accept_unknown {
                     Revoked::UnknownSerial
                 } else {
-                    record.legacy = !known;
+                    record.legacy = cert.is_none();
+                    record.cert_not_after = cert.map(|c| c.not_after);
                     let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
                     revocations.insert(key, value.as_slice()).map_err(storage)?;
+                    let next = seq
+                        .get(record.issuer.as_str())
+                        .map_err(storage)?
+                        .map(|v| v.value())
+                        .unwrap_or(0)
+                        + 1;
+                    seq.insert(record.issuer.as_str(), next).map_err(storage)?;
                     Revoked::Inserted
                 }
             }
@@ -357,7 +408,8 @@ impl Repository {
     ) -> Result<Option<RevocationRecord>, RepoError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-        match revocations.get((issuer, serial)).map_err(storage)? {
+        let len = u8::try_from(serial.len()).unwrap_or(u8::MAX);
+        match revocations.get((issuer, len, serial)).map_err(storage)? {
             Some(v) => Ok(Some(
                 rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
             )),
@@ -365,22 +417,75 @@ impl Repository {
         }
     }
 
-    /// Every revocation by `issuer`, in serial order.
+    /// Every revocation by `issuer`, in numeric serial order.
     pub fn revocations(&self, issuer: &str) -> Result<Vec<RevocationRecord>, RepoError> {
+        let mut out = Vec::new();
+        self.for_each_revocation(issuer, |r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// Streams the revocations of `issuer` in numeric serial order (for CRLs:
+    /// nothing but the record at hand is held in memory). Returns the
+    /// issuer's revocation counter as of the same snapshot.
+    pub fn for_each_revocation(
+        &self,
+        issuer: &str,
+        mut f: impl FnMut(RevocationRecord),
+    ) -> Result<u64, RepoError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in revocations.range((issuer, &[][..])..).map_err(storage)? {
+        let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+        for item in revocations
+            .range((issuer, 0u8, &[][..])..)
+            .map_err(storage)?
+        {
             let (key, value) = item.map_err(storage)?;
             if key.value().0 != issuer {
                 break;
             }
-            out.push(
-                rmp_serde::from_slice(value.value())
-                    .map_err(|e| RepoError::Corrupt(e.to_string()))?,
-            );
+            f(rmp_serde::from_slice(value.value())
+                .map_err(|e| RepoError::Corrupt(e.to_string()))?);
         }
-        Ok(out)
+        Ok(seq
+            .get(issuer)
+            .map_err(storage)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// The issuer's revocation counter (bumped by every new revocation).
+    pub fn revocation_seq(&self, issuer: &str) -> Result<u64, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+        Ok(seq
+            .get(issuer)
+            .map_err(storage)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Stores a signed CRL as the issuer's latest.
+    pub fn store_crl(&self, crl: &CrlRecord) -> Result<(), RepoError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut crls = txn.open_table(CRLS).map_err(storage)?;
+            let value = rmp_serde::to_vec_named(crl).map_err(storage)?;
+            crls.insert(crl.issuer.as_str(), value.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The issuer's latest CRL.
+    pub fn last_crl(&self, issuer: &str) -> Result<Option<CrlRecord>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let crls = txn.open_table(CRLS).map_err(storage)?;
+        match crls.get(issuer).map_err(storage)? {
+            Some(v) => Ok(Some(
+                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Counters.

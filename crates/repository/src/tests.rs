@@ -123,6 +123,7 @@ fn revocation(issuer: &str, serial: &[u8], reason: u8) -> RevocationRecord {
         request_id: "rev-1".into(),
         legacy: false,
         signer_id: "a".into(),
+        cert_not_after: None,
     }
 }
 
@@ -142,10 +143,11 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
         let again = repo
             .record_revocation(revocation("root", &serial, 1), false)
             .unwrap();
-        assert_eq!(
-            again,
-            Revoked::Existing(Box::new(revocation("root", &serial, 1)))
-        );
+        let expected = RevocationRecord {
+            cert_not_after: Some(1_800_000_001),
+            ..revocation("root", &serial, 1)
+        };
+        assert_eq!(again, Revoked::Existing(Box::new(expected)));
         assert!(matches!(
             repo.record_revocation(revocation("root", &serial, 4), false)
                 .unwrap(),
@@ -167,6 +169,9 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
     assert_eq!(all.len(), 2);
     assert!(all.iter().any(|r| r.serial == [0x41] && r.legacy));
     assert!(repo.revocations("other").unwrap().is_empty());
+    // Numeric order: the 1-octet serial 0x41 sorts before the 2-octet 0x4001.
+    assert_eq!(all[0].serial, [0x41]);
+    assert_eq!(repo.revocation_seq("root").unwrap(), 2);
     assert_eq!(
         repo.revocation("root", &[0x40, 1]).unwrap().unwrap().reason,
         1

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod crl;
 pub mod csr;
 pub mod derw;
 pub mod issue;

@@ -1,0 +1,256 @@
+//! Revocation and CRLs end to end: certificates issued and revoked over the
+//! link, CRLs fetched with `signer-client crl`, checked with `openssl crl`
+//! and `openssl verify -crl_check`, for an ECDSA intermediate and an RSA root.
+
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Command;
+
+use signer_protocol::{msg, Command as Cmd, Status};
+use signer_testsupport::ca::{make_csr, openssl, Ceremony};
+use signer_testsupport::{bin, Bench, LinkSpec};
+
+const PROFILE: &str = "  profiles:
+    server:
+      issuer: sub
+      default_days: 90
+      max_days: 397
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth]
+      subject_attributes: [CN]
+      san_types: [dns]
+      require_san: true
+";
+
+fn sign(client: &signer_client::Client, d: &Path, name: &str) -> msg::SignX509Reply {
+    let csr = make_csr(d, name, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let host = format!("{name}.example.org");
+    let reply: msg::SignX509Reply = client
+        .call_typed(
+            Cmd::SIGN_X509,
+            &msg::SignX509 {
+                request_id: format!("crl-{name}"),
+                profile: "server".into(),
+                csr,
+                subject: vec![("CN".into(), host.clone())],
+                sans: vec![msg::SanEntry {
+                    kind: "dns".into(),
+                    value: host,
+                }],
+                validity_days: Some(30),
+            },
+        )
+        .unwrap();
+    let pem = openssl_pem(d, &reply.certificate, name);
+    assert!(pem.exists());
+    reply
+}
+
+fn openssl_pem(d: &Path, der: &[u8], name: &str) -> std::path::PathBuf {
+    let der_path = d.join(format!("{name}.der"));
+    std::fs::write(&der_path, der).unwrap();
+    let (ok, text) = openssl(
+        d,
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            &format!("{name}.der"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+    assert!(ok, "{text}");
+    d.join(format!("{name}.pem"))
+}
+
+fn revoke(
+    client: &signer_client::Client,
+    issuer: &str,
+    serial: &[u8],
+    reason: u8,
+    invalidity: Option<i64>,
+) {
+    let _: msg::RevokeX509Reply = client
+        .call_typed(
+            Cmd::REVOKE_X509,
+            &msg::RevokeX509 {
+                request_id: "r".into(),
+                issuer: issuer.into(),
+                serial: serial.to_vec(),
+                reason,
+                invalidity_date: invalidity,
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn crls_check_out_with_openssl_and_track_revocations() {
+    let c = Ceremony::new("p256", PROFILE);
+    let d = c.dir().to_path_buf();
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let good = sign(&client, &d, "good");
+    let bad = sign(&client, &d, "bad");
+    let other = sign(&client, &d, "other");
+    let yesterday = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 86_400;
+    revoke(&client, "sub", &bad.serial, 1, Some(yesterday));
+    revoke(&client, "sub", &other.serial, 0, None);
+    drop(client);
+
+    let device = bench.client_device();
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("signer-client"))
+            .arg("--link")
+            .arg(&device)
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = cli(&["crl", "--issuer", "sub", "--out", "sub.crl"]);
+    assert!(
+        text.contains("wrote CRL") && text.contains("2 entries"),
+        "{text}"
+    );
+    std::fs::write(
+        d.join("chain.pem"),
+        [
+            std::fs::read(d.join("root.pem")).unwrap(),
+            std::fs::read(d.join("sub.pem")).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "sub.crl",
+            "-CAfile",
+            "chain.pem",
+            "-noout",
+        ],
+    );
+    assert!(ok && text.contains("verify OK"), "{text}");
+    let (_, text) = openssl(
+        &d,
+        &["crl", "-inform", "DER", "-in", "sub.crl", "-noout", "-text"],
+    );
+    for needle in [
+        "Key Compromise",
+        "Invalidity Date",
+        "X509v3 CRL Number",
+        "X509v3 Authority Key Identifier",
+        "Version 2",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    assert_eq!(text.matches("Serial Number:").count(), 2, "{text}");
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "sub.crl",
+            "-out",
+            "sub.crl.pem",
+        ],
+    );
+    assert!(ok, "{text}");
+    let verify = |leaf: &str| {
+        openssl(
+            &d,
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "sub.pem",
+                "-CRLfile",
+                "sub.crl.pem",
+                leaf,
+            ],
+        )
+    };
+    let (ok, text) = verify("good.pem");
+    assert!(ok, "an unrevoked certificate passes: {text}");
+    let (ok, text) = verify("bad.pem");
+    assert!(!ok && text.contains("revoked"), "{text}");
+
+    // Unchanged: nothing sent again. A new revocation: a new CRL with a higher number.
+    let text = cli(&["crl", "--issuer", "sub", "--out", "sub.crl"]);
+    assert!(text.contains("unchanged"), "{text}");
+    let before = std::fs::read(d.join("sub.crl")).unwrap();
+    let client = bench.client();
+    revoke(&client, "sub", &good.serial, 4, None);
+    let first: msg::FetchCrlReply = client
+        .call_typed(
+            Cmd::FETCH_CRL,
+            &msg::FetchCrl {
+                issuer: "sub".into(),
+                have_number: None,
+                have_sha256: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(first.entries, 3);
+    drop(client);
+    let text = cli(&["crl", "--issuer", "sub", "--out", "sub.crl"]);
+    assert!(
+        text.contains("wrote CRL") && text.contains("3 entries"),
+        "{text}"
+    );
+    assert_ne!(std::fs::read(d.join("sub.crl")).unwrap(), before);
+
+    // The RSA root's CRL: no entries, signed with RSA.
+    let text = cli(&["crl", "--issuer", "root", "--out", "root.crl"]);
+    assert!(text.contains("0 entries"), "{text}");
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "crl", "-inform", "DER", "-in", "root.crl", "-CAfile", "root.pem", "-noout",
+        ],
+    );
+    assert!(ok && text.contains("verify OK"), "{text}");
+
+    // Bad fetches.
+    let client = bench.client();
+    let err = client
+        .call_typed::<_, msg::FetchCrlReply>(
+            Cmd::FETCH_CRL,
+            &msg::FetchCrl {
+                issuer: "sub".into(),
+                have_number: Some(vec![0x7f; 12]),
+                have_sha256: Some(vec![0; 32]),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::UNKNOWN_CRL), "{err}");
+    let err = client
+        .call_typed::<_, msg::FetchCrlReply>(
+            Cmd::FETCH_CRL,
+            &msg::FetchCrl {
+                issuer: "nope".into(),
+                have_number: None,
+                have_sha256: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::UNKNOWN_ISSUER), "{err}");
+}
