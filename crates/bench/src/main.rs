@@ -4,6 +4,8 @@
 //! same machine: machines are noisy, absolute numbers alone mean little.
 #![forbid(unsafe_code)]
 
+mod crl;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,7 +31,10 @@ struct Cli {
     /// Scale the request counts (1.0 = the documented run).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Run only one section (`issuance`).
+    /// Internal: build a CRL in this process, as `DIR,ENTRIES`.
+    #[arg(long, hide = true)]
+    crl_child: Option<String>,
+    /// Run only one section (`issuance`, `crl`).
     #[arg(long)]
     only: Option<String>,
     /// Internal: measure the raw HSM rate in this process (SoftHSM2 reads its
@@ -272,6 +277,12 @@ fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(spec) = &cli.crl_child {
+        let (dir, n) = spec
+            .rsplit_once(',')
+            .ok_or_else(|| anyhow::anyhow!("--crl-child DIR,ENTRIES"))?;
+        return crl::child(std::path::Path::new(dir), n.parse()?);
+    }
     if let Some(spec) = &cli.raw_hsm {
         let parts: Vec<&str> = spec.split(',').collect();
         let [pin, key, threads, n] = parts.as_slice() else {
@@ -299,11 +310,16 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     )?;
 
-    let only_issuance = cli.only.as_deref() == Some("issuance");
-    if !only_issuance {
+    let only = cli.only.as_deref();
+    if only.is_none() {
         link_sections(&mut report, cli.scale)?;
     }
-    issuance_section(&mut report, cli.scale)?;
+    if only.is_none() || only == Some("issuance") {
+        issuance_section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("crl") {
+        crl::section(&mut report, cli.scale)?;
+    }
     write_report(cli.out.as_deref(), &report)
 }
 

@@ -1,0 +1,211 @@
+//! CRL build + sign at scale, against `openssl ca -gencrl` on the same entries.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use signer_hsm::{KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector};
+use signer_testsupport::ca::{openssl, Ceremony};
+use signer_x509::crl::{CrlBuilder, CrlEntry};
+use signer_x509::CaSigner;
+
+/// Serial of entry `i`: 16 octets like the signer's, numerically increasing.
+fn serial(i: u64) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    s[0] = 0x21;
+    s[8..].copy_from_slice(&i.to_be_bytes());
+    s
+}
+
+/// In the child (SoftHSM2 reads its configuration once per process): build
+/// and sign a CRL of `n` entries with the ceremony's `sub` key; prints
+/// `seconds bytes peak_kib`.
+pub fn child(dir: &Path, n: u64) -> anyhow::Result<()> {
+    let token = TokenConfig {
+        module: signer_testsupport::SOFTHSM_MODULE.into(),
+        token: TokenSelector::Label("signer-a".into()),
+        pin: PinSource::File(dir.join("user.pin")),
+    };
+    let key = KeySpec {
+        name: "sub".into(),
+        label: Some("sub-key".into()),
+        id: None,
+    };
+    let backend = Pkcs11Backend::open(token, vec![key], 1)?;
+    let cert =
+        signer_x509::cert_der(&std::fs::read(dir.join("sub.pem"))?).map_err(anyhow::Error::msg)?;
+    let ca = CaSigner::new("sub", "sub", cert, &backend)?;
+    let scheme = signer_x509::issue::default_scheme(ca.kind);
+    // Warm up the session outside the timed part.
+    signer_hsm::SigningBackend::sign_digest(
+        &backend,
+        0,
+        "sub",
+        scheme,
+        &scheme.hash().digest(b"warm-up"),
+    )?;
+    let base = 1_763_000_000i64;
+    let started = Instant::now();
+    let mut builder = CrlBuilder::new(
+        &ca,
+        scheme,
+        base,
+        base + 7 * 86_400,
+        &[0x01],
+        n as usize * 40,
+    )?;
+    for i in 0..n {
+        let s = serial(i);
+        builder.push(&CrlEntry {
+            serial: &s,
+            revoked_at: base - 86_400 + (i % 86_400) as i64,
+            reason: if i % 3 == 0 { 1 } else { 0 },
+            invalidity_date: None,
+        })?;
+    }
+    let der = builder.sign(&backend, 0, &ca, scheme)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    std::fs::write(dir.join(format!("ours-{n}.crl")), &der)?;
+    println!("{seconds} {} {peak}", der.len());
+    Ok(())
+}
+
+fn gnu_time(cmd: &mut Command) -> anyhow::Result<(f64, u64)> {
+    let out = cmd.output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        anyhow::bail!("{err}");
+    }
+    let field = |name: &str| {
+        err.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(str::trim)
+            .map(str::to_string)
+    };
+    let peak = field("Maximum resident set size (kbytes):")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss):").unwrap_or_default();
+    let secs = wall
+        .split(':')
+        .fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap_or(0.0));
+    Ok((secs, peak))
+}
+
+/// `openssl ca -gencrl` over an index of `n` revoked entries, with a file key
+/// of the same size: (seconds, peak KiB, CRL bytes).
+fn openssl_gencrl(dir: &Path, n: u64) -> anyhow::Result<(f64, u64, u64)> {
+    let work = dir.join(format!("openssl-{n}"));
+    std::fs::create_dir_all(&work)?;
+    if !work.join("ca.key").exists() {
+        let (ok, text) = openssl(
+            &work,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=openssl CA",
+                "-days",
+                "30",
+            ],
+        );
+        anyhow::ensure!(ok, "{text}");
+    }
+    let mut index = String::with_capacity(n as usize * 80);
+    for i in 0..n {
+        let s: String = serial(i).iter().map(|b| format!("{b:02X}")).collect();
+        let reason = if i % 3 == 0 { ",keyCompromise" } else { "" };
+        let _ = writeln!(
+            index,
+            "R\t301231000000Z\t251112000000Z{reason}\t{s}\tunknown\t/CN=host{i}"
+        );
+    }
+    std::fs::write(work.join("index.txt"), index)?;
+    std::fs::write(work.join("crlnumber"), "01\n")?;
+    std::fs::write(
+        work.join("openssl.cnf"),
+        "[ca]\ndefault_ca = CA_default\n[CA_default]\ndir = .\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+         certificate = ca.pem\nprivate_key = ca.key\ndefault_md = sha256\ndefault_crl_days = 7\ncrl_extensions = crl_ext\n\
+         [crl_ext]\nauthorityKeyIdentifier = keyid:always\n",
+    )?;
+    let (secs, peak) = gnu_time(
+        Command::new("/usr/bin/time")
+            .arg("-v")
+            .args([
+                "openssl",
+                "ca",
+                "-config",
+                "openssl.cnf",
+                "-gencrl",
+                "-out",
+                "out.crl",
+            ])
+            .current_dir(&work),
+    )?;
+    let bytes = std::fs::metadata(work.join("out.crl"))?.len();
+    Ok((secs, peak, bytes))
+}
+
+/// The report section.
+pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    writeln!(report, "## CRL build and sign\n")?;
+    writeln!(
+        report,
+        "Entries of 16-octet serials, a third with reason keyCompromise. Ours: `CrlBuilder` \
+         (one buffer, entries appended in serial order, header written in front afterwards, \
+         SHA-256 on the host, RSA-2048 signature on SoftHSM2, the result parsed back and its \
+         signature verified), in a process of its own; peak is that process's VmHWM, including \
+         the PKCS#11 module. Baseline: `openssl ca -gencrl` on an index of the same entries with \
+         an RSA-2048 file key, peak from GNU time. Same machine, same run.\n"
+    )?;
+    writeln!(report, "| entries | ours (s) | ours peak (MiB) | CRL size (MiB) | openssl ca -gencrl (s) | openssl peak (MiB) | time ratio | memory ratio |")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    let ceremony = Ceremony::new("rsa2048", "");
+    let _ = ceremony.hsm.pin_file();
+    for n in [10_000u64, 100_000, 1_000_000] {
+        let n = ((n as f64) * scale.min(1.0)).max(1000.0) as u64;
+        eprintln!("bench: CRL with {n} entries");
+        let out = Command::new(std::env::current_exe()?)
+            .arg("--crl-child")
+            .arg(format!("{},{n}", ceremony.dir().display()))
+            .envs(ceremony.env())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let [secs, bytes, peak] = fields[..] else {
+            anyhow::bail!(
+                "CRL child failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (o_secs, o_peak, _o_bytes) = openssl_gencrl(ceremony.dir(), n)?;
+        writeln!(
+            report,
+            "| {n} | {secs:.2} | {:.1} | {:.1} | {o_secs:.2} | {:.1} | {:.1}× faster | {:.1}× less |",
+            peak / 1024.0,
+            bytes / 1048576.0,
+            o_peak as f64 / 1024.0,
+            o_secs / secs.max(1e-6),
+            o_peak as f64 / peak.max(1.0)
+        )?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
