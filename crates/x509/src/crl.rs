@@ -43,6 +43,55 @@ pub struct CrlBuilder {
     entries_start: usize,
     entries: u64,
     extensions: Vec<u8>,
+    algorithm: Vec<u8>,
+    tbs_start: usize,
+    tbs_len: usize,
+}
+
+/// The fields of a CRL besides its entries and signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// signature AlgorithmIdentifier, DER.
+    pub algorithm: Vec<u8>,
+    /// issuer Name, DER.
+    pub issuer: Vec<u8>,
+    /// The issuer's key identifier (authorityKeyIdentifier keyIdentifier).
+    pub key_id: Vec<u8>,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// cRLNumber, unsigned big-endian.
+    pub number: Vec<u8>,
+}
+
+/// An entry as owned data (for differences and rebuilds).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedEntry {
+    /// Serial, unsigned big-endian, no leading zero octets.
+    pub serial: Vec<u8>,
+    /// revocationDate, Unix seconds.
+    pub revoked_at: i64,
+    /// CRLReason code.
+    pub reason: u8,
+    /// invalidityDate, Unix seconds.
+    pub invalidity_date: Option<i64>,
+}
+
+impl OwnedEntry {
+    /// The numeric order of serials: shorter (minimal) encodings are smaller numbers.
+    pub fn order_key(&self) -> (usize, &[u8]) {
+        (self.serial.len(), &self.serial)
+    }
+
+    fn as_entry(&self) -> CrlEntry<'_> {
+        CrlEntry {
+            serial: &self.serial,
+            revoked_at: self.revoked_at,
+            reason: self.reason,
+            invalidity_date: self.invalidity_date,
+        }
+    }
 }
 
 fn generalized_time(unix: i64) -> Option<Vec<u8>> {
@@ -95,24 +144,38 @@ impl CrlBuilder {
         number: &[u8],
         capacity: usize,
     ) -> Result<Self, IssueError> {
+        let header = Header {
+            algorithm: algorithm_identifier(scheme),
+            issuer: ca.subject_der.clone(),
+            key_id: ca.key_id.clone(),
+            this_update,
+            next_update,
+            number: number.to_vec(),
+        };
+        CrlBuilder::with_header(&header, capacity)
+    }
+
+    /// Starts a CRL from its header fields (the rebuild of a CRL from a
+    /// difference uses this with the fields of the client's copy).
+    pub fn with_header(h: &Header, capacity: usize) -> Result<Self, IssueError> {
         let t = |u: i64| {
             time::encode(u).ok_or_else(|| IssueError::Encoding("CRL time out of range".into()))
         };
         let fixed = [
             derw::small_uint(1),
-            algorithm_identifier(scheme),
-            ca.subject_der.clone(),
-            t(this_update)?,
-            t(next_update)?,
+            h.algorithm.clone(),
+            h.issuer.clone(),
+            t(h.this_update)?,
+            t(h.next_update)?,
         ]
         .concat();
         let aki = derw::seq(&[
             &derw::oid(&AUTHORITY_KEY_ID),
-            &derw::octet_string(&derw::seq(&[&derw::tlv(0x80, &ca.key_id)])),
+            &derw::octet_string(&derw::seq(&[&derw::tlv(0x80, &h.key_id)])),
         ]);
         let crl_number = derw::seq(&[
             &derw::oid(&CRL_NUMBER),
-            &derw::octet_string(&derw::uint(number)),
+            &derw::octet_string(&derw::uint(&h.number)),
         ]);
         let extensions = derw::explicit(0, &derw::seq(&[&aki, &crl_number]));
         let entries_start = HEADERS + fixed.len();
@@ -124,6 +187,9 @@ impl CrlBuilder {
             entries_start,
             entries: 0,
             extensions,
+            algorithm: h.algorithm.clone(),
+            tbs_start: 0,
+            tbs_len: 0,
         })
     }
 
@@ -140,15 +206,12 @@ impl CrlBuilder {
         self.entries
     }
 
-    /// Hashes the TBSCertList on the host, has the CA's key sign the digest,
-    /// and returns the CRL, parsed back and its signature verified.
-    pub fn sign(
-        mut self,
-        backend: &dyn SigningBackend,
-        worker: usize,
-        ca: &CaSigner,
-        scheme: Scheme,
-    ) -> Result<Vec<u8>, IssueError> {
+    /// Finishes the TBSCertList and returns it (to be hashed and signed).
+    /// Entries pushed afterwards are a bug; calling it again returns the same bytes.
+    pub fn tbs(&mut self) -> &[u8] {
+        if self.tbs_len > 0 {
+            return &self.buf[self.tbs_start..self.tbs_start + self.tbs_len];
+        }
         let entries_len = self.buf.len() - self.entries_start;
         self.buf.extend_from_slice(&self.extensions);
         // Prefix in front of the entries: TBS header, fixed fields, entries header.
@@ -163,27 +226,152 @@ impl CrlBuilder {
         push_len(&mut prefix, tbs_content);
         prefix.extend_from_slice(&self.fixed);
         prefix.extend_from_slice(&entries_header);
-        let tbs_start = self.entries_start - prefix.len();
-        self.buf[tbs_start..self.entries_start].copy_from_slice(&prefix);
-        let tbs_len = header_len(tbs_content) + tbs_content;
-        let tbs = &self.buf[tbs_start..tbs_start + tbs_len];
-        let digest = scheme.hash().digest(tbs);
-        let signature = backend.sign_digest(worker, &ca.key, scheme, &digest)?;
-        verify_signature(&ca.spki_der, scheme, tbs, &signature)?;
-        self.buf.extend_from_slice(&algorithm_identifier(scheme));
-        self.buf.extend_from_slice(&derw::bit_string(&signature));
-        let body = self.buf.len() - tbs_start;
+        self.tbs_start = self.entries_start - prefix.len();
+        self.buf[self.tbs_start..self.entries_start].copy_from_slice(&prefix);
+        self.tbs_len = header_len(tbs_content) + tbs_content;
+        &self.buf[self.tbs_start..self.tbs_start + self.tbs_len]
+    }
+
+    /// Appends the signature to a finished TBS and returns the CRL, in the
+    /// same buffer. Call [`CrlBuilder::tbs`] first.
+    pub fn assemble(mut self, signature: &[u8]) -> Vec<u8> {
+        self.buf.extend_from_slice(&self.algorithm);
+        self.buf.extend_from_slice(&derw::bit_string(signature));
+        let body = self.buf.len() - self.tbs_start;
         let mut outer = vec![0x30];
         push_len(&mut outer, body);
-        let start = tbs_start - outer.len();
-        self.buf[start..tbs_start].copy_from_slice(&outer);
+        let start = self.tbs_start - outer.len();
+        self.buf[start..self.tbs_start].copy_from_slice(&outer);
         self.buf.drain(..start);
-        // No full parse-back here (as for certificates): decoding a large CRL
-        // into structures would cost several times its size in memory. The
-        // signature was verified above; the encoding is checked by tests
-        // (x509-cert and openssl parse what this encoder makes).
-        Ok(self.buf)
+        self.buf
     }
+
+    /// Hashes the TBSCertList on the host, has the CA's key sign the digest,
+    /// and returns the CRL with its signature verified. (No full parse-back,
+    /// unlike certificates: decoding a large CRL into structures would cost
+    /// several times its size in memory; tests check the encoding with
+    /// x509-cert and openssl.)
+    pub fn sign(
+        mut self,
+        backend: &dyn SigningBackend,
+        worker: usize,
+        ca: &CaSigner,
+        scheme: Scheme,
+    ) -> Result<Vec<u8>, IssueError> {
+        let tbs = self.tbs();
+        let digest = scheme.hash().digest(tbs);
+        let signature = backend.sign_digest(worker, &ca.key, scheme, &digest)?;
+        verify_signature(&ca.spki_der, scheme, self.tbs(), &signature)?;
+        Ok(self.assemble(&signature))
+    }
+}
+
+/// What changed between two CRLs of one issuer, enough to rebuild the new
+/// one from the old: entries added and serials removed, the new header
+/// fields and the new signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlDiff {
+    /// Entries in the new CRL but not the old.
+    pub added: Vec<OwnedEntry>,
+    /// Serials in the old CRL but not the new.
+    pub removed: Vec<Vec<u8>>,
+    /// New thisUpdate.
+    pub this_update: i64,
+    /// New nextUpdate.
+    pub next_update: i64,
+    /// New cRLNumber.
+    pub number: Vec<u8>,
+    /// The new CRL's signature value.
+    pub signature: Vec<u8>,
+}
+
+fn unix(t: &x509_cert::time::Time) -> i64 {
+    t.to_unix_duration().as_secs() as i64
+}
+
+/// Reads a CRL made by this encoder: header fields and entries.
+pub fn parse(der: &[u8]) -> Result<(Header, Vec<OwnedEntry>), String> {
+    use der::{Decode, Encode};
+    let crl = <x509_cert::crl::CertificateList>::from_der(der).map_err(|e| e.to_string())?;
+    let tbs = &crl.tbs_cert_list;
+    let mut key_id = None;
+    let mut number = None;
+    for ext in tbs.crl_extensions.iter().flatten() {
+        if ext.extn_id == AUTHORITY_KEY_ID {
+            let aki =
+                x509_cert::ext::pkix::AuthorityKeyIdentifier::from_der(ext.extn_value.as_bytes())
+                    .map_err(|e| e.to_string())?;
+            key_id = aki.key_identifier.map(|k| k.as_bytes().to_vec());
+        } else if ext.extn_id == CRL_NUMBER {
+            number = Some(
+                der::asn1::Uint::from_der(ext.extn_value.as_bytes())
+                    .map_err(|e| e.to_string())?
+                    .as_bytes()
+                    .to_vec(),
+            );
+        }
+    }
+    let header = Header {
+        algorithm: tbs.signature.to_der().map_err(|e| e.to_string())?,
+        issuer: tbs.issuer.to_der().map_err(|e| e.to_string())?,
+        key_id: key_id.ok_or("no authority key identifier")?,
+        this_update: unix(&tbs.this_update),
+        next_update: tbs.next_update.as_ref().map(unix).ok_or("no nextUpdate")?,
+        number: number.ok_or("no CRL number")?,
+    };
+    let mut entries = Vec::new();
+    for rc in tbs.revoked_certificates.iter().flatten() {
+        let mut entry = OwnedEntry {
+            serial: {
+                let b = rc.serial_number.as_bytes();
+                let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+                b[start..].to_vec()
+            },
+            revoked_at: unix(&rc.revocation_date),
+            reason: 0,
+            invalidity_date: None,
+        };
+        for ext in rc.crl_entry_extensions.iter().flatten() {
+            if ext.extn_id == REASON_CODE {
+                entry.reason = *ext
+                    .extn_value
+                    .as_bytes()
+                    .last()
+                    .ok_or("empty reason code")?;
+            } else if ext.extn_id == INVALIDITY_DATE {
+                let t = der::asn1::GeneralizedTime::from_der(ext.extn_value.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                entry.invalidity_date = Some(t.to_unix_duration().as_secs() as i64);
+            }
+        }
+        entries.push(entry);
+    }
+    Ok((header, entries))
+}
+
+/// Rebuilds the new CRL from the old one and a difference. The result is
+/// byte for byte the signer's CRL when both sides follow docs/protocol.md;
+/// the caller checks its SHA-256 (and falls back to the full CRL otherwise).
+pub fn rebuild(old_der: &[u8], diff: &CrlDiff) -> Result<Vec<u8>, String> {
+    let (old, mut entries) = parse(old_der)?;
+    let removed: std::collections::BTreeSet<&[u8]> =
+        diff.removed.iter().map(Vec::as_slice).collect();
+    entries.retain(|e| !removed.contains(e.serial.as_slice()));
+    entries.extend(diff.added.iter().cloned());
+    entries.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    entries.dedup_by(|a, b| a.serial == b.serial);
+    let header = Header {
+        this_update: diff.this_update,
+        next_update: diff.next_update,
+        number: diff.number.clone(),
+        ..old
+    };
+    let mut builder = CrlBuilder::with_header(&header, old_der.len()).map_err(|e| e.to_string())?;
+    for e in &entries {
+        builder.push(&e.as_entry()).map_err(|e| e.to_string())?;
+    }
+    builder.tbs();
+    Ok(builder.assemble(&diff.signature))
 }
 
 /// The next CRL number: microseconds since the epoch of `this_update_us`,
@@ -291,5 +479,82 @@ mod parse_tests {
             b.sign(&NoKey, 0, &ca, Scheme::Ecdsa(Hash::Sha256)),
             Err(IssueError::Hsm(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod rebuild_tests {
+    use super::*;
+
+    fn header(this_update: i64, number: u8) -> Header {
+        Header {
+            algorithm: algorithm_identifier(Scheme::Ecdsa(signer_hsm::Hash::Sha256)),
+            issuer: crate::name::encode(&[("CN".into(), "Test CA".into())]).unwrap(),
+            key_id: vec![7; 20],
+            this_update,
+            next_update: this_update + 86_400,
+            number: vec![number],
+        }
+    }
+
+    fn full(h: &Header, entries: &[OwnedEntry], signature: &[u8]) -> Vec<u8> {
+        let mut sorted = entries.to_vec();
+        sorted.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        let mut b = CrlBuilder::with_header(h, 0).unwrap();
+        for e in &sorted {
+            b.push(&e.as_entry()).unwrap();
+        }
+        b.tbs();
+        b.assemble(signature)
+    }
+
+    fn entry(serial: Vec<u8>, i: i64, reason: u8, invalidity: bool) -> OwnedEntry {
+        OwnedEntry {
+            serial,
+            revoked_at: 1_700_000_000 + i,
+            reason,
+            invalidity_date: invalidity.then_some(1_699_000_000 + i),
+        }
+    }
+
+    fn serial_strategy() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        proptest::collection::vec(any::<u8>(), 1..20).prop_map(|mut s| {
+            s[0] = (s[0] & 0x7f).max(1); // minimal, positive, non-zero
+            s
+        })
+    }
+
+    proptest::proptest! {
+        /// Rebuilding from a difference always equals the full CRL.
+        #[test]
+        fn rebuild_equals_full(
+            old_serials in proptest::collection::btree_set(serial_strategy(), 0..60),
+            new_serials in proptest::collection::btree_set(serial_strategy(), 0..30),
+            drop_mask in proptest::collection::vec(proptest::bool::ANY, 60),
+            reasons in proptest::collection::vec(0u8..6, 90),
+        ) {
+            let old: Vec<OwnedEntry> = old_serials.iter().enumerate()
+                .map(|(i, s)| entry(s.clone(), i as i64, reasons[i], i % 4 == 0)).collect();
+            let old_der = full(&header(1_700_000_000, 1), &old, &[1, 2, 3]);
+            // New CRL: some old entries pruned, some new ones added.
+            let removed: Vec<Vec<u8>> = old.iter().zip(&drop_mask).filter(|(_, d)| **d).map(|(e, _)| e.serial.clone()).collect();
+            let added: Vec<OwnedEntry> = new_serials.iter().filter(|s| !old_serials.contains(*s)).enumerate()
+                .map(|(i, s)| entry(s.clone(), 1000 + i as i64, reasons[60 + i], i % 3 == 0)).collect();
+            let mut new: Vec<OwnedEntry> = old.iter().filter(|e| !removed.contains(&e.serial)).cloned().collect();
+            new.extend(added.iter().cloned());
+            let h2 = header(1_700_100_000, 2);
+            let signature = vec![9u8; 71];
+            let new_der = full(&h2, &new, &signature);
+            let diff = CrlDiff {
+                added,
+                removed,
+                this_update: h2.this_update,
+                next_update: h2.next_update,
+                number: h2.number.clone(),
+                signature,
+            };
+            proptest::prop_assert_eq!(rebuild(&old_der, &diff).unwrap(), new_der);
+        }
     }
 }
