@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use signer_hsm::{HsmError, Pkcs11Backend, SigningBackend};
 use signer_protocol::{decode_body, encode_body, msg, Command, Status};
 use signer_repository::{
-    CertRecord, CrlRecord, Recorded, RepoError, Repository, RevocationRecord, Revoked,
+    CertRecord, CrlMeta, CrlRecord, Recorded, RepoError, Repository, RevocationRecord, Revoked,
 };
 use signer_server::{
     typed, CallContext, Completion, Failure, Handler, HealthSource, Placement, Router,
@@ -152,6 +152,22 @@ fn reply_from(record: &CertRecord, replayed: bool) -> msg::SignX509Reply {
         not_after: record.not_after,
         replayed,
     }
+}
+
+/// The signature value of a DER CRL, read without decoding its entries.
+fn crl_signature(der: &[u8]) -> Option<Vec<u8>> {
+    use der::Decode;
+    #[derive(der::Sequence)]
+    struct RawCrl<'a> {
+        tbs: der::asn1::AnyRef<'a>,
+        algorithm: der::asn1::AnyRef<'a>,
+        signature: der::asn1::BitStringRef<'a>,
+    }
+    RawCrl::from_der(der)
+        .ok()?
+        .signature
+        .as_bytes()
+        .map(<[u8]>::to_vec)
 }
 
 /// Receives the reply to `sign_x509`.
@@ -513,6 +529,7 @@ impl CaService {
             legacy: false,
             signer_id: self.signer_id.clone(),
             cert_not_after: None,
+            seq: 0,
         };
         let reply = |r: &RevocationRecord, replayed| msg::RevokeX509Reply {
             revoked_at: r.revoked_at,
@@ -645,12 +662,24 @@ impl CaService {
             ));
         }
         let crl = self.current_crl(ctx.worker, &request.issuer)?;
-        let to_int = |b: &[u8]| b.iter().fold(0u128, |acc, &x| acc << 8 | u128::from(x));
-        let mut unchanged = false;
+        let mut reply = msg::FetchCrlReply {
+            unchanged: false,
+            number: crl.number.clone(),
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+            entries: crl.entries,
+            sha256: crl.sha256.clone(),
+            crl: None,
+            diff: None,
+        };
         if let Some(have) = &request.have_number {
-            let (have_n, cur_n) = (to_int(have), to_int(&crl.number));
-            let same_sha = request.have_sha256.as_deref() == Some(crl.sha256.as_slice());
-            if have.len() > 16 || have_n > cur_n || (have_n == cur_n && !same_sha) {
+            let meta = self
+                .repo
+                .crl_meta(&request.issuer, have)
+                .map_err(|e| repo_failure(&e))?;
+            let Some(meta) =
+                meta.filter(|m| request.have_sha256.as_deref() == Some(m.sha256.as_slice()))
+            else {
                 return Err(Failure::new(
                     Status::UNKNOWN_CRL,
                     format!(
@@ -659,17 +688,66 @@ impl CaService {
                         request.issuer
                     ),
                 ));
+            };
+            if *have == crl.number {
+                reply.unchanged = true;
+                return Ok(reply);
             }
-            unchanged = have_n == cur_n && same_sha;
+            let diff = self.crl_diff(&request.issuer, have, &meta, &crl)?;
+            let estimate =
+                diff.added.len() * 40 + diff.removed.len() * 24 + diff.signature.len() + 64;
+            if estimate < crl.der.len() / 2 {
+                reply.diff = Some(diff);
+                return Ok(reply);
+            }
         }
-        Ok(msg::FetchCrlReply {
-            unchanged,
-            number: crl.number.clone(),
-            this_update: crl.this_update,
-            next_update: crl.next_update,
-            entries: crl.entries,
-            sha256: crl.sha256.clone(),
-            crl: (!unchanged).then_some(crl.der),
+        reply.crl = Some(crl.der);
+        Ok(reply)
+    }
+
+    /// The difference between an older CRL of this signer and the current
+    /// one, derived from the repository: entries added are the revocations
+    /// counted after the old CRL (up to the current one), entries removed are
+    /// those that expired out between the two thisUpdates.
+    fn crl_diff(
+        &self,
+        issuer: &str,
+        base: &[u8],
+        old: &CrlMeta,
+        current: &CrlRecord,
+    ) -> Result<msg::CrlDiff, Failure> {
+        let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
+        let keep =
+            |r: &RevocationRecord, at: i64| r.cert_not_after.is_none_or(|na| na + grace >= at);
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        self.repo
+            .for_each_revocation(issuer, |r| {
+                if r.seq > current.revocation_seq {
+                    return;
+                }
+                if r.seq > old.revocation_seq {
+                    if keep(&r, current.this_update) {
+                        added.push(msg::CrlDiffEntry {
+                            serial: r.serial,
+                            revoked_at: r.revoked_at,
+                            reason: r.reason,
+                            invalidity_date: r.invalidity_date,
+                        });
+                    }
+                } else if keep(&r, old.this_update) && !keep(&r, current.this_update) {
+                    removed.push(serde_bytes::ByteBuf::from(r.serial));
+                }
+            })
+            .map_err(|e| repo_failure(&e))?;
+        let signature = crl_signature(&current.der).ok_or_else(|| {
+            Failure::new(Status::INTERNAL, "the stored CRL has no readable signature")
+        })?;
+        Ok(msg::CrlDiff {
+            base_number: base.to_vec(),
+            added,
+            removed,
+            signature,
         })
     }
 

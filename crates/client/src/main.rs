@@ -546,6 +546,31 @@ fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
     Some(n.as_bytes().to_vec())
 }
 
+/// The new CRL from the client's copy and a difference, if it rebuilds to
+/// exactly the announced SHA-256.
+fn apply_diff(old: &[u8], reply: &msg::FetchCrlReply, diff: &msg::CrlDiff) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let d = signer_x509::crl::CrlDiff {
+        added: diff
+            .added
+            .iter()
+            .map(|e| signer_x509::crl::OwnedEntry {
+                serial: e.serial.clone(),
+                revoked_at: e.revoked_at,
+                reason: e.reason,
+                invalidity_date: e.invalidity_date,
+            })
+            .collect(),
+        removed: diff.removed.iter().map(|b| b.to_vec()).collect(),
+        this_update: reply.this_update,
+        next_update: reply.next_update,
+        number: reply.number.clone(),
+        signature: diff.signature.clone(),
+    };
+    let der = signer_x509::crl::rebuild(old, &d).ok()?;
+    (sha2::Sha256::digest(&der).as_slice() == reply.sha256.as_slice()).then_some(der)
+}
+
 fn crl(client: &Client, json: bool, issuer: &str, out: &Path) -> Result<ExitCode, ClientError> {
     use sha2::Digest;
     let have = std::fs::read(out).ok();
@@ -554,9 +579,47 @@ fn crl(client: &Client, json: bool, issuer: &str, out: &Path) -> Result<ExitCode
         have_number: have.as_deref().and_then(crl_number),
         have_sha256: have.as_deref().map(|d| sha2::Sha256::digest(d).to_vec()),
     };
-    let reply: msg::FetchCrlReply =
-        client.call_typed(signer_protocol::Command::FETCH_CRL, &request)?;
-    if let Some(der) = &reply.crl {
+    let before = client.stats().bytes_received;
+    let mut reply: msg::FetchCrlReply = match client
+        .call_typed(signer_protocol::Command::FETCH_CRL, &request)
+    {
+        // A copy the signer does not know (another signer's, or damaged): fetch it whole.
+        Err(e) if e.status() == Some(signer_protocol::Status::UNKNOWN_CRL) => client.call_typed(
+            signer_protocol::Command::FETCH_CRL,
+            &msg::FetchCrl {
+                have_number: None,
+                have_sha256: None,
+                ..request.clone()
+            },
+        )?,
+        other => other?,
+    };
+    let mut via = "full";
+    let new_der = match (&reply.crl, &reply.diff) {
+        (Some(der), _) => Some(der.clone()),
+        (None, Some(diff)) => match apply_diff(have.as_deref().unwrap_or_default(), &reply, diff) {
+            Some(der) => {
+                via = "difference";
+                Some(der)
+            }
+            None => {
+                // The rebuild did not give the signer's bytes: take the whole CRL.
+                reply = client.call_typed(
+                    signer_protocol::Command::FETCH_CRL,
+                    &msg::FetchCrl {
+                        have_number: None,
+                        have_sha256: None,
+                        ..request.clone()
+                    },
+                )?;
+                via = "full after a failed rebuild";
+                reply.crl.clone()
+            }
+        },
+        (None, None) => None,
+    };
+    let received = client.stats().bytes_received - before;
+    if let Some(der) = &new_der {
         if sha2::Sha256::digest(der).as_slice() != reply.sha256.as_slice() {
             return Err(ClientError::Protocol(
                 "the CRL does not match its announced SHA-256".into(),
@@ -571,22 +634,24 @@ fn crl(client: &Client, json: bool, issuer: &str, out: &Path) -> Result<ExitCode
     if json {
         let value = serde_json::json!({
             "unchanged": reply.unchanged,
+            "via": if reply.unchanged { "unchanged" } else { via },
             "number": hex(&reply.number),
             "this_update": reply.this_update,
             "next_update": reply.next_update,
             "entries": reply.entries,
-            "bytes": reply.crl.as_ref().map(Vec::len),
+            "bytes": new_der.as_ref().map(Vec::len),
+            "link_bytes": received,
         });
         println!("{value}");
     } else if reply.unchanged {
         println!(
-            "CRL {} of {issuer} unchanged ({} entries)",
+            "CRL {} of {issuer} unchanged ({} entries, {received} bytes on the link)",
             hex(&reply.number),
             reply.entries
         );
     } else {
         println!(
-            "wrote CRL {} of {issuer} to {} ({} entries)",
+            "wrote CRL {} of {issuer} to {} ({} entries, via {via}, {received} bytes on the link)",
             hex(&reply.number),
             out.display(),
             reply.entries

@@ -277,7 +277,40 @@ pub struct FetchCrlReply {
     /// SHA-256 of the CRL's DER.
     #[serde(with = "serde_bytes")]
     pub sha256: Vec<u8>,
-    /// The CRL, DER, unless unchanged.
+    /// The CRL, DER, when neither unchanged nor sent as a difference.
     #[serde(default, with = "serde_bytes")]
     pub crl: Option<Vec<u8>>,
+    /// The CRL as a difference from the client's copy (then `crl` is absent).
+    #[serde(default)]
+    pub diff: Option<CrlDiff>,
+}
+
+/// One entry added to a CRL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlDiffEntry {
+    /// Serial, unsigned big-endian, no leading zero octets.
+    #[serde(with = "serde_bytes")]
+    pub serial: Vec<u8>,
+    /// revocationDate, Unix seconds.
+    pub revoked_at: i64,
+    /// CRLReason code (0: unspecified, no extension).
+    pub reason: u8,
+    /// invalidityDate, Unix seconds.
+    #[serde(default)]
+    pub invalidity_date: Option<i64>,
+}
+
+/// How the current CRL differs from the client's copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlDiff {
+    /// CRL number of the client's copy this difference applies to.
+    #[serde(with = "serde_bytes")]
+    pub base_number: Vec<u8>,
+    /// Entries to add.
+    pub added: Vec<CrlDiffEntry>,
+    /// Serials to remove.
+    pub removed: Vec<serde_bytes::ByteBuf>,
+    /// The signature value of the current CRL.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
 }

@@ -39,6 +39,9 @@ const REVOCATIONS: TableDefinition<(&str, u8, &[u8]), &[u8]> =
 const REVOCATION_SEQ: TableDefinition<&str, u64> = TableDefinition::new("revocation_seq_v1");
 /// Per issuer: the last CRL signed.
 const CRLS: TableDefinition<&str, &[u8]> = TableDefinition::new("crls_v1");
+/// Every CRL signed, without its DER: (issuer, number) → metadata. A client's
+/// older copy is recognised here, and its entries derived for a difference.
+const CRL_HISTORY: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("crl_history_v1");
 
 /// Largest number of records one group commit takes.
 const MAX_BATCH: usize = 256;
@@ -157,6 +160,26 @@ pub struct RevocationRecord {
     /// leave the CRL after a grace period.
     #[serde(default)]
     pub cert_not_after: Option<i64>,
+    /// The issuer's revocation counter value this revocation set (1, 2, …):
+    /// a CRL made at counter N holds exactly the revocations with seq ≤ N
+    /// (less expired ones).
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// What is kept of every CRL signed (its DER only for the latest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlMeta {
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// The revocation counter it reflects.
+    pub revocation_seq: u64,
+    /// SHA-256 of its DER.
+    pub sha256: Vec<u8>,
+    /// Entries.
+    pub entries: u64,
+    /// DER size in bytes.
+    pub size: u64,
 }
 
 /// The last CRL signed for an issuer.
@@ -248,6 +271,7 @@ impl Repository {
             txn.open_table(REVOCATIONS).map_err(storage)?;
             txn.open_table(REVOCATION_SEQ).map_err(storage)?;
             txn.open_table(CRLS).map_err(storage)?;
+            txn.open_table(CRL_HISTORY).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         let db = Arc::new(db);
@@ -379,14 +403,15 @@ impl Repository {
                 } else {
                     record.legacy = cert.is_none();
                     record.cert_not_after = cert.map(|c| c.not_after);
-                    let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
-                    revocations.insert(key, value.as_slice()).map_err(storage)?;
                     let next = seq
                         .get(record.issuer.as_str())
                         .map_err(storage)?
                         .map(|v| v.value())
                         .unwrap_or(0)
                         + 1;
+                    record.seq = next;
+                    let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
+                    revocations.insert(key, value.as_slice()).map_err(storage)?;
                     seq.insert(record.issuer.as_str(), next).map_err(storage)?;
                     Revoked::Inserted
                 }
@@ -472,8 +497,35 @@ impl Repository {
             let value = rmp_serde::to_vec_named(crl).map_err(storage)?;
             crls.insert(crl.issuer.as_str(), value.as_slice())
                 .map_err(storage)?;
+            let mut history = txn.open_table(CRL_HISTORY).map_err(storage)?;
+            let meta = rmp_serde::to_vec_named(&CrlMeta {
+                this_update: crl.this_update,
+                revocation_seq: crl.revocation_seq,
+                sha256: crl.sha256.clone(),
+                entries: crl.entries,
+                size: crl.der.len() as u64,
+            })
+            .map_err(storage)?;
+            history
+                .insert(
+                    (crl.issuer.as_str(), crl.number.as_slice()),
+                    meta.as_slice(),
+                )
+                .map_err(storage)?;
         }
         txn.commit().map_err(storage)
+    }
+
+    /// What is known of CRL `number` of `issuer`, if this signer made it.
+    pub fn crl_meta(&self, issuer: &str, number: &[u8]) -> Result<Option<CrlMeta>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let history = txn.open_table(CRL_HISTORY).map_err(storage)?;
+        match history.get((issuer, number)).map_err(storage)? {
+            Some(v) => Ok(Some(
+                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// The issuer's latest CRL.

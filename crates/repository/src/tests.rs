@@ -124,6 +124,7 @@ fn revocation(issuer: &str, serial: &[u8], reason: u8) -> RevocationRecord {
         legacy: false,
         signer_id: "a".into(),
         cert_not_after: None,
+        seq: 0,
     }
 }
 
@@ -145,6 +146,7 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
             .unwrap();
         let expected = RevocationRecord {
             cert_not_after: Some(1_800_000_001),
+            seq: 1,
             ..revocation("root", &serial, 1)
         };
         assert_eq!(again, Revoked::Existing(Box::new(expected)));
