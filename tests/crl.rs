@@ -218,6 +218,35 @@ fn crls_check_out_with_openssl_and_track_revocations() {
     );
     assert_ne!(std::fs::read(d.join("sub.crl")).unwrap(), before);
 
+    // Verified against the wrong issuer certificate, the CRL is refused and the file kept.
+    let kept = std::fs::read(d.join("sub.crl")).unwrap();
+    std::fs::remove_file(d.join("sub.crl")).unwrap();
+    let out = Command::new(bin("signer-client"))
+        .arg("--link")
+        .arg(&device)
+        .args([
+            "crl",
+            "--issuer",
+            "sub",
+            "--out",
+            "sub.crl",
+            "--ca-cert",
+            "root.pem",
+        ])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify"),
+        "{out:?}"
+    );
+    assert!(
+        !d.join("sub.crl").exists(),
+        "an unverified CRL is not written"
+    );
+    std::fs::write(d.join("sub.crl"), kept).unwrap();
+
     // The RSA root's CRL: no entries, signed with RSA.
     let text = cli(&["crl", "--issuer", "root", "--out", "root.crl"]);
     assert!(text.contains("0 entries"), "{text}");

@@ -60,7 +60,7 @@ pub fn child(dir: &Path, n: u64) -> anyhow::Result<()> {
         builder.push(&CrlEntry {
             serial: &s,
             revoked_at: base - 86_400 + (i % 86_400) as i64,
-            reason: if i % 3 == 0 { 1 } else { 0 },
+            reason: u8::from(i.is_multiple_of(3)),
             invalidity_date: None,
         })?;
     }
@@ -207,5 +207,160 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         )?;
     }
     writeln!(report)?;
+    Ok(())
+}
+
+/// Wire bytes of a reply body: response parts of 16 KiB, framed.
+fn wire_bytes(body: &[u8]) -> usize {
+    signer_protocol::encode_response(1, signer_protocol::Status::OK, body, 16_384)
+        .iter()
+        .map(|part| signer_frame::encode(part).len())
+        .sum()
+}
+
+/// In the child: `n` revocations in the repository, a full `fetch_crl`, then
+/// `added` more and a fetch stating the client's copy. Prints
+/// `generate_seconds full_wire_bytes diff_wire_bytes rebuilt_ok`.
+pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
+    use sha2::Digest;
+    use signer_protocol::{encode_body, msg, Command};
+    use signer_repository::RevocationRecord;
+
+    let yaml = std::fs::read_to_string(dir.join("setup.yaml"))?;
+    let config =
+        signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &dir.join("setup.yaml"))?;
+    let ca = config.ca.ok_or_else(|| anyhow::anyhow!("no ca section"))?;
+    let service = signer_ca::CaService::start(&ca, "bench", 1)?;
+    let revocation = |i: u64| RevocationRecord {
+        issuer: "sub".into(),
+        serial: serial(i).to_vec(),
+        reason: u8::from(i.is_multiple_of(3)),
+        revoked_at: 1_763_000_000 + (i % 86_400) as i64,
+        invalidity_date: None,
+        request_id: format!("bulk-{i}"),
+        legacy: false,
+        signer_id: "bench".into(),
+        cert_not_after: None,
+        seq: 0,
+    };
+    let mut start = 0;
+    while start < n {
+        let end = (start + 100_000).min(n);
+        service
+            .repository()
+            .record_revocations((start..end).map(revocation).collect())?;
+        start = end;
+    }
+    let ctx = signer_server::CallContext {
+        id: 1,
+        command: Command::FETCH_CRL,
+        worker: 0,
+    };
+    let fetch = |have: Option<(&[u8], &[u8])>| {
+        service.fetch_crl(
+            &ctx,
+            msg::FetchCrl {
+                issuer: "sub".into(),
+                have_number: have.map(|h| h.0.to_vec()),
+                have_sha256: have.map(|h| h.1.to_vec()),
+            },
+        )
+    };
+    let started = Instant::now();
+    let full = fetch(None).map_err(|f| anyhow::anyhow!("{f}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let full_bytes = wire_bytes(&encode_body(&full));
+    let old = full.crl.clone().ok_or_else(|| anyhow::anyhow!("no CRL"))?;
+    service
+        .repository()
+        .record_revocations((n..n + added).map(revocation).collect())?;
+    // A new CRL is due: revocations changed since the client's copy.
+    let diff = fetch(Some((&full.number, &full.sha256))).map_err(|f| anyhow::anyhow!("{f}"))?;
+    let diff_bytes = wire_bytes(&encode_body(&diff));
+    let d = diff
+        .diff
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the signer sent no difference"))?;
+    let rebuilt = signer_x509::crl::rebuild(
+        &old,
+        &signer_x509::crl::CrlDiff {
+            added: d
+                .added
+                .iter()
+                .map(|e| signer_x509::crl::OwnedEntry {
+                    serial: e.serial.clone(),
+                    revoked_at: e.revoked_at,
+                    reason: e.reason,
+                    invalidity_date: e.invalidity_date,
+                })
+                .collect(),
+            removed: d.removed.iter().map(|b| b.to_vec()).collect(),
+            this_update: diff.this_update,
+            next_update: diff.next_update,
+            number: diff.number.clone(),
+            signature: d.signature.clone(),
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    let ok = sha2::Sha256::digest(&rebuilt).as_slice() == diff.sha256.as_slice();
+    println!("{seconds} {full_bytes} {diff_bytes} {}", u8::from(ok));
+    Ok(())
+}
+
+/// The report section for the difference transfer.
+pub fn diff_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    let n = ((100_000f64 * scale.min(1.0)) as u64).max(1000);
+    let added = 100;
+    eprintln!("bench: CRL difference, {n} entries + {added}");
+    let ceremony = Ceremony::new("rsa2048", "");
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--crl-diff-child")
+        .arg(format!("{},{n},{added}", ceremony.dir().display()))
+        .envs(ceremony.env())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [secs, full, diff, ok] = fields[..] else {
+        anyhow::bail!(
+            "CRL difference child failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    writeln!(report, "## CRL transfer: difference vs. full\n")?;
+    writeln!(
+        report,
+        "{n} revocations in the repository, a full `fetch_crl`, then {added} more revocations and a \
+         `fetch_crl` stating the client's copy. Bytes are what travels on the link for the reply \
+         (16 KiB parts, framed). The baseline is the full CRL's transfer.\n"
+    )?;
+    writeln!(report, "| | value |")?;
+    writeln!(report, "|---|---|")?;
+    writeln!(
+        report,
+        "| signing the {n}-entry CRL from the repository | {secs:.2} s |"
+    )?;
+    writeln!(
+        report,
+        "| full CRL on the link | {full:.0} bytes ({:.0} s at 115,200 baud) |",
+        full * 10.0 / 115_200.0
+    )?;
+    writeln!(
+        report,
+        "| difference on the link | {diff:.0} bytes ({:.2} s at 115,200 baud) |",
+        diff * 10.0 / 115_200.0
+    )?;
+    writeln!(
+        report,
+        "| difference / full | {:.2} % |",
+        100.0 * diff / full
+    )?;
+    writeln!(
+        report,
+        "| client rebuild equals the signer's CRL | {} |\n",
+        if ok == 1.0 { "yes" } else { "NO" }
+    )?;
     Ok(())
 }

@@ -34,6 +34,9 @@ struct Cli {
     /// Internal: build a CRL in this process, as `DIR,ENTRIES`.
     #[arg(long, hide = true)]
     crl_child: Option<String>,
+    /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
+    #[arg(long, hide = true)]
+    crl_diff_child: Option<String>,
     /// Run only one section (`issuance`, `crl`).
     #[arg(long)]
     only: Option<String>,
@@ -277,6 +280,13 @@ fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(spec) = &cli.crl_diff_child {
+        let parts: Vec<&str> = spec.rsplitn(3, ',').collect();
+        let [added, n, dir] = parts.as_slice() else {
+            anyhow::bail!("--crl-diff-child DIR,ENTRIES,ADDED");
+        };
+        return crl::diff_child(std::path::Path::new(dir), n.parse()?, added.parse()?);
+    }
     if let Some(spec) = &cli.crl_child {
         let (dir, n) = spec
             .rsplit_once(',')
@@ -319,6 +329,7 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("crl") {
         crl::section(&mut report, cli.scale)?;
+        crl::diff_section(&mut report, cli.scale)?;
     }
     write_report(cli.out.as_deref(), &report)
 }

@@ -99,6 +99,9 @@ enum Cmd {
         /// The CRL file (DER); read first if present, replaced when the CRL changed.
         #[arg(long)]
         out: PathBuf,
+        /// The issuer's certificate to verify the CRL with (default: from the signer's ca_certs).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
     },
     /// Fetch the CA certificates the signer issues under.
     CaCerts {
@@ -164,7 +167,11 @@ fn main() -> ExitCode {
             None => Err(ClientError::Protocol("no request".into())),
         },
         Cmd::CaCerts { out_dir } => ca_certs(&client, cli.json, out_dir.as_deref()),
-        Cmd::Crl { issuer, out } => crl(&client, cli.json, issuer, out),
+        Cmd::Crl {
+            issuer,
+            out,
+            ca_cert,
+        } => crl(&client, cli.json, issuer, out, ca_cert.as_deref()),
         Cmd::Revoke { .. } => match revoke_request.clone() {
             Some(body) => revoke(&client, cli.json, body),
             None => Err(ClientError::Protocol("no request".into())),
@@ -571,7 +578,33 @@ fn apply_diff(old: &[u8], reply: &msg::FetchCrlReply, diff: &msg::CrlDiff) -> Op
     (sha2::Sha256::digest(&der).as_slice() == reply.sha256.as_slice()).then_some(der)
 }
 
-fn crl(client: &Client, json: bool, issuer: &str, out: &Path) -> Result<ExitCode, ClientError> {
+/// The issuer certificate (DER) to verify CRLs with.
+fn issuer_certificate(
+    client: &Client,
+    issuer: &str,
+    file: Option<&Path>,
+) -> Result<Vec<u8>, ClientError> {
+    if let Some(path) = file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?;
+        return signer_x509::cert_der(&bytes).map_err(ClientError::Protocol);
+    }
+    let cas: msg::CaCertsReply =
+        client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
+    cas.cas
+        .into_iter()
+        .find(|c| c.name == issuer)
+        .map(|c| c.certificate)
+        .ok_or_else(|| ClientError::Protocol(format!("the signer has no CA named {issuer}")))
+}
+
+fn crl(
+    client: &Client,
+    json: bool,
+    issuer: &str,
+    out: &Path,
+    ca_cert: Option<&Path>,
+) -> Result<ExitCode, ClientError> {
     use sha2::Digest;
     let have = std::fs::read(out).ok();
     let request = msg::FetchCrl {
@@ -625,6 +658,10 @@ fn crl(client: &Client, json: bool, issuer: &str, out: &Path) -> Result<ExitCode
                 "the CRL does not match its announced SHA-256".into(),
             ));
         }
+        let cert = issuer_certificate(client, issuer, ca_cert)?;
+        signer_x509::crl::verify(der, &cert).map_err(|e| {
+            ClientError::Protocol(format!("the CRL's signature does not verify: {e}"))
+        })?;
         // Replace atomically: a reader never sees half a CRL.
         let tmp = out.with_extension("tmp");
         std::fs::write(&tmp, der)

@@ -425,6 +425,48 @@ impl Repository {
         Ok(outcome)
     }
 
+    /// Records many revocations in one transaction (imports of a legacy CA's
+    /// revocations, benchmarks). Serials already revoked are skipped; returns
+    /// how many were added. Serials the issuer did not issue are recorded as
+    /// legacy, with the `cert_not_after` the caller gives (if it knows it).
+    pub fn record_revocations(&self, records: Vec<RevocationRecord>) -> Result<u64, RepoError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut added = 0;
+        {
+            let certs = txn.open_table(CERTS).map_err(storage)?;
+            let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+            let mut seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+            for mut record in records {
+                let serial_len = u8::try_from(record.serial.len())
+                    .map_err(|_| storage("serial longer than 255 octets"))?;
+                let key = (record.issuer.as_str(), serial_len, record.serial.as_slice());
+                if revocations.get(key).map_err(storage)?.is_some() {
+                    continue;
+                }
+                let cert = certs
+                    .get((record.issuer.as_str(), record.serial.as_slice()))
+                    .map_err(storage)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                record.legacy = cert.is_none();
+                record.cert_not_after = cert.map(|c| c.not_after).or(record.cert_not_after);
+                let next = seq
+                    .get(record.issuer.as_str())
+                    .map_err(storage)?
+                    .map(|v| v.value())
+                    .unwrap_or(0)
+                    + 1;
+                record.seq = next;
+                let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
+                revocations.insert(key, value.as_slice()).map_err(storage)?;
+                seq.insert(record.issuer.as_str(), next).map_err(storage)?;
+                added += 1;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(added)
+    }
+
     /// The revocation of `serial` by `issuer`, if any.
     pub fn revocation(
         &self,
