@@ -160,6 +160,27 @@ fn openssl_gencrl(dir: &Path, n: u64) -> anyhow::Result<(f64, u64, u64)> {
     Ok((secs, peak, bytes))
 }
 
+/// Runs this benchmark binary as a child with the ceremony's token and one
+/// internal flag; returns the numbers it printed.
+fn child_numbers(ceremony: &Ceremony, flag: &str, value: &str) -> anyhow::Result<Vec<f64>> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg(flag)
+        .arg(value)
+        .envs(ceremony.env())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    anyhow::ensure!(
+        out.status.success(),
+        "{flag} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(fields)
+}
+
 /// The report section.
 pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "## CRL build and sign\n")?;
@@ -179,21 +200,13 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     for n in [10_000u64, 100_000, 1_000_000] {
         let n = ((n as f64) * scale.min(1.0)).max(1000.0) as u64;
         eprintln!("bench: CRL with {n} entries");
-        let out = Command::new(std::env::current_exe()?)
-            .arg("--crl-child")
-            .arg(format!("{},{n}", ceremony.dir().display()))
-            .envs(ceremony.env())
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let fields: Vec<f64> = text
-            .split_whitespace()
-            .filter_map(|f| f.parse().ok())
-            .collect();
+        let fields = child_numbers(
+            &ceremony,
+            "--crl-child",
+            &format!("{},{n}", ceremony.dir().display()),
+        )?;
         let [secs, bytes, peak] = fields[..] else {
-            anyhow::bail!(
-                "CRL child failed: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            anyhow::bail!("CRL child printed {fields:?}");
         };
         let (o_secs, o_peak, _o_bytes) = openssl_gencrl(ceremony.dir(), n)?;
         writeln!(
@@ -222,7 +235,6 @@ fn wire_bytes(body: &[u8]) -> usize {
 /// `added` more and a fetch stating the client's copy. Prints
 /// `generate_seconds full_wire_bytes diff_wire_bytes rebuilt_ok`.
 pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
-    use sha2::Digest;
     use signer_protocol::{encode_body, msg, Command};
     use signer_repository::RevocationRecord;
 
@@ -277,32 +289,8 @@ pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
     // A new CRL is due: revocations changed since the client's copy.
     let diff = fetch(Some((&full.number, &full.sha256))).map_err(|f| anyhow::anyhow!("{f}"))?;
     let diff_bytes = wire_bytes(&encode_body(&diff));
-    let d = diff
-        .diff
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("the signer sent no difference"))?;
-    let rebuilt = signer_x509::crl::rebuild(
-        &old,
-        &signer_x509::crl::CrlDiff {
-            added: d
-                .added
-                .iter()
-                .map(|e| signer_x509::crl::OwnedEntry {
-                    serial: e.serial.clone(),
-                    revoked_at: e.revoked_at,
-                    reason: e.reason,
-                    invalidity_date: e.invalidity_date,
-                })
-                .collect(),
-            removed: d.removed.iter().map(|b| b.to_vec()).collect(),
-            this_update: diff.this_update,
-            next_update: diff.next_update,
-            number: diff.number.clone(),
-            signature: d.signature.clone(),
-        },
-    )
-    .map_err(anyhow::Error::msg)?;
-    let ok = sha2::Sha256::digest(&rebuilt).as_slice() == diff.sha256.as_slice();
+    anyhow::ensure!(diff.diff.is_some(), "the signer sent no difference");
+    let ok = signer_client::rebuild_crl(&old, &diff).is_some();
     println!("{seconds} {full_bytes} {diff_bytes} {}", u8::from(ok));
     Ok(())
 }
@@ -313,21 +301,13 @@ pub fn diff_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     let added = 100;
     eprintln!("bench: CRL difference, {n} entries + {added}");
     let ceremony = Ceremony::new("rsa2048", "");
-    let out = Command::new(std::env::current_exe()?)
-        .arg("--crl-diff-child")
-        .arg(format!("{},{n},{added}", ceremony.dir().display()))
-        .envs(ceremony.env())
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<f64> = text
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let fields = child_numbers(
+        &ceremony,
+        "--crl-diff-child",
+        &format!("{},{n},{added}", ceremony.dir().display()),
+    )?;
     let [secs, full, diff, ok] = fields[..] else {
-        anyhow::bail!(
-            "CRL difference child failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        anyhow::bail!("CRL difference child printed {fields:?}");
     };
     writeln!(report, "## CRL transfer: difference vs. full\n")?;
     writeln!(

@@ -783,6 +783,33 @@ impl Driver {
     }
 }
 
+/// Rebuilds the current CRL from the client's copy and a `fetch_crl` reply
+/// carrying a difference (docs/protocol.md, §7.7); `None` unless the result
+/// has exactly the announced SHA-256 (the caller then fetches the whole CRL).
+pub fn rebuild_crl(old: &[u8], reply: &msg::FetchCrlReply) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let diff = reply.diff.as_ref()?;
+    let d = signer_x509::crl::CrlDiff {
+        added: diff
+            .added
+            .iter()
+            .map(|e| signer_x509::crl::OwnedEntry {
+                serial: e.serial.clone(),
+                revoked_at: e.revoked_at,
+                reason: e.reason,
+                invalidity_date: e.invalidity_date,
+            })
+            .collect(),
+        removed: diff.removed.iter().map(|b| b.to_vec()).collect(),
+        this_update: reply.this_update,
+        next_update: reply.next_update,
+        number: reply.number.clone(),
+        signature: diff.signature.clone(),
+    };
+    let der = signer_x509::crl::rebuild(old, &d).ok()?;
+    (sha2::Sha256::digest(&der).as_slice() == reply.sha256.as_slice()).then_some(der)
+}
+
 /// The body of an encoded request frame (for re-queueing after `busy`).
 fn extract_body(wire: &[u8]) -> Vec<u8> {
     let mut decoder = Decoder::new(wire.len());

@@ -553,31 +553,6 @@ fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
     Some(n.as_bytes().to_vec())
 }
 
-/// The new CRL from the client's copy and a difference, if it rebuilds to
-/// exactly the announced SHA-256.
-fn apply_diff(old: &[u8], reply: &msg::FetchCrlReply, diff: &msg::CrlDiff) -> Option<Vec<u8>> {
-    use sha2::Digest;
-    let d = signer_x509::crl::CrlDiff {
-        added: diff
-            .added
-            .iter()
-            .map(|e| signer_x509::crl::OwnedEntry {
-                serial: e.serial.clone(),
-                revoked_at: e.revoked_at,
-                reason: e.reason,
-                invalidity_date: e.invalidity_date,
-            })
-            .collect(),
-        removed: diff.removed.iter().map(|b| b.to_vec()).collect(),
-        this_update: reply.this_update,
-        next_update: reply.next_update,
-        number: reply.number.clone(),
-        signature: diff.signature.clone(),
-    };
-    let der = signer_x509::crl::rebuild(old, &d).ok()?;
-    (sha2::Sha256::digest(&der).as_slice() == reply.sha256.as_slice()).then_some(der)
-}
-
 /// The issuer certificate (DER) to verify CRLs with.
 fn issuer_certificate(
     client: &Client,
@@ -630,25 +605,27 @@ fn crl(
     let mut via = "full";
     let new_der = match (&reply.crl, &reply.diff) {
         (Some(der), _) => Some(der.clone()),
-        (None, Some(diff)) => match apply_diff(have.as_deref().unwrap_or_default(), &reply, diff) {
-            Some(der) => {
-                via = "difference";
-                Some(der)
+        (None, Some(_)) => {
+            match signer_client::rebuild_crl(have.as_deref().unwrap_or_default(), &reply) {
+                Some(der) => {
+                    via = "difference";
+                    Some(der)
+                }
+                None => {
+                    // The rebuild did not give the signer's bytes: take the whole CRL.
+                    reply = client.call_typed(
+                        signer_protocol::Command::FETCH_CRL,
+                        &msg::FetchCrl {
+                            have_number: None,
+                            have_sha256: None,
+                            ..request.clone()
+                        },
+                    )?;
+                    via = "full after a failed rebuild";
+                    reply.crl.clone()
+                }
             }
-            None => {
-                // The rebuild did not give the signer's bytes: take the whole CRL.
-                reply = client.call_typed(
-                    signer_protocol::Command::FETCH_CRL,
-                    &msg::FetchCrl {
-                        have_number: None,
-                        have_sha256: None,
-                        ..request.clone()
-                    },
-                )?;
-                via = "full after a failed rebuild";
-                reply.crl.clone()
-            }
-        },
+        }
         (None, None) => None,
     };
     let received = client.stats().bytes_received - before;

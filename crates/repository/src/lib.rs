@@ -368,7 +368,7 @@ impl Repository {
     /// recorded with `legacy` set.
     pub fn record_revocation(
         &self,
-        mut record: RevocationRecord,
+        record: RevocationRecord,
         accept_unknown: bool,
     ) -> Result<Revoked, RepoError> {
         let txn = self.db.begin_write().map_err(storage)?;
@@ -401,18 +401,7 @@ impl Repository {
                 if cert.is_none() && !accept_unknown {
                     Revoked::UnknownSerial
                 } else {
-                    record.legacy = cert.is_none();
-                    record.cert_not_after = cert.map(|c| c.not_after);
-                    let next = seq
-                        .get(record.issuer.as_str())
-                        .map_err(storage)?
-                        .map(|v| v.value())
-                        .unwrap_or(0)
-                        + 1;
-                    record.seq = next;
-                    let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
-                    revocations.insert(key, value.as_slice()).map_err(storage)?;
-                    seq.insert(record.issuer.as_str(), next).map_err(storage)?;
+                    insert_revocation(&mut revocations, &mut seq, record.clone(), cert.as_ref())?;
                     Revoked::Inserted
                 }
             }
@@ -436,7 +425,7 @@ impl Repository {
             let certs = txn.open_table(CERTS).map_err(storage)?;
             let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
             let mut seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
-            for mut record in records {
+            for record in records {
                 let serial_len = u8::try_from(record.serial.len())
                     .map_err(|_| storage("serial longer than 255 octets"))?;
                 let key = (record.issuer.as_str(), serial_len, record.serial.as_slice());
@@ -448,18 +437,7 @@ impl Repository {
                     .map_err(storage)?
                     .map(|v| decode(v.value()))
                     .transpose()?;
-                record.legacy = cert.is_none();
-                record.cert_not_after = cert.map(|c| c.not_after).or(record.cert_not_after);
-                let next = seq
-                    .get(record.issuer.as_str())
-                    .map_err(storage)?
-                    .map(|v| v.value())
-                    .unwrap_or(0)
-                    + 1;
-                record.seq = next;
-                let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
-                revocations.insert(key, value.as_slice()).map_err(storage)?;
-                seq.insert(record.issuer.as_str(), next).map_err(storage)?;
+                insert_revocation(&mut revocations, &mut seq, record, cert.as_ref())?;
                 added += 1;
             }
         }
@@ -707,6 +685,40 @@ impl Drop for Repository {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+type RevocationTable<'t> = redb::Table<'t, (&'static str, u8, &'static [u8]), &'static [u8]>;
+type SeqTable<'t> = redb::Table<'t, &'static str, u64>;
+
+/// Stores a new revocation: legacy when the issuer has no such certificate,
+/// the certificate's notAfter (else the one given), and the issuer's next
+/// revocation counter value.
+fn insert_revocation(
+    revocations: &mut RevocationTable<'_>,
+    seq: &mut SeqTable<'_>,
+    mut record: RevocationRecord,
+    cert: Option<&CertRecord>,
+) -> Result<(), RepoError> {
+    let serial_len =
+        u8::try_from(record.serial.len()).map_err(|_| storage("serial longer than 255 octets"))?;
+    record.legacy = cert.is_none();
+    record.cert_not_after = cert.map(|c| c.not_after).or(record.cert_not_after);
+    let next = seq
+        .get(record.issuer.as_str())
+        .map_err(storage)?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    record.seq = next;
+    let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
+    revocations
+        .insert(
+            (record.issuer.as_str(), serial_len, record.serial.as_slice()),
+            value.as_slice(),
+        )
+        .map_err(storage)?;
+    seq.insert(record.issuer.as_str(), next).map_err(storage)?;
+    Ok(())
 }
 
 fn decode(bytes: &[u8]) -> Result<CertRecord, RepoError> {
