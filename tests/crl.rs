@@ -8,20 +8,10 @@ use std::path::Path;
 use std::process::Command;
 
 use signer_protocol::{msg, Command as Cmd, Status};
-use signer_testsupport::ca::{make_csr, openssl, Ceremony};
+use signer_testsupport::ca::{
+    make_csr, openssl, sign_request, signer_client, Ceremony, SERVER_PROFILE,
+};
 use signer_testsupport::{bin, Bench, LinkSpec};
-
-const PROFILE: &str = "  profiles:
-    server:
-      issuer: sub
-      default_days: 90
-      max_days: 397
-      key_usage: [digital_signature]
-      extended_key_usage: [server_auth]
-      subject_attributes: [CN]
-      san_types: [dns]
-      require_san: true
-";
 
 fn sign(client: &signer_client::Client, d: &Path, name: &str) -> msg::SignX509Reply {
     let csr = make_csr(d, name, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
@@ -29,17 +19,7 @@ fn sign(client: &signer_client::Client, d: &Path, name: &str) -> msg::SignX509Re
     let reply: msg::SignX509Reply = client
         .call_typed(
             Cmd::SIGN_X509,
-            &msg::SignX509 {
-                request_id: format!("crl-{name}"),
-                profile: "server".into(),
-                csr,
-                subject: vec![("CN".into(), host.clone())],
-                sans: vec![msg::SanEntry {
-                    kind: "dns".into(),
-                    value: host,
-                }],
-                validity_days: Some(30),
-            },
+            &sign_request(&format!("crl-{name}"), csr, &host),
         )
         .unwrap();
     let pem = openssl_pem(d, &reply.certificate, name);
@@ -89,7 +69,7 @@ fn revoke(
 
 #[test]
 fn crls_check_out_with_openssl_and_track_revocations() {
-    let c = Ceremony::new("p256", PROFILE);
+    let c = Ceremony::new("p256", SERVER_PROFILE);
     let d = c.dir().to_path_buf();
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
     let client = bench.client();
@@ -107,15 +87,9 @@ fn crls_check_out_with_openssl_and_track_revocations() {
 
     let device = bench.client_device();
     let cli = |args: &[&str]| {
-        let out = Command::new(bin("signer-client"))
-            .arg("--link")
-            .arg(&device)
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (code, out, err) = signer_client(&device, &d, args);
+        assert_eq!(code, Some(0), "{out}{err}");
+        out
     };
     let text = cli(&["crl", "--issuer", "sub", "--out", "sub.crl"]);
     assert!(

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use signer_protocol::{msg, Command as Cmd, Status};
-use signer_testsupport::ca::{make_csr, openssl, Ceremony};
+use signer_testsupport::ca::{make_csr, openssl, sign_request, signer_client, Ceremony};
 use signer_testsupport::{bin, Bench, LinkSpec};
 
 const SERVER_PROFILE: &str = r#"
@@ -25,20 +25,6 @@ const SERVER_PROFILE: &str = r#"
       require_san: true
       crl_urls: [http://crl.example.org/sub.crl]
 "#;
-
-fn sign_request(request_id: &str, csr: Vec<u8>, cn: &str) -> msg::SignX509 {
-    msg::SignX509 {
-        request_id: request_id.into(),
-        profile: "server".into(),
-        csr,
-        subject: vec![("CN".into(), cn.into())],
-        sans: vec![msg::SanEntry {
-            kind: "dns".into(),
-            value: cn.into(),
-        }],
-        validity_days: Some(30),
-    }
-}
 
 fn pem(der: &[u8]) -> String {
     let b64 = {
@@ -233,20 +219,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
     // The CLI: PEM out, exit 1 on refusal, 4 on bad local input.
     drop(client);
     let device = bench.client_device();
-    let cli = |args: &[&str]| {
-        let out = Command::new(bin("signer-client"))
-            .arg("--link")
-            .arg(&device)
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| signer_client(&device, &d, args);
     let (code, _, err) = cli(&[
         "sign",
         "--profile",

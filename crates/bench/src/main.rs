@@ -17,7 +17,7 @@ use signer_hsm::{
 };
 use signer_protocol::{encode_body, encode_request, msg, Command};
 use signer_server::{Engine, EngineConfig, Router};
-use signer_testsupport::ca::{make_csr, Ceremony};
+use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
 use signer_testsupport::{Bench, LinkSpec};
 use std::sync::Arc;
 
@@ -99,18 +99,6 @@ fn pipelined_health(client: &Client, n: usize) -> anyhow::Result<Pipelined> {
         retransmits: after.retransmits - before.retransmits,
     })
 }
-
-const BENCH_PROFILE: &str = "  profiles:
-    server:
-      issuer: sub
-      default_days: 90
-      max_days: 397
-      key_usage: [digital_signature]
-      extended_key_usage: [server_auth]
-      subject_attributes: [CN]
-      san_types: [dns]
-      require_san: true
-";
 
 /// Signatures per second straight from the token: `threads` threads, each
 /// with its own session, hashing and signing as the daemon's workers do.
@@ -256,7 +244,7 @@ fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
     ] {
         eprintln!("bench: issuance with a {key} issuer");
-        let ceremony = Ceremony::new(key, BENCH_PROFILE);
+        let ceremony = Ceremony::new(key, SERVER_PROFILE);
         let n = scaled(2000, scale);
         let raw1 = raw_in_child(&ceremony, key, 1, n / 2)?;
         let raw2 = raw_in_child(&ceremony, key, 2, n)?;

@@ -40,14 +40,21 @@ impl KeyType {
     }
 }
 
+/// The configuration file of a setup or repository command.
+#[derive(clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file (its `ca:` section names the token, keys, CAs and repository).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
 /// `signerd setup …`
 #[derive(Subcommand)]
 pub enum SetupCmd {
     /// Generate a key pair in the HSM (sensitive, not extractable, random CKA_ID).
     GenerateKey {
-        /// Configuration file (its `ca.hsm` section names the token).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// CKA_LABEL of the new key.
         #[arg(long)]
         label: String,
@@ -57,9 +64,8 @@ pub enum SetupCmd {
     },
     /// Self-sign a root CA certificate with a configured key.
     SelfSign {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Key name from `ca.keys`.
         #[arg(long)]
         key: String,
@@ -78,9 +84,8 @@ pub enum SetupCmd {
     },
     /// Issue an intermediate CA certificate from a CA configured on this signer.
     Intermediate {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Issuing CA name from `ca.cas`.
         #[arg(long)]
         issuer: String,
@@ -105,9 +110,8 @@ pub enum SetupCmd {
     },
     /// Write a CSR for a configured key, for a CA outside this signer to sign.
     Csr {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Key name from `ca.keys`.
         #[arg(long)]
         key: String,
@@ -120,9 +124,8 @@ pub enum SetupCmd {
     },
     /// Check that an existing CA certificate belongs to a configured key.
     Import {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Key name from `ca.keys`.
         #[arg(long)]
         key: String,
@@ -137,24 +140,21 @@ pub enum SetupCmd {
 pub enum RepoCmd {
     /// Check that the repository's tables agree (stop the daemon first).
     Check {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Write every certificate record as JSON lines (stop the daemon first).
     Export {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Output file.
         #[arg(long)]
         out: PathBuf,
     },
     /// Add records from an export; records already present are kept.
     Import {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Input file (JSON lines from `repo export`).
         #[arg(long, name = "in")]
         input: PathBuf,
@@ -218,7 +218,7 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
             label,
             key_type,
         } => {
-            let (_, ca) = load(&config)?;
+            let (_, ca) = load(&config.config)?;
             let backend = backend(&ca)?;
             let (public, id) = backend
                 .generate(key_type.kind(), &label)
@@ -239,7 +239,7 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
             path_len,
             out,
         } => {
-            let (_, ca) = load(&config)?;
+            let (_, ca) = load(&config.config)?;
             let backend = backend(&ca)?;
             let spec = CaSpec {
                 subject: parse_subject(&subject)?,
@@ -264,7 +264,7 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
             crl_url,
             out,
         } => {
-            let (_, ca) = load(&config)?;
+            let (_, ca) = load(&config.config)?;
             let backend = backend(&ca)?;
             let parent = ca_signer(&ca, &backend, &issuer)?;
             let spec = CaSpec {
@@ -289,7 +289,7 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
             subject,
             out,
         } => {
-            let (_, ca) = load(&config)?;
+            let (_, ca) = load(&config.config)?;
             let backend = backend(&ca)?;
             let der =
                 ca_csr(&backend, &key, &parse_subject(&subject)?).map_err(|e| e.to_string())?;
@@ -300,7 +300,7 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
             println!("wrote CSR for key {key} to {}", out.display());
         }
         SetupCmd::Import { config, key, cert } => {
-            let (_, ca) = load(&config)?;
+            let (_, ca) = load(&config.config)?;
             let backend = backend(&ca)?;
             let bytes = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
             let der = signer_x509::cert_der(&bytes)?;
@@ -334,7 +334,7 @@ fn repo(cmd: RepoCmd) -> Result<(), String> {
     };
     match cmd {
         RepoCmd::Check { config } => {
-            let repo = open(&config)?;
+            let repo = open(&config.config)?;
             let problems = repo.check().map_err(|e| e.to_string())?;
             let stats = repo.stats().map_err(|e| e.to_string())?;
             if problems.is_empty() {
@@ -347,7 +347,7 @@ fn repo(cmd: RepoCmd) -> Result<(), String> {
             }
         }
         RepoCmd::Export { config, out } => {
-            let repo = open(&config)?;
+            let repo = open(&config.config)?;
             let mut file = std::io::BufWriter::new(
                 std::fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?,
             );
@@ -356,7 +356,7 @@ fn repo(cmd: RepoCmd) -> Result<(), String> {
             println!("exported {n} certificates to {}", out.display());
         }
         RepoCmd::Import { config, input } => {
-            let repo = open(&config)?;
+            let repo = open(&config.config)?;
             let file =
                 std::fs::File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
             let (added, present) = repo

@@ -4,7 +4,53 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use signer_protocol::msg;
+
 use crate::{bin, SoftHsm, SOFTHSM_MODULE};
+
+/// A server-certificate profile issued by `sub`: CN and DNS names only.
+pub const SERVER_PROFILE: &str = "  profiles:
+    server:
+      issuer: sub
+      default_days: 90
+      max_days: 397
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth]
+      subject_attributes: [CN]
+      san_types: [dns]
+      require_san: true
+";
+
+/// A `sign_x509` request under the `server` profile for `cn`, valid 30 days.
+pub fn sign_request(request_id: &str, csr: Vec<u8>, cn: &str) -> msg::SignX509 {
+    msg::SignX509 {
+        request_id: request_id.into(),
+        profile: "server".into(),
+        csr,
+        subject: vec![("CN".into(), cn.into())],
+        sans: vec![msg::SanEntry {
+            kind: "dns".into(),
+            value: cn.into(),
+        }],
+        validity_days: Some(30),
+    }
+}
+
+/// Runs `signer-client --link DEVICE ARGS…` in `dir`: (exit code, stdout, stderr).
+pub fn signer_client(device: &Path, dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin("signer-client"))
+        .arg("--link")
+        .arg(device)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run signer-client");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// A private SoftHSM2 token with a root (RSA-2048) and an intermediate key
 /// and certificates made by `signerd setup`, and the `ca:` section that uses them.
