@@ -10,6 +10,7 @@ use std::time::Duration;
 use signer_protocol::{msg, Command as Cmd, Status};
 use signer_testsupport::ca::{make_csr, openssl, sign_request, signer_client, Ceremony};
 use signer_testsupport::{bin, Bench, LinkSpec};
+use signer_x509::cert_pem;
 
 const SERVER_PROFILE: &str = r#"
   profiles:
@@ -25,29 +26,6 @@ const SERVER_PROFILE: &str = r#"
       require_san: true
       crl_urls: [http://crl.example.org/sub.crl]
 "#;
-
-fn pem(der: &[u8]) -> String {
-    let b64 = {
-        let out = Command::new("openssl")
-            .args(["base64", "-A"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        out.stdin.as_ref().unwrap().write_all(der).unwrap();
-        String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
-    };
-    let lines: Vec<String> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
-}
 
 #[test]
 fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
@@ -71,7 +49,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
         .unwrap();
     assert!(!first.replayed);
     assert_eq!(first.serial[0], 0x21, "serials carry the signer's prefix");
-    std::fs::write(d.join("leaf.pem"), pem(&first.certificate)).unwrap();
+    std::fs::write(d.join("leaf.pem"), cert_pem(&first.certificate)).unwrap();
     let (ok, text) = openssl(
         &d,
         &[
@@ -94,7 +72,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
             &sign_request("web-2", ec_csr, "mail.example.org"),
         )
         .unwrap();
-    std::fs::write(d.join("ec-leaf.pem"), pem(&ec.certificate)).unwrap();
+    std::fs::write(d.join("ec-leaf.pem"), cert_pem(&ec.certificate)).unwrap();
     let (ok, text) = openssl(
         &d,
         &[

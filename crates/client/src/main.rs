@@ -341,29 +341,6 @@ fn sign_body(
     })
 }
 
-fn pem(der: &[u8]) -> String {
-    use std::fmt::Write as _;
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", String::from_utf8_lossy(line));
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -413,7 +390,7 @@ fn sign(
     let reply: msg::SignX509Reply =
         client.call_typed(signer_protocol::Command::SIGN_X509, &body)?;
     check_certificate(&reply.certificate, &body.csr)?;
-    let text = pem(&reply.certificate);
+    let text = signer_x509::cert_pem(&reply.certificate);
     match out {
         Some(path) => std::fs::write(path, &text)
             .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
@@ -449,7 +426,7 @@ fn ca_certs(client: &Client, json: bool, out_dir: Option<&Path>) -> Result<ExitC
     let reply: msg::CaCertsReply =
         client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
     for ca in &reply.cas {
-        let text = pem(&ca.certificate);
+        let text = signer_x509::cert_pem(&ca.certificate);
         match out_dir {
             Some(dir) => {
                 let path = dir.join(format!("{}.pem", ca.name));
@@ -467,7 +444,7 @@ fn ca_certs(client: &Client, json: bool, out_dir: Option<&Path>) -> Result<ExitC
         let list: Vec<_> = reply
             .cas
             .iter()
-            .map(|c| serde_json::json!({"name": c.name, "certificate": pem(&c.certificate)}))
+            .map(|c| serde_json::json!({"name": c.name, "certificate": signer_x509::cert_pem(&c.certificate)}))
             .collect();
         println!("{}", serde_json::Value::Array(list));
     }
