@@ -20,6 +20,7 @@ fn revocation(serial: u8, cert_not_after: Option<i64>) -> RevocationRecord {
         signer_id: "t".into(),
         cert_not_after,
         seq: 0,
+        replaced: false,
     }
 }
 

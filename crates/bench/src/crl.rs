@@ -254,6 +254,7 @@ pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
         signer_id: "bench".into(),
         cert_not_after: None,
         seq: 0,
+        replaced: false,
     };
     let mut start = 0;
     while start < n {

@@ -32,7 +32,7 @@ use signer_x509::crl::{CrlBuilder, CrlEntry};
 use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
-pub use config::CaConfig;
+pub use config::{CaConfig, ReplicationConfig};
 
 /// Why the CA service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct CaService {
     config: CaConfig,
     signer_id: String,
     backend: Arc<dyn SigningBackend>,
-    repo: Repository,
+    repo: Arc<Repository>,
     issuer: RwLock<Option<Arc<Issuer>>>,
     load_error: Mutex<Option<String>>,
     crl_lock: Mutex<()>,
@@ -274,7 +274,7 @@ impl CaService {
             std::fs::create_dir_all(dir)
                 .map_err(|e| CaError::Ca(format!("{}: {e}", dir.display())))?;
         }
-        let repo = Repository::open(&config.repository)?;
+        let repo = Arc::new(Repository::open(&config.repository, signer_id)?);
         let service = Arc::new(CaService {
             config: config.clone(),
             signer_id: signer_id.to_string(),
@@ -341,7 +341,7 @@ impl CaService {
     }
 
     /// The repository.
-    pub fn repository(&self) -> &Repository {
+    pub fn repository(&self) -> &Arc<Repository> {
         &self.repo
     }
 
@@ -530,6 +530,7 @@ impl CaService {
             signer_id: self.signer_id.clone(),
             cert_not_after: None,
             seq: 0,
+            replaced: false,
         };
         let reply = |r: &RevocationRecord, replayed| msg::RevokeX509Reply {
             revoked_at: r.revoked_at,
@@ -598,8 +599,14 @@ impl CaService {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros())
             .unwrap_or(0);
-        let number =
-            signer_x509::crl::next_number(now_us, last.as_ref().map(|l| l.number.as_slice()));
+        // Above this signer's last CRL and every number the twin used.
+        let floor = self.repo.crl_floor(issuer).map_err(|e| repo_failure(&e))?;
+        let number = signer_x509::crl::next_number(
+            now_us,
+            floor
+                .as_deref()
+                .or(last.as_ref().map(|l| l.number.as_slice())),
+        );
         let next_update = now + i64::from(self.config.crl.next_update_hours) * 3600;
         let capacity = last.as_ref().map(|l| l.der.len()).unwrap_or(1024);
         let mut builder = CrlBuilder::new(ca, scheme, now, next_update, &number, capacity)
@@ -727,6 +734,10 @@ impl CaService {
                     return;
                 }
                 if r.seq > old.revocation_seq {
+                    if r.replaced {
+                        // The merge rule changed this entry: drop the old one.
+                        removed.push(serde_bytes::ByteBuf::from(r.serial.clone()));
+                    }
                     if keep(&r, current.this_update) {
                         added.push(msg::CrlDiffEntry {
                             serial: r.serial,

@@ -22,6 +22,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod failover;
+pub use failover::Failover;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::path::PathBuf;

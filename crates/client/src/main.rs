@@ -9,14 +9,15 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use signer_client::{Client, ClientError, LinkOptions};
+use signer_client::{ClientError, Failover, LinkOptions};
 use signer_protocol::msg;
 
 /// Client for the serial-link signer.
 #[derive(Parser)]
 #[command(name = "signer-client", version, about)]
 struct Cli {
-    /// Serial device of the signer.
+    /// Serial device of the signer; twins as DEVICE_A,DEVICE_B (a request
+    /// that gets no answer goes to the next one, with the same request id).
     #[arg(
         long,
         global = true,
@@ -30,6 +31,9 @@ struct Cli {
     /// Seconds to wait for an answer, retries included.
     #[arg(long, global = true, default_value_t = 30.0)]
     timeout: f64,
+    /// With several links: seconds without an answer before the next signer is tried.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    failover_after: f64,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -117,13 +121,33 @@ const EXIT_INPUT: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
-        eprintln!("signer-client: --timeout must be a positive number of seconds");
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(cli.timeout) || !positive(cli.failover_after) {
+        eprintln!(
+            "signer-client: --timeout and --failover-after must be positive numbers of seconds"
+        );
         return ExitCode::from(EXIT_INPUT);
     }
-    let mut options = LinkOptions::new(&cli.link);
-    options.baud = cli.baud;
-    options.timeout = Duration::from_secs_f64(cli.timeout);
+    let links: Vec<LinkOptions> = cli
+        .link
+        .split(',')
+        .filter(|l| !l.trim().is_empty())
+        .map(|device| {
+            let mut options = LinkOptions::new(device.trim());
+            options.baud = cli.baud;
+            options
+        })
+        .collect();
+    if links.is_empty() {
+        eprintln!("signer-client: --link names no device");
+        return ExitCode::from(EXIT_INPUT);
+    }
+    let per_signer = if links.len() == 1 {
+        cli.timeout
+    } else {
+        cli.failover_after
+    };
+    let client = Failover::new(links, Duration::from_secs_f64(per_signer));
     // Local input is checked before the link is opened.
     let sign_request = match &cli.command {
         Cmd::Sign {
@@ -159,7 +183,7 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let result = Client::open(&options).and_then(|client| match &cli.command {
+    let result = match &cli.command {
         Cmd::Health { max_clock_skew } => health(&client, cli.json, *max_clock_skew),
         Cmd::Hello => hello(&client, cli.json),
         Cmd::Sign { out, .. } => match sign_request {
@@ -176,7 +200,7 @@ fn main() -> ExitCode {
             Some(body) => revoke(&client, cli.json, body),
             None => Err(ClientError::Protocol("no request".into())),
         },
-    });
+    };
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -204,7 +228,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn health(client: &Client, json: bool, max_skew: f64) -> Result<ExitCode, ClientError> {
+fn health(client: &Failover, json: bool, max_skew: f64) -> Result<ExitCode, ClientError> {
     let before = now_ms();
     let h = client.health()?;
     let after = now_ms();
@@ -278,7 +302,7 @@ fn print_health(h: &msg::HealthReply, skew_s: f64) {
     }
 }
 
-fn hello(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
+fn hello(client: &Failover, json: bool) -> Result<ExitCode, ClientError> {
     let Some(h) = client.server() else {
         return Err(ClientError::Protocol("no hello reply".into()));
     };
@@ -382,7 +406,7 @@ fn check_certificate(cert: &[u8], csr: &[u8]) -> Result<(), ClientError> {
 }
 
 fn sign(
-    client: &Client,
+    client: &Failover,
     json: bool,
     body: msg::SignX509,
     out: Option<&Path>,
@@ -404,10 +428,22 @@ fn sign(
             "not_before": reply.not_before,
             "not_after": reply.not_after,
             "replayed": reply.replayed,
+            "signer": client.server().map(|h| h.signer_id),
+            "failovers": client.failovers(),
             "certificate": text,
         });
         println!("{value}");
     } else {
+        if client.failovers() > 0 {
+            eprintln!(
+                "note: failed over {} time(s); answered by {}",
+                client.failovers(),
+                client
+                    .server()
+                    .map(|h| h.signer_id)
+                    .unwrap_or_else(|| "?".into())
+            );
+        }
         eprintln!(
             "issued by {} serial {}{}",
             reply.issuer,
@@ -422,7 +458,11 @@ fn sign(
     Ok(ExitCode::SUCCESS)
 }
 
-fn ca_certs(client: &Client, json: bool, out_dir: Option<&Path>) -> Result<ExitCode, ClientError> {
+fn ca_certs(
+    client: &Failover,
+    json: bool,
+    out_dir: Option<&Path>,
+) -> Result<ExitCode, ClientError> {
     let reply: msg::CaCertsReply =
         client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
     for ca in &reply.cas {
@@ -495,7 +535,7 @@ fn revoke_body(
     })
 }
 
-fn revoke(client: &Client, json: bool, body: msg::RevokeX509) -> Result<ExitCode, ClientError> {
+fn revoke(client: &Failover, json: bool, body: msg::RevokeX509) -> Result<ExitCode, ClientError> {
     let reply: msg::RevokeX509Reply =
         client.call_typed(signer_protocol::Command::REVOKE_X509, &body)?;
     if json {
@@ -532,7 +572,7 @@ fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
 
 /// The issuer certificate (DER) to verify CRLs with.
 fn issuer_certificate(
-    client: &Client,
+    client: &Failover,
     issuer: &str,
     file: Option<&Path>,
 ) -> Result<Vec<u8>, ClientError> {
@@ -551,7 +591,7 @@ fn issuer_certificate(
 }
 
 fn crl(
-    client: &Client,
+    client: &Failover,
     json: bool,
     issuer: &str,
     out: &Path,

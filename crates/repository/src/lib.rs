@@ -29,6 +29,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+pub mod replica;
+use replica::{append_event, digest_cert, digest_revocation, Change};
+pub use replica::{ApplyReport, Conflict, Event, ReplicaState, SetDigest};
+
 const CERTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("certs_v1");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests_v1");
 const EXPIRY: TableDefinition<(i64, &str, &[u8]), ()> = TableDefinition::new("expiry_v1");
@@ -165,6 +169,10 @@ pub struct RevocationRecord {
     /// (less expired ones).
     #[serde(default)]
     pub seq: u64,
+    /// True when this record replaced an earlier revocation of the serial
+    /// (the twins' merge rule): a CRL difference then removes and adds it.
+    #[serde(default)]
+    pub replaced: bool,
 }
 
 /// What is kept of every CRL signed (its DER only for the latest).
@@ -250,6 +258,8 @@ pub struct RepoStats {
 /// The repository. Cheap to share behind an `Arc`.
 pub struct Repository {
     db: Arc<Database>,
+    origin: String,
+    listener: Listener,
     jobs: Mutex<Option<Sender<Job>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<Mutex<RepoStats>>,
@@ -261,10 +271,25 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Repository {
     /// Opens (or creates) the repository file and starts the committer.
-    pub fn open(path: &Path) -> Result<Repository, RepoError> {
+    /// `origin` is this signer's id: its own changes are recorded as events
+    /// of that origin for the twin.
+    pub fn open(path: &Path, origin: &str) -> Result<Repository, RepoError> {
         let db = Database::create(path).map_err(storage)?;
         {
             let txn = db.begin_write().map_err(storage)?;
+            txn.open_table(replica::EVENTS).map_err(storage)?;
+            txn.open_table(replica::APPLIED).map_err(storage)?;
+            txn.open_table(replica::CONFLICTS).map_err(storage)?;
+            txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
+            let digests_done = txn
+                .open_table(replica::META)
+                .map_err(storage)?
+                .get("digests")
+                .map_err(storage)?
+                .is_some();
+            if !digests_done {
+                replica::rebuild_digests(&txn)?;
+            }
             txn.open_table(CERTS).map_err(storage)?;
             txn.open_table(REQUESTS).map_err(storage)?;
             txn.open_table(EXPIRY).map_err(storage)?;
@@ -277,16 +302,21 @@ impl Repository {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(RepoStats::default()));
+        let listener: Listener = Arc::new(Mutex::new(None));
         let handle = {
             let db = Arc::clone(&db);
             let stats = Arc::clone(&stats);
+            let origin = origin.to_string();
+            let listener = Arc::clone(&listener);
             std::thread::Builder::new()
                 .name("repo-committer".into())
-                .spawn(move || committer(&db, &rx, &stats))
+                .spawn(move || committer(&db, &origin, &rx, &stats, &listener))
                 .map_err(storage)?
         };
         Ok(Repository {
             db,
+            origin: origin.to_string(),
+            listener,
             jobs: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(handle)),
             stats,
@@ -401,13 +431,23 @@ impl Repository {
                 if cert.is_none() && !accept_unknown {
                     Revoked::UnknownSerial
                 } else {
-                    insert_revocation(&mut revocations, &mut seq, record.clone(), cert.as_ref())?;
+                    let stored = insert_revocation(
+                        &mut revocations,
+                        &mut seq,
+                        record.clone(),
+                        cert.as_ref(),
+                    )?;
+                    let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
+                    digest_revocation(&mut digests, &stored, true)?;
+                    drop(digests);
+                    append_event(&txn, &self.origin, Change::Revoked(stored))?;
                     Revoked::Inserted
                 }
             }
         };
         if outcome == Revoked::Inserted {
             txn.commit().map_err(storage)?;
+            self.notify();
         } else {
             txn.abort().map_err(storage)?;
         }
@@ -437,11 +477,18 @@ impl Repository {
                     .map_err(storage)?
                     .map(|v| decode(v.value()))
                     .transpose()?;
-                insert_revocation(&mut revocations, &mut seq, record, cert.as_ref())?;
+                let stored = insert_revocation(&mut revocations, &mut seq, record, cert.as_ref())?;
+                let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
+                digest_revocation(&mut digests, &stored, true)?;
+                drop(digests);
+                append_event(&txn, &self.origin, Change::Revoked(stored))?;
                 added += 1;
             }
         }
         txn.commit().map_err(storage)?;
+        if added > 0 {
+            self.notify();
+        }
         Ok(added)
     }
 
@@ -533,7 +580,107 @@ impl Repository {
                 )
                 .map_err(storage)?;
         }
-        txn.commit().map_err(storage)
+        replica::raise_crl_floor(&txn, &crl.issuer, &crl.number)?;
+        append_event(
+            &txn,
+            &self.origin,
+            Change::CrlIssued {
+                issuer: crl.issuer.clone(),
+                number: crl.number.clone(),
+                this_update: crl.this_update,
+            },
+        )?;
+        txn.commit().map_err(storage)?;
+        self.notify();
+        Ok(())
+    }
+
+    /// The highest CRL number either twin has used for `issuer`.
+    pub fn crl_floor(&self, issuer: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let floor = txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
+        Ok(floor
+            .get(issuer)
+            .map_err(storage)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// This signer's id (the origin of its events).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Sets the function called after every commit that added events to the
+    /// outbox (the publisher's wake-up). It must be quick and not block.
+    pub fn set_listener(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    fn notify(&self) {
+        notify(&self.listener);
+    }
+
+    /// Up to `limit` outbox events with sequence numbers above `after`, encoded.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let events = txn.open_table(replica::EVENTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in events.range(after + 1..).map_err(storage)?.take(limit) {
+            let (k, v) = item.map_err(storage)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Drops outbox events up to `upto` (the twin has applied them).
+    pub fn trim_events(&self, upto: u64) -> Result<u64, RepoError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let removed = {
+            let mut events = txn.open_table(replica::EVENTS).map_err(storage)?;
+            let mut n = 0;
+            events
+                .retain_in(..=upto, |_, _| {
+                    n += 1;
+                    false
+                })
+                .map_err(storage)?;
+            n
+        };
+        txn.commit().map_err(storage)?;
+        Ok(removed)
+    }
+
+    /// Applies the twin's events (each with its stream sequence) in one
+    /// durable transaction; repeats and this signer's own events are skipped.
+    pub fn apply_events(&self, events: &[(Event, u64)]) -> Result<ApplyReport, RepoError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let report = replica::apply(&txn, &self.origin, events)?;
+        if report.applied == 0 {
+            txn.abort().map_err(storage)?;
+        } else {
+            txn.commit().map_err(storage)?;
+        }
+        Ok(report)
+    }
+
+    /// A consistent snapshot of the replication state.
+    pub fn replica_state(&self) -> Result<ReplicaState, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        replica::read_state(&txn)
+    }
+
+    /// The request id conflicts found while applying the twin's events.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(replica::CONFLICTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(storage)? {
+            let (_, v) = item.map_err(storage)?;
+            out.push(
+                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+            );
+        }
+        Ok(out)
     }
 
     /// What is known of CRL `number` of `issuer`, if this signer made it.
@@ -687,6 +834,15 @@ impl Drop for Repository {
     }
 }
 
+type Listener = Arc<Mutex<Option<Arc<dyn Fn() + Send + Sync>>>>;
+
+fn notify(listener: &Listener) {
+    let f = listener.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(f) = f {
+        f();
+    }
+}
+
 type RevocationTable<'t> = redb::Table<'t, (&'static str, u8, &'static [u8]), &'static [u8]>;
 type SeqTable<'t> = redb::Table<'t, &'static str, u64>;
 
@@ -698,7 +854,7 @@ fn insert_revocation(
     seq: &mut SeqTable<'_>,
     mut record: RevocationRecord,
     cert: Option<&CertRecord>,
-) -> Result<(), RepoError> {
+) -> Result<RevocationRecord, RepoError> {
     let serial_len =
         u8::try_from(record.serial.len()).map_err(|_| storage("serial longer than 255 octets"))?;
     record.legacy = cert.is_none();
@@ -718,14 +874,20 @@ fn insert_revocation(
         )
         .map_err(storage)?;
     seq.insert(record.issuer.as_str(), next).map_err(storage)?;
-    Ok(())
+    Ok(record)
 }
 
 fn decode(bytes: &[u8]) -> Result<CertRecord, RepoError> {
     rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(e.to_string()))
 }
 
-fn committer(db: &Database, rx: &Receiver<Job>, stats: &Mutex<RepoStats>) {
+fn committer(
+    db: &Database,
+    origin: &str,
+    rx: &Receiver<Job>,
+    stats: &Mutex<RepoStats>,
+    listener: &Listener,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let until = std::time::Instant::now() + GATHER;
@@ -736,7 +898,7 @@ fn committer(db: &Database, rx: &Receiver<Job>, stats: &Mutex<RepoStats>) {
                 Err(_) => break,
             }
         }
-        let outcome = commit_batch(db, &batch);
+        let outcome = commit_batch(db, origin, &batch);
         match outcome {
             Ok(results) => {
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -746,6 +908,7 @@ fn committer(db: &Database, rx: &Receiver<Job>, stats: &Mutex<RepoStats>) {
                     .filter(|r| matches!(r, Ok(Recorded::Inserted)))
                     .count() as u64;
                 drop(s);
+                notify(listener);
                 for (job, result) in batch.into_iter().zip(results) {
                     (job.then)(result);
                 }
@@ -764,6 +927,7 @@ fn committer(db: &Database, rx: &Receiver<Job>, stats: &Mutex<RepoStats>) {
 /// request id, a serial collision) do not fail the others.
 fn commit_batch(
     db: &Database,
+    origin: &str,
     batch: &[Job],
 ) -> Result<Vec<Result<Recorded, RepoError>>, RepoError> {
     let txn = db.begin_write().map_err(storage)?;
@@ -772,6 +936,7 @@ fn commit_batch(
         let mut certs = txn.open_table(CERTS).map_err(storage)?;
         let mut requests = txn.open_table(REQUESTS).map_err(storage)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
+        let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
         for job in batch {
             let r = &job.record;
             let existing = requests
@@ -822,6 +987,8 @@ fn commit_batch(
             expiry
                 .insert((r.not_after, r.issuer.as_str(), r.serial.as_slice()), ())
                 .map_err(storage)?;
+            digest_cert(&mut digests, r)?;
+            append_event(&txn, origin, Change::Issued(r.clone()))?;
             results.push(Ok(Recorded::Inserted));
         }
     }

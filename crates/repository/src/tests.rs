@@ -23,7 +23,7 @@ fn records_survive_reopening_and_are_found_by_request_and_serial() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo.redb");
     {
-        let repo = Repository::open(&path).unwrap();
+        let repo = Repository::open(&path, "a").unwrap();
         assert_eq!(
             repo.record_issuance(record("root", 1, "req-1")).unwrap(),
             Recorded::Inserted
@@ -33,7 +33,7 @@ fn records_survive_reopening_and_are_found_by_request_and_serial() {
             Recorded::Inserted
         );
     }
-    let repo = Repository::open(&path).unwrap();
+    let repo = Repository::open(&path, "a").unwrap();
     assert_eq!(
         repo.find_by_request("req-1").unwrap(),
         Some(record("root", 1, "req-1"))
@@ -48,7 +48,7 @@ fn records_survive_reopening_and_are_found_by_request_and_serial() {
 #[test]
 fn a_known_request_id_returns_the_original_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::open(&dir.path().join("repo.redb")).unwrap();
+    let repo = Repository::open(&dir.path().join("repo.redb"), "a").unwrap();
     repo.record_issuance(record("root", 1, "req-1")).unwrap();
     let again = repo.record_issuance(record("root", 9, "req-1")).unwrap();
     assert_eq!(
@@ -64,7 +64,7 @@ fn a_known_request_id_returns_the_original_and_stores_nothing() {
 #[test]
 fn concurrent_records_share_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Arc::new(Repository::open(&dir.path().join("repo.redb")).unwrap());
+    let repo = Arc::new(Repository::open(&dir.path().join("repo.redb"), "a").unwrap());
     let threads: Vec<_> = (0..8u8)
         .map(|t| {
             let repo = Arc::clone(&repo);
@@ -93,14 +93,14 @@ fn concurrent_records_share_commits() {
 #[test]
 fn export_and_import_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Repository::open(&dir.path().join("a.redb")).unwrap();
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
     for i in 0..5 {
         a.record_issuance(record("root", i, &format!("req-{i}")))
             .unwrap();
     }
     let mut dump = Vec::new();
     assert_eq!(a.export(&mut dump).unwrap(), 5);
-    let b = Repository::open(&dir.path().join("b.redb")).unwrap();
+    let b = Repository::open(&dir.path().join("b.redb"), "a").unwrap();
     b.record_issuance(record("root", 0, "req-0")).unwrap();
     assert_eq!(b.import(&mut dump.as_slice()).unwrap(), (4, 1));
     let mut again = Vec::new();
@@ -125,6 +125,7 @@ fn revocation(issuer: &str, serial: &[u8], reason: u8) -> RevocationRecord {
         signer_id: "a".into(),
         cert_not_after: None,
         seq: 0,
+        replaced: false,
     }
 }
 
@@ -133,7 +134,7 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo.redb");
     {
-        let repo = Repository::open(&path).unwrap();
+        let repo = Repository::open(&path, "a").unwrap();
         repo.record_issuance(record("root", 1, "req-1")).unwrap();
         let serial = [0x40, 1];
         assert_eq!(
@@ -166,7 +167,7 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
             Revoked::Inserted
         );
     }
-    let repo = Repository::open(&path).unwrap();
+    let repo = Repository::open(&path, "a").unwrap();
     let all = repo.revocations("root").unwrap();
     assert_eq!(all.len(), 2);
     assert!(all.iter().any(|r| r.serial == [0x41] && r.legacy));
@@ -178,4 +179,124 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
         repo.revocation("root", &[0x40, 1]).unwrap().unwrap().reason,
         1
     );
+}
+
+/// Every outbox event of `from` applied to `to`, as the replicator does.
+fn replicate(from: &Repository, to: &Repository, after: u64) -> ApplyReport {
+    let events: Vec<(Event, u64)> = from
+        .events_after(after, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, bytes)| (Event::decode(&bytes).unwrap(), seq))
+        .collect();
+    to.apply_events(&events).unwrap()
+}
+
+#[test]
+fn twins_converge_on_the_union_and_repeats_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    for i in 0..3 {
+        a.record_issuance(record("root", i, &format!("a-{i}")))
+            .unwrap();
+    }
+    let mut from_b = record("root", 0x30, "b-1");
+    from_b.signer_id = "b".into();
+    b.record_issuance(from_b).unwrap();
+    a.record_revocation(revocation("root", &[0x40, 1], 1), false)
+        .unwrap();
+    // Both revoke serial 2 during a partition, with different reasons and times.
+    let mut on_a = revocation("root", &[0x40, 2], 4);
+    on_a.revoked_at = 1_750_000_100;
+    a.record_revocation(on_a, false).unwrap();
+
+    let to_b = replicate(&a, &b, 0);
+    assert_eq!((to_b.applied, to_b.duplicates, to_b.missing), (5, 0, 0));
+    let mut on_b = revocation("root", &[0x40, 2], 5);
+    on_b.signer_id = "b".into();
+    on_b.revoked_at = 1_750_000_000;
+    assert!(matches!(
+        b.record_revocation(on_b.clone(), false).unwrap(),
+        Revoked::Conflict(_)
+    ));
+    // Simulate the partition: b recorded its own revocation before seeing a's.
+    let c = Repository::open(&dir.path().join("c.redb"), "b").unwrap();
+    c.record_issuance(record("root", 2, "a-2")).unwrap();
+    c.record_revocation(on_b, false).unwrap();
+    let to_a = replicate(&c, &a, 0);
+    assert_eq!(to_a.applied, 2);
+    // The earlier revocation wins on a; c applies a's and keeps its own.
+    let to_c = replicate(&a, &c, 0);
+    assert_eq!(to_c.conflicts, 0);
+    let winner = a.revocation("root", &[0x40, 2]).unwrap().unwrap();
+    assert_eq!((winner.reason, winner.replaced), (5, true));
+    assert_eq!(c.revocation("root", &[0x40, 2]).unwrap().unwrap().reason, 5);
+    assert_eq!(
+        a.replica_state().unwrap().digests,
+        c.replica_state().unwrap().digests
+    );
+
+    // Delivered again (a server restart repeats messages): nothing changes.
+    let before = b.replica_state().unwrap();
+    let again = replicate(&a, &b, 0);
+    assert_eq!((again.applied, again.duplicates), (0, 5));
+    assert_eq!(b.replica_state().unwrap(), before);
+    assert_eq!(before.applied.get("a").map(|x| x.0), Some(5));
+    assert!(b.check().unwrap().is_empty());
+    assert!(b.find_by_request("a-1").unwrap().is_some());
+}
+
+#[test]
+fn a_request_id_issued_twice_is_a_reported_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    a.record_issuance(record("root", 1, "same")).unwrap();
+    b.record_issuance(record("root", 0x21, "same")).unwrap();
+    assert_eq!(replicate(&a, &b, 0).conflicts, 1);
+    assert_eq!(replicate(&b, &a, 0).conflicts, 1);
+    let found = b.conflicts().unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].local.1, "4021");
+    assert_eq!(found[0].remote.1, "4001");
+    // Both certificates are known on both twins: the digests agree.
+    assert_eq!(
+        a.replica_state().unwrap().digests,
+        b.replica_state().unwrap().digests
+    );
+    assert_eq!(a.replica_state().unwrap().conflicts, 1);
+}
+
+#[test]
+fn outbox_is_trimmed_and_crl_numbers_raise_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    for i in 0..4 {
+        a.record_issuance(record("root", i, &format!("r-{i}")))
+            .unwrap();
+    }
+    a.store_crl(&CrlRecord {
+        issuer: "root".into(),
+        number: vec![0x05, 0x00],
+        this_update: 1,
+        next_update: 2,
+        revocation_seq: 0,
+        entries: 0,
+        sha256: vec![0; 32],
+        der: vec![0x30, 0x00],
+    })
+    .unwrap();
+    replicate(&a, &b, 0);
+    assert_eq!(b.crl_floor("root").unwrap(), Some(vec![0x05, 0x00]));
+    assert_eq!(a.trim_events(3).unwrap(), 3);
+    let state = a.replica_state().unwrap();
+    assert_eq!((state.own_seq, state.outbox_first), (5, Some(4)));
+    assert_eq!(a.events_after(0, 10).unwrap().len(), 2);
+    // Sequence numbers continue after a reopen.
+    drop(a);
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    a.record_issuance(record("root", 9, "r-9")).unwrap();
+    assert_eq!(a.events_after(5, 10).unwrap()[0].0, 6);
 }

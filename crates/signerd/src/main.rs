@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use signer_ca::{CaConfig, CaService};
+use signer_replication::Replicator;
 use signer_server::config::LogFormat;
 use signer_server::{link, Engine, HealthSource, Router};
 use tracing::{error, info};
@@ -157,6 +158,13 @@ fn print_summary(c: &Config) {
                 );
             }
             println!("repository     {}", ca.repository.display());
+            match &ca.replication {
+                None => println!("replication    none (single signer)"),
+                Some(r) => println!(
+                    "replication    twin {} via {}; own nats-server {}",
+                    r.peer_id, r.peer, r.local
+                ),
+            }
             println!("serial prefix  0x{:02x}", ca.serial_prefix);
         }
     }
@@ -177,11 +185,17 @@ fn init_logging(c: &Config) {
 fn run(c: &Config) -> anyhow::Result<()> {
     let mut router = Router::new();
     let mut health: Vec<Arc<dyn HealthSource>> = Vec::new();
+    let mut replicator = None;
     let ca = match &c.ca {
         Some(ca_config) => {
             let service = CaService::start(ca_config, &c.signer_id, c.protocol.workers)?;
             router = service.routes(router);
             health.push(service.clone());
+            if let Some(r) = &ca_config.replication {
+                let started = Arc::new(Replicator::start(r, Arc::clone(service.repository()))?);
+                health.push(started.clone());
+                replicator = Some(started);
+            }
             Some(service)
         }
         None => None,
@@ -195,6 +209,9 @@ fn run(c: &Config) -> anyhow::Result<()> {
     link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
     // Without an open device the link had no session to drain; stop the workers here.
     engine.shutdown(SHUTDOWN_GRACE);
+    if let Some(r) = replicator {
+        r.stop();
+    }
     if let Some(ca) = ca {
         ca.repository().close();
     }

@@ -329,8 +329,9 @@ pub fn run_setup(cmd: SetupCmd) -> ExitCode {
 
 fn repo(cmd: RepoCmd) -> Result<(), String> {
     let open = |config: &Path| -> Result<Repository, String> {
-        let (_, ca) = load(config)?;
-        Repository::open(&ca.repository).map_err(|e| format!("{}: {e}", ca.repository.display()))
+        let (c, ca) = load(config)?;
+        Repository::open(&ca.repository, &c.signer_id)
+            .map_err(|e| format!("{}: {e}", ca.repository.display()))
     };
     match cmd {
         RepoCmd::Check { config } => {

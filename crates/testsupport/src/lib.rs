@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod ca;
+pub mod twins;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -188,7 +189,7 @@ fn spawn_daemon(config: &Path, log: &Path, env: &[(String, PathBuf)]) -> Child {
         .arg("run")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", "debug,async_nats=info")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -230,6 +231,16 @@ impl Bench {
 
     /// Like [`Bench::start_with`], with extra environment variables for the daemon.
     pub fn start_with_env(link: LinkSpec, extra_yaml: &str, env: Vec<(String, PathBuf)>) -> Bench {
+        Bench::start_as("test-signer", link, extra_yaml, env)
+    }
+
+    /// Like [`Bench::start_with_env`] for a signer named `signer_id`.
+    pub fn start_as(
+        signer_id: &str,
+        link: LinkSpec,
+        extra_yaml: &str,
+        env: Vec<(String, PathBuf)>,
+    ) -> Bench {
         let dir = tempfile::tempdir().expect("temp dir");
         let sim = LinkSim::start(
             Options::new(dir.path().join("signer.tty"), dir.path().join("client.tty"))
@@ -240,7 +251,7 @@ impl Bench {
         )
         .expect("start link simulator");
         let config = format!(
-            "signer_id: test-signer\nlink:\n  device: signer.tty\n  baud: {}\n  reopen_min_ms: 20\n  reopen_max_ms: 200\n{extra_yaml}",
+            "signer_id: {signer_id}\nlink:\n  device: signer.tty\n  baud: {}\n  reopen_min_ms: 20\n  reopen_max_ms: 200\n{extra_yaml}",
             if link.baud == 0 { 115_200 } else { link.baud }
         );
         let daemon = Daemon::start_with_env(dir.path(), &config, env);

@@ -1,0 +1,377 @@
+//! Two signers connected as in production: each with its own SoftHSM2 token
+//! (a copy of the first, as an HSM backup restored on the twin), repository,
+//! serial link and nats-server; the crossover cable is a pair of TCP relays
+//! that can be cut.
+//!
+//! ```text
+//! client A ─ pty ─ signer-a ── nats A ◄── relay ◄── signer-b's peer connection
+//!                      └─── peer connection ──► relay ──► nats B ── signer-b ─ pty ─ client B
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use signer_client::Client;
+use signer_protocol::msg;
+
+use crate::ca::Ceremony;
+use crate::{Bench, LinkSpec};
+
+/// A port on the loopback interface that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+/// A `nats-server` process with JetStream and a store of its own.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client port on 127.0.0.1.
+    pub port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server named `name` with its store under `dir`.
+    pub fn start(dir: &Path, name: &str) -> NatsServer {
+        let port = free_port();
+        let store = dir.join(format!("{name}-jetstream"));
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2GB\n}}\n",
+                store.display()
+            ),
+        )
+        .expect("write nats-server config");
+        let mut server = NatsServer {
+            child: None,
+            port,
+            conf,
+            log: dir.join(format!("{name}.log")),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open nats-server log");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server (Debian package nats-server) must be installed");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            let ready = std::fs::File::open(&self.log)
+                .map(|f| {
+                    BufReader::new(f)
+                        .lines()
+                        .map_while(Result::ok)
+                        .filter(|l| l.contains("Server is ready"))
+                        .count()
+                })
+                .unwrap_or(0);
+            let started = self.starts();
+            if ready >= started && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not start:\n{}", self.log_text());
+    }
+
+    fn starts(&self) -> usize {
+        self.log_text().matches("Starting nats-server").count()
+    }
+
+    /// The server's log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `nats://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP relay standing in for the crossover cable: it can be cut (open
+/// connections are torn down and new ones closed at once) and restored.
+pub struct CutProxy {
+    /// Listening port on 127.0.0.1.
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CutProxy {
+    /// Relays 127.0.0.1:`port` to 127.0.0.1:`target`.
+    pub fn start(target: u16) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().expect("relay address").port();
+        listener.set_nonblocking(true).expect("nonblocking relay");
+        let up = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        {
+            let (up, stop, conns) = (Arc::clone(&up), Arc::clone(&stop), Arc::clone(&conns));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((inbound, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    if !up.load(Ordering::SeqCst) {
+                        let _ = inbound.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                    let _ = inbound.set_nonblocking(false);
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
+                        let _ = inbound.shutdown(Shutdown::Both);
+                        continue;
+                    };
+                    let pairs = [
+                        (inbound.try_clone(), outbound.try_clone()),
+                        (outbound.try_clone(), inbound.try_clone()),
+                    ];
+                    if let Ok(mut list) = conns.lock() {
+                        list.extend(inbound.try_clone());
+                        list.extend(outbound.try_clone());
+                    }
+                    for pair in pairs {
+                        if let (Ok(mut from), Ok(mut to)) = pair {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = from.shutdown(Shutdown::Both);
+                                let _ = to.shutdown(Shutdown::Both);
+                            });
+                        }
+                    }
+                }
+            });
+        }
+        CutProxy {
+            port,
+            up,
+            stop,
+            conns,
+        }
+    }
+
+    /// `nats://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts the cable.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        if let Ok(mut list) = self.conns.lock() {
+            for s in list.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Joins it again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+/// Two twin signers. Fields drop in order: daemons first.
+pub struct Twins {
+    /// Signer `signer-a` (serial prefix 0x21).
+    pub a: Bench,
+    /// Signer `signer-b` (serial prefix 0x22).
+    pub b: Bench,
+    /// A's nats-server.
+    pub nats_a: NatsServer,
+    /// B's nats-server.
+    pub nats_b: NatsServer,
+    /// A → B's server.
+    pub cable_ab: CutProxy,
+    /// B → A's server.
+    pub cable_ba: CutProxy,
+    /// The key ceremony (token, certificates).
+    pub ceremony: Ceremony,
+    token_b: tempfile::TempDir,
+}
+
+/// Health checks by name: (status, detail).
+pub type Checks = BTreeMap<String, (msg::HealthStatus, String)>;
+
+/// The checks of a health report.
+pub fn checks(client: &Client) -> Checks {
+    client
+        .health()
+        .map(|h| {
+            h.checks
+                .into_iter()
+                .map(|c| (c.name, (c.status, c.detail)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Twins {
+    /// A ceremony (RSA root, `sub_key` intermediate, `profiles`), its token
+    /// copied for the twin, two nats-servers, the cable and both signers.
+    pub fn new(sub_key: &str, profiles: &str) -> Twins {
+        let ceremony = Ceremony::new(sub_key, profiles);
+        let token_b = tempfile::tempdir().expect("temp dir");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(ceremony.dir().join("tokens"))
+            .arg(token_b.path())
+            .status()
+            .expect("cp");
+        assert!(ok.success(), "copy the token store");
+        let conf_b = token_b.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf_b,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                token_b.path().join("tokens").display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        let nats_a = NatsServer::start(ceremony.dir(), "nats-a");
+        let nats_b = NatsServer::start(token_b.path(), "nats-b");
+        let cable_ab = CutProxy::start(nats_b.port);
+        let cable_ba = CutProxy::start(nats_a.port);
+        let replication = |local: &str, peer: &str, peer_id: &str| {
+            format!(
+                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    state_interval_secs: 1\n"
+            )
+        };
+        let d = ceremony.dir().display().to_string();
+        let yaml_a = format!(
+            "{}{}",
+            ceremony.ca_yaml,
+            replication(&nats_a.url(), &cable_ab.url(), "signer-b")
+        );
+        let yaml_b = format!(
+            "{}{}",
+            ceremony
+                .ca_yaml
+                .replace(
+                    &format!("{d}/repository.redb"),
+                    &format!("{}/repository.redb", token_b.path().display())
+                )
+                .replace("serial_prefix: 0x21", "serial_prefix: 0x22"),
+            replication(&nats_b.url(), &cable_ba.url(), "signer-a")
+        );
+        let a = Bench::start_as("signer-a", LinkSpec::unthrottled(), &yaml_a, ceremony.env());
+        let b = Bench::start_as(
+            "signer-b",
+            LinkSpec::unthrottled(),
+            &yaml_b,
+            vec![("SOFTHSM2_CONF".into(), conf_b)],
+        );
+        Twins {
+            a,
+            b,
+            nats_a,
+            nats_b,
+            cable_ab,
+            cable_ba,
+            ceremony,
+            token_b,
+        }
+    }
+
+    /// B's token store directory (its repository lives there too).
+    pub fn dir_b(&self) -> &Path {
+        self.token_b.path()
+    }
+
+    /// Cuts the crossover cable in both directions.
+    pub fn cut(&self) {
+        self.cable_ab.cut();
+        self.cable_ba.cut();
+    }
+
+    /// Restores the crossover cable.
+    pub fn restore(&self) {
+        self.cable_ab.restore();
+        self.cable_ba.restore();
+    }
+
+    /// Waits (up to `limit`) until both report "in sync" with `issued`
+    /// certificates in total; returns both agreement details.
+    pub fn wait_in_sync(
+        &self,
+        a: &Client,
+        b: &Client,
+        issued: u64,
+        limit: Duration,
+    ) -> Result<(String, String), String> {
+        let until = Instant::now() + limit;
+        let want = format!("{issued} issued");
+        let mut last = (Checks::new(), Checks::new());
+        while Instant::now() < until {
+            last = (checks(a), checks(b));
+            let agreed = |c: &Checks| {
+                c.get("replication:agreement")
+                    .is_some_and(|(_, d)| d.starts_with("in sync") && d.contains(&want))
+            };
+            if agreed(&last.0) && agreed(&last.1) {
+                let detail = |c: &Checks| c["replication:agreement"].1.clone();
+                return Ok((detail(&last.0), detail(&last.1)));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "not in sync with {issued} issued after {limit:?}:\nA: {:#?}\nB: {:#?}",
+            last.0, last.1
+        ))
+    }
+}

@@ -1,0 +1,177 @@
+//! Twin signers over NATS JetStream, as in production: two signerd
+//! processes, each with its own SoftHSM2 token, repository, serial link and
+//! nats-server, joined by a crossover "cable" that the test cuts. Checked
+//! through the signers' own health reports (positions and digests of the
+//! issued and revoked sets) and over the serial link.
+
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::time::Duration;
+
+use signer_client::Client;
+use signer_protocol::msg::{self, HealthStatus};
+use signer_protocol::Command as Cmd;
+use signer_testsupport::ca::{make_csr, sign_request, SERVER_PROFILE};
+use signer_testsupport::twins::{checks, Twins};
+
+const SYNC: Duration = Duration::from_secs(90);
+
+fn request(d: &Path, id: &str) -> msg::SignX509 {
+    let csr = make_csr(d, id, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    sign_request(id, csr, &format!("{id}.example.org"))
+}
+
+fn sign(client: &Client, d: &Path, id: &str) -> msg::SignX509Reply {
+    client
+        .call_typed(Cmd::SIGN_X509, &request(d, id))
+        .unwrap_or_else(|e| panic!("sign {id}: {e}"))
+}
+
+fn revoke(client: &Client, serial: &[u8], reason: u8) -> msg::RevokeX509Reply {
+    client
+        .call_typed(
+            Cmd::REVOKE_X509,
+            &msg::RevokeX509 {
+                request_id: format!("rev-{}", hex::encode(serial)),
+                issuer: "sub".into(),
+                serial: serial.to_vec(),
+                reason,
+                invalidity_date: None,
+            },
+        )
+        .unwrap()
+}
+
+fn crl_number(client: &Client) -> Vec<u8> {
+    let reply: msg::FetchCrlReply = client
+        .call_typed(
+            Cmd::FETCH_CRL,
+            &msg::FetchCrl {
+                issuer: "sub".into(),
+                have_number: None,
+                have_sha256: None,
+            },
+        )
+        .unwrap();
+    reply.number
+}
+
+fn wait_for(client: &Client, check: &str, what: impl Fn(&(HealthStatus, String)) -> bool) {
+    let until = std::time::Instant::now() + SYNC;
+    loop {
+        let c = checks(client);
+        if c.get(check).is_some_and(&what) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{check} never as expected: {c:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn twins_converge_through_partitions_and_restarts() {
+    let mut t = Twins::new("p256", SERVER_PROFILE);
+    let d = t.ceremony.dir().to_path_buf();
+    let mut a = t.a.client();
+    let mut b = t.b.client();
+
+    // Steady replication: both issue, each sees the other's certificates.
+    let requests: Vec<msg::SignX509> = (0..5).map(|i| request(&d, &format!("a-{i}"))).collect();
+    let from_a: Vec<msg::SignX509Reply> = requests
+        .iter()
+        .map(|r| a.call_typed(Cmd::SIGN_X509, r).unwrap())
+        .collect();
+    for i in 0..3 {
+        sign(&b, &d, &format!("b-{i}"));
+    }
+    t.wait_in_sync(&a, &b, 8, SYNC).unwrap();
+    assert!(from_a.iter().all(|r| r.serial[0] == 0x21));
+    // A request A answered, retried on B (a client failing over), gets A's
+    // certificate; B revokes a certificate A issued.
+    let retried: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[1]).unwrap();
+    assert!(retried.replayed);
+    assert_eq!(retried.certificate, from_a[1].certificate);
+    revoke(&b, &from_a[0].serial, 1);
+    let (detail, _) = t.wait_in_sync(&a, &b, 8, SYNC).unwrap();
+    wait_for(&a, "replication:agreement", |(_, d)| {
+        d.contains("1 revoked")
+    });
+    assert!(detail.starts_with("in sync"), "{detail}");
+    // CRL numbers stay monotonic across the twins: A's next CRL is above
+    // B's, whatever the clocks say.
+    let n1 = crl_number(&b);
+    wait_for(&a, "replication:apply", |(_, d)| d.contains("behind 0"));
+    t.wait_in_sync(&a, &b, 8, SYNC).unwrap();
+    revoke(&a, &from_a[2].serial, 3);
+    let n2 = crl_number(&a);
+    assert!(
+        (n2.len(), &n2) > (n1.len(), &n1),
+        "A's CRL number {n2:02x?} is above B's {n1:02x?}"
+    );
+
+    // Partition: both keep serving, issue and revoke; one request id is
+    // used on both sides.
+    t.cut();
+    wait_for(&a, "replication:peer", |(s, _)| {
+        *s == HealthStatus::Degraded
+    });
+    wait_for(&b, "replication:peer", |(s, _)| {
+        *s == HealthStatus::Degraded
+    });
+    for i in 0..4 {
+        sign(&a, &d, &format!("pa-{i}"));
+        sign(&b, &d, &format!("pb-{i}"));
+    }
+    let same = request(&d, "both");
+    let on_a: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &same).unwrap();
+    let on_b: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &same).unwrap();
+    assert_ne!(on_a.serial, on_b.serial);
+    // The same certificate revoked on both sides with different reasons:
+    // the merge rule keeps one, on both.
+    revoke(&a, &from_a[3].serial, 4);
+    revoke(&b, &from_a[3].serial, 1);
+    t.restore();
+    // 8 + 8 + the request id issued on both sides.
+    let (detail_a, detail_b) = t.wait_in_sync(&a, &b, 18, SYNC).unwrap();
+    assert_eq!(detail_a, detail_b);
+    assert!(detail_a.contains("3 revoked"), "{detail_a}");
+    for client in [&a, &b] {
+        wait_for(client, "replication:conflicts", |(s, d)| {
+            *s == HealthStatus::Failing && d.contains("request id both")
+        });
+    }
+
+    // A's nats-server killed: A signs on; its changes wait in the outbox
+    // and follow once the server is back.
+    t.nats_a.kill();
+    for i in 0..3 {
+        sign(&a, &d, &format!("na-{i}"));
+    }
+    wait_for(&a, "replication:publish", |(s, d)| {
+        *s == HealthStatus::Degraded && !d.contains("waiting 0")
+    });
+    t.nats_a.restart();
+    t.wait_in_sync(&a, &b, 21, SYNC).unwrap();
+
+    // signerd killed (-9) on either side right after issuing.
+    for i in 0..2 {
+        sign(&a, &d, &format!("ka-{i}"));
+    }
+    t.b.daemon.restart();
+    sign(&a, &d, "ka-2");
+    drop(b);
+    b = t.b.client();
+    sign(&b, &d, "kb-0");
+    t.a.daemon.restart();
+    drop(a);
+    a = t.a.client();
+    t.wait_in_sync(&a, &b, 25, SYNC).unwrap();
+    // Restarted twins still answer a retried request id with the original.
+    let replay: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[4]).unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.certificate, from_a[4].certificate);
+}
