@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use signer_client::Client;
+use signer_client::{Client, Failover};
 use signer_protocol::msg::{self, HealthStatus};
 use signer_protocol::Command as Cmd;
 use signer_testsupport::ca::{make_csr, sign_request, SERVER_PROFILE};
@@ -174,4 +174,131 @@ fn twins_converge_through_partitions_and_restarts() {
     let replay: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[4]).unwrap();
     assert!(replay.replayed);
     assert_eq!(replay.certificate, from_a[4].certificate);
+}
+
+/// The number of certificates both twins report once in sync.
+fn issued_total(detail: &str) -> u64 {
+    let start = detail.find('(').unwrap() + 1;
+    detail[start..].split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_fails_over_mid_batch_and_the_twins_account_for_every_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let mut t = Twins::new("p256", SERVER_PROFILE);
+    let d = t.ceremony.dir().to_path_buf();
+    let requests: Arc<Vec<msg::SignX509>> =
+        Arc::new((0..30).map(|i| request(&d, &format!("f-{i}"))).collect());
+    drop(t.a.client());
+    drop(t.b.client());
+    let client = Arc::new(Failover::new(
+        vec![t.a.link_options(), t.b.link_options()],
+        Duration::from_secs(3),
+    ));
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (client, requests, done) = (
+                Arc::clone(&client),
+                Arc::clone(&requests),
+                Arc::clone(&done),
+            );
+            std::thread::spawn(move || {
+                (w * 10..w * 10 + 10)
+                    .map(|i| {
+                        let reply: msg::SignX509Reply = client
+                            .call_typed(Cmd::SIGN_X509, &requests[i])
+                            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+                        done.fetch_add(1, Ordering::SeqCst);
+                        (i, reply)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    while done.load(Ordering::SeqCst) < 8 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t.a.daemon.kill();
+    let mut replies: Vec<(usize, msg::SignX509Reply)> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    replies.sort_by_key(|r| r.0);
+    assert_eq!(replies.len(), 30);
+    assert!(client.failovers() >= 1);
+    let failovers = client.failovers();
+    assert!(replies.iter().all(|(_, r)| r.issuer == "sub"));
+    assert!(
+        replies.iter().any(|(_, r)| r.serial[0] == 0x22),
+        "the twin answered after the failover"
+    );
+
+    drop(client);
+
+    // The CLI fails over the same way.
+    let csr = d.join("cli.csr");
+    std::fs::write(&csr, &request(&d, "cli").csr).unwrap();
+    let links = format!(
+        "{},{}",
+        t.a.client_device().display(),
+        t.b.client_device().display()
+    );
+    let out = std::process::Command::new(signer_testsupport::bin("signer-client"))
+        .args(["--link", &links, "--failover-after", "2", "--json", "sign"])
+        .args(["--profile", "server", "--request-id", "cli", "--csr"])
+        .arg(&csr)
+        .args([
+            "--subject",
+            "CN=cli.example.org",
+            "--san",
+            "dns:cli.example.org",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["signer"], "signer-b");
+    assert_eq!(json["failovers"], 1);
+
+    // A returns; the twins converge. A request A signed whose change had not
+    // left A before it died was signed again by B: both certificates are
+    // kept and the request id is reported as a conflict, never silently.
+    t.a.daemon.restart();
+    let a = t.a.client();
+    let b = t.b.client();
+    let (detail, _) = t.wait_in_sync(&a, &b, None, SYNC).unwrap();
+    let mut differing = 0;
+    for (i, got) in &replies {
+        let on_a: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &requests[*i]).unwrap();
+        let on_b: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[*i]).unwrap();
+        assert!(on_a.replayed && on_b.replayed);
+        assert!(
+            got.serial == on_a.serial || got.serial == on_b.serial,
+            "the certificate the client holds for request {i} is recorded"
+        );
+        if on_a.serial != on_b.serial {
+            differing += 1;
+        }
+    }
+    assert_eq!(issued_total(&detail), 31 + differing, "{detail}");
+    let conflicts = checks(&a).get("replication:conflicts").cloned();
+    match differing {
+        0 => assert!(conflicts.is_none(), "{conflicts:?}"),
+        n => assert!(
+            conflicts
+                .as_ref()
+                .is_some_and(|(s, d)| *s == HealthStatus::Failing
+                    && d.starts_with(&format!("{n} request ids"))),
+            "{conflicts:?}"
+        ),
+    }
+    eprintln!("failover: {failovers} failovers, {differing} request ids signed by both twins");
 }

@@ -68,6 +68,10 @@ impl Failover {
             let index = (start + k) % self.links.len();
             match Client::open(&self.links[index]) {
                 Ok(client) => {
+                    if k > 0 {
+                        // The signer that should have answered did not.
+                        self.failovers.fetch_add(1, Ordering::SeqCst);
+                    }
                     let generation = self.generation.load(Ordering::SeqCst);
                     let entry = (index, generation, Arc::new(client));
                     *current = Some(entry.clone());

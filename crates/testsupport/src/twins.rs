@@ -346,16 +346,18 @@ impl Twins {
     }
 
     /// Waits (up to `limit`) until both report "in sync" with `issued`
-    /// certificates in total; returns both agreement details.
+    /// certificates in total (any number if `None`); returns both agreement
+    /// details.
     pub fn wait_in_sync(
         &self,
         a: &Client,
         b: &Client,
-        issued: u64,
+        issued: impl Into<Option<u64>>,
         limit: Duration,
     ) -> Result<(String, String), String> {
+        let issued = issued.into();
         let until = Instant::now() + limit;
-        let want = format!("{issued} issued");
+        let want = issued.map(|n| format!("({n} issued")).unwrap_or_default();
         let mut last = (Checks::new(), Checks::new());
         while Instant::now() < until {
             last = (checks(a), checks(b));
@@ -370,7 +372,7 @@ impl Twins {
             std::thread::sleep(Duration::from_millis(200));
         }
         Err(format!(
-            "not in sync with {issued} issued after {limit:?}:\nA: {:#?}\nB: {:#?}",
+            "not in sync with {issued:?} issued after {limit:?}:\nA: {:#?}\nB: {:#?}",
             last.0, last.1
         ))
     }
