@@ -93,3 +93,60 @@ fn run_refuses_a_broken_config_before_starting() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("link.stop_bits"));
 }
+
+#[test]
+fn the_nats_server_config_is_valid_for_the_installed_server() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/nats-server.conf");
+    let out = Command::new("nats-server")
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("nats-server (Debian package nats-server) must be installed");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn replication_settings_are_checked() {
+    let reference =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/signerd.yaml"))
+            .unwrap();
+    let (code, text) = check(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/signerd.yaml"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("twin signer-b via nats://192.168.100.2:4222"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "peer: nats://192.168.100.2:4222",
+            "peer: 192.168.100.2",
+            "ca.replication.peer",
+        ),
+        (
+            "peer_id: signer-b",
+            "peer_id: Signer B",
+            "ca.replication.peer_id",
+        ),
+        (
+            "state_interval_secs: 2",
+            "state_interval_secs: 0",
+            "ca.replication",
+        ),
+        ("lag_warning_secs: 300", "lag_warning: 300", "lag_warning"),
+    ];
+    for (from, to, key) in cases {
+        assert!(reference.contains(from), "{from}");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, reference.replace(from, to)).unwrap();
+        let (code, text) = check(&path);
+        assert_eq!(code, Some(1), "{to}: {text}");
+        assert!(text.contains(key), "{to}: expected {key:?} in {text}");
+    }
+}

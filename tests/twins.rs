@@ -174,6 +174,29 @@ fn twins_converge_through_partitions_and_restarts() {
     let replay: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[4]).unwrap();
     assert!(replay.replayed);
     assert_eq!(replay.certificate, from_a[4].certificate);
+
+    // B's repository lost and replaced (a rebuilt twin with the same id):
+    // its sequence starts again in a new epoch, which A follows; A's older
+    // events are gone from A's stream, which B reports instead of waiting.
+    t.b.daemon.kill();
+    std::fs::remove_file(t.dir_b().join("repository.redb")).unwrap();
+    t.b.daemon.restart();
+    drop(b);
+    let b = t.b.client();
+    let on_new_b = request(&d, "new-b");
+    let _: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &on_new_b).unwrap();
+    let after = request(&d, "after-replace");
+    let _: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &after).unwrap();
+    wait_for(&b, "replication:apply", |(s, d)| {
+        *s == HealthStatus::Degraded && d.contains("were gone") && d.contains("behind 0")
+    });
+    wait_for(&a, "replication:apply", |(_, d)| {
+        d.starts_with("applied 1 of 1 ")
+    });
+    let on_b: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &after).unwrap();
+    let on_a: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &on_new_b).unwrap();
+    assert!(on_b.replayed, "B has A's certificate: {:#?}", checks(&b));
+    assert!(on_a.replayed, "A has B's certificate: {:#?}", checks(&a));
 }
 
 /// The number of certificates both twins report once in sync.

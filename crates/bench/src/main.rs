@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod crl;
+mod replication;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -37,7 +38,8 @@ struct Cli {
     /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
     #[arg(long, hide = true)]
     crl_diff_child: Option<String>,
-    /// Run only one section (`issuance`, `crl`).
+    /// Run only one section (`issuance`, `crl`, `replication`); its part of
+    /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
     /// Internal: measure the raw HSM rate in this process (SoftHSM2 reads its
@@ -319,7 +321,50 @@ fn main() -> anyhow::Result<()> {
         crl::section(&mut report, cli.scale)?;
         crl::diff_section(&mut report, cli.scale)?;
     }
+    if only.is_none() || only == Some("replication") {
+        replication::section(&mut report, cli.scale)?;
+    }
+    if only.is_some() {
+        if let Some(old) = cli
+            .out
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            report = splice(&old, &report);
+        }
+    }
     write_report(cli.out.as_deref(), &report)
+}
+
+/// `old` with each `## ` section of `new` in place of the one of the same
+/// heading (appended if it had none); `new`'s preamble is dropped.
+fn splice(old: &str, new: &str) -> String {
+    fn sections(text: &str) -> (String, Vec<(String, String)>) {
+        let mut pre = String::new();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in text.split_inclusive('\n') {
+            if line.starts_with("## ") {
+                out.push((line.trim_end().to_string(), String::new()));
+            }
+            match out.last_mut() {
+                Some((_, body)) => body.push_str(line),
+                None => pre.push_str(line),
+            }
+        }
+        (pre, out)
+    }
+    let (pre, mut kept) = sections(old);
+    for (heading, body) in sections(new).1 {
+        match kept.iter_mut().find(|(h, _)| *h == heading) {
+            Some(slot) => slot.1 = body,
+            None => kept.push((heading, body)),
+        }
+    }
+    let mut text = pre;
+    for (_, body) in kept {
+        text.push_str(&body);
+    }
+    text
 }
 
 fn write_report(out: Option<&std::path::Path>, report: &str) -> anyhow::Result<()> {

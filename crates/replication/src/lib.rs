@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Each signer publishes its own changes, in order, to a stream on its own
-//! nats-server (message id `<origin>:<seq>`, so a retried publish is stored
+//! nats-server (message id `<origin>:<epoch>:<seq>`, so a retried publish is stored
 //! once), and reads the twin's stream from the twin's server with a durable
 //! consumer. A change is acknowledged only after the transaction that
 //! applies it is on disk; the stream drops it then (work-queue retention).
@@ -117,6 +117,7 @@ struct Status {
     waiting_for: Option<u64>,
     last_progress: Option<Instant>,
     undecodable: u64,
+    gone: u64,
 }
 
 struct Shared {
@@ -210,6 +211,11 @@ impl Replicator {
     /// Forgets the lag samples (benchmarks measure one phase at a time).
     pub fn reset_lag(&self) {
         self.shared.status().lags_us.clear();
+    }
+
+    /// This signer's events confirmed stored by its nats-server.
+    pub fn published(&self) -> u64 {
+        self.shared.status().published
     }
 
     /// The twin's state as last received, with its age.
@@ -337,7 +343,8 @@ async fn resume_point(shared: &Shared, stream: &stream::Stream) -> u64 {
         .await
     {
         if let Ok(e) = Event::decode(&last.payload) {
-            if e.origin == shared.me {
+            // An event of an earlier repository with this id does not count.
+            if e.origin == shared.me && e.epoch == state.epoch {
                 from = from.max(e.seq);
             }
         }
@@ -348,6 +355,7 @@ async fn resume_point(shared: &Shared, stream: &stream::Stream) -> u64 {
 async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
     let js = jetstream::new(client);
     let subject = events_subject(&shared.me);
+    let epoch = shared.repo.replica_state().map_or(0, |s| s.epoch);
     let mut published: Option<u64> = None;
     while !shared.stopping() {
         let after = match published {
@@ -388,7 +396,10 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
         let mut failed = None;
         for (seq, bytes) in batch {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("{}:{seq}", shared.me).as_str());
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}:{epoch:016x}:{seq}", shared.me).as_str(),
+            );
             match js
                 .publish_with_headers(subject.clone(), headers, bytes.into())
                 .await
@@ -459,6 +470,7 @@ async fn responder(shared: Arc<Shared>, client: async_nats::Client) {
 
 async fn poller(shared: Arc<Shared>, client: async_nats::Client) {
     let interval = Duration::from_secs(u64::from(shared.config.state_interval_secs));
+    let own_epoch = shared.repo.replica_state().map_or(0, |s| s.epoch);
     let mut trimmed = 0;
     loop {
         let asked = tokio::time::timeout(
@@ -474,7 +486,13 @@ async fn poller(shared: Arc<Shared>, client: async_nats::Client) {
         };
         match answer {
             Ok(peer) => {
-                let applied = peer.state.applied.get(&shared.me).map(|a| a.0);
+                // Only positions in this repository's sequence count.
+                let applied = peer
+                    .state
+                    .applied
+                    .get(&shared.me)
+                    .filter(|a| a.2 == own_epoch)
+                    .map(|a| a.0);
                 {
                     let mut s = shared.status();
                     if s.peer_unreachable_since.take().is_some() {
@@ -523,7 +541,9 @@ async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
                     consumer::pull::Config {
                         durable_name: Some(durable.clone()),
                         ack_policy: consumer::AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(30),
+                        // Unacknowledged events (this signer stopped while
+                        // applying them) come again after this long.
+                        ack_wait: Duration::from_secs(5),
                         max_ack_pending: 20_000,
                         deliver_policy: consumer::DeliverPolicy::All,
                         ..Default::default()
@@ -611,8 +631,13 @@ async fn hold(shared: &Shared, held: &mut Held, m: jetstream::Message) {
 /// Applies the unbroken run after the last applied event, in one durable
 /// transaction, then acknowledges it (and any repeats) to the twin's stream.
 async fn apply_held(shared: &Shared, held: &mut Held) {
+    let epoch = held.values().next().map_or(0, |(e, _, _)| e.epoch);
     let last = match shared.repo.replica_state() {
-        Ok(s) => s.applied.get(&shared.config.peer_id).map_or(0, |a| a.0),
+        Ok(s) => s
+            .applied
+            .get(&shared.config.peer_id)
+            .filter(|a| a.2 == epoch)
+            .map_or(0, |a| a.0),
         Err(e) => {
             shared.status().consume_error = Some(format!("repository: {e}"));
             return;
@@ -624,6 +649,28 @@ async fn apply_held(shared: &Shared, held: &mut Held) {
             let _ = m.ack().await;
         }
         shared.status().duplicates_total += 1;
+    }
+    // Events the twin no longer keeps (it trimmed them after a twin with
+    // this id applied them: this signer's repository was replaced) can never
+    // come: go on after them and say so.
+    let mut last = last;
+    if !held.contains_key(&(last + 1)) {
+        let kept_from = shared
+            .status()
+            .peer_state
+            .as_ref()
+            .map(|(_, p)| p.state.outbox_first.unwrap_or(p.state.own_seq + 1));
+        if let (Some(from), Some(&first_held)) = (kept_from, held.keys().next()) {
+            if from > last + 1 && first_held >= from {
+                warn!(
+                    missing = from - last - 1,
+                    from = last + 1,
+                    "replication: the twin no longer keeps events this signer never applied; import the twin's export"
+                );
+                shared.status().gone += from - last - 1;
+                last = from - 1;
+            }
+        }
     }
     let mut run = Vec::new();
     while let Some(entry) = held.remove(&(last + 1 + run.len() as u64)) {
@@ -735,7 +782,12 @@ impl HealthSource for Replicator {
                     .unwrap_or_default()
             ),
         ));
-        let applied = state.applied.get(&cfg.peer_id).map_or(0, |a| a.0);
+        let twin_epoch = fresh.map(|(_, p)| p.state.epoch);
+        let applied = state
+            .applied
+            .get(&cfg.peer_id)
+            .filter(|a| twin_epoch.is_none_or(|e| e == a.2))
+            .map_or(0, |a| a.0);
         let twin_seq = fresh.map(|(_, p)| p.state.own_seq);
         let behind = twin_seq.map(|t| t.saturating_sub(applied));
         let lag = lag_stats(&s.lags_us);
@@ -745,7 +797,7 @@ impl HealthSource for Replicator {
                 > warn_after;
         checks.push(check(
             "apply",
-            if s.undecodable > 0 || stalled {
+            if s.undecodable > 0 || stalled || s.gone > 0 {
                 HealthStatus::Degraded
             } else {
                 HealthStatus::Ok
@@ -766,6 +818,10 @@ impl HealthSource for Replicator {
                     format!("; {} undecodable events dropped", s.undecodable)
                 } else {
                     String::new()
+                } + &if s.gone > 0 {
+                    format!("; {} of the twin's events were gone before this signer had them: import the twin's export (signerd repo export/import)", s.gone)
+                } else {
+                    String::new()
                 },
                 s.consume_error
                     .as_ref()
@@ -780,7 +836,12 @@ impl HealthSource for Replicator {
                 "unknown: no recent state from the twin".into(),
             ),
             Some((_, peer)) => {
-                let twin_applied = peer.state.applied.get(&sh.me).map_or(0, |a| a.0);
+                let twin_applied = peer
+                    .state
+                    .applied
+                    .get(&sh.me)
+                    .filter(|a| a.2 == state.epoch)
+                    .map_or(0, |a| a.0);
                 let caught_up = peer.state.own_seq == applied && state.own_seq == twin_applied;
                 if !caught_up {
                     check(

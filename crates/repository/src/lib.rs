@@ -265,6 +265,21 @@ pub struct Repository {
     stats: Arc<Mutex<RepoStats>>,
 }
 
+/// A random-enough identifier for a new repository (time, process, path).
+fn new_epoch(path: &Path) -> u64 {
+    use sha2::Digest;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = sha2::Sha256::new();
+    h.update(nanos.to_be_bytes());
+    h.update(std::process::id().to_be_bytes());
+    h.update(path.as_os_str().as_encoded_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) | 1
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -289,6 +304,12 @@ impl Repository {
                 .is_some();
             if !digests_done {
                 replica::rebuild_digests(&txn)?;
+            }
+            {
+                let mut meta = txn.open_table(replica::META).map_err(storage)?;
+                if meta.get("epoch").map_err(storage)?.is_none() {
+                    meta.insert("epoch", new_epoch(path)).map_err(storage)?;
+                }
             }
             txn.open_table(CERTS).map_err(storage)?;
             txn.open_table(REQUESTS).map_err(storage)?;

@@ -27,10 +27,13 @@ use crate::{
 /// This signer's changes, by its own sequence number (1, 2, …).
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events_v1");
 /// Counters: `event_seq` (last own sequence number assigned), `digests` (1
-/// once the digests cover every record).
+/// once the digests cover every record), `epoch` (random, fixed when the
+/// repository is created: a replaced repository starts a new sequence).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
-/// Per origin: (last sequence number applied, its stream sequence).
-pub(crate) const APPLIED: TableDefinition<&str, (u64, u64)> = TableDefinition::new("applied_v1");
+/// Per origin: (last sequence number applied, its stream sequence, the
+/// origin repository's epoch).
+pub(crate) const APPLIED: TableDefinition<&str, (u64, u64, u64)> =
+    TableDefinition::new("applied_v2");
 /// Per issuer: [`SetDigest`].
 pub(crate) const DIGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("digests_v1");
 /// Request ids issued on both twins with different certificates.
@@ -63,6 +66,9 @@ pub struct Event {
     pub origin: String,
     /// Its sequence number at the origin: 1, 2, … without gaps.
     pub seq: u64,
+    /// The origin repository's epoch: sequence numbers count within it.
+    #[serde(default)]
+    pub epoch: u64,
     /// When the origin committed it, Unix microseconds.
     pub at_us: i64,
     /// The change.
@@ -237,6 +243,7 @@ pub(crate) fn append_event(
     change: Change,
 ) -> Result<u64, RepoError> {
     let mut meta = txn.open_table(META).map_err(storage)?;
+    let epoch = meta.get("epoch").map_err(storage)?.map_or(0, |v| v.value());
     let seq = meta
         .get("event_seq")
         .map_err(storage)?
@@ -246,6 +253,7 @@ pub(crate) fn append_event(
     let event = Event {
         origin: origin.to_string(),
         seq,
+        epoch,
         at_us: now_us(),
         change,
     };
@@ -340,11 +348,14 @@ pub(crate) fn apply(
             report.duplicates += 1;
             continue;
         }
-        let last = applied
-            .get(event.origin.as_str())
-            .map_err(storage)?
-            .map(|v| v.value().0)
-            .unwrap_or(0);
+        let last = match applied.get(event.origin.as_str()).map_err(storage)? {
+            Some(v) if v.value().2 == event.epoch => v.value().0,
+            Some(_) => {
+                tracing::warn!(origin = %event.origin, epoch = event.epoch, "the twin's repository is new: its sequence starts again");
+                0
+            }
+            None => 0,
+        };
         if event.seq <= last {
             report.duplicates += 1;
             continue;
@@ -450,7 +461,7 @@ pub(crate) fn apply(
             }
         }
         applied
-            .insert(event.origin.as_str(), (event.seq, *stream_seq))
+            .insert(event.origin.as_str(), (event.seq, *stream_seq, event.epoch))
             .map_err(storage)?;
         report.applied += 1;
         report.applied_at_us.push(event.at_us);
@@ -471,6 +482,7 @@ pub(crate) fn read_state(txn: &redb::ReadTransaction) -> Result<ReplicaState, Re
             .map_err(storage)?
             .map(|v| v.value())
             .unwrap_or(0),
+        epoch: meta.get("epoch").map_err(storage)?.map_or(0, |v| v.value()),
         outbox_first: events.first().map_err(storage)?.map(|(k, _)| k.value()),
         ..ReplicaState::default()
     };
@@ -495,8 +507,11 @@ pub struct ReplicaState {
     pub own_seq: u64,
     /// The oldest event still in the outbox.
     pub outbox_first: Option<u64>,
-    /// Per origin: (last sequence number applied, its stream sequence).
-    pub applied: BTreeMap<String, (u64, u64)>,
+    /// This repository's epoch.
+    pub epoch: u64,
+    /// Per origin: (last sequence number applied, its stream sequence, the
+    /// origin's epoch).
+    pub applied: BTreeMap<String, (u64, u64, u64)>,
     /// Per issuer: digests of the issued and revoked sets.
     pub digests: BTreeMap<String, SetDigest>,
     /// Request id conflicts found.

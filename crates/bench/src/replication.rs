@@ -1,0 +1,200 @@
+//! Replication between twins: lag at a steady issuance rate and catch-up
+//! after a partition, through two real nats-servers on loopback.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signer_ca::ReplicationConfig;
+use signer_replication::Replicator;
+use signer_repository::{CertRecord, Repository};
+use signer_testsupport::twins::NatsServer;
+
+fn record(i: usize) -> CertRecord {
+    let mut der = vec![0x30, 0x82, 0x04, 0x00];
+    der.extend((0..1024).map(|k| (k * 31 + i * 7) as u8));
+    CertRecord {
+        issuer: "sub".into(),
+        serial: {
+            let mut s = vec![0x21];
+            s.extend((i as u64).to_be_bytes());
+            s
+        },
+        der,
+        profile: "server".into(),
+        request_id: format!("bench-{i}"),
+        request_digest: vec![0; 32],
+        subject: format!("CN=host{i}.example.org"),
+        not_before: 1_790_000_000,
+        not_after: 1_800_000_000,
+        issued_at_ms: 1_790_000_000_000,
+        signer_id: "signer-a".into(),
+    }
+}
+
+fn config(local: &NatsServer, peer: &NatsServer, peer_id: &str) -> ReplicationConfig {
+    ReplicationConfig {
+        local: local.url(),
+        peer: peer.url(),
+        peer_id: peer_id.into(),
+        stream_max_bytes: 1 << 30,
+        state_interval_secs: 1,
+        lag_warning_secs: 300,
+    }
+}
+
+fn applied(repo: &Repository, origin: &str) -> u64 {
+    repo.replica_state()
+        .map(|s| s.applied.get(origin).map_or(0, |a| a.0))
+        .unwrap_or(0)
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            anyhow::bail!("not done within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(start.elapsed())
+}
+
+/// Records `n` certificates without waiting for each (group commits of up
+/// to 256); returns when all are durable.
+fn record_many(repo: &Repository, from: usize, n: usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in from..from + n {
+        let tx = tx.clone();
+        repo.record_issuance_then(
+            record(i),
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        );
+    }
+    drop(tx);
+    let ok = rx.iter().filter(|&ok| ok).count();
+    assert_eq!(ok, n, "every record committed");
+}
+
+pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nats_a = NatsServer::start(dir.path(), "nats-a");
+    let nats_b = NatsServer::start(dir.path(), "nats-b");
+    let repo_a = Arc::new(Repository::open(&dir.path().join("a.redb"), "signer-a")?);
+    let repo_b = Arc::new(Repository::open(&dir.path().join("b.redb"), "signer-b")?);
+    let rep_a = Replicator::start(&config(&nats_a, &nats_b, "signer-b"), Arc::clone(&repo_a))?;
+    let mut rep_b = Replicator::start(&config(&nats_b, &nats_a, "signer-a"), Arc::clone(&repo_b))?;
+
+    // Baseline: one durable commit of one record, alone.
+    let scratch = Repository::open(&dir.path().join("scratch.redb"), "scratch")?;
+    let mut commits: Vec<f64> = (0..200)
+        .map(|i| {
+            let t = Instant::now();
+            let _ = scratch.record_issuance(record(i));
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    commits.sort_by(f64::total_cmp);
+    let commit_p50 = commits[commits.len() / 2];
+
+    // Lag at 100 issuances/s.
+    let n = super::scaled(1000, scale);
+    eprintln!("bench: replication lag, {n} issuances at 100/s");
+    record_many(&repo_a, 0, 1);
+    wait_until(Duration::from_secs(60), || {
+        applied(&repo_b, "signer-a") >= 1
+    })?;
+    rep_b.reset_lag();
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + Duration::from_millis(10 * i as u64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        repo_a.record_issuance(record(1 + i))?;
+    }
+    let own = repo_a.replica_state()?.own_seq;
+    wait_until(Duration::from_secs(60), || {
+        applied(&repo_b, "signer-a") >= own
+    })?;
+    let lag = rep_b.lag();
+
+    // Catch-up after a partition: B away while A records.
+    let m = super::scaled(100_000, scale);
+    eprintln!("bench: replication catch-up, {m} events");
+    drop(rep_b);
+    let t = Instant::now();
+    record_many(&repo_a, 10_000_000, m);
+    let recording = t.elapsed();
+    let own = repo_a.replica_state()?.own_seq;
+    wait_until(Duration::from_secs(600), || rep_a.published() >= own)?;
+    let published = t.elapsed();
+    let t = Instant::now();
+    rep_b = Replicator::start(&config(&nats_b, &nats_a, "signer-a"), Arc::clone(&repo_b))?;
+    let catch_up = wait_until(Duration::from_secs(600), || {
+        applied(&repo_b, "signer-a") >= own
+    })?;
+    let _ = t;
+    let digests_equal = wait_until(Duration::from_secs(30), || {
+        let (a, b) = (repo_a.replica_state(), repo_b.replica_state());
+        matches!((a, b), (Ok(a), Ok(b)) if a.digests == b.digests)
+    })
+    .is_ok();
+    drop(rep_b);
+    drop(rep_a);
+
+    writeln!(report, "## Replication between twins\n")?;
+    writeln!(
+        report,
+        "Two repositories with their replicators and two `nats-server` processes (Debian's 2.9) on loopback, \
+         in one process; events carry a 1 KiB certificate. Lag is from the commit on A (the event's \
+         timestamp, taken in A's transaction) to the commit that applies it on B. The baseline is one \
+         fsync'd repository commit of one record on the same disk, measured in the same run.\n"
+    )?;
+    writeln!(report, "| | value | target |")?;
+    writeln!(report, "|---|---|---|")?;
+    writeln!(
+        report,
+        "| baseline: one durable commit (median) | {commit_p50:.2} ms | |"
+    )?;
+    writeln!(
+        report,
+        "| lag at 100 issuances/s, median ({} events) | {:.2} ms ({:.1} commits) | |",
+        lag.samples,
+        lag.p50_ms,
+        lag.p50_ms / commit_p50
+    )?;
+    writeln!(
+        report,
+        "| lag at 100 issuances/s, p99 | {:.2} ms ({:.1} commits) | ≤ 50 ms |",
+        lag.p99_ms,
+        lag.p99_ms / commit_p50
+    )?;
+    writeln!(report, "| lag, largest | {:.2} ms | |", lag.max_ms)?;
+    writeln!(
+        report,
+        "| {m} events recorded on A while B is away | {:.2} s ({:.0} events/s) | |",
+        recording.as_secs_f64(),
+        m as f64 / recording.as_secs_f64()
+    )?;
+    writeln!(
+        report,
+        "| … and published to A's stream | {:.2} s after the first | |",
+        published.as_secs_f64()
+    )?;
+    writeln!(
+        report,
+        "| catch-up: B applies all {m} after it returns | {:.2} s ({:.0} events/s; {:.2}× the time A took to record them) | ≤ 30 s |",
+        catch_up.as_secs_f64(),
+        m as f64 / catch_up.as_secs_f64(),
+        catch_up.as_secs_f64() / recording.as_secs_f64()
+    )?;
+    writeln!(
+        report,
+        "| digests equal afterwards | {} | yes |\n",
+        if digests_equal { "yes" } else { "NO" }
+    )?;
+    Ok(())
+}
