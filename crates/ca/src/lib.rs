@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod config;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use signer_x509::crl::{CrlBuilder, CrlEntry};
 use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
+pub use audit::CaAudit;
 pub use config::{CaConfig, ReplicationConfig};
 
 /// Why the CA service could not start.
@@ -863,6 +865,23 @@ impl HealthSource for CaService {
                     .unwrap_or_else(|| "CA certificates not checked yet (HSM unavailable)".into()),
             }),
         }
+        checks.push(match self.repo.audit_head() {
+            Ok(Some((n, hash))) => msg::Check {
+                name: "audit".into(),
+                status: msg::HealthStatus::Ok,
+                detail: format!("{n} entries, head {}", hex::encode(&hash[..8])),
+            },
+            Ok(None) => msg::Check {
+                name: "audit".into(),
+                status: msg::HealthStatus::Ok,
+                detail: "no entries yet".into(),
+            },
+            Err(e) => msg::Check {
+                name: "audit".into(),
+                status: msg::HealthStatus::Failing,
+                detail: e.to_string(),
+            },
+        });
         match self.repo.stats() {
             Ok(s) => checks.push(msg::Check {
                 name: "repository".into(),

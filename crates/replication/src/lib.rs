@@ -613,12 +613,12 @@ async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
 async fn hold(shared: &Shared, held: &mut Held, m: jetstream::Message) {
     let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
     match Event::decode(&m.payload) {
-        Ok(e) if e.origin == shared.config.peer_id => {
+        Ok(mut e) => {
+            // The stream is the twin's: its events are the twin's, whatever
+            // id the twin's repository was opened under (set-up commands
+            // may name the signer differently).
+            e.origin.clone_from(&shared.config.peer_id);
             held.insert(e.seq, (e, stream_seq, m));
-        }
-        Ok(e) => {
-            warn!(origin = %e.origin, seq = e.seq, "replication: event of another origin on the twin's stream; dropped");
-            let _ = m.ack().await;
         }
         Err(e) => {
             warn!(cause = %e, stream_seq, "replication: undecodable event on the twin's stream; dropped");

@@ -29,7 +29,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+pub mod audit;
 pub mod replica;
+pub use audit::{AuditEntry, ChainReport};
 use replica::{append_event, digest_cert, digest_revocation, Change};
 pub use replica::{ApplyReport, Conflict, Event, ReplicaState, SetDigest};
 
@@ -239,9 +241,14 @@ pub enum Recorded {
 /// Called with the outcome once the commit holding the record is on disk.
 pub type Then = Box<dyn FnOnce(Result<Recorded, RepoError>) + Send>;
 
-struct Job {
+struct Issue {
     record: CertRecord,
     then: Then,
+}
+
+enum Job {
+    Issue(Issue),
+    Audit(AuditEntry),
 }
 
 /// Counters of the repository.
@@ -293,6 +300,8 @@ impl Repository {
         {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(replica::EVENTS).map_err(storage)?;
+            txn.open_table(audit::AUDIT).map_err(storage)?;
+            txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
             txn.open_table(replica::APPLIED).map_err(storage)?;
             txn.open_table(replica::CONFLICTS).map_err(storage)?;
             txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
@@ -362,13 +371,110 @@ impl Repository {
     /// blocked: records handed over while a commit runs share the next one.
     /// `then` must be quick (it runs between commits).
     pub fn record_issuance_then(&self, record: CertRecord, then: Then) {
+        let job = Job::Issue(Issue { record, then });
         let refused = match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(jobs) => jobs.send(Job { record, then }).err().map(|e| e.0),
-            None => Some(Job { record, then }),
+            Some(jobs) => jobs.send(job).err().map(|e| e.0),
+            None => Some(job),
         };
-        if let Some(job) = refused {
+        if let Some(Job::Issue(job)) = refused {
             (job.then)(Err(RepoError::Closed));
         }
+    }
+
+    /// Appends an entry to the audit chain with the next group commit (the
+    /// caller does not wait). After [`Repository::close`] it is written in a
+    /// transaction of its own.
+    pub fn audit(&self, entry: AuditEntry) {
+        let refused = match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(jobs) => jobs.send(Job::Audit(entry)).err().map(|e| e.0),
+            None => Some(Job::Audit(entry)),
+        };
+        if let Some(Job::Audit(entry)) = refused {
+            let written = self.db.begin_write().map_err(storage).and_then(|txn| {
+                for e in audit::append(&txn, &self.origin, vec![entry])? {
+                    append_event(&txn, &self.origin, Change::Audit(e))?;
+                }
+                txn.commit().map_err(storage)
+            });
+            if let Err(e) = written {
+                warn!(cause = %e, "audit entry not written");
+            }
+        }
+    }
+
+    /// The head of this signer's audit chain: (entries, last hash).
+    pub fn audit_head(&self) -> Result<Option<(u64, Vec<u8>)>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(audit::AUDIT).map_err(storage)?;
+        let head = match table.last().map_err(storage)? {
+            Some((k, v)) => Some((k.value(), AuditEntry::decode(v.value())?.hash)),
+            None => None,
+        };
+        Ok(head)
+    }
+
+    /// Verifies this signer's audit chain and the twins' copies.
+    pub fn audit_verify(&self) -> Result<Vec<audit::ChainReport>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let own = txn.open_table(audit::AUDIT).map_err(storage)?;
+        let mut reports = vec![audit::verify(
+            &self.origin,
+            own.iter().map_err(storage)?.map(|item| {
+                let (k, v) = item.map_err(storage)?;
+                Ok((k.value(), v.value().to_vec()))
+            }),
+        )?];
+        let peer = txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
+        let mut origins = std::collections::BTreeSet::new();
+        for item in peer.iter().map_err(storage)? {
+            let (k, _) = item.map_err(storage)?;
+            origins.insert(k.value().0.to_string());
+        }
+        for origin in origins {
+            let range = peer
+                .range((origin.as_str(), 0u64)..=(origin.as_str(), u64::MAX))
+                .map_err(storage)?;
+            reports.push(audit::verify(
+                &origin,
+                range.map(|item| {
+                    let (k, v) = item.map_err(storage)?;
+                    Ok((k.value().1, v.value().to_vec()))
+                }),
+            )?);
+        }
+        Ok(reports)
+    }
+
+    /// Audit entries (this signer's, then the twins' copies) that `keep` selects.
+    pub fn audit_entries(
+        &self,
+        mut keep: impl FnMut(&AuditEntry) -> bool,
+    ) -> Result<Vec<AuditEntry>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let mut out = Vec::new();
+        for item in txn
+            .open_table(audit::AUDIT)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let e = AuditEntry::decode(item.map_err(storage)?.1.value())?;
+            if keep(&e) {
+                out.push(e);
+            }
+        }
+        for item in txn
+            .open_table(audit::AUDIT_PEER)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let e = AuditEntry::decode(item.map_err(storage)?.1.value())?;
+            if keep(&e) {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// The record for a request id, if any.
@@ -919,7 +1025,16 @@ fn committer(
                 Err(_) => break,
             }
         }
-        let outcome = commit_batch(db, origin, &batch);
+        let mut issues = Vec::with_capacity(batch.len());
+        let mut audits = Vec::new();
+        for job in batch {
+            match job {
+                Job::Issue(i) => issues.push(i),
+                Job::Audit(a) => audits.push(a),
+            }
+        }
+        let batch = issues;
+        let outcome = commit_batch(db, origin, &batch, audits);
         match outcome {
             Ok(results) => {
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -949,7 +1064,8 @@ fn committer(
 fn commit_batch(
     db: &Database,
     origin: &str,
-    batch: &[Job],
+    batch: &[Issue],
+    audits: Vec<AuditEntry>,
 ) -> Result<Vec<Result<Recorded, RepoError>>, RepoError> {
     let txn = db.begin_write().map_err(storage)?;
     let mut results = Vec::with_capacity(batch.len());
@@ -1011,6 +1127,11 @@ fn commit_batch(
             digest_cert(&mut digests, r)?;
             append_event(&txn, origin, Change::Issued(r.clone()))?;
             results.push(Ok(Recorded::Inserted));
+        }
+    }
+    if !audits.is_empty() {
+        for e in audit::append(&txn, origin, audits)? {
+            append_event(&txn, origin, Change::Audit(e))?;
         }
     }
     txn.commit().map_err(storage)?;

@@ -48,6 +48,8 @@ pub enum Change {
     Issued(CertRecord),
     /// A certificate was revoked (or its revocation replaced by the merge rule).
     Revoked(RevocationRecord),
+    /// An audit entry of the origin's chain.
+    Audit(crate::AuditEntry),
     /// A CRL was signed with this number.
     CrlIssued {
         /// Issuer name.
@@ -459,6 +461,7 @@ pub(crate) fn apply(
             Change::CrlIssued { issuer, number, .. } => {
                 raise_crl_floor(txn, issuer, number)?;
             }
+            Change::Audit(entry) => crate::audit::store_peer(txn, entry)?,
         }
         applied
             .insert(event.origin.as_str(), (event.seq, *stream_seq, event.epoch))

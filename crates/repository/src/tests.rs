@@ -300,3 +300,60 @@ fn outbox_is_trimmed_and_crl_numbers_raise_the_floor() {
     a.record_issuance(record("root", 9, "r-9")).unwrap();
     assert_eq!(a.events_after(5, 10).unwrap()[0].0, 6);
 }
+
+#[test]
+fn the_audit_chain_verifies_replicates_and_reports_the_first_broken_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    a.audit(AuditEntry::new("startup", "signerd", "ok"));
+    for i in 0..5 {
+        a.audit(AuditEntry::new("command", "sign_x509", "ok").fact("request_id", format!("r-{i}")));
+    }
+    a.record_issuance(record("root", 1, "req-1")).unwrap();
+    a.close();
+    let head = a.audit_head().unwrap().unwrap();
+    assert_eq!(head.0, 6);
+    let reports = a.audit_verify().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!((reports[0].entries, reports[0].broken.clone()), (6, None));
+    assert_eq!(reports[0].head.as_ref(), Some(&head));
+    // Written after close: its own transaction, still chained.
+    a.audit(AuditEntry::new("shutdown", "signerd", "ok"));
+    assert_eq!(a.audit_head().unwrap().unwrap().0, 7);
+
+    replicate(&a, &b, 0);
+    let on_b = b.audit_verify().unwrap();
+    assert_eq!(on_b.len(), 2);
+    assert_eq!((on_b[1].signer_id.as_str(), on_b[1].entries), ("a", 7));
+    assert!(on_b[1].broken.is_none());
+    let found = b
+        .audit_entries(|e| e.facts.get("request_id").is_some_and(|r| r == "r-3"))
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].signer_id, "a");
+
+    // Alter entry 4's content: the chain breaks exactly there.
+    {
+        let txn = a.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(audit::AUDIT).unwrap();
+            let mut e = AuditEntry::decode(table.get(4).unwrap().unwrap().value()).unwrap();
+            e.outcome = "refused".into();
+            let bytes = rmp_serde::to_vec_named(&e).unwrap();
+            table.insert(4, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let broken = a.audit_verify().unwrap()[0].broken.clone().unwrap();
+    assert_eq!(broken.0, 4, "{broken:?}");
+    assert!(broken.1.contains("altered"), "{broken:?}");
+    // Remove entry 2: the link from 3 is reported missing.
+    {
+        let txn = a.db.begin_write().unwrap();
+        txn.open_table(audit::AUDIT).unwrap().remove(2).unwrap();
+        txn.commit().unwrap();
+    }
+    let broken = a.audit_verify().unwrap()[0].broken.clone().unwrap();
+    assert_eq!(broken, (3, "entries 2 to 2 are missing".to_string()));
+}

@@ -52,6 +52,40 @@ impl Default for EngineConfig {
     }
 }
 
+/// What the engine tells the audit log about a command it answered.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandOutcome<'a> {
+    /// The request id of the envelope.
+    pub id: u64,
+    /// The command (0 when the envelope could not be read).
+    pub command: Command,
+    /// The answer's status.
+    pub status: Status,
+    /// The error message (empty on success).
+    pub message: &'a str,
+    /// The request body (empty for requests refused before they ran).
+    pub request: &'a [u8],
+    /// The reply body on success.
+    pub reply: &'a [u8],
+    /// Time from start to answer.
+    pub elapsed_ms: u64,
+}
+
+/// Receives every command the engine answered except the liveness probes
+/// `hello`, `health` and `fetch_parts`, and except answers replayed from the
+/// response store. Must be quick: it runs before the answer is sent.
+pub trait AuditSink: Send + Sync + 'static {
+    /// One answered command.
+    fn command(&self, outcome: &CommandOutcome<'_>);
+}
+
+fn audited(command: Command) -> bool {
+    !matches!(
+        command,
+        Command::HELLO | Command::HEALTH | Command::FETCH_PARTS
+    )
+}
+
 /// Contributes checks to the health report (HSM keys, repository, …).
 pub trait HealthSource: Send + Sync + 'static {
     /// Current checks; must not block for long.
@@ -114,6 +148,7 @@ pub struct Engine {
     stopping: AtomicBool,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    audit: std::sync::OnceLock<Arc<dyn AuditSink>>,
 }
 
 /// Where encoded frames (wire bytes, delimiter included) go. Bounded: when
@@ -162,6 +197,7 @@ impl Engine {
             stopping: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
+            audit: std::sync::OnceLock::new(),
         });
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = lock(&engine.workers);
@@ -178,6 +214,27 @@ impl Engine {
         }
         drop(handles);
         engine
+    }
+
+    /// Sends every answered command to `sink` from now on (set once).
+    pub fn set_audit(&self, sink: Arc<dyn AuditSink>) {
+        let _ = self.audit.set(sink);
+    }
+
+    fn audit_refusal(&self, id: u64, command: Command, failure: &Failure) {
+        if let Some(sink) = self.audit.get() {
+            if audited(command) {
+                sink.command(&CommandOutcome {
+                    id,
+                    command,
+                    status: failure.status,
+                    message: &failure.message,
+                    request: &[],
+                    reply: &[],
+                    elapsed_ms: 0,
+                });
+            }
+        }
     }
 
     /// The engine's limits.
@@ -289,11 +346,9 @@ impl Engine {
             }
             Err(err @ EnvelopeError::Malformed(_)) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                self.respond_uncached(
-                    out,
-                    0,
-                    &Failure::new(Status::MALFORMED_ENVELOPE, err.to_string()),
-                );
+                let failure = Failure::new(Status::MALFORMED_ENVELOPE, err.to_string());
+                self.audit_refusal(0, Command(0), &failure);
+                self.respond_uncached(out, 0, &failure);
             }
         }
     }
@@ -327,6 +382,7 @@ impl Engine {
                         Status::ID_CONFLICT,
                         format!("request id {id} was already used for a different request"),
                     );
+                    self.audit_refusal(id, request.command, &failure);
                     self.respond_uncached(out, id, &failure);
                     return;
                 }
@@ -335,6 +391,7 @@ impl Engine {
             if self.stopping.load(Ordering::SeqCst) {
                 drop(cache);
                 let failure = Failure::new(Status::SHUTTING_DOWN, "the signer is shutting down");
+                self.audit_refusal(id, request.command, &failure);
                 self.respond_uncached(out, id, &failure);
                 return;
             }
@@ -349,6 +406,7 @@ impl Engine {
                             format!("unknown command {}", command_label(command)),
                         );
                         self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        self.audit_refusal(id, command, &failure);
                         self.respond_uncached(out, id, &failure);
                         return;
                     }
@@ -364,6 +422,7 @@ impl Engine {
                         self.config.max_in_flight
                     ),
                 );
+                self.audit_refusal(id, request.command, &failure);
                 self.respond_uncached(out, id, &failure);
                 return;
             }
@@ -409,6 +468,11 @@ impl Engine {
     /// Runs a request; its answer is sent when the [`Completion`] finishes,
     /// which a handler may do later from another thread.
     fn run(self: &Arc<Self>, ctx: CallContext, digest: Digest32, body: &[u8], out: &Outbox) {
+        let audit_body = if self.audit.get().is_some() && audited(ctx.command) {
+            body.to_vec()
+        } else {
+            Vec::new()
+        };
         let done = Completion {
             inner: Some(Pending {
                 engine: Arc::clone(self),
@@ -416,6 +480,7 @@ impl Engine {
                 digest,
                 out: out.clone(),
                 started: Instant::now(),
+                body: audit_body,
             }),
         };
         match ctx.command {
@@ -636,6 +701,8 @@ struct Pending {
     digest: Digest32,
     out: Outbox,
     started: Instant,
+    /// The request body, kept for the audit sink.
+    body: Vec<u8>,
 }
 
 /// The answer to one request, owed. A handler finishes it with the result,
@@ -656,6 +723,23 @@ impl Completion {
                 }
                 Err(f) => {
                     info!(req_id = p.ctx.id, cmd = %p.ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed")
+                }
+            }
+            if let Some(sink) = p.engine.audit.get() {
+                if audited(p.ctx.command) {
+                    let (status, message, reply) = match &result {
+                        Ok(body) => (Status::OK, "", body.as_slice()),
+                        Err(f) => (f.status, f.message.as_str(), &[][..]),
+                    };
+                    sink.command(&CommandOutcome {
+                        id: p.ctx.id,
+                        command: p.ctx.command,
+                        status,
+                        message,
+                        request: &p.body,
+                        reply,
+                        elapsed_ms,
+                    });
                 }
             }
             p.engine.complete(p.ctx, p.digest, result, &p.out);

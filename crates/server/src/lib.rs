@@ -18,7 +18,7 @@ pub mod link;
 pub mod router;
 
 pub use config::{Config, ConfigError};
-pub use engine::{outbox, Engine, EngineConfig, HealthSource, Outbox};
+pub use engine::{outbox, AuditSink, CommandOutcome, Engine, EngineConfig, HealthSource, Outbox};
 pub use router::{typed, CallContext, Completion, Failure, Handler, Placement, Router};
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ enum Cmd {
     /// The repository: consistency check, export and import.
     #[command(subcommand)]
     Repo(setup::RepoCmd),
+    /// The audit log: verify the hash chain, show entries.
+    #[command(subcommand)]
+    Audit(setup::AuditCmd),
 }
 
 /// Exit status for a configuration error (usage errors exit with 2, from clap).
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         }
         Cmd::Setup(cmd) => setup::run_setup(cmd),
         Cmd::Repo(cmd) => setup::run_repo(cmd),
+        Cmd::Audit(cmd) => setup::run_audit(cmd),
     }
 }
 
@@ -201,6 +205,15 @@ fn run(c: &Config) -> anyhow::Result<()> {
         None => None,
     };
     let engine = Engine::start(c.engine(), router, health);
+    if let Some(ca) = &ca {
+        let repo = ca.repository();
+        engine.set_audit(Arc::new(signer_ca::CaAudit::new(Arc::clone(repo))));
+        repo.audit(
+            signer_repository::AuditEntry::new("startup", "signerd", "ok")
+                .fact("version", env!("CARGO_PKG_VERSION"))
+                .fact("link", c.link.device.display().to_string()),
+        );
+    }
     let stop = engine.stop_flag();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
@@ -213,6 +226,9 @@ fn run(c: &Config) -> anyhow::Result<()> {
         r.stop();
     }
     if let Some(ca) = ca {
+        ca.repository().audit(signer_repository::AuditEntry::new(
+            "shutdown", "signerd", "ok",
+        ));
         ca.repository().close();
     }
     info!(signal = stop.load(Ordering::SeqCst), "signerd stopped");

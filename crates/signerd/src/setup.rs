@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Subcommand, ValueEnum};
 use signer_hsm::{KeyKind, Pkcs11Backend, SigningBackend};
-use signer_repository::Repository;
+use signer_repository::{AuditEntry, Repository};
 use signer_x509::setup::{ca_csr, intermediate, self_signed_root, CaSpec};
 use signer_x509::{cert_pem, CaSigner};
 
@@ -211,8 +211,66 @@ fn ca_signer(
     CaSigner::new(&entry.name, &entry.key, der, backend).map_err(|e| e.to_string())
 }
 
+impl SetupCmd {
+    fn config(&self) -> &Path {
+        match self {
+            SetupCmd::GenerateKey { config, .. }
+            | SetupCmd::SelfSign { config, .. }
+            | SetupCmd::Intermediate { config, .. }
+            | SetupCmd::Csr { config, .. }
+            | SetupCmd::Import { config, .. } => &config.config,
+        }
+    }
+}
+
+/// Opens the repository for the audit log before anything is done: a set-up
+/// action that cannot be recorded is not performed.
+fn audit_log(config: &Path) -> Result<Repository, String> {
+    let (c, ca) = load(config)?;
+    if let Some(dir) = ca.repository.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Repository::open(&ca.repository, &c.signer_id).map_err(|e| {
+        format!(
+            "{}: {e} (the audit log is needed for set-up; is signerd running?)",
+            ca.repository.display()
+        )
+    })
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 fn setup(cmd: SetupCmd) -> Result<(), String> {
-    match cmd {
+    let repo = audit_log(cmd.config())?;
+    let result = perform(cmd);
+    let entry = match &result {
+        Ok(entry) => entry.clone(),
+        Err((action, e)) => AuditEntry::new("setup", action, "failed").fact("message", e.clone()),
+    };
+    repo.audit(entry);
+    repo.close();
+    result.map(|_| ()).map_err(|(_, e)| e)
+}
+
+/// Performs a set-up action; returns its audit entry, or the action's name
+/// and what went wrong.
+fn perform(cmd: SetupCmd) -> Result<AuditEntry, (&'static str, String)> {
+    let action = match &cmd {
+        SetupCmd::GenerateKey { .. } => "generate-key",
+        SetupCmd::SelfSign { .. } => "self-sign",
+        SetupCmd::Intermediate { .. } => "intermediate",
+        SetupCmd::Csr { .. } => "csr",
+        SetupCmd::Import { .. } => "import",
+    };
+    perform_action(cmd).map_err(|e| (action, e))
+}
+
+fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
+    let ok = |action: &str| AuditEntry::new("setup", action, "ok");
+    Ok(match cmd {
         SetupCmd::GenerateKey {
             config,
             label,
@@ -230,6 +288,10 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
                 "add to ca.keys:  - {{name: {label}, label: {label}, id: {}}}",
                 hex::encode(&id)
             );
+            ok("generate-key")
+                .fact("label", label)
+                .fact("id", hex::encode(&id))
+                .fact("key_type", public.kind.to_string())
         }
         SetupCmd::SelfSign {
             config,
@@ -251,8 +313,14 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
                 crl_urls: Vec::new(),
             };
             let der = self_signed_root(&backend, &key, &spec).map_err(|e| e.to_string())?;
-            write_out(&out, &cert_pem(&der))?;
+            let pem = cert_pem(&der);
+            write_out(&out, &pem)?;
             println!("wrote self-signed root for key {key} to {}", out.display());
+            ok("self-sign")
+                .fact("key", key)
+                .fact("subject", subject)
+                .fact("certificate_sha256", sha256_hex(&pem))
+                .fact("out", out.display().to_string())
         }
         SetupCmd::Intermediate {
             config,
@@ -277,11 +345,18 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
                 crl_urls: crl_url,
             };
             let der = intermediate(&backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
-            write_out(&out, &cert_pem(&der))?;
+            let pem = cert_pem(&der);
+            write_out(&out, &pem)?;
             println!(
                 "wrote intermediate for key {key}, issued by {issuer}, to {}",
                 out.display()
             );
+            ok("intermediate")
+                .fact("key", key)
+                .fact("issuer", issuer)
+                .fact("subject", subject)
+                .fact("certificate_sha256", sha256_hex(&pem))
+                .fact("out", out.display().to_string())
         }
         SetupCmd::Csr {
             config,
@@ -298,6 +373,10 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             write_out(&out, &pem)?;
             println!("wrote CSR for key {key} to {}", out.display());
+            ok("csr")
+                .fact("key", key)
+                .fact("subject", subject)
+                .fact("csr_sha256", sha256_hex(&pem))
         }
         SetupCmd::Import { config, key, cert } => {
             let (_, ca) = load(&config.config)?;
@@ -311,9 +390,15 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
                 signer.kind,
                 signer_x509::time::rfc3339(signer.not_after)
             );
+            ok("import")
+                .fact("key", key)
+                .fact("certificate", cert.display().to_string())
+                .fact("certificate_sha256", {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(&bytes))
+                })
         }
-    }
-    Ok(())
+    })
 }
 
 /// Runs a setup command; exit code 0 on success, 1 on any error.
@@ -375,6 +460,152 @@ pub fn run_repo(cmd: RepoCmd) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("signerd repo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `signerd audit …`
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check the audit chain (and the twin's copy); reports the first broken link.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show audit entries, oldest first.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only entries at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries before this time (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only entries with this request id.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only entries naming this serial (hex).
+        #[arg(long)]
+        serial: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs * 1000);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is neither Unix seconds nor RFC 3339: {e}"))
+        .map(|t| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+}
+
+fn audit(cmd: AuditCmd) -> Result<ExitCode, String> {
+    let open = |config: &Path| -> Result<Repository, String> {
+        let (c, ca) = load(config)?;
+        Repository::open(&ca.repository, &c.signer_id)
+            .map_err(|e| format!("{}: {e}", ca.repository.display()))
+    };
+    match cmd {
+        AuditCmd::Verify { config } => {
+            let repo = open(&config.config)?;
+            let mut ok = true;
+            for r in repo.audit_verify().map_err(|e| e.to_string())? {
+                let head = r
+                    .head
+                    .as_ref()
+                    .map(|(n, h)| format!("head {n} {}", hex::encode(h)))
+                    .unwrap_or_else(|| "empty".into());
+                match &r.broken {
+                    None => println!("{}: {} entries verified, {head}", r.signer_id, r.entries),
+                    Some((seq, why)) => {
+                        ok = false;
+                        println!(
+                            "{}: BROKEN at entry {seq}: {why} ({} entries before it verified)",
+                            r.signer_id, r.entries
+                        );
+                    }
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCmd::Show {
+            config,
+            since,
+            until,
+            request_id,
+            serial,
+            json,
+        } => {
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let until = until.as_deref().map(parse_time).transpose()?;
+            let serial = serial.map(|s| s.trim_start_matches("0x").replace(':', "").to_lowercase());
+            let repo = open(&config.config)?;
+            let entries = repo
+                .audit_entries(|e| {
+                    since.is_none_or(|t| e.time_ms >= t)
+                        && until.is_none_or(|t| e.time_ms < t)
+                        && request_id
+                            .as_ref()
+                            .is_none_or(|r| e.facts.get("request_id") == Some(r))
+                        && serial
+                            .as_ref()
+                            .is_none_or(|s| e.facts.get("serial") == Some(s))
+                })
+                .map_err(|e| e.to_string())?;
+            for e in entries {
+                if json {
+                    let value = serde_json::json!({
+                        "signer_id": e.signer_id,
+                        "seq": e.seq,
+                        "time_ms": e.time_ms,
+                        "kind": e.kind,
+                        "action": e.action,
+                        "outcome": e.outcome,
+                        "facts": e.facts,
+                        "hash": hex::encode(&e.hash),
+                    });
+                    println!("{value}");
+                } else {
+                    let time =
+                        UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms.max(0) as u64);
+                    let facts: Vec<String> =
+                        e.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{} {}#{} {} {} {} {}",
+                        humantime::format_rfc3339_millis(time),
+                        e.signer_id,
+                        e.seq,
+                        e.kind,
+                        e.action,
+                        e.outcome,
+                        facts.join(" ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs an audit command: 0 when everything verified (or was shown), 1 otherwise.
+pub fn run_audit(cmd: AuditCmd) -> ExitCode {
+    match audit(cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("signerd audit: {e}");
             ExitCode::from(1)
         }
     }

@@ -1,0 +1,192 @@
+//! The audit log: a hash chain of everything the signer did.
+//!
+//! ```text
+//! entry n = { seq n, time, kind, command, status, facts…, prev = hash(n-1) }
+//! hash(n) = SHA-256(prev ‖ msgpack(entry n without hash))
+//! ```
+//!
+//! Entries are appended by the committer (group commit, the same fsync as
+//! the certificates they describe); the chain is built there, in order, so
+//! it has no gaps. The twin keeps a copy of this signer's chain.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{storage, RepoError};
+
+/// This signer's chain: seq → entry.
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_v1");
+/// The twin's chains as replicated: (origin, seq) → entry.
+pub(crate) const AUDIT_PEER: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("audit_peer_v1");
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the chain: 1, 2, …
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// The signer that wrote it.
+    pub signer_id: String,
+    /// `command`, `startup`, `shutdown`, `setup`.
+    pub kind: String,
+    /// The command's name (for `command`), or the set-up action.
+    pub action: String,
+    /// Outcome: `ok` or the status name.
+    pub outcome: String,
+    /// Facts: request id, serial, issuer, CSR fingerprint, message… never
+    /// secrets or whole requests.
+    pub facts: BTreeMap<String, String>,
+    /// The previous entry's hash (32 zero octets for the first).
+    #[serde(with = "serde_bytes")]
+    pub prev: Vec<u8>,
+    /// SHA-256(prev ‖ this entry encoded with an empty `hash`).
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+}
+
+impl AuditEntry {
+    /// A new entry for `append` (sequence and hashes are set there).
+    pub fn new(kind: &str, action: &str, outcome: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            signer_id: String::new(),
+            kind: kind.into(),
+            action: action.into(),
+            outcome: outcome.into(),
+            facts: BTreeMap::new(),
+            prev: Vec::new(),
+            hash: Vec::new(),
+        }
+    }
+
+    /// Adds a fact.
+    pub fn fact(mut self, key: &str, value: impl Into<String>) -> AuditEntry {
+        self.facts.insert(key.into(), value.into());
+        self
+    }
+
+    /// The hash this entry should carry.
+    pub fn compute_hash(&self) -> Vec<u8> {
+        let mut bare = self.clone();
+        bare.hash = Vec::new();
+        let encoded = rmp_serde::to_vec_named(&bare).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(&self.prev);
+        h.update(encoded);
+        h.finalize().to_vec()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<AuditEntry, RepoError> {
+        rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(format!("audit entry: {e}")))
+    }
+}
+
+/// Appends entries to this signer's chain in the caller's transaction;
+/// returns them as stored.
+pub(crate) fn append(
+    txn: &WriteTransaction,
+    signer_id: &str,
+    entries: Vec<AuditEntry>,
+) -> Result<Vec<AuditEntry>, RepoError> {
+    let mut table = txn.open_table(AUDIT).map_err(storage)?;
+    let (mut seq, mut prev) = match table.last().map_err(storage)? {
+        Some((k, v)) => (k.value(), AuditEntry::decode(v.value())?.hash),
+        None => (0, vec![0; 32]),
+    };
+    let mut stored = Vec::with_capacity(entries.len());
+    for mut e in entries {
+        seq += 1;
+        e.seq = seq;
+        e.signer_id = signer_id.to_string();
+        e.prev = prev;
+        e.hash = e.compute_hash();
+        prev = e.hash.clone();
+        let bytes = rmp_serde::to_vec_named(&e).map_err(storage)?;
+        table.insert(seq, bytes.as_slice()).map_err(storage)?;
+        stored.push(e);
+    }
+    Ok(stored)
+}
+
+/// Stores a twin's entry (replicated).
+pub(crate) fn store_peer(txn: &WriteTransaction, e: &AuditEntry) -> Result<(), RepoError> {
+    let bytes = rmp_serde::to_vec_named(e).map_err(storage)?;
+    txn.open_table(AUDIT_PEER)
+        .map_err(storage)?
+        .insert((e.signer_id.as_str(), e.seq), bytes.as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// What verifying a chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Whose chain.
+    pub signer_id: String,
+    /// Entries checked.
+    pub entries: u64,
+    /// The last entry's sequence number and hash.
+    pub head: Option<(u64, Vec<u8>)>,
+    /// The first broken link: (sequence number, what is wrong).
+    pub broken: Option<(u64, String)>,
+}
+
+/// Checks a chain given in order: every entry's hash, every link, no gaps.
+/// A copy of a twin's chain may start after 1 (`first` gives where).
+pub(crate) fn verify<I>(signer_id: &str, entries: I) -> Result<ChainReport, RepoError>
+where
+    I: Iterator<Item = Result<(u64, Vec<u8>), RepoError>>,
+{
+    let mut report = ChainReport {
+        signer_id: signer_id.to_string(),
+        entries: 0,
+        head: None,
+        broken: None,
+    };
+    let mut prev: Option<(u64, Vec<u8>)> = None;
+    for item in entries {
+        let (key, bytes) = item?;
+        let e = match AuditEntry::decode(&bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                report.broken = Some((key, err.to_string()));
+                return Ok(report);
+            }
+        };
+        let problem = if e.seq != key {
+            Some(format!("stored under {key} but numbered {}", e.seq))
+        } else if e.compute_hash() != e.hash {
+            Some("its hash does not match its content (altered)".to_string())
+        } else {
+            match &prev {
+                None if e.seq == 1 && e.prev != vec![0; 32] => {
+                    Some("the first entry does not start the chain".to_string())
+                }
+                Some((p, _)) if e.seq != p + 1 => {
+                    Some(format!("entries {} to {} are missing", p + 1, e.seq - 1))
+                }
+                Some((_, h)) if *h != e.prev => {
+                    Some("it does not link to the entry before it".to_string())
+                }
+                _ => None,
+            }
+        };
+        if let Some(p) = problem {
+            report.broken = Some((e.seq, p));
+            return Ok(report);
+        }
+        report.entries += 1;
+        prev = Some((e.seq, e.hash.clone()));
+        report.head = prev.clone();
+    }
+    Ok(report)
+}
