@@ -3,7 +3,7 @@
 # missing. Idempotent; needs root or sudo only when something is missing.
 set -euo pipefail
 
-packages=(softhsm2 opensc nats-server socat openssl python3 time)
+packages=(softhsm2 opensc nats-server socat openssl python3 time systemd dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +17,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo not found. Install a Rust toolchain (rustup, Rust 1.87 or newer) first." >&2
+  echo "setup: cargo not found. Install a Rust toolchain (rustup, Rust 1.89 or newer) first." >&2
   exit 1
 fi

@@ -10,7 +10,7 @@ use signer_testsupport::bin;
 
 fn check(path: &Path) -> (Option<i32>, String) {
     let out = Command::new(bin("signerd"))
-        .args(["check-config", "--config"])
+        .args(["check-config", "--offline", "--config"])
         .arg(path)
         .output()
         .unwrap();
@@ -149,4 +149,27 @@ fn replication_settings_are_checked() {
         assert_eq!(code, Some(1), "{to}: {text}");
         assert!(text.contains(key), "{to}: expected {key:?} in {text}");
     }
+}
+
+#[test]
+fn the_unit_is_rated_ok_by_systemd_analyze() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/signerd.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no rating in {text}"));
+    let exposure: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(line.contains(" OK") || line.contains("SAFE"), "{line}");
+    assert!(exposure <= 2.0, "{line}");
 }

@@ -340,6 +340,41 @@ fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
         text.contains("profile        server") && text.contains("serial prefix  0x21"),
         "{text}"
     );
+    assert!(
+        text.contains("token key      sub: found (ECDSA P-256)")
+            && text.contains("token ca       sub: certificate matches key sub")
+            && text.contains("token OK"),
+        "{text}"
+    );
+    // A key label that is not on the token, a certificate that does not
+    // match its key: one clear message each, exit 1.
+    for (from, to, expected) in [
+        (
+            "label: sub-key",
+            "label: sub-key-2027",
+            "ca.keys[1] (sub, label sub-key-2027)",
+        ),
+        ("/sub.pem}", "/root.pem}", "ca.cas[1] (sub)"),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "signer_id: a\nlink: {{device: /dev/null}}\n{}",
+                c.ca_yaml.replace(from, to)
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(signer_testsupport::bin("signerd"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .envs(c.env())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains(expected), "expected {expected:?} in {text}");
+        assert_eq!(text.lines().count(), 1, "one message: {text}");
+    }
     let broken = c.ca_yaml.replace("issuer: sub", "issuer: nowhere");
     std::fs::write(
         &config,

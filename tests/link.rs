@@ -283,12 +283,28 @@ fn bad_input_gets_specific_errors_and_the_daemon_keeps_serving() {
 }
 
 #[test]
-fn sigterm_stops_the_daemon_cleanly() {
-    let mut bench = Bench::start(LinkSpec::unthrottled());
+fn sigterm_stops_the_daemon_cleanly_and_systemd_hears_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut bench = Bench::start_with_env(
+        LinkSpec::unthrottled(),
+        "",
+        vec![("NOTIFY_SOCKET".into(), socket_path)],
+    );
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).unwrap();
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(ready.starts_with("READY=1\nSTATUS=serving "), "{ready}");
     drop(bench.client());
     bench.daemon.signal("TERM");
     assert_eq!(bench.daemon.wait(Duration::from_secs(15)), Some(0));
     assert!(bench.daemon.log().contains("signerd stopped"));
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }
 
 #[test]

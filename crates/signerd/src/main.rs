@@ -2,6 +2,7 @@
 //! the components from the configuration and serves the serial link.
 #![forbid(unsafe_code)]
 
+mod notify;
 mod setup;
 
 use std::path::PathBuf;
@@ -36,11 +37,16 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file and print what it would use.
+    /// Validate a configuration file and print what it would use; with a
+    /// `ca:` section also log in to the token and check every key and CA
+    /// certificate (as startup does).
     CheckConfig {
         /// Configuration file (YAML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the file only; do not open the token.
+        #[arg(long)]
+        offline: bool,
     },
     /// Key ceremony: keys in the HSM and CA certificates.
     #[command(subcommand)]
@@ -66,10 +72,24 @@ const EXIT_PIN: u8 = 4;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::CheckConfig { config } => match Config::load(&config) {
+        Cmd::CheckConfig { config, offline } => match Config::load(&config) {
             Ok(c) => {
                 print_summary(&c);
-                ExitCode::SUCCESS
+                match (&c.ca, offline) {
+                    (Some(ca), false) => match setup::check_token(ca) {
+                        Ok(lines) => {
+                            for line in lines {
+                                println!("{line}");
+                            }
+                            ExitCode::SUCCESS
+                        }
+                        Err((code, e)) => {
+                            eprintln!("signerd: {e}");
+                            ExitCode::from(code)
+                        }
+                    },
+                    _ => ExitCode::SUCCESS,
+                }
             }
             Err(e) => {
                 eprintln!("signerd: configuration error: {e}");
@@ -219,7 +239,13 @@ fn run(c: &Config) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     info!(signer_id = %c.signer_id, version = env!("CARGO_PKG_VERSION"), ca = ca.is_some(), "signerd started");
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} as {}",
+        c.link.device.display(),
+        c.signer_id
+    ));
     link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
+    notify::notify("STOPPING=1");
     // Without an open device the link had no session to drain; stop the workers here.
     engine.shutdown(SHUTDOWN_GRACE);
     if let Some(r) = replicator {

@@ -191,6 +191,54 @@ fn backend(ca: &signer_ca::CaConfig) -> Result<Pkcs11Backend, String> {
     Pkcs11Backend::open(ca.token(), ca.key_specs(), 1).map_err(|e| e.to_string())
 }
 
+/// Logs in to the token and checks every configured key and CA certificate;
+/// the lines to print, or (exit code, message): 4 when the token refused the
+/// PIN, 1 for anything the configuration must fix.
+pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)> {
+    let backend = Pkcs11Backend::open(ca.token(), ca.key_specs(), 1).map_err(|e| {
+        let code = if matches!(e, signer_hsm::HsmError::Pin(_)) {
+            4
+        } else {
+            1
+        };
+        (code, format!("ca.hsm: {e}"))
+    })?;
+    let mut lines = Vec::new();
+    for (i, k) in ca.keys.iter().enumerate() {
+        let public = backend.public_key(&k.name).map_err(|e| {
+            let code = if matches!(e, signer_hsm::HsmError::Pin(_)) {
+                4
+            } else {
+                1
+            };
+            (
+                code,
+                format!(
+                    "ca.keys[{i}] ({}, label {}): {e}",
+                    k.name,
+                    k.label.as_deref().unwrap_or("-")
+                ),
+            )
+        })?;
+        lines.push(format!(
+            "token key      {}: found ({})",
+            k.name, public.kind
+        ));
+    }
+    for (i, entry) in ca.cas.iter().enumerate() {
+        let signer = ca_signer(ca, &backend, &entry.name)
+            .map_err(|e| (1, format!("ca.cas[{i}] ({}): {e}", entry.name)))?;
+        lines.push(format!(
+            "token ca       {}: certificate matches key {}, valid until {}",
+            entry.name,
+            entry.key,
+            signer_x509::time::rfc3339(signer.not_after)
+        ));
+    }
+    lines.push("token OK".into());
+    Ok(lines)
+}
+
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
