@@ -67,6 +67,26 @@ fn every_command_and_ceremony_step_is_in_a_verifiable_chain() {
     let health = client.health().unwrap();
     let head = health.checks.iter().find(|c| c.name == "audit").unwrap();
     assert!(head.detail.contains("entries, head"), "{head:?}");
+    // The rest of a complete health report: keys, CA expiry, repository.
+    let detail = |name: &str| {
+        health
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.detail.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        detail("hsm:sub").starts_with("logged in; last signature"),
+        "{health:?}"
+    );
+    assert!(detail("ca:sub").contains("days)"), "{health:?}");
+    assert!(
+        detail("repository").starts_with("1 certificates, 1 revocations, ")
+            && detail("repository").contains(" MiB"),
+        "{health:?}"
+    );
+    assert!(health.uptime_s < 3600 && !health.version.is_empty());
     drop(client);
     bench.daemon.signal("TERM");
     assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));

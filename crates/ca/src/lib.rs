@@ -817,9 +817,27 @@ impl HealthSource for CaService {
                 (Some(e), _, _) => (msg::HealthStatus::Failing, e.clone()),
                 (None, true, Some(us)) => (
                     msg::HealthStatus::Ok,
-                    format!("last signature {:.1} ms", us as f64 / 1000.0),
+                    format!(
+                        "{}; last signature {:.1} ms",
+                        if key.logged_in {
+                            "logged in"
+                        } else {
+                            "not logged in"
+                        },
+                        us as f64 / 1000.0
+                    ),
                 ),
-                _ => (msg::HealthStatus::Ok, "not used yet".into()),
+                _ => (
+                    msg::HealthStatus::Ok,
+                    format!(
+                        "{}; not used yet",
+                        if key.logged_in {
+                            "logged in"
+                        } else {
+                            "not logged in"
+                        }
+                    ),
+                ),
             };
             checks.push(msg::Check {
                 name: format!("hsm:{}", key.name),
@@ -883,14 +901,36 @@ impl HealthSource for CaService {
             },
         });
         match self.repo.stats() {
-            Ok(s) => checks.push(msg::Check {
-                name: "repository".into(),
-                status: msg::HealthStatus::Ok,
-                detail: format!(
-                    "{} certificates, {} commits for {} records",
-                    s.certificates, s.commits, s.committed_records
-                ),
-            }),
+            Ok(s) => {
+                let size = std::fs::metadata(&self.config.repository)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                let consistent = s.expiry_entries == s.certificates;
+                checks.push(msg::Check {
+                    name: "repository".into(),
+                    status: if consistent {
+                        msg::HealthStatus::Ok
+                    } else {
+                        msg::HealthStatus::Failing
+                    },
+                    detail: format!(
+                        "{} certificates, {} revocations, {:.1} MiB; {} commits for {} records since start{}",
+                        s.certificates,
+                        s.revocations,
+                        size as f64 / (1024.0 * 1024.0),
+                        s.commits,
+                        s.committed_records,
+                        if consistent {
+                            String::new()
+                        } else {
+                            format!(
+                                "; INCONSISTENT: {} expiry entries for {} certificates (run signerd repo check)",
+                                s.expiry_entries, s.certificates
+                            )
+                        }
+                    ),
+                })
+            }
             Err(e) => checks.push(msg::Check {
                 name: "repository".into(),
                 status: msg::HealthStatus::Failing,

@@ -405,9 +405,9 @@ impl Pkcs11Backend {
         }
     }
 
-    /// Generates a key pair on the token: sensitive, not extractable, with a
-    /// random 16-byte `CKA_ID` and the given label. Refuses a label in use.
-    pub fn generate(&self, kind: KeyKind, label: &str) -> Result<(PublicKey, Vec<u8>), HsmError> {
+    /// Logs in and checks that no object on the token has `label` (what
+    /// [`Pkcs11Backend::generate`] checks first; a dry run stops here).
+    pub fn check_label_free(&self, label: &str) -> Result<(), HsmError> {
         let session = self.open_session(true)?;
         let existing = session
             .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
@@ -417,6 +417,14 @@ impl Pkcs11Backend {
                 "the token already holds an object labelled {label}"
             )));
         }
+        Ok(())
+    }
+
+    /// Generates a key pair on the token: sensitive, not extractable, with a
+    /// random 16-byte `CKA_ID` and the given label. Refuses a label in use.
+    pub fn generate(&self, kind: KeyKind, label: &str) -> Result<(PublicKey, Vec<u8>), HsmError> {
+        self.check_label_free(label)?;
+        let session = self.open_session(true)?;
         let id: [u8; 16] = rand::random();
         // PKCS#11 v2.40 §4.9: CKA_SENSITIVE true and CKA_EXTRACTABLE false keep the
         // private key inside the token; CKA_TOKEN true makes it persistent.

@@ -843,7 +843,17 @@ impl HealthSource for Replicator {
                     .filter(|a| a.2 == state.epoch)
                     .map_or(0, |a| a.0);
                 let caught_up = peer.state.own_seq == applied && state.own_seq == twin_applied;
-                if !caught_up {
+                if twin_applied > state.own_seq {
+                    check(
+                        "agreement",
+                        HealthStatus::Failing,
+                        format!(
+                            "the twin has applied {twin_applied} of this signer's events but this repository holds {}: \
+                             it is older than what it sent (restored from a copy?); see operations.md, restoring from backup",
+                            state.own_seq
+                        ),
+                    )
+                } else if !caught_up {
                     check(
                         "agreement",
                         HealthStatus::Ok,

@@ -260,6 +260,12 @@ pub struct RepoStats {
     pub commits: u64,
     /// Records those commits held.
     pub committed_records: u64,
+    /// Entries of the request id index (equal to `certificates` when consistent).
+    pub requests: u64,
+    /// Entries of the expiry index (equal to `certificates` when consistent).
+    pub expiry_entries: u64,
+    /// Revocations stored.
+    pub revocations: u64,
 }
 
 /// The repository. Cheap to share behind an `Arc`.
@@ -840,6 +846,21 @@ impl Repository {
         let certs = txn.open_table(CERTS).map_err(storage)?;
         let mut stats = *self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.certificates = certs.len().map_err(storage)?;
+        stats.requests = txn
+            .open_table(REQUESTS)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)?;
+        stats.expiry_entries = txn
+            .open_table(EXPIRY)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)?;
+        stats.revocations = txn
+            .open_table(REVOCATIONS)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)?;
         Ok(stats)
     }
 

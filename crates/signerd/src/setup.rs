@@ -61,6 +61,9 @@ pub enum SetupCmd {
         /// Key type.
         #[arg(long = "type", value_enum)]
         key_type: KeyType,
+        /// Log in and check the label is free; generate nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Self-sign a root CA certificate with a configured key.
     SelfSign {
@@ -323,9 +326,17 @@ fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
             config,
             label,
             key_type,
+            dry_run,
         } => {
             let (_, ca) = load(&config.config)?;
             let backend = backend(&ca)?;
+            if dry_run {
+                backend
+                    .check_label_free(&label)
+                    .map_err(|e| e.to_string())?;
+                println!("dry run: the token accepts the PIN and has no object labelled {label}; nothing generated");
+                return Ok(ok("generate-key (dry run)").fact("label", label));
+            }
             let (public, id) = backend
                 .generate(key_type.kind(), &label)
                 .map_err(|e| e.to_string())?;

@@ -137,6 +137,18 @@ impl Ceremony {
                 kind,
             ])
         };
+        let dry = c.setup(&[
+            "setup",
+            "generate-key",
+            "--config",
+            "setup.yaml",
+            "--label",
+            "root-key",
+            "--type",
+            "rsa2048",
+            "--dry-run",
+        ]);
+        assert!(dry.contains("nothing generated"), "{dry}");
         let out = generate("root-key", "rsa2048");
         assert!(out.contains("RSA-2048"), "{out}");
         generate("sub-key", sub_key);
