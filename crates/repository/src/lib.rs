@@ -457,25 +457,19 @@ impl Repository {
         mut keep: impl FnMut(&AuditEntry) -> bool,
     ) -> Result<Vec<AuditEntry>, RepoError> {
         let txn = self.db.begin_read().map_err(storage)?;
+        let own = txn.open_table(audit::AUDIT).map_err(storage)?;
+        let peers = txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
+        let own = own.iter().map_err(storage)?.map(|item| {
+            item.map_err(storage)
+                .and_then(|(_, v)| AuditEntry::decode(v.value()))
+        });
+        let peers = peers.iter().map_err(storage)?.map(|item| {
+            item.map_err(storage)
+                .and_then(|(_, v)| AuditEntry::decode(v.value()))
+        });
         let mut out = Vec::new();
-        for item in txn
-            .open_table(audit::AUDIT)
-            .map_err(storage)?
-            .iter()
-            .map_err(storage)?
-        {
-            let e = AuditEntry::decode(item.map_err(storage)?.1.value())?;
-            if keep(&e) {
-                out.push(e);
-            }
-        }
-        for item in txn
-            .open_table(audit::AUDIT_PEER)
-            .map_err(storage)?
-            .iter()
-            .map_err(storage)?
-        {
-            let e = AuditEntry::decode(item.map_err(storage)?.1.value())?;
+        for e in own.chain(peers) {
+            let e = e?;
             if keep(&e) {
                 out.push(e);
             }

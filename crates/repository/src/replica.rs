@@ -434,28 +434,19 @@ pub(crate) fn apply(
                     .map(|v| decode(v.value()))
                     .transpose()?;
                 let mut incoming = r.clone();
-                match existing {
-                    Some(old) if !revocation_wins(r, &old) => {}
+                let store = match existing {
+                    Some(old) if !revocation_wins(r, &old) => false,
                     Some(old) => {
                         digest_revocation(&mut digests, &old, false)?;
                         incoming.replaced = true;
-                        let stored = insert_revocation(
-                            &mut revocations,
-                            &mut rseq,
-                            incoming,
-                            cert.as_ref(),
-                        )?;
-                        digest_revocation(&mut digests, &stored, true)?;
+                        true
                     }
-                    None => {
-                        let stored = insert_revocation(
-                            &mut revocations,
-                            &mut rseq,
-                            incoming,
-                            cert.as_ref(),
-                        )?;
-                        digest_revocation(&mut digests, &stored, true)?;
-                    }
+                    None => true,
+                };
+                if store {
+                    let stored =
+                        insert_revocation(&mut revocations, &mut rseq, incoming, cert.as_ref())?;
+                    digest_revocation(&mut digests, &stored, true)?;
                 }
             }
             Change::CrlIssued { issuer, number, .. } => {
