@@ -186,8 +186,9 @@ fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f
         .map(|c| c.detail.clone())
         .unwrap_or_default();
     eprintln!("bench: repository after the run: {commits}");
+    // "N certificates, N revocations, X MiB; N commits for N records since start"
     let commits_n = commits
-        .split(", ")
+        .split("; ")
         .nth(1)
         .and_then(|t| t.split(' ').next())
         .and_then(|t| t.parse().ok())
