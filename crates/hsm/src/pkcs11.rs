@@ -191,6 +191,8 @@ struct Worker {
     handles: HashMap<String, (ObjectHandle, KeyKind)>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The backend's `reopened` count when this worker's session failed.
+    failed_at_reopen: u64,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -208,6 +210,11 @@ pub struct Pkcs11Backend {
     /// Set once the token refused the PIN: logging in again with the same PIN
     /// could only lock the token, so no further attempt is made.
     pin_refused: std::sync::atomic::AtomicBool,
+    /// Sessions reopened after a failure: when one worker finds the token
+    /// back, the others stop waiting out their backoff.
+    reopened: std::sync::atomic::AtomicU64,
+    /// Some worker is waiting out a backoff.
+    backing_off: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -263,12 +270,15 @@ impl Pkcs11Backend {
                         handles: HashMap::new(),
                         retry_at: None,
                         backoff: MIN_BACKOFF,
+                        failed_at_reopen: 0,
                     })
                 })
                 .collect(),
             public: Mutex::new(HashMap::new()),
             status: Mutex::new(status),
             pin_refused: std::sync::atomic::AtomicBool::new(false),
+            reopened: std::sync::atomic::AtomicU64::new(0),
+            backing_off: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -337,8 +347,9 @@ impl Pkcs11Backend {
     /// Ensures the worker has a session, respecting its backoff.
     fn session<'w>(&self, w: &'w mut Worker) -> Result<&'w Session, HsmError> {
         if w.session.is_none() {
+            let reopened = self.reopened.load(std::sync::atomic::Ordering::SeqCst);
             if let Some(at) = w.retry_at {
-                if Instant::now() < at {
+                if Instant::now() < at && reopened == w.failed_at_reopen {
                     return Err(HsmError::Unavailable(
                         "token not reachable; retrying with backoff".into(),
                     ));
@@ -347,12 +358,18 @@ impl Pkcs11Backend {
             match self.open_session(false) {
                 Ok(s) => {
                     w.session = Some(s);
-                    w.retry_at = None;
+                    if w.retry_at.take().is_some() {
+                        self.reopened
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     w.backoff = MIN_BACKOFF;
                 }
                 Err(e) => {
                     w.retry_at = Some(Instant::now() + w.backoff);
                     w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
+                    w.failed_at_reopen = reopened;
+                    self.backing_off
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     return Err(e);
                 }
             }
@@ -392,6 +409,15 @@ impl Pkcs11Backend {
         if let Some(s) = status.get_mut(key) {
             match result {
                 Ok(took) => {
+                    // The token answers again: workers waiting out a backoff
+                    // try at once instead.
+                    if self
+                        .backing_off
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        self.reopened
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     s.available = true;
                     s.last_sign_us = Some(took.as_micros() as u64);
                     s.last_error = None;

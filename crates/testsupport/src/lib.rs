@@ -63,6 +63,33 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// Path of the fault-injection PKCS#11 module (`crates/faulthsm`), built
+/// once per test process with the test's profile.
+pub fn fault_module() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let dir = bin("signerd")
+            .parent()
+            .ok_or("binary has no directory")?
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "signer-faulthsm"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("building the fault module failed: {status}"));
+        }
+        Ok(dir.join("libsigner_faulthsm.so"))
+    });
+    match built {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// How the simulated link between signer and client behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkSpec {
