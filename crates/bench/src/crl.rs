@@ -182,7 +182,13 @@ fn child_numbers(ceremony: &Ceremony, flag: &str, value: &str) -> anyhow::Result
 }
 
 /// The report section.
-pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+pub fn section(
+    report: &mut String,
+    scale: f64,
+    plots: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
     writeln!(report, "## CRL build and sign\n")?;
     writeln!(
         report,
@@ -209,6 +215,8 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             anyhow::bail!("CRL child printed {fields:?}");
         };
         let (o_secs, o_peak, _o_bytes) = openssl_gencrl(ceremony.dir(), n)?;
+        ours.push((n as f64, secs.max(0.001)));
+        theirs.push((n as f64, o_secs.max(0.001)));
         writeln!(
             report,
             "| {n} | {secs:.2} | {:.1} | {:.1} | {o_secs:.2} | {:.1} | {:.1}× faster | {:.1}× less |",
@@ -220,6 +228,28 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         )?;
     }
     writeln!(report)?;
+    if let Some(dir) = plots {
+        std::fs::create_dir_all(dir)?;
+        let svg = crate::plot::line_chart(
+            "CRL build and sign: time vs. entries",
+            "entries",
+            "seconds",
+            &[
+                crate::plot::Series {
+                    name: "signerd CrlBuilder (SoftHSM2 RSA-2048)".into(),
+                    points: ours,
+                },
+                crate::plot::Series {
+                    name: "openssl ca -gencrl (file key)".into(),
+                    points: theirs,
+                },
+            ],
+            true,
+            true,
+        );
+        std::fs::write(dir.join("crl-time.svg"), svg)?;
+        writeln!(report, "![CRL time vs. entries](plots/crl-time.svg)\n")?;
+    }
     Ok(())
 }
 

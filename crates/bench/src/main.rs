@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod crl;
+mod plot;
 mod replication;
 
 use std::fmt::Write as _;
@@ -38,7 +39,7 @@ struct Cli {
     /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
     #[arg(long, hide = true)]
     crl_diff_child: Option<String>,
-    /// Run only one section (`issuance`, `crl`, `replication`); its part of
+    /// Run only one section (`issuance`, `lines`, `crl`, `replication`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -148,6 +149,27 @@ fn raw_hsm_rate(
 /// Certificates per second through signerd on an unthrottled pty: pipelined
 /// `sign_x509` requests with distinct request ids, each durably recorded.
 fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f64, u64)> {
+    let run = issuance_run(ceremony, csr, n, LinkSpec::unthrottled(), "bench")?;
+    Ok((run.rate, run.commits))
+}
+
+/// What one issuance run measured.
+struct IssuanceRun {
+    rate: f64,
+    commits: u64,
+    elapsed: Duration,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+/// Pipelined `sign_x509` requests over `link`; request ids start with `tag`.
+fn issuance_run(
+    ceremony: &Ceremony,
+    csr: &[u8],
+    n: usize,
+    link: LinkSpec,
+    tag: &str,
+) -> anyhow::Result<IssuanceRun> {
     let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
     let yaml = format!(
         "protocol:\n  workers: {workers}\n  max_in_flight: 32\n{}",
@@ -155,10 +177,10 @@ fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f
     );
     let mut env = ceremony.env();
     env.push(("RUST_LOG".into(), "info".into()));
-    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, env);
+    let bench = Bench::start_with_env(link, &yaml, env);
     let client = bench.client();
     let request = |i: usize| msg::SignX509 {
-        request_id: format!("bench-{i}"),
+        request_id: format!("{tag}-{i}"),
         profile: "server".into(),
         csr: csr.to_vec(),
         subject: vec![("CN".into(), "bench.example.org".into())],
@@ -170,6 +192,7 @@ fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f
     };
     // Warm up (CA check, sessions, repository file).
     let _: msg::SignX509Reply = client.call_typed(Command::SIGN_X509, &request(usize::MAX))?;
+    let before = client.stats();
     let started = Instant::now();
     let pending: Vec<_> = (0..n)
         .map(|i| client.submit(Command::SIGN_X509, encode_body(&request(i))))
@@ -177,7 +200,9 @@ fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f
     for p in pending {
         let _: msg::SignX509Reply = p.wait()?.decode()?;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let after = client.stats();
+    let rate = n as f64 / elapsed.as_secs_f64();
     let health = client.health()?;
     let commits = health
         .checks
@@ -193,7 +218,112 @@ fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f
         .and_then(|t| t.split(' ').next())
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    Ok((rate, commits_n))
+    Ok(IssuanceRun {
+        rate,
+        commits: commits_n,
+        elapsed,
+        bytes_sent: after.bytes_sent - before.bytes_sent,
+        bytes_received: after.bytes_received - before.bytes_received,
+    })
+}
+
+/// Issuance through `signer-linksim` at line speeds from 9,600 baud up, as a
+/// share of what the line allows for the bytes that crossed it; and a plot.
+fn line_speed_section(
+    report: &mut String,
+    scale: f64,
+    plots: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let ceremony = Ceremony::new("p256", SERVER_PROFILE);
+    let csr = make_csr(
+        ceremony.dir(),
+        "line",
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    writeln!(
+        report,
+        "## Issuance over serial lines of each speed
+"
+    )?;
+    writeln!(
+        report,
+        "Pipelined `sign_x509` requests (P-256 CSR, ECDSA P-256 issuer on SoftHSM2) from the client \
+         library through `signer-linksim` at each line speed (8N1: 10 bits a byte) to `signerd`. \
+         The baseline is the time the line itself needs for the bytes that crossed it in the busier \
+         direction (the certificates), measured in the same run; the target at 115,200 baud is 95 %.\n"
+    )?;
+    writeln!(report, "| line | requests | cert/s | bytes per certificate (to signer / back) | line time of the busier direction | measured | share of the line rate |")?;
+    writeln!(report, "|---|---|---|---|---|---|---|")?;
+    let mut points = Vec::new();
+    for baud in [
+        9_600u32, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600, 0,
+    ] {
+        let n = if baud == 0 {
+            scaled(400, scale)
+        } else {
+            scaled((baud / 1_500).clamp(8, 300) as usize, scale)
+        };
+        let link = if baud == 0 {
+            LinkSpec::unthrottled()
+        } else {
+            LinkSpec::baud(baud)
+        };
+        eprintln!("bench: issuance at {} baud, {n} requests", baud);
+        let run = issuance_run(&ceremony, &csr, n, link, &format!("line{baud}"))?;
+        let busier = run.bytes_sent.max(run.bytes_received);
+        let line = if baud == 0 {
+            None
+        } else {
+            Some(busier as f64 * 10.0 / f64::from(baud))
+        };
+        writeln!(
+            report,
+            "| {} | {n} | {:.1} | {} / {} | {} | {:.2} s | {} |",
+            if baud == 0 {
+                "unthrottled pty".to_string()
+            } else {
+                format!("{baud} baud")
+            },
+            run.rate,
+            run.bytes_sent / n as u64,
+            run.bytes_received / n as u64,
+            line.map_or("—".into(), |l| format!("{l:.2} s")),
+            run.elapsed.as_secs_f64(),
+            line.map_or("—".into(), |l| format!(
+                "{:.1} %",
+                100.0 * l / run.elapsed.as_secs_f64()
+            )),
+        )?;
+        points.push((
+            if baud == 0 {
+                4_000_000.0
+            } else {
+                f64::from(baud)
+            },
+            run.rate,
+        ));
+    }
+    writeln!(report)?;
+    if let Some(dir) = plots {
+        std::fs::create_dir_all(dir)?;
+        let svg = plot::line_chart(
+            "Issuance throughput vs. line speed",
+            "line speed (baud; the last point: unthrottled pty)",
+            "certificates per second",
+            &[plot::Series {
+                name: "signerd, P-256 issuer".into(),
+                points,
+            }],
+            true,
+            true,
+        );
+        std::fs::write(dir.join("throughput-vs-baud.svg"), svg)?;
+        writeln!(
+            report,
+            "![issuance throughput vs. line speed](plots/throughput-vs-baud.svg)\n"
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs [`raw_hsm_rate`] in a child process pointed at the ceremony's token.
@@ -312,14 +442,22 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     let only = cli.only.as_deref();
+    let plots = cli
+        .out
+        .as_deref()
+        .and_then(|p| p.parent())
+        .map(|d| d.join("plots"));
     if only.is_none() {
         link_sections(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("issuance") {
         issuance_section(&mut report, cli.scale)?;
     }
+    if only.is_none() || only == Some("lines") {
+        line_speed_section(&mut report, cli.scale, plots.as_deref())?;
+    }
     if only.is_none() || only == Some("crl") {
-        crl::section(&mut report, cli.scale)?;
+        crl::section(&mut report, cli.scale, plots.as_deref())?;
         crl::diff_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("replication") {

@@ -17,6 +17,7 @@
 pub mod crl;
 pub mod csr;
 pub mod derw;
+pub mod fuzzing;
 pub mod issue;
 pub mod name;
 pub mod profile;
