@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod crl;
+mod openssl_ca;
 mod plot;
 mod replication;
 
@@ -148,8 +149,14 @@ fn raw_hsm_rate(
 
 /// Certificates per second through signerd on an unthrottled pty: pipelined
 /// `sign_x509` requests with distinct request ids, each durably recorded.
-fn issuance_rate(ceremony: &Ceremony, csr: &[u8], n: usize) -> anyhow::Result<(f64, u64)> {
-    let run = issuance_run(ceremony, csr, n, LinkSpec::unthrottled(), "bench")?;
+fn issuance_rate(
+    ceremony: &Ceremony,
+    csr: &[u8],
+    n: usize,
+    cores: Option<&str>,
+    tag: &str,
+) -> anyhow::Result<(f64, u64)> {
+    let run = issuance_run(ceremony, csr, n, LinkSpec::unthrottled(), tag, cores)?;
     Ok((run.rate, run.commits))
 }
 
@@ -169,6 +176,7 @@ fn issuance_run(
     n: usize,
     link: LinkSpec,
     tag: &str,
+    cores: Option<&str>,
 ) -> anyhow::Result<IssuanceRun> {
     let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
     let yaml = format!(
@@ -178,6 +186,14 @@ fn issuance_run(
     let mut env = ceremony.env();
     env.push(("RUST_LOG".into(), "info".into()));
     let bench = Bench::start_with_env(link, &yaml, env);
+    if let Some(cpus) = cores {
+        // Every thread of signerd on these CPUs only.
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &bench.daemon.pid().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "taskset failed");
+    }
     let client = bench.client();
     let request = |i: usize| msg::SignX509 {
         request_id: format!("{tag}-{i}"),
@@ -269,7 +285,7 @@ fn line_speed_section(
             LinkSpec::baud(baud)
         };
         eprintln!("bench: issuance at {} baud, {n} requests", baud);
-        let run = issuance_run(&ceremony, &csr, n, link, &format!("line{baud}"))?;
+        let run = issuance_run(&ceremony, &csr, n, link, &format!("line{baud}"), None)?;
         let busier = run.bytes_sent.max(run.bytes_received);
         let line = if baud == 0 {
             None
@@ -368,10 +384,14 @@ fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
          fsync'd commits). End to end: pipelined `sign_x509` requests from the client \
          library over an unthrottled pty to `signerd`, each one parsed, its CSR verified, \
          checked against the profile, linted, signed in the HSM, re-verified, and committed to \
-         the repository (fsync'd, group commit) before the answer is sent.\n"
+         the repository (fsync'd, group commit) before the answer is sent. The same run \
+         pinned to one core (`taskset`, all of signerd's threads; the client and the relay \
+         keep both) shows the scaling; the other baseline is `openssl ca` with a file key of \
+         the same type, one process per certificate (as CA scripts around OpenSSL issue), one \
+         and two at a time (two CAs, one per core).\n"
     )?;
-    writeln!(report, "| issuer key | raw HSM, 1 session (sig/s) | raw HSM, 2 sessions (sig/s) | end to end (cert/s) | end to end / raw (2 sessions) | repository commits |")?;
-    writeln!(report, "|---|---|---|---|---|---|")?;
+    writeln!(report, "| issuer key | raw HSM, 1 session (sig/s) | raw HSM, 2 sessions (sig/s) | end to end (cert/s) | end to end / raw (2 sessions) | repository commits | signerd on 1 core (cert/s) | 1 → 2 cores | `openssl ca`, a process per certificate, 1 / 2 at a time (cert/s) | end to end / `openssl ca` (2) |")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
     for (key, csr_key) in [
         ("rsa2048", &["rsa:2048"][..]),
         ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
@@ -382,17 +402,24 @@ fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         let raw1 = raw_in_child(&ceremony, key, 1, n / 2)?;
         let raw2 = raw_in_child(&ceremony, key, 2, n)?;
         let csr = make_csr(ceremony.dir(), "bench", csr_key);
-        let (e2e, commits) = issuance_rate(&ceremony, &csr, n)?;
+        let (e2e, commits) = issuance_rate(&ceremony, &csr, n, None, "bench")?;
+        let (one_core, _) = issuance_rate(&ceremony, &csr, n / 2, Some("0"), "bench1core")?;
+        let csr_pem = ceremony.dir().join("bench.csr");
+        let m = scaled(200, scale);
+        let openssl1 = openssl_ca::rate(ceremony.dir(), key, &csr_pem, m / 2, 1)?;
+        let openssl2 = openssl_ca::rate(ceremony.dir(), key, &csr_pem, m, 2)?;
         writeln!(
             report,
-            "| {} | {raw1:.0} | {raw2:.0} | {e2e:.0} | {:.0} % | {commits} for {} certificates |",
+            "| {} | {raw1:.0} | {raw2:.0} | {e2e:.0} | {:.0} % | {commits} for {} certificates | {one_core:.0} | {:.2}× | {openssl1:.0} / {openssl2:.0} | {:.1}× |",
             if key == "rsa2048" {
                 "RSA-2048"
             } else {
                 "ECDSA P-256"
             },
             100.0 * e2e / raw2,
-            n + 1
+            n + 1,
+            e2e / one_core,
+            e2e / openssl2
         )?;
     }
     writeln!(report)?;
