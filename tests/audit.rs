@@ -10,23 +10,16 @@ use std::time::Duration;
 
 use signer_protocol::{msg, Command as Cmd, Status};
 use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
-use signer_testsupport::{bin, Bench, LinkSpec};
+use signer_testsupport::{bin, output, Bench, LinkSpec};
 
 fn signerd(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
-    let out = Command::new(bin("signerd"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, stdout, stderr) = output(
+        Command::new(bin("signerd"))
+            .args(args)
+            .arg("--config")
+            .arg(config),
+    );
+    (code, format!("{stdout}{stderr}"))
 }
 
 #[test]

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use signer_client::Client;
 use signer_protocol::{msg, Command as Cmd};
 use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
-use signer_testsupport::{bin, Bench, LinkSpec};
+use signer_testsupport::{bin, output, Bench, LinkSpec};
 
 fn request(csr: &[u8], id: &str) -> msg::SignX509 {
     sign_request(id, csr.to_vec(), &format!("{id}.example.org"))
@@ -147,18 +147,14 @@ fn kill_9_at_random_moments_loses_nothing() {
     assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
     let config = bench.dir().join("signerd.yaml");
     for args in [["audit", "verify"], ["repo", "check"]] {
-        let out = std::process::Command::new(bin("signerd"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (code, stdout, stderr) = output(
+            std::process::Command::new(bin("signerd"))
+                .args(args)
+                .arg("--config")
+                .arg(&config),
         );
-        assert!(out.status.success(), "signerd {args:?}: {text}");
+        let text = format!("{stdout}{stderr}");
+        assert_eq!(code, Some(0), "signerd {args:?}: {text}");
         eprintln!("crash: signerd {args:?}: {}", text.trim());
     }
 }

@@ -7,20 +7,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use signer_testsupport::bin;
+use signer_testsupport::{bin, output};
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
-    let out = Command::new("dpkg-deb")
-        .args(args)
-        .arg(deb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (code, stdout, stderr) = output(Command::new("dpkg-deb").args(args).arg(deb));
+    assert_eq!(code, Some(0), "{stderr}");
+    stdout
 }
 
 #[test]

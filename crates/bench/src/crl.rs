@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use signer_hsm::{KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector};
-use signer_testsupport::ca::{openssl, Ceremony};
+use signer_testsupport::ca::Ceremony;
 use signer_x509::crl::{CrlBuilder, CrlEntry};
 use signer_x509::CaSigner;
 
@@ -105,25 +105,7 @@ fn openssl_gencrl(dir: &Path, n: u64) -> anyhow::Result<(f64, u64, u64)> {
     let work = dir.join(format!("openssl-{n}"));
     std::fs::create_dir_all(&work)?;
     if !work.join("ca.key").exists() {
-        let (ok, text) = openssl(
-            &work,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-subj",
-                "/CN=openssl CA",
-                "-days",
-                "30",
-            ],
-        );
-        anyhow::ensure!(ok, "{text}");
+        crate::openssl_ca::self_signed(&work, &["-newkey", "rsa:2048"])?;
     }
     let mut index = String::with_capacity(n as usize * 80);
     for i in 0..n {

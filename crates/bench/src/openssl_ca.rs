@@ -6,14 +6,8 @@ use std::time::Instant;
 
 use signer_testsupport::ca::openssl;
 
-/// A CA with a file key in `dir` (`rsa2048` or `p256`), ready for `openssl ca`.
-fn setup(dir: &Path, key: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir.join("certs"))?;
-    let newkey: &[&str] = if key == "rsa2048" {
-        &["-newkey", "rsa:2048"]
-    } else {
-        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
-    };
+/// A self-signed CA certificate `ca.pem` with its file key `ca.key` in `dir`.
+pub fn self_signed(dir: &Path, newkey: &[&str]) -> anyhow::Result<()> {
     let mut args = vec!["req", "-x509"];
     args.extend_from_slice(newkey);
     args.extend_from_slice(&[
@@ -29,6 +23,18 @@ fn setup(dir: &Path, key: &str) -> anyhow::Result<()> {
     ]);
     let (ok, text) = openssl(dir, &args);
     anyhow::ensure!(ok, "{text}");
+    Ok(())
+}
+
+/// A CA with a file key in `dir` (`rsa2048` or `p256`), ready for `openssl ca`.
+fn setup(dir: &Path, key: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("certs"))?;
+    let newkey: &[&str] = if key == "rsa2048" {
+        &["-newkey", "rsa:2048"]
+    } else {
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    };
+    self_signed(dir, newkey)?;
     std::fs::write(dir.join("index.txt"), "")?;
     std::fs::write(dir.join("serial"), "2100000000000001\n")?;
     std::fs::write(

@@ -63,6 +63,16 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// Runs a command to its end: (exit code, standard output, standard error).
+pub fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().expect("run the command");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Path of the fault-injection PKCS#11 module (`crates/faulthsm`), built
 /// once per test process with the test's profile.
 pub fn fault_module() -> PathBuf {
