@@ -147,19 +147,6 @@ fn raw_hsm_rate(
     Ok((n / threads * threads) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Certificates per second through signerd on an unthrottled pty: pipelined
-/// `sign_x509` requests with distinct request ids, each durably recorded.
-fn issuance_rate(
-    ceremony: &Ceremony,
-    csr: &[u8],
-    n: usize,
-    cores: Option<&str>,
-    tag: &str,
-) -> anyhow::Result<(f64, u64)> {
-    let run = issuance_run(ceremony, csr, n, LinkSpec::unthrottled(), tag, cores)?;
-    Ok((run.rate, run.commits))
-}
-
 /// What one issuance run measured.
 struct IssuanceRun {
     rate: f64,
@@ -169,7 +156,9 @@ struct IssuanceRun {
     bytes_received: u64,
 }
 
-/// Pipelined `sign_x509` requests over `link`; request ids start with `tag`.
+/// Certificates per second through signerd over `link`: pipelined
+/// `sign_x509` requests with distinct request ids (starting with `tag`),
+/// each durably recorded; `cores` pins signerd with `taskset`.
 fn issuance_run(
     ceremony: &Ceremony,
     csr: &[u8],
@@ -402,8 +391,17 @@ fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         let raw1 = raw_in_child(&ceremony, key, 1, n / 2)?;
         let raw2 = raw_in_child(&ceremony, key, 2, n)?;
         let csr = make_csr(ceremony.dir(), "bench", csr_key);
-        let (e2e, commits) = issuance_rate(&ceremony, &csr, n, None, "bench")?;
-        let (one_core, _) = issuance_rate(&ceremony, &csr, n / 2, Some("0"), "bench1core")?;
+        let all_cores = issuance_run(&ceremony, &csr, n, LinkSpec::unthrottled(), "bench", None)?;
+        let (e2e, commits) = (all_cores.rate, all_cores.commits);
+        let one_core = issuance_run(
+            &ceremony,
+            &csr,
+            n / 2,
+            LinkSpec::unthrottled(),
+            "bench1core",
+            Some("0"),
+        )?
+        .rate;
         let csr_pem = ceremony.dir().join("bench.csr");
         let m = scaled(200, scale);
         let openssl1 = openssl_ca::rate(ceremony.dir(), key, &csr_pem, m / 2, 1)?;

@@ -154,9 +154,4 @@ impl Failover {
     pub fn failovers(&self) -> u64 {
         self.failovers.load(Ordering::SeqCst)
     }
-
-    /// The request timeout per signer.
-    pub fn failover_after(&self) -> Duration {
-        self.failover_after
-    }
 }

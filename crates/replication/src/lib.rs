@@ -218,15 +218,6 @@ impl Replicator {
         self.shared.status().published
     }
 
-    /// The twin's state as last received, with its age.
-    pub fn peer_state(&self) -> Option<(Duration, PeerState)> {
-        self.shared
-            .status()
-            .peer_state
-            .as_ref()
-            .map(|(at, s)| (at.elapsed(), s.clone()))
-    }
-
     /// Stops the replication thread (pending work stays in the outbox and
     /// in the twin's stream).
     pub fn stop(&self) {

@@ -15,6 +15,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::replica::{append_event, Change};
 use crate::{storage, RepoError};
 
 /// This signer's chain: seq → entry.
@@ -90,19 +91,18 @@ impl AuditEntry {
     }
 }
 
-/// Appends entries to this signer's chain in the caller's transaction;
-/// returns them as stored.
+/// Appends entries to this signer's chain in the caller's transaction, each
+/// with its replication event for the twin.
 pub(crate) fn append(
     txn: &WriteTransaction,
     signer_id: &str,
     entries: Vec<AuditEntry>,
-) -> Result<Vec<AuditEntry>, RepoError> {
+) -> Result<(), RepoError> {
     let mut table = txn.open_table(AUDIT).map_err(storage)?;
     let (mut seq, mut prev) = match table.last().map_err(storage)? {
         Some((k, v)) => (k.value(), AuditEntry::decode(v.value())?.hash),
         None => (0, vec![0; 32]),
     };
-    let mut stored = Vec::with_capacity(entries.len());
     for mut e in entries {
         seq += 1;
         e.seq = seq;
@@ -112,9 +112,9 @@ pub(crate) fn append(
         prev = e.hash.clone();
         let bytes = rmp_serde::to_vec_named(&e).map_err(storage)?;
         table.insert(seq, bytes.as_slice()).map_err(storage)?;
-        stored.push(e);
+        append_event(txn, signer_id, Change::Audit(e))?;
     }
-    Ok(stored)
+    Ok(())
 }
 
 /// Stores a twin's entry (replicated).

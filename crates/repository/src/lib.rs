@@ -397,9 +397,7 @@ impl Repository {
         };
         if let Some(Job::Audit(entry)) = refused {
             let written = self.db.begin_write().map_err(storage).and_then(|txn| {
-                for e in audit::append(&txn, &self.origin, vec![entry])? {
-                    append_event(&txn, &self.origin, Change::Audit(e))?;
-                }
+                audit::append(&txn, &self.origin, vec![entry])?;
                 txn.commit().map_err(storage)
             });
             if let Err(e) = written {
@@ -1145,9 +1143,7 @@ fn commit_batch(
         }
     }
     if !audits.is_empty() {
-        for e in audit::append(&txn, origin, audits)? {
-            append_event(&txn, origin, Change::Audit(e))?;
-        }
+        audit::append(&txn, origin, audits)?;
     }
     txn.commit().map_err(storage)?;
     Ok(results)

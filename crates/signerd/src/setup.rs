@@ -198,24 +198,20 @@ fn backend(ca: &signer_ca::CaConfig) -> Result<Pkcs11Backend, String> {
 /// the lines to print, or (exit code, message): 4 when the token refused the
 /// PIN, 1 for anything the configuration must fix.
 pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)> {
-    let backend = Pkcs11Backend::open(ca.token(), ca.key_specs(), 1).map_err(|e| {
-        let code = if matches!(e, signer_hsm::HsmError::Pin(_)) {
+    let code = |e: &signer_hsm::HsmError| {
+        if matches!(e, signer_hsm::HsmError::Pin(_)) {
             4
         } else {
             1
-        };
-        (code, format!("ca.hsm: {e}"))
-    })?;
+        }
+    };
+    let backend = Pkcs11Backend::open(ca.token(), ca.key_specs(), 1)
+        .map_err(|e| (code(&e), format!("ca.hsm: {e}")))?;
     let mut lines = Vec::new();
     for (i, k) in ca.keys.iter().enumerate() {
         let public = backend.public_key(&k.name).map_err(|e| {
-            let code = if matches!(e, signer_hsm::HsmError::Pin(_)) {
-                4
-            } else {
-                1
-            };
             (
-                code,
+                code(&e),
                 format!(
                     "ca.keys[{i}] ({}, label {}): {e}",
                     k.name,
@@ -276,12 +272,11 @@ impl SetupCmd {
 
 /// Opens the repository for the audit log before anything is done: a set-up
 /// action that cannot be recorded is not performed.
-fn audit_log(config: &Path) -> Result<Repository, String> {
-    let (c, ca) = load(config)?;
+fn audit_log(signer_id: &str, ca: &signer_ca::CaConfig) -> Result<Repository, String> {
     if let Some(dir) = ca.repository.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    Repository::open(&ca.repository, &c.signer_id).map_err(|e| {
+    Repository::open(&ca.repository, signer_id).map_err(|e| {
         format!(
             "{}: {e} (the audit log is needed for set-up; is signerd running?)",
             ca.repository.display()
@@ -289,14 +284,15 @@ fn audit_log(config: &Path) -> Result<Repository, String> {
     })
 }
 
-fn sha256_hex(text: &str) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 fn setup(cmd: SetupCmd) -> Result<(), String> {
-    let repo = audit_log(cmd.config())?;
-    let result = perform(cmd);
+    let (c, ca) = load(cmd.config())?;
+    let repo = audit_log(&c.signer_id, &ca)?;
+    let result = perform(cmd, &ca);
     let entry = match &result {
         Ok(entry) => entry.clone(),
         Err((action, e)) => AuditEntry::new("setup", action, "failed").fact("message", e.clone()),
@@ -308,7 +304,7 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
 
 /// Performs a set-up action; returns its audit entry, or the action's name
 /// and what went wrong.
-fn perform(cmd: SetupCmd) -> Result<AuditEntry, (&'static str, String)> {
+fn perform(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry, (&'static str, String)> {
     let action = match &cmd {
         SetupCmd::GenerateKey { .. } => "generate-key",
         SetupCmd::SelfSign { .. } => "self-sign",
@@ -316,20 +312,19 @@ fn perform(cmd: SetupCmd) -> Result<AuditEntry, (&'static str, String)> {
         SetupCmd::Csr { .. } => "csr",
         SetupCmd::Import { .. } => "import",
     };
-    perform_action(cmd).map_err(|e| (action, e))
+    perform_action(cmd, ca).map_err(|e| (action, e))
 }
 
-fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
+fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry, String> {
     let ok = |action: &str| AuditEntry::new("setup", action, "ok");
     Ok(match cmd {
         SetupCmd::GenerateKey {
-            config,
+            config: _,
             label,
             key_type,
             dry_run,
         } => {
-            let (_, ca) = load(&config.config)?;
-            let backend = backend(&ca)?;
+            let backend = backend(ca)?;
             if dry_run {
                 backend
                     .check_label_free(&label)
@@ -353,15 +348,14 @@ fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
                 .fact("key_type", public.kind.to_string())
         }
         SetupCmd::SelfSign {
-            config,
+            config: _,
             key,
             subject,
             days,
             path_len,
             out,
         } => {
-            let (_, ca) = load(&config.config)?;
-            let backend = backend(&ca)?;
+            let backend = backend(ca)?;
             let spec = CaSpec {
                 subject: parse_subject(&subject)?,
                 days,
@@ -378,11 +372,11 @@ fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
             ok("self-sign")
                 .fact("key", key)
                 .fact("subject", subject)
-                .fact("certificate_sha256", sha256_hex(&pem))
+                .fact("certificate_sha256", sha256_hex(pem.as_bytes()))
                 .fact("out", out.display().to_string())
         }
         SetupCmd::Intermediate {
-            config,
+            config: _,
             issuer,
             key,
             subject,
@@ -391,9 +385,8 @@ fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
             crl_url,
             out,
         } => {
-            let (_, ca) = load(&config.config)?;
-            let backend = backend(&ca)?;
-            let parent = ca_signer(&ca, &backend, &issuer)?;
+            let backend = backend(ca)?;
+            let parent = ca_signer(ca, &backend, &issuer)?;
             let spec = CaSpec {
                 subject: parse_subject(&subject)?,
                 days,
@@ -414,17 +407,16 @@ fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
                 .fact("key", key)
                 .fact("issuer", issuer)
                 .fact("subject", subject)
-                .fact("certificate_sha256", sha256_hex(&pem))
+                .fact("certificate_sha256", sha256_hex(pem.as_bytes()))
                 .fact("out", out.display().to_string())
         }
         SetupCmd::Csr {
-            config,
+            config: _,
             key,
             subject,
             out,
         } => {
-            let (_, ca) = load(&config.config)?;
-            let backend = backend(&ca)?;
+            let backend = backend(ca)?;
             let der =
                 ca_csr(&backend, &key, &parse_subject(&subject)?).map_err(|e| e.to_string())?;
             let pem =
@@ -435,11 +427,14 @@ fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
             ok("csr")
                 .fact("key", key)
                 .fact("subject", subject)
-                .fact("csr_sha256", sha256_hex(&pem))
+                .fact("csr_sha256", sha256_hex(pem.as_bytes()))
         }
-        SetupCmd::Import { config, key, cert } => {
-            let (_, ca) = load(&config.config)?;
-            let backend = backend(&ca)?;
+        SetupCmd::Import {
+            config: _,
+            key,
+            cert,
+        } => {
+            let backend = backend(ca)?;
             let bytes = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
             let der = signer_x509::cert_der(&bytes)?;
             let signer = CaSigner::new("import", &key, der, &backend).map_err(|e| e.to_string())?;
@@ -452,10 +447,7 @@ fn perform_action(cmd: SetupCmd) -> Result<AuditEntry, String> {
             ok("import")
                 .fact("key", key)
                 .fact("certificate", cert.display().to_string())
-                .fact("certificate_sha256", {
-                    use sha2::Digest;
-                    hex::encode(sha2::Sha256::digest(&bytes))
-                })
+                .fact("certificate_sha256", sha256_hex(&bytes))
         }
     })
 }
