@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod ca;
+pub mod gpg;
 pub mod twins;
 
 use std::path::{Path, PathBuf};
