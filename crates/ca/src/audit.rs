@@ -79,6 +79,21 @@ pub fn command_entry(o: &CommandOutcome<'_>) -> AuditEntry {
                     .fact("entries", r.entries.to_string());
             }
         }
+        Command::CERTIFY_OPENPGP => {
+            if let Ok(r) = decode_body::<msg::CertifyOpenpgp>(o.request) {
+                e = e
+                    .fact("request_id", r.request_id)
+                    .fact("user_ids", r.user_ids.join("; "))
+                    .fact("expires_at", r.expires_at.to_string())
+                    .fact("key_sha256", hex::encode(sha2::Sha256::digest(&r.key)));
+            }
+            if let Ok(r) = decode_body::<msg::CertifyOpenpgpReply>(o.reply) {
+                e = e
+                    .fact("fingerprint", r.fingerprint)
+                    .fact("ca_fingerprint", r.ca_fingerprint)
+                    .fact("replayed", r.replayed.to_string());
+            }
+        }
         _ => {}
     }
     e

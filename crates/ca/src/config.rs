@@ -77,6 +77,40 @@ pub struct CaConfig {
     /// Replication to the twin signer (absent: a single signer).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// OpenPGP certification (absent: `certify_openpgp` is not enabled).
+    #[serde(default)]
+    pub openpgp: Option<OpenpgpConfig>,
+}
+
+/// `ca.openpgp`: the CA's OpenPGP key and what it certifies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenpgpConfig {
+    /// Key name from `ca.keys` (RSA or ECDSA P-256/P-384).
+    pub key: String,
+    /// The CA's OpenPGP certificate, written by `signerd setup openpgp`.
+    pub certificate: PathBuf,
+    /// The CA certificate's user ID, e.g. `CAcert Signing Authority <sign@example.org>`.
+    pub user_id: String,
+    /// The key's creation time (RFC 3339, e.g. `2026-01-01T00:00:00Z`):
+    /// part of the fingerprint, so it never changes for a key.
+    pub created: String,
+    /// What is accepted and how it is certified.
+    #[serde(default)]
+    pub policy: signer_openpgp::Policy,
+}
+
+impl OpenpgpConfig {
+    /// The creation time, Unix seconds (checked by validation).
+    pub fn created_secs(&self) -> Result<u32, String> {
+        let t = humantime::parse_rfc3339(&self.created)
+            .map_err(|e| format!("expected an RFC 3339 time such as 2026-01-01T00:00:00Z: {e}"))?;
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| "before 1970".to_string())?
+            .as_secs();
+        u32::try_from(secs).map_err(|_| "after 2106 (OpenPGP times are 32-bit)".to_string())
+    }
 }
 
 /// `ca.replication`: the twin and the two nats-servers.
@@ -302,6 +336,28 @@ impl Section for CaConfig {
                 ));
             }
             resolve(base, &mut c.certificate);
+        }
+        if let Some(o) = &mut self.openpgp {
+            if !names.contains(o.key.as_str()) {
+                return Err(invalid(
+                    "ca.openpgp.key".into(),
+                    format!("no key named {} in ca.keys", o.key),
+                ));
+            }
+            if let Err(e) = o.created_secs() {
+                return Err(invalid("ca.openpgp.created".into(), e));
+            }
+            if o.user_id.trim().is_empty() {
+                return Err(invalid(
+                    "ca.openpgp.user_id".into(),
+                    "expected a user ID such as \"Example Signing Authority <sign@example.org>\""
+                        .into(),
+                ));
+            }
+            if let Err(e) = o.policy.validate() {
+                return Err(invalid("ca.openpgp.policy".into(), e));
+            }
+            resolve(base, &mut o.certificate);
         }
         for (name, p) in &self.profiles {
             if !cas.contains(&p.issuer) {

@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod openpgp;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,7 +35,7 @@ use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
 pub use audit::CaAudit;
-pub use config::{CaConfig, ReplicationConfig};
+pub use config::{CaConfig, OpenpgpConfig, ReplicationConfig};
 
 /// Why the CA service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,7 @@ pub struct CaService {
     issuer: RwLock<Option<Arc<Issuer>>>,
     load_error: Mutex<Option<String>>,
     crl_lock: Mutex<()>,
+    openpgp: Mutex<Option<Arc<openpgp::OpenpgpCa>>>,
 }
 
 fn now_secs() -> i64 {
@@ -285,6 +287,7 @@ impl CaService {
             issuer: RwLock::new(None),
             load_error: Mutex::new(None),
             crl_lock: Mutex::new(()),
+            openpgp: Mutex::new(None),
         });
         match service.load() {
             Ok(_) => {}
@@ -293,6 +296,12 @@ impl CaService {
             }
             Err(IssueError::Hsm(e @ HsmError::Pin(_))) => return Err(CaError::Pin(e.to_string())),
             Err(e) => return Err(CaError::Ca(e.to_string())),
+        }
+        if let Err(failure) = service.openpgp_ca() {
+            match failure.status {
+                Status::NOT_ENABLED | Status::HSM_UNAVAILABLE => {}
+                _ => return Err(CaError::Ca(format!("ca.openpgp: {}", failure.message))),
+            }
         }
         Ok(service)
     }
@@ -785,7 +794,7 @@ impl CaService {
         let certs = Arc::clone(self);
         let revoke = Arc::clone(self);
         let crl = Arc::clone(self);
-        router
+        let router = router
             .route(
                 Command::SIGN_X509,
                 Placement::Pool,
@@ -805,6 +814,22 @@ impl CaService {
                 Command::CA_CERTS,
                 Placement::Pool,
                 typed(move |_: &CallContext, _: msg::Empty| certs.ca_certs()),
+            );
+        if self.config.openpgp.is_none() {
+            return router;
+        }
+        let pgp = Arc::clone(self);
+        let pgp_ca = Arc::clone(self);
+        router
+            .route(
+                Command::CERTIFY_OPENPGP,
+                Placement::Pool,
+                typed(move |ctx: &CallContext, r: msg::CertifyOpenpgp| pgp.certify_openpgp(ctx, r)),
+            )
+            .route(
+                Command::OPENPGP_CA,
+                Placement::Pool,
+                typed(move |_: &CallContext, _: msg::Empty| pgp_ca.openpgp_certificate()),
             )
     }
 }
@@ -882,6 +907,26 @@ impl HealthSource for CaService {
                     .clone()
                     .unwrap_or_else(|| "CA certificates not checked yet (HSM unavailable)".into()),
             }),
+        }
+        if self.config.openpgp.is_some() {
+            // Read only: loading would touch the HSM, and health must answer during a hang.
+            let loaded = self
+                .openpgp
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            checks.push(match loaded {
+                Some(ca) => msg::Check {
+                    name: "openpgp".into(),
+                    status: msg::HealthStatus::Ok,
+                    detail: format!("CA key {}", ca.fingerprint()),
+                },
+                None => msg::Check {
+                    name: "openpgp".into(),
+                    status: msg::HealthStatus::Degraded,
+                    detail: "CA certificate not checked yet (HSM unavailable)".into(),
+                },
+            });
         }
         checks.push(match self.repo.audit_head() {
             Ok(Some((n, hash))) => msg::Check {

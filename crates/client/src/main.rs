@@ -113,6 +113,50 @@ enum Cmd {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// OpenPGP: certify user IDs of a key, fetch the CA's OpenPGP certificate.
+    Openpgp {
+        #[command(subcommand)]
+        command: OpenpgpCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum OpenpgpCmd {
+    /// Certify user IDs of a public key with the CA's OpenPGP key; writes the
+    /// key with the new certifications (each checked against the CA key).
+    Certify {
+        /// The user's public key (binary or ASCII-armored), as `gpg --export` writes it.
+        #[arg(long)]
+        key: PathBuf,
+        /// A user ID to certify, exactly as on the key; repeat for more.
+        #[arg(long = "user-id", required = true)]
+        user_ids: Vec<String>,
+        /// Idempotency key: retrying with the same key returns the same certifications.
+        #[arg(long)]
+        request_id: String,
+        /// Certifications expire after this many days.
+        #[arg(long, default_value_t = 365, conflicts_with = "expires_at")]
+        days: u32,
+        /// Certifications expire at this time, Unix seconds.
+        #[arg(long)]
+        expires_at: Option<i64>,
+        /// Write the certified key here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write ASCII armor instead of binary.
+        #[arg(long)]
+        armor: bool,
+        /// The CA's OpenPGP certificate to check the certifications with
+        /// (default: fetched from the signer).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Fetch the CA's OpenPGP certificate (ASCII-armored).
+    CaCert {
+        /// Write it here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 const EXIT_REFUSED: u8 = 1;
@@ -183,6 +227,31 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    let certify_request = match &cli.command {
+        Cmd::Openpgp {
+            command:
+                OpenpgpCmd::Certify {
+                    key,
+                    user_ids,
+                    request_id,
+                    days,
+                    expires_at,
+                    ..
+                },
+        } => match std::fs::read(key) {
+            Ok(bytes) => Some(msg::CertifyOpenpgp {
+                request_id: request_id.clone(),
+                key: bytes,
+                user_ids: user_ids.clone(),
+                expires_at: expires_at.unwrap_or(now_ms() / 1000 + i64::from(*days) * 86_400),
+            }),
+            Err(e) => {
+                eprintln!("signer-client: {}: {e}", key.display());
+                return ExitCode::from(EXIT_INPUT);
+            }
+        },
+        _ => None,
+    };
     let result = match &cli.command {
         Cmd::Health { max_clock_skew } => health(&client, cli.json, *max_clock_skew),
         Cmd::Hello => hello(&client, cli.json),
@@ -198,6 +267,28 @@ fn main() -> ExitCode {
         } => crl(&client, cli.json, issuer, out, ca_cert.as_deref()),
         Cmd::Revoke { .. } => match revoke_request.clone() {
             Some(body) => revoke(&client, cli.json, body),
+            None => Err(ClientError::Protocol("no request".into())),
+        },
+        Cmd::Openpgp {
+            command: OpenpgpCmd::CaCert { out },
+        } => openpgp_ca(&client, cli.json, out.as_deref()),
+        Cmd::Openpgp {
+            command:
+                OpenpgpCmd::Certify {
+                    out,
+                    armor,
+                    ca_cert,
+                    ..
+                },
+        } => match certify_request {
+            Some(body) => certify(
+                &client,
+                cli.json,
+                body,
+                out.as_deref(),
+                *armor,
+                ca_cert.as_deref(),
+            ),
             None => Err(ClientError::Protocol("no request".into())),
         },
     };
@@ -687,6 +778,101 @@ fn crl(
             out.display(),
             reply.entries
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_or_print(out: Option<&Path>, bytes: &[u8], print: bool) -> Result<(), ClientError> {
+    use std::io::Write;
+    match out {
+        Some(path) => std::fs::write(path, bytes)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display()))),
+        None if print => std::io::stdout()
+            .write_all(bytes)
+            .map_err(|e| ClientError::Protocol(format!("standard output: {e}"))),
+        None => Ok(()),
+    }
+}
+
+fn openpgp_ca(client: &Failover, json: bool, out: Option<&Path>) -> Result<ExitCode, ClientError> {
+    let reply: msg::OpenpgpCaReply =
+        client.call_typed(signer_protocol::Command::OPENPGP_CA, &msg::Empty {})?;
+    let armored = signer_openpgp::armor_public_key(&reply.certificate);
+    write_or_print(out, armored.as_bytes(), !json)?;
+    if json {
+        let value = serde_json::json!({"fingerprint": reply.fingerprint, "certificate": armored});
+        println!("{value}");
+    } else {
+        eprintln!("OpenPGP CA key {}", reply.fingerprint);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn certify(
+    client: &Failover,
+    json: bool,
+    body: msg::CertifyOpenpgp,
+    out: Option<&Path>,
+    armor: bool,
+    ca_cert: Option<&Path>,
+) -> Result<ExitCode, ClientError> {
+    let ca = match ca_cert {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
+        None => {
+            let reply: msg::OpenpgpCaReply =
+                client.call_typed(signer_protocol::Command::OPENPGP_CA, &msg::Empty {})?;
+            reply.certificate
+        }
+    };
+    let reply: msg::CertifyOpenpgpReply =
+        client.call_typed(signer_protocol::Command::CERTIFY_OPENPGP, &body)?;
+    let certifications: Vec<(String, Vec<u8>)> = reply
+        .certifications
+        .iter()
+        .map(|c| (c.user_id.clone(), c.signature.clone()))
+        .collect();
+    signer_openpgp::verify_certified(&reply.key, &reply.fingerprint, &ca, &certifications)
+        .map_err(|e| {
+            ClientError::Protocol(format!("the signer's answer does not check out: {e}"))
+        })?;
+    let bytes = if armor {
+        signer_openpgp::armor_public_key(&reply.key).into_bytes()
+    } else {
+        reply.key.clone()
+    };
+    write_or_print(out, &bytes, !json)?;
+    if json {
+        let uids: Vec<&str> = reply
+            .certifications
+            .iter()
+            .map(|c| c.user_id.as_str())
+            .collect();
+        let value = serde_json::json!({
+            "fingerprint": reply.fingerprint,
+            "ca_fingerprint": reply.ca_fingerprint,
+            "user_ids": uids,
+            "created_at": reply.created_at,
+            "expires_at": reply.expires_at,
+            "replayed": reply.replayed,
+            "signer": client.server().map(|h| h.signer_id),
+            "failovers": client.failovers(),
+        });
+        println!("{value}");
+    } else {
+        for c in &reply.certifications {
+            eprintln!(
+                "certified {:?} on {} with CA key {}{}",
+                c.user_id,
+                reply.fingerprint,
+                reply.ca_fingerprint,
+                if reply.replayed {
+                    " (certified earlier for this request id)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

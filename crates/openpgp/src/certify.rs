@@ -406,3 +406,55 @@ pub fn certify(
         certifications,
     })
 }
+
+/// Checks, on the client's side, what a signer returned: `key` parses, has
+/// the fingerprint `fingerprint`, and carries each of `certifications`
+/// (user ID, signature packet) as a certification by `ca` that verifies.
+pub fn verify_certified(
+    key: &[u8],
+    fingerprint: &str,
+    ca: &[u8],
+    certifications: &[(String, Vec<u8>)],
+) -> Result<(), PgpError> {
+    let ca_key = if ca.starts_with(b"-----BEGIN") {
+        SignedPublicKey::from_armor_single(ca)
+            .map(|(k, _)| k)
+            .map_err(|e| PgpError::CaKey(e.to_string()))?
+    } else {
+        SignedPublicKey::from_bytes(ca).map_err(|e| PgpError::CaKey(e.to_string()))?
+    };
+    let key = SignedPublicKey::from_bytes(key).map_err(malformed)?;
+    let got = crate::fingerprint_hex(&key.primary_key.fingerprint());
+    if got != fingerprint {
+        return Err(PgpError::Malformed(format!(
+            "the returned key is {got}, not {fingerprint}"
+        )));
+    }
+    for (uid, packet) in certifications {
+        let user = key
+            .details
+            .users
+            .iter()
+            .find(|u| u.id.id() == uid.as_bytes())
+            .ok_or_else(|| PgpError::UserIdNotFound(uid.clone()))?;
+        let good = user.signatures.iter().any(|sig| {
+            let mut bytes = Vec::new();
+            sig.to_writer_with_header(&mut bytes).is_ok()
+                && bytes == *packet
+                && sig
+                    .verify_third_party_certification(
+                        &key.primary_key,
+                        &ca_key.primary_key,
+                        Tag::UserId,
+                        &user.id,
+                    )
+                    .is_ok()
+        });
+        if !good {
+            return Err(PgpError::BadSelfSignature(format!(
+                "the certification of {uid:?} is missing or does not verify with the CA key"
+            )));
+        }
+    }
+    Ok(())
+}

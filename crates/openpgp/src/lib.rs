@@ -21,7 +21,7 @@ mod certify;
 pub mod fuzzing;
 
 pub use cakey::{ca_certificate, public_key_packet, CaCertificate, HsmSigner};
-pub use certify::{certify, inspect, Certified, UserKey};
+pub use certify::{certify, inspect, verify_certified, Certified, UserKey};
 
 use pgp::crypto::hash::HashAlgorithm;
 use serde::{Deserialize, Serialize};

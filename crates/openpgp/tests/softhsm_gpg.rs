@@ -124,10 +124,7 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
                 checker.file("a.pgp", &done.key).to_str().unwrap(),
             ],
         );
-        assert!(
-            ok && out.contains(&ca_fpr[24..]),
-            "sq inspect: {out}{err}"
-        );
+        assert!(ok && out.contains(&ca_fpr[24..]), "sq inspect: {out}{err}");
         let ring = checker.file(
             "ring.pgp",
             &[armored_to_binary(&ca), done.key.clone()].concat(),

@@ -66,6 +66,8 @@ wire_code! {
         CA_CERTS = 19 => "ca_certs",
         /// Certify user IDs of an OpenPGP key.
         CERTIFY_OPENPGP = 32 => "certify_openpgp",
+        /// Fetch the CA's OpenPGP certificate.
+        OPENPGP_CA = 33 => "openpgp_ca",
     }
 }
 
@@ -140,6 +142,28 @@ wire_code! {
         INVALID_INVALIDITY_DATE = 205 => "invalid_invalidity_date",
         /// `fetch_crl` named a CRL this signer never issued.
         UNKNOWN_CRL = 206 => "unknown_crl",
+        /// Not an OpenPGP public key (unreadable, several keys, wrong armor).
+        MALFORMED_OPENPGP_KEY = 400 => "malformed_openpgp_key",
+        /// A secret key was sent instead of a public one.
+        OPENPGP_SECRET_KEY = 401 => "openpgp_secret_key",
+        /// A self-signature of the key does not verify, or a user ID has none.
+        BAD_SELF_SIGNATURE = 402 => "bad_self_signature",
+        /// The key's version or algorithm, or its self-signatures' hash, is refused by the policy.
+        OPENPGP_ALGORITHM_NOT_ALLOWED = 403 => "openpgp_algorithm_not_allowed",
+        /// A requested user ID is not on the key.
+        USER_ID_NOT_FOUND = 404 => "user_id_not_found",
+        /// A requested user ID was revoked by the key's owner.
+        USER_ID_REVOKED = 405 => "user_id_revoked",
+        /// A requested user ID's self-signature has expired.
+        USER_ID_EXPIRED = 406 => "user_id_expired",
+        /// The key is revoked.
+        OPENPGP_KEY_REVOKED = 407 => "openpgp_key_revoked",
+        /// The key has expired.
+        OPENPGP_KEY_EXPIRED = 408 => "openpgp_key_expired",
+        /// The certification expiry is not in the future or beyond the configured maximum.
+        INVALID_EXPIRY = 409 => "invalid_expiry",
+        /// The key is larger than the configured limit.
+        OPENPGP_KEY_TOO_LARGE = 410 => "openpgp_key_too_large",
         /// The issuer's key is not reachable now (token absent, device error); retry later.
         HSM_UNAVAILABLE = 300 => "hsm_unavailable",
         /// The HSM refused the operation (configuration or token problem).

@@ -314,3 +314,58 @@ pub struct CrlDiff {
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
+
+/// `certify_openpgp` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifyOpenpgp {
+    /// Durable idempotency key, as for `sign_x509`.
+    pub request_id: String,
+    /// The user's transferable public key, binary or ASCII-armored.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// User IDs to certify, each exactly as on the key (UTF-8).
+    pub user_ids: Vec<String>,
+    /// When the certifications expire, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// One certification made by `certify_openpgp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certification {
+    /// The certified user ID.
+    pub user_id: String,
+    /// The signature packet, with its OpenPGP packet header.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// `certify_openpgp` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertifyOpenpgpReply {
+    /// The key with the new certifications, binary.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The key's fingerprint, upper-case hex.
+    pub fingerprint: String,
+    /// The CA key's fingerprint, upper-case hex.
+    pub ca_fingerprint: String,
+    /// The certifications, in request order.
+    pub certifications: Vec<Certification>,
+    /// When they were made, Unix seconds.
+    pub created_at: i64,
+    /// When they expire, Unix seconds.
+    pub expires_at: i64,
+    /// True when these are the certifications made earlier for the same request id.
+    pub replayed: bool,
+}
+
+/// `openpgp_ca` reply: the CA's OpenPGP certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenpgpCaReply {
+    /// Its fingerprint, upper-case hex.
+    pub fingerprint: String,
+    /// The certificate, binary.
+    #[serde(with = "serde_bytes")]
+    pub certificate: Vec<u8>,
+}

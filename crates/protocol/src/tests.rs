@@ -248,3 +248,32 @@ fn every_status_and_command_is_in_the_spec() {
         );
     }
 }
+
+/// `certify_openpgp`, id 6 (protocol.md §10).
+const CERTIFY: (&str, &str) = (
+    "9401062084aa726571756573745f6964a27031a36b6579c4029900a8757365725f69647391b141203c61406578616d706c652e6f72673eaa657870697265735f6174ce6b49d200",
+    "1b9401062084aa726571756573745f6964a27031a36b6579c402992ca8757365725f69647391b141203c61406578616d706c652e6f72673eaa657870697265735f6174ce6b49d205b41f6a1c00",
+);
+
+fn certify_body() -> msg::CertifyOpenpgp {
+    msg::CertifyOpenpgp {
+        request_id: "p1".into(),
+        key: vec![0x99, 0x00],
+        user_ids: vec!["A <a@example.org>".into()],
+        expires_at: 1_800_000_000,
+    }
+}
+
+#[test]
+fn certify_openpgp_vector() {
+    let built = encode_request(6, Command::CERTIFY_OPENPGP, &encode_body(&certify_body()));
+    let content = check_frame(CERTIFY);
+    assert_eq!(built, content);
+    let request = decode_request(&content).unwrap();
+    assert_eq!(
+        decode_body::<msg::CertifyOpenpgp>(request.body).unwrap(),
+        certify_body()
+    );
+    let spec = include_str!("../../../docs/protocol.md");
+    assert!(spec.contains(CERTIFY.0) && spec.contains(CERTIFY.1));
+}

@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 pub mod audit;
+pub mod openpgp;
 pub mod replica;
 pub use audit::{AuditEntry, ChainReport};
+pub use openpgp::{CertificationRecord, Certified};
 use replica::{append_event, digest_cert, digest_revocation, Change};
 pub use replica::{ApplyReport, Conflict, Event, ReplicaState, SetDigest};
 
@@ -311,6 +313,7 @@ impl Repository {
             txn.open_table(replica::APPLIED).map_err(storage)?;
             txn.open_table(replica::CONFLICTS).map_err(storage)?;
             txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
+            txn.open_table(openpgp::CERTIFICATIONS).map_err(storage)?;
             let digests_done = txn
                 .open_table(replica::META)
                 .map_err(storage)?

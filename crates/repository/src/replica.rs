@@ -50,6 +50,8 @@ pub enum Change {
     Revoked(RevocationRecord),
     /// An audit entry of the origin's chain.
     Audit(crate::AuditEntry),
+    /// User IDs of an OpenPGP key were certified.
+    Certified(crate::CertificationRecord),
     /// A CRL was signed with this number.
     CrlIssued {
         /// Issuer name.
@@ -453,6 +455,11 @@ pub(crate) fn apply(
                 raise_crl_floor(txn, issuer, number)?;
             }
             Change::Audit(entry) => crate::audit::store_peer(txn, entry)?,
+            Change::Certified(record) => {
+                if crate::openpgp::apply(txn, record, &event.origin, now_us() / 1000)? {
+                    report.conflicts += 1;
+                }
+            }
         }
         applied
             .insert(event.origin.as_str(), (event.seq, *stream_seq, event.epoch))

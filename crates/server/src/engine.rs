@@ -401,10 +401,17 @@ impl Engine {
                     Some(route) => route.placement,
                     None => {
                         drop(cache);
-                        let failure = Failure::new(
-                            Status::UNKNOWN_COMMAND,
-                            format!("unknown command {}", command_label(command)),
-                        );
+                        let failure = if command.name().is_some() {
+                            Failure::new(
+                                Status::NOT_ENABLED,
+                                format!("command {command} is not enabled on this signer"),
+                            )
+                        } else {
+                            Failure::new(
+                                Status::UNKNOWN_COMMAND,
+                                format!("unknown command {}", command_label(command)),
+                            )
+                        };
                         self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                         self.audit_refusal(id, command, &failure);
                         self.respond_uncached(out, id, &failure);

@@ -125,6 +125,15 @@ pub enum SetupCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the CA's OpenPGP certificate (`ca.openpgp`): the configured
+    /// key and creation time, self-signed with the configured user ID.
+    Openpgp {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Replace an existing certificate file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check that an existing CA certificate belongs to a configured key.
     Import {
         #[command(flatten)]
@@ -234,8 +243,38 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
             signer_x509::time::rfc3339(signer.not_after)
         ));
     }
+    if let Some(o) = &ca.openpgp {
+        let fingerprint =
+            openpgp_check(&backend, o).map_err(|e| (1, format!("ca.openpgp ({}): {e}", o.key)))?;
+        lines.push(format!(
+            "token openpgp  {}: certificate {fingerprint} matches the key",
+            o.key
+        ));
+    }
     lines.push("token OK".into());
     Ok(lines)
+}
+
+fn pgp_fingerprint(packet: &pgp::packet::PublicKey) -> pgp::types::Fingerprint {
+    pgp::types::KeyDetails::fingerprint(packet)
+}
+
+/// Checks the OpenPGP CA certificate against its HSM key; its fingerprint.
+fn openpgp_check(
+    backend: &dyn SigningBackend,
+    o: &signer_ca::OpenpgpConfig,
+) -> Result<String, String> {
+    let public = backend.public_key(&o.key).map_err(|e| e.to_string())?;
+    let packet =
+        signer_openpgp::public_key_packet(&public, o.created_secs()?).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&o.certificate).map_err(|e| {
+        format!(
+            "{}: {e} (run signerd setup openpgp)",
+            o.certificate.display()
+        )
+    })?;
+    let ca = signer_openpgp::CaCertificate::load(&bytes, packet).map_err(|e| e.to_string())?;
+    Ok(ca.fingerprint())
 }
 
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
@@ -265,7 +304,8 @@ impl SetupCmd {
             | SetupCmd::SelfSign { config, .. }
             | SetupCmd::Intermediate { config, .. }
             | SetupCmd::Csr { config, .. }
-            | SetupCmd::Import { config, .. } => &config.config,
+            | SetupCmd::Import { config, .. }
+            | SetupCmd::Openpgp { config, .. } => &config.config,
         }
     }
 }
@@ -311,6 +351,7 @@ fn perform(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry, (&'sta
         SetupCmd::Intermediate { .. } => "intermediate",
         SetupCmd::Csr { .. } => "csr",
         SetupCmd::Import { .. } => "import",
+        SetupCmd::Openpgp { .. } => "openpgp",
     };
     perform_action(cmd, ca).map_err(|e| (action, e))
 }
@@ -428,6 +469,50 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
                 .fact("key", key)
                 .fact("subject", subject)
                 .fact("csr_sha256", sha256_hex(pem.as_bytes()))
+        }
+        SetupCmd::Openpgp { config: _, force } => {
+            let o = ca
+                .openpgp
+                .as_ref()
+                .ok_or("no ca.openpgp section in the configuration")?;
+            if o.certificate.exists() && !force {
+                return Err(format!(
+                    "{} exists; pass --force to replace it",
+                    o.certificate.display()
+                ));
+            }
+            let backend = backend(ca)?;
+            let public = backend.public_key(&o.key).map_err(|e| e.to_string())?;
+            let created = o.created_secs()?;
+            let packet =
+                signer_openpgp::public_key_packet(&public, created).map_err(|e| e.to_string())?;
+            let signer = signer_openpgp::HsmSigner::new(
+                &backend,
+                &o.key,
+                0,
+                &packet,
+                public.kind,
+                o.policy.hash,
+            );
+            let cert =
+                signer_openpgp::ca_certificate(&signer, &o.user_id).map_err(|e| e.to_string())?;
+            let armored = cert
+                .to_armored_string(Default::default())
+                .map_err(|e| e.to_string())?;
+            let fingerprint = signer_openpgp::fingerprint_hex(&pgp_fingerprint(&packet));
+            write_out(&o.certificate, &armored)?;
+            println!(
+                "wrote OpenPGP CA certificate {fingerprint} ({}, created {}) to {}",
+                public.kind,
+                o.created,
+                o.certificate.display()
+            );
+            ok("openpgp")
+                .fact("key", o.key.clone())
+                .fact("user_id", o.user_id.clone())
+                .fact("created", o.created.clone())
+                .fact("fingerprint", fingerprint)
+                .fact("certificate_sha256", sha256_hex(armored.as_bytes()))
         }
         SetupCmd::Import {
             config: _,

@@ -1,0 +1,217 @@
+//! `certify_openpgp` and `openpgp_ca`: user IDs of a user's OpenPGP key
+//! certified with the CA's HSM-held OpenPGP key, recorded before the answer.
+
+use std::sync::Arc;
+
+use signer_hsm::{HsmError, KeyKind};
+use signer_openpgp::{certify, inspect, public_key_packet, CaCertificate, HsmSigner, PgpError};
+use signer_protocol::{msg, Status};
+use signer_repository::{CertificationRecord, Certified};
+use signer_server::{CallContext, Failure};
+use tracing::{info, warn};
+
+use crate::{now_secs, repo_failure, valid_request_id, CaService, OpenpgpConfig};
+
+/// The CA's OpenPGP key, checked against its certificate file.
+pub(crate) struct OpenpgpCa {
+    kind: KeyKind,
+    ca: CaCertificate,
+}
+
+impl OpenpgpCa {
+    pub(crate) fn fingerprint(&self) -> String {
+        self.ca.fingerprint()
+    }
+}
+
+/// The wire status of a certification failure.
+pub fn pgp_failure(e: &PgpError) -> Failure {
+    let status = match e {
+        PgpError::Malformed(_) => Status::MALFORMED_OPENPGP_KEY,
+        PgpError::SecretKey => Status::OPENPGP_SECRET_KEY,
+        PgpError::BadSelfSignature(_) => Status::BAD_SELF_SIGNATURE,
+        PgpError::AlgorithmNotAllowed(_) => Status::OPENPGP_ALGORITHM_NOT_ALLOWED,
+        PgpError::WeakKey(_) => Status::WEAK_KEY,
+        PgpError::UserIdNotFound(_) => Status::USER_ID_NOT_FOUND,
+        PgpError::UserIdRevoked(_) => Status::USER_ID_REVOKED,
+        PgpError::UserIdExpired(_) => Status::USER_ID_EXPIRED,
+        PgpError::KeyRevoked(_) => Status::OPENPGP_KEY_REVOKED,
+        PgpError::KeyExpired(_) => Status::OPENPGP_KEY_EXPIRED,
+        PgpError::Expiry(_) => Status::INVALID_EXPIRY,
+        PgpError::TooLarge { .. } => Status::OPENPGP_KEY_TOO_LARGE,
+        PgpError::Hsm(h) if h.is_transient() => Status::HSM_UNAVAILABLE,
+        PgpError::Hsm(_) => Status::HSM_FAILURE,
+        PgpError::CaKey(_) => Status::ISSUER_UNAVAILABLE,
+    };
+    Failure::new(status, e.to_string())
+}
+
+fn request_digest(request: &msg::CertifyOpenpgp) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(signer_protocol::encode_body(request)).to_vec()
+}
+
+fn reply_from(r: &CertificationRecord, replayed: bool) -> msg::CertifyOpenpgpReply {
+    msg::CertifyOpenpgpReply {
+        key: r.key.clone(),
+        fingerprint: r.fingerprint.clone(),
+        ca_fingerprint: r.ca_fingerprint.clone(),
+        certifications: r
+            .certifications
+            .iter()
+            .map(|(uid, sig)| msg::Certification {
+                user_id: uid.clone(),
+                signature: sig.to_vec(),
+            })
+            .collect(),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        replayed,
+    }
+}
+
+fn replay(
+    record: &CertificationRecord,
+    digest: &[u8],
+) -> Result<msg::CertifyOpenpgpReply, Failure> {
+    if record.request_digest != digest {
+        warn!(request_id = %record.request_id, "request id reused for a different certification request");
+        return Err(Failure::new(
+            Status::REQUEST_ID_CONFLICT,
+            format!(
+                "request id {} was used for a different request (key {})",
+                record.request_id, record.fingerprint
+            ),
+        ));
+    }
+    Ok(reply_from(record, true))
+}
+
+/// Derives the CA's key packet from the HSM key and checks the certificate file.
+pub(crate) fn load(
+    backend: &dyn signer_hsm::SigningBackend,
+    config: &OpenpgpConfig,
+) -> Result<OpenpgpCa, PgpError> {
+    let public = backend.public_key(&config.key).map_err(PgpError::Hsm)?;
+    let created = config.created_secs().map_err(PgpError::CaKey)?;
+    let packet = public_key_packet(&public, created)?;
+    let bytes = std::fs::read(&config.certificate).map_err(|e| {
+        PgpError::CaKey(format!(
+            "{}: {e} (run signerd setup openpgp)",
+            config.certificate.display()
+        ))
+    })?;
+    let ca = CaCertificate::load(&bytes, packet)?;
+    info!(fingerprint = %ca.fingerprint(), key = %config.key, "OpenPGP CA certificate matches its HSM key");
+    Ok(OpenpgpCa {
+        kind: public.kind,
+        ca,
+    })
+}
+
+impl CaService {
+    pub(crate) fn openpgp_ca(&self) -> Result<(Arc<OpenpgpCa>, &OpenpgpConfig), Failure> {
+        let config = self.config.openpgp.as_ref().ok_or_else(|| {
+            Failure::new(
+                Status::NOT_ENABLED,
+                "OpenPGP certification is not configured",
+            )
+        })?;
+        let mut slot = self.openpgp.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ca) = slot.as_ref() {
+            return Ok((Arc::clone(ca), config));
+        }
+        let ca = Arc::new(load(self.backend.as_ref(), config).map_err(|e| pgp_failure(&e))?);
+        *slot = Some(Arc::clone(&ca));
+        Ok((ca, config))
+    }
+
+    /// Handles `openpgp_ca`.
+    pub fn openpgp_certificate(&self) -> Result<msg::OpenpgpCaReply, Failure> {
+        let (ca, _) = self.openpgp_ca()?;
+        Ok(msg::OpenpgpCaReply {
+            fingerprint: ca.ca.fingerprint(),
+            certificate: ca.ca.binary().map_err(|e| pgp_failure(&e))?,
+        })
+    }
+
+    /// Handles `certify_openpgp`: checks the key and the user IDs, certifies
+    /// them in the HSM and records the result durably before answering.
+    pub fn certify_openpgp(
+        &self,
+        ctx: &CallContext,
+        request: msg::CertifyOpenpgp,
+    ) -> Result<msg::CertifyOpenpgpReply, Failure> {
+        if !valid_request_id(&request.request_id) {
+            return Err(Failure::new(
+                Status::MALFORMED_BODY,
+                "request_id must be 1-128 printable ASCII characters",
+            ));
+        }
+        let digest = request_digest(&request);
+        if let Some(record) = self
+            .repo
+            .find_certification(&request.request_id)
+            .map_err(|e| repo_failure(&e))?
+        {
+            return replay(&record, &digest);
+        }
+        let (ca, config) = self.openpgp_ca()?;
+        let policy = &config.policy;
+        let user = inspect(&request.key, policy).map_err(|e| pgp_failure(&e))?;
+        let signer = HsmSigner::new(
+            self.backend.as_ref(),
+            &config.key,
+            ctx.worker,
+            &ca.ca.public,
+            ca.kind,
+            policy.hash,
+        );
+        let now = now_secs();
+        let certified = certify(
+            user,
+            &request.user_ids,
+            now,
+            request.expires_at,
+            policy,
+            &signer,
+        )
+        .map_err(|e| {
+            if let PgpError::Hsm(HsmError::Pin(_)) = &e {
+                warn!(cause = %e, "HSM login failed");
+            }
+            pgp_failure(&e)
+        })?;
+        let record = CertificationRecord {
+            request_id: request.request_id.clone(),
+            request_digest: digest.clone(),
+            fingerprint: certified.fingerprint,
+            ca_fingerprint: ca.ca.fingerprint(),
+            certifications: certified
+                .certifications
+                .into_iter()
+                .map(|(uid, sig)| (uid, serde_bytes::ByteBuf::from(sig)))
+                .collect(),
+            key: certified.key,
+            created_at: now,
+            expires_at: request.expires_at,
+            signer_id: self.signer_id.clone(),
+        };
+        match self.repo.record_certification(record.clone()) {
+            Ok(Certified::Inserted) => {
+                let uids: Vec<&str> = record
+                    .certifications
+                    .iter()
+                    .map(|(u, _)| u.as_str())
+                    .collect();
+                info!(req_id = ctx.id, request_id = %record.request_id, fingerprint = %record.fingerprint, user_ids = ?uids, expires_at = record.expires_at, "OpenPGP user IDs certified");
+                Ok(reply_from(&record, false))
+            }
+            Ok(Certified::Existing(original)) => replay(&original, &digest),
+            Err(e) => Err(Failure::new(
+                Status::REPOSITORY_FAILURE,
+                format!("{e}; nothing was certified"),
+            )),
+        }
+    }
+}

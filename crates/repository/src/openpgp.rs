@@ -1,0 +1,145 @@
+//! OpenPGP certifications: one record per request id, in its own table,
+//! written with its replication event in one transaction.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::replica::{append_event, Change, Conflict, CONFLICTS};
+use crate::{storage, RepoError, Repository};
+
+/// request id → [`CertificationRecord`] (msgpack).
+pub(crate) const CERTIFICATIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("openpgp_certifications_v1");
+
+/// The certifications made for one `certify_openpgp` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificationRecord {
+    /// The client's request id.
+    pub request_id: String,
+    /// SHA-256 of the request's canonical encoding.
+    #[serde(with = "serde_bytes")]
+    pub request_digest: Vec<u8>,
+    /// The user key's fingerprint, upper-case hex.
+    pub fingerprint: String,
+    /// The CA key's fingerprint, upper-case hex.
+    pub ca_fingerprint: String,
+    /// (user ID, signature packet with header), in request order.
+    pub certifications: Vec<(String, serde_bytes::ByteBuf)>,
+    /// The key with the certifications, binary, as returned.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Signature creation time, Unix seconds.
+    pub created_at: i64,
+    /// Signature expiration, Unix seconds.
+    pub expires_at: i64,
+    /// Which signer made them.
+    pub signer_id: String,
+}
+
+/// What recording a certification did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Certified {
+    /// The record is now durable.
+    Inserted,
+    /// The request id was already recorded: the original record.
+    Existing(Box<CertificationRecord>),
+}
+
+fn decode(bytes: &[u8]) -> Result<CertificationRecord, RepoError> {
+    rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(e.to_string()))
+}
+
+impl Repository {
+    /// Records certifications durably (own fsync'd transaction, with the
+    /// replication event), unless the request id is already recorded.
+    pub fn record_certification(
+        &self,
+        record: CertificationRecord,
+    ) -> Result<Certified, RepoError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let existing = {
+            let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+            let found = table.get(record.request_id.as_str()).map_err(storage)?;
+            found.map(|v| decode(v.value())).transpose()?
+        };
+        if let Some(original) = existing {
+            txn.abort().map_err(storage)?;
+            return Ok(Certified::Existing(Box::new(original)));
+        }
+        insert(&txn, &record)?;
+        append_event(&txn, &self.origin, Change::Certified(record))?;
+        txn.commit().map_err(storage)?;
+        self.notify();
+        Ok(Certified::Inserted)
+    }
+
+    /// The certifications recorded under `request_id`.
+    pub fn find_certification(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<CertificationRecord>, RepoError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+        let found = table.get(request_id).map_err(storage)?;
+        found.map(|v| decode(v.value())).transpose()
+    }
+
+    /// How many certification records are stored.
+    pub fn certification_count(&self) -> Result<u64, RepoError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+        table.len().map_err(storage)
+    }
+}
+
+fn insert(txn: &WriteTransaction, record: &CertificationRecord) -> Result<(), RepoError> {
+    let mut table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+    let value = rmp_serde::to_vec_named(record).map_err(storage)?;
+    table
+        .insert(record.request_id.as_str(), value.as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Applies the twin's certification: stored if the request id is new; a
+/// request id certified differently on both twins is a conflict.
+pub(crate) fn apply(
+    txn: &WriteTransaction,
+    record: &CertificationRecord,
+    origin: &str,
+    found_at_ms: i64,
+) -> Result<bool, RepoError> {
+    let existing = {
+        let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+        let found = table.get(record.request_id.as_str()).map_err(storage)?;
+        found.map(|v| decode(v.value())).transpose()?
+    };
+    match existing {
+        None => {
+            insert(txn, record)?;
+            Ok(false)
+        }
+        Some(local) if local.certifications == record.certifications => Ok(false),
+        Some(local) => {
+            let conflict = Conflict {
+                request_id: record.request_id.clone(),
+                local: ("openpgp".into(), local.fingerprint.clone()),
+                remote: ("openpgp".into(), record.fingerprint.clone()),
+                origin: origin.to_string(),
+                found_at_ms,
+            };
+            tracing::error!(
+                request_id = %record.request_id,
+                twin = %origin,
+                "request id certified on both twins with different signatures"
+            );
+            let value = rmp_serde::to_vec_named(&conflict).map_err(storage)?;
+            txn.open_table(CONFLICTS)
+                .map_err(storage)?
+                .insert(record.request_id.as_str(), value.as_slice())
+                .map_err(storage)?;
+            Ok(true)
+        }
+    }
+}
