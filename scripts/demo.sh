@@ -31,6 +31,8 @@ step "key ceremony: keys in the HSM, a root and an intermediate"
 "$bin/signerd" setup intermediate --config signerd.yaml --issuer root --key server-ca \
   --subject "O=Demo,CN=Demo Server CA" --days 1825 --out server-ca.pem
 openssl verify -CAfile root.pem server-ca.pem
+"$bin/signerd" setup generate-key --config signerd.yaml --label demo-openpgp --type rsa3072 | head -1
+"$bin/signerd" setup openpgp --config signerd.yaml
 
 step "signer-linksim: two pty endpoints joined by a 115200-baud line"
 "$bin/signer-linksim" --pty-a signer.tty --pty-b client.tty --baud 115200 --unplug-ms 1500 >linksim.log 2>&1 &
@@ -71,6 +73,18 @@ echo "exit code $? (1 = the signer refused)"
 "${client[@]}" sign --profile server --csr host.csr --request-id webdb-3 --subject CN=www.example.org --san email:a@example.org
 echo "exit code $?"
 set -e
+
+step "signer-client openpgp: certify a user's key made by GnuPG"
+export GNUPGHOME=$run/gnupg && mkdir -p -m 700 "$GNUPGHOME"
+gpg=(gpg --batch --quiet --pinentry-mode loopback --passphrase '')
+"${gpg[@]}" --quick-gen-key "Alice <alice@example.org>" ed25519 cert,sign never 2>/dev/null
+"${gpg[@]}" --quick-add-uid "Alice <alice@example.org>" "Alice Work <alice@work.example>" 2>/dev/null
+"${gpg[@]}" --armor --export alice@example.org >alice.asc
+"${client[@]}" openpgp ca-cert --out openpgp-ca-fetched.asc
+"${client[@]}" openpgp certify --key alice.asc --user-id "Alice <alice@example.org>" \
+  --user-id "Alice Work <alice@work.example>" --request-id pgp-1 --days 365 --armor --out alice-certified.asc
+"${gpg[@]}" --import openpgp-ca-fetched.asc alice-certified.asc 2>/dev/null
+"${gpg[@]}" --check-sigs alice@example.org 2>/dev/null | grep -E '^(uid|sig)'
 
 step "unplugging the signer's serial device for 1.5 s (USB cable pulled)"
 kill -USR1 "$linksim"

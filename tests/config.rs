@@ -112,7 +112,7 @@ fn the_nats_server_config_is_valid_for_the_installed_server() {
 }
 
 #[test]
-fn replication_settings_are_checked() {
+fn replication_and_openpgp_settings_are_checked() {
     let reference =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/signerd.yaml"))
             .unwrap();
@@ -140,6 +140,27 @@ fn replication_settings_are_checked() {
             "ca.replication",
         ),
         ("lag_warning_secs: 300", "lag_warning: 300", "lag_warning"),
+        (
+            "    key: openpgp-2026",
+            "    key: openpgp-2027",
+            "ca.openpgp.key",
+        ),
+        (
+            "created: 2026-01-01T00:00:00Z",
+            "created: 1 January 2026",
+            "ca.openpgp.created",
+        ),
+        (
+            "certification_level: 0x10",
+            "certification_level: 0x20",
+            "ca.openpgp.policy",
+        ),
+        ("hash: sha256", "hash: sha1", "sha1"),
+        (
+            "algorithms: [rsa, ed25519, p256, p384, p521]",
+            "algorithms: [rsa, dsa]",
+            "dsa",
+        ),
     ];
     for (from, to, key) in cases {
         assert!(reference.contains(from), "{from}");

@@ -7,7 +7,8 @@
 
 use signer_hsm::{Hash, KeyKind, KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector};
 use signer_openpgp::{
-    ca_certificate, certify, inspect, public_key_packet, CaCertificate, HsmSigner, PgpError, Policy,
+    ca_certificate, certify, inspect, public_key_packet, verify_certified, CaCertificate,
+    HsmSigner, PgpError, Policy,
 };
 use signer_testsupport::gpg::{sequoia, Gpg};
 use signer_testsupport::{SoftHsm, SOFTHSM_MODULE};
@@ -151,6 +152,10 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
         let mut tampered = done.key.clone();
         let at = find(&tampered, sig_packet).unwrap() + sig_packet.len() - 3;
         tampered[at] ^= 0x01;
+        // The client's check accepts the answer and refuses it tampered.
+        verify_certified(&done.key, &alice, &armored, &done.certifications).unwrap();
+        assert!(verify_certified(&tampered, &alice, &armored, &done.certifications).is_err());
+        assert!(verify_certified(&done.key, &bob, &armored, &done.certifications).is_err());
         let fresh = Gpg::new();
         fresh.import("ca.asc", &armored);
         fresh.run(&["--import", fresh.file("t.pgp", &tampered).to_str().unwrap()]);

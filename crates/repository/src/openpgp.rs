@@ -4,7 +4,7 @@
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::replica::{append_event, Change, Conflict, CONFLICTS};
+use crate::replica::{append_event, Change, Conflict};
 use crate::{storage, RepoError, Repository};
 
 /// request id → [`CertificationRecord`] (msgpack).
@@ -106,6 +106,7 @@ fn insert(txn: &WriteTransaction, record: &CertificationRecord) -> Result<(), Re
 /// request id certified differently on both twins is a conflict.
 pub(crate) fn apply(
     txn: &WriteTransaction,
+    conflicts: &mut redb::Table<&str, &[u8]>,
     record: &CertificationRecord,
     origin: &str,
     found_at_ms: i64,
@@ -135,8 +136,7 @@ pub(crate) fn apply(
                 "request id certified on both twins with different signatures"
             );
             let value = rmp_serde::to_vec_named(&conflict).map_err(storage)?;
-            txn.open_table(CONFLICTS)
-                .map_err(storage)?
+            conflicts
                 .insert(record.request_id.as_str(), value.as_slice())
                 .map_err(storage)?;
             Ok(true)

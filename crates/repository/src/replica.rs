@@ -456,7 +456,13 @@ pub(crate) fn apply(
             }
             Change::Audit(entry) => crate::audit::store_peer(txn, entry)?,
             Change::Certified(record) => {
-                if crate::openpgp::apply(txn, record, &event.origin, now_us() / 1000)? {
+                if crate::openpgp::apply(
+                    txn,
+                    &mut conflicts,
+                    record,
+                    &event.origin,
+                    now_us() / 1000,
+                )? {
                     report.conflicts += 1;
                 }
             }

@@ -357,3 +357,60 @@ fn the_audit_chain_verifies_replicates_and_reports_the_first_broken_link() {
     let broken = a.audit_verify().unwrap()[0].broken.clone().unwrap();
     assert_eq!(broken, (3, "entries 2 to 2 are missing".to_string()));
 }
+
+fn certification(request: &str, signature: u8) -> CertificationRecord {
+    CertificationRecord {
+        request_id: request.into(),
+        request_digest: vec![1; 32],
+        fingerprint: "AB".repeat(20),
+        ca_fingerprint: "CD".repeat(20),
+        certifications: vec![(
+            "A <a@example.org>".into(),
+            serde_bytes::ByteBuf::from(vec![0xc2, signature]),
+        )],
+        key: vec![0x99, 0, 1],
+        created_at: 1_790_000_000,
+        expires_at: 1_800_000_000,
+        signer_id: "a".into(),
+    }
+}
+
+#[test]
+fn certifications_are_kept_once_replicate_and_conflict_when_made_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    assert_eq!(
+        a.record_certification(certification("pgp-1", 1)).unwrap(),
+        Certified::Inserted
+    );
+    // A second record under the same request id returns the first, unchanged.
+    match a.record_certification(certification("pgp-1", 2)).unwrap() {
+        Certified::Existing(original) => assert_eq!(*original, certification("pgp-1", 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.certification_count().unwrap(), 1);
+    // The twin gets it; a repeat changes nothing.
+    let report = replicate(&a, &b, 0);
+    assert_eq!((report.applied, report.conflicts), (1, 0));
+    assert_eq!(
+        b.find_certification("pgp-1").unwrap(),
+        Some(certification("pgp-1", 1))
+    );
+    assert_eq!(replicate(&a, &b, 0).duplicates, 1);
+    // The same request id certified on both sides during a partition: kept
+    // as each side made it, reported as a conflict.
+    a.record_certification(certification("pgp-2", 3)).unwrap();
+    let mut on_b = certification("pgp-2", 4);
+    on_b.signer_id = "b".into();
+    b.record_certification(on_b).unwrap();
+    assert_eq!(replicate(&a, &b, 0).conflicts, 1);
+    assert_eq!(b.conflicts().unwrap()[0].request_id, "pgp-2");
+    assert_eq!(
+        b.find_certification("pgp-2").unwrap().unwrap().signer_id,
+        "b"
+    );
+    drop(a);
+    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    assert_eq!(a.certification_count().unwrap(), 2);
+}

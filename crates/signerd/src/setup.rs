@@ -1,6 +1,16 @@
 //! Operator commands: the key ceremony (`signerd setup …`) and repository
 //! maintenance (`signerd repo …`). Each prints what it did; none logs a PIN.
 
+/// Prints a line; a closed standard output (`signerd setup … | head -1`)
+/// must not abort a set-up step after the HSM acted and before the audit
+/// log recorded it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -370,16 +380,16 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
                 backend
                     .check_label_free(&label)
                     .map_err(|e| e.to_string())?;
-                println!("dry run: the token accepts the PIN and has no object labelled {label}; nothing generated");
+                say!("dry run: the token accepts the PIN and has no object labelled {label}; nothing generated");
                 return Ok(ok("generate-key (dry run)").fact("label", label));
             }
             let (public, id) = backend
                 .generate(key_type.kind(), &label)
                 .map_err(|e| e.to_string())?;
-            println!("generated {} key on the token", public.kind);
-            println!("label  {label}");
-            println!("id     {}", hex::encode(&id));
-            println!(
+            say!("generated {} key on the token", public.kind);
+            say!("label  {label}");
+            say!("id     {}", hex::encode(&id));
+            say!(
                 "add to ca.keys:  - {{name: {label}, label: {label}, id: {}}}",
                 hex::encode(&id)
             );
@@ -409,7 +419,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
             let der = self_signed_root(&backend, &key, &spec).map_err(|e| e.to_string())?;
             let pem = cert_pem(&der);
             write_out(&out, &pem)?;
-            println!("wrote self-signed root for key {key} to {}", out.display());
+            say!("wrote self-signed root for key {key} to {}", out.display());
             ok("self-sign")
                 .fact("key", key)
                 .fact("subject", subject)
@@ -440,7 +450,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
             let der = intermediate(&backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
             let pem = cert_pem(&der);
             write_out(&out, &pem)?;
-            println!(
+            say!(
                 "wrote intermediate for key {key}, issued by {issuer}, to {}",
                 out.display()
             );
@@ -464,7 +474,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
                 der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der)
                     .map_err(|e| e.to_string())?;
             write_out(&out, &pem)?;
-            println!("wrote CSR for key {key} to {}", out.display());
+            say!("wrote CSR for key {key} to {}", out.display());
             ok("csr")
                 .fact("key", key)
                 .fact("subject", subject)
@@ -501,7 +511,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
                 .map_err(|e| e.to_string())?;
             let fingerprint = signer_openpgp::fingerprint_hex(&pgp_fingerprint(&packet));
             write_out(&o.certificate, &armored)?;
-            println!(
+            say!(
                 "wrote OpenPGP CA certificate {fingerprint} ({}, created {}) to {}",
                 public.kind,
                 o.created,
@@ -523,7 +533,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
             let bytes = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
             let der = signer_x509::cert_der(&bytes)?;
             let signer = CaSigner::new("import", &key, der, &backend).map_err(|e| e.to_string())?;
-            println!(
+            say!(
                 "{} matches key {key} ({}); valid until {}",
                 cert.display(),
                 signer.kind,
@@ -560,10 +570,10 @@ fn repo(cmd: RepoCmd) -> Result<(), String> {
             let problems = repo.check().map_err(|e| e.to_string())?;
             let stats = repo.stats().map_err(|e| e.to_string())?;
             if problems.is_empty() {
-                println!("repository consistent: {} certificates", stats.certificates);
+                say!("repository consistent: {} certificates", stats.certificates);
             } else {
                 for p in &problems {
-                    println!("problem: {p}");
+                    say!("problem: {p}");
                 }
                 return Err(format!("{} problems found", problems.len()));
             }
@@ -575,7 +585,7 @@ fn repo(cmd: RepoCmd) -> Result<(), String> {
             );
             let n = repo.export(&mut file).map_err(|e| e.to_string())?;
             std::io::Write::flush(&mut file).map_err(|e| e.to_string())?;
-            println!("exported {n} certificates to {}", out.display());
+            say!("exported {n} certificates to {}", out.display());
         }
         RepoCmd::Import { config, input } => {
             let repo = open(&config.config)?;
@@ -584,7 +594,7 @@ fn repo(cmd: RepoCmd) -> Result<(), String> {
             let (added, present) = repo
                 .import(&mut std::io::BufReader::new(file))
                 .map_err(|e| e.to_string())?;
-            println!("imported {added} certificates, {present} already present");
+            say!("imported {added} certificates, {present} already present");
         }
     }
     Ok(())
@@ -661,12 +671,13 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, String> {
                     .map(|(n, h)| format!("head {n} {}", hex::encode(h)))
                     .unwrap_or_else(|| "empty".into());
                 match &r.broken {
-                    None => println!("{}: {} entries verified, {head}", r.signer_id, r.entries),
+                    None => say!("{}: {} entries verified, {head}", r.signer_id, r.entries),
                     Some((seq, why)) => {
                         ok = false;
-                        println!(
+                        say!(
                             "{}: BROKEN at entry {seq}: {why} ({} entries before it verified)",
-                            r.signer_id, r.entries
+                            r.signer_id,
+                            r.entries
                         );
                     }
                 }
@@ -713,13 +724,13 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, String> {
                         "facts": e.facts,
                         "hash": hex::encode(&e.hash),
                     });
-                    println!("{value}");
+                    say!("{value}");
                 } else {
                     let time =
                         UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms.max(0) as u64);
                     let facts: Vec<String> =
                         e.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
+                    say!(
                         "{} {}#{} {} {} {} {}",
                         humantime::format_rfc3339_millis(time),
                         e.signer_id,
