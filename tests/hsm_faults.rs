@@ -85,6 +85,23 @@ fn the_signer_reports_hsm_faults_and_recovers_without_a_restart() {
         );
     }
 
+    // The module loses its initialization (an HSM client restarted): the
+    // signer calls C_Initialize again and goes on, while the fault stays set.
+    set(&control, "finalize");
+    let first = sign(&client, &csr, "finalized-during");
+    let attempts = until_recovered(&client, &csr, "finalized");
+    let (health, detail) = key_check(&client);
+    assert_eq!(health, msg::HealthStatus::Ok, "finalize: {detail}");
+    assert!(
+        bench.daemon.log().contains("initialized it again"),
+        "{}",
+        bench.daemon.log()
+    );
+    eprintln!(
+        "faults: finalize: first answer {first:?}; signing again after {attempts} attempt(s)"
+    );
+    set(&control, "");
+
     // Slow calls: answered, only later.
     set(&control, "slow 300");
     let started = Instant::now();

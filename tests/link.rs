@@ -92,7 +92,7 @@ fn noisy_link_exactly_once(link: LinkSpec, requests: usize) {
         .sim
         .stats()
         .iter()
-        .map(|s| s.bits_flipped + s.bytes_dropped)
+        .map(|s| s.bits_flipped + s.bytes_dropped + s.breaks)
         .sum::<u64>();
     assert!(faults > 0, "the link injected faults");
     assert!(
@@ -109,6 +109,16 @@ fn noisy_115200_link_every_request_completes_exactly_once() {
 #[test]
 fn very_noisy_unthrottled_link_every_request_completes_exactly_once() {
     noisy_link_exactly_once(LinkSpec::unthrottled().noisy(2e-4, 1e-3, 7), 400);
+}
+
+#[test]
+fn line_breaks_at_115200_every_request_completes_exactly_once() {
+    // About one break per 3,000 bytes, each swallowing 24 bytes into one NUL:
+    // frames are cut short and resynchronized on the next delimiter.
+    noisy_link_exactly_once(
+        LinkSpec::baud(115_200).breaks(3e-4).noisy(0.0, 0.0, 11),
+        150,
+    );
 }
 
 #[test]

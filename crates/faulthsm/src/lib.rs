@@ -11,6 +11,10 @@
 //!                              "token_not_present" CKR_TOKEN_NOT_PRESENT
 //!                              "slow <ms>"         sleep, then forward
 //!                              "hang"              block until the file says otherwise
+//!                              "finalize"          C_Finalize the real module once (it
+//!                                                  loses its state, as when an HSM client
+//!                                                  restarts): CKR_CRYPTOKI_NOT_INITIALIZED
+//!                                                  until the signer calls C_Initialize again
 //! ```
 //!
 //! `FAULTHSM_MODULE` names the real module (default: Debian's SoftHSM2). The
@@ -68,6 +72,7 @@ fn real() -> Option<&'static CK_FUNCTION_LIST> {
 
 enum Fault {
     None,
+    Finalize,
     Fail(CK_RV),
     Slow(Duration),
     Hang,
@@ -87,14 +92,32 @@ fn fault() -> Fault {
             words.next().and_then(|w| w.parse().ok()).unwrap_or(100),
         )),
         Some("hang") => Fault::Hang,
+        Some("finalize") => Fault::Finalize,
         _ => Fault::None,
     }
 }
 
+/// Set once "finalize" has acted; cleared when the control file changes.
+static FINALIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The error to return instead of forwarding, after any delay.
 fn inject() -> Option<CK_RV> {
-    match fault() {
+    let now = fault();
+    if !matches!(now, Fault::Finalize) {
+        FINALIZED.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    match now {
         Fault::None => None,
+        Fault::Finalize => {
+            if !FINALIZED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                if let Some(finalize) = real().and_then(|l| l.C_Finalize) {
+                    // SAFETY: C_Finalize with NULL is how any application ends
+                    // its use of a module; later calls get CKR_CRYPTOKI_NOT_INITIALIZED.
+                    unsafe { finalize(std::ptr::null_mut()) };
+                }
+            }
+            None
+        }
         Fault::Fail(rv) => Some(rv),
         Fault::Slow(d) => {
             std::thread::sleep(d);

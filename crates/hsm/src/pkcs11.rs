@@ -215,6 +215,9 @@ pub struct Pkcs11Backend {
     reopened: std::sync::atomic::AtomicU64,
     /// Some worker is waiting out a backoff.
     backing_off: std::sync::atomic::AtomicBool,
+    /// The module said CKR_CRYPTOKI_NOT_INITIALIZED (it lost its state, e.g.
+    /// an HSM client restarted): C_Initialize again before the next session.
+    needs_init: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -279,11 +282,39 @@ impl Pkcs11Backend {
             pin_refused: std::sync::atomic::AtomicBool::new(false),
             reopened: std::sync::atomic::AtomicU64::new(0),
             backing_off: std::sync::atomic::AtomicBool::new(false),
+            needs_init: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
+    /// Sorts an error, noting when the module needs initializing again.
+    fn fail(&self, e: &CkError) -> HsmError {
+        if matches!(e, CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) {
+            self.needs_init
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        classify(e)
+    }
+
+    /// C_Initialize again after the module reported it is not initialized.
+    fn reinitialize(&self) -> Result<(), HsmError> {
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                warn!(module = %self.config.module.display(), "the PKCS#11 module had lost its initialization; initialized it again");
+                Ok(())
+            }
+            Err(e) => {
+                self.needs_init
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(HsmError::Unavailable(format!("C_Initialize again: {e}")))
+            }
+        }
+    }
+
     fn find_slot(&self) -> Result<Slot, HsmError> {
-        let slots = self.ctx.get_slots_with_token().map_err(|e| classify(&e))?;
+        let slots = self.ctx.get_slots_with_token().map_err(|e| self.fail(&e))?;
         for slot in slots {
             let matches = match &self.config.token {
                 TokenSelector::Slot(id) => slot.id() == *id,
@@ -315,18 +346,24 @@ impl Pkcs11Backend {
                     .into(),
             ));
         }
+        if self
+            .needs_init
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.reinitialize()?;
+        }
         let slot = self.find_slot()?;
         let session = if rw {
             self.ctx.open_rw_session(slot)
         } else {
             self.ctx.open_ro_session(slot)
         }
-        .map_err(|e| classify(&e))?;
+        .map_err(|e| self.fail(&e))?;
         let pin = AuthPin::new(self.pin.expose().into());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
             Err(e) => {
-                let e = classify(&e);
+                let e = self.fail(&e);
                 if matches!(e, HsmError::Pin(_)) {
                     self.pin_refused
                         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -387,7 +424,7 @@ impl Pkcs11Backend {
         let session = self.session(w)?;
         let found = session
             .find_objects(&spec.template(ObjectClass::PRIVATE_KEY))
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| self.fail(&e))?;
         let handle = match found.as_slice() {
             [one] => *one,
             [] => return Err(HsmError::KeyNotFound(spec.describe())),
@@ -437,7 +474,7 @@ impl Pkcs11Backend {
         let session = self.open_session(true)?;
         let existing = session
             .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| self.fail(&e))?;
         if !existing.is_empty() {
             return Err(HsmError::Failed(format!(
                 "the token already holds an object labelled {label}"
@@ -489,7 +526,7 @@ impl Pkcs11Backend {
         };
         let (pub_handle, _priv) = session
             .generate_key_pair(&mechanism, &public, &private)
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| self.fail(&e))?;
         let key = read_public(&session, pub_handle)?;
         info!(key_label = label, kind = %key.kind, "generated key pair on the token");
         Ok((key, id.to_vec()))
@@ -612,7 +649,7 @@ impl SigningBackend for Pkcs11Backend {
             let session = self.session(&mut w)?;
             let found = session
                 .find_objects(&spec.template(ObjectClass::PUBLIC_KEY))
-                .map_err(|e| classify(&e))?;
+                .map_err(|e| self.fail(&e))?;
             let handle = match found.first() {
                 Some(h) => *h,
                 // Tokens without a public-key object: RSA private keys carry the modulus.
@@ -706,7 +743,7 @@ impl Pkcs11Backend {
                 data.extend_from_slice(digest);
                 session
                     .sign(&Mechanism::RsaPkcs, handle, &data)
-                    .map_err(|e| classify(&e))
+                    .map_err(|e| self.fail(&e))
             }
             Scheme::RsaPss(hash) => {
                 let (hash_alg, mgf) = mechanism_hash(hash);
@@ -717,12 +754,12 @@ impl Pkcs11Backend {
                 };
                 session
                     .sign(&Mechanism::RsaPkcsPss(params), handle, digest)
-                    .map_err(|e| classify(&e))
+                    .map_err(|e| self.fail(&e))
             }
             Scheme::Ecdsa(_) => {
                 let raw = session
                     .sign(&Mechanism::Ecdsa, handle, digest)
-                    .map_err(|e| classify(&e))?;
+                    .map_err(|e| self.fail(&e))?;
                 ecdsa_raw_to_der(&raw).ok_or_else(|| {
                     HsmError::Failed(format!("ECDSA signature of {} bytes", raw.len()))
                 })

@@ -48,6 +48,12 @@ pub struct Options {
     pub ber: f64,
     /// Probability that any one byte is lost.
     pub drop: f64,
+    /// Probability, per byte, that a line break starts there.
+    pub breaks: f64,
+    /// How long a line break holds the line, in byte times: the bytes sent
+    /// meanwhile are lost and the receiver reads one NUL (as a UART without
+    /// IGNBRK or BRKINT reports a break).
+    pub break_bytes: u32,
     /// Seed of the fault generator.
     pub seed: u64,
     /// Bytes a direction holds before the sender feels back-pressure.
@@ -64,6 +70,8 @@ impl Options {
             latency: Duration::ZERO,
             ber: 0.0,
             drop: 0.0,
+            breaks: 0.0,
+            break_bytes: 24,
             seed: 1,
             buffer: 1024,
         }
@@ -90,6 +98,12 @@ impl Options {
     /// Sets the byte drop rate.
     pub fn drop_rate(mut self, drop: f64) -> Self {
         self.drop = drop;
+        self
+    }
+
+    /// Sets the line-break rate (per byte).
+    pub fn breaks(mut self, rate: f64) -> Self {
+        self.breaks = rate;
         self
     }
 
@@ -132,6 +146,10 @@ pub struct DirectionStats {
     pub bytes_dropped: u64,
     /// Bytes lost because the receiving end was unplugged.
     pub bytes_lost_unplugged: u64,
+    /// Line breaks injected.
+    pub breaks: u64,
+    /// Bytes lost during line breaks.
+    pub bytes_lost_break: u64,
 }
 
 #[derive(Default)]
@@ -141,6 +159,8 @@ struct AtomicStats {
     bits_flipped: AtomicU64,
     bytes_dropped: AtomicU64,
     bytes_lost: AtomicU64,
+    breaks: AtomicU64,
+    bytes_lost_break: AtomicU64,
 }
 
 impl AtomicStats {
@@ -151,6 +171,8 @@ impl AtomicStats {
             bits_flipped: self.bits_flipped.load(Ordering::Relaxed),
             bytes_dropped: self.bytes_dropped.load(Ordering::Relaxed),
             bytes_lost_unplugged: self.bytes_lost.load(Ordering::Relaxed),
+            breaks: self.breaks.load(Ordering::Relaxed),
+            bytes_lost_break: self.bytes_lost_break.load(Ordering::Relaxed),
         }
     }
 }
@@ -270,9 +292,12 @@ pub struct LinkSim {
 impl LinkSim {
     /// Creates both endpoints and starts relaying.
     pub fn start(options: Options) -> Result<LinkSim, SimError> {
-        if !(0.0..=1.0).contains(&options.ber) || !(0.0..=1.0).contains(&options.drop) {
+        if [options.ber, options.drop, options.breaks]
+            .iter()
+            .any(|p| !(0.0..=1.0).contains(p))
+        {
             return Err(SimError::Invalid(
-                "ber and drop must be between 0 and 1".into(),
+                "ber, drop and breaks must be between 0 and 1".into(),
             ));
         }
         let ends = [
@@ -389,6 +414,8 @@ impl Relay {
         let mut line_free = Instant::now();
         let mut bits_to_flip = gap(&mut self.rng, self.options.ber);
         let mut bytes_to_drop = gap(&mut self.rng, self.options.drop);
+        let mut bytes_to_break = gap(&mut self.rng, self.options.breaks);
+        let mut breaking = 0u32;
         let (mut src_gen, mut src) = self.from.handle();
         let (mut dst_gen, mut dst) = self.to.handle();
         let mut buf = [0u8; 512];
@@ -419,6 +446,24 @@ impl Relay {
                             self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                             let arrived = Instant::now();
                             for &byte in &buf[..n] {
+                                if breaking > 0 {
+                                    breaking -= 1;
+                                    self.stats.bytes_lost_break.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                if bytes_to_break == 0 {
+                                    // The line is held low: this byte and the next
+                                    // ones are lost; the receiver reads one NUL.
+                                    bytes_to_break = gap(&mut self.rng, self.options.breaks);
+                                    breaking = self.options.break_bytes.saturating_sub(1);
+                                    self.stats.breaks.fetch_add(1, Ordering::Relaxed);
+                                    self.stats.bytes_lost_break.fetch_add(1, Ordering::Relaxed);
+                                    line_free = line_free.max(arrived)
+                                        + byte_time * self.options.break_bytes;
+                                    queue.push_back((line_free + self.options.latency, 0));
+                                    continue;
+                                }
+                                bytes_to_break = bytes_to_break.saturating_sub(1);
                                 if bytes_to_drop == 0 {
                                     bytes_to_drop = gap(&mut self.rng, self.options.drop);
                                     self.stats.bytes_dropped.fetch_add(1, Ordering::Relaxed);
@@ -544,6 +589,30 @@ mod tests {
             flipped > 10 && flipped < 100,
             "{flipped} bits flipped of 40000"
         );
+    }
+
+    #[test]
+    fn a_line_break_swallows_bytes_and_reads_as_one_nul() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let sim = LinkSim::start(Options::new(&a, &b).breaks(2e-3).seed(5)).unwrap();
+        let (mut pa, mut pb) = (open(&a), open(&b));
+        // No NUL in the data: every NUL received is a break.
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 255) as u8 + 1).collect();
+        pa.write_all(&data).unwrap();
+        let stats = loop {
+            let s = sim.stats()[0];
+            if s.bytes_in == data.len() as u64 {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let expected = data.len() - stats.bytes_lost_break as usize + stats.breaks as usize;
+        let got = read_n(&mut *pb, expected, Duration::from_secs(5));
+        assert_eq!(got.len(), expected);
+        assert!(stats.breaks >= 2, "{stats:?}");
+        assert_eq!(got.iter().filter(|&&b| b == 0).count() as u64, stats.breaks);
+        assert!(stats.bytes_lost_break >= stats.breaks * 20, "{stats:?}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ struct Cli {
     /// Probability that a byte is dropped.
     #[arg(long, default_value_t = 0.0)]
     drop: f64,
+    /// Probability, per byte, that a line break (24 byte times, read as one NUL) starts there.
+    #[arg(long, default_value_t = 0.0)]
+    break_rate: f64,
     /// Seed of the fault generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         .latency(Duration::from_millis(cli.latency_ms))
         .ber(cli.ber)
         .drop_rate(cli.drop)
+        .breaks(cli.break_rate)
         .seed(cli.seed);
     let sim = match LinkSim::start(options) {
         Ok(sim) => sim,
@@ -72,7 +76,7 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     println!(
-        "signer-linksim: {} <-> {} at {} baud (latency {} ms, ber {}, drop {}, seed {})",
+        "signer-linksim: {} <-> {} at {} baud (latency {} ms, ber {}, drop {}, breaks {}, seed {})",
         cli.pty_a.display(),
         cli.pty_b.display(),
         if cli.baud == 0 {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         cli.latency_ms,
         cli.ber,
         cli.drop,
+        cli.break_rate,
         cli.seed
     );
     while !stop.load(Ordering::SeqCst) {
@@ -104,8 +109,8 @@ fn main() -> ExitCode {
     }
     let [ab, ba] = sim.stats();
     println!(
-        "signer-linksim: A->B {} bytes ({} bits flipped, {} dropped); B->A {} bytes ({} bits flipped, {} dropped)",
-        ab.bytes_out, ab.bits_flipped, ab.bytes_dropped, ba.bytes_out, ba.bits_flipped, ba.bytes_dropped
+        "signer-linksim: A->B {} bytes ({} bits flipped, {} dropped, {} breaks); B->A {} bytes ({} bits flipped, {} dropped, {} breaks)",
+        ab.bytes_out, ab.bits_flipped, ab.bytes_dropped, ab.breaks, ba.bytes_out, ba.bits_flipped, ba.bytes_dropped, ba.breaks
     );
     ExitCode::SUCCESS
 }

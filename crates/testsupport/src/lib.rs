@@ -110,6 +110,8 @@ pub struct LinkSpec {
     pub ber: f64,
     /// Byte drop rate.
     pub drop: f64,
+    /// Line-break rate (per byte).
+    pub breaks: f64,
     /// Seed of the fault generator.
     pub seed: u64,
 }
@@ -121,6 +123,7 @@ impl LinkSpec {
             baud: 0,
             ber: 0.0,
             drop: 0.0,
+            breaks: 0.0,
             seed: 1,
         }
     }
@@ -131,6 +134,12 @@ impl LinkSpec {
             baud,
             ..LinkSpec::unthrottled()
         }
+    }
+
+    /// Adds line breaks (the line held low for 24 byte times, read as one NUL).
+    pub fn breaks(mut self, rate: f64) -> Self {
+        self.breaks = rate;
+        self
     }
 
     /// Adds bit errors and dropped bytes.
@@ -285,6 +294,7 @@ impl Bench {
                 .baud(link.baud)
                 .ber(link.ber)
                 .drop_rate(link.drop)
+                .breaks(link.breaks)
                 .seed(link.seed),
         )
         .expect("start link simulator");
