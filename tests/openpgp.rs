@@ -6,21 +6,12 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
-use std::path::Path;
 use std::time::Duration;
 
 use signer_repository::Repository;
 use signer_testsupport::ca::{signer_client, Ceremony, SERVER_PROFILE};
 use signer_testsupport::gpg::{sequoia, Gpg};
 use signer_testsupport::{Bench, LinkSpec};
-
-const OPENPGP: &str = "  openpgp:
-    key: openpgp
-    certificate: {dir}/openpgp-ca.asc
-    user_id: Test Signing Authority <sign@example.org>
-    created: 2026-01-01T00:00:00Z
-    policy: {certification_level: 0x12, max_days: 400}
-";
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.lines().last().unwrap_or_default())
@@ -29,38 +20,15 @@ fn json(text: &str) -> serde_json::Value {
 
 #[test]
 fn certify_gpg_keys_over_the_link_and_check_with_gpg_and_sq() {
-    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let mut c = Ceremony::new("p256", SERVER_PROFILE);
     let d = c.dir().to_path_buf();
-    c.setup(&[
-        "setup",
-        "generate-key",
-        "--config",
-        "setup.yaml",
-        "--label",
-        "openpgp-key",
-        "--type",
-        "rsa3072",
-    ]);
-    let ca_yaml = format!(
-        "{}{}",
-        c.ca_yaml.replace(
-            "    - {name: sub, label: sub-key}\n",
-            "    - {name: sub, label: sub-key}\n    - {name: openpgp, label: openpgp-key}\n",
-        ),
-        OPENPGP.replace("{dir}", &d.display().to_string())
-    );
-    assert!(ca_yaml.contains("name: openpgp,"));
-    let config = d.join("pgp.yaml");
-    std::fs::write(
-        &config,
-        format!("signer_id: setup\nlink: {{device: /dev/null}}\n{ca_yaml}"),
-    )
-    .unwrap();
-    let out = c.setup(&["setup", "openpgp", "--config", "pgp.yaml"]);
+    let out = c.add_openpgp();
     assert!(out.contains("wrote OpenPGP CA certificate"), "{out}");
-    let (ok, text) = c.signerd(&["setup", "openpgp", "--config", "pgp.yaml"]);
+    let ca_yaml = c.ca_yaml.clone();
+    assert!(ca_yaml.contains("name: openpgp,"));
+    let (ok, text) = c.signerd(&["setup", "openpgp", "--config", "setup.yaml"]);
     assert!(!ok && text.contains("--force"), "{text}");
-    let checked = c.setup(&["check-config", "--config", "pgp.yaml"]);
+    let checked = c.setup(&["check-config", "--config", "setup.yaml"]);
     assert!(checked.contains("token openpgp"), "{checked}");
 
     let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &ca_yaml, c.env());
@@ -285,13 +253,9 @@ fn certify_gpg_keys_over_the_link_and_check_with_gpg_and_sq() {
         "audit",
         "show",
         "--config",
-        config_path(&d).to_str().unwrap(),
+        "setup.yaml",
         "--request-id",
         "refused-user_id_revoked",
     ]);
     assert!(ok && text.contains("user_id_revoked"), "{text}");
-}
-
-fn config_path(d: &Path) -> std::path::PathBuf {
-    d.join("pgp.yaml")
 }

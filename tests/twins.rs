@@ -12,7 +12,8 @@ use std::time::Duration;
 use signer_client::{Client, Failover};
 use signer_protocol::msg::{self, HealthStatus};
 use signer_protocol::Command as Cmd;
-use signer_testsupport::ca::{make_csr, sign_request, SERVER_PROFILE};
+use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
+use signer_testsupport::gpg::Gpg;
 use signer_testsupport::twins::{checks, Twins};
 
 const SYNC: Duration = Duration::from_secs(90);
@@ -74,10 +75,36 @@ fn wait_for(client: &Client, check: &str, what: impl Fn(&(HealthStatus, String))
 
 #[test]
 fn twins_converge_through_partitions_and_restarts() {
-    let mut t = Twins::new("p256", SERVER_PROFILE);
+    let mut ceremony = Ceremony::new("p256", SERVER_PROFILE);
+    ceremony.add_openpgp();
+    let mut t = Twins::with_ceremony(ceremony);
     let d = t.ceremony.dir().to_path_buf();
     let mut a = t.a.client();
     let mut b = t.b.client();
+
+    // An OpenPGP certification made on A reaches B: the same request on B
+    // replays A's certifications byte for byte.
+    let users = Gpg::new();
+    let carol = users.gen_key("Carol <carol@example.org>", "ed25519");
+    let certify = msg::CertifyOpenpgp {
+        request_id: "pgp-twin".into(),
+        key: users.export(&carol),
+        user_ids: vec!["Carol <carol@example.org>".into()],
+        expires_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 30 * 86_400,
+    };
+    let on_a: msg::CertifyOpenpgpReply = a.call_typed(Cmd::CERTIFY_OPENPGP, &certify).unwrap();
+    assert!(!on_a.replayed);
+    wait_for(&b, "repository", |(_, d)| {
+        d.contains("1 OpenPGP certifications")
+    });
+    let on_b: msg::CertifyOpenpgpReply = b.call_typed(Cmd::CERTIFY_OPENPGP, &certify).unwrap();
+    assert!(on_b.replayed, "B replays A's certification");
+    assert_eq!(on_b.key, on_a.key);
+    assert_eq!(on_b.certifications, on_a.certifications);
 
     // Steady replication: both issue, each sees the other's certificates.
     let requests: Vec<msg::SignX509> = (0..5).map(|i| request(&d, &format!("a-{i}"))).collect();

@@ -959,9 +959,10 @@ impl HealthSource for CaService {
                         msg::HealthStatus::Failing
                     },
                     detail: format!(
-                        "{} certificates, {} revocations, {:.1} MiB; {} commits for {} records since start{}",
+                        "{} certificates, {} revocations, {} OpenPGP certifications, {:.1} MiB; {} commits for {} records since start{}",
                         s.certificates,
                         s.revocations,
+                        self.repo.certification_count().unwrap_or(0),
                         size as f64 / (1024.0 * 1024.0),
                         s.commits,
                         s.committed_records,

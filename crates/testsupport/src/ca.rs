@@ -244,6 +244,47 @@ impl Ceremony {
         c
     }
 
+    /// Adds an OpenPGP CA key (RSA-2048, key name `openpgp`) made with
+    /// `signerd setup generate-key` and its certificate made with `signerd
+    /// setup openpgp`; `ca_yaml` gains the key and `ca.openpgp` (casual
+    /// certifications, 0x12). Returns `setup openpgp`'s output.
+    pub fn add_openpgp(&mut self) -> String {
+        let d = self.dir().to_path_buf();
+        self.setup(&[
+            "setup",
+            "generate-key",
+            "--config",
+            "setup.yaml",
+            "--label",
+            "openpgp-key",
+            "--type",
+            "rsa2048",
+        ]);
+        self.ca_yaml = format!(
+            "{}  openpgp:
+    key: openpgp
+    certificate: {d}/openpgp-ca.asc
+    user_id: Test Signing Authority <sign@example.org>
+    created: 2026-01-01T00:00:00Z
+    policy: {{certification_level: 0x12, max_days: 400}}
+",
+            self.ca_yaml.replace(
+                "    - {name: sub, label: sub-key}\n",
+                "    - {name: sub, label: sub-key}\n    - {name: openpgp, label: openpgp-key}\n",
+            ),
+            d = d.display()
+        );
+        std::fs::write(
+            d.join("setup.yaml"),
+            format!(
+                "signer_id: setup\nlink: {{device: /dev/null}}\n{}",
+                self.ca_yaml
+            ),
+        )
+        .expect("write setup.yaml");
+        self.setup(&["setup", "openpgp", "--config", "setup.yaml"])
+    }
+
     /// The token store's directory, which also holds the certificates.
     pub fn dir(&self) -> &Path {
         self.hsm.dir()

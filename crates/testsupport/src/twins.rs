@@ -265,7 +265,11 @@ impl Twins {
     /// A ceremony (RSA root, `sub_key` intermediate, `profiles`), its token
     /// copied for the twin, two nats-servers, the cable and both signers.
     pub fn new(sub_key: &str, profiles: &str) -> Twins {
-        let ceremony = Ceremony::new(sub_key, profiles);
+        Twins::with_ceremony(Ceremony::new(sub_key, profiles))
+    }
+
+    /// Twins on a ceremony made by the caller (e.g. with an OpenPGP key).
+    pub fn with_ceremony(ceremony: Ceremony) -> Twins {
         let token_b = tempfile::tempdir().expect("temp dir");
         let ok = Command::new("cp")
             .arg("-a")
