@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod crl;
+mod openpgp;
 mod openssl_ca;
 mod plot;
 mod replication;
@@ -40,7 +41,7 @@ struct Cli {
     /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
     #[arg(long, hide = true)]
     crl_diff_child: Option<String>,
-    /// Run only one section (`issuance`, `lines`, `crl`, `replication`); its part of
+    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -484,6 +485,9 @@ fn main() -> anyhow::Result<()> {
     if only.is_none() || only == Some("crl") {
         crl::section(&mut report, cli.scale, plots.as_deref())?;
         crl::diff_section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("openpgp") {
+        openpgp::section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("replication") {
         replication::section(&mut report, cli.scale)?;
