@@ -24,7 +24,11 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
          requests (distinct request ids, one user ID each) over an unthrottled pty, each key \
          parsed, checked against the policy, its self-signature verified, certified by the \
          HSM, the new signature verified, the result (the whole certified key) committed to \
-         the repository with its own fsync before the answer.\n"
+         the repository (group commit, fsync'd) before the answer. Unlike `sign_x509`, the \
+         worker waits for that commit. In one process without the link (same token), \
+         checking and certifying an Ed25519 key took 2.2 ms against 1.7 ms for a raw \
+         signature: the two signature verifications (the user's self-signature, and the new \
+         certification checked before it leaves) make up most of the difference.\n"
     )?;
     writeln!(report, "| user key | raw HSM, 2 sessions (sig/s) | end to end (certifications/s) | end to end / raw | request / reply bytes |")?;
     writeln!(report, "|---|---|---|---|---|")?;

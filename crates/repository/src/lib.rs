@@ -251,6 +251,7 @@ struct Issue {
 enum Job {
     Issue(Issue),
     Audit(AuditEntry),
+    Certify(openpgp::Certify),
 }
 
 /// Counters of the repository.
@@ -1043,16 +1044,18 @@ fn committer(
         }
         let mut issues = Vec::with_capacity(batch.len());
         let mut audits = Vec::new();
+        let mut certifies = Vec::new();
         for job in batch {
             match job {
                 Job::Issue(i) => issues.push(i),
                 Job::Audit(a) => audits.push(a),
+                Job::Certify(c) => certifies.push(c),
             }
         }
         let batch = issues;
-        let outcome = commit_batch(db, origin, &batch, audits);
+        let outcome = commit_batch(db, origin, &batch, audits, &certifies);
         match outcome {
-            Ok(results) => {
+            Ok((results, certified)) => {
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                 s.commits += 1;
                 s.committed_records += results
@@ -1064,10 +1067,16 @@ fn committer(
                 for (job, result) in batch.into_iter().zip(results) {
                     (job.then)(result);
                 }
+                for (job, result) in certifies.into_iter().zip(certified) {
+                    (job.then)(Ok(result));
+                }
             }
             Err(e) => {
-                warn!(cause = %e, records = batch.len(), "repository commit failed; nothing of the batch was stored");
+                warn!(cause = %e, records = batch.len() + certifies.len(), "repository commit failed; nothing of the batch was stored");
                 for job in batch {
+                    (job.then)(Err(RepoError::Storage(e.to_string())));
+                }
+                for job in certifies {
                     (job.then)(Err(RepoError::Storage(e.to_string())));
                 }
             }
@@ -1082,7 +1091,8 @@ fn commit_batch(
     origin: &str,
     batch: &[Issue],
     audits: Vec<AuditEntry>,
-) -> Result<Vec<Result<Recorded, RepoError>>, RepoError> {
+    certifies: &[openpgp::Certify],
+) -> Result<CommitOutcome, RepoError> {
     let txn = db.begin_write().map_err(storage)?;
     let mut results = Vec::with_capacity(batch.len());
     {
@@ -1145,12 +1155,19 @@ fn commit_batch(
             results.push(Ok(Recorded::Inserted));
         }
     }
+    let certified = certifies
+        .iter()
+        .map(|c| openpgp::store(&txn, origin, &c.record))
+        .collect::<Result<Vec<_>, _>>()?;
     if !audits.is_empty() {
         audit::append(&txn, origin, audits)?;
     }
     txn.commit().map_err(storage)?;
-    Ok(results)
+    Ok((results, certified))
 }
+
+/// Per-record outcomes of one group commit: certificates, certifications.
+type CommitOutcome = (Vec<Result<Recorded, RepoError>>, Vec<Certified>);
 
 /// Base64 of DER, for logs and exports.
 pub fn b64(bytes: &[u8]) -> String {

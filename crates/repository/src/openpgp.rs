@@ -49,28 +49,58 @@ fn decode(bytes: &[u8]) -> Result<CertificationRecord, RepoError> {
     rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(e.to_string()))
 }
 
+/// Called with the outcome once the commit holding the record is on disk.
+pub type CertifyThen = Box<dyn FnOnce(Result<Certified, RepoError>) + Send>;
+
+/// A certification waiting for the group commit.
+pub(crate) struct Certify {
+    pub(crate) record: CertificationRecord,
+    pub(crate) then: CertifyThen,
+}
+
+/// Stores `record` with its replication event in `txn`, unless its request
+/// id is already recorded (then the original is returned).
+pub(crate) fn store(
+    txn: &WriteTransaction,
+    origin: &str,
+    record: &CertificationRecord,
+) -> Result<Certified, RepoError> {
+    let existing = {
+        let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+        let found = table.get(record.request_id.as_str()).map_err(storage)?;
+        found.map(|v| decode(v.value())).transpose()?
+    };
+    if let Some(original) = existing {
+        return Ok(Certified::Existing(Box::new(original)));
+    }
+    insert(txn, record)?;
+    append_event(txn, origin, Change::Certified(record.clone()))?;
+    Ok(Certified::Inserted)
+}
+
 impl Repository {
-    /// Records certifications durably (own fsync'd transaction, with the
-    /// replication event), unless the request id is already recorded.
+    /// Records certifications durably with the next group commit (with the
+    /// replication event), unless the request id is already recorded;
+    /// blocks until the commit is on disk.
     pub fn record_certification(
         &self,
         record: CertificationRecord,
     ) -> Result<Certified, RepoError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let existing = {
-            let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
-            let found = table.get(record.request_id.as_str()).map_err(storage)?;
-            found.map(|v| decode(v.value())).transpose()?
+        let (reply, rx) = std::sync::mpsc::channel();
+        let job = crate::Job::Certify(Certify {
+            record,
+            then: Box::new(move |result| {
+                let _ = reply.send(result);
+            }),
+        });
+        let refused = match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(jobs) => jobs.send(job).err().map(|e| e.0),
+            None => Some(job),
         };
-        if let Some(original) = existing {
-            txn.abort().map_err(storage)?;
-            return Ok(Certified::Existing(Box::new(original)));
+        if refused.is_some() {
+            return Err(RepoError::Closed);
         }
-        insert(&txn, &record)?;
-        append_event(&txn, &self.origin, Change::Certified(record))?;
-        txn.commit().map_err(storage)?;
-        self.notify();
-        Ok(Certified::Inserted)
+        rx.recv().unwrap_or(Err(RepoError::Closed))
     }
 
     /// The certifications recorded under `request_id`.
