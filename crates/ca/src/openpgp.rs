@@ -117,12 +117,17 @@ impl CaService {
                 "OpenPGP certification is not configured",
             )
         })?;
-        let mut slot = self.openpgp.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ca) = slot.as_ref() {
+        if let Some(ca) = self
+            .openpgp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             return Ok((Arc::clone(ca), config));
         }
+        // Loaded without the lock held: the HSM may hang, and health reads the slot.
         let ca = Arc::new(load(self.backend.as_ref(), config).map_err(|e| pgp_failure(&e))?);
-        *slot = Some(Arc::clone(&ca));
+        *self.openpgp.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&ca));
         Ok((ca, config))
     }
 
