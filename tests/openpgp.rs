@@ -47,10 +47,7 @@ fn certify_gpg_keys_over_the_link_and_check_with_gpg_and_sq() {
 
     // Users' keys made by GnuPG.
     let users = Gpg::new();
-    let alice = users.gen_key("Alice <alice@example.org>", "rsa3072");
-    users.add_uid(&alice, "Alice Work <alice@work.example>");
-    users.add_uid(&alice, "Alice Old <alice@old.example>");
-    users.revoke_uid(&alice, "Alice Old <alice@old.example>");
+    let alice = users.alice();
     let bob = users.gen_key("Bob <bob@example.org>", "ed25519");
     std::fs::write(
         d.join("alice.asc"),

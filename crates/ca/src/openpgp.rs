@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use signer_hsm::{HsmError, KeyKind};
+use signer_hsm::KeyKind;
 use signer_openpgp::{certify, inspect, public_key_packet, CaCertificate, HsmSigner, PgpError};
 use signer_protocol::{msg, Status};
 use signer_repository::{CertificationRecord, Certified};
@@ -13,13 +13,14 @@ use tracing::{info, warn};
 use crate::{now_secs, repo_failure, valid_request_id, CaService, OpenpgpConfig};
 
 /// The CA's OpenPGP key, checked against its certificate file.
-pub(crate) struct OpenpgpCa {
+pub struct OpenpgpCa {
     kind: KeyKind,
     ca: CaCertificate,
 }
 
 impl OpenpgpCa {
-    pub(crate) fn fingerprint(&self) -> String {
+    /// The CA key's fingerprint, upper-case hex.
+    pub fn fingerprint(&self) -> String {
         self.ca.fingerprint()
     }
 }
@@ -87,8 +88,9 @@ fn replay(
     Ok(reply_from(record, true))
 }
 
-/// Derives the CA's key packet from the HSM key and checks the certificate file.
-pub(crate) fn load(
+/// Derives the CA's key packet from the HSM key and checks the certificate
+/// file (startup, `check-config`).
+pub fn load(
     backend: &dyn signer_hsm::SigningBackend,
     config: &OpenpgpConfig,
 ) -> Result<OpenpgpCa, PgpError> {
@@ -181,12 +183,7 @@ impl CaService {
             policy,
             &signer,
         )
-        .map_err(|e| {
-            if let PgpError::Hsm(HsmError::Pin(_)) = &e {
-                warn!(cause = %e, "HSM login failed");
-            }
-            pgp_failure(&e)
-        })?;
+        .map_err(|e| pgp_failure(&e))?;
         let record = CertificationRecord {
             request_id: request.request_id.clone(),
             request_digest: digest.clone(),

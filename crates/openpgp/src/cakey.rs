@@ -20,7 +20,7 @@ use signer_hsm::{Hash, HsmError, KeyKind, Scheme, SigningBackend};
 
 use crate::{hash_algorithm, PgpError};
 
-fn ca_err(e: impl std::fmt::Display) -> PgpError {
+pub(crate) fn ca_err(e: impl std::fmt::Display) -> PgpError {
     PgpError::CaKey(e.to_string())
 }
 
@@ -279,6 +279,15 @@ pub fn ca_certificate(signer: &HsmSigner<'_>, user_id: &str) -> Result<SignedPub
     Ok(SignedPublicKey::new(signer.public.clone(), details, vec![]))
 }
 
+/// A public key, ASCII-armored or binary (trusted input: the CA's own certificate).
+pub(crate) fn parse_public_key(bytes: &[u8]) -> pgp::errors::Result<SignedPublicKey> {
+    if bytes.starts_with(b"-----BEGIN") {
+        SignedPublicKey::from_armor_single(bytes).map(|(k, _)| k)
+    } else {
+        SignedPublicKey::from_bytes(bytes)
+    }
+}
+
 /// The CA's OpenPGP certificate as loaded at startup: checked against the
 /// key packet derived from the HSM.
 #[derive(Debug, Clone)]
@@ -293,13 +302,7 @@ impl CaCertificate {
     /// Reads a certificate (armored or binary) and checks that its primary
     /// key is `public` and its self-signatures verify.
     pub fn load(bytes: &[u8], public: PublicKey) -> Result<CaCertificate, PgpError> {
-        let certificate = if bytes.starts_with(b"-----BEGIN") {
-            SignedPublicKey::from_armor_single(bytes)
-                .map(|(k, _)| k)
-                .map_err(ca_err)?
-        } else {
-            SignedPublicKey::from_bytes(bytes).map_err(ca_err)?
-        };
+        let certificate = parse_public_key(bytes).map_err(ca_err)?;
         if certificate.primary_key.fingerprint() != public.fingerprint() {
             return Err(PgpError::CaKey(format!(
                 "the certificate's key {} is not the HSM key with the configured creation time ({})",

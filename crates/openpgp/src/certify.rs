@@ -15,6 +15,7 @@ use pgp::types::{
     PublicParams, SignedUser, Tag, Timestamp,
 };
 
+use crate::cakey::{ca_err, parse_public_key};
 use crate::{Algorithm, HsmSigner, PgpError, Policy};
 
 /// A user's key that passed the checks of [`inspect`].
@@ -367,11 +368,11 @@ pub fn certify(
         .into_iter()
         .map(Subpacket::regular)
         .collect::<Result<_, _>>()
-        .map_err(|e| PgpError::CaKey(e.to_string()))?;
+        .map_err(ca_err)?;
         config.unhashed_subpackets =
             vec![
                 Subpacket::regular(SubpacketData::IssuerKeyId(signer.legacy_key_id()))
-                    .map_err(|e| PgpError::CaKey(e.to_string()))?,
+                    .map_err(ca_err)?,
             ];
         let user = &mut key.details.users[index];
         let signature = config
@@ -395,11 +396,11 @@ pub fn certify(
         let mut packet = Vec::new();
         signature
             .to_writer_with_header(&mut packet)
-            .map_err(|e| PgpError::CaKey(e.to_string()))?;
+            .map_err(ca_err)?;
         user.signatures.push(signature);
         certifications.push((uid.clone(), packet));
     }
-    let key_bytes = key.to_bytes().map_err(|e| PgpError::CaKey(e.to_string()))?;
+    let key_bytes = key.to_bytes().map_err(ca_err)?;
     Ok(Certified {
         key: key_bytes,
         fingerprint,
@@ -416,13 +417,7 @@ pub fn verify_certified(
     ca: &[u8],
     certifications: &[(String, Vec<u8>)],
 ) -> Result<(), PgpError> {
-    let ca_key = if ca.starts_with(b"-----BEGIN") {
-        SignedPublicKey::from_armor_single(ca)
-            .map(|(k, _)| k)
-            .map_err(|e| PgpError::CaKey(e.to_string()))?
-    } else {
-        SignedPublicKey::from_bytes(ca).map_err(|e| PgpError::CaKey(e.to_string()))?
-    };
+    let ca_key = parse_public_key(ca).map_err(ca_err)?;
     let key = SignedPublicKey::from_bytes(key).map_err(malformed)?;
     let got = crate::fingerprint_hex(&key.primary_key.fingerprint());
     if got != fingerprint {

@@ -47,10 +47,7 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
 
     // The users: an RSA key with three user IDs, one of them revoked, and an Ed25519 key.
     let users = Gpg::new();
-    let alice = users.gen_key("Alice <alice@example.org>", "rsa3072");
-    users.add_uid(&alice, "Alice Work <alice@work.example>");
-    users.add_uid(&alice, "Alice Old <alice@old.example>");
-    users.revoke_uid(&alice, "Alice Old <alice@old.example>");
+    let alice = users.alice();
     let bob = users.gen_key("Bob <bob@example.org>", "ed25519");
     let alice_key = users.export(&alice);
     let alice_armored = users.export_with(&["--armor", "--export", &alice]);
@@ -128,7 +125,7 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
         assert!(ok && out.contains(&ca_fpr[24..]), "sq inspect: {out}{err}");
         let ring = checker.file(
             "ring.pgp",
-            &[armored_to_binary(&ca), done.key.clone()].concat(),
+            &[ca.binary().unwrap(), done.key.clone()].concat(),
         );
         let ring = ring.to_str().unwrap();
         for uid in &wanted {
@@ -276,8 +273,4 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn armored_to_binary(ca: &CaCertificate) -> Vec<u8> {
-    ca.binary().unwrap()
 }

@@ -381,13 +381,16 @@ impl Repository {
     /// blocked: records handed over while a commit runs share the next one.
     /// `then` must be quick (it runs between commits).
     pub fn record_issuance_then(&self, record: CertRecord, then: Then) {
-        let job = Job::Issue(Issue { record, then });
-        let refused = match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(Job::Issue(job)) = self.send(Job::Issue(Issue { record, then })) {
+            (job.then)(Err(RepoError::Closed));
+        }
+    }
+
+    /// Hands a job to the committer; the job back if it has stopped.
+    fn send(&self, job: Job) -> Option<Job> {
+        match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(jobs) => jobs.send(job).err().map(|e| e.0),
             None => Some(job),
-        };
-        if let Some(Job::Issue(job)) = refused {
-            (job.then)(Err(RepoError::Closed));
         }
     }
 
@@ -395,11 +398,7 @@ impl Repository {
     /// caller does not wait). After [`Repository::close`] it is written in a
     /// transaction of its own.
     pub fn audit(&self, entry: AuditEntry) {
-        let refused = match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(jobs) => jobs.send(Job::Audit(entry)).err().map(|e| e.0),
-            None => Some(Job::Audit(entry)),
-        };
-        if let Some(Job::Audit(entry)) = refused {
+        if let Some(Job::Audit(entry)) = self.send(Job::Audit(entry)) {
             let written = self.db.begin_write().map_err(storage).and_then(|txn| {
                 audit::append(&txn, &self.origin, vec![entry])?;
                 txn.commit().map_err(storage)

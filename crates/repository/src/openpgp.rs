@@ -93,11 +93,7 @@ impl Repository {
                 let _ = reply.send(result);
             }),
         });
-        let refused = match self.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(jobs) => jobs.send(job).err().map(|e| e.0),
-            None => Some(job),
-        };
-        if refused.is_some() {
+        if self.send(job).is_some() {
             return Err(RepoError::Closed);
         }
         rx.recv().unwrap_or(Err(RepoError::Closed))

@@ -254,37 +254,16 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
         ));
     }
     if let Some(o) = &ca.openpgp {
-        let fingerprint =
-            openpgp_check(&backend, o).map_err(|e| (1, format!("ca.openpgp ({}): {e}", o.key)))?;
+        let loaded = signer_ca::openpgp::load(&backend, o)
+            .map_err(|e| (1, format!("ca.openpgp ({}): {e}", o.key)))?;
         lines.push(format!(
-            "token openpgp  {}: certificate {fingerprint} matches the key",
-            o.key
+            "token openpgp  {}: certificate {} matches the key",
+            o.key,
+            loaded.fingerprint()
         ));
     }
     lines.push("token OK".into());
     Ok(lines)
-}
-
-fn pgp_fingerprint(packet: &pgp::packet::PublicKey) -> pgp::types::Fingerprint {
-    pgp::types::KeyDetails::fingerprint(packet)
-}
-
-/// Checks the OpenPGP CA certificate against its HSM key; its fingerprint.
-fn openpgp_check(
-    backend: &dyn SigningBackend,
-    o: &signer_ca::OpenpgpConfig,
-) -> Result<String, String> {
-    let public = backend.public_key(&o.key).map_err(|e| e.to_string())?;
-    let packet =
-        signer_openpgp::public_key_packet(&public, o.created_secs()?).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&o.certificate).map_err(|e| {
-        format!(
-            "{}: {e} (run signerd setup openpgp)",
-            o.certificate.display()
-        )
-    })?;
-    let ca = signer_openpgp::CaCertificate::load(&bytes, packet).map_err(|e| e.to_string())?;
-    Ok(ca.fingerprint())
 }
 
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
@@ -504,12 +483,13 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
                 public.kind,
                 o.policy.hash,
             );
-            let cert =
-                signer_openpgp::ca_certificate(&signer, &o.user_id).map_err(|e| e.to_string())?;
-            let armored = cert
-                .to_armored_string(Default::default())
-                .map_err(|e| e.to_string())?;
-            let fingerprint = signer_openpgp::fingerprint_hex(&pgp_fingerprint(&packet));
+            let cert = signer_openpgp::CaCertificate {
+                certificate: signer_openpgp::ca_certificate(&signer, &o.user_id)
+                    .map_err(|e| e.to_string())?,
+                public: packet.clone(),
+            };
+            let armored = cert.armored().map_err(|e| e.to_string())?;
+            let fingerprint = cert.fingerprint();
             write_out(&o.certificate, &armored)?;
             say!(
                 "wrote OpenPGP CA certificate {fingerprint} ({}, created {}) to {}",

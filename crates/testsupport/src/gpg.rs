@@ -31,18 +31,24 @@ impl Gpg {
         self.dir.path()
     }
 
+    /// `gpg` in batch mode on this home, with an empty passphrase.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("gpg");
+        cmd.env("GNUPGHOME", self.dir.path()).args([
+            "--batch",
+            "--no-tty",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ]);
+        cmd
+    }
+
     /// Runs `gpg` with `args` in batch mode: (success, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", self.dir.path())
-            .args([
-                "--batch",
-                "--no-tty",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-            ])
+        let out = self
+            .command()
             .args(args)
             .output()
             .expect("gpg (Debian package gnupg) must be installed");
@@ -85,6 +91,17 @@ impl Gpg {
             .to_string()
     }
 
+    /// The tests' usual user: "Alice <alice@example.org>", RSA-3072, with a
+    /// second user ID "Alice Work <alice@work.example>" and a revoked third
+    /// one, "Alice Old <alice@old.example>". Returns the fingerprint.
+    pub fn alice(&self) -> String {
+        let alice = self.gen_key("Alice <alice@example.org>", "rsa3072");
+        self.add_uid(&alice, "Alice Work <alice@work.example>");
+        self.add_uid(&alice, "Alice Old <alice@old.example>");
+        self.revoke_uid(&alice, "Alice Old <alice@old.example>");
+        alice
+    }
+
     /// Adds a user ID to the key `fpr`.
     pub fn add_uid(&self, fpr: &str, uid: &str) {
         self.ok(&["--quick-add-uid", fpr, uid]);
@@ -102,19 +119,7 @@ impl Gpg {
 
     /// gpg's output for an export command line.
     pub fn export_with(&self, args: &[&str]) -> Vec<u8> {
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", self.dir.path())
-            .args([
-                "--batch",
-                "--no-tty",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-            ])
-            .args(args)
-            .output()
-            .expect("gpg");
+        let out = self.command().args(args).output().expect("gpg");
         assert!(
             out.status.success() && !out.stdout.is_empty(),
             "gpg {args:?}"
