@@ -35,7 +35,8 @@ fn expired_entries_leave_the_crl_after_the_grace_period() {
     let config =
         signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &c.dir().join("setup.yaml"))
             .unwrap();
-    let service = signer_ca::CaService::start(config.ca.as_ref().unwrap(), "t", 1).unwrap();
+    let service =
+        signer_ca::CaService::start(config.ca.as_ref().unwrap(), "test-signer", 1).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -235,7 +235,12 @@ fn certify_gpg_keys_over_the_link_and_check_with_gpg_and_sq() {
     // every request.
     bench.daemon.signal("TERM");
     assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
-    let repo = Repository::open(&d.join("repository.redb"), "check").unwrap();
+    let repo = Repository::open(
+        &d.join("repository.redb"),
+        &signer_repository::Expected::signer("test-signer"),
+        &signer_repository::OpenOptions::default(),
+    )
+    .unwrap();
     assert_eq!(repo.certification_count().unwrap(), 2);
     let record = repo.find_certification("pgp-alice").unwrap().unwrap();
     assert_eq!(record.fingerprint, alice);

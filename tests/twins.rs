@@ -75,7 +75,7 @@ fn wait_for(client: &Client, check: &str, what: impl Fn(&(HealthStatus, String))
 
 #[test]
 fn twins_converge_through_partitions_and_restarts() {
-    let mut ceremony = Ceremony::new("p256", SERVER_PROFILE);
+    let mut ceremony = Ceremony::new_as("signer-a", "p256", SERVER_PROFILE);
     ceremony.add_openpgp();
     let mut t = Twins::with_ceremony(ceremony);
     let d = t.ceremony.dir().to_path_buf();
@@ -207,6 +207,21 @@ fn twins_converge_through_partitions_and_restarts() {
     // events are gone from A's stream, which B reports instead of waiting.
     t.b.daemon.kill();
     std::fs::remove_file(t.dir_b().join("repository.redb")).unwrap();
+    // Without a repository B does not start (it would forget what it
+    // issued); the rebuilt twin's operator makes a new one on purpose.
+    t.b.daemon.restart();
+    assert_eq!(
+        t.b.daemon.wait(Duration::from_secs(20)),
+        Some(5),
+        "{}",
+        t.b.daemon.log()
+    );
+    assert!(
+        t.b.daemon.log().contains("there is no repository"),
+        "{}",
+        t.b.daemon.log()
+    );
+    t.init_b();
     t.b.daemon.restart();
     drop(b);
     let b = t.b.client();

@@ -254,7 +254,7 @@ pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
     let config =
         signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &dir.join("setup.yaml"))?;
     let ca = config.ca.ok_or_else(|| anyhow::anyhow!("no ca section"))?;
-    let service = signer_ca::CaService::start(&ca, "bench", 1)?;
+    let service = signer_ca::CaService::start(&ca, "test-signer", 1)?;
     let revocation = |i: u64| RevocationRecord {
         issuer: "sub".into(),
         serial: serial(i).to_vec(),

@@ -82,13 +82,25 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let nats_a = NatsServer::start(dir.path(), "nats-a");
     let nats_b = NatsServer::start(dir.path(), "nats-b");
-    let repo_a = Arc::new(Repository::open(&dir.path().join("a.redb"), "signer-a")?);
-    let repo_b = Arc::new(Repository::open(&dir.path().join("b.redb"), "signer-b")?);
+    let repo_a = Arc::new(Repository::create(
+        &dir.path().join("a.redb"),
+        &signer_repository::Expected::signer("signer-a"),
+        &Default::default(),
+    )?);
+    let repo_b = Arc::new(Repository::create(
+        &dir.path().join("b.redb"),
+        &signer_repository::Expected::signer("signer-b"),
+        &Default::default(),
+    )?);
     let rep_a = Replicator::start(&config(&nats_a, &nats_b, "signer-b"), Arc::clone(&repo_a))?;
     let mut rep_b = Replicator::start(&config(&nats_b, &nats_a, "signer-a"), Arc::clone(&repo_b))?;
 
     // Baseline: one durable commit of one record, alone.
-    let scratch = Repository::open(&dir.path().join("scratch.redb"), "scratch")?;
+    let scratch = Repository::create(
+        &dir.path().join("scratch.redb"),
+        &signer_repository::Expected::signer("scratch"),
+        &Default::default(),
+    )?;
     let mut commits: Vec<f64> = (0..200)
         .map(|i| {
             let t = Instant::now();

@@ -74,6 +74,9 @@ pub struct CaConfig {
     /// CRL timing.
     #[serde(default)]
     pub crl: CrlConfig,
+    /// How the repository is kept and checked, and how far the clock is trusted.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Replication to the twin signer (absent: a single signer).
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
@@ -187,6 +190,45 @@ impl Default for CrlConfig {
 
 fn default_warn_days() -> u32 {
     90
+}
+
+/// `ca.storage`: the repository's cache, its background scrub and the clock check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Page cache of the repository, MiB (default 64): a bound on memory.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u32,
+    /// Every this many seconds the whole repository is read and every
+    /// stored certificate verified against its issuer (default 86400; 0: never).
+    #[serde(default = "default_scrub_secs")]
+    pub scrub_interval_secs: u64,
+    /// How far the clock may read behind the latest time already recorded
+    /// before signing is refused (default 120 seconds).
+    #[serde(default = "default_clock_tolerance")]
+    pub clock_tolerance_secs: u32,
+}
+
+fn default_cache_mib() -> u32 {
+    64
+}
+
+fn default_scrub_secs() -> u64 {
+    86_400
+}
+
+fn default_clock_tolerance() -> u32 {
+    120
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_mib: default_cache_mib(),
+            scrub_interval_secs: default_scrub_secs(),
+            clock_tolerance_secs: default_clock_tolerance(),
+        }
+    }
 }
 
 impl CaConfig {

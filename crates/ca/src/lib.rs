@@ -16,11 +16,14 @@
 
 pub mod audit;
 pub mod config;
+pub mod integrity;
 pub mod openpgp;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use signer_clock::SharedClock;
 
 use signer_hsm::{HsmError, Pkcs11Backend, SigningBackend};
 use signer_protocol::{decode_body, encode_body, msg, Command, Status};
@@ -35,7 +38,9 @@ use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
 pub use audit::CaAudit;
-pub use config::{CaConfig, OpenpgpConfig, ReplicationConfig};
+pub use config::{CaConfig, OpenpgpConfig, ReplicationConfig, StorageConfig};
+pub(crate) use integrity::repo_failure;
+pub use integrity::{expected_identity, open_repository, repository_options};
 
 /// Why the CA service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,20 +69,9 @@ pub struct CaService {
     load_error: Mutex<Option<String>>,
     crl_lock: Mutex<()>,
     openpgp: Mutex<Option<Arc<openpgp::OpenpgpCa>>>,
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    clock: SharedClock,
+    scrub_state: Mutex<integrity::ScrubState>,
+    stop: Arc<integrity::Stop>,
 }
 
 /// The wire status of an issuance failure.
@@ -106,13 +100,6 @@ pub fn issue_failure(e: &IssueError) -> Failure {
         IssueError::Lint { rule, .. } => failure.with_detail(*rule),
         _ => failure,
     }
-}
-
-fn repo_failure(e: &RepoError) -> Failure {
-    Failure::new(
-        Status::REPOSITORY_FAILURE,
-        format!("{e}; nothing was issued"),
-    )
 }
 
 /// SHA-256 of the request's canonical encoding: a retried request matches,
@@ -230,7 +217,7 @@ fn recorded(
             Status::INTERNAL,
             "serial number collision; nothing was issued, send the request again",
         )),
-        Err(e) => Err(repo_failure(&e)),
+        Err(e) => Err(repo_failure(&e, "nothing was issued")),
     }
 }
 
@@ -265,20 +252,18 @@ impl CaService {
         workers: usize,
     ) -> Result<Arc<CaService>, CaError> {
         let backend = Pkcs11Backend::open(config.token(), config.key_specs(), workers)?;
-        Self::with_backend(config, signer_id, Arc::new(backend))
+        Self::with_backend(config, signer_id, Arc::new(backend), signer_clock::system())
     }
 
     /// Like [`CaService::start`] with any backend.
+    /// The repository must exist and be this signer's (see [`integrity`]).
     pub fn with_backend(
         config: &CaConfig,
         signer_id: &str,
         backend: Arc<dyn SigningBackend>,
+        clock: SharedClock,
     ) -> Result<Arc<CaService>, CaError> {
-        if let Some(dir) = config.repository.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| CaError::Ca(format!("{}: {e}", dir.display())))?;
-        }
-        let repo = Arc::new(Repository::open(&config.repository, signer_id)?);
+        let repo = Arc::new(open_repository(config, signer_id)?);
         let service = Arc::new(CaService {
             config: config.clone(),
             signer_id: signer_id.to_string(),
@@ -288,6 +273,12 @@ impl CaService {
             load_error: Mutex::new(None),
             crl_lock: Mutex::new(()),
             openpgp: Mutex::new(None),
+            clock,
+            scrub_state: Mutex::new(integrity::ScrubState::default()),
+            stop: Arc::new(integrity::Stop(
+                Mutex::new(false),
+                std::sync::Condvar::new(),
+            )),
         });
         match service.load() {
             Ok(_) => {}
@@ -303,7 +294,58 @@ impl CaService {
                 _ => return Err(CaError::Ca(format!("ca.openpgp: {}", failure.message))),
             }
         }
+        if config.storage.scrub_interval_secs > 0 {
+            Self::start_scrub(
+                &service,
+                Duration::from_secs(config.storage.scrub_interval_secs),
+            );
+        }
         Ok(service)
+    }
+
+    /// Scrubs the repository every `every`, the first time soon after start.
+    fn start_scrub(service: &Arc<CaService>, every: Duration) {
+        let weak = Arc::downgrade(service);
+        let stop = Arc::clone(&service.stop);
+        let first = every.min(Duration::from_secs(60));
+        let spawned = std::thread::Builder::new()
+            .name("repo-scrub".into())
+            .spawn(move || {
+                let mut wait = first;
+                loop {
+                    let stopped = stop.0.lock().unwrap_or_else(|p| p.into_inner());
+                    let (stopped, _) = stop
+                        .1
+                        .wait_timeout_while(stopped, wait, |s| !*s)
+                        .unwrap_or_else(|p| p.into_inner());
+                    if *stopped {
+                        return;
+                    }
+                    drop(stopped);
+                    let Some(service) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = service.scrub() {
+                        tracing::error!(cause = %e, "repository scrub failed");
+                        service.note_damage(format!("scrub: {e}"));
+                    }
+                    wait = every;
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(cause = %e, "repository scrub not started");
+        }
+    }
+
+    /// Stops background work (the scrub); the repository stays open.
+    pub fn stop(&self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_all();
+    }
+
+    /// The service's clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// Loads the CA certificates and checks each against its key.
@@ -413,9 +455,11 @@ impl CaService {
         if let Some(record) = self
             .repo
             .find_by_request(&request.request_id)
-            .map_err(|e| repo_failure(&e))?
+            .map_err(|e| self.damaged(e, "nothing was sent"))?
         {
-            return replay(&request.request_id, &record, &digest).map(Prepared::Replay);
+            let reply = replay(&request.request_id, &record, &digest)?;
+            self.check_replay(&record)?;
+            return Ok(Prepared::Replay(reply));
         }
         let sans = parse_sans(&request.sans)?;
         let issuer = self.issuer()?;
@@ -436,6 +480,7 @@ impl CaService {
             sans,
             validity_days: request.validity_days,
         };
+        self.check_clock(issuer.cas.get(&ca_name))?;
         let serial = self.fresh_serial(&ca_name)?;
         let issued = issuer
             .issue(
@@ -443,7 +488,7 @@ impl CaService {
                 ctx.worker,
                 &issue,
                 &serial,
-                now_secs(),
+                self.clock.now_secs(),
             )
             .map_err(|e| issue_failure(&e))?;
         let record = CertRecord {
@@ -456,7 +501,7 @@ impl CaService {
             subject: issued.subject,
             not_before: issued.not_before,
             not_after: issued.not_after,
-            issued_at_ms: now_ms(),
+            issued_at_ms: self.clock.now_ms(),
             signer_id: self.signer_id.clone(),
         };
         Ok(Prepared::Record(record, issued.csr_fingerprint))
@@ -468,7 +513,7 @@ impl CaService {
             if !self
                 .repo
                 .serial_exists(ca, &serial)
-                .map_err(|e| repo_failure(&e))?
+                .map_err(|e| self.damaged(e, "nothing was issued"))?
             {
                 return Ok(serial);
             }
@@ -523,7 +568,13 @@ impl CaService {
                 ),
             ));
         }
-        let now = now_secs();
+        let issuer_set = self
+            .issuer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.check_clock(issuer_set.as_ref().and_then(|i| i.cas.get(&entry.name)))?;
+        let now = self.clock.now_secs();
         if request.invalidity_date.is_some_and(|d| d > now + 60) {
             return Err(Failure::new(
                 Status::INVALID_INVALIDITY_DATE,
@@ -578,7 +629,7 @@ impl CaService {
                     hex::encode(&serial)
                 ),
             )),
-            Err(e) => Err(repo_failure(&e)),
+            Err(e) => Err(self.damaged(e, "the revocation was not recorded")),
         }
     }
 
@@ -586,12 +637,17 @@ impl CaService {
     /// revocation came since, else a new one, signed and stored.
     pub fn current_crl(&self, worker: usize, issuer: &str) -> Result<CrlRecord, Failure> {
         let _one_at_a_time = self.crl_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let last = self.repo.last_crl(issuer).map_err(|e| repo_failure(&e))?;
+        let last = self
+            .repo
+            .last_crl(issuer)
+            .map_err(|e| self.damaged(e, "no CRL was sent"))?;
         let seq = self
             .repo
             .revocation_seq(issuer)
-            .map_err(|e| repo_failure(&e))?;
-        let now = now_secs();
+            .map_err(|e| self.damaged(e, "no CRL was sent"))?;
+        // A set-back clock must not judge the stored CRL fresh either.
+        self.check_clock(None)?;
+        let now = self.clock.now_secs();
         let refresh = i64::from(self.config.crl.refresh_hours) * 3600;
         if let Some(last) = &last {
             if last.revocation_seq == seq && now < last.this_update + refresh {
@@ -605,13 +661,14 @@ impl CaService {
                 format!("no CA named {issuer:?} on this signer"),
             )
         })?;
+        self.check_clock(Some(ca))?;
         let scheme = signer_x509::issue::default_scheme(ca.kind);
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
+        let now_us = u128::try_from(self.clock.now_us()).unwrap_or(0);
         // Above this signer's last CRL and every number the twin used.
-        let floor = self.repo.crl_floor(issuer).map_err(|e| repo_failure(&e))?;
+        let floor = self
+            .repo
+            .crl_floor(issuer)
+            .map_err(|e| self.damaged(e, "no CRL was signed"))?;
         let number = signer_x509::crl::next_number(
             now_us,
             floor
@@ -640,7 +697,7 @@ impl CaService {
                     failed = Some(e);
                 }
             })
-            .map_err(|e| repo_failure(&e))?;
+            .map_err(|e| self.damaged(e, "no CRL was signed"))?;
         if let Some(e) = failed {
             return Err(issue_failure(&e));
         }
@@ -662,7 +719,9 @@ impl CaService {
             sha256,
             der,
         };
-        self.repo.store_crl(&record).map_err(|e| repo_failure(&e))?;
+        self.repo.store_crl(&record).map_err(|e| {
+            repo_failure(&e, "the new CRL was signed but not stored, and is not sent")
+        })?;
         info!(issuer, crl_number = %hex::encode(&record.number), entries, bytes = record.der.len(), "CRL signed");
         Ok(record)
     }
@@ -694,7 +753,7 @@ impl CaService {
             let meta = self
                 .repo
                 .crl_meta(&request.issuer, have)
-                .map_err(|e| repo_failure(&e))?;
+                .map_err(|e| self.damaged(e, "no CRL was sent"))?;
             let Some(meta) =
                 meta.filter(|m| request.have_sha256.as_deref() == Some(m.sha256.as_slice()))
             else {
@@ -761,7 +820,7 @@ impl CaService {
                     removed.push(serde_bytes::ByteBuf::from(r.serial));
                 }
             })
-            .map_err(|e| repo_failure(&e))?;
+            .map_err(|e| self.damaged(e, "no CRL was sent"))?;
         let signature = crl_signature(&current.der).ok_or_else(|| {
             Failure::new(Status::INTERNAL, "the stored CRL has no readable signature")
         })?;
@@ -877,7 +936,7 @@ impl HealthSource for CaService {
             .as_ref()
         {
             Some(issuer) => {
-                let now = now_secs();
+                let now = self.clock.now_secs();
                 for ca in issuer.cas.values() {
                     let days = (ca.not_after - now) / 86_400;
                     let status = if days < 0 {
@@ -945,6 +1004,20 @@ impl HealthSource for CaService {
                 detail: e.to_string(),
             },
         });
+        checks.push(self.clock_check());
+        checks.push(self.scrub_check());
+        if let Some(fault) = self.repo.write_fault() {
+            checks.push(msg::Check {
+                name: "repository:writes".into(),
+                status: msg::HealthStatus::Failing,
+                detail: format!(
+                    "{} writes failed since {}: {}",
+                    fault.failures,
+                    signer_x509::time::rfc3339(fault.since_ms.div_euclid(1000)),
+                    fault.cause
+                ),
+            });
+        }
         match self.repo.stats() {
             Ok(s) => {
                 let size = std::fs::metadata(&self.config.repository)

@@ -10,7 +10,7 @@ use signer_repository::{CertificationRecord, Certified};
 use signer_server::{CallContext, Failure};
 use tracing::{info, warn};
 
-use crate::{now_secs, repo_failure, valid_request_id, CaService, OpenpgpConfig};
+use crate::{valid_request_id, CaService, OpenpgpConfig};
 
 /// The CA's OpenPGP key, checked against its certificate file.
 pub struct OpenpgpCa {
@@ -159,7 +159,7 @@ impl CaService {
         if let Some(record) = self
             .repo
             .find_certification(&request.request_id)
-            .map_err(|e| repo_failure(&e))?
+            .map_err(|e| self.damaged(e, "nothing was certified"))?
         {
             return replay(&record, &digest);
         }
@@ -174,7 +174,8 @@ impl CaService {
             ca.kind,
             policy.hash,
         );
-        let now = now_secs();
+        self.check_clock(None)?;
+        let now = self.clock.now_secs();
         let certified = certify(
             user,
             &request.user_ids,
@@ -210,10 +211,7 @@ impl CaService {
                 Ok(reply_from(&record, false))
             }
             Ok(Certified::Existing(original)) => replay(&original, &digest),
-            Err(e) => Err(Failure::new(
-                Status::REPOSITORY_FAILURE,
-                format!("{e}; nothing was certified"),
-            )),
+            Err(e) => Err(self.damaged(e, "nothing was certified")),
         }
     }
 }

@@ -172,6 +172,13 @@ wire_code! {
         REPOSITORY_FAILURE = 302 => "repository_failure",
         /// The issuing CA is not usable (certificate missing, expired or mismatched).
         ISSUER_UNAVAILABLE = 303 => "issuer_unavailable",
+        /// A stored record the answer needs failed its check (damaged storage);
+        /// it is not served. Retrying will not help; the twin may answer.
+        REPOSITORY_CORRUPT = 304 => "repository_corrupt",
+        /// The signer's clock reads before what it has already recorded, or
+        /// outside the issuing CA's validity: nothing is signed until an
+        /// operator sets it right. The twin may answer.
+        CLOCK_UNTRUSTED = 305 => "clock_untrusted",
     }
 }
 

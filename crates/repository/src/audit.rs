@@ -55,10 +55,7 @@ impl AuditEntry {
     pub fn new(kind: &str, action: &str, outcome: &str) -> AuditEntry {
         AuditEntry {
             seq: 0,
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            time_ms: crate::clock::now_us() / 1000,
             signer_id: String::new(),
             kind: kind.into(),
             action: action.into(),
@@ -189,4 +186,38 @@ where
         report.head = prev.clone();
     }
     Ok(report)
+}
+
+/// Verifies this signer's chain (`own`) and every twin's copy in `txn`.
+pub(crate) fn verify_all(
+    txn: &redb::ReadTransaction,
+    own_id: &str,
+) -> Result<Vec<ChainReport>, RepoError> {
+    let own = txn.open_table(AUDIT).map_err(storage)?;
+    let mut reports = vec![verify(
+        own_id,
+        own.iter().map_err(storage)?.map(|item| {
+            let (k, v) = item.map_err(storage)?;
+            Ok((k.value(), v.value().to_vec()))
+        }),
+    )?];
+    let peer = txn.open_table(AUDIT_PEER).map_err(storage)?;
+    let mut origins = std::collections::BTreeSet::new();
+    for item in peer.iter().map_err(storage)? {
+        let (k, _) = item.map_err(storage)?;
+        origins.insert(k.value().0.to_string());
+    }
+    for origin in origins {
+        let range = peer
+            .range((origin.as_str(), 0u64)..=(origin.as_str(), u64::MAX))
+            .map_err(storage)?;
+        reports.push(verify(
+            &origin,
+            range.map(|item| {
+                let (k, v) = item.map_err(storage)?;
+                Ok((k.value().1, v.value().to_vec()))
+            }),
+        )?);
+    }
+    Ok(reports)
 }

@@ -18,24 +18,35 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 pub mod audit;
+pub mod backup;
+mod check;
+mod clock;
+pub mod identity;
 pub mod openpgp;
 pub mod replica;
+mod sealed;
+mod store;
 pub use audit::{AuditEntry, ChainReport};
+pub use backup::{verify_backup, Summary as BackupSummary};
+pub use check::CheckReport;
+pub use identity::{Expected, Identity, Refusal};
 pub use openpgp::{CertificationRecord, Certified};
 use replica::{append_event, digest_cert, digest_revocation, Change};
 pub use replica::{ApplyReport, Conflict, Event, ReplicaState, SetDigest};
+pub use store::WriteFault;
 
 const CERTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("certs_v1");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests_v1");
@@ -79,14 +90,12 @@ pub enum RepoError {
     /// The committer is gone (the daemon is stopping).
     #[error("repository closed")]
     Closed,
-    /// An import line could not be read.
-    #[error("import line {line}: {message}")]
-    Import {
-        /// Line number, from 1.
-        line: usize,
-        /// What was wrong.
-        message: String,
-    },
+    /// The file is not this signer's repository, or there is none.
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    /// A write on a repository opened read-only (beside a running daemon).
+    #[error("the repository is open read-only here (signerd holds it for writing)")]
+    ReadOnly,
 }
 
 fn storage(e: impl std::fmt::Display) -> RepoError {
@@ -273,12 +282,38 @@ pub struct RepoStats {
 
 /// The repository. Cheap to share behind an `Arc`.
 pub struct Repository {
-    db: Arc<Database>,
+    db: Store,
+    path: PathBuf,
     origin: String,
+    identity: Identity,
+    repaired: bool,
+    high_water: Arc<AtomicI64>,
     listener: Listener,
     jobs: Mutex<Option<Sender<Job>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<Mutex<RepoStats>>,
+}
+
+/// The database handle: the daemon writes; inspection commands run beside
+/// it on a read-only handle that follows its commits.
+enum Store {
+    Writable(Arc<store::Writable>),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+/// How a repository is opened.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Bytes of memory redb may use to cache pages (a bound, not a target).
+    pub cache_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// A random-enough identifier for a new repository (time, process, path).
@@ -300,67 +335,379 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Runs `f`, turning a panic inside the storage engine (which a damaged
+/// page can cause) into [`RepoError::Corrupt`]: nothing read from the disk
+/// may take the daemon down.
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T, RepoError>) -> Result<T, RepoError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(RepoError::Corrupt(format!(
+            "the storage engine failed on damaged data: {what}"
+        )))
+    })
+}
+
+fn builder(options: &OpenOptions) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .set_cache_size(options.cache_bytes);
+    b
+}
+
+/// Classifies a failure to open the file.
+fn open_error(path: &str, e: redb::DatabaseError) -> RepoError {
+    use redb::{DatabaseError as D, StorageError as S};
+    match e {
+        D::DatabaseAlreadyOpen | D::LockProtocolMismatch => Refusal::InUse(path.into()).into(),
+        D::Storage(S::Corrupted(m)) if m.contains("magic number") => Refusal::NotARepository {
+            path: path.into(),
+            why: "not a redb database file".into(),
+        }
+        .into(),
+        D::Storage(S::Corrupted(m)) => RepoError::Corrupt(format!("{path}: {m}")),
+        D::RepairAborted => RepoError::Corrupt(format!("{path}: damaged, and not repaired")),
+        D::UpgradeRequired(v) => Refusal::NotARepository {
+            path: path.into(),
+            why: format!("redb file format {v}, older than this signerd reads"),
+        }
+        .into(),
+        other => RepoError::Storage(format!("{path}: {other}")),
+    }
+}
+
+/// Refuses a path that holds no repository file before redb sees it.
+fn existing_file(path: &Path) -> Result<(), RepoError> {
+    let shown = path.display().to_string();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Refusal::Missing(shown).into()),
+        Err(e) => Err(RepoError::Storage(format!("{shown}: {e}"))),
+        Ok(m) if !m.is_file() => Err(Refusal::NotARepository {
+            path: shown,
+            why: "not a regular file".into(),
+        }
+        .into()),
+        Ok(m) if m.len() == 0 => Err(Refusal::Empty(shown).into()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Every table, created with the repository.
+fn create_tables(txn: &redb::WriteTransaction) -> Result<(), RepoError> {
+    txn.open_table(identity::IDENTITY).map_err(storage)?;
+    txn.open_table(replica::EVENTS).map_err(storage)?;
+    txn.open_table(replica::META).map_err(storage)?;
+    txn.open_table(replica::DIGESTS).map_err(storage)?;
+    txn.open_table(audit::AUDIT).map_err(storage)?;
+    txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
+    txn.open_table(replica::APPLIED).map_err(storage)?;
+    txn.open_table(replica::CONFLICTS).map_err(storage)?;
+    txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
+    txn.open_table(openpgp::CERTIFICATIONS).map_err(storage)?;
+    txn.open_table(CERTS).map_err(storage)?;
+    txn.open_table(REQUESTS).map_err(storage)?;
+    txn.open_table(EXPIRY).map_err(storage)?;
+    txn.open_table(REVOCATIONS).map_err(storage)?;
+    txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+    txn.open_table(CRLS).map_err(storage)?;
+    txn.open_table(CRL_HISTORY).map_err(storage)?;
+    txn.open_table(clock::HIGH_WATER).map_err(storage)?;
+    Ok(())
+}
+
 impl Repository {
-    /// Opens (or creates) the repository file and starts the committer.
-    /// `origin` is this signer's id: its own changes are recorded as events
-    /// of that origin for the twin.
-    pub fn open(path: &Path, origin: &str) -> Result<Repository, RepoError> {
-        let db = Database::create(path).map_err(storage)?;
+    /// Creates a new, empty repository for `expected` and opens it. Refused
+    /// when anything is already at `path` (a repository is never replaced
+    /// by accident). The creation is the first entry of the audit log.
+    pub fn create(
+        path: &Path,
+        expected: &Expected,
+        options: &OpenOptions,
+    ) -> Result<Repository, RepoError> {
+        let shown = path.display().to_string();
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Err(Refusal::Exists(shown).into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RepoError::Storage(format!("{shown}: {e}"))),
+        }
         {
+            // create_new: two racing creators cannot both win.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => {
+                        RepoError::from(Refusal::Exists(shown.clone()))
+                    }
+                    _ => RepoError::Storage(format!("{shown}: {e}")),
+                })?;
+            let backend = redb::backends::FileBackend::new(file)
+                .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
+            let db = builder(options)
+                .create_with_backend(backend)
+                .map_err(|e| open_error(&shown, e))?;
             let txn = db.begin_write().map_err(storage)?;
-            txn.open_table(replica::EVENTS).map_err(storage)?;
-            txn.open_table(audit::AUDIT).map_err(storage)?;
-            txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
-            txn.open_table(replica::APPLIED).map_err(storage)?;
-            txn.open_table(replica::CONFLICTS).map_err(storage)?;
-            txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
-            txn.open_table(openpgp::CERTIFICATIONS).map_err(storage)?;
-            let digests_done = txn
-                .open_table(replica::META)
+            create_tables(&txn)?;
+            identity::write(&txn, &expected.identity(clock::now_secs()))?;
+            txn.open_table(replica::META)
                 .map_err(storage)?
-                .get("digests")
+                .insert("epoch", new_epoch(path))
+                .map_err(storage)?;
+            txn.open_table(replica::META)
                 .map_err(storage)?
-                .is_some();
-            if !digests_done {
-                replica::rebuild_digests(&txn)?;
-            }
-            {
-                let mut meta = txn.open_table(replica::META).map_err(storage)?;
-                if meta.get("epoch").map_err(storage)?.is_none() {
-                    meta.insert("epoch", new_epoch(path)).map_err(storage)?;
-                }
-            }
-            txn.open_table(CERTS).map_err(storage)?;
-            txn.open_table(REQUESTS).map_err(storage)?;
-            txn.open_table(EXPIRY).map_err(storage)?;
-            txn.open_table(REVOCATIONS).map_err(storage)?;
-            txn.open_table(REVOCATION_SEQ).map_err(storage)?;
-            txn.open_table(CRLS).map_err(storage)?;
-            txn.open_table(CRL_HISTORY).map_err(storage)?;
+                .insert("digests", 1)
+                .map_err(storage)?;
+            audit::append(
+                &txn,
+                &expected.signer_id,
+                vec![AuditEntry::new("repository", "create", "ok")
+                    .fact("path", shown.clone())
+                    .fact("schema", identity::SCHEMA.to_string())],
+            )?;
             txn.commit().map_err(storage)?;
         }
-        let db = Arc::new(db);
+        Repository::open(path, expected, options)
+    }
+
+    /// Opens an existing repository after checking that it is the one
+    /// `expected` describes (see [`identity`]) and that every page of it
+    /// passes redb's checksums; starts the committer. Never creates a file.
+    /// CAs that `expected` names for the first time are bound to the
+    /// repository (and audited).
+    pub fn open(
+        path: &Path,
+        expected: &Expected,
+        options: &OpenOptions,
+    ) -> Result<Repository, RepoError> {
+        existing_file(path)?;
+        let shown = path.display().to_string();
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let db = guard(|| {
+            let seen = Arc::clone(&repaired);
+            builder(options)
+                .set_check_integrity_on_open(true)
+                .set_repair_callback(move |_| seen.store(true, std::sync::atomic::Ordering::SeqCst))
+                .open(path)
+                .map_err(|e| open_error(&shown, e))
+        })?;
+        let repaired = repaired.load(std::sync::atomic::Ordering::SeqCst);
+        if repaired {
+            warn!(path = %shown, "the repository was not closed cleanly; redb recovered it");
+        }
+        let identity = guard(|| {
+            let txn = db.begin_write().map_err(storage)?;
+            let found = {
+                let read = db.begin_read().map_err(storage)?;
+                identity::read(&read)?
+            };
+            let Some(found) = found else {
+                return Err(Refusal::NotARepository {
+                    path: shown.clone(),
+                    why: "it has no identity record (made by no signerd, or by one before repository identities)".into(),
+                }
+                .into());
+            };
+            let identity = match identity::reconcile(&shown, &found, expected)? {
+                None => found,
+                Some(updated) => {
+                    create_tables(&txn)?;
+                    identity::write(&txn, &updated)?;
+                    let added: Vec<String> = updated
+                        .cas
+                        .keys()
+                        .filter(|k| !found.cas.contains_key(*k))
+                        .cloned()
+                        .collect();
+                    let mut entry =
+                        AuditEntry::new("repository", "bind", "ok").fact("cas", added.join(","));
+                    if found.peer_id != updated.peer_id {
+                        entry = entry.fact("peer_id", updated.peer_id.clone().unwrap_or_default());
+                    }
+                    audit::append(&txn, &expected.signer_id, vec![entry])?;
+                    txn.commit().map_err(storage)?;
+                    return Ok(updated);
+                }
+            };
+            txn.abort().map_err(storage)?;
+            Ok(identity)
+        })?;
+        let mark = guard(|| clock::read(&db.begin_read().map_err(storage)?))?;
+        let high_water = Arc::new(AtomicI64::new(mark.unwrap_or(i64::MIN)));
+        let db = Arc::new(store::Writable::new(
+            db,
+            path.to_path_buf(),
+            options.clone(),
+        ));
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(RepoStats::default()));
         let listener: Listener = Arc::new(Mutex::new(None));
+        let origin = expected.signer_id.clone();
         let handle = {
             let db = Arc::clone(&db);
             let stats = Arc::clone(&stats);
-            let origin = origin.to_string();
+            let origin = origin.clone();
             let listener = Arc::clone(&listener);
+            let high_water = Arc::clone(&high_water);
             std::thread::Builder::new()
                 .name("repo-committer".into())
-                .spawn(move || committer(&db, &origin, &rx, &stats, &listener))
+                .spawn(move || committer(&db, &origin, &rx, &stats, &listener, &high_water))
                 .map_err(storage)?
         };
         Ok(Repository {
-            db,
-            origin: origin.to_string(),
+            db: Store::Writable(db),
+            path: path.to_path_buf(),
+            origin,
+            identity,
+            repaired,
+            high_water,
             listener,
             jobs: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(handle)),
             stats,
         })
+    }
+
+    /// Opens a repository for reading only, beside a daemon that holds it
+    /// for writing (it follows the daemon's commits): inspection, checks and
+    /// backups while the signer serves. The identity is checked as by
+    /// [`Repository::open`], but nothing is recorded. A file that needs
+    /// recovery after a crash is refused here; open it writable (with the
+    /// daemon stopped) to recover it.
+    pub fn open_read_only(
+        path: &Path,
+        expected: &Expected,
+        options: &OpenOptions,
+    ) -> Result<Repository, RepoError> {
+        existing_file(path)?;
+        let shown = path.display().to_string();
+        let db = guard(|| {
+            builder(options)
+                .open_read_only(path)
+                .map_err(|e| open_error(&shown, e))
+        })?;
+        let (identity, mark) = guard(|| {
+            let txn = db.begin_read().map_err(storage)?;
+            let found = identity::read(&txn)?.ok_or_else(|| Refusal::NotARepository {
+                path: shown.clone(),
+                why: "it has no identity record".into(),
+            })?;
+            identity::reconcile(&shown, &found, expected)?;
+            Ok((found, clock::read(&txn)?))
+        })?;
+        Ok(Repository {
+            db: Store::ReadOnly(db),
+            path: path.to_path_buf(),
+            origin: expected.signer_id.clone(),
+            identity,
+            repaired: false,
+            high_water: Arc::new(AtomicI64::new(mark.unwrap_or(i64::MIN))),
+            listener: Arc::new(Mutex::new(None)),
+            jobs: Mutex::new(None),
+            committer: Mutex::new(None),
+            stats: Arc::new(Mutex::new(RepoStats::default())),
+        })
+    }
+
+    /// Opens the repository writable if no other process holds it, else
+    /// read-only beside the process that does (the running daemon).
+    pub fn open_for_inspection(
+        path: &Path,
+        expected: &Expected,
+        options: &OpenOptions,
+    ) -> Result<Repository, RepoError> {
+        match Repository::open(path, expected, options) {
+            Err(RepoError::Refused(Refusal::InUse(_))) => {
+                Repository::open_read_only(path, expected, options)
+            }
+            other => other,
+        }
+    }
+
+    /// True when opened read-only beside a running daemon.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.db, Store::ReadOnly(_))
+    }
+
+    /// The latest time (Unix milliseconds) this signer has put into a record
+    /// it vouches for; `None` before the first.
+    pub fn time_high_water(&self) -> Option<i64> {
+        let v = self.high_water.load(Ordering::SeqCst);
+        (v != i64::MIN).then_some(v)
+    }
+
+    fn note_high_water(&self) {
+        if let Ok(Some(mark)) = self.read(clock::read) {
+            self.high_water.fetch_max(mark, Ordering::SeqCst);
+        }
+    }
+
+    /// Why writes are failing, while they are (cleared by the next write
+    /// that succeeds).
+    pub fn write_fault(&self) -> Option<WriteFault> {
+        match &self.db {
+            Store::Writable(w) => w.fault(),
+            Store::ReadOnly(_) => None,
+        }
+    }
+
+    /// The repository's identity as stored.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether redb had to recover the file when it was opened (an unclean stop).
+    pub fn recovered_at_open(&self) -> bool {
+        self.repaired
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a read transaction (a consistent snapshot), guarded
+    /// against panics of the storage engine.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        guard(|| {
+            let txn = match &self.db {
+                Store::Writable(w) => w.get()?.begin_read(),
+                Store::ReadOnly(db) => db.begin_read(),
+            }
+            .map_err(storage)?;
+            f(&txn)
+        })
+    }
+
+    /// Runs `f` in a write transaction, committed when it returns
+    /// `(_, true)` and aborted otherwise; guarded like [`Repository::read`].
+    /// The outcome is noted for [`Repository::write_fault`].
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(T, bool), RepoError>,
+    ) -> Result<T, RepoError> {
+        let Store::Writable(w) = &self.db else {
+            return Err(RepoError::ReadOnly);
+        };
+        let result = guard(|| {
+            let txn = w.get()?.begin_write().map_err(storage)?;
+            let (value, commit) = f(&txn)?;
+            if commit {
+                txn.commit().map_err(storage)?;
+            } else {
+                txn.abort().map_err(storage)?;
+            }
+            Ok(value)
+        });
+        w.note(&result);
+        result
     }
 
     /// Records an issued certificate durably (group commit); blocks until the
@@ -399,9 +746,9 @@ impl Repository {
     /// transaction of its own.
     pub fn audit(&self, entry: AuditEntry) {
         if let Some(Job::Audit(entry)) = self.send(Job::Audit(entry)) {
-            let written = self.db.begin_write().map_err(storage).and_then(|txn| {
-                audit::append(&txn, &self.origin, vec![entry])?;
-                txn.commit().map_err(storage)
+            let written = self.write(|txn| {
+                audit::append(txn, &self.origin, vec![entry])?;
+                Ok(((), true))
             });
             if let Err(e) = written {
                 warn!(cause = %e, "audit entry not written");
@@ -411,45 +758,19 @@ impl Repository {
 
     /// The head of this signer's audit chain: (entries, last hash).
     pub fn audit_head(&self) -> Result<Option<(u64, Vec<u8>)>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(audit::AUDIT).map_err(storage)?;
-        let head = match table.last().map_err(storage)? {
-            Some((k, v)) => Some((k.value(), AuditEntry::decode(v.value())?.hash)),
-            None => None,
-        };
-        Ok(head)
+        self.read(|txn| {
+            let table = txn.open_table(audit::AUDIT).map_err(storage)?;
+            let head = match table.last().map_err(storage)? {
+                Some((k, v)) => Some((k.value(), AuditEntry::decode(v.value())?.hash)),
+                None => None,
+            };
+            Ok(head)
+        })
     }
 
     /// Verifies this signer's audit chain and the twins' copies.
     pub fn audit_verify(&self) -> Result<Vec<audit::ChainReport>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let own = txn.open_table(audit::AUDIT).map_err(storage)?;
-        let mut reports = vec![audit::verify(
-            &self.origin,
-            own.iter().map_err(storage)?.map(|item| {
-                let (k, v) = item.map_err(storage)?;
-                Ok((k.value(), v.value().to_vec()))
-            }),
-        )?];
-        let peer = txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
-        let mut origins = std::collections::BTreeSet::new();
-        for item in peer.iter().map_err(storage)? {
-            let (k, _) = item.map_err(storage)?;
-            origins.insert(k.value().0.to_string());
-        }
-        for origin in origins {
-            let range = peer
-                .range((origin.as_str(), 0u64)..=(origin.as_str(), u64::MAX))
-                .map_err(storage)?;
-            reports.push(audit::verify(
-                &origin,
-                range.map(|item| {
-                    let (k, v) = item.map_err(storage)?;
-                    Ok((k.value().1, v.value().to_vec()))
-                }),
-            )?);
-        }
-        Ok(reports)
+        self.read(|txn| audit::verify_all(txn, &self.origin))
     }
 
     /// Audit entries (this signer's, then the twins' copies) that `keep` selects.
@@ -457,53 +778,55 @@ impl Repository {
         &self,
         mut keep: impl FnMut(&AuditEntry) -> bool,
     ) -> Result<Vec<AuditEntry>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let own = txn.open_table(audit::AUDIT).map_err(storage)?;
-        let peers = txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
-        let own = own.iter().map_err(storage)?.map(|item| {
-            item.map_err(storage)
-                .and_then(|(_, v)| AuditEntry::decode(v.value()))
-        });
-        let peers = peers.iter().map_err(storage)?.map(|item| {
-            item.map_err(storage)
-                .and_then(|(_, v)| AuditEntry::decode(v.value()))
-        });
-        let mut out = Vec::new();
-        for e in own.chain(peers) {
-            let e = e?;
-            if keep(&e) {
-                out.push(e);
+        self.read(|txn| {
+            let own = txn.open_table(audit::AUDIT).map_err(storage)?;
+            let peers = txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
+            let own = own.iter().map_err(storage)?.map(|item| {
+                item.map_err(storage)
+                    .and_then(|(_, v)| AuditEntry::decode(v.value()))
+            });
+            let peers = peers.iter().map_err(storage)?.map(|item| {
+                item.map_err(storage)
+                    .and_then(|(_, v)| AuditEntry::decode(v.value()))
+            });
+            let mut out = Vec::new();
+            for e in own.chain(peers) {
+                let e = e?;
+                if keep(&e) {
+                    out.push(e);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The record for a request id, if any.
     pub fn find_by_request(&self, request_id: &str) -> Result<Option<CertRecord>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let requests = txn.open_table(REQUESTS).map_err(storage)?;
-        let Some(entry) = requests.get(request_id).map_err(storage)? else {
-            return Ok(None);
-        };
-        let entry: RequestEntry =
-            rmp_serde::from_slice(entry.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?;
-        let certs = txn.open_table(CERTS).map_err(storage)?;
-        let found = certs
-            .get((entry.issuer.as_str(), entry.serial.as_slice()))
-            .map_err(storage)?;
-        match found {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Err(RepoError::Corrupt(format!(
-                "request {request_id} points to a missing certificate"
-            ))),
-        }
+        self.read(|txn| {
+            let requests = txn.open_table(REQUESTS).map_err(storage)?;
+            let Some(entry) = requests.get(request_id).map_err(storage)? else {
+                return Ok(None);
+            };
+            let entry: RequestEntry = decode_request(entry.value())?;
+            let certs = txn.open_table(CERTS).map_err(storage)?;
+            let found = certs
+                .get((entry.issuer.as_str(), entry.serial.as_slice()))
+                .map_err(storage)?;
+            match found {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Err(RepoError::Corrupt(format!(
+                    "request {request_id} points to a missing certificate"
+                ))),
+            }
+        })
     }
 
     /// Whether `issuer` has issued `serial`.
     pub fn serial_exists(&self, issuer: &str, serial: &[u8]) -> Result<bool, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let certs = txn.open_table(CERTS).map_err(storage)?;
-        Ok(certs.get((issuer, serial)).map_err(storage)?.is_some())
+        self.read(|txn| {
+            let certs = txn.open_table(CERTS).map_err(storage)?;
+            Ok(certs.get((issuer, serial)).map_err(storage)?.is_some())
+        })
     }
 
     /// The certificate `issuer` issued with `serial`.
@@ -512,12 +835,27 @@ impl Repository {
         issuer: &str,
         serial: &[u8],
     ) -> Result<Option<CertRecord>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let certs = txn.open_table(CERTS).map_err(storage)?;
-        match certs.get((issuer, serial)).map_err(storage)? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        }
+        self.read(|txn| {
+            let certs = txn.open_table(CERTS).map_err(storage)?;
+            match certs.get((issuer, serial)).map_err(storage)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Streams every certificate record (one snapshot; one record in memory at a time).
+    pub fn for_each_certificate(&self, mut f: impl FnMut(CertRecord)) -> Result<u64, RepoError> {
+        self.read(|txn| {
+            let certs = txn.open_table(CERTS).map_err(storage)?;
+            let mut n = 0;
+            for item in certs.iter().map_err(storage)? {
+                let (_, v) = item.map_err(storage)?;
+                f(decode(v.value())?);
+                n += 1;
+            }
+            Ok(n)
+        })
     }
 
     /// Records a revocation durably in its own transaction (revocations are
@@ -529,55 +867,56 @@ impl Repository {
         record: RevocationRecord,
         accept_unknown: bool,
     ) -> Result<Revoked, RepoError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let outcome = {
-            let certs = txn.open_table(CERTS).map_err(storage)?;
-            let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-            let mut seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
-            let serial_len = u8::try_from(record.serial.len())
-                .map_err(|_| storage("serial longer than 255 octets"))?;
-            let key = (record.issuer.as_str(), serial_len, record.serial.as_slice());
-            let cert_key = (record.issuer.as_str(), record.serial.as_slice());
-            let existing = revocations
-                .get(key)
-                .map_err(storage)?
-                .map(|v| v.value().to_vec());
-            if let Some(bytes) = existing {
-                let original: RevocationRecord =
-                    rmp_serde::from_slice(&bytes).map_err(|e| RepoError::Corrupt(e.to_string()))?;
-                if original.reason == record.reason {
-                    Revoked::Existing(Box::new(original))
-                } else {
-                    Revoked::Conflict(Box::new(original))
-                }
-            } else {
-                let cert = certs
-                    .get(cert_key)
+        let outcome = self.write(|txn| {
+            let outcome = {
+                let certs = txn.open_table(CERTS).map_err(storage)?;
+                let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+                let mut seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+                let serial_len = u8::try_from(record.serial.len())
+                    .map_err(|_| storage("serial longer than 255 octets"))?;
+                let key = (record.issuer.as_str(), serial_len, record.serial.as_slice());
+                let cert_key = (record.issuer.as_str(), record.serial.as_slice());
+                let existing = revocations
+                    .get(key)
                     .map_err(storage)?
-                    .map(|v| decode(v.value()))
-                    .transpose()?;
-                if cert.is_none() && !accept_unknown {
-                    Revoked::UnknownSerial
+                    .map(|v| v.value().to_vec());
+                if let Some(bytes) = existing {
+                    let original: RevocationRecord = decode_revocation(&bytes)?;
+                    if original.reason == record.reason {
+                        Revoked::Existing(Box::new(original))
+                    } else {
+                        Revoked::Conflict(Box::new(original))
+                    }
                 } else {
-                    let stored = insert_revocation(
-                        &mut revocations,
-                        &mut seq,
-                        record.clone(),
-                        cert.as_ref(),
-                    )?;
-                    let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
-                    digest_revocation(&mut digests, &stored, true)?;
-                    drop(digests);
-                    append_event(&txn, &self.origin, Change::Revoked(stored))?;
-                    Revoked::Inserted
+                    let cert = certs
+                        .get(cert_key)
+                        .map_err(storage)?
+                        .map(|v| decode(v.value()))
+                        .transpose()?;
+                    if cert.is_none() && !accept_unknown {
+                        Revoked::UnknownSerial
+                    } else {
+                        let stored = insert_revocation(
+                            &mut revocations,
+                            &mut seq,
+                            record.clone(),
+                            cert.as_ref(),
+                        )?;
+                        let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
+                        digest_revocation(&mut digests, &stored, true)?;
+                        drop(digests);
+                        clock::raise(txn, stored.revoked_at.saturating_mul(1000))?;
+                        append_event(txn, &self.origin, Change::Revoked(stored))?;
+                        Revoked::Inserted
+                    }
                 }
-            }
-        };
+            };
+            let commit = outcome == Revoked::Inserted;
+            Ok((outcome, commit))
+        })?;
         if outcome == Revoked::Inserted {
-            txn.commit().map_err(storage)?;
+            self.note_high_water();
             self.notify();
-        } else {
-            txn.abort().map_err(storage)?;
         }
         Ok(outcome)
     }
@@ -587,33 +926,35 @@ impl Repository {
     /// how many were added. Serials the issuer did not issue are recorded as
     /// legacy, with the `cert_not_after` the caller gives (if it knows it).
     pub fn record_revocations(&self, records: Vec<RevocationRecord>) -> Result<u64, RepoError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let mut added = 0;
-        {
-            let certs = txn.open_table(CERTS).map_err(storage)?;
-            let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-            let mut seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
-            for record in records {
-                let serial_len = u8::try_from(record.serial.len())
-                    .map_err(|_| storage("serial longer than 255 octets"))?;
-                let key = (record.issuer.as_str(), serial_len, record.serial.as_slice());
-                if revocations.get(key).map_err(storage)?.is_some() {
-                    continue;
+        let added = self.write(|txn| {
+            let mut added = 0;
+            {
+                let certs = txn.open_table(CERTS).map_err(storage)?;
+                let mut revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+                let mut seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+                for record in records {
+                    let serial_len = u8::try_from(record.serial.len())
+                        .map_err(|_| storage("serial longer than 255 octets"))?;
+                    let key = (record.issuer.as_str(), serial_len, record.serial.as_slice());
+                    if revocations.get(key).map_err(storage)?.is_some() {
+                        continue;
+                    }
+                    let cert = certs
+                        .get((record.issuer.as_str(), record.serial.as_slice()))
+                        .map_err(storage)?
+                        .map(|v| decode(v.value()))
+                        .transpose()?;
+                    let stored =
+                        insert_revocation(&mut revocations, &mut seq, record, cert.as_ref())?;
+                    let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
+                    digest_revocation(&mut digests, &stored, true)?;
+                    drop(digests);
+                    append_event(txn, &self.origin, Change::Revoked(stored))?;
+                    added += 1;
                 }
-                let cert = certs
-                    .get((record.issuer.as_str(), record.serial.as_slice()))
-                    .map_err(storage)?
-                    .map(|v| decode(v.value()))
-                    .transpose()?;
-                let stored = insert_revocation(&mut revocations, &mut seq, record, cert.as_ref())?;
-                let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
-                digest_revocation(&mut digests, &stored, true)?;
-                drop(digests);
-                append_event(&txn, &self.origin, Change::Revoked(stored))?;
-                added += 1;
             }
-        }
-        txn.commit().map_err(storage)?;
+            Ok((added, true))
+        })?;
         if added > 0 {
             self.notify();
         }
@@ -626,15 +967,14 @@ impl Repository {
         issuer: &str,
         serial: &[u8],
     ) -> Result<Option<RevocationRecord>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-        let len = u8::try_from(serial.len()).unwrap_or(u8::MAX);
-        match revocations.get((issuer, len, serial)).map_err(storage)? {
-            Some(v) => Ok(Some(
-                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
-            )),
-            None => Ok(None),
-        }
+        self.read(|txn| {
+            let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+            let len = u8::try_from(serial.len()).unwrap_or(u8::MAX);
+            match revocations.get((issuer, len, serial)).map_err(storage)? {
+                Some(v) => Ok(Some(decode_revocation(v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Every revocation by `issuer`, in numeric serial order.
@@ -652,85 +992,92 @@ impl Repository {
         issuer: &str,
         mut f: impl FnMut(RevocationRecord),
     ) -> Result<u64, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-        let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
-        for item in revocations
-            .range((issuer, 0u8, &[][..])..)
-            .map_err(storage)?
-        {
-            let (key, value) = item.map_err(storage)?;
-            if key.value().0 != issuer {
-                break;
+        self.read(|txn| {
+            let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+            let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+            for item in revocations
+                .range((issuer, 0u8, &[][..])..)
+                .map_err(storage)?
+            {
+                let (key, value) = item.map_err(storage)?;
+                if key.value().0 != issuer {
+                    break;
+                }
+                f(decode_revocation(value.value())?);
             }
-            f(rmp_serde::from_slice(value.value())
-                .map_err(|e| RepoError::Corrupt(e.to_string()))?);
-        }
-        Ok(seq
-            .get(issuer)
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0))
+            Ok(seq
+                .get(issuer)
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        })
     }
 
     /// The issuer's revocation counter (bumped by every new revocation).
     pub fn revocation_seq(&self, issuer: &str) -> Result<u64, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
-        Ok(seq
-            .get(issuer)
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        self.read(|txn| {
+            let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+            Ok(seq
+                .get(issuer)
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        })
     }
 
     /// Stores a signed CRL as the issuer's latest.
     pub fn store_crl(&self, crl: &CrlRecord) -> Result<(), RepoError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut crls = txn.open_table(CRLS).map_err(storage)?;
-            let value = rmp_serde::to_vec_named(crl).map_err(storage)?;
-            crls.insert(crl.issuer.as_str(), value.as_slice())
-                .map_err(storage)?;
-            let mut history = txn.open_table(CRL_HISTORY).map_err(storage)?;
-            let meta = rmp_serde::to_vec_named(&CrlMeta {
-                this_update: crl.this_update,
-                revocation_seq: crl.revocation_seq,
-                sha256: crl.sha256.clone(),
-                entries: crl.entries,
-                size: crl.der.len() as u64,
-            })
-            .map_err(storage)?;
-            history
-                .insert(
-                    (crl.issuer.as_str(), crl.number.as_slice()),
-                    meta.as_slice(),
-                )
-                .map_err(storage)?;
-        }
-        replica::raise_crl_floor(&txn, &crl.issuer, &crl.number)?;
-        append_event(
-            &txn,
-            &self.origin,
-            Change::CrlIssued {
-                issuer: crl.issuer.clone(),
-                number: crl.number.clone(),
-                this_update: crl.this_update,
-            },
-        )?;
-        txn.commit().map_err(storage)?;
+        self.write(|txn| {
+            {
+                let mut crls = txn.open_table(CRLS).map_err(storage)?;
+                let value = sealed::seal(CRLS.name(), crl)?;
+                crls.insert(crl.issuer.as_str(), value.as_slice())
+                    .map_err(storage)?;
+                let mut history = txn.open_table(CRL_HISTORY).map_err(storage)?;
+                let meta = sealed::seal(
+                    CRL_HISTORY.name(),
+                    &CrlMeta {
+                        this_update: crl.this_update,
+                        revocation_seq: crl.revocation_seq,
+                        sha256: crl.sha256.clone(),
+                        entries: crl.entries,
+                        size: crl.der.len() as u64,
+                    },
+                )?;
+                history
+                    .insert(
+                        (crl.issuer.as_str(), crl.number.as_slice()),
+                        meta.as_slice(),
+                    )
+                    .map_err(storage)?;
+            }
+            replica::raise_crl_floor(txn, &crl.issuer, &crl.number)?;
+            clock::raise(txn, crl.this_update.saturating_mul(1000))?;
+            append_event(
+                txn,
+                &self.origin,
+                Change::CrlIssued {
+                    issuer: crl.issuer.clone(),
+                    number: crl.number.clone(),
+                    this_update: crl.this_update,
+                },
+            )?;
+            Ok(((), true))
+        })?;
+        self.note_high_water();
         self.notify();
         Ok(())
     }
 
     /// The highest CRL number either twin has used for `issuer`.
     pub fn crl_floor(&self, issuer: &str) -> Result<Option<Vec<u8>>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let floor = txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
-        Ok(floor
-            .get(issuer)
-            .map_err(storage)?
-            .map(|v| v.value().to_vec()))
+        self.read(|txn| {
+            let floor = txn.open_table(replica::CRL_FLOOR).map_err(storage)?;
+            Ok(floor
+                .get(issuer)
+                .map_err(storage)?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     /// This signer's id (the origin of its events).
@@ -750,211 +1097,111 @@ impl Repository {
 
     /// Up to `limit` outbox events with sequence numbers above `after`, encoded.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let events = txn.open_table(replica::EVENTS).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in events.range(after + 1..).map_err(storage)?.take(limit) {
-            let (k, v) = item.map_err(storage)?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let events = txn.open_table(replica::EVENTS).map_err(storage)?;
+            let mut out = Vec::new();
+            for item in events.range(after + 1..).map_err(storage)?.take(limit) {
+                let (k, v) = item.map_err(storage)?;
+                out.push((
+                    k.value(),
+                    sealed::payload(replica::EVENTS.name(), v.value())?.to_vec(),
+                ));
+            }
+            Ok(out)
+        })
     }
 
     /// Drops outbox events up to `upto` (the twin has applied them).
     pub fn trim_events(&self, upto: u64) -> Result<u64, RepoError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let removed = {
-            let mut events = txn.open_table(replica::EVENTS).map_err(storage)?;
-            let mut n = 0;
-            events
-                .retain_in(..=upto, |_, _| {
-                    n += 1;
-                    false
-                })
-                .map_err(storage)?;
-            n
-        };
-        txn.commit().map_err(storage)?;
-        Ok(removed)
+        self.write(|txn| {
+            let removed = {
+                let mut events = txn.open_table(replica::EVENTS).map_err(storage)?;
+                let mut n = 0;
+                events
+                    .retain_in(..=upto, |_, _| {
+                        n += 1;
+                        false
+                    })
+                    .map_err(storage)?;
+                n
+            };
+            Ok((removed, true))
+        })
     }
 
     /// Applies the twin's events (each with its stream sequence) in one
     /// durable transaction; repeats and this signer's own events are skipped.
     pub fn apply_events(&self, events: &[(Event, u64)]) -> Result<ApplyReport, RepoError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let report = replica::apply(&txn, &self.origin, events)?;
-        if report.applied == 0 {
-            txn.abort().map_err(storage)?;
-        } else {
-            txn.commit().map_err(storage)?;
-        }
-        Ok(report)
+        self.write(|txn| {
+            let report = replica::apply(txn, &self.origin, events)?;
+            let commit = report.applied > 0;
+            Ok((report, commit))
+        })
     }
 
     /// A consistent snapshot of the replication state.
     pub fn replica_state(&self) -> Result<ReplicaState, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        replica::read_state(&txn)
+        self.read(|txn| replica::read_state(txn))
     }
 
     /// The request id conflicts found while applying the twin's events.
     pub fn conflicts(&self) -> Result<Vec<Conflict>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(replica::CONFLICTS).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(storage)? {
-            let (_, v) = item.map_err(storage)?;
-            out.push(
-                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
-            );
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(replica::CONFLICTS).map_err(storage)?;
+            let mut out = Vec::new();
+            for item in table.iter().map_err(storage)? {
+                let (_, v) = item.map_err(storage)?;
+                out.push(sealed::open(replica::CONFLICTS.name(), v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// What is known of CRL `number` of `issuer`, if this signer made it.
     pub fn crl_meta(&self, issuer: &str, number: &[u8]) -> Result<Option<CrlMeta>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let history = txn.open_table(CRL_HISTORY).map_err(storage)?;
-        match history.get((issuer, number)).map_err(storage)? {
-            Some(v) => Ok(Some(
-                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
-            )),
-            None => Ok(None),
-        }
+        self.read(|txn| {
+            let history = txn.open_table(CRL_HISTORY).map_err(storage)?;
+            match history.get((issuer, number)).map_err(storage)? {
+                Some(v) => Ok(Some(sealed::open(CRL_HISTORY.name(), v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// The issuer's latest CRL.
     pub fn last_crl(&self, issuer: &str) -> Result<Option<CrlRecord>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let crls = txn.open_table(CRLS).map_err(storage)?;
-        match crls.get(issuer).map_err(storage)? {
-            Some(v) => Ok(Some(
-                rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?,
-            )),
-            None => Ok(None),
-        }
+        self.read(|txn| {
+            let crls = txn.open_table(CRLS).map_err(storage)?;
+            match crls.get(issuer).map_err(storage)? {
+                Some(v) => Ok(Some(sealed::open(CRLS.name(), v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Counters.
     pub fn stats(&self) -> Result<RepoStats, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let certs = txn.open_table(CERTS).map_err(storage)?;
-        let mut stats = *self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.certificates = certs.len().map_err(storage)?;
-        stats.requests = txn
-            .open_table(REQUESTS)
-            .map_err(storage)?
-            .len()
-            .map_err(storage)?;
-        stats.expiry_entries = txn
-            .open_table(EXPIRY)
-            .map_err(storage)?
-            .len()
-            .map_err(storage)?;
-        stats.revocations = txn
-            .open_table(REVOCATIONS)
-            .map_err(storage)?
-            .len()
-            .map_err(storage)?;
-        Ok(stats)
-    }
-
-    /// Checks that the tables agree with each other; returns the problems found.
-    pub fn check(&self) -> Result<Vec<String>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let certs = txn.open_table(CERTS).map_err(storage)?;
-        let requests = txn.open_table(REQUESTS).map_err(storage)?;
-        let expiry = txn.open_table(EXPIRY).map_err(storage)?;
-        let mut problems = Vec::new();
-        for item in certs.iter().map_err(storage)? {
-            let (key, value) = item.map_err(storage)?;
-            let (issuer, serial) = key.value();
-            match decode(value.value()) {
-                Err(e) => problems.push(format!("{issuer}/{}: {e}", hex(serial))),
-                Ok(r) => {
-                    if r.issuer != issuer || r.serial != serial {
-                        problems.push(format!(
-                            "{issuer}/{}: record names {}/{}",
-                            hex(serial),
-                            r.issuer,
-                            hex(&r.serial)
-                        ));
-                    }
-                    if requests
-                        .get(r.request_id.as_str())
-                        .map_err(storage)?
-                        .is_none()
-                    {
-                        problems.push(format!(
-                            "{issuer}/{}: request id {} not indexed",
-                            hex(serial),
-                            r.request_id
-                        ));
-                    }
-                    if expiry
-                        .get((r.not_after, issuer, serial))
-                        .map_err(storage)?
-                        .is_none()
-                    {
-                        problems.push(format!("{issuer}/{}: not in the expiry index", hex(serial)));
-                    }
-                }
-            }
-        }
-        for item in requests.iter().map_err(storage)? {
-            let (key, value) = item.map_err(storage)?;
-            match rmp_serde::from_slice::<RequestEntry>(value.value()) {
-                Err(e) => problems.push(format!("request {}: {e}", key.value())),
-                Ok(entry) => {
-                    if certs
-                        .get((entry.issuer.as_str(), entry.serial.as_slice()))
-                        .map_err(storage)?
-                        .is_none()
-                    {
-                        problems.push(format!("request {}: certificate missing", key.value()));
-                    }
-                }
-            }
-        }
-        Ok(problems)
-    }
-
-    /// Writes every certificate record as one JSON object per line.
-    pub fn export(&self, out: &mut dyn Write) -> Result<u64, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let certs = txn.open_table(CERTS).map_err(storage)?;
-        let mut n = 0;
-        for item in certs.iter().map_err(storage)? {
-            let (_, value) = item.map_err(storage)?;
-            let record = decode(value.value())?;
-            serde_json::to_writer(&mut *out, &record).map_err(storage)?;
-            out.write_all(b"\n").map_err(storage)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// Reads records written by [`Repository::export`] and records the ones
-    /// not present; returns (inserted, already present).
-    pub fn import(&self, input: &mut dyn BufRead) -> Result<(u64, u64), RepoError> {
-        let mut inserted = 0;
-        let mut present = 0;
-        for (i, line) in input.lines().enumerate() {
-            let line = line.map_err(storage)?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record: CertRecord =
-                serde_json::from_str(&line).map_err(|e| RepoError::Import {
-                    line: i + 1,
-                    message: e.to_string(),
-                })?;
-            match self.record_issuance(record)? {
-                Recorded::Inserted => inserted += 1,
-                Recorded::Existing(_) => present += 1,
-            }
-        }
-        Ok((inserted, present))
+        self.read(|txn| {
+            let certs = txn.open_table(CERTS).map_err(storage)?;
+            let mut stats = *self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.certificates = certs.len().map_err(storage)?;
+            stats.requests = txn
+                .open_table(REQUESTS)
+                .map_err(storage)?
+                .len()
+                .map_err(storage)?;
+            stats.expiry_entries = txn
+                .open_table(EXPIRY)
+                .map_err(storage)?
+                .len()
+                .map_err(storage)?;
+            stats.revocations = txn
+                .open_table(REVOCATIONS)
+                .map_err(storage)?
+                .len()
+                .map_err(storage)?;
+            Ok(stats)
+        })
     }
 
     /// Stops the committer after the records already handed to it.
@@ -1009,7 +1256,7 @@ fn insert_revocation(
         .unwrap_or(0)
         + 1;
     record.seq = next;
-    let value = rmp_serde::to_vec_named(&record).map_err(storage)?;
+    let value = sealed::seal(REVOCATIONS.name(), &record)?;
     revocations
         .insert(
             (record.issuer.as_str(), serial_len, record.serial.as_slice()),
@@ -1021,15 +1268,37 @@ fn insert_revocation(
 }
 
 fn decode(bytes: &[u8]) -> Result<CertRecord, RepoError> {
-    rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(e.to_string()))
+    sealed::open(CERTS.name(), bytes)
+}
+
+fn decode_request(bytes: &[u8]) -> Result<RequestEntry, RepoError> {
+    sealed::open(REQUESTS.name(), bytes)
+}
+
+fn decode_revocation(bytes: &[u8]) -> Result<RevocationRecord, RepoError> {
+    sealed::open(REVOCATIONS.name(), bytes)
+}
+
+/// A certificate record and its request id entry, sealed for their tables.
+fn encode_issued(r: &CertRecord) -> Result<(Vec<u8>, Vec<u8>), RepoError> {
+    let entry = RequestEntry {
+        issuer: r.issuer.clone(),
+        serial: r.serial.clone(),
+        digest: r.request_digest.clone(),
+    };
+    Ok((
+        sealed::seal(CERTS.name(), r)?,
+        sealed::seal(REQUESTS.name(), &entry)?,
+    ))
 }
 
 fn committer(
-    db: &Database,
+    db: &store::Writable,
     origin: &str,
     rx: &Receiver<Job>,
     stats: &Mutex<RepoStats>,
     listener: &Listener,
+    high_water: &AtomicI64,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -1052,9 +1321,14 @@ fn committer(
             }
         }
         let batch = issues;
-        let outcome = commit_batch(db, origin, &batch, audits, &certifies);
+        let outcome = guard(|| {
+            let handle = db.get()?;
+            commit_batch(&handle, origin, &batch, audits, &certifies)
+        });
+        db.note(&outcome);
         match outcome {
-            Ok((results, certified)) => {
+            Ok((results, certified, mark)) => {
+                high_water.fetch_max(mark, Ordering::SeqCst);
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                 s.commits += 1;
                 s.committed_records += results
@@ -1072,11 +1346,15 @@ fn committer(
             }
             Err(e) => {
                 warn!(cause = %e, records = batch.len() + certifies.len(), "repository commit failed; nothing of the batch was stored");
+                let again = |e: &RepoError| match e {
+                    RepoError::Corrupt(m) => RepoError::Corrupt(m.clone()),
+                    other => RepoError::Storage(other.to_string()),
+                };
                 for job in batch {
-                    (job.then)(Err(RepoError::Storage(e.to_string())));
+                    (job.then)(Err(again(&e)));
                 }
                 for job in certifies {
-                    (job.then)(Err(RepoError::Storage(e.to_string())));
+                    (job.then)(Err(again(&e)));
                 }
             }
         }
@@ -1106,8 +1384,7 @@ fn commit_batch(
                 .map_err(storage)?
                 .map(|v| v.value().to_vec());
             if let Some(entry) = existing {
-                let entry: RequestEntry =
-                    rmp_serde::from_slice(&entry).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+                let entry: RequestEntry = decode_request(&entry)?;
                 let original = certs
                     .get((entry.issuer.as_str(), entry.serial.as_slice()))
                     .map_err(storage)?
@@ -1133,13 +1410,7 @@ fn commit_batch(
                 }));
                 continue;
             }
-            let value = rmp_serde::to_vec_named(r).map_err(storage)?;
-            let entry = rmp_serde::to_vec_named(&RequestEntry {
-                issuer: r.issuer.clone(),
-                serial: r.serial.clone(),
-                digest: r.request_digest.clone(),
-            })
-            .map_err(storage)?;
+            let (value, entry) = encode_issued(r)?;
             certs
                 .insert((r.issuer.as_str(), r.serial.as_slice()), value.as_slice())
                 .map_err(storage)?;
@@ -1161,12 +1432,30 @@ fn commit_batch(
     if !audits.is_empty() {
         audit::append(&txn, origin, audits)?;
     }
+    let latest = batch
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Ok(Recorded::Inserted)))
+        .map(|(job, _)| job.record.issued_at_ms)
+        .chain(
+            certifies
+                .iter()
+                .zip(&certified)
+                .filter(|(_, c)| matches!(c, Certified::Inserted))
+                .map(|(c, _)| c.record.created_at.saturating_mul(1000)),
+        )
+        .max();
+    let mark = match latest {
+        Some(ms) => clock::raise(&txn, ms)?,
+        None => i64::MIN,
+    };
     txn.commit().map_err(storage)?;
-    Ok((results, certified))
+    Ok((results, certified, mark))
 }
 
-/// Per-record outcomes of one group commit: certificates, certifications.
-type CommitOutcome = (Vec<Result<Recorded, RepoError>>, Vec<Certified>);
+/// Per-record outcomes of one group commit: certificates, certifications,
+/// and the time high-water mark after it.
+type CommitOutcome = (Vec<Result<Recorded, RepoError>>, Vec<Certified>, i64);
 
 /// Base64 of DER, for logs and exports.
 pub fn b64(bytes: &[u8]) -> String {

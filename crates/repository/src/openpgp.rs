@@ -1,11 +1,11 @@
 //! OpenPGP certifications: one record per request id, in its own table,
 //! written with its replication event in one transaction.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::replica::{append_event, Change, Conflict};
-use crate::{storage, RepoError, Repository};
+use crate::{sealed, storage, RepoError, Repository};
 
 /// request id → [`CertificationRecord`] (msgpack).
 pub(crate) const CERTIFICATIONS: TableDefinition<&str, &[u8]> =
@@ -45,8 +45,8 @@ pub enum Certified {
     Existing(Box<CertificationRecord>),
 }
 
-fn decode(bytes: &[u8]) -> Result<CertificationRecord, RepoError> {
-    rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(e.to_string()))
+pub(crate) fn decode(bytes: &[u8]) -> Result<CertificationRecord, RepoError> {
+    sealed::open(CERTIFICATIONS.name(), bytes)
 }
 
 /// Called with the outcome once the commit holding the record is on disk.
@@ -104,24 +104,26 @@ impl Repository {
         &self,
         request_id: &str,
     ) -> Result<Option<CertificationRecord>, RepoError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
-        let found = table.get(request_id).map_err(storage)?;
-        found.map(|v| decode(v.value())).transpose()
+        self.read(|txn| {
+            let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+            let found = table.get(request_id).map_err(storage)?;
+            found.map(|v| decode(v.value())).transpose()
+        })
     }
 
     /// How many certification records are stored.
     pub fn certification_count(&self) -> Result<u64, RepoError> {
         use redb::ReadableTableMetadata;
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
-        table.len().map_err(storage)
+        self.read(|txn| {
+            let table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
+            table.len().map_err(storage)
+        })
     }
 }
 
 fn insert(txn: &WriteTransaction, record: &CertificationRecord) -> Result<(), RepoError> {
     let mut table = txn.open_table(CERTIFICATIONS).map_err(storage)?;
-    let value = rmp_serde::to_vec_named(record).map_err(storage)?;
+    let value = sealed::seal(CERTIFICATIONS.name(), record)?;
     table
         .insert(record.request_id.as_str(), value.as_slice())
         .map_err(storage)?;
@@ -161,7 +163,7 @@ pub(crate) fn apply(
                 twin = %origin,
                 "request id certified on both twins with different signatures"
             );
-            let value = rmp_serde::to_vec_named(&conflict).map_err(storage)?;
+            let value = sealed::seal(crate::replica::CONFLICTS.name(), &conflict)?;
             conflicts
                 .insert(record.request_id.as_str(), value.as_slice())
                 .map_err(storage)?;

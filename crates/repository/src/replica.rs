@@ -15,13 +15,13 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    decode, insert_revocation, storage, CertRecord, RepoError, RevocationRecord, CERTS, EXPIRY,
-    REQUESTS, REVOCATIONS, REVOCATION_SEQ,
+    decode, decode_request, decode_revocation, encode_issued, insert_revocation, sealed, storage,
+    CertRecord, RepoError, RevocationRecord, CERTS, EXPIRY, REQUESTS, REVOCATIONS, REVOCATION_SEQ,
 };
 
 /// This signer's changes, by its own sequence number (1, 2, …).
@@ -197,23 +197,42 @@ fn update_digest(
     f: impl FnOnce(&mut SetDigest),
 ) -> Result<(), RepoError> {
     let mut d: SetDigest = match digests.get(issuer).map_err(storage)? {
-        Some(v) => {
-            rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?
-        }
+        Some(v) => sealed::open(DIGESTS.name(), v.value())?,
         None => SetDigest::default(),
     };
     f(&mut d);
-    let bytes = rmp_serde::to_vec_named(&d).map_err(storage)?;
+    let bytes = sealed::seal(DIGESTS.name(), &d)?;
     digests.insert(issuer, bytes.as_slice()).map_err(storage)?;
     Ok(())
 }
 
+/// Adds a certificate to a digest being computed.
+pub(crate) fn add_cert(d: &mut SetDigest, r: &CertRecord) {
+    d.issued += 1;
+    xor_into(&mut d.issued_xor, &cert_member(r));
+}
+
+/// Adds a revocation to a digest being computed.
+pub(crate) fn add_revocation(d: &mut SetDigest, r: &RevocationRecord) {
+    d.revoked += 1;
+    xor_into(&mut d.revoked_xor, &revocation_member(r));
+}
+
+/// Whether two digests describe the same sets (an empty XOR is all zeros).
+pub(crate) fn same_sets(a: &SetDigest, b: &SetDigest) -> bool {
+    let xor_eq = |x: &[u8], y: &[u8]| {
+        let zero = |v: &[u8]| v.iter().all(|&b| b == 0);
+        x == y || (zero(x) && zero(y))
+    };
+    a.issued == b.issued
+        && a.revoked == b.revoked
+        && xor_eq(&a.issued_xor, &b.issued_xor)
+        && xor_eq(&a.revoked_xor, &b.revoked_xor)
+}
+
 /// Adds a certificate to its issuer's digest.
 pub(crate) fn digest_cert(digests: &mut DigestTable<'_>, r: &CertRecord) -> Result<(), RepoError> {
-    update_digest(digests, &r.issuer, |d| {
-        d.issued += 1;
-        xor_into(&mut d.issued_xor, &cert_member(r));
-    })
+    update_digest(digests, &r.issuer, |d| add_cert(d, r))
 }
 
 /// Adds (`add`) or takes out a revocation from its issuer's digest.
@@ -232,12 +251,7 @@ pub(crate) fn digest_revocation(
     })
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use crate::clock::now_us;
 
 /// Appends one of this signer's changes to the outbox, in the caller's
 /// transaction; returns its sequence number.
@@ -261,7 +275,7 @@ pub(crate) fn append_event(
         at_us: now_us(),
         change,
     };
-    let bytes = event.encode()?;
+    let bytes = sealed::seal(EVENTS.name(), &event)?;
     txn.open_table(EVENTS)
         .map_err(storage)?
         .insert(seq, bytes.as_slice())
@@ -300,30 +314,6 @@ pub(crate) fn raise_crl_floor(
     if higher {
         floor.insert(issuer, number).map_err(storage)?;
     }
-    Ok(())
-}
-
-/// Computes the digests from every record (repositories made before digests
-/// existed).
-pub(crate) fn rebuild_digests(txn: &WriteTransaction) -> Result<(), RepoError> {
-    let mut digests = txn.open_table(DIGESTS).map_err(storage)?;
-    digests.retain(|_, _| false).map_err(storage)?;
-    let certs = txn.open_table(CERTS).map_err(storage)?;
-    for item in certs.iter().map_err(storage)? {
-        let (_, v) = item.map_err(storage)?;
-        digest_cert(&mut digests, &decode(v.value())?)?;
-    }
-    let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-    for item in revocations.iter().map_err(storage)? {
-        let (_, v) = item.map_err(storage)?;
-        let r: RevocationRecord =
-            rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?;
-        digest_revocation(&mut digests, &r, true)?;
-    }
-    txn.open_table(META)
-        .map_err(storage)?
-        .insert("digests", 1)
-        .map_err(storage)?;
     Ok(())
 }
 
@@ -370,7 +360,7 @@ pub(crate) fn apply(
                 let key = (r.issuer.as_str(), r.serial.as_slice());
                 let present = certs.get(key).map_err(storage)?.is_some();
                 if !present {
-                    let value = rmp_serde::to_vec_named(r).map_err(storage)?;
+                    let value = sealed::seal(CERTS.name(), r)?;
                     certs.insert(key, value.as_slice()).map_err(storage)?;
                     expiry
                         .insert((r.not_after, r.issuer.as_str(), r.serial.as_slice()), ())
@@ -383,19 +373,13 @@ pub(crate) fn apply(
                     .map(|v| v.value().to_vec());
                 match existing {
                     None => {
-                        let entry = rmp_serde::to_vec_named(&crate::RequestEntry {
-                            issuer: r.issuer.clone(),
-                            serial: r.serial.clone(),
-                            digest: r.request_digest.clone(),
-                        })
-                        .map_err(storage)?;
+                        let (_, entry) = encode_issued(r)?;
                         requests
                             .insert(r.request_id.as_str(), entry.as_slice())
                             .map_err(storage)?;
                     }
                     Some(bytes) => {
-                        let entry: crate::RequestEntry = rmp_serde::from_slice(&bytes)
-                            .map_err(|e| RepoError::Corrupt(e.to_string()))?;
+                        let entry = decode_request(&bytes)?;
                         if (entry.issuer.as_str(), entry.serial.as_slice()) != key {
                             let conflict = Conflict {
                                 request_id: r.request_id.clone(),
@@ -411,7 +395,7 @@ pub(crate) fn apply(
                                 twin = %event.origin,
                                 "request id issued on both twins with different certificates"
                             );
-                            let value = rmp_serde::to_vec_named(&conflict).map_err(storage)?;
+                            let value = sealed::seal(CONFLICTS.name(), &conflict)?;
                             conflicts
                                 .insert(r.request_id.as_str(), value.as_slice())
                                 .map_err(storage)?;
@@ -427,9 +411,8 @@ pub(crate) fn apply(
                 let existing: Option<RevocationRecord> = revocations
                     .get(key)
                     .map_err(storage)?
-                    .map(|v| rmp_serde::from_slice(v.value()))
-                    .transpose()
-                    .map_err(|e| RepoError::Corrupt(e.to_string()))?;
+                    .map(|v| decode_revocation(v.value()))
+                    .transpose()?;
                 let cert = certs
                     .get((r.issuer.as_str(), r.serial.as_slice()))
                     .map_err(storage)?
@@ -499,8 +482,7 @@ pub(crate) fn read_state(txn: &redb::ReadTransaction) -> Result<ReplicaState, Re
     }
     for item in digests.iter().map_err(storage)? {
         let (k, v) = item.map_err(storage)?;
-        let d: SetDigest =
-            rmp_serde::from_slice(v.value()).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+        let d: SetDigest = sealed::open(DIGESTS.name(), v.value())?;
         state.digests.insert(k.value().to_string(), d);
     }
     state.conflicts = redb::ReadableTableMetadata::len(&conflicts).map_err(storage)?;

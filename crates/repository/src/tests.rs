@@ -2,6 +2,16 @@ use std::sync::Arc;
 
 use super::*;
 
+/// Opens the repository at `path` for signer `id`, creating it the first time.
+fn open(path: &Path, id: &str) -> Repository {
+    let expected = Expected::signer(id);
+    if path.exists() {
+        Repository::open(path, &expected, &OpenOptions::default()).unwrap()
+    } else {
+        Repository::create(path, &expected, &OpenOptions::default()).unwrap()
+    }
+}
+
 fn record(issuer: &str, serial: u8, request: &str) -> CertRecord {
     CertRecord {
         issuer: issuer.into(),
@@ -23,7 +33,7 @@ fn records_survive_reopening_and_are_found_by_request_and_serial() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo.redb");
     {
-        let repo = Repository::open(&path, "a").unwrap();
+        let repo = open(&path, "a");
         assert_eq!(
             repo.record_issuance(record("root", 1, "req-1")).unwrap(),
             Recorded::Inserted
@@ -33,7 +43,7 @@ fn records_survive_reopening_and_are_found_by_request_and_serial() {
             Recorded::Inserted
         );
     }
-    let repo = Repository::open(&path, "a").unwrap();
+    let repo = open(&path, "a");
     assert_eq!(
         repo.find_by_request("req-1").unwrap(),
         Some(record("root", 1, "req-1"))
@@ -42,13 +52,13 @@ fn records_survive_reopening_and_are_found_by_request_and_serial() {
     assert!(!repo.serial_exists("other", &[0x40, 2]).unwrap());
     assert_eq!(repo.find_by_request("nope").unwrap(), None);
     assert_eq!(repo.stats().unwrap().certificates, 2);
-    assert!(repo.check().unwrap().is_empty());
+    assert!(repo.check().unwrap().problems.is_empty());
 }
 
 #[test]
 fn a_known_request_id_returns_the_original_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::open(&dir.path().join("repo.redb"), "a").unwrap();
+    let repo = open(&dir.path().join("repo.redb"), "a");
     repo.record_issuance(record("root", 1, "req-1")).unwrap();
     let again = repo.record_issuance(record("root", 9, "req-1")).unwrap();
     assert_eq!(
@@ -64,7 +74,7 @@ fn a_known_request_id_returns_the_original_and_stores_nothing() {
 #[test]
 fn concurrent_records_share_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Arc::new(Repository::open(&dir.path().join("repo.redb"), "a").unwrap());
+    let repo = Arc::new(open(&dir.path().join("repo.redb"), "a"));
     let threads: Vec<_> = (0..8u8)
         .map(|t| {
             let repo = Arc::clone(&repo);
@@ -91,26 +101,75 @@ fn concurrent_records_share_commits() {
 }
 
 #[test]
-fn export_and_import_round_trip() {
+fn backup_and_restore_reproduce_every_table() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
     for i in 0..5 {
         a.record_issuance(record("root", i, &format!("req-{i}")))
             .unwrap();
     }
-    let mut dump = Vec::new();
-    assert_eq!(a.export(&mut dump).unwrap(), 5);
-    let b = Repository::open(&dir.path().join("b.redb"), "a").unwrap();
-    b.record_issuance(record("root", 0, "req-0")).unwrap();
-    assert_eq!(b.import(&mut dump.as_slice()).unwrap(), (4, 1));
-    let mut again = Vec::new();
-    b.export(&mut again).unwrap();
-    assert_eq!(again, dump);
-    let bad = b"{\"issuer\": 1}\n";
+    assert_eq!(
+        a.record_revocation(revocation("root", &[0x40, 1], 1), false)
+            .unwrap(),
+        Revoked::Inserted
+    );
+    a.audit(AuditEntry::new("command", "sign_x509", "ok"));
+    a.close();
+    let mut file = Vec::new();
+    let taken = a.backup(&mut file).unwrap();
+    assert_eq!(taken.count("certs_v1"), 5);
+    assert_eq!(taken.count("revocations_v1"), 1);
+    let (id, verified) = verify_backup(&mut file.as_slice()).unwrap();
+    assert_eq!((id.signer_id.as_str(), &verified), ("a", &taken));
+
+    let to = dir.path().join("restored.redb");
+    let restored = Repository::restore(
+        &to,
+        &mut file.as_slice(),
+        &Expected::signer("a"),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(restored, taken);
+    let b = Repository::open(&to, &Expected::signer("a"), &OpenOptions::default()).unwrap();
+    assert!(b.check().unwrap().problems.is_empty());
+    assert_eq!(b.revocations("root").unwrap().len(), 1);
+    assert_eq!(
+        b.replica_state().unwrap().digests,
+        a.replica_state().unwrap().digests
+    );
+    assert_ne!(
+        b.replica_state().unwrap().epoch,
+        a.replica_state().unwrap().epoch
+    );
+    // Never over an existing file, never for another signer, never from a damaged file.
     assert!(matches!(
-        b.import(&mut &bad[..]),
-        Err(RepoError::Import { line: 1, .. })
+        Repository::restore(
+            &to,
+            &mut file.as_slice(),
+            &Expected::signer("a"),
+            &OpenOptions::default()
+        ),
+        Err(RepoError::Refused(Refusal::Exists(_)))
     ));
+    let other = dir.path().join("other.redb");
+    assert!(matches!(
+        Repository::restore(
+            &other,
+            &mut file.as_slice(),
+            &Expected::signer("b"),
+            &OpenOptions::default()
+        ),
+        Err(RepoError::Refused(Refusal::Foreign { .. }))
+    ));
+    assert!(!other.exists());
+    for cut in [file.len() / 2, file.len() - 1] {
+        assert!(verify_backup(&mut &file[..cut]).is_err());
+    }
+    let mut flipped = file.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x10;
+    assert!(verify_backup(&mut flipped.as_slice()).is_err());
 }
 
 fn revocation(issuer: &str, serial: &[u8], reason: u8) -> RevocationRecord {
@@ -134,7 +193,7 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo.redb");
     {
-        let repo = Repository::open(&path, "a").unwrap();
+        let repo = open(&path, "a");
         repo.record_issuance(record("root", 1, "req-1")).unwrap();
         let serial = [0x40, 1];
         assert_eq!(
@@ -167,7 +226,7 @@ fn revocations_are_idempotent_and_refuse_unknown_serials() {
             Revoked::Inserted
         );
     }
-    let repo = Repository::open(&path, "a").unwrap();
+    let repo = open(&path, "a");
     let all = repo.revocations("root").unwrap();
     assert_eq!(all.len(), 2);
     assert!(all.iter().any(|r| r.serial == [0x41] && r.legacy));
@@ -195,8 +254,8 @@ fn replicate(from: &Repository, to: &Repository, after: u64) -> ApplyReport {
 #[test]
 fn twins_converge_on_the_union_and_repeats_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
-    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
+    let b = open(&dir.path().join("b.redb"), "b");
     for i in 0..3 {
         a.record_issuance(record("root", i, &format!("a-{i}")))
             .unwrap();
@@ -212,7 +271,8 @@ fn twins_converge_on_the_union_and_repeats_change_nothing() {
     a.record_revocation(on_a, false).unwrap();
 
     let to_b = replicate(&a, &b, 0);
-    assert_eq!((to_b.applied, to_b.duplicates, to_b.missing), (5, 0, 0));
+    // The repository's creation is the first audit entry: one event more.
+    assert_eq!((to_b.applied, to_b.duplicates, to_b.missing), (6, 0, 0));
     let mut on_b = revocation("root", &[0x40, 2], 5);
     on_b.signer_id = "b".into();
     on_b.revoked_at = 1_750_000_000;
@@ -221,11 +281,11 @@ fn twins_converge_on_the_union_and_repeats_change_nothing() {
         Revoked::Conflict(_)
     ));
     // Simulate the partition: b recorded its own revocation before seeing a's.
-    let c = Repository::open(&dir.path().join("c.redb"), "b").unwrap();
+    let c = open(&dir.path().join("c.redb"), "b");
     c.record_issuance(record("root", 2, "a-2")).unwrap();
     c.record_revocation(on_b, false).unwrap();
     let to_a = replicate(&c, &a, 0);
-    assert_eq!(to_a.applied, 2);
+    assert_eq!(to_a.applied, 3);
     // The earlier revocation wins on a; c applies a's and keeps its own.
     let to_c = replicate(&a, &c, 0);
     assert_eq!(to_c.conflicts, 0);
@@ -240,18 +300,18 @@ fn twins_converge_on_the_union_and_repeats_change_nothing() {
     // Delivered again (a server restart repeats messages): nothing changes.
     let before = b.replica_state().unwrap();
     let again = replicate(&a, &b, 0);
-    assert_eq!((again.applied, again.duplicates), (0, 5));
+    assert_eq!((again.applied, again.duplicates), (0, 6));
     assert_eq!(b.replica_state().unwrap(), before);
-    assert_eq!(before.applied.get("a").map(|x| x.0), Some(5));
-    assert!(b.check().unwrap().is_empty());
+    assert_eq!(before.applied.get("a").map(|x| x.0), Some(6));
+    assert!(b.check().unwrap().problems.is_empty());
     assert!(b.find_by_request("a-1").unwrap().is_some());
 }
 
 #[test]
 fn a_request_id_issued_twice_is_a_reported_conflict() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
-    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
+    let b = open(&dir.path().join("b.redb"), "b");
     a.record_issuance(record("root", 1, "same")).unwrap();
     b.record_issuance(record("root", 0x21, "same")).unwrap();
     assert_eq!(replicate(&a, &b, 0).conflicts, 1);
@@ -271,8 +331,8 @@ fn a_request_id_issued_twice_is_a_reported_conflict() {
 #[test]
 fn outbox_is_trimmed_and_crl_numbers_raise_the_floor() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
-    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
+    let b = open(&dir.path().join("b.redb"), "b");
     for i in 0..4 {
         a.record_issuance(record("root", i, &format!("r-{i}")))
             .unwrap();
@@ -292,20 +352,20 @@ fn outbox_is_trimmed_and_crl_numbers_raise_the_floor() {
     assert_eq!(b.crl_floor("root").unwrap(), Some(vec![0x05, 0x00]));
     assert_eq!(a.trim_events(3).unwrap(), 3);
     let state = a.replica_state().unwrap();
-    assert_eq!((state.own_seq, state.outbox_first), (5, Some(4)));
-    assert_eq!(a.events_after(0, 10).unwrap().len(), 2);
+    assert_eq!((state.own_seq, state.outbox_first), (6, Some(4)));
+    assert_eq!(a.events_after(0, 10).unwrap().len(), 3);
     // Sequence numbers continue after a reopen.
     drop(a);
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
     a.record_issuance(record("root", 9, "r-9")).unwrap();
-    assert_eq!(a.events_after(5, 10).unwrap()[0].0, 6);
+    assert_eq!(a.events_after(6, 10).unwrap()[0].0, 7);
 }
 
 #[test]
 fn the_audit_chain_verifies_replicates_and_reports_the_first_broken_link() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
-    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
+    let b = open(&dir.path().join("b.redb"), "b");
     a.audit(AuditEntry::new("startup", "signerd", "ok"));
     for i in 0..5 {
         a.audit(AuditEntry::new("command", "sign_x509", "ok").fact("request_id", format!("r-{i}")));
@@ -313,19 +373,20 @@ fn the_audit_chain_verifies_replicates_and_reports_the_first_broken_link() {
     a.record_issuance(record("root", 1, "req-1")).unwrap();
     a.close();
     let head = a.audit_head().unwrap().unwrap();
-    assert_eq!(head.0, 6);
+    // Entry 1 records the repository's creation.
+    assert_eq!(head.0, 7);
     let reports = a.audit_verify().unwrap();
     assert_eq!(reports.len(), 1);
-    assert_eq!((reports[0].entries, reports[0].broken.clone()), (6, None));
+    assert_eq!((reports[0].entries, reports[0].broken.clone()), (7, None));
     assert_eq!(reports[0].head.as_ref(), Some(&head));
     // Written after close: its own transaction, still chained.
     a.audit(AuditEntry::new("shutdown", "signerd", "ok"));
-    assert_eq!(a.audit_head().unwrap().unwrap().0, 7);
+    assert_eq!(a.audit_head().unwrap().unwrap().0, 8);
 
     replicate(&a, &b, 0);
     let on_b = b.audit_verify().unwrap();
     assert_eq!(on_b.len(), 2);
-    assert_eq!((on_b[1].signer_id.as_str(), on_b[1].entries), ("a", 7));
+    assert_eq!((on_b[1].signer_id.as_str(), on_b[1].entries), ("a", 8));
     assert!(on_b[1].broken.is_none());
     let found = b
         .audit_entries(|e| e.facts.get("request_id").is_some_and(|r| r == "r-3"))
@@ -335,24 +396,26 @@ fn the_audit_chain_verifies_replicates_and_reports_the_first_broken_link() {
 
     // Alter entry 4's content: the chain breaks exactly there.
     {
-        let txn = a.db.begin_write().unwrap();
-        {
+        a.write(|txn| {
             let mut table = txn.open_table(audit::AUDIT).unwrap();
             let mut e = AuditEntry::decode(table.get(4).unwrap().unwrap().value()).unwrap();
             e.outcome = "refused".into();
             let bytes = rmp_serde::to_vec_named(&e).unwrap();
             table.insert(4, bytes.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
+            Ok(((), true))
+        })
+        .unwrap();
     }
     let broken = a.audit_verify().unwrap()[0].broken.clone().unwrap();
     assert_eq!(broken.0, 4, "{broken:?}");
     assert!(broken.1.contains("altered"), "{broken:?}");
     // Remove entry 2: the link from 3 is reported missing.
     {
-        let txn = a.db.begin_write().unwrap();
-        txn.open_table(audit::AUDIT).unwrap().remove(2).unwrap();
-        txn.commit().unwrap();
+        a.write(|txn| {
+            txn.open_table(audit::AUDIT).unwrap().remove(2).unwrap();
+            Ok(((), true))
+        })
+        .unwrap();
     }
     let broken = a.audit_verify().unwrap()[0].broken.clone().unwrap();
     assert_eq!(broken, (3, "entries 2 to 2 are missing".to_string()));
@@ -378,8 +441,8 @@ fn certification(request: &str, signature: u8) -> CertificationRecord {
 #[test]
 fn certifications_are_kept_once_replicate_and_conflict_when_made_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
-    let b = Repository::open(&dir.path().join("b.redb"), "b").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
+    let b = open(&dir.path().join("b.redb"), "b");
     assert_eq!(
         a.record_certification(certification("pgp-1", 1)).unwrap(),
         Certified::Inserted
@@ -392,12 +455,13 @@ fn certifications_are_kept_once_replicate_and_conflict_when_made_twice() {
     assert_eq!(a.certification_count().unwrap(), 1);
     // The twin gets it; a repeat changes nothing.
     let report = replicate(&a, &b, 0);
-    assert_eq!((report.applied, report.conflicts), (1, 0));
+    // The creation's audit event and the certification.
+    assert_eq!((report.applied, report.conflicts), (2, 0));
     assert_eq!(
         b.find_certification("pgp-1").unwrap(),
         Some(certification("pgp-1", 1))
     );
-    assert_eq!(replicate(&a, &b, 0).duplicates, 1);
+    assert_eq!(replicate(&a, &b, 0).duplicates, 2);
     // The same request id certified on both sides during a partition: kept
     // as each side made it, reported as a conflict.
     a.record_certification(certification("pgp-2", 3)).unwrap();
@@ -411,6 +475,6 @@ fn certifications_are_kept_once_replicate_and_conflict_when_made_twice() {
         "b"
     );
     drop(a);
-    let a = Repository::open(&dir.path().join("a.redb"), "a").unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
     assert_eq!(a.certification_count().unwrap(), 2);
 }

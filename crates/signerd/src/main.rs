@@ -76,9 +76,11 @@ fn main() -> ExitCode {
             Ok(c) => {
                 print_summary(&c);
                 match (&c.ca, offline) {
-                    (Some(ca), false) => match setup::check_token(ca) {
-                        Ok(lines) => {
-                            for line in lines {
+                    (Some(ca), false) => match setup::check_token(ca)
+                        .and_then(|lines| Ok((lines, setup::check_repository(&c.signer_id, ca)?)))
+                    {
+                        Ok((lines, repository)) => {
+                            for line in lines.iter().chain(&repository) {
                                 println!("{line}");
                             }
                             ExitCode::SUCCESS
@@ -118,9 +120,15 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_PIN)
                 }
                 Err(e) => {
+                    // A refused or damaged repository is not retried by the
+                    // unit (RestartPreventExitStatus): a restart cannot mend it.
+                    let code = match e.downcast_ref::<signer_ca::CaError>() {
+                        Some(ca @ signer_ca::CaError::Repository(_)) => setup::ca_exit(ca),
+                        _ => EXIT_RUNTIME,
+                    };
                     error!(cause = %format!("{e:#}"), "signerd stopped");
                     eprintln!("signerd: {e:#}");
-                    ExitCode::from(EXIT_RUNTIME)
+                    ExitCode::from(code)
                 }
             }
         }
@@ -225,9 +233,12 @@ fn run(c: &Config) -> anyhow::Result<()> {
         None => None,
     };
     let engine = Engine::start(c.engine(), router, health);
+    let mut audit = None;
     if let Some(ca) = &ca {
         let repo = ca.repository();
-        engine.set_audit(Arc::new(signer_ca::CaAudit::new(Arc::clone(repo))));
+        let sink = Arc::new(signer_ca::CaAudit::new(Arc::clone(repo)));
+        engine.set_audit(sink.clone());
+        audit = Some(sink);
         repo.audit(
             signer_repository::AuditEntry::new("startup", "signerd", "ok")
                 .fact("version", env!("CARGO_PKG_VERSION"))
@@ -251,7 +262,11 @@ fn run(c: &Config) -> anyhow::Result<()> {
     if let Some(r) = replicator {
         r.stop();
     }
+    if let Some(audit) = audit {
+        audit.flush();
+    }
     if let Some(ca) = ca {
+        ca.stop();
         ca.repository().audit(signer_repository::AuditEntry::new(
             "shutdown", "signerd", "ok",
         ));

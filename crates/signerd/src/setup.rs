@@ -160,25 +160,44 @@ pub enum SetupCmd {
 /// `signerd repo …`
 #[derive(Subcommand)]
 pub enum RepoCmd {
-    /// Check that the repository's tables agree (stop the daemon first).
+    /// Create the repository for this configuration (the first step of the
+    /// key ceremony). Refused if a file is already there.
+    Init {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Read every table and every value and check them against each other
+    /// (works while signerd runs).
     Check {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Write every certificate record as JSON lines (stop the daemon first).
-    Export {
+    /// Write a complete backup of one consistent snapshot (works while
+    /// signerd runs): certificates, revocations, CRL state, OpenPGP
+    /// certifications, the audit log, replication state and identity.
+    Backup {
         #[command(flatten)]
         config: ConfigArg,
-        /// Output file.
+        /// The backup file to write (refused if it exists).
         #[arg(long)]
         out: PathBuf,
     },
-    /// Add records from an export; records already present are kept.
-    Import {
+    /// Check a backup file: its digest, every record's checksum, its counts.
+    VerifyBackup {
+        /// The backup file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Also check that it is this configuration's signer's backup.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Restore a backup into the configured repository path (which must
+    /// not exist: move a damaged repository away first). Stop signerd first.
+    Restore {
         #[command(flatten)]
         config: ConfigArg,
-        /// Input file (JSON lines from `repo export`).
-        #[arg(long, name = "in")]
+        /// The backup file.
+        #[arg(long = "in")]
         input: PathBuf,
     },
 }
@@ -266,6 +285,34 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
     Ok(lines)
 }
 
+/// Opens the repository as `run` would (read-only beside a running
+/// signerd) and describes it; (exit code, message) when it is refused.
+pub fn check_repository(
+    signer_id: &str,
+    ca: &signer_ca::CaConfig,
+) -> Result<Vec<String>, (u8, String)> {
+    let expected = signer_ca::expected_identity(ca, signer_id)
+        .map_err(|e| (ca_exit(&e), format!("ca.repository: {e}")))?;
+    let repo = Repository::open_for_inspection(
+        &ca.repository,
+        &expected,
+        &signer_ca::repository_options(ca),
+    )
+    .map_err(|e| (repo_exit(&e), format!("ca.repository: {e}")))?;
+    let id = repo.identity();
+    Ok(vec![format!(
+        "repository     {}: signer {}, schema {}, CAs {}",
+        ca.repository.display(),
+        id.signer_id,
+        id.schema,
+        if id.cas.is_empty() {
+            "none yet".to_string()
+        } else {
+            id.cas.keys().cloned().collect::<Vec<_>>().join(", ")
+        }
+    )])
+}
+
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -300,17 +347,55 @@ impl SetupCmd {
 }
 
 /// Opens the repository for the audit log before anything is done: a set-up
-/// action that cannot be recorded is not performed.
-fn audit_log(signer_id: &str, ca: &signer_ca::CaConfig) -> Result<Repository, String> {
-    if let Some(dir) = ca.repository.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    Repository::open(&ca.repository, signer_id).map_err(|e| {
-        format!(
-            "{}: {e} (the audit log is needed for set-up; is signerd running?)",
-            ca.repository.display()
+/// action that cannot be recorded is not performed. The repository must
+/// exist (`signerd repo init` is the ceremony's first step).
+fn audit_log(signer_id: &str, ca: &signer_ca::CaConfig) -> Result<Repository, Failed> {
+    signer_ca::open_repository(ca, signer_id).map_err(|e| {
+        let code = ca_exit(&e);
+        Failed(
+            code,
+            format!("{e} (the audit log is needed for set-up; is signerd running?)"),
         )
     })
+}
+
+/// A command's failure: its exit code and message.
+pub struct Failed(pub u8, pub String);
+
+impl From<String> for Failed {
+    fn from(message: String) -> Failed {
+        Failed(1, message)
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(message: &str) -> Failed {
+        Failed(1, message.to_string())
+    }
+}
+
+/// Exit status when the repository is refused: missing, empty, foreign,
+/// another signer's, of a newer schema, or in use.
+pub const EXIT_REPO_REFUSED: u8 = 5;
+/// Exit status when the repository is damaged.
+pub const EXIT_REPO_DAMAGED: u8 = 6;
+
+/// The exit status for a repository error.
+pub fn repo_exit(e: &signer_repository::RepoError) -> u8 {
+    match e {
+        signer_repository::RepoError::Refused(_) => EXIT_REPO_REFUSED,
+        signer_repository::RepoError::Corrupt(_) => EXIT_REPO_DAMAGED,
+        _ => 3,
+    }
+}
+
+/// The exit status for a CA service error at start.
+pub fn ca_exit(e: &signer_ca::CaError) -> u8 {
+    match e {
+        signer_ca::CaError::Repository(r) => repo_exit(r),
+        signer_ca::CaError::Pin(_) => 4,
+        _ => 1,
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -318,7 +403,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-fn setup(cmd: SetupCmd) -> Result<(), String> {
+fn setup(cmd: SetupCmd) -> Result<(), Failed> {
     let (c, ca) = load(cmd.config())?;
     let repo = audit_log(&c.signer_id, &ca)?;
     let result = perform(cmd, &ca);
@@ -328,7 +413,7 @@ fn setup(cmd: SetupCmd) -> Result<(), String> {
     };
     repo.audit(entry);
     repo.close();
-    result.map(|_| ()).map_err(|(_, e)| e)
+    result.map(|_| ()).map_err(|(_, e)| Failed(1, e))
 }
 
 /// Performs a set-up action; returns its audit entry, or the action's name
@@ -527,66 +612,209 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
     })
 }
 
-/// Runs a setup command; exit code 0 on success, 1 on any error.
+/// Runs a setup command; exit code 0 on success, 1 on any error (5 or 6
+/// when the repository is refused or damaged).
 pub fn run_setup(cmd: SetupCmd) -> ExitCode {
     match setup(cmd) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failed(code, e)) => {
             eprintln!("signerd setup: {e}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }
 
-fn repo(cmd: RepoCmd) -> Result<(), String> {
-    let open = |config: &Path| -> Result<Repository, String> {
-        let (c, ca) = load(config)?;
-        Repository::open(&ca.repository, &c.signer_id)
-            .map_err(|e| format!("{}: {e}", ca.repository.display()))
-    };
+/// Opens the repository for an inspection command: writable when signerd
+/// is stopped, read-only beside it when it runs.
+fn inspect(config: &Path) -> Result<Repository, Failed> {
+    let (c, ca) = load(config)?;
+    let expected = signer_ca::expected_identity(&ca, &c.signer_id)
+        .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
+    Repository::open_for_inspection(
+        &ca.repository,
+        &expected,
+        &signer_ca::repository_options(&ca),
+    )
+    .map_err(|e| Failed(repo_exit(&e), e.to_string()))
+}
+
+fn repo_failed(e: signer_repository::RepoError) -> Failed {
+    Failed(repo_exit(&e), e.to_string())
+}
+
+fn print_summary(s: &signer_repository::BackupSummary) {
+    say!(
+        "{} certificates, {} revocations, {} OpenPGP certifications, {} audit entries ({} of the twin)",
+        s.count("certs_v1"),
+        s.count("revocations_v1"),
+        s.count("openpgp_certifications_v1"),
+        s.count("audit_v1"),
+        s.count("audit_peer_v1")
+    );
+    say!("content sha256 {}", s.content_sha256);
+    for (issuer, d) in &s.set_digests {
+        say!("set digest     {issuer} {d}");
+    }
+}
+
+fn repo(cmd: RepoCmd) -> Result<(), Failed> {
     match cmd {
+        RepoCmd::Init { config } => {
+            let (c, ca) = load(&config.config)?;
+            let expected = signer_ca::expected_identity(&ca, &c.signer_id)
+                .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
+            if let Some(dir) = ca.repository.parent() {
+                if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                    return Err(Failed(
+                        1,
+                        format!(
+                            "{} does not exist; create the state directory first (the package does)",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            let repo = Repository::create(
+                &ca.repository,
+                &expected,
+                &signer_ca::repository_options(&ca),
+            )
+            .map_err(repo_failed)?;
+            say!(
+                "created repository {} for signer {}{}",
+                ca.repository.display(),
+                c.signer_id,
+                if expected.cas.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", CAs {}",
+                        expected.cas.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                }
+            );
+            repo.close();
+        }
         RepoCmd::Check { config } => {
-            let repo = open(&config.config)?;
-            let problems = repo.check().map_err(|e| e.to_string())?;
-            let stats = repo.stats().map_err(|e| e.to_string())?;
-            if problems.is_empty() {
-                say!("repository consistent: {} certificates", stats.certificates);
+            let repo = inspect(&config.config)?;
+            let report = repo.check().map_err(repo_failed)?;
+            if report.problems.is_empty() {
+                say!(
+                    "repository consistent: {} records checked{}",
+                    report.records,
+                    if repo.is_read_only() {
+                        " (read beside the running signerd)"
+                    } else {
+                        ""
+                    }
+                );
             } else {
-                for p in &problems {
+                for p in &report.problems {
                     say!("problem: {p}");
                 }
-                return Err(format!("{} problems found", problems.len()));
+                return Err(Failed(
+                    EXIT_REPO_DAMAGED,
+                    format!(
+                        "{} problems found; the first: {}",
+                        report.problems.len(),
+                        report.problems[0]
+                    ),
+                ));
             }
         }
-        RepoCmd::Export { config, out } => {
-            let repo = open(&config.config)?;
-            let mut file = std::io::BufWriter::new(
-                std::fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?,
-            );
-            let n = repo.export(&mut file).map_err(|e| e.to_string())?;
-            std::io::Write::flush(&mut file).map_err(|e| e.to_string())?;
-            say!("exported {n} certificates to {}", out.display());
+        RepoCmd::Backup { config, out } => {
+            let repo = inspect(&config.config)?;
+            if out.exists() {
+                return Err(Failed(
+                    1,
+                    format!("{} exists; not overwritten", out.display()),
+                ));
+            }
+            let partial = out.with_extension("partial");
+            let written = (|| -> Result<signer_repository::BackupSummary, Failed> {
+                let file = std::fs::File::create(&partial)
+                    .map_err(|e| format!("{}: {e}", partial.display()))?;
+                let mut w = std::io::BufWriter::new(file);
+                let summary = repo.backup(&mut w).map_err(repo_failed)?;
+                let file = w
+                    .into_inner()
+                    .map_err(|e| format!("{}: {e}", partial.display()))?;
+                file.sync_all()
+                    .map_err(|e| format!("{}: {e}", partial.display()))?;
+                std::fs::rename(&partial, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+                Ok(summary)
+            })();
+            let summary = match written {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            };
+            say!("backup written to {}", out.display());
+            print_summary(&summary);
         }
-        RepoCmd::Import { config, input } => {
-            let repo = open(&config.config)?;
+        RepoCmd::VerifyBackup { input, config } => {
             let file =
                 std::fs::File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
-            let (added, present) = repo
-                .import(&mut std::io::BufReader::new(file))
-                .map_err(|e| e.to_string())?;
-            say!("imported {added} certificates, {present} already present");
+            let (identity, summary) =
+                signer_repository::verify_backup(&mut std::io::BufReader::new(file))
+                    .map_err(repo_failed)?;
+            if let Some(config) = config {
+                let (c, ca) = load(&config)?;
+                if identity.signer_id != c.signer_id {
+                    return Err(Failed(
+                        EXIT_REPO_REFUSED,
+                        format!(
+                            "{} is a backup of signer {:?}, not of {:?}",
+                            input.display(),
+                            identity.signer_id,
+                            c.signer_id
+                        ),
+                    ));
+                }
+                let _ = ca;
+            }
+            say!(
+                "backup {} verified: signer {}, schema {}",
+                input.display(),
+                identity.signer_id,
+                identity.schema
+            );
+            print_summary(&summary);
+        }
+        RepoCmd::Restore { config, input } => {
+            let (c, ca) = load(&config.config)?;
+            let expected = signer_ca::expected_identity(&ca, &c.signer_id)
+                .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
+            let file =
+                std::fs::File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let summary = Repository::restore(
+                &ca.repository,
+                &mut std::io::BufReader::new(file),
+                &expected,
+                &signer_ca::repository_options(&ca),
+            )
+            .map_err(repo_failed)?;
+            say!(
+                "restored {} into {}; the restored content reproduces the backup's digests",
+                input.display(),
+                ca.repository.display()
+            );
+            print_summary(&summary);
         }
     }
     Ok(())
 }
 
-/// Runs a repository command; exit code 0 on success, 1 on any error.
+/// Runs a repository command: 0 on success, 5 when the repository is
+/// refused, 6 when it is damaged, 1 for other errors.
 pub fn run_repo(cmd: RepoCmd) -> ExitCode {
     match repo(cmd) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failed(code, e)) => {
             eprintln!("signerd repo: {e}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }
@@ -634,17 +862,13 @@ fn parse_time(text: &str) -> Result<i64, String> {
         })
 }
 
-fn audit(cmd: AuditCmd) -> Result<ExitCode, String> {
-    let open = |config: &Path| -> Result<Repository, String> {
-        let (c, ca) = load(config)?;
-        Repository::open(&ca.repository, &c.signer_id)
-            .map_err(|e| format!("{}: {e}", ca.repository.display()))
-    };
+fn audit(cmd: AuditCmd) -> Result<ExitCode, Failed> {
+    let open = inspect;
     match cmd {
         AuditCmd::Verify { config } => {
             let repo = open(&config.config)?;
             let mut ok = true;
-            for r in repo.audit_verify().map_err(|e| e.to_string())? {
+            for r in repo.audit_verify().map_err(repo_failed)? {
                 let head = r
                     .head
                     .as_ref()
@@ -691,7 +915,7 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, String> {
                             .as_ref()
                             .is_none_or(|s| e.facts.get("serial") == Some(s))
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(repo_failed)?;
             for e in entries {
                 if json {
                     let value = serde_json::json!({
@@ -727,13 +951,14 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, String> {
     }
 }
 
-/// Runs an audit command: 0 when everything verified (or was shown), 1 otherwise.
+/// Runs an audit command: 0 when everything verified (or was shown), 1
+/// otherwise (5 or 6 when the repository is refused or damaged).
 pub fn run_audit(cmd: AuditCmd) -> ExitCode {
     match audit(cmd) {
         Ok(code) => code,
-        Err(e) => {
+        Err(Failed(code, e)) => {
             eprintln!("signerd audit: {e}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct Ceremony {
     pub hsm: SoftHsm,
     /// The `ca:` section for the daemon's configuration.
     pub ca_yaml: String,
+    /// The signer the ceremony made the repository for.
+    pub signer_id: String,
 }
 
 /// Runs `openssl` in `dir`: (success, stdout and stderr).
@@ -97,6 +99,13 @@ impl Ceremony {
     /// YAML for `ca.profiles` (indented two spaces, starting with
     /// `  profiles:`), whose issuer is `sub`.
     pub fn new(sub_key: &str, profiles: &str) -> Ceremony {
+        Ceremony::new_as("test-signer", sub_key, profiles)
+    }
+
+    /// Like [`Ceremony::new`] for the signer `signer_id`: the ceremony runs
+    /// with that signer's configuration, as the runbook does, starting with
+    /// `signerd repo init`.
+    pub fn new_as(signer_id: &str, sub_key: &str, profiles: &str) -> Ceremony {
         let hsm = SoftHsm::new("signer-a");
         let d = hsm.dir().to_path_buf();
         let pin = hsm.pin_file();
@@ -118,13 +127,34 @@ impl Ceremony {
             pin = pin.display(),
             d = d.display()
         );
-        let c = Ceremony { hsm, ca_yaml };
+        let c = Ceremony {
+            hsm,
+            ca_yaml,
+            signer_id: signer_id.to_string(),
+        };
         // Setup needs a complete configuration file; the link is not opened.
         let setup_config = format!(
-            "signer_id: setup\nlink: {{device: /dev/null}}\n{}",
+            "signer_id: {signer_id}\nlink: {{device: /dev/null}}\n{}",
             c.ca_yaml
         );
         std::fs::write(d.join("setup.yaml"), setup_config).expect("write setup.yaml");
+        let (ok, text) = c.signerd(&[
+            "setup",
+            "generate-key",
+            "--config",
+            "setup.yaml",
+            "--label",
+            "x",
+            "--type",
+            "p256",
+            "--dry-run",
+        ]);
+        assert!(
+            !ok && text.contains("signerd repo init"),
+            "no set-up step before the repository exists: {text}"
+        );
+        let out = c.setup(&["repo", "init", "--config", "setup.yaml"]);
+        assert!(out.contains("created repository"), "{out}");
         let generate = |label: &str, kind: &str| {
             c.setup(&[
                 "setup",

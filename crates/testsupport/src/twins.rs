@@ -265,7 +265,7 @@ impl Twins {
     /// A ceremony (RSA root, `sub_key` intermediate, `profiles`), its token
     /// copied for the twin, two nats-servers, the cable and both signers.
     pub fn new(sub_key: &str, profiles: &str) -> Twins {
-        Twins::with_ceremony(Ceremony::new(sub_key, profiles))
+        Twins::with_ceremony(Ceremony::new_as("signer-a", sub_key, profiles))
     }
 
     /// Twins on a ceremony made by the caller (e.g. with an OpenPGP key).
@@ -313,6 +313,11 @@ impl Twins {
                 .replace("serial_prefix: 0x21", "serial_prefix: 0x22"),
             replication(&nats_b.url(), &cable_ba.url(), "signer-a")
         );
+        assert_eq!(
+            ceremony.signer_id, "signer-a",
+            "twins: make the ceremony with Ceremony::new_as(\"signer-a\", …)"
+        );
+        init_repository(token_b.path(), "signer-b", &yaml_b);
         let a = Bench::start_as("signer-a", LinkSpec::unthrottled(), &yaml_a, ceremony.env());
         let b = Bench::start_as(
             "signer-b",
@@ -330,6 +335,23 @@ impl Twins {
             ceremony,
             token_b,
         }
+    }
+
+    /// `signerd repo init` for B (after its repository was lost: the
+    /// rebuilt twin's first step).
+    pub fn init_b(&self) {
+        let yaml = std::fs::read_to_string(self.dir_b().join("init-signer-b.yaml"))
+            .expect("B's init configuration");
+        let out = Command::new(crate::bin("signerd"))
+            .args(["repo", "init", "--config"])
+            .arg(self.dir_b().join("init-signer-b.yaml"))
+            .output()
+            .expect("run signerd");
+        assert!(
+            out.status.success(),
+            "{yaml}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// B's token store directory (its repository lives there too).
@@ -380,4 +402,26 @@ impl Twins {
             last.0, last.1
         ))
     }
+}
+
+/// Runs `signerd repo init` for a signer whose `ca:` section is `ca_yaml`
+/// (the pair ceremony's step for the twin); the configuration is kept in
+/// `dir` as `init-<signer>.yaml`.
+fn init_repository(dir: &Path, signer_id: &str, ca_yaml: &str) {
+    let config = dir.join(format!("init-{signer_id}.yaml"));
+    std::fs::write(
+        &config,
+        format!("signer_id: {signer_id}\nlink: {{device: /dev/null}}\n{ca_yaml}"),
+    )
+    .expect("write init configuration");
+    let out = Command::new(crate::bin("signerd"))
+        .args(["repo", "init", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run signerd");
+    assert!(
+        out.status.success(),
+        "repo init for {signer_id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -382,19 +382,7 @@ pub fn verify(crl_der: &[u8], issuer_cert_der: &[u8]) -> Result<(), String> {
     {
         return Err("the CRL's issuer is not the certificate's subject".into());
     }
-    let scheme = [
-        signer_hsm::Scheme::RsaPkcs1(signer_hsm::Hash::Sha256),
-        signer_hsm::Scheme::RsaPkcs1(signer_hsm::Hash::Sha384),
-        signer_hsm::Scheme::RsaPkcs1(signer_hsm::Hash::Sha512),
-        signer_hsm::Scheme::RsaPss(signer_hsm::Hash::Sha256),
-        signer_hsm::Scheme::RsaPss(signer_hsm::Hash::Sha384),
-        signer_hsm::Scheme::RsaPss(signer_hsm::Hash::Sha512),
-        signer_hsm::Scheme::Ecdsa(signer_hsm::Hash::Sha256),
-        signer_hsm::Scheme::Ecdsa(signer_hsm::Hash::Sha384),
-    ]
-    .into_iter()
-    .find(|s| algorithm_identifier(*s) == algorithm)
-    .ok_or("signature algorithm not supported")?;
+    let scheme = crate::issue::scheme_of(&algorithm).ok_or("signature algorithm not supported")?;
     verify_signature(&spki, scheme, &tbs, signature).map_err(|e| e.to_string())
 }
 
@@ -546,6 +534,7 @@ mod parse_tests {
             cert_der: Vec::new(),
             subject_der: crate::name::encode(&[("CN".into(), "T".into())]).unwrap(),
             key_id: vec![1; 20],
+            not_before: 1_600_000_000,
             not_after: 2_000_000_000,
             spki_der: Vec::new(),
         };

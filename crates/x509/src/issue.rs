@@ -192,6 +192,8 @@ pub struct CaSigner {
     pub subject_der: Vec<u8>,
     /// Its subject key identifier (from the certificate, else computed).
     pub key_id: Vec<u8>,
+    /// Its notBefore, Unix seconds.
+    pub not_before: i64,
     /// Its notAfter, Unix seconds.
     pub not_after: i64,
     /// Its subjectPublicKeyInfo, DER.
@@ -234,6 +236,7 @@ impl CaSigner {
             kind: public.kind,
             subject_der: tbs.subject().to_der().map_err(enc)?,
             key_id,
+            not_before: time_secs(&tbs.validity().not_before),
             not_after: time_secs(&tbs.validity().not_after),
             cert_der,
             spki_der,
@@ -328,6 +331,72 @@ pub fn sign_tbs(
         .map_err(|e| IssueError::Encoding(format!("produced certificate does not parse: {e}")))?;
     verify_signature(ca_spki, scheme, tbs, &signature)?;
     Ok(cert)
+}
+
+/// The signature scheme an AlgorithmIdentifier (DER) names, if supported.
+pub fn scheme_of(algorithm_der: &[u8]) -> Option<Scheme> {
+    [
+        Scheme::RsaPkcs1(Hash::Sha256),
+        Scheme::RsaPkcs1(Hash::Sha384),
+        Scheme::RsaPkcs1(Hash::Sha512),
+        Scheme::RsaPss(Hash::Sha256),
+        Scheme::RsaPss(Hash::Sha384),
+        Scheme::RsaPss(Hash::Sha512),
+        Scheme::Ecdsa(Hash::Sha256),
+        Scheme::Ecdsa(Hash::Sha384),
+    ]
+    .into_iter()
+    .find(|s| algorithm_identifier(*s) == algorithm_der)
+}
+
+/// Checks that `cert_der` is a certificate issued by the CA whose
+/// certificate is `issuer_cert_der`: it parses, its issuer is the CA's
+/// subject, and its signature verifies with the CA's key. What the signer
+/// serves from storage and what a client accepts both pass through here.
+pub fn verify_issued(cert_der: &[u8], issuer_cert_der: &[u8]) -> Result<(), String> {
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let ca = x509_cert::Certificate::from_der(issuer_cert_der)
+        .map_err(|e| format!("the issuer certificate does not parse: {e}"))?;
+    let issuer = cert
+        .tbs_certificate()
+        .issuer()
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    let subject = ca
+        .tbs_certificate()
+        .subject()
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    if issuer != subject {
+        return Err("its issuer is not the CA's subject".into());
+    }
+    let algorithm = cert
+        .signature_algorithm()
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    if cert
+        .tbs_certificate()
+        .signature()
+        .to_der()
+        .map_err(|e| e.to_string())?
+        != algorithm
+    {
+        return Err("its two signature algorithm fields differ".into());
+    }
+    let scheme = scheme_of(&algorithm).ok_or("its signature algorithm is not supported")?;
+    let spki = ca
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    let tbs = cert.tbs_certificate().to_der().map_err(|e| e.to_string())?;
+    let signature = cert
+        .signature()
+        .as_bytes()
+        .ok_or("its signature has unused bits")?;
+    verify_signature(&spki, scheme, &tbs, signature)
+        .map_err(|_| "its signature does not verify with the CA's key".to_string())
 }
 
 /// Verifies a signature made by the key of `spki_der`.

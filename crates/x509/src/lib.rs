@@ -25,8 +25,24 @@ pub mod setup;
 pub mod time;
 
 pub use csr::{Csr, CsrError, SubjectKey};
-pub use issue::{random_serial, CaSigner, IssueError, IssueRequest, Issued, Issuer, San};
+pub use issue::{
+    random_serial, verify_issued, CaSigner, IssueError, IssueRequest, Issued, Issuer, San,
+};
 pub use profile::Profile;
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo, hex: how a repository
+/// names the key of each CA it belongs to.
+pub fn spki_sha256(cert_der: &[u8]) -> Result<String, String> {
+    use der::{Decode, Encode};
+    use sha2::Digest;
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| e.to_string())?;
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    Ok(hex::encode(sha2::Sha256::digest(spki)))
+}
 
 /// PEM armour for a certificate.
 pub fn cert_pem(der: &[u8]) -> String {

@@ -1,0 +1,433 @@
+//! Online, complete backups.
+//!
+//! ```text
+//! file = "SIGNER-BACKUP 1\n" ‖ section* ‖ SHA-256(everything before)
+//! section = u32 length (big-endian) ‖ msgpack(Section)
+//! Header { identity, taken_at_ms, tables } · Rows { table, [(key, value)] }* · Trailer { rows per table, content digest, set digests }
+//! ```
+//!
+//! A backup is one read transaction: a consistent snapshot of every table
+//! (certificates, request ids, revocations, CRL state, OpenPGP
+//! certifications, the audit chain and the twin's copy, replication state,
+//! the identity), taken while the daemon serves. Rows are copied as redb
+//! stores them, so a restore reproduces the file's content exactly; the
+//! content digest (SHA-256 over every table's rows in order) is recomputed
+//! from the restored repository and must match. A restored repository gets
+//! a new replication epoch (the twin then treats it as a replaced
+//! repository rather than mistaking new events for ones it has seen).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    audit, clock, identity, openpgp, replica, sealed, storage, Identity, RepoError, Repository,
+    CERTS, CRLS, CRL_HISTORY, EXPIRY, REQUESTS, REVOCATIONS, REVOCATION_SEQ,
+};
+
+const MAGIC: &[u8] = b"SIGNER-BACKUP 1\n";
+/// Rows per section (bounds the memory a backup or restore holds).
+const CHUNK: usize = 4096;
+/// Rows per restore transaction.
+const RESTORE_BATCH: usize = 200_000;
+
+/// One part of a backup file.
+#[derive(Debug, Serialize, Deserialize)]
+enum Section {
+    Header {
+        identity: Identity,
+        taken_at_ms: i64,
+        tables: Vec<String>,
+    },
+    Rows {
+        table: String,
+        rows: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    },
+    Trailer(Summary),
+}
+
+/// What a backup holds, as its trailer states and verification recomputes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Rows per table.
+    pub rows: BTreeMap<String, u64>,
+    /// SHA-256 over every table's name and rows in order, hex.
+    pub content_sha256: String,
+    /// Per issuer: the set digest summary (certificates and revocations).
+    pub set_digests: BTreeMap<String, String>,
+}
+
+impl Summary {
+    /// Rows of one table.
+    pub fn count(&self, table: &str) -> u64 {
+        self.rows.get(table).copied().unwrap_or(0)
+    }
+}
+
+/// The tables a backup holds, in order; `$f` is applied to each definition.
+macro_rules! for_each_table {
+    ($f:ident, $($arg:expr),*) => {{
+        $f(identity::IDENTITY, $($arg),*)?;
+        $f(replica::META, $($arg),*)?;
+        $f(CERTS, $($arg),*)?;
+        $f(REQUESTS, $($arg),*)?;
+        $f(EXPIRY, $($arg),*)?;
+        $f(REVOCATIONS, $($arg),*)?;
+        $f(REVOCATION_SEQ, $($arg),*)?;
+        $f(CRLS, $($arg),*)?;
+        $f(CRL_HISTORY, $($arg),*)?;
+        $f(openpgp::CERTIFICATIONS, $($arg),*)?;
+        $f(audit::AUDIT, $($arg),*)?;
+        $f(audit::AUDIT_PEER, $($arg),*)?;
+        $f(replica::EVENTS, $($arg),*)?;
+        $f(replica::APPLIED, $($arg),*)?;
+        $f(replica::DIGESTS, $($arg),*)?;
+        $f(replica::CONFLICTS, $($arg),*)?;
+        $f(replica::CRL_FLOOR, $($arg),*)?;
+        $f(clock::HIGH_WATER, $($arg),*)?;
+    }};
+}
+
+/// Streams rows out in sections, hashing as it goes.
+struct Out<'w> {
+    w: &'w mut dyn Write,
+    file: Sha256,
+    content: Sha256,
+    summary: Summary,
+}
+
+impl Out<'_> {
+    fn raw(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
+        self.file.update(bytes);
+        self.w.write_all(bytes).map_err(storage)
+    }
+
+    fn section(&mut self, s: &Section) -> Result<(), RepoError> {
+        let body = rmp_serde::to_vec(s).map_err(storage)?;
+        let len = u32::try_from(body.len()).map_err(storage)?;
+        self.raw(&len.to_be_bytes())?;
+        self.raw(&body)
+    }
+}
+
+fn content_row(content: &mut Sha256, table: &str, key: &[u8], value: &[u8]) {
+    content.update((table.len() as u32).to_be_bytes());
+    content.update(table.as_bytes());
+    content.update((key.len() as u32).to_be_bytes());
+    content.update(key);
+    content.update((value.len() as u32).to_be_bytes());
+    content.update(value);
+}
+
+fn dump<K: Key + 'static, V: Value + 'static>(
+    def: TableDefinition<K, V>,
+    txn: &redb::ReadTransaction,
+    out: &mut Out<'_>,
+) -> Result<(), RepoError> {
+    let name = def.name().to_string();
+    let table = txn.open_table(def).map_err(storage)?;
+    let mut rows = Vec::with_capacity(CHUNK);
+    let mut n = 0u64;
+    for item in table.iter().map_err(storage)? {
+        let (k, v) = item.map_err(storage)?;
+        let key = K::as_bytes(&k.value()).as_ref().to_vec();
+        let value = V::as_bytes(&v.value()).as_ref().to_vec();
+        content_row(&mut out.content, &name, &key, &value);
+        rows.push((key.into(), value.into()));
+        n += 1;
+        if rows.len() == CHUNK {
+            out.section(&Section::Rows {
+                table: name.clone(),
+                rows: std::mem::take(&mut rows),
+            })?;
+        }
+    }
+    if !rows.is_empty() {
+        out.section(&Section::Rows {
+            table: name.clone(),
+            rows,
+        })?;
+    }
+    out.summary.rows.insert(name, n);
+    Ok(())
+}
+
+fn digest_of(txn: &redb::ReadTransaction) -> Result<(Summary, Vec<String>), RepoError> {
+    let mut sink = std::io::sink();
+    let mut out = Out {
+        w: &mut sink,
+        file: Sha256::new(),
+        content: Sha256::new(),
+        summary: Summary::default(),
+    };
+    let mut names = Vec::new();
+    let mut collect = |def_name: &str| names.push(def_name.to_string());
+    fn name_of<K: Key + 'static, V: Value + 'static>(
+        def: TableDefinition<K, V>,
+        collect: &mut dyn FnMut(&str),
+    ) -> Result<(), RepoError> {
+        collect(def.name());
+        Ok(())
+    }
+    for_each_table!(name_of, &mut collect);
+    for_each_table!(dump, txn, &mut out);
+    let mut summary = out.summary;
+    summary.content_sha256 = hex::encode(out.content.finalize());
+    summary.set_digests = replica::read_state(txn)?
+        .digests
+        .into_iter()
+        .map(|(k, d)| (k, d.summary()))
+        .collect();
+    Ok((summary, names))
+}
+
+impl Repository {
+    /// Writes a complete backup of one consistent snapshot to `w` (works
+    /// on a repository opened read-only beside the running daemon).
+    pub fn backup(&self, w: &mut dyn Write) -> Result<Summary, RepoError> {
+        self.read(|txn| {
+            let (summary, tables) = digest_of(txn)?;
+            let mut out = Out {
+                w,
+                file: Sha256::new(),
+                content: Sha256::new(),
+                summary: Summary::default(),
+            };
+            out.raw(MAGIC)?;
+            out.section(&Section::Header {
+                identity: self.identity.clone(),
+                taken_at_ms: clock::now_us() / 1000,
+                tables,
+            })?;
+            for_each_table!(dump, txn, &mut out);
+            out.summary.content_sha256 = summary.content_sha256.clone();
+            out.summary.set_digests = summary.set_digests.clone();
+            if out.summary != summary {
+                return Err(RepoError::Storage(
+                    "the snapshot changed while it was read".into(),
+                ));
+            }
+            out.section(&Section::Trailer(summary.clone()))?;
+            let sum = out.file.clone().finalize();
+            out.w.write_all(&sum).map_err(storage)?;
+            out.w.flush().map_err(storage)?;
+            Ok(summary)
+        })
+    }
+
+    /// The summary a backup taken now would carry (row counts, content and
+    /// set digests), for comparing a restored repository with its backup.
+    pub fn content_summary(&self) -> Result<Summary, RepoError> {
+        self.read(|txn| digest_of(txn).map(|(s, _)| s))
+    }
+}
+
+/// Reads a backup file whole: its identity, its summary and, section by
+/// section, its rows (given to `rows`). Every check a restore relies on is
+/// made: the file digest, the section framing, each sealed value's
+/// checksum, the row counts and the content digest against the trailer.
+fn read_backup(
+    r: &mut dyn Read,
+    mut rows: impl FnMut(
+        &str,
+        Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    ) -> Result<(), RepoError>,
+) -> Result<(Identity, Summary), RepoError> {
+    let bad = |why: String| RepoError::Corrupt(format!("backup: {why}"));
+    let mut bytes = Vec::new();
+    r.read_to_end(&mut bytes).map_err(storage)?;
+    if bytes.len() < MAGIC.len() + 32 || !bytes.starts_with(MAGIC) {
+        return Err(bad("not a signer backup file (no header)".into()));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err(bad(
+            "its SHA-256 does not match: the file is truncated or damaged".into(),
+        ));
+    }
+    let mut at = MAGIC.len();
+    let mut identity = None;
+    let mut trailer = None;
+    let mut content = Sha256::new();
+    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+    while at < body.len() {
+        let len_bytes: [u8; 4] = body
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("a section is cut short".into()))?;
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        let section = body
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| bad("a section is cut short".into()))?;
+        at += 4 + len;
+        let section: Section = rmp_serde::from_slice(section)
+            .map_err(|e| bad(format!("a section does not decode: {e}")))?;
+        match section {
+            Section::Header { identity: id, .. } => identity = Some(id),
+            Section::Rows { table, rows: chunk } => {
+                if trailer.is_some() || identity.is_none() {
+                    return Err(bad("rows outside header and trailer".into()));
+                }
+                for (k, v) in &chunk {
+                    content_row(&mut content, &table, k, v);
+                    if SEALED.contains(&table.as_str()) {
+                        sealed::payload(&table, v).map_err(|e| bad(e.to_string()))?;
+                    }
+                }
+                *counted.entry(table.clone()).or_default() += chunk.len() as u64;
+                rows(&table, chunk)?;
+            }
+            Section::Trailer(s) => trailer = Some(s),
+        }
+    }
+    let identity = identity.ok_or_else(|| bad("no header".into()))?;
+    let summary = trailer.ok_or_else(|| bad("no trailer: the backup is incomplete".into()))?;
+    for (table, n) in &summary.rows {
+        if counted.get(table).copied().unwrap_or(0) != *n {
+            return Err(bad(format!(
+                "table {table}: the trailer counts {n} rows, the file holds {}",
+                counted.get(table).copied().unwrap_or(0)
+            )));
+        }
+    }
+    if hex::encode(content.finalize()) != summary.content_sha256 {
+        return Err(bad("its content digest does not match its trailer".into()));
+    }
+    Ok((identity, summary))
+}
+
+/// Tables whose values are sealed (checked row by row on verification).
+const SEALED: &[&str] = &[
+    "identity_v1",
+    "certs_v1",
+    "requests_v1",
+    "revocations_v1",
+    "crls_v1",
+    "crl_history_v1",
+    "openpgp_certifications_v1",
+    "events_v1",
+    "digests_v1",
+    "conflicts_v1",
+];
+
+/// Checks a backup file without restoring it; returns its identity and summary.
+pub fn verify_backup(r: &mut dyn Read) -> Result<(Identity, Summary), RepoError> {
+    read_backup(r, |_, _| Ok(()))
+}
+
+fn insert_rows<K: Key + 'static, V: Value + 'static>(
+    def: TableDefinition<K, V>,
+    txn: &redb::WriteTransaction,
+    table: &str,
+    rows: &[(serde_bytes::ByteBuf, serde_bytes::ByteBuf)],
+    done: &mut bool,
+) -> Result<(), RepoError> {
+    if *done || def.name() != table {
+        return Ok(());
+    }
+    *done = true;
+    let mut t = txn.open_table(def).map_err(storage)?;
+    for (k, v) in rows {
+        t.insert(K::from_bytes(k), V::from_bytes(v))
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Restores a backup into a new repository file at `path` (refused if
+    /// anything is there) and checks that the restored content reproduces
+    /// the backup's digests; the identity must be the one `expected`
+    /// describes. The restored repository gets a new replication epoch.
+    /// Returns the backup's summary. A restore that fails leaves no file.
+    pub fn restore(
+        path: &Path,
+        backup: &mut dyn Read,
+        expected: &identity::Expected,
+        options: &crate::OpenOptions,
+    ) -> Result<Summary, RepoError> {
+        let shown = path.display().to_string();
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(identity::Refusal::Exists(shown).into());
+        }
+        let result = restore_into(path, backup, expected, options);
+        if result.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+}
+
+fn restore_into(
+    path: &Path,
+    backup: &mut dyn Read,
+    expected: &identity::Expected,
+    options: &crate::OpenOptions,
+) -> Result<Summary, RepoError> {
+    let shown = path.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
+    let backend = redb::backends::FileBackend::new(file)
+        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
+    let db = crate::builder(options)
+        .create_with_backend(backend)
+        .map_err(|e| crate::open_error(&shown, e))?;
+    let first = db.begin_write().map_err(storage)?;
+    crate::create_tables(&first)?;
+    let mut txn = Some(first);
+    let mut pending = 0usize;
+    let (found, summary) = read_backup(backup, |table, rows| {
+        let Some(t) = txn.as_ref() else {
+            return Err(RepoError::Closed);
+        };
+        let mut done = false;
+        for_each_table!(insert_rows, t, table, &rows, &mut done);
+        if !done {
+            return Err(RepoError::Corrupt(format!("backup: unknown table {table}")));
+        }
+        pending += rows.len();
+        if pending >= RESTORE_BATCH {
+            if let Some(t) = txn.take() {
+                t.commit().map_err(storage)?;
+            }
+            txn = Some(db.begin_write().map_err(storage)?);
+            pending = 0;
+        }
+        Ok(())
+    })?;
+    if let Some(t) = txn.take() {
+        t.commit().map_err(storage)?;
+    }
+    identity::reconcile(&shown, &found, expected)?;
+    let restored = digest_of(&db.begin_read().map_err(storage)?)?.0;
+    if restored != summary {
+        return Err(RepoError::Corrupt(format!(
+            "the restored repository does not reproduce the backup (content {} against {})",
+            restored.content_sha256, summary.content_sha256
+        )));
+    }
+    let txn = db.begin_write().map_err(storage)?;
+    crate::create_tables(&txn)?;
+    txn.open_table(replica::META)
+        .map_err(storage)?
+        .insert("epoch", crate::new_epoch(path))
+        .map_err(storage)?;
+    audit::append(
+        &txn,
+        &found.signer_id,
+        vec![crate::AuditEntry::new("repository", "restore", "ok")
+            .fact("content_sha256", summary.content_sha256.clone())
+            .fact("certificates", summary.count(CERTS.name()).to_string())
+            .fact("revocations", summary.count(REVOCATIONS.name()).to_string())],
+    )?;
+    txn.commit().map_err(storage)?;
+    Ok(summary)
+}

@@ -1,0 +1,280 @@
+//! `repo check`: every table, every value.
+//!
+//! Each value is read and its checksum verified ([`crate::sealed`]); keys
+//! must agree with the records they hold; the indexes must point at records
+//! that exist and every record must be indexed; the stored set digests
+//! must equal digests recomputed from the records (a record lost to damage
+//! shows there); the audit chain must link. Reading is streamed: memory
+//! stays bounded whatever the size.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableTable, TableHandle};
+
+use crate::replica::{self, SetDigest};
+use crate::{
+    audit, decode, decode_request, decode_revocation, hex, identity, openpgp, sealed, storage,
+    CrlMeta, CrlRecord, RepoError, Repository, CERTS, CRLS, CRL_HISTORY, EXPIRY, REQUESTS,
+    REVOCATIONS, REVOCATION_SEQ,
+};
+
+/// At most this many problems are listed; the first is the one to act on.
+const MAX_PROBLEMS: usize = 100;
+
+/// What `repo check` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Values read and checked.
+    pub records: u64,
+    /// What is wrong, first damage first (empty when consistent).
+    pub problems: Vec<String>,
+}
+
+struct Found {
+    report: CheckReport,
+}
+
+impl Found {
+    fn problem(&mut self, p: String) {
+        if self.report.problems.len() < MAX_PROBLEMS {
+            self.report.problems.push(p);
+        }
+    }
+}
+
+impl Repository {
+    /// Reads every table and every value of one consistent snapshot and
+    /// checks them against each other (see the module documentation).
+    pub fn check(&self) -> Result<CheckReport, RepoError> {
+        self.read(|txn| {
+            let mut f = Found {
+                report: CheckReport::default(),
+            };
+            check_tables(txn, &self.origin, &mut f)?;
+            Ok(f.report)
+        })
+    }
+}
+
+fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Result<(), RepoError> {
+    match identity::read(txn) {
+        Ok(Some(_)) => f.report.records += 1,
+        Ok(None) => f.problem("identity: the record is missing".into()),
+        Err(e) => f.problem(format!("identity: {e}")),
+    }
+    let certs = txn.open_table(CERTS).map_err(storage)?;
+    let requests = txn.open_table(REQUESTS).map_err(storage)?;
+    let expiry = txn.open_table(EXPIRY).map_err(storage)?;
+    let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+    let mut digests: BTreeMap<String, SetDigest> = BTreeMap::new();
+
+    for item in certs.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let (issuer, serial) = key.value();
+        f.report.records += 1;
+        let r = match decode(value.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                f.problem(format!("certificate {issuer}/{}: {e}", hex(serial)));
+                continue;
+            }
+        };
+        if r.issuer != issuer || r.serial != serial {
+            f.problem(format!(
+                "certificate {issuer}/{}: the record names {}/{}",
+                hex(serial),
+                r.issuer,
+                hex(&r.serial)
+            ));
+        }
+        match requests.get(r.request_id.as_str()).map_err(storage)? {
+            None => f.problem(format!(
+                "certificate {issuer}/{}: request id {} not indexed",
+                hex(serial),
+                r.request_id
+            )),
+            Some(v) => {
+                if let Err(e) = decode_request(v.value()) {
+                    f.problem(format!("request {}: {e}", r.request_id));
+                }
+            }
+        }
+        if expiry
+            .get((r.not_after, issuer, serial))
+            .map_err(storage)?
+            .is_none()
+        {
+            f.problem(format!(
+                "certificate {issuer}/{}: not in the expiry index",
+                hex(serial)
+            ));
+        }
+        replica::add_cert(digests.entry(r.issuer.clone()).or_default(), &r);
+    }
+    for item in requests.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        f.report.records += 1;
+        match decode_request(value.value()) {
+            Err(e) => f.problem(format!("request {}: {e}", key.value())),
+            Ok(entry) => {
+                if certs
+                    .get((entry.issuer.as_str(), entry.serial.as_slice()))
+                    .map_err(storage)?
+                    .is_none()
+                {
+                    f.problem(format!(
+                        "request {}: its certificate is missing",
+                        key.value()
+                    ));
+                }
+            }
+        }
+    }
+    for item in expiry.iter().map_err(storage)? {
+        let (key, _) = item.map_err(storage)?;
+        let (_, issuer, serial) = key.value();
+        if certs.get((issuer, serial)).map_err(storage)?.is_none() {
+            f.problem(format!(
+                "expiry index: {issuer}/{} has no certificate",
+                hex(serial)
+            ));
+        }
+    }
+    let seqs = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+    for item in revocations.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let (issuer, _, serial) = key.value();
+        f.report.records += 1;
+        match decode_revocation(value.value()) {
+            Err(e) => f.problem(format!("revocation {issuer}/{}: {e}", hex(serial))),
+            Ok(r) => {
+                if r.issuer != issuer || r.serial != serial {
+                    f.problem(format!(
+                        "revocation {issuer}/{}: the record names {}/{}",
+                        hex(serial),
+                        r.issuer,
+                        hex(&r.serial)
+                    ));
+                }
+                let counter = seqs.get(issuer).map_err(storage)?.map_or(0, |v| v.value());
+                if r.seq > counter {
+                    f.problem(format!(
+                        "revocation {issuer}/{}: counted {} beyond the issuer's counter {counter}",
+                        hex(serial),
+                        r.seq
+                    ));
+                }
+                replica::add_revocation(digests.entry(r.issuer.clone()).or_default(), &r);
+            }
+        }
+    }
+    let history = txn.open_table(CRL_HISTORY).map_err(storage)?;
+    for item in history.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        f.report.records += 1;
+        if let Err(e) = sealed::open::<CrlMeta>(CRL_HISTORY.name(), value.value()) {
+            f.problem(format!(
+                "CRL history {}/{}: {e}",
+                key.value().0,
+                hex(key.value().1)
+            ));
+        }
+    }
+    let crls = txn.open_table(CRLS).map_err(storage)?;
+    for item in crls.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        f.report.records += 1;
+        match sealed::open::<CrlRecord>(CRLS.name(), value.value()) {
+            Err(e) => f.problem(format!("CRL of {}: {e}", key.value())),
+            Ok(crl) => {
+                use sha2::Digest;
+                if sha2::Sha256::digest(&crl.der).as_slice() != crl.sha256.as_slice() {
+                    f.problem(format!(
+                        "CRL of {}: its DER does not match its digest",
+                        key.value()
+                    ));
+                }
+                if history
+                    .get((crl.issuer.as_str(), crl.number.as_slice()))
+                    .map_err(storage)?
+                    .is_none()
+                {
+                    f.problem(format!(
+                        "CRL of {}: number {} missing from the history",
+                        key.value(),
+                        hex(&crl.number)
+                    ));
+                }
+            }
+        }
+    }
+    let certifications = txn.open_table(openpgp::CERTIFICATIONS).map_err(storage)?;
+    for item in certifications.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        f.report.records += 1;
+        match openpgp::decode(value.value()) {
+            Err(e) => f.problem(format!("OpenPGP certification {}: {e}", key.value())),
+            Ok(r) if r.request_id != key.value() => f.problem(format!(
+                "OpenPGP certification {}: the record names {}",
+                key.value(),
+                r.request_id
+            )),
+            Ok(_) => {}
+        }
+    }
+    let conflicts = txn.open_table(replica::CONFLICTS).map_err(storage)?;
+    for item in conflicts.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        f.report.records += 1;
+        if let Err(e) = sealed::open::<replica::Conflict>(replica::CONFLICTS.name(), value.value())
+        {
+            f.problem(format!("conflict {}: {e}", key.value()));
+        }
+    }
+    let events = txn.open_table(replica::EVENTS).map_err(storage)?;
+    for item in events.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        f.report.records += 1;
+        if let Err(e) = sealed::payload(replica::EVENTS.name(), value.value()) {
+            f.problem(format!("outbox event {}: {e}", key.value()));
+        }
+    }
+    let stored = txn.open_table(replica::DIGESTS).map_err(storage)?;
+    let mut issuers: Vec<String> = digests.keys().cloned().collect();
+    for item in stored.iter().map_err(storage)? {
+        let (key, _) = item.map_err(storage)?;
+        if !digests.contains_key(key.value()) {
+            issuers.push(key.value().to_string());
+        }
+    }
+    for issuer in issuers {
+        let computed = digests.remove(&issuer).unwrap_or_default();
+        let have: SetDigest = match stored.get(issuer.as_str()).map_err(storage)? {
+            None => SetDigest::default(),
+            Some(v) => match sealed::open(replica::DIGESTS.name(), v.value()) {
+                Ok(d) => d,
+                Err(e) => {
+                    f.problem(format!("set digest of {issuer}: {e}"));
+                    continue;
+                }
+            },
+        };
+        if !replica::same_sets(&have, &computed) {
+            f.problem(format!(
+                "set digest of {issuer}: stored {}, the records give {} (a record was lost or added outside the signer)",
+                have.summary(),
+                computed.summary()
+            ));
+        }
+    }
+    for report in audit::verify_all(txn, origin)? {
+        f.report.records += report.entries;
+        if let Some((seq, why)) = report.broken {
+            f.problem(format!(
+                "audit chain of {}: entry {seq}: {why}",
+                report.signer_id
+            ));
+        }
+    }
+    Ok(())
+}

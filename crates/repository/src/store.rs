@@ -1,0 +1,138 @@
+//! The database handle behind the repository, and what it does after a
+//! failed write.
+//!
+//! redb latches the first I/O error of a write (a full disk, a vanished
+//! device): every later transaction fails with "Previous I/O error" until
+//! the database is opened again. The writable handle notes each write's
+//! outcome; after a failure it reopens the file before the next write (with
+//! the integrity check), so when space returns the signer writes again by
+//! itself. Until a write succeeds, [`Writable::fault`] says why, and the
+//! daemon's health is failing.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redb::Database;
+
+use crate::{guard, open_error, RepoError};
+
+/// The latest failed write, until a write succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFault {
+    /// When writes began failing, Unix milliseconds.
+    pub since_ms: i64,
+    /// Writes failed since then.
+    pub failures: u64,
+    /// The latest cause.
+    pub cause: String,
+}
+
+/// The writable database, reopened after a failed write.
+pub(crate) struct Writable {
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    options: crate::OpenOptions,
+    needs_reopen: AtomicBool,
+    fault: Mutex<Option<WriteFault>>,
+}
+
+/// How long a reopen waits for readers to let go of the old handle.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+impl Writable {
+    pub(crate) fn new(db: Database, path: PathBuf, options: crate::OpenOptions) -> Writable {
+        Writable {
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
+            options,
+            needs_reopen: AtomicBool::new(false),
+            fault: Mutex::new(None),
+        }
+    }
+
+    /// The handle to use now (reopened first if the last write failed).
+    pub(crate) fn get(&self) -> Result<Arc<Database>, RepoError> {
+        if self.needs_reopen.load(Ordering::SeqCst) {
+            if let Err(e) = self.reopen() {
+                self.note::<()>(&Err(RepoError::Storage(e.to_string())));
+                return Err(e);
+            }
+        }
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| RepoError::Storage("the repository is being reopened".into()))
+    }
+
+    fn reopen(&self) -> Result<(), RepoError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.needs_reopen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(mut old) = slot.take() {
+            // redb holds the file lock until the last handle is gone.
+            let deadline = Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if Instant::now() < deadline => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(still_shared) => {
+                        *slot = Some(still_shared);
+                        return Err(RepoError::Storage(
+                            "cannot reopen the repository: a reader still holds it".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let shown = self.path.display().to_string();
+        let db = guard(|| {
+            crate::builder(&self.options)
+                .set_check_integrity_on_open(true)
+                .open(&self.path)
+                .map_err(|e| open_error(&shown, e))
+        })?;
+        *slot = Some(Arc::new(db));
+        self.needs_reopen.store(false, Ordering::SeqCst);
+        tracing::warn!(path = %shown, "repository reopened after a failed write");
+        Ok(())
+    }
+
+    /// Notes a write's outcome: a storage failure schedules a reopen and is
+    /// kept as the fault; a success clears it.
+    pub(crate) fn note<T>(&self, result: &Result<T, RepoError>) {
+        let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => {
+                if let Some(f) = fault.take() {
+                    tracing::info!(failures = f.failures, "repository writes succeed again");
+                }
+            }
+            Err(RepoError::Storage(cause)) | Err(RepoError::Corrupt(cause)) => {
+                self.needs_reopen.store(true, Ordering::SeqCst);
+                let f = fault.get_or_insert_with(|| WriteFault {
+                    since_ms: crate::clock::now_us() / 1000,
+                    failures: 0,
+                    cause: String::new(),
+                });
+                f.failures += 1;
+                f.cause = cause.clone();
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The current write fault, if writes are failing.
+    pub(crate) fn fault(&self) -> Option<WriteFault> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -1,0 +1,425 @@
+//! State the signer reads — its repository, its clock, its backups — when
+//! absent, empty, foreign, damaged, full, or wrong: every case is refused
+//! loudly (exit code, status, health) and nothing issued or revoked is lost
+//! or served damaged. Real `signerd`, SoftHSM2 tokens, real files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use signer_client::Client;
+use signer_protocol::msg::{self, HealthStatus};
+use signer_protocol::{Command as Cmd, Status};
+use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
+use signer_testsupport::{bin, output, Bench, LinkSpec};
+
+/// Exit codes of `signerd` (README).
+const REFUSED: i32 = 5;
+const DAMAGED: i32 = 6;
+
+fn signerd(c: &Ceremony, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin("signerd"));
+    cmd.args(args).current_dir(c.dir());
+    for (k, v) in c.env() {
+        cmd.env(k, v);
+    }
+    let (code, out, err) = output(&mut cmd);
+    (code, format!("{out}{err}"))
+}
+
+fn repo(c: &Ceremony) -> PathBuf {
+    c.dir().join("repository.redb")
+}
+
+fn sign(client: &Client, d: &Path, id: &str) -> Result<msg::SignX509Reply, (Status, String)> {
+    let csr = make_csr(d, id, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    client
+        .call_typed(Cmd::SIGN_X509, &sign_request(id, csr, "www.example.org"))
+        .map_err(|e| match e {
+            signer_client::ClientError::Signer {
+                status, message, ..
+            } => (status, message),
+            other => (Status::INTERNAL, other.to_string()),
+        })
+}
+
+fn check<'a>(h: &'a msg::HealthReply, name: &str) -> Option<&'a msg::Check> {
+    h.checks.iter().find(|c| c.name == name)
+}
+
+/// Every command that reads the repository refuses, with exit code `code`
+/// and `words` in its message, and creates nothing.
+fn all_refuse(c: &Ceremony, code: i32, words: &str) {
+    for args in [
+        &["run", "--config", "setup.yaml"][..],
+        &["check-config", "--config", "setup.yaml"],
+        &["repo", "check", "--config", "setup.yaml"],
+        &["audit", "verify", "--config", "setup.yaml"],
+        &[
+            "setup",
+            "csr",
+            "--config",
+            "setup.yaml",
+            "--key",
+            "sub",
+            "--subject",
+            "CN=x",
+            "--out",
+            "x.csr",
+        ],
+    ] {
+        let (got, text) = signerd(c, args);
+        assert_eq!(got, Some(code), "signerd {args:?}: {text}");
+        assert!(text.contains(words), "signerd {args:?}: {text}");
+    }
+}
+
+#[test]
+fn missing_empty_foreign_and_other_signers_repositories_are_refused() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let path = repo(&c);
+    let kept = c.dir().join("kept.redb");
+    std::fs::rename(&path, &kept).unwrap();
+
+    all_refuse(&c, REFUSED, "there is no repository");
+    assert!(
+        !path.exists(),
+        "nothing creates a repository as a side effect"
+    );
+
+    std::fs::write(&path, b"").unwrap();
+    all_refuse(&c, REFUSED, "is empty");
+
+    std::fs::write(&path, vec![0x55; 8192]).unwrap();
+    all_refuse(&c, REFUSED, "is not a signer repository");
+
+    // Another CA's repository (other keys, same names) is foreign.
+    let other = Ceremony::new("p256", SERVER_PROFILE);
+    std::fs::copy(repo(&other), &path).unwrap();
+    all_refuse(&c, REFUSED, "the configured certificate for root has key");
+
+    // This CA's repository under another signer id (the twin's, say).
+    std::fs::copy(&kept, &path).unwrap();
+    let yaml = std::fs::read_to_string(c.dir().join("setup.yaml")).unwrap();
+    std::fs::write(
+        c.dir().join("setup.yaml"),
+        yaml.replace("signer_id: test-signer", "signer_id: signer-b"),
+    )
+    .unwrap();
+    all_refuse(&c, REFUSED, "it belongs to signer \"test-signer\"");
+    std::fs::write(c.dir().join("setup.yaml"), yaml).unwrap();
+
+    // `repo init` never replaces a repository.
+    let (code, text) = signerd(&c, &["repo", "init", "--config", "setup.yaml"]);
+    assert_eq!(code, Some(REFUSED), "{text}");
+    assert!(text.contains("already exists"), "{text}");
+    let (code, text) = signerd(&c, &["repo", "check", "--config", "setup.yaml"]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+#[test]
+fn damage_is_found_and_never_served() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let first = sign(&client, &d, "web-1").unwrap();
+    sign(&client, &d, "web-2").unwrap();
+    drop(client);
+    bench.daemon.signal("TERM");
+    assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    let pristine = std::fs::read(repo(&c)).unwrap();
+
+    // A byte flipped inside the stored certificate: redb's page checksum
+    // fails at open, and every command refuses with the damaged exit code
+    // instead of panicking or serving it.
+    let b64 = base64_of(&first.certificate);
+    let at = find(&pristine, &b64[40..80]).expect("the certificate is in the file") + 10;
+    let mut bad = pristine.clone();
+    bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(repo(&c), &bad).unwrap();
+    for args in [
+        &["repo", "check", "--config", "setup.yaml"][..],
+        &["run", "--config", "setup.yaml"],
+        &["audit", "verify", "--config", "setup.yaml"],
+    ] {
+        let (code, text) = signerd(&c, args);
+        assert_eq!(code, Some(DAMAGED), "signerd {args:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+
+    // Bytes flipped anywhere in the file (pages, headers, free space): a
+    // clear refusal or a clean check, never a panic (exit 101).
+    for offset in (0..pristine.len())
+        .step_by(4096)
+        .chain([0x1000, 0x1010, 0x2000 + 7])
+    {
+        let mut bad = pristine.clone();
+        bad[offset] ^= 0x40;
+        std::fs::write(repo(&c), &bad).unwrap();
+        let (code, text) = signerd(&c, &["repo", "check", "--config", "setup.yaml"]);
+        assert!(
+            matches!(code, Some(0 | REFUSED | DAMAGED)),
+            "offset {offset:#x}: {code:?} {text}"
+        );
+        assert!(!text.contains("panicked"), "offset {offset:#x}: {text}");
+    }
+    std::fs::write(repo(&c), &pristine).unwrap();
+    let (code, text) = signerd(&c, &["repo", "check", "--config", "setup.yaml"]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+fn base64_of(der: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+fn find(haystack: &[u8], needle: &str) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+}
+
+fn faketime_env(c: &Ceremony, offset: &str) -> Vec<(String, PathBuf)> {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libfaketime (Debian package faketime; scripts/setup-debian.sh installs it)");
+    let mut env = c.env();
+    env.push(("LD_PRELOAD".into(), lib.into()));
+    env.push(("FAKETIME".into(), offset.into()));
+    env.push(("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()));
+    env
+}
+
+#[test]
+fn a_clock_set_back_or_far_ahead_signs_nothing() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    {
+        let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+        let client = bench.client();
+        sign(&client, &d, "before").unwrap();
+        let _: msg::FetchCrlReply = client
+            .call_typed(
+                Cmd::FETCH_CRL,
+                &msg::FetchCrl {
+                    issuer: "sub".into(),
+                    have_number: None,
+                    have_sha256: None,
+                },
+            )
+            .unwrap();
+        drop(client);
+        bench.daemon.signal("TERM");
+        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    }
+    for (offset, words) in [("-365d", "already recorded"), ("+10950d", "outside CA")] {
+        let bench = Bench::start_with_env(
+            LinkSpec::unthrottled(),
+            &c.ca_yaml,
+            faketime_env(&c, offset),
+        );
+        let client = bench.client();
+        let (status, message) = sign(&client, &d, &format!("after{offset}")).unwrap_err();
+        assert_eq!(status, Status::CLOCK_UNTRUSTED, "{offset}: {message}");
+        assert!(message.contains(words), "{offset}: {message}");
+        let crl = client.call_typed::<_, msg::FetchCrlReply>(
+            Cmd::FETCH_CRL,
+            &msg::FetchCrl {
+                issuer: "sub".into(),
+                have_number: None,
+                have_sha256: None,
+            },
+        );
+        assert!(
+            matches!(&crl, Err(signer_client::ClientError::Signer { status, .. }) if *status == Status::CLOCK_UNTRUSTED),
+            "{offset}: {crl:?}"
+        );
+        let health = client.health().unwrap();
+        assert_eq!(health.status, HealthStatus::Failing, "{offset}");
+        let clock = check(&health, "clock").unwrap();
+        assert_eq!(clock.status, HealthStatus::Failing, "{clock:?}");
+        // A retried request id is still answered with its certificate.
+        let again = sign(&client, &d, "before").unwrap();
+        assert!(again.replayed);
+    }
+    // Back on the right clock: signing resumes (a refused clock left no mark).
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    sign(&client, &d, "later").unwrap();
+    assert_eq!(
+        check(&client.health().unwrap(), "clock").unwrap().status,
+        HealthStatus::Ok
+    );
+}
+
+#[test]
+fn an_online_backup_restores_every_record_and_revocation() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let mut serials = Vec::new();
+    for i in 0..12 {
+        serials.push(sign(&client, &d, &format!("b-{i}")).unwrap().serial);
+    }
+    for (i, serial) in serials.iter().take(5).enumerate() {
+        let _: msg::RevokeX509Reply = client
+            .call_typed(
+                Cmd::REVOKE_X509,
+                &msg::RevokeX509 {
+                    issuer: "sub".into(),
+                    serial: serial.clone(),
+                    reason: 1,
+                    invalidity_date: None,
+                    request_id: format!("r-{i}"),
+                },
+            )
+            .unwrap();
+    }
+    // The backup runs beside the serving daemon while it keeps signing.
+    let stream = {
+        let client = bench.client();
+        let d = d.clone();
+        std::thread::spawn(move || {
+            for i in 0..8 {
+                sign(&client, &d, &format!("during-{i}")).unwrap();
+            }
+        })
+    };
+    let (code, text) = signerd(
+        &c,
+        &[
+            "repo",
+            "backup",
+            "--config",
+            "setup.yaml",
+            "--out",
+            "full.backup",
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("5 revocations"), "{text}");
+    stream.join().unwrap();
+    let (code, text) = signerd(&c, &["audit", "verify", "--config", "setup.yaml"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "audit verify beside the running daemon: {text}"
+    );
+    let (code, text) = signerd(&c, &["repo", "check", "--config", "setup.yaml"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "repo check beside the running daemon: {text}"
+    );
+    assert!(text.contains("beside the running signerd"), "{text}");
+    drop(client);
+    bench.daemon.signal("TERM");
+    assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+
+    let (code, verified) = signerd(
+        &c,
+        &[
+            "repo",
+            "verify-backup",
+            "--in",
+            "full.backup",
+            "--config",
+            "setup.yaml",
+        ],
+    );
+    assert_eq!(code, Some(0), "{verified}");
+    // A truncated backup is refused.
+    let bytes = std::fs::read(d.join("full.backup")).unwrap();
+    std::fs::write(d.join("cut.backup"), &bytes[..bytes.len() - 100]).unwrap();
+    let (code, text) = signerd(&c, &["repo", "verify-backup", "--in", "cut.backup"]);
+    assert_eq!(code, Some(DAMAGED), "{text}");
+
+    // The disk is lost: restore, and the next CRL has every revocation.
+    std::fs::rename(repo(&c), d.join("lost.redb")).unwrap();
+    let (code, restored) = signerd(
+        &c,
+        &[
+            "repo",
+            "restore",
+            "--config",
+            "setup.yaml",
+            "--in",
+            "full.backup",
+        ],
+    );
+    assert_eq!(code, Some(0), "{restored}");
+    let digests = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("content sha256") || l.starts_with("set digest"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(digests(&restored), digests(&verified));
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let crl: msg::FetchCrlReply = client
+        .call_typed(
+            Cmd::FETCH_CRL,
+            &msg::FetchCrl {
+                issuer: "sub".into(),
+                have_number: None,
+                have_sha256: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(crl.entries, 5);
+    // Every certificate is there: a retried request id is replayed.
+    assert!(sign(&client, &d, "b-11").unwrap().replayed);
+    // A key_compromise serial cannot be revoked again as superseded.
+    let again = client.call_typed::<_, msg::RevokeX509Reply>(
+        Cmd::REVOKE_X509,
+        &msg::RevokeX509 {
+            issuer: "sub".into(),
+            serial: serials[0].clone(),
+            reason: 4,
+            invalidity_date: None,
+            request_id: "r-again".into(),
+        },
+    );
+    assert!(
+        matches!(&again, Err(signer_client::ClientError::Signer { status, .. }) if *status == Status::REVOCATION_CONFLICT),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn read_only_commands_do_not_grow_the_repository() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    for _ in 0..50 {
+        let _: msg::CaCertsReply = client.call_typed(Cmd::CA_CERTS, &msg::Empty {}).unwrap();
+    }
+    let head = |client: &Client| -> u64 {
+        let h = client.health().unwrap();
+        let detail = &check(&h, "audit").unwrap().detail;
+        detail.split(' ').next().unwrap().parse().unwrap()
+    };
+    let before = head(&client);
+    let size_before = std::fs::metadata(repo(&c)).unwrap().len();
+    for _ in 0..1500 {
+        let _: msg::CaCertsReply = client.call_typed(Cmd::CA_CERTS, &msg::Empty {}).unwrap();
+        client.health().unwrap();
+    }
+    assert_eq!(
+        head(&client),
+        before,
+        "no audit entry per read-only request"
+    );
+    let size_after = std::fs::metadata(repo(&c)).unwrap().len();
+    assert!(
+        size_after <= size_before + 64 * 1024,
+        "{size_before} → {size_after} bytes for 3,000 read-only requests"
+    );
+}
