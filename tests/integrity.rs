@@ -2,6 +2,7 @@
 //! absent, empty, foreign, damaged, full, or wrong: every case is refused
 //! loudly (exit code, status, health) and nothing issued or revoked is lost
 //! or served damaged. Real `signerd`, SoftHSM2 tokens, real files.
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,10 +32,20 @@ fn repo(c: &Ceremony) -> PathBuf {
     c.dir().join("repository.redb")
 }
 
+/// Signs a new key's CSR under request id `id` (the same request again when
+/// `id` was used before in `d`).
 fn sign(client: &Client, d: &Path, id: &str) -> Result<msg::SignX509Reply, (Status, String)> {
-    let csr = make_csr(d, id, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let saved = d.join(format!("{id}.request"));
+    let request = match std::fs::read(&saved) {
+        Ok(csr) => sign_request(id, csr, "www.example.org"),
+        Err(_) => {
+            let csr = make_csr(d, id, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+            std::fs::write(&saved, &csr).unwrap();
+            sign_request(id, csr, "www.example.org")
+        }
+    };
     client
-        .call_typed(Cmd::SIGN_X509, &sign_request(id, csr, "www.example.org"))
+        .call_typed(Cmd::SIGN_X509, &request)
         .map_err(|e| match e {
             signer_client::ClientError::Signer {
                 status, message, ..
@@ -282,8 +293,9 @@ fn an_online_backup_restores_every_record_and_revocation() {
             .unwrap();
     }
     // The backup runs beside the serving daemon while it keeps signing.
+    let client = std::sync::Arc::new(client);
     let stream = {
-        let client = bench.client();
+        let client = std::sync::Arc::clone(&client);
         let d = d.clone();
         std::thread::spawn(move || {
             for i in 0..8 {
@@ -422,4 +434,90 @@ fn read_only_commands_do_not_grow_the_repository() {
         size_after <= size_before + 64 * 1024,
         "{size_before} → {size_after} bytes for 3,000 read-only requests"
     );
+}
+
+/// Rewrites the stored record of `request_id` through redb itself (pages
+/// stay valid: only the record-level checks can find it). `reseal`: fix
+/// the record's checksum afterwards, as an insider with the format would.
+fn tamper_record(path: &Path, request_id: &str, reseal: bool) {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const CERTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("certs_v1");
+    let db = redb::Database::open(path).unwrap();
+    let found = {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(CERTS).unwrap();
+        let mut found = None;
+        for item in table.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let value = v.value().to_vec();
+            let record: signer_repository::CertRecord =
+                rmp_serde::from_slice(&value[..value.len() - 4]).unwrap();
+            if record.request_id == request_id {
+                found = Some((
+                    (k.value().0.to_string(), k.value().1.to_vec()),
+                    record,
+                    value,
+                ));
+            }
+        }
+        found.expect("the record is stored")
+    };
+    let ((issuer, serial), mut record, mut value) = found;
+    if reseal {
+        let at = record.der.len() - 20;
+        record.der[at] ^= 0x01;
+        let payload = rmp_serde::to_vec_named(&record).unwrap();
+        let mut h = crc32fast::Hasher::new();
+        h.update(b"certs_v1\0");
+        h.update(&payload);
+        value = payload;
+        value.extend_from_slice(&h.finalize().to_be_bytes());
+    } else {
+        let mid = value.len() / 2;
+        value[mid] ^= 0x01;
+    }
+    let txn = db.begin_write().unwrap();
+    txn.open_table(CERTS)
+        .unwrap()
+        .insert((issuer.as_str(), serial.as_slice()), value.as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_damaged_certificate_record_is_refused_on_replay_and_named_by_repo_check() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    {
+        let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+        let client = bench.client();
+        sign(&client, &d, "web-1").unwrap();
+        sign(&client, &d, "web-2").unwrap();
+        drop(client);
+        bench.daemon.signal("TERM");
+        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    }
+    let pristine = std::fs::read(repo(&c)).unwrap();
+    for (reseal, words) in [(false, "fails its checksum"), (true, "does not verify")] {
+        std::fs::write(repo(&c), &pristine).unwrap();
+        tamper_record(&repo(&c), "web-1", reseal);
+        let (code, text) = signerd(&c, &["repo", "check", "--config", "setup.yaml"]);
+        assert_eq!(code, Some(DAMAGED), "{text}");
+        assert!(
+            text.contains(words) && text.contains("certificate sub/"),
+            "{text}"
+        );
+
+        let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+        let client = bench.client();
+        let (status, message) = sign(&client, &d, "web-1").unwrap_err();
+        assert_eq!(status, Status::REPOSITORY_CORRUPT, "{message}");
+        // The undamaged record is still served, and new requests are signed.
+        assert!(sign(&client, &d, "web-2").unwrap().replayed);
+        sign(&client, &d, &format!("web-new-{reseal}")).unwrap();
+        let health = client.health().unwrap();
+        assert_eq!(health.status, HealthStatus::Failing);
+        let scrub = check(&health, "repository:scrub").unwrap();
+        assert_eq!(scrub.status, HealthStatus::Failing, "{scrub:?}");
+    }
 }

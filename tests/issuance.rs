@@ -281,22 +281,16 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
     )
     .unwrap();
     let out = c.setup(&["repo", "check", "--config", "run.yaml"]);
-    assert!(out.contains("consistent: 3 certificates"), "{out}");
-    c.setup(&[
+    assert!(out.contains("repository consistent"), "{out}");
+    let out = c.setup(&[
         "repo",
-        "export",
+        "backup",
         "--config",
         "run.yaml",
         "--out",
-        "dump.jsonl",
+        "full.backup",
     ]);
-    assert_eq!(
-        std::fs::read_to_string(d.join("dump.jsonl"))
-            .unwrap()
-            .lines()
-            .count(),
-        3
-    );
+    assert!(out.contains("3 certificates"), "{out}");
 }
 
 #[test]
@@ -311,7 +305,32 @@ fn startup_refuses_a_ca_certificate_that_does_not_match_its_key() {
             &format!("certificate: {}/root.pem", c.dir().display()),
         );
     let yaml = yaml.replace("certificate: X", "certificate: ");
+    // The repository knows sub's key: another certificate for sub is refused
+    // before anything is read from the repository (exit 5).
     let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    assert_eq!(
+        bench.daemon.wait(Duration::from_secs(20)),
+        Some(5),
+        "{}",
+        bench.daemon.log()
+    );
+    assert!(
+        bench
+            .daemon
+            .log()
+            .contains("the configured certificate for sub has key"),
+        "{}",
+        bench.daemon.log()
+    );
+    // A new repository made for that configuration: the HSM check stops it (exit 3).
+    let fresh = yaml.replace("repository.redb", "fresh.redb");
+    std::fs::write(
+        c.dir().join("fresh.yaml"),
+        format!("signer_id: test-signer\nlink: {{device: /dev/null}}\n{fresh}"),
+    )
+    .unwrap();
+    c.setup(&["repo", "init", "--config", "fresh.yaml"]);
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &fresh, c.env());
     assert_eq!(
         bench.daemon.wait(Duration::from_secs(20)),
         Some(3),
@@ -331,7 +350,10 @@ fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
     let config = c.dir().join("check.yaml");
     std::fs::write(
         &config,
-        format!("signer_id: a\nlink: {{device: /dev/null}}\n{}", c.ca_yaml),
+        format!(
+            "signer_id: test-signer\nlink: {{device: /dev/null}}\n{}",
+            c.ca_yaml
+        ),
     )
     .unwrap();
     let (ok, text) = c.signerd(&["check-config", "--config", config.to_str().unwrap()]);
@@ -359,7 +381,7 @@ fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
         std::fs::write(
             &config,
             format!(
-                "signer_id: a\nlink: {{device: /dev/null}}\n{}",
+                "signer_id: test-signer\nlink: {{device: /dev/null}}\n{}",
                 c.ca_yaml.replace(from, to)
             ),
         )
@@ -378,7 +400,7 @@ fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
     let broken = c.ca_yaml.replace("issuer: sub", "issuer: nowhere");
     std::fs::write(
         &config,
-        format!("signer_id: a\nlink: {{device: /dev/null}}\n{broken}"),
+        format!("signer_id: test-signer\nlink: {{device: /dev/null}}\n{broken}"),
     )
     .unwrap();
     let (ok, text) = c.signerd(&["check-config", "--config", config.to_str().unwrap()]);
@@ -387,7 +409,10 @@ fn check_config_names_ca_keys_and_refuses_an_open_pin_file() {
     std::fs::set_permissions(c.hsm.pin_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(
         &config,
-        format!("signer_id: a\nlink: {{device: /dev/null}}\n{}", c.ca_yaml),
+        format!(
+            "signer_id: test-signer\nlink: {{device: /dev/null}}\n{}",
+            c.ca_yaml
+        ),
     )
     .unwrap();
     let (ok, text) = c.signerd(&["check-config", "--config", config.to_str().unwrap()]);

@@ -195,16 +195,17 @@ impl crate::CaService {
             .clone();
         let mut verified = 0u64;
         if let Some(issuer) = issuer {
-            self.repo.for_each_certificate(|r| {
-                if let Some(ca) = issuer.cas.get(&r.issuer) {
-                    verified += 1;
-                    if let Err(e) = check_stored(&r, &ca.cert_der) {
-                        if problems.len() < 100 {
-                            problems.push(e);
-                        }
-                    }
-                }
-            })?;
+            let cas = issuer
+                .cas
+                .iter()
+                .map(|(name, ca)| (name.clone(), ca.cert_der.clone()))
+                .collect();
+            let (n, more) = verify_certificates(&self.repo, &cas)?;
+            verified = n;
+            problems.extend(
+                more.into_iter()
+                    .take(100usize.saturating_sub(problems.len())),
+            );
         }
         let took = started.elapsed().as_millis() as u64;
         let mut state = self.scrub_state.lock().unwrap_or_else(|p| p.into_inner());
@@ -269,6 +270,46 @@ impl crate::CaService {
             state.found_on_request.push(what);
         }
     }
+}
+
+/// Verifies every stored certificate against its issuer's certificate
+/// (`cas`: CA name → certificate DER); returns how many were verified and
+/// what failed (at most 100). Certificates of CAs not in `cas` are counted
+/// as a problem: the repository holds records of a CA nobody can check.
+pub fn verify_certificates(
+    repo: &Repository,
+    cas: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<(u64, Vec<String>), RepoError> {
+    let mut verified = 0u64;
+    let mut problems = Vec::new();
+    repo.for_each_certificate(|r| {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                if problems.len() < 100 {
+                    problems.push(e.to_string());
+                }
+                return;
+            }
+        };
+        let outcome = match cas.get(&r.issuer) {
+            Some(ca) => {
+                verified += 1;
+                check_stored(&r, ca)
+            }
+            None => Err(format!(
+                "certificate {}/{}: its issuer is not configured",
+                r.issuer,
+                hex::encode(&r.serial)
+            )),
+        };
+        if let Err(e) = outcome {
+            if problems.len() < 100 {
+                problems.push(e);
+            }
+        }
+    })?;
+    Ok((verified, problems))
 }
 
 /// Checks a stored certificate record: its DER verifies against the CA and

@@ -40,7 +40,7 @@ use tracing::{info, warn};
 pub use audit::CaAudit;
 pub use config::{CaConfig, OpenpgpConfig, ReplicationConfig, StorageConfig};
 pub(crate) use integrity::repo_failure;
-pub use integrity::{expected_identity, open_repository, repository_options};
+pub use integrity::{expected_identity, open_repository, repository_options, verify_certificates};
 
 /// Why the CA service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +48,8 @@ pub enum CaError {
     /// The HSM backend could not be set up (module, PIN).
     #[error("HSM: {0}")]
     Hsm(#[from] HsmError),
-    /// The repository could not be opened.
-    #[error("repository: {0}")]
+    /// The repository could not be opened (or was refused).
+    #[error(transparent)]
     Repository(#[from] RepoError),
     /// A CA is misconfigured (certificate unreadable, not matching its key).
     #[error("{0}")]

@@ -91,7 +91,7 @@ pub enum RepoError {
     #[error("repository closed")]
     Closed,
     /// The file is not this signer's repository, or there is none.
-    #[error("{0}")]
+    #[error(transparent)]
     Refused(#[from] Refusal),
     /// A write on a repository opened read-only (beside a running daemon).
     #[error("the repository is open read-only here (signerd holds it for writing)")]
@@ -286,7 +286,6 @@ pub struct Repository {
     path: PathBuf,
     origin: String,
     identity: Identity,
-    repaired: bool,
     high_water: Arc<AtomicI64>,
     listener: Listener,
     jobs: Mutex<Option<Sender<Job>>>,
@@ -368,6 +367,13 @@ fn open_error(path: &str, e: redb::DatabaseError) -> RepoError {
             why: "not a redb database file".into(),
         }
         .into(),
+        D::Storage(S::Io(e)) if e.to_string().contains("Not a redb database") => {
+            Refusal::NotARepository {
+                path: path.into(),
+                why: "not a redb database file".into(),
+            }
+            .into()
+        }
         D::Storage(S::Corrupted(m)) => RepoError::Corrupt(format!("{path}: {m}")),
         D::RepairAborted => RepoError::Corrupt(format!("{path}: damaged, and not repaired")),
         D::UpgradeRequired(v) => Refusal::NotARepository {
@@ -486,19 +492,14 @@ impl Repository {
     ) -> Result<Repository, RepoError> {
         existing_file(path)?;
         let shown = path.display().to_string();
-        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Every page's checksum is verified before anything is trusted; a
+        // file damaged outside redb is refused rather than read.
         let db = guard(|| {
-            let seen = Arc::clone(&repaired);
             builder(options)
                 .set_check_integrity_on_open(true)
-                .set_repair_callback(move |_| seen.store(true, std::sync::atomic::Ordering::SeqCst))
                 .open(path)
                 .map_err(|e| open_error(&shown, e))
         })?;
-        let repaired = repaired.load(std::sync::atomic::Ordering::SeqCst);
-        if repaired {
-            warn!(path = %shown, "the repository was not closed cleanly; redb recovered it");
-        }
         let identity = guard(|| {
             let txn = db.begin_write().map_err(storage)?;
             let found = {
@@ -563,7 +564,6 @@ impl Repository {
             path: path.to_path_buf(),
             origin,
             identity,
-            repaired,
             high_water,
             listener,
             jobs: Mutex::new(Some(tx)),
@@ -604,7 +604,6 @@ impl Repository {
             path: path.to_path_buf(),
             origin: expected.signer_id.clone(),
             identity,
-            repaired: false,
             high_water: Arc::new(AtomicI64::new(mark.unwrap_or(i64::MIN))),
             listener: Arc::new(Mutex::new(None)),
             jobs: Mutex::new(None),
@@ -658,11 +657,6 @@ impl Repository {
     /// The repository's identity as stored.
     pub fn identity(&self) -> &Identity {
         &self.identity
-    }
-
-    /// Whether redb had to recover the file when it was opened (an unclean stop).
-    pub fn recovered_at_open(&self) -> bool {
-        self.repaired
     }
 
     /// The file.
@@ -844,14 +838,22 @@ impl Repository {
         })
     }
 
-    /// Streams every certificate record (one snapshot; one record in memory at a time).
-    pub fn for_each_certificate(&self, mut f: impl FnMut(CertRecord)) -> Result<u64, RepoError> {
+    /// Streams every certificate record (one snapshot; one record in
+    /// memory at a time); a record that fails its check is given as the
+    /// error naming it, and the stream goes on.
+    pub fn for_each_certificate(
+        &self,
+        mut f: impl FnMut(Result<CertRecord, RepoError>),
+    ) -> Result<u64, RepoError> {
         self.read(|txn| {
             let certs = txn.open_table(CERTS).map_err(storage)?;
             let mut n = 0;
             for item in certs.iter().map_err(storage)? {
-                let (_, v) = item.map_err(storage)?;
-                f(decode(v.value())?);
+                let (k, v) = item.map_err(storage)?;
+                f(decode(v.value()).map_err(|e| {
+                    let (issuer, serial) = k.value();
+                    RepoError::Corrupt(format!("certificate {issuer}/{}: {e}", hex(serial)))
+                }));
                 n += 1;
             }
             Ok(n)
@@ -1141,7 +1143,7 @@ impl Repository {
 
     /// A consistent snapshot of the replication state.
     pub fn replica_state(&self) -> Result<ReplicaState, RepoError> {
-        self.read(|txn| replica::read_state(txn))
+        self.read(replica::read_state)
     }
 
     /// The request id conflicts found while applying the twin's events.

@@ -697,10 +697,24 @@ fn repo(cmd: RepoCmd) -> Result<(), Failed> {
         }
         RepoCmd::Check { config } => {
             let repo = inspect(&config.config)?;
-            let report = repo.check().map_err(repo_failed)?;
+            let mut report = repo.check().map_err(repo_failed)?;
+            // Every stored certificate against its CA's certificate file.
+            let (_, ca) = load(&config.config)?;
+            let mut cas = std::collections::BTreeMap::new();
+            for entry in &ca.cas {
+                if let Ok(der) = std::fs::read(&entry.certificate)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| signer_x509::cert_der(&b))
+                {
+                    cas.insert(entry.name.clone(), der);
+                }
+            }
+            let (verified, bad) =
+                signer_ca::verify_certificates(&repo, &cas).map_err(repo_failed)?;
+            report.problems.extend(bad);
             if report.problems.is_empty() {
                 say!(
-                    "repository consistent: {} records checked{}",
+                    "repository consistent: {} records checked, {verified} certificates verified against their CA{}",
                     report.records,
                     if repo.is_read_only() {
                         " (read beside the running signerd)"

@@ -307,8 +307,8 @@ impl Ceremony {
         std::fs::write(
             d.join("setup.yaml"),
             format!(
-                "signer_id: setup\nlink: {{device: /dev/null}}\n{}",
-                self.ca_yaml
+                "signer_id: {}\nlink: {{device: /dev/null}}\n{}",
+                self.signer_id, self.ca_yaml
             ),
         )
         .expect("write setup.yaml");
