@@ -521,3 +521,118 @@ fn a_damaged_certificate_record_is_refused_on_replay_and_named_by_repo_check() {
         assert_eq!(scrub.status, HealthStatus::Failing, "{scrub:?}");
     }
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount a tmpfs (this test runs as root, as CI does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(at)
+    }
+
+    /// Fills the disk; returns the filler file.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xa5u8; 16 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_health_and_signing_resumes_when_space_returns() {
+    // SAFETY of intent: only root can mount; elsewhere this test says so and stops.
+    if !Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+    {
+        eprintln!("a_full_disk…: needs root to mount a tmpfs (CI runs as root); not run");
+        return;
+    }
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    let disk = SmallDisk::mount(d.join("small"), "6m");
+    let on_disk = disk.0.join("repository.redb");
+    std::fs::copy(repo(&c), &on_disk).unwrap();
+    std::fs::remove_file(repo(&c)).unwrap();
+    let yaml = c.ca_yaml.replace(
+        &format!("{}/repository.redb", d.display()),
+        &on_disk.display().to_string(),
+    );
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let client = bench.client();
+    let mut answered = vec![sign(&client, &d, "full-0").unwrap()];
+
+    let filler = disk.fill();
+    let mut refused = None;
+    for i in 1..400 {
+        match sign(&client, &d, &format!("full-{i}")) {
+            Ok(reply) => answered.push(reply),
+            Err((status, message)) => {
+                refused = Some((i, status, message));
+                break;
+            }
+        }
+    }
+    let (failed_at, status, message) = refused.expect("a full disk refuses to record");
+    assert_eq!(status, Status::REPOSITORY_FAILURE, "{message}");
+    assert!(
+        status.is_retryable(),
+        "retrying after space returns can help"
+    );
+    assert!(message.contains("nothing was issued"), "{message}");
+    let health = client.health().unwrap();
+    assert_eq!(health.status, HealthStatus::Failing);
+    let writes = check(&health, "repository:writes").expect("a failing write check");
+    assert_eq!(writes.status, HealthStatus::Failing, "{writes:?}");
+
+    // Space returns: the next request is recorded without a restart.
+    std::fs::remove_file(filler).unwrap();
+    let mut resumed = None;
+    for _ in 0..50 {
+        match sign(&client, &d, &format!("full-{failed_at}")) {
+            Ok(reply) => {
+                resumed = Some(reply);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    answered.push(resumed.expect("signing resumes once the disk has space"));
+    assert!(check(&client.health().unwrap(), "repository:writes").is_none());
+    // Every certificate answered before, during and after is still there.
+    for (i, reply) in answered.iter().enumerate() {
+        let id = if i < answered.len() - 1 {
+            format!("full-{i}")
+        } else {
+            format!("full-{failed_at}")
+        };
+        let again = sign(&client, &d, &id).unwrap();
+        assert!(again.replayed, "{id}");
+        assert_eq!(again.certificate, reply.certificate, "{id}");
+    }
+    drop(client);
+    drop(bench);
+}

@@ -235,9 +235,13 @@ fn certify_gpg_keys_over_the_link_and_check_with_gpg_and_sq() {
     // every request.
     bench.daemon.signal("TERM");
     assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    let yaml = std::fs::read_to_string(d.join("setup.yaml")).unwrap();
+    let config =
+        signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &d.join("setup.yaml")).unwrap();
+    let ca = config.ca.as_ref().unwrap();
     let repo = Repository::open(
         &d.join("repository.redb"),
-        &signer_repository::Expected::signer("test-signer"),
+        &signer_ca::expected_identity(ca, "test-signer").unwrap(),
         &signer_repository::OpenOptions::default(),
     )
     .unwrap();

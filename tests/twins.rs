@@ -140,6 +140,13 @@ fn twins_converge_through_partitions_and_restarts() {
         "A's CRL number {n2:02x?} is above B's {n1:02x?}"
     );
 
+    // The twins compare clocks at every state exchange (same host here).
+    for client in [&a, &b] {
+        wait_for(client, "replication:clock", |(s, d)| {
+            *s == HealthStatus::Ok && d.contains("s from this signer's")
+        });
+    }
+
     // Partition: both keep serving, issue and revoke; one request id is
     // used on both sides.
     t.cut();
@@ -371,4 +378,60 @@ fn a_client_fails_over_mid_batch_and_the_twins_account_for_every_request() {
         ),
     }
     eprintln!("failover: {failovers} failovers, {differing} request ids signed by both twins");
+}
+
+#[test]
+fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
+    let mut t = Twins::new("p256", SERVER_PROFILE);
+    let d = t.ceremony.dir().to_path_buf();
+    let a = t.a.client();
+    let b = t.b.client();
+    let mut sent = std::collections::BTreeMap::new();
+    let mut call = |client: &Client, id: &str| -> msg::SignX509Reply {
+        let req = request(&d, id);
+        sent.insert(id.to_string(), req.clone());
+        client.call_typed(Cmd::SIGN_X509, &req).unwrap()
+    };
+    let from_a: Vec<_> = (0..6).map(|i| call(&a, &format!("sa-{i}"))).collect();
+    let from_b: Vec<_> = (0..4).map(|i| call(&b, &format!("sb-{i}"))).collect();
+    revoke(&a, &from_a[0].serial, 1);
+    revoke(&b, &from_b[0].serial, 4);
+    t.wait_in_sync(&a, &b, 10, SYNC).unwrap();
+
+    // B's disk is lost. A keeps serving; its online backup seeds the new B.
+    t.b.daemon.kill();
+    drop(b);
+    std::fs::remove_file(t.dir_b().join("repository.redb")).unwrap();
+    let during = call(&a, "while-b-is-away");
+    let out = t.seed_b_from_a();
+    assert!(out.contains("11 certificates, 2 revocations"), "{out}");
+    let after = call(&a, "after-the-backup");
+    t.b.daemon.restart();
+    let b = t.b.client();
+    // Everything A had, and what A made after its backup, reaches B; the
+    // twins agree again without a DIVERGED state to repair by hand.
+    t.wait_in_sync(&a, &b, 12, SYNC).unwrap();
+    for (id, reply) in [
+        ("sa-3", &from_a[3]),
+        ("sb-2", &from_b[2]),
+        ("while-b-is-away", &during),
+        ("after-the-backup", &after),
+    ] {
+        let again: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &sent[id]).unwrap();
+        assert!(again.replayed, "{id}");
+        assert_eq!(again.certificate, reply.certificate, "{id}");
+    }
+    let crl: msg::FetchCrlReply = b
+        .call_typed(
+            Cmd::FETCH_CRL,
+            &msg::FetchCrl {
+                issuer: "sub".into(),
+                have_number: None,
+                have_sha256: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(crl.entries, 2, "both revocations are on the new B's CRL");
+    let apply = checks(&b)["replication:apply"].clone();
+    assert!(!apply.1.contains("were gone"), "{apply:?}");
 }

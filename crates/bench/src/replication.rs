@@ -40,6 +40,7 @@ fn config(local: &NatsServer, peer: &NatsServer, peer_id: &str) -> ReplicationCo
         stream_max_bytes: 1 << 30,
         state_interval_secs: 1,
         lag_warning_secs: 300,
+        clock_drift_warning_secs: 30,
     }
 }
 

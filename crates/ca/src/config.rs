@@ -140,6 +140,14 @@ pub struct ReplicationConfig {
     /// than this many seconds (default 300).
     #[serde(default = "default_lag_warning")]
     pub lag_warning_secs: u32,
+    /// Health turns degraded when the twins' clocks differ by more than this
+    /// many seconds, measured at every state exchange (default 30).
+    #[serde(default = "default_clock_drift")]
+    pub clock_drift_warning_secs: u32,
+}
+
+fn default_clock_drift() -> u32 {
+    30
 }
 
 fn default_stream_max_bytes() -> i64 {

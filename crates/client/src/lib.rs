@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod failover;
+pub mod verify;
 pub use failover::Failover;
 
 use std::collections::{HashMap, VecDeque};

@@ -43,9 +43,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Show the signer's health; warns when its clock is off.
+    /// Show the signer's health; exits 5 when its clock is off this host's.
     Health {
-        /// Warn when the signer's clock differs from this host's by more than this many seconds.
+        /// Exit 5 when the signer's clock differs from this host's by more than this many seconds.
         #[arg(long, default_value_t = 60.0)]
         max_clock_skew: f64,
     },
@@ -339,14 +339,20 @@ fn health(client: &Failover, json: bool, max_skew: f64) -> Result<ExitCode, Clie
         );
     } else {
         print_health(&h, skew_s);
-        if skew_warning {
-            eprintln!(
-                "warning: the signer's clock is {skew_s:+.1} s off this host's (more than {max_skew} s)"
-            );
-        }
+    }
+    if skew_warning {
+        // The client never sets the signer's clock: an operator does, on the signer host.
+        eprintln!(
+            "signer-client: the signer's clock is {skew_s:+.1} s off this host's (more than --max-clock-skew {max_skew} s): set the signer host's clock"
+        );
+        return Ok(ExitCode::from(EXIT_CLOCK));
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Exit status of `health` when the signer's clock is off by more than
+/// `--max-clock-skew`.
+const EXIT_CLOCK: u8 = 5;
 
 fn status_word(s: msg::HealthStatus) -> &'static str {
     match s {
@@ -460,42 +466,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The SubjectPublicKeyInfo (DER) of a CSR given as PEM or DER.
-fn csr_spki(csr: &[u8]) -> Option<Vec<u8>> {
-    use der::{Decode, Encode};
-    let start = csr
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(0);
-    let der_bytes = if csr[start..].starts_with(b"-----BEGIN") {
-        der::pem::decode_vec(&csr[start..]).ok()?.1
-    } else {
-        csr.to_vec()
-    };
-    let req = x509_cert::request::CertReq::from_der(&der_bytes).ok()?;
-    req.info.public_key.to_der().ok()
-}
-
-/// Checks that a certificate from the signer parses and certifies the key of
-/// the CSR that was sent: a client never accepts a certificate for another key.
-fn check_certificate(cert: &[u8], csr: &[u8]) -> Result<(), ClientError> {
-    use der::{Decode, Encode};
-    let parsed = <x509_cert::Certificate>::from_der(cert).map_err(|e| {
-        ClientError::Protocol(format!("the signer's certificate does not parse: {e}"))
-    })?;
-    let spki = parsed
-        .tbs_certificate()
-        .subject_public_key_info()
-        .to_der()
-        .ok();
-    if spki.is_none() || spki != csr_spki(csr) {
-        return Err(ClientError::Protocol(
-            "the signer's certificate is not for the CSR's key".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn sign(
     client: &Failover,
     json: bool,
@@ -504,7 +474,9 @@ fn sign(
 ) -> Result<ExitCode, ClientError> {
     let reply: msg::SignX509Reply =
         client.call_typed(signer_protocol::Command::SIGN_X509, &body)?;
-    check_certificate(&reply.certificate, &body.csr)?;
+    let cas: msg::CaCertsReply =
+        client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
+    signer_client::verify::check_issued(&reply, &body.csr, &cas)?;
     let text = signer_x509::cert_pem(&reply.certificate);
     match out {
         Some(path) => std::fs::write(path, &text)
@@ -875,23 +847,4 @@ fn certify(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CSR: &[u8] = include_bytes!("../tests/fixtures/host.csr");
-    const SAME_KEY: &[u8] = include_bytes!("../tests/fixtures/same-key.der");
-    const OTHER_KEY: &[u8] = include_bytes!("../tests/fixtures/other-key.der");
-
-    #[test]
-    fn only_a_certificate_for_the_csr_key_is_accepted() {
-        assert!(check_certificate(SAME_KEY, CSR).is_ok());
-        assert!(check_certificate(OTHER_KEY, CSR).is_err());
-        assert!(check_certificate(b"not a certificate", CSR).is_err());
-        let mut damaged = SAME_KEY.to_vec();
-        damaged.truncate(damaged.len() - 10);
-        assert!(check_certificate(&damaged, CSR).is_err());
-    }
 }

@@ -32,6 +32,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use signer_ca::ReplicationConfig;
+use signer_clock::Clock as _;
 use signer_protocol::msg::{Check, HealthStatus};
 use signer_repository::{Event, ReplicaState, Repository};
 use signer_server::HealthSource;
@@ -87,6 +88,9 @@ pub struct PeerState {
     pub state: ReplicaState,
     /// Its own events confirmed stored by its nats-server.
     pub published: u64,
+    /// Its clock when it answered, Unix milliseconds (the twins compare clocks).
+    #[serde(default)]
+    pub time_ms: i64,
 }
 
 /// Lag percentiles of applied events (origin commit → applied here).
@@ -118,6 +122,8 @@ struct Status {
     last_progress: Option<Instant>,
     undecodable: u64,
     gone: u64,
+    /// The twin's clock minus this signer's, milliseconds, at the last exchange.
+    clock_drift_ms: Option<i64>,
 }
 
 struct Shared {
@@ -451,6 +457,7 @@ async fn responder(shared: Arc<Shared>, client: async_nats::Client) {
                 signer_id: shared.me.clone(),
                 state,
                 published: shared.status().published,
+                time_ms: signer_clock::SystemClock.now_ms(),
             };
             if let Ok(bytes) = rmp_serde::to_vec_named(&answer) {
                 let _ = client.publish(reply, bytes.into()).await;
@@ -464,6 +471,7 @@ async fn poller(shared: Arc<Shared>, client: async_nats::Client) {
     let own_epoch = shared.repo.replica_state().map_or(0, |s| s.epoch);
     let mut trimmed = 0;
     loop {
+        let sent_ms = signer_clock::SystemClock.now_ms();
         let asked = tokio::time::timeout(
             interval.max(Duration::from_secs(1)),
             client.request(state_subject(&shared.config.peer_id), bytes::Bytes::new()),
@@ -486,6 +494,11 @@ async fn poller(shared: Arc<Shared>, client: async_nats::Client) {
                     .map(|a| a.0);
                 {
                     let mut s = shared.status();
+                    // Against the middle of the round trip.
+                    if peer.time_ms != 0 {
+                        let now_ms = signer_clock::SystemClock.now_ms();
+                        s.clock_drift_ms = Some(peer.time_ms - (sent_ms + now_ms) / 2);
+                    }
                     if s.peer_unreachable_since.take().is_some() {
                         info!(peer = %peer.signer_id, "twin reachable again");
                     }
@@ -656,7 +669,7 @@ async fn apply_held(shared: &Shared, held: &mut Held) {
                 warn!(
                     missing = from - last - 1,
                     from = last + 1,
-                    "replication: the twin no longer keeps events this signer never applied; import the twin's export"
+                    "replication: the twin no longer keeps events this signer never applied; seed this signer from the twin's backup (signerd repo seed)"
                 );
                 shared.status().gone += from - last - 1;
                 last = from - 1;
@@ -887,6 +900,23 @@ impl HealthSource for Replicator {
                 }
             }
         });
+        if let Some(drift) = s.clock_drift_ms {
+            let limit_ms = i64::from(cfg.clock_drift_warning_secs) * 1000;
+            checks.push(check(
+                "clock",
+                if drift.abs() > limit_ms {
+                    HealthStatus::Degraded
+                } else {
+                    HealthStatus::Ok
+                },
+                format!(
+                    "twin {}'s clock is {:+.1} s from this signer's (limit {} s)",
+                    cfg.peer_id,
+                    drift as f64 / 1000.0,
+                    cfg.clock_drift_warning_secs
+                ),
+            ));
+        }
         if state.conflicts > 0 {
             let first = sh
                 .repo

@@ -431,3 +431,155 @@ fn restore_into(
     txn.commit().map_err(storage)?;
     Ok(summary)
 }
+
+/// Tables a seeded twin takes over from its peer's backup as they are: the
+/// records both twins hold (certificates, revocations, certifications) and
+/// what keeps CRL numbers above the peer's.
+const SEEDED: &[&str] = &[
+    "certs_v1",
+    "requests_v1",
+    "expiry_v1",
+    "revocations_v1",
+    "revocation_seq_v1",
+    "openpgp_certifications_v1",
+    "digests_v1",
+    "crl_floor_v1",
+];
+
+impl Repository {
+    /// Creates this signer's repository at `path` from a backup of its
+    /// twin (a replacement twin's first step): every certificate,
+    /// revocation and OpenPGP certification the twin holds, the twin's
+    /// audit chain as this signer's copy of it, the CRL floor, and the
+    /// position in the twin's event sequence the backup was taken at, so
+    /// replication goes on from there. The new repository has its own
+    /// identity (`expected`, whose twin must be the backup's signer) and a
+    /// new epoch. Refused if anything is at `path`.
+    pub fn seed(
+        path: &Path,
+        backup: &mut dyn Read,
+        expected: &identity::Expected,
+        options: &crate::OpenOptions,
+    ) -> Result<Summary, RepoError> {
+        let shown = path.display().to_string();
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(identity::Refusal::Exists(shown).into());
+        }
+        let result = seed_into(path, backup, expected, options);
+        if result.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+}
+
+fn seed_into(
+    path: &Path,
+    backup: &mut dyn Read,
+    expected: &identity::Expected,
+    options: &crate::OpenOptions,
+) -> Result<Summary, RepoError> {
+    let shown = path.display().to_string();
+    let mut bytes = Vec::new();
+    backup.read_to_end(&mut bytes).map_err(storage)?;
+    let (peer, _) = verify_backup(&mut bytes.as_slice())?;
+    let foreign = |why: String| -> RepoError {
+        identity::Refusal::Foreign {
+            path: shown.clone(),
+            why,
+        }
+        .into()
+    };
+    if expected.peer_id.as_deref() != Some(peer.signer_id.as_str()) {
+        return Err(foreign(format!(
+            "the backup is of signer {:?}, and this configuration's twin is {:?}",
+            peer.signer_id, expected.peer_id
+        )));
+    }
+    // The twins share their CAs: the backup's CAs must be this signer's.
+    let mut as_peer = expected.clone();
+    as_peer.signer_id = peer.signer_id.clone();
+    as_peer.peer_id = None;
+    identity::reconcile(&shown, &peer, &as_peer)?;
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
+    let backend = redb::backends::FileBackend::new(file)
+        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
+    let db = crate::builder(options)
+        .create_with_backend(backend)
+        .map_err(|e| crate::open_error(&shown, e))?;
+    let txn = db.begin_write().map_err(storage)?;
+    crate::create_tables(&txn)?;
+    let mut mine = expected.identity(clock::now_secs());
+    for (name, fingerprint) in &peer.cas {
+        mine.cas
+            .entry(name.clone())
+            .or_insert_with(|| fingerprint.clone());
+    }
+    identity::write(&txn, &mine)?;
+    let mut peer_meta: BTreeMap<String, u64> = BTreeMap::new();
+    let mut audit_entries = 0u64;
+    let (_, summary) = read_backup(&mut bytes.as_slice(), |table, rows| {
+        if SEEDED.contains(&table) {
+            let mut done = false;
+            for_each_table!(insert_rows, &txn, table, &rows, &mut done);
+        } else if table == replica::META.name() {
+            for (k, v) in &rows {
+                let key = <&str as Value>::from_bytes(k);
+                peer_meta.insert(key.to_string(), <u64 as Value>::from_bytes(v));
+            }
+        } else if table == audit::AUDIT.name() {
+            let mut copy = txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
+            for (k, v) in &rows {
+                let seq = <u64 as Value>::from_bytes(k);
+                copy.insert((peer.signer_id.as_str(), seq), v.as_slice())
+                    .map_err(storage)?;
+                audit_entries += 1;
+            }
+        }
+        Ok(())
+    })?;
+    {
+        let mut meta = txn.open_table(replica::META).map_err(storage)?;
+        meta.insert("epoch", crate::new_epoch(path))
+            .map_err(storage)?;
+        meta.insert("digests", 1).map_err(storage)?;
+        let mut applied = txn.open_table(replica::APPLIED).map_err(storage)?;
+        applied
+            .insert(
+                peer.signer_id.as_str(),
+                (
+                    peer_meta.get("event_seq").copied().unwrap_or(0),
+                    0,
+                    peer_meta.get("epoch").copied().unwrap_or(0),
+                ),
+            )
+            .map_err(storage)?;
+    }
+    audit::append(
+        &txn,
+        &expected.signer_id,
+        vec![
+            crate::AuditEntry::new("repository", "create", "ok")
+                .fact("path", shown.clone())
+                .fact("schema", identity::SCHEMA.to_string()),
+            crate::AuditEntry::new("repository", "seed", "ok")
+                .fact("from", peer.signer_id.clone())
+                .fact("content_sha256", summary.content_sha256.clone())
+                .fact("certificates", summary.count(CERTS.name()).to_string())
+                .fact("revocations", summary.count(REVOCATIONS.name()).to_string())
+                .fact("peer_audit_entries", audit_entries.to_string())
+                .fact(
+                    "peer_event_seq",
+                    peer_meta.get("event_seq").copied().unwrap_or(0).to_string(),
+                ),
+        ],
+    )?;
+    txn.commit().map_err(storage)?;
+    Ok(summary)
+}

@@ -478,3 +478,66 @@ fn certifications_are_kept_once_replicate_and_conflict_when_made_twice() {
     let a = open(&dir.path().join("a.redb"), "a");
     assert_eq!(a.certification_count().unwrap(), 2);
 }
+
+#[test]
+fn a_replacement_twin_seeded_from_the_survivors_backup_goes_on_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
+    a.audit(AuditEntry::new("command", "sign_x509", "ok"));
+    for i in 0..4 {
+        a.record_issuance(record("root", i, &format!("req-{i}")))
+            .unwrap();
+    }
+    a.record_revocation(revocation("root", &[0x40, 1], 1), false)
+        .unwrap();
+    let mut file = Vec::new();
+    a.backup(&mut file).unwrap();
+
+    let mut expected = Expected::signer("b");
+    expected.peer_id = Some("a".into());
+    let path = dir.path().join("b.redb");
+    // Only the configured twin's backup seeds, and never over a file.
+    let mut wrong = Expected::signer("b");
+    wrong.peer_id = Some("c".into());
+    assert!(matches!(
+        Repository::seed(&path, &mut file.as_slice(), &wrong, &OpenOptions::default()),
+        Err(RepoError::Refused(Refusal::Foreign { .. }))
+    ));
+    assert!(!path.exists());
+    Repository::seed(
+        &path,
+        &mut file.as_slice(),
+        &expected,
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        Repository::seed(
+            &path,
+            &mut file.as_slice(),
+            &expected,
+            &OpenOptions::default()
+        ),
+        Err(RepoError::Refused(Refusal::Exists(_)))
+    ));
+    let b = Repository::open(&path, &expected, &OpenOptions::default()).unwrap();
+    assert_eq!(b.identity().signer_id, "b");
+    assert_eq!(b.stats().unwrap().certificates, 4);
+    assert_eq!(b.revocations("root").unwrap().len(), 1);
+    assert_eq!(
+        b.replica_state().unwrap().digests,
+        a.replica_state().unwrap().digests
+    );
+    assert!(b.check().unwrap().problems.is_empty(), "{:?}", b.check());
+    let chains = b.audit_verify().unwrap();
+    assert_eq!(chains.len(), 2, "its own chain and a's copy");
+    assert!(chains.iter().all(|c| c.broken.is_none()), "{chains:?}");
+    // What a recorded before the backup is a repeat; what comes after applies.
+    let seen = a.replica_state().unwrap().own_seq;
+    assert_eq!(b.replica_state().unwrap().applied["a"].0, seen);
+    a.record_issuance(record("root", 9, "req-9")).unwrap();
+    let report = replicate(&a, &b, 0);
+    assert_eq!(report.duplicates, seen);
+    assert_eq!(report.applied, 1);
+    assert!(b.find_by_request("req-9").unwrap().is_some());
+}

@@ -200,6 +200,16 @@ pub enum RepoCmd {
         #[arg(long = "in")]
         input: PathBuf,
     },
+    /// Create this signer's repository from a backup of its twin (a
+    /// replacement twin): every record the twin holds, and replication goes
+    /// on from the backup's position. The configured path must not exist.
+    Seed {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The twin's backup file (`signerd repo backup` on the twin).
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
 }
 
 fn now() -> i64 {
@@ -814,6 +824,33 @@ fn repo(cmd: RepoCmd) -> Result<(), Failed> {
                 "restored {} into {}; the restored content reproduces the backup's digests",
                 input.display(),
                 ca.repository.display()
+            );
+            print_summary(&summary);
+        }
+        RepoCmd::Seed { config, input } => {
+            let (c, ca) = load(&config.config)?;
+            if ca.replication.is_none() {
+                return Err(Failed(
+                    1,
+                    "ca.replication is not configured: only a twin is seeded from its peer".into(),
+                ));
+            }
+            let expected = signer_ca::expected_identity(&ca, &c.signer_id)
+                .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
+            let file =
+                std::fs::File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let summary = Repository::seed(
+                &ca.repository,
+                &mut std::io::BufReader::new(file),
+                &expected,
+                &signer_ca::repository_options(&ca),
+            )
+            .map_err(repo_failed)?;
+            say!(
+                "seeded {} for signer {} from the twin's backup {}",
+                ca.repository.display(),
+                c.signer_id,
+                input.display()
             );
             print_summary(&summary);
         }

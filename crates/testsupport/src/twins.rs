@@ -354,6 +354,38 @@ impl Twins {
         );
     }
 
+    /// The replacement twin's ceremony: `signerd repo backup` on the
+    /// running A, then `signerd repo seed` for B from that backup (B's
+    /// repository must be gone). Returns seed's output.
+    pub fn seed_b_from_a(&self) -> String {
+        let backup = self.dir_b().join("from-a.backup");
+        let _ = std::fs::remove_file(&backup);
+        let run = |args: &[&str], config: &Path| {
+            let out = Command::new(crate::bin("signerd"))
+                .args(args)
+                .arg("--config")
+                .arg(config)
+                .output()
+                .expect("run signerd");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "signerd {args:?}: {text}");
+            text
+        };
+        let out = backup.display().to_string();
+        run(
+            &["repo", "backup", "--out", &out],
+            &self.a.dir().join("signerd.yaml"),
+        );
+        run(
+            &["repo", "seed", "--in", &out],
+            &self.dir_b().join("init-signer-b.yaml"),
+        )
+    }
+
     /// B's token store directory (its repository lives there too).
     pub fn dir_b(&self) -> &Path {
         self.token_b.path()
