@@ -1,0 +1,83 @@
+//! docs/operations.md is a contract: the repository commands it shows run
+//! here exactly as written, in the order written, against a real
+//! ceremony's configuration. Each block marked `<!-- runbook-test: NAME -->`
+//! is run; `/var/lib/signer/` stands for the ceremony's directory.
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
+use std::process::Command;
+
+use signer_testsupport::ca::{Ceremony, SERVER_PROFILE};
+use signer_testsupport::{bin, output};
+
+/// The commands of the block marked `name`.
+fn block(doc: &str, name: &str) -> Vec<String> {
+    let marker = format!("<!-- runbook-test: {name} -->");
+    let start = doc.find(&marker).unwrap_or_else(|| panic!("no block {name}"));
+    let body = &doc[start..];
+    let open = body.find("```sh\n").unwrap() + 6;
+    let close = body[open..].find("```").unwrap() + open;
+    body[open..close]
+        .lines()
+        .map(|l| l.split("  #").next().unwrap_or(l).trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+fn run_block(c: &Ceremony, doc: &str, name: &str) -> Vec<String> {
+    let dir = c.dir().display().to_string();
+    block(doc, name)
+        .into_iter()
+        .map(|line| {
+            let line = line.replace("/var/lib/signer/", &format!("{dir}/"));
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let mut cmd = match words[0] {
+                "signerd" => Command::new(bin("signerd")),
+                "mv" => Command::new("mv"),
+                other => panic!("runbook block {name}: unexpected command {other}"),
+            };
+            cmd.args(&words[1..]).current_dir(c.dir());
+            for (k, v) in c.env() {
+                cmd.env(k, v);
+            }
+            let (code, out, err) = output(&mut cmd);
+            assert_eq!(code, Some(0), "{line}\n{out}{err}");
+            format!("{out}{err}")
+        })
+        .collect()
+}
+
+#[test]
+fn the_repository_runbook_runs_as_written() {
+    let doc = include_str!("../docs/operations.md");
+    let c = Ceremony::new_as("signer-a", "p256", SERVER_PROFILE);
+    let d = c.dir();
+    let setup = std::fs::read_to_string(d.join("setup.yaml")).unwrap();
+    let replication = |peer: &str| {
+        format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n")
+    };
+    std::fs::write(d.join("signerd.yaml"), format!("{setup}{}", replication("signer-b"))).unwrap();
+    std::fs::write(
+        d.join("twin.yaml"),
+        format!(
+            "{}{}",
+            setup
+                .replace("signer_id: signer-a", "signer_id: signer-b")
+                .replace("repository.redb", "twin.redb"),
+            replication("signer-a")
+        ),
+    )
+    .unwrap();
+
+    let out = run_block(&c, doc, "repository");
+    assert!(out[0].contains("repository consistent"), "{out:?}");
+    assert!(out[2].contains("backup written to signer-a.backup"), "{out:?}");
+    assert!(out[3].contains("verified: signer signer-a"), "{out:?}");
+
+    let out = run_block(&c, doc, "seed");
+    assert!(out[1].contains("seeded") && out[1].contains("signer-b"), "{out:?}");
+
+    let out = run_block(&c, doc, "restore");
+    assert!(d.join("repository.redb.damaged").exists());
+    assert!(out[1].contains("reproduces the backup's digests"), "{out:?}");
+    assert!(out[2].contains("repository consistent"), "{out:?}");
+}
