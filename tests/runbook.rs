@@ -12,7 +12,9 @@ use signer_testsupport::{bin, output};
 /// The commands of the block marked `name`.
 fn block(doc: &str, name: &str) -> Vec<String> {
     let marker = format!("<!-- runbook-test: {name} -->");
-    let start = doc.find(&marker).unwrap_or_else(|| panic!("no block {name}"));
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no block {name}"));
     let body = &doc[start..];
     let open = body.find("```sh\n").unwrap() + 6;
     let close = body[open..].find("```").unwrap() + open;
@@ -55,7 +57,11 @@ fn the_repository_runbook_runs_as_written() {
     let replication = |peer: &str| {
         format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n")
     };
-    std::fs::write(d.join("signerd.yaml"), format!("{setup}{}", replication("signer-b"))).unwrap();
+    std::fs::write(
+        d.join("signerd.yaml"),
+        format!("{setup}{}", replication("signer-b")),
+    )
+    .unwrap();
     std::fs::write(
         d.join("twin.yaml"),
         format!(
@@ -70,14 +76,23 @@ fn the_repository_runbook_runs_as_written() {
 
     let out = run_block(&c, doc, "repository");
     assert!(out[0].contains("repository consistent"), "{out:?}");
-    assert!(out[2].contains("backup written to signer-a.backup"), "{out:?}");
+    assert!(
+        out[2].contains("backup written to signer-a.backup"),
+        "{out:?}"
+    );
     assert!(out[3].contains("verified: signer signer-a"), "{out:?}");
 
     let out = run_block(&c, doc, "seed");
-    assert!(out[1].contains("seeded") && out[1].contains("signer-b"), "{out:?}");
+    assert!(
+        out[1].contains("seeded") && out[1].contains("signer-b"),
+        "{out:?}"
+    );
 
     let out = run_block(&c, doc, "restore");
     assert!(d.join("repository.redb.damaged").exists());
-    assert!(out[1].contains("reproduces the backup's digests"), "{out:?}");
+    assert!(
+        out[1].contains("reproduces the backup's digests"),
+        "{out:?}"
+    );
     assert!(out[2].contains("repository consistent"), "{out:?}");
 }

@@ -9,6 +9,7 @@ mod openpgp;
 mod openssl_ca;
 mod plot;
 mod replication;
+mod storage;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ struct Cli {
     /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
     #[arg(long, hide = true)]
     crl_diff_child: Option<String>,
-    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`); its part of
+    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`, `storage`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -491,6 +492,9 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("replication") {
         replication::section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("storage") {
+        storage::section(&mut report, cli.scale)?;
     }
     if only.is_some() {
         if let Some(old) = cli

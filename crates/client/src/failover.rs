@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
-use signer_protocol::{encode_body, msg, Command};
+use signer_protocol::{encode_body, msg, Command, Status};
 
 use crate::{Client, ClientError, ClientStats, LinkOptions, Reply};
 
@@ -120,6 +120,17 @@ impl Failover {
                     self.give_up(index, generation);
                     last_error = Some(e);
                 }
+                // This signer cannot answer now, and nothing was done: its
+                // twin may (same request id, so never twice).
+                Ok(reply) if self.links.len() > 1 && twin_may_answer(reply.status) => {
+                    self.give_up(index, generation);
+                    last_error = Some(
+                        reply
+                            .decode::<msg::Empty>()
+                            .err()
+                            .unwrap_or(ClientError::Closed),
+                    );
+                }
                 answer => return answer,
             }
         }
@@ -154,4 +165,17 @@ impl Failover {
     pub fn failovers(&self) -> u64 {
         self.failovers.load(Ordering::SeqCst)
     }
+}
+
+/// Statuses after which the other signer is asked: this one did nothing
+/// and cannot do it now (its HSM, disk or clock), while its twin may.
+fn twin_may_answer(status: Status) -> bool {
+    matches!(
+        status,
+        Status::HSM_UNAVAILABLE
+            | Status::REPOSITORY_FAILURE
+            | Status::REPOSITORY_CORRUPT
+            | Status::CLOCK_UNTRUSTED
+            | Status::SHUTTING_DOWN
+    )
 }

@@ -156,7 +156,24 @@ fn dump<K: Key + 'static, V: Value + 'static>(
     Ok(())
 }
 
-fn digest_of(txn: &redb::ReadTransaction) -> Result<(Summary, Vec<String>), RepoError> {
+fn name_of<K: Key + 'static, V: Value + 'static>(
+    def: TableDefinition<K, V>,
+    collect: &mut dyn FnMut(&str),
+) -> Result<(), RepoError> {
+    collect(def.name());
+    Ok(())
+}
+
+fn set_digests(txn: &redb::ReadTransaction) -> Result<BTreeMap<String, String>, RepoError> {
+    Ok(replica::read_state(txn)?
+        .digests
+        .into_iter()
+        .map(|(k, d)| (k, d.summary()))
+        .collect())
+}
+
+/// The summary of `txn`'s content, as a backup would carry it.
+fn digest_of(txn: &redb::ReadTransaction) -> Result<Summary, RepoError> {
     let mut sink = std::io::sink();
     let mut out = Out {
         w: &mut sink,
@@ -164,25 +181,11 @@ fn digest_of(txn: &redb::ReadTransaction) -> Result<(Summary, Vec<String>), Repo
         content: Sha256::new(),
         summary: Summary::default(),
     };
-    let mut names = Vec::new();
-    let mut collect = |def_name: &str| names.push(def_name.to_string());
-    fn name_of<K: Key + 'static, V: Value + 'static>(
-        def: TableDefinition<K, V>,
-        collect: &mut dyn FnMut(&str),
-    ) -> Result<(), RepoError> {
-        collect(def.name());
-        Ok(())
-    }
-    for_each_table!(name_of, &mut collect);
     for_each_table!(dump, txn, &mut out);
     let mut summary = out.summary;
     summary.content_sha256 = hex::encode(out.content.finalize());
-    summary.set_digests = replica::read_state(txn)?
-        .digests
-        .into_iter()
-        .map(|(k, d)| (k, d.summary()))
-        .collect();
-    Ok((summary, names))
+    summary.set_digests = set_digests(txn)?;
+    Ok(summary)
 }
 
 impl Repository {
@@ -190,7 +193,9 @@ impl Repository {
     /// on a repository opened read-only beside the running daemon).
     pub fn backup(&self, w: &mut dyn Write) -> Result<Summary, RepoError> {
         self.read(|txn| {
-            let (summary, tables) = digest_of(txn)?;
+            let mut tables = Vec::new();
+            let mut collect = |name: &str| tables.push(name.to_string());
+            for_each_table!(name_of, &mut collect);
             let mut out = Out {
                 w,
                 file: Sha256::new(),
@@ -204,13 +209,9 @@ impl Repository {
                 tables,
             })?;
             for_each_table!(dump, txn, &mut out);
-            out.summary.content_sha256 = summary.content_sha256.clone();
-            out.summary.set_digests = summary.set_digests.clone();
-            if out.summary != summary {
-                return Err(RepoError::Storage(
-                    "the snapshot changed while it was read".into(),
-                ));
-            }
+            let mut summary = std::mem::take(&mut out.summary);
+            summary.content_sha256 = hex::encode(std::mem::take(&mut out.content).finalize());
+            summary.set_digests = set_digests(txn)?;
             out.section(&Section::Trailer(summary.clone()))?;
             let sum = out.file.clone().finalize();
             out.w.write_all(&sum).map_err(storage)?;
@@ -222,7 +223,7 @@ impl Repository {
     /// The summary a backup taken now would carry (row counts, content and
     /// set digests), for comparing a restored repository with its backup.
     pub fn content_summary(&self) -> Result<Summary, RepoError> {
-        self.read(|txn| digest_of(txn).map(|(s, _)| s))
+        self.read(digest_of)
     }
 }
 
@@ -238,39 +239,46 @@ fn read_backup(
     ) -> Result<(), RepoError>,
 ) -> Result<(Identity, Summary), RepoError> {
     let bad = |why: String| RepoError::Corrupt(format!("backup: {why}"));
-    let mut bytes = Vec::new();
-    r.read_to_end(&mut bytes).map_err(storage)?;
-    if bytes.len() < MAGIC.len() + 32 || !bytes.starts_with(MAGIC) {
+    // Streamed: one section in memory at a time; the file's SHA-256 is
+    // computed as it is read and compared at the end (a caller that acted
+    // on rows undoes that when this fails).
+    let mut file = Sha256::new();
+    let mut read_exact = |buf: &mut [u8], file: &mut Sha256| -> Result<(), RepoError> {
+        r.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                bad("it is cut short: the file is truncated".into())
+            } else {
+                storage(e)
+            }
+        })?;
+        file.update(&*buf);
+        Ok(())
+    };
+    let mut magic = vec![0u8; MAGIC.len()];
+    read_exact(&mut magic, &mut file)
+        .map_err(|_| bad("not a signer backup file (no header)".into()))?;
+    if magic != MAGIC {
         return Err(bad("not a signer backup file (no header)".into()));
     }
-    let (body, sum) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(body).as_slice() != sum {
-        return Err(bad(
-            "its SHA-256 does not match: the file is truncated or damaged".into(),
-        ));
-    }
-    let mut at = MAGIC.len();
     let mut identity = None;
-    let mut trailer = None;
     let mut content = Sha256::new();
     let mut counted: BTreeMap<String, u64> = BTreeMap::new();
-    while at < body.len() {
-        let len_bytes: [u8; 4] = body
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad("a section is cut short".into()))?;
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        let section = body
-            .get(at + 4..at + 4 + len)
-            .ok_or_else(|| bad("a section is cut short".into()))?;
-        at += 4 + len;
-        let section: Section = rmp_serde::from_slice(section)
+    let summary = loop {
+        let mut len = [0u8; 4];
+        read_exact(&mut len, &mut file)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 256 * 1024 * 1024 {
+            return Err(bad(format!("a section claims {len} bytes")));
+        }
+        let mut section = vec![0u8; len];
+        read_exact(&mut section, &mut file)?;
+        let section: Section = rmp_serde::from_slice(&section)
             .map_err(|e| bad(format!("a section does not decode: {e}")))?;
         match section {
             Section::Header { identity: id, .. } => identity = Some(id),
             Section::Rows { table, rows: chunk } => {
-                if trailer.is_some() || identity.is_none() {
-                    return Err(bad("rows outside header and trailer".into()));
+                if identity.is_none() {
+                    return Err(bad("rows before the header".into()));
                 }
                 for (k, v) in &chunk {
                     content_row(&mut content, &table, k, v);
@@ -281,11 +289,21 @@ fn read_backup(
                 *counted.entry(table.clone()).or_default() += chunk.len() as u64;
                 rows(&table, chunk)?;
             }
-            Section::Trailer(s) => trailer = Some(s),
+            Section::Trailer(s) => break s,
         }
+    };
+    let expected_sum = file.finalize();
+    let mut sum = [0u8; 32];
+    r.read_exact(&mut sum)
+        .map_err(|_| bad("its SHA-256 is missing: the file is truncated".into()))?;
+    if sum.as_slice() != expected_sum.as_slice() {
+        return Err(bad("its SHA-256 does not match: the file is damaged".into()));
+    }
+    let mut more = [0u8; 1];
+    if r.read(&mut more).map_err(storage)? != 0 {
+        return Err(bad("bytes follow its SHA-256".into()));
     }
     let identity = identity.ok_or_else(|| bad("no header".into()))?;
-    let summary = trailer.ok_or_else(|| bad("no trailer: the backup is incomplete".into()))?;
     for (table, n) in &summary.rows {
         if counted.get(table).copied().unwrap_or(0) != *n {
             return Err(bad(format!(
@@ -298,6 +316,34 @@ fn read_backup(
         return Err(bad("its content digest does not match its trailer".into()));
     }
     Ok((identity, summary))
+}
+
+/// Reads a backup's magic and header section: its identity, and the bytes
+/// read (to be read again with the rest).
+fn read_header(r: &mut dyn Read) -> Result<(Identity, Vec<u8>), RepoError> {
+    let bad = || RepoError::Corrupt("backup: not a signer backup file (no header)".into());
+    let mut bytes = vec![0u8; MAGIC.len() + 4];
+    r.read_exact(&mut bytes).map_err(|_| bad())?;
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err(bad());
+    }
+    let len_at = MAGIC.len();
+    let len = u32::from_be_bytes([
+        bytes[len_at],
+        bytes[len_at + 1],
+        bytes[len_at + 2],
+        bytes[len_at + 3],
+    ]) as usize;
+    if len > 16 * 1024 * 1024 {
+        return Err(bad());
+    }
+    let mut section = vec![0u8; len];
+    r.read_exact(&mut section).map_err(|_| bad())?;
+    bytes.extend_from_slice(&section);
+    match rmp_serde::from_slice::<Section>(&section) {
+        Ok(Section::Header { identity, .. }) => Ok((identity, bytes)),
+        _ => Err(bad()),
+    }
 }
 
 /// Tables whose values are sealed (checked row by row on verification).
@@ -407,7 +453,7 @@ fn restore_into(
         t.commit().map_err(storage)?;
     }
     identity::reconcile(&shown, &found, expected)?;
-    let restored = digest_of(&db.begin_read().map_err(storage)?)?.0;
+    let restored = digest_of(&db.begin_read().map_err(storage)?)?;
     if restored != summary {
         return Err(RepoError::Corrupt(format!(
             "the restored repository does not reproduce the backup (content {} against {})",
@@ -480,9 +526,8 @@ fn seed_into(
     options: &crate::OpenOptions,
 ) -> Result<Summary, RepoError> {
     let shown = path.display().to_string();
-    let mut bytes = Vec::new();
-    backup.read_to_end(&mut bytes).map_err(storage)?;
-    let (peer, _) = verify_backup(&mut bytes.as_slice())?;
+    let mut backup = std::io::BufReader::new(backup);
+    let (peer, peer_header) = read_header(&mut backup)?;
     let foreign = |why: String| -> RepoError {
         identity::Refusal::Foreign {
             path: shown.clone(),
@@ -524,7 +569,8 @@ fn seed_into(
     identity::write(&txn, &mine)?;
     let mut peer_meta: BTreeMap<String, u64> = BTreeMap::new();
     let mut audit_entries = 0u64;
-    let (_, summary) = read_backup(&mut bytes.as_slice(), |table, rows| {
+    let mut rest = std::io::Read::chain(std::io::Cursor::new(peer_header), &mut backup);
+    let (_, summary) = read_backup(&mut rest, |table, rows| {
         if SEEDED.contains(&table) {
             let mut done = false;
             for_each_table!(insert_rows, &txn, table, &rows, &mut done);
