@@ -24,6 +24,9 @@ export SOFTHSM2_CONF=$run/softhsm2.conf DEMO_PIN=1234
 printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$run" >"$SOFTHSM2_CONF"
 softhsm2-util --init-token --free --label demo --pin "$DEMO_PIN" --so-pin 5678 | tail -1
 
+step "the repository: made on purpose, never as a side effect"
+"$bin/signerd" repo init --config signerd.yaml
+
 step "key ceremony: keys in the HSM, a root and an intermediate"
 "$bin/signerd" setup generate-key --config signerd.yaml --label demo-root --type rsa2048 | head -1
 "$bin/signerd" setup generate-key --config signerd.yaml --label demo-server-ca --type p256 | head -1
@@ -96,6 +99,11 @@ set -e
 sleep 2
 step "signer-client health after replugging (device opened twice)"
 "${client[@]}" health
+
+step "an online backup while signerd serves, then checked"
+"$bin/signerd" repo backup --config signerd.yaml --out demo.backup
+"$bin/signerd" repo verify-backup --in demo.backup --config signerd.yaml | head -2
+"$bin/signerd" repo check --config signerd.yaml
 
 step "what signerd logged"
 sed 's/\x1b\[[0-9;]*m//g' signerd.log
