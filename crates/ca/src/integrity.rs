@@ -374,3 +374,45 @@ impl crate::CaService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signer_clock::{Clock, ManualClock};
+
+    fn ca(not_before: i64, not_after: i64) -> CaSigner {
+        CaSigner {
+            name: "sub".into(),
+            key: "sub".into(),
+            kind: signer_hsm::KeyKind::EcP256,
+            cert_der: Vec::new(),
+            subject_der: Vec::new(),
+            key_id: Vec::new(),
+            not_before,
+            not_after,
+            spki_der: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_clock_is_trusted_only_above_the_mark_and_within_the_ca() {
+        let clock = ManualClock::at_ms(1_800_000_000_000);
+        let sub = ca(1_700_000_000, 1_900_000_000);
+        let mark = Some(clock.now_ms());
+        assert_eq!(clock_problem(clock.now_ms(), mark, 120, Some(&sub)), None);
+        // Behind the mark within the tolerance: fine (twins, small drift).
+        clock.advance_ms(-119_000);
+        assert_eq!(clock_problem(clock.now_ms(), mark, 120, Some(&sub)), None);
+        // Beyond it: refused, naming both times.
+        clock.advance_ms(-2_000);
+        let why = clock_problem(clock.now_ms(), mark, 120, Some(&sub)).unwrap();
+        assert!(why.contains("already recorded"), "{why}");
+        // A year back with nothing recorded yet: before the CA's notBefore.
+        let why = clock_problem(1_600_000_000_000, None, 120, Some(&sub)).unwrap();
+        assert!(why.contains("outside CA sub"), "{why}");
+        // Thirty years ahead: after the CA's notAfter.
+        let why = clock_problem(2_800_000_000_000, mark, 120, Some(&sub)).unwrap();
+        assert!(why.contains("outside CA sub"), "{why}");
+        assert_eq!(clock_problem(2_800_000_000_000, mark, 120, None), None);
+    }
+}

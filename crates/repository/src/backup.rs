@@ -396,36 +396,17 @@ impl Repository {
         expected: &identity::Expected,
         options: &crate::OpenOptions,
     ) -> Result<Summary, RepoError> {
-        let shown = path.display().to_string();
-        if std::fs::symlink_metadata(path).is_ok() {
-            return Err(identity::Refusal::Exists(shown).into());
-        }
-        let result = restore_into(path, backup, expected, options);
-        if result.is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        result
+        crate::with_new_file(path, options, |db| restore_into(db, path, backup, expected))
     }
 }
 
 fn restore_into(
+    db: &redb::Database,
     path: &Path,
     backup: &mut dyn Read,
     expected: &identity::Expected,
-    options: &crate::OpenOptions,
 ) -> Result<Summary, RepoError> {
     let shown = path.display().to_string();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
-    let backend = redb::backends::FileBackend::new(file)
-        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
-    let db = crate::builder(options)
-        .create_with_backend(backend)
-        .map_err(|e| crate::open_error(&shown, e))?;
     let first = db.begin_write().map_err(storage)?;
     crate::create_tables(&first)?;
     let mut txn = Some(first);
@@ -500,64 +481,61 @@ impl Repository {
     /// position in the twin's event sequence the backup was taken at, so
     /// replication goes on from there. The new repository has its own
     /// identity (`expected`, whose twin must be the backup's signer) and a
-    /// new epoch. Refused if anything is at `path`.
+    /// new epoch. Refused if anything is at `path`; a seed that fails
+    /// leaves no file.
     pub fn seed(
         path: &Path,
         backup: &mut dyn Read,
         expected: &identity::Expected,
         options: &crate::OpenOptions,
     ) -> Result<Summary, RepoError> {
-        let shown = path.display().to_string();
-        if std::fs::symlink_metadata(path).is_ok() {
-            return Err(identity::Refusal::Exists(shown).into());
-        }
-        let result = seed_into(path, backup, expected, options);
-        if result.is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        result
+        let mut backup = std::io::BufReader::new(backup);
+        let (peer, header) = read_header(&mut backup)?;
+        check_twin(path, &peer, expected)?;
+        crate::with_new_file(path, options, |db| {
+            seed_into(
+                db,
+                path,
+                &peer,
+                &mut std::io::Read::chain(std::io::Cursor::new(header), backup),
+                expected,
+            )
+        })
     }
 }
 
-fn seed_into(
+/// A seed takes only the configured twin's backup, of the same CAs.
+fn check_twin(
     path: &Path,
-    backup: &mut dyn Read,
+    peer: &Identity,
     expected: &identity::Expected,
-    options: &crate::OpenOptions,
-) -> Result<Summary, RepoError> {
+) -> Result<(), RepoError> {
     let shown = path.display().to_string();
-    let mut backup = std::io::BufReader::new(backup);
-    let (peer, peer_header) = read_header(&mut backup)?;
-    let foreign = |why: String| -> RepoError {
-        identity::Refusal::Foreign {
-            path: shown.clone(),
-            why,
-        }
-        .into()
-    };
     if expected.peer_id.as_deref() != Some(peer.signer_id.as_str()) {
-        return Err(foreign(format!(
-            "the backup is of signer {:?}, and this configuration's twin is {:?}",
-            peer.signer_id, expected.peer_id
-        )));
+        return Err(identity::Refusal::Foreign {
+            path: shown,
+            why: format!(
+                "the backup is of signer {:?}, and this configuration's twin is {:?}",
+                peer.signer_id, expected.peer_id
+            ),
+        }
+        .into());
     }
-    // The twins share their CAs: the backup's CAs must be this signer's.
     let mut as_peer = expected.clone();
     as_peer.signer_id = peer.signer_id.clone();
     as_peer.peer_id = None;
-    identity::reconcile(&shown, &peer, &as_peer)?;
+    identity::reconcile(&shown, peer, &as_peer)?;
+    Ok(())
+}
 
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
-    let backend = redb::backends::FileBackend::new(file)
-        .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
-    let db = crate::builder(options)
-        .create_with_backend(backend)
-        .map_err(|e| crate::open_error(&shown, e))?;
+fn seed_into(
+    db: &redb::Database,
+    path: &Path,
+    peer: &Identity,
+    backup: &mut dyn Read,
+    expected: &identity::Expected,
+) -> Result<Summary, RepoError> {
+    let shown = path.display().to_string();
     let txn = db.begin_write().map_err(storage)?;
     crate::create_tables(&txn)?;
     let mut mine = expected.identity(clock::now_secs());
@@ -569,8 +547,7 @@ fn seed_into(
     identity::write(&txn, &mine)?;
     let mut peer_meta: BTreeMap<String, u64> = BTreeMap::new();
     let mut audit_entries = 0u64;
-    let mut rest = std::io::Read::chain(std::io::Cursor::new(peer_header), &mut backup);
-    let (_, summary) = read_backup(&mut rest, |table, rows| {
+    let (_, summary) = read_backup(backup, |table, rows| {
         if SEEDED.contains(&table) {
             let mut done = false;
             for_each_table!(insert_rows, &txn, table, &rows, &mut done);

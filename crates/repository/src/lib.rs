@@ -401,6 +401,37 @@ fn existing_file(path: &Path) -> Result<(), RepoError> {
     }
 }
 
+/// Makes a new redb file at `path` (refused when anything is there, even
+/// from a racing creator) and lets `fill` write it; a failure leaves no file.
+pub(crate) fn with_new_file<T>(
+    path: &Path,
+    options: &OpenOptions,
+    fill: impl FnOnce(&Database) -> Result<T, RepoError>,
+) -> Result<T, RepoError> {
+    let shown = path.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => RepoError::from(Refusal::Exists(shown.clone())),
+            _ => RepoError::Storage(format!("{shown}: {e}")),
+        })?;
+    let result = guard(|| {
+        let backend = redb::backends::FileBackend::new(file)
+            .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
+        let db = builder(options)
+            .create_with_backend(backend)
+            .map_err(|e| open_error(&shown, e))?;
+        fill(&db)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
 /// Every table, created with the repository.
 fn create_tables(txn: &redb::WriteTransaction) -> Result<(), RepoError> {
     txn.open_table(identity::IDENTITY).map_err(storage)?;
@@ -433,50 +464,24 @@ impl Repository {
         expected: &Expected,
         options: &OpenOptions,
     ) -> Result<Repository, RepoError> {
-        let shown = path.display().to_string();
-        match std::fs::symlink_metadata(path) {
-            Ok(_) => return Err(Refusal::Exists(shown).into()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RepoError::Storage(format!("{shown}: {e}"))),
-        }
-        {
-            // create_new: two racing creators cannot both win.
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => {
-                        RepoError::from(Refusal::Exists(shown.clone()))
-                    }
-                    _ => RepoError::Storage(format!("{shown}: {e}")),
-                })?;
-            let backend = redb::backends::FileBackend::new(file)
-                .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
-            let db = builder(options)
-                .create_with_backend(backend)
-                .map_err(|e| open_error(&shown, e))?;
+        with_new_file(path, options, |db| {
             let txn = db.begin_write().map_err(storage)?;
             create_tables(&txn)?;
             identity::write(&txn, &expected.identity(clock::now_secs()))?;
-            txn.open_table(replica::META)
-                .map_err(storage)?
-                .insert("epoch", new_epoch(path))
-                .map_err(storage)?;
-            txn.open_table(replica::META)
-                .map_err(storage)?
-                .insert("digests", 1)
-                .map_err(storage)?;
+            {
+                let mut meta = txn.open_table(replica::META).map_err(storage)?;
+                meta.insert("epoch", new_epoch(path)).map_err(storage)?;
+                meta.insert("digests", 1).map_err(storage)?;
+            }
             audit::append(
                 &txn,
                 &expected.signer_id,
                 vec![AuditEntry::new("repository", "create", "ok")
-                    .fact("path", shown.clone())
+                    .fact("path", path.display().to_string())
                     .fact("schema", identity::SCHEMA.to_string())],
             )?;
-            txn.commit().map_err(storage)?;
-        }
+            txn.commit().map_err(storage)
+        })?;
         Repository::open(path, expected, options)
     }
 

@@ -101,6 +101,9 @@ struct Counters {
     short: AtomicU64,
     malformed: AtomicU64,
     sent: AtomicU64,
+    /// Answers finished off the engine's threads that found the outgoing
+    /// queue full (sent again when the client retransmits).
+    deferred_dropped: AtomicU64,
     replayed: AtomicU64,
     duplicates: AtomicU64,
     busy: AtomicU64,
@@ -487,6 +490,7 @@ impl Engine {
                 digest,
                 out: out.clone(),
                 started: Instant::now(),
+                origin: std::thread::current().id(),
                 body: audit_body,
             }),
         };
@@ -509,12 +513,19 @@ impl Engine {
         }
     }
 
+    /// Stores the answer for retries of the same id, then sends it. With
+    /// `wait` false (an answer finished on a thread that is not the
+    /// engine's, such as the repository's committer) a full outgoing queue
+    /// is not waited for: what does not fit is left out, and the client's
+    /// retransmission is answered from the store. So a peer that stops
+    /// reading never stalls the thread that finished the answer.
     fn complete(
         &self,
         ctx: CallContext,
         digest: Digest32,
         result: Result<Vec<u8>, Failure>,
         out: &Outbox,
+        wait: bool,
     ) {
         let frames = match result {
             Ok(body) => self.encode(ctx.id, Status::OK, &body),
@@ -536,7 +547,30 @@ impl Engine {
             cache.order.push_back(ctx.id);
             self.evict(&mut cache);
         }
-        self.send(out, &frames);
+        if wait {
+            self.send(out, &frames);
+        } else {
+            self.send_now(out, &frames);
+        }
+    }
+
+    /// Queues what fits without waiting; the rest is left to the client's
+    /// retransmission (answered from the store).
+    fn send_now(&self, out: &Outbox, frames: &[Vec<u8>]) {
+        for frame in frames {
+            match out.try_send(frame.clone()) {
+                Ok(()) => {
+                    self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Full(_)) => {
+                    self.counters
+                        .deferred_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
     }
 
     fn evict(&self, cache: &mut Cache) {
@@ -708,6 +742,10 @@ struct Pending {
     digest: Digest32,
     out: Outbox,
     started: Instant,
+    /// The engine's thread that started the request: an answer finished
+    /// there may wait for room on the link (back-pressure); one finished on
+    /// another thread (the repository's committer) never waits.
+    origin: std::thread::ThreadId,
     /// The request body, kept for the audit sink.
     body: Vec<u8>,
 }
@@ -749,7 +787,8 @@ impl Completion {
                     });
                 }
             }
-            p.engine.complete(p.ctx, p.digest, result, &p.out);
+            let wait = std::thread::current().id() == p.origin;
+            p.engine.complete(p.ctx, p.digest, result, &p.out, wait);
         }
     }
 }
@@ -762,7 +801,9 @@ impl Drop for Completion {
                 Status::INTERNAL,
                 "internal error while executing the request",
             );
-            p.engine.complete(p.ctx, p.digest, Err(failure), &p.out);
+            let wait = std::thread::current().id() == p.origin;
+            p.engine
+                .complete(p.ctx, p.digest, Err(failure), &p.out, wait);
         }
     }
 }

@@ -327,3 +327,76 @@ fn health_reports_link_counters() {
     );
     assert!(health.time_ms > 1_700_000_000_000);
 }
+
+/// Hands each request's answer to a thread of its own, as the repository's
+/// committer finishes `sign_x509` once the certificate is on disk.
+struct Committer(Mutex<std::sync::mpsc::Sender<(Vec<u8>, crate::Completion)>>);
+
+impl crate::Handler for Committer {
+    fn call(&self, _: &CallContext, body: &[u8]) -> Result<Vec<u8>, Failure> {
+        Ok(body.to_vec())
+    }
+
+    fn call_deferred(&self, _: &CallContext, body: &[u8], done: crate::Completion) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((body.to_vec(), done));
+    }
+}
+
+#[test]
+fn a_peer_that_stops_reading_never_stalls_the_thread_finishing_answers() {
+    const DEFER: Command = Command(0x104);
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, crate::Completion)>();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let committer = {
+        let finished = Arc::clone(&finished);
+        std::thread::spawn(move || {
+            for (body, done) in rx {
+                done.finish(Ok(body));
+                finished.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let router = Router::new().route(DEFER, Placement::Pool, Arc::new(Committer(Mutex::new(tx))));
+    let engine = Engine::start(EngineConfig::default(), router, Vec::new());
+    // Nobody reads the outgoing queue (256 frames): the peer stopped reading.
+    let (out, unread) = crate::outbox();
+    let n = 600;
+    for id in 1..=n {
+        engine.on_frame(Ok(encode_request(id, DEFER, &echo(id))), &out);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while finished.load(Ordering::SeqCst) < id as usize {
+            assert!(
+                std::time::Instant::now() < until,
+                "the committer stalled at answer {id} behind a peer that does not read"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // The peer reads again and retransmits an answer it never got: it comes
+    // from the store, not from a second execution.
+    let mut queued = 0;
+    while unread.try_recv().is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, 256);
+    engine.on_frame(Ok(encode_request(n, DEFER, &echo(n))), &out);
+    let wire = unread.recv_timeout(Duration::from_secs(5)).unwrap();
+    let mut decoder = Decoder::new(1 << 20);
+    let content = decoder.decode(&mut &wire[..]).unwrap().unwrap();
+    let part = decode_response_part(&content).unwrap();
+    assert_eq!((part.id, part.status), (n, Status::OK));
+    assert_eq!(decode_body::<Echo>(part.data).unwrap().n, n);
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        n as usize,
+        "not executed twice"
+    );
+    engine.shutdown(Duration::from_secs(5));
+    drop(engine);
+    drop(out);
+    let _ = committer;
+}

@@ -637,15 +637,54 @@ pub fn run_setup(cmd: SetupCmd) -> ExitCode {
 /// Opens the repository for an inspection command: writable when signerd
 /// is stopped, read-only beside it when it runs.
 fn inspect(config: &Path) -> Result<Repository, Failed> {
-    let (c, ca) = load(config)?;
-    let expected = signer_ca::expected_identity(&ca, &c.signer_id)
-        .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
+    let (_, ca, expected) = load_expected(config)?;
     Repository::open_for_inspection(
         &ca.repository,
         &expected,
         &signer_ca::repository_options(&ca),
     )
     .map_err(|e| Failed(repo_exit(&e), e.to_string()))
+}
+
+/// The configuration, its `ca:` section and what it expects of its repository.
+fn load_expected(
+    config: &Path,
+) -> Result<(Config, signer_ca::CaConfig, signer_repository::Expected), Failed> {
+    let (c, ca) = load(config)?;
+    let expected = signer_ca::expected_identity(&ca, &c.signer_id)
+        .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
+    Ok((c, ca, expected))
+}
+
+/// Makes the configured repository from a backup file with `make`
+/// (`Repository::restore` or `Repository::seed`).
+fn from_backup(
+    config: &Path,
+    input: &Path,
+    make: fn(
+        &Path,
+        &mut dyn std::io::Read,
+        &signer_repository::Expected,
+        &signer_repository::OpenOptions,
+    ) -> Result<signer_repository::BackupSummary, signer_repository::RepoError>,
+) -> Result<
+    (
+        Config,
+        signer_ca::CaConfig,
+        signer_repository::BackupSummary,
+    ),
+    Failed,
+> {
+    let (c, ca, expected) = load_expected(config)?;
+    let file = std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let summary = make(
+        &ca.repository,
+        &mut std::io::BufReader::new(file),
+        &expected,
+        &signer_ca::repository_options(&ca),
+    )
+    .map_err(repo_failed)?;
+    Ok((c, ca, summary))
 }
 
 fn repo_failed(e: signer_repository::RepoError) -> Failed {
@@ -670,9 +709,7 @@ fn print_summary(s: &signer_repository::BackupSummary) {
 fn repo(cmd: RepoCmd) -> Result<(), Failed> {
     match cmd {
         RepoCmd::Init { config } => {
-            let (c, ca) = load(&config.config)?;
-            let expected = signer_ca::expected_identity(&ca, &c.signer_id)
-                .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
+            let (c, ca, expected) = load_expected(&config.config)?;
             if let Some(dir) = ca.repository.parent() {
                 if !dir.as_os_str().is_empty() && !dir.is_dir() {
                     return Err(Failed(
@@ -808,18 +845,7 @@ fn repo(cmd: RepoCmd) -> Result<(), Failed> {
             print_summary(&summary);
         }
         RepoCmd::Restore { config, input } => {
-            let (c, ca) = load(&config.config)?;
-            let expected = signer_ca::expected_identity(&ca, &c.signer_id)
-                .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
-            let file =
-                std::fs::File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
-            let summary = Repository::restore(
-                &ca.repository,
-                &mut std::io::BufReader::new(file),
-                &expected,
-                &signer_ca::repository_options(&ca),
-            )
-            .map_err(repo_failed)?;
+            let (_, ca, summary) = from_backup(&config.config, &input, Repository::restore)?;
             say!(
                 "restored {} into {}; the restored content reproduces the backup's digests",
                 input.display(),
@@ -828,24 +854,8 @@ fn repo(cmd: RepoCmd) -> Result<(), Failed> {
             print_summary(&summary);
         }
         RepoCmd::Seed { config, input } => {
-            let (c, ca) = load(&config.config)?;
-            if ca.replication.is_none() {
-                return Err(Failed(
-                    1,
-                    "ca.replication is not configured: only a twin is seeded from its peer".into(),
-                ));
-            }
-            let expected = signer_ca::expected_identity(&ca, &c.signer_id)
-                .map_err(|e| Failed(ca_exit(&e), e.to_string()))?;
-            let file =
-                std::fs::File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
-            let summary = Repository::seed(
-                &ca.repository,
-                &mut std::io::BufReader::new(file),
-                &expected,
-                &signer_ca::repository_options(&ca),
-            )
-            .map_err(repo_failed)?;
+            // Without ca.replication the expected twin is none, and the seed refuses.
+            let (c, ca, summary) = from_backup(&config.config, &input, Repository::seed)?;
             say!(
                 "seeded {} for signer {} from the twin's backup {}",
                 ca.repository.display(),
