@@ -434,4 +434,40 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
     assert_eq!(crl.entries, 2, "both revocations are on the new B's CRL");
     let apply = checks(&b)["replication:apply"].clone();
     assert!(!apply.1.contains("were gone"), "{apply:?}");
+
+    // A's clock is set back a year: A refuses to sign (clock_untrusted), and
+    // a client with both links gets the certificate from B instead.
+    drop(a);
+    drop(b);
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libfaketime (scripts/setup-debian.sh installs faketime)");
+    t.a.daemon.restart_with_env(vec![
+        ("LD_PRELOAD".into(), lib.into()),
+        ("FAKETIME".into(), "-365d".into()),
+    ]);
+    let a = t.a.client();
+    let refused =
+        a.call_typed::<_, msg::SignX509Reply>(Cmd::SIGN_X509, &request(&d, "back-in-time"));
+    assert!(
+        matches!(&refused, Err(signer_client::ClientError::Signer { status, .. }) if *status == signer_protocol::Status::CLOCK_UNTRUSTED),
+        "{refused:?}"
+    );
+    drop(a);
+    let both = Failover::new(
+        vec![t.a.link_options(), t.b.link_options()],
+        Duration::from_secs(10),
+    );
+    let reply: msg::SignX509Reply = both
+        .call_typed(Cmd::SIGN_X509, &request(&d, "back-in-time-2"))
+        .unwrap();
+    assert_eq!(reply.serial[0], 0x22, "issued by B");
+    assert_eq!(
+        both.server().map(|h| h.signer_id).as_deref(),
+        Some("signer-b")
+    );
 }

@@ -219,6 +219,15 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon again with these variables added to its
+    /// environment (e.g. libfaketime's), on the same configuration.
+    pub fn restart_with_env(&mut self, extra: Vec<(String, PathBuf)>) {
+        self.kill();
+        let mut env = self.env.clone();
+        env.extend(extra);
+        self.child = Some(spawn_daemon(&self.config, &self.log, &env));
+    }
+
     /// Starts the daemon again on the same configuration (after `kill`).
     pub fn restart(&mut self) {
         self.kill();
