@@ -1391,19 +1391,21 @@ fn commit_batch(
                 .map_err(storage)?
                 .map(|v| v.value().to_vec());
             if let Some(entry) = existing {
-                let entry: RequestEntry = decode_request(&entry)?;
-                let original = certs
-                    .get((entry.issuer.as_str(), entry.serial.as_slice()))
-                    .map_err(storage)?
-                    .map(|v| decode(v.value()))
-                    .transpose()?
-                    .ok_or_else(|| {
-                        RepoError::Corrupt(format!(
-                            "request {} points to a missing certificate",
-                            r.request_id
-                        ))
-                    })?;
-                results.push(Ok(Recorded::Existing(Box::new(original))));
+                // A damaged record fails this request alone, never the batch.
+                let original = decode_request(&entry).and_then(|entry| {
+                    certs
+                        .get((entry.issuer.as_str(), entry.serial.as_slice()))
+                        .map_err(storage)?
+                        .map(|v| decode(v.value()))
+                        .transpose()?
+                        .ok_or_else(|| {
+                            RepoError::Corrupt(format!(
+                                "request {} points to a missing certificate",
+                                r.request_id
+                            ))
+                        })
+                });
+                results.push(original.map(|o| Recorded::Existing(Box::new(o))));
                 continue;
             }
             if certs

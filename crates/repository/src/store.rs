@@ -107,8 +107,8 @@ impl Writable {
         Ok(())
     }
 
-    /// Notes a write's outcome: a storage failure schedules a reopen and is
-    /// kept as the fault; a success clears it.
+    /// Notes a write's outcome: a storage failure (not a damaged record)
+    /// schedules a reopen and is kept as the fault; a success clears it.
     pub(crate) fn note<T>(&self, result: &Result<T, RepoError>) {
         let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
         match result {
@@ -117,7 +117,9 @@ impl Writable {
                     tracing::info!(failures = f.failures, "repository writes succeed again");
                 }
             }
-            Err(RepoError::Storage(cause)) | Err(RepoError::Corrupt(cause)) => {
+            // A damaged record is not a failing disk: only storage errors
+            // count (and schedule a reopen).
+            Err(RepoError::Storage(cause)) => {
                 self.needs_reopen.store(true, Ordering::SeqCst);
                 let f = fault.get_or_insert_with(|| WriteFault {
                     since_ms: crate::clock::now_us() / 1000,

@@ -393,6 +393,9 @@ pub const EXIT_REPO_DAMAGED: u8 = 6;
 /// The exit status for a repository error.
 pub fn repo_exit(e: &signer_repository::RepoError) -> u8 {
     match e {
+        // Another process holds it for a moment (an inspection command):
+        // a run failure the unit may retry, not a refusal.
+        signer_repository::RepoError::Refused(signer_repository::Refusal::InUse(_)) => 3,
         signer_repository::RepoError::Refused(_) => EXIT_REPO_REFUSED,
         signer_repository::RepoError::Corrupt(_) => EXIT_REPO_DAMAGED,
         _ => 3,
