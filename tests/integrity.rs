@@ -636,3 +636,52 @@ fn a_full_disk_fails_health_and_signing_resumes_when_space_returns() {
     drop(client);
     drop(bench);
 }
+
+#[test]
+fn a_clock_that_ran_ahead_and_was_set_right_is_accepted_only_by_the_operator() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    {
+        // Thirty days ahead, within the CAs' validity: it signs, and its
+        // latest recorded time moves thirty days ahead.
+        let mut bench = Bench::start_with_env(
+            LinkSpec::unthrottled(),
+            &c.ca_yaml,
+            faketime_env(&c, "+30d"),
+        );
+        let client = bench.client();
+        sign(&client, &d, "ahead").unwrap();
+        drop(client);
+        bench.daemon.signal("TERM");
+        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    }
+    {
+        let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+        let client = bench.client();
+        let (status, message) = sign(&client, &d, "set-right").unwrap_err();
+        assert_eq!(status, Status::CLOCK_UNTRUSTED, "{message}");
+        drop(client);
+        bench.daemon.signal("TERM");
+        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    }
+    let (code, text) = signerd(
+        &c,
+        &[
+            "repo",
+            "accept-clock",
+            "--config",
+            "setup.yaml",
+            "--reason",
+            "RTC ran ahead; set by hand",
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let (_, shown) = signerd(&c, &["audit", "show", "--config", "setup.yaml", "--json"]);
+    assert!(
+        shown.contains("accept-clock") && shown.contains("RTC ran ahead"),
+        "{shown}"
+    );
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    sign(&client, &d, "set-right").unwrap();
+}

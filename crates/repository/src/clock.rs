@@ -49,3 +49,12 @@ pub(crate) fn read(txn: &redb::ReadTransaction) -> Result<Option<i64>, RepoError
     let found = table.get(KEY).map_err(storage)?;
     Ok(found.map(|v| v.value()))
 }
+
+/// Sets the mark to `ms` whatever it was (an operator's decision, audited
+/// by the caller); returns the mark it replaced.
+pub(crate) fn reset(txn: &WriteTransaction, ms: i64) -> Result<Option<i64>, RepoError> {
+    let mut table = txn.open_table(HIGH_WATER).map_err(storage)?;
+    let old = table.get(KEY).map_err(storage)?.map(|v| v.value());
+    table.insert(KEY, ms).map_err(storage)?;
+    Ok(old)
+}

@@ -644,6 +644,30 @@ impl Repository {
         (v != i64::MIN).then_some(v)
     }
 
+    /// Lowers (or sets) the time high-water mark to the clock's current
+    /// time: the operator's answer to a clock that ran ahead and was set
+    /// right, after which signing was refused. The change is audited with
+    /// the old and new mark and `reason`; returns the old mark.
+    pub fn accept_clock(&self, now_ms: i64, reason: &str) -> Result<Option<i64>, RepoError> {
+        let old = self.write(|txn| {
+            let old = clock::reset(txn, now_ms)?;
+            audit::append(
+                txn,
+                &self.origin,
+                vec![AuditEntry::new("setup", "accept-clock", "ok")
+                    .fact(
+                        "old_mark_ms",
+                        old.map(|m| m.to_string()).unwrap_or_default(),
+                    )
+                    .fact("new_mark_ms", now_ms.to_string())
+                    .fact("reason", reason.to_string())],
+            )?;
+            Ok((old, true))
+        })?;
+        self.high_water.store(now_ms, Ordering::SeqCst);
+        Ok(old)
+    }
+
     fn note_high_water(&self) {
         if let Ok(Some(mark)) = self.read(clock::read) {
             self.high_water.fetch_max(mark, Ordering::SeqCst);

@@ -200,6 +200,16 @@ pub enum RepoCmd {
         #[arg(long = "in")]
         input: PathBuf,
     },
+    /// After a clock that ran ahead was set right: accept the current time
+    /// as the latest recorded one, so signing resumes (audited; signerd
+    /// stopped). Certificates already dated after it stay as they are.
+    AcceptClock {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Why (kept in the audit entry).
+        #[arg(long)]
+        reason: String,
+    },
     /// Create this signer's repository from a backup of its twin (a
     /// replacement twin): every record the twin holds, and replication goes
     /// on from the backup's position. The configured path must not exist.
@@ -855,6 +865,25 @@ fn repo(cmd: RepoCmd) -> Result<(), Failed> {
                 ca.repository.display()
             );
             print_summary(&summary);
+        }
+        RepoCmd::AcceptClock { config, reason } => {
+            let (c, ca, expected) = load_expected(&config.config)?;
+            let repo = Repository::open(
+                &ca.repository,
+                &expected,
+                &signer_ca::repository_options(&ca),
+            )
+            .map_err(repo_failed)?;
+            let now_ms = now() * 1000;
+            let old = repo.accept_clock(now_ms, &reason).map_err(repo_failed)?;
+            repo.close();
+            say!(
+                "signer {}: latest recorded time was {}, is now {} (this host's clock)",
+                c.signer_id,
+                old.map(|m| signer_x509::time::rfc3339(m.div_euclid(1000)))
+                    .unwrap_or_else(|| "none".into()),
+                signer_x509::time::rfc3339(now())
+            );
         }
         RepoCmd::Seed { config, input } => {
             // Without ca.replication the expected twin is none, and the seed refuses.
