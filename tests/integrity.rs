@@ -11,8 +11,8 @@ use std::time::Duration;
 use signer_client::Client;
 use signer_protocol::msg::{self, HealthStatus};
 use signer_protocol::{Command as Cmd, Status};
-use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
-use signer_testsupport::{bin, output, Bench, LinkSpec};
+use signer_testsupport::ca::{full_crl, make_csr, sign_request, Ceremony, SERVER_PROFILE};
+use signer_testsupport::{bin, faketime, output, Bench, LinkSpec};
 
 /// Exit codes of `signerd` (README).
 const REFUSED: i32 = 5;
@@ -137,8 +137,7 @@ fn damage_is_found_and_never_served() {
     let first = sign(&client, &d, "web-1").unwrap();
     sign(&client, &d, "web-2").unwrap();
     drop(client);
-    bench.daemon.signal("TERM");
-    assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    bench.daemon.stop_cleanly();
     let pristine = std::fs::read(repo(&c)).unwrap();
 
     // A byte flipped inside the stored certificate: redb's page checksum
@@ -192,17 +191,8 @@ fn find(haystack: &[u8], needle: &str) -> Option<usize> {
 }
 
 fn faketime_env(c: &Ceremony, offset: &str) -> Vec<(String, PathBuf)> {
-    let lib = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("libfaketime (Debian package faketime; scripts/setup-debian.sh installs it)");
     let mut env = c.env();
-    env.push(("LD_PRELOAD".into(), lib.into()));
-    env.push(("FAKETIME".into(), offset.into()));
-    env.push(("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()));
+    env.extend(faketime(offset));
     env
 }
 
@@ -214,19 +204,9 @@ fn a_clock_set_back_or_far_ahead_signs_nothing() {
         let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
         let client = bench.client();
         sign(&client, &d, "before").unwrap();
-        let _: msg::FetchCrlReply = client
-            .call_typed(
-                Cmd::FETCH_CRL,
-                &msg::FetchCrl {
-                    issuer: "sub".into(),
-                    have_number: None,
-                    have_sha256: None,
-                },
-            )
-            .unwrap();
+        let _: msg::FetchCrlReply = client.call_typed(Cmd::FETCH_CRL, &full_crl("sub")).unwrap();
         drop(client);
-        bench.daemon.signal("TERM");
-        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+        bench.daemon.stop_cleanly();
     }
     for (offset, words) in [("-365d", "already recorded"), ("+10950d", "outside CA")] {
         let bench = Bench::start_with_env(
@@ -238,14 +218,7 @@ fn a_clock_set_back_or_far_ahead_signs_nothing() {
         let (status, message) = sign(&client, &d, &format!("after{offset}")).unwrap_err();
         assert_eq!(status, Status::CLOCK_UNTRUSTED, "{offset}: {message}");
         assert!(message.contains(words), "{offset}: {message}");
-        let crl = client.call_typed::<_, msg::FetchCrlReply>(
-            Cmd::FETCH_CRL,
-            &msg::FetchCrl {
-                issuer: "sub".into(),
-                have_number: None,
-                have_sha256: None,
-            },
-        );
+        let crl = client.call_typed::<_, msg::FetchCrlReply>(Cmd::FETCH_CRL, &full_crl("sub"));
         assert!(
             matches!(&crl, Err(signer_client::ClientError::Signer { status, .. }) if *status == Status::CLOCK_UNTRUSTED),
             "{offset}: {crl:?}"
@@ -331,8 +304,7 @@ fn an_online_backup_restores_every_record_and_revocation() {
     );
     assert!(text.contains("beside the running signerd"), "{text}");
     drop(client);
-    bench.daemon.signal("TERM");
-    assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+    bench.daemon.stop_cleanly();
 
     let (code, verified) = signerd(
         &c,
@@ -375,16 +347,7 @@ fn an_online_backup_restores_every_record_and_revocation() {
     assert_eq!(digests(&restored), digests(&verified));
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
     let client = bench.client();
-    let crl: msg::FetchCrlReply = client
-        .call_typed(
-            Cmd::FETCH_CRL,
-            &msg::FetchCrl {
-                issuer: "sub".into(),
-                have_number: None,
-                have_sha256: None,
-            },
-        )
-        .unwrap();
+    let crl: msg::FetchCrlReply = client.call_typed(Cmd::FETCH_CRL, &full_crl("sub")).unwrap();
     assert_eq!(crl.entries, 5);
     // Every certificate is there: a retried request id is replayed.
     assert!(sign(&client, &d, "b-11").unwrap().replayed);
@@ -494,8 +457,7 @@ fn a_damaged_certificate_record_is_refused_on_replay_and_named_by_repo_check() {
         sign(&client, &d, "web-1").unwrap();
         sign(&client, &d, "web-2").unwrap();
         drop(client);
-        bench.daemon.signal("TERM");
-        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+        bench.daemon.stop_cleanly();
     }
     let pristine = std::fs::read(repo(&c)).unwrap();
     for (reseal, words) in [(false, "fails its checksum"), (true, "does not verify")] {
@@ -652,8 +614,7 @@ fn a_clock_that_ran_ahead_and_was_set_right_is_accepted_only_by_the_operator() {
         let client = bench.client();
         sign(&client, &d, "ahead").unwrap();
         drop(client);
-        bench.daemon.signal("TERM");
-        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+        bench.daemon.stop_cleanly();
     }
     {
         let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
@@ -661,8 +622,7 @@ fn a_clock_that_ran_ahead_and_was_set_right_is_accepted_only_by_the_operator() {
         let (status, message) = sign(&client, &d, "set-right").unwrap_err();
         assert_eq!(status, Status::CLOCK_UNTRUSTED, "{message}");
         drop(client);
-        bench.daemon.signal("TERM");
-        assert_eq!(bench.daemon.wait(Duration::from_secs(20)), Some(0));
+        bench.daemon.stop_cleanly();
     }
     let (code, text) = signerd(
         &c,

@@ -46,14 +46,7 @@ fn revoke(client: &Client, serial: &[u8], reason: u8) -> msg::RevokeX509Reply {
 
 fn crl_number(client: &Client) -> Vec<u8> {
     let reply: msg::FetchCrlReply = client
-        .call_typed(
-            Cmd::FETCH_CRL,
-            &msg::FetchCrl {
-                issuer: "sub".into(),
-                have_number: None,
-                have_sha256: None,
-            },
-        )
+        .call_typed(Cmd::FETCH_CRL, &signer_testsupport::ca::full_crl("sub"))
         .unwrap();
     reply.number
 }
@@ -422,14 +415,7 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
         assert_eq!(again.certificate, reply.certificate, "{id}");
     }
     let crl: msg::FetchCrlReply = b
-        .call_typed(
-            Cmd::FETCH_CRL,
-            &msg::FetchCrl {
-                issuer: "sub".into(),
-                have_number: None,
-                have_sha256: None,
-            },
-        )
+        .call_typed(Cmd::FETCH_CRL, &signer_testsupport::ca::full_crl("sub"))
         .unwrap();
     assert_eq!(crl.entries, 2, "both revocations are on the new B's CRL");
     let apply = checks(&b)["replication:apply"].clone();
@@ -439,17 +425,8 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
     // a client with both links gets the certificate from B instead.
     drop(a);
     drop(b);
-    let lib = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("libfaketime (scripts/setup-debian.sh installs faketime)");
-    t.a.daemon.restart_with_env(vec![
-        ("LD_PRELOAD".into(), lib.into()),
-        ("FAKETIME".into(), "-365d".into()),
-    ]);
+    t.a.daemon
+        .restart_with_env(signer_testsupport::faketime("-365d"));
     let a = t.a.client();
     let refused =
         a.call_typed::<_, msg::SignX509Reply>(Cmd::SIGN_X509, &request(&d, "back-in-time"));

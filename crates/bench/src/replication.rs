@@ -10,7 +10,8 @@ use signer_replication::Replicator;
 use signer_repository::{CertRecord, Repository};
 use signer_testsupport::twins::NatsServer;
 
-fn record(i: usize) -> CertRecord {
+/// A certificate record with about 1 KB of DER (an RSA-2048 leaf's size).
+pub(crate) fn record(i: usize) -> CertRecord {
     let mut der = vec![0x30, 0x82, 0x04, 0x00];
     der.extend((0..1024).map(|k| (k * 31 + i * 7) as u8));
     CertRecord {

@@ -6,30 +6,10 @@ use std::fmt::Write as _;
 use std::sync::mpsc;
 use std::time::Instant;
 
+use crate::replication::record;
 use signer_repository::{
-    verify_backup, AuditEntry, CertRecord, Expected, OpenOptions, Repository, RevocationRecord,
+    verify_backup, AuditEntry, Expected, OpenOptions, Repository, RevocationRecord,
 };
-
-/// A record with a certificate-sized DER (about 1 KB, like an RSA-2048 leaf).
-fn record(i: usize) -> CertRecord {
-    let mut der = vec![0x30, 0x82, 0x04, 0x00];
-    der.extend((0..1024).map(|k| (k * 31 + i * 7) as u8));
-    let mut serial = vec![0x21];
-    serial.extend((i as u64).to_be_bytes());
-    CertRecord {
-        issuer: "sub".into(),
-        serial,
-        der,
-        profile: "server".into(),
-        request_id: format!("bench-{i}"),
-        request_digest: vec![0; 32],
-        subject: format!("CN=host{i}.example.org"),
-        not_before: 1_790_000_000,
-        not_after: 1_800_000_000 + i as i64,
-        issued_at_ms: 1_790_000_000_000,
-        signer_id: "bench".into(),
-    }
-}
 
 fn rss_peak_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -36,6 +36,15 @@ pub fn sign_request(request_id: &str, csr: Vec<u8>, cn: &str) -> msg::SignX509 {
     }
 }
 
+/// A `fetch_crl` request for the whole CRL of `issuer` (no difference).
+pub fn full_crl(issuer: &str) -> msg::FetchCrl {
+    msg::FetchCrl {
+        issuer: issuer.into(),
+        have_number: None,
+        have_sha256: None,
+    }
+}
+
 /// Runs `signer-client --link DEVICE ARGS…` in `dir`: (exit code, stdout, stderr).
 pub fn signer_client(device: &Path, dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(bin("signer-client"))

@@ -219,6 +219,17 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, then waits for a clean exit (status 0).
+    pub fn stop_cleanly(&mut self) {
+        self.signal("TERM");
+        assert_eq!(
+            self.wait(Duration::from_secs(20)),
+            Some(0),
+            "{}",
+            self.log()
+        );
+    }
+
     /// Starts the daemon again with these variables added to its
     /// environment (e.g. libfaketime's), on the same configuration.
     pub fn restart_with_env(&mut self, extra: Vec<(String, PathBuf)>) {
@@ -452,4 +463,22 @@ impl SoftHsm {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Environment that runs a process under libfaketime with its clock moved
+/// by `offset` (e.g. `-365d`, `+30d`); Debian's `faketime` package
+/// (scripts/setup-debian.sh installs it).
+pub fn faketime(offset: &str) -> Vec<(String, PathBuf)> {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libfaketime (Debian package faketime; scripts/setup-debian.sh installs it)");
+    vec![
+        ("LD_PRELOAD".into(), lib.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
 }
