@@ -364,7 +364,18 @@ impl Bench {
                 Ok(client) => {
                     drop(client);
                     options.timeout = timeout;
-                    return Client::open(&options).expect("client after the daemon answered");
+                    // The probe's reader thread lets go of the device's lock
+                    // a moment after it is dropped.
+                    let until = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        match Client::open(&options) {
+                            Ok(client) => return client,
+                            Err(e) if Instant::now() > until => {
+                                panic!("client after the daemon answered: {e}")
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        }
+                    }
                 }
                 Err(e) if Instant::now() > until => {
                     panic!(
