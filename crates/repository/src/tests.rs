@@ -163,9 +163,13 @@ fn backup_and_restore_reproduce_every_table() {
         Err(RepoError::Refused(Refusal::Foreign { .. }))
     ));
     assert!(!other.exists());
-    for cut in [file.len() / 2, file.len() - 1] {
-        assert!(verify_backup(&mut &file[..cut]).is_err());
+    // Empty, cut short anywhere, or with bytes added: refused.
+    for cut in [0, 10, file.len() / 2, file.len() - 1] {
+        assert!(verify_backup(&mut &file[..cut]).is_err(), "{cut}");
     }
+    let mut longer = file.clone();
+    longer.push(0);
+    assert!(verify_backup(&mut longer.as_slice()).is_err());
     let mut flipped = file.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x10;
