@@ -385,6 +385,18 @@ fn open_error(path: &str, e: redb::DatabaseError) -> RepoError {
     }
 }
 
+/// Opens the file for writing with every page's checksum verified first: a
+/// file damaged outside redb is refused rather than read.
+pub(crate) fn open_checked(path: &Path, options: &OpenOptions) -> Result<Database, RepoError> {
+    let shown = path.display().to_string();
+    guard(|| {
+        builder(options)
+            .set_check_integrity_on_open(true)
+            .open(path)
+            .map_err(|e| open_error(&shown, e))
+    })
+}
+
 /// Refuses a path that holds no repository file before redb sees it.
 fn existing_file(path: &Path) -> Result<(), RepoError> {
     let shown = path.display().to_string();
@@ -497,14 +509,7 @@ impl Repository {
     ) -> Result<Repository, RepoError> {
         existing_file(path)?;
         let shown = path.display().to_string();
-        // Every page's checksum is verified before anything is trusted; a
-        // file damaged outside redb is refused rather than read.
-        let db = guard(|| {
-            builder(options)
-                .set_check_integrity_on_open(true)
-                .open(path)
-                .map_err(|e| open_error(&shown, e))
-        })?;
+        let db = open_checked(path, options)?;
         let identity = guard(|| {
             let txn = db.begin_write().map_err(storage)?;
             let found = {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use redb::Database;
 
-use crate::{guard, open_error, RepoError};
+use crate::RepoError;
 
 /// The latest failed write, until a write succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,16 +94,10 @@ impl Writable {
                 }
             }
         }
-        let shown = self.path.display().to_string();
-        let db = guard(|| {
-            crate::builder(&self.options)
-                .set_check_integrity_on_open(true)
-                .open(&self.path)
-                .map_err(|e| open_error(&shown, e))
-        })?;
+        let db = crate::open_checked(&self.path, &self.options)?;
         *slot = Some(Arc::new(db));
         self.needs_reopen.store(false, Ordering::SeqCst);
-        tracing::warn!(path = %shown, "repository reopened after a failed write");
+        tracing::warn!(path = %self.path.display(), "repository reopened after a failed write");
         Ok(())
     }
 
