@@ -42,14 +42,13 @@ struct Counts {
 impl CaAudit {
     /// An audit sink writing to `repo`.
     pub fn new(repo: Arc<Repository>) -> CaAudit {
-        let latest_crls = BTreeMap::new();
         CaAudit {
             repo,
             counts: Mutex::new(Counts {
                 since: Instant::now(),
                 since_ms: signer_clock::Clock::now_ms(&signer_clock::SystemClock),
                 by: BTreeMap::new(),
-                crls: latest_crls,
+                crls: BTreeMap::new(),
             }),
         }
     }

@@ -673,12 +673,6 @@ impl Repository {
         Ok(old)
     }
 
-    fn note_high_water(&self) {
-        if let Ok(Some(mark)) = self.read(clock::read) {
-            self.high_water.fetch_max(mark, Ordering::SeqCst);
-        }
-    }
-
     /// Why writes are failing, while they are (cleared by the next write
     /// that succeeds).
     pub fn write_fault(&self) -> Option<WriteFault> {
@@ -903,6 +897,7 @@ impl Repository {
         record: RevocationRecord,
         accept_unknown: bool,
     ) -> Result<Revoked, RepoError> {
+        let mut mark = i64::MIN;
         let outcome = self.write(|txn| {
             let outcome = {
                 let certs = txn.open_table(CERTS).map_err(storage)?;
@@ -941,7 +936,7 @@ impl Repository {
                         let mut digests = txn.open_table(replica::DIGESTS).map_err(storage)?;
                         digest_revocation(&mut digests, &stored, true)?;
                         drop(digests);
-                        clock::raise(txn, stored.revoked_at.saturating_mul(1000))?;
+                        mark = clock::raise(txn, stored.revoked_at.saturating_mul(1000))?;
                         append_event(txn, &self.origin, Change::Revoked(stored))?;
                         Revoked::Inserted
                     }
@@ -951,7 +946,8 @@ impl Repository {
             Ok((outcome, commit))
         })?;
         if outcome == Revoked::Inserted {
-            self.note_high_water();
+            // Only once the commit holding it is durable.
+            self.high_water.fetch_max(mark, Ordering::SeqCst);
             self.notify();
         }
         Ok(outcome)
@@ -1063,7 +1059,7 @@ impl Repository {
 
     /// Stores a signed CRL as the issuer's latest.
     pub fn store_crl(&self, crl: &CrlRecord) -> Result<(), RepoError> {
-        self.write(|txn| {
+        let mark = self.write(|txn| {
             {
                 let mut crls = txn.open_table(CRLS).map_err(storage)?;
                 let value = sealed::seal(CRLS.name(), crl)?;
@@ -1088,7 +1084,7 @@ impl Repository {
                     .map_err(storage)?;
             }
             replica::raise_crl_floor(txn, &crl.issuer, &crl.number)?;
-            clock::raise(txn, crl.this_update.saturating_mul(1000))?;
+            let mark = clock::raise(txn, crl.this_update.saturating_mul(1000))?;
             append_event(
                 txn,
                 &self.origin,
@@ -1098,9 +1094,9 @@ impl Repository {
                     this_update: crl.this_update,
                 },
             )?;
-            Ok(((), true))
+            Ok((mark, true))
         })?;
-        self.note_high_water();
+        self.high_water.fetch_max(mark, Ordering::SeqCst);
         self.notify();
         Ok(())
     }

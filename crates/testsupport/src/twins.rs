@@ -340,18 +340,7 @@ impl Twins {
     /// `signerd repo init` for B (after its repository was lost: the
     /// rebuilt twin's first step).
     pub fn init_b(&self) {
-        let yaml = std::fs::read_to_string(self.dir_b().join("init-signer-b.yaml"))
-            .expect("B's init configuration");
-        let out = Command::new(crate::bin("signerd"))
-            .args(["repo", "init", "--config"])
-            .arg(self.dir_b().join("init-signer-b.yaml"))
-            .output()
-            .expect("run signerd");
-        assert!(
-            out.status.success(),
-            "{yaml}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        signerd_ok(&["repo", "init"], &self.dir_b().join("init-signer-b.yaml"));
     }
 
     /// The replacement twin's ceremony: `signerd repo backup` on the
@@ -360,27 +349,12 @@ impl Twins {
     pub fn seed_b_from_a(&self) -> String {
         let backup = self.dir_b().join("from-a.backup");
         let _ = std::fs::remove_file(&backup);
-        let run = |args: &[&str], config: &Path| {
-            let out = Command::new(crate::bin("signerd"))
-                .args(args)
-                .arg("--config")
-                .arg(config)
-                .output()
-                .expect("run signerd");
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "signerd {args:?}: {text}");
-            text
-        };
         let out = backup.display().to_string();
-        run(
+        signerd_ok(
             &["repo", "backup", "--out", &out],
             &self.a.dir().join("signerd.yaml"),
         );
-        run(
+        signerd_ok(
             &["repo", "seed", "--in", &out],
             &self.dir_b().join("init-signer-b.yaml"),
         )
@@ -446,14 +420,26 @@ fn init_repository(dir: &Path, signer_id: &str, ca_yaml: &str) {
         format!("signer_id: {signer_id}\nlink: {{device: /dev/null}}\n{ca_yaml}"),
     )
     .expect("write init configuration");
+    signerd_ok(&["repo", "init"], &config);
+}
+
+/// Runs `signerd ARGS --config CONFIG`, asserting success; its output.
+fn signerd_ok(args: &[&str], config: &Path) -> String {
     let out = Command::new(crate::bin("signerd"))
-        .args(["repo", "init", "--config"])
-        .arg(&config)
+        .args(args)
+        .arg("--config")
+        .arg(config)
         .output()
         .expect("run signerd");
-    assert!(
-        out.status.success(),
-        "repo init for {signer_id}: {}",
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        out.status.success(),
+        "signerd {args:?} ({}): {text}",
+        config.display()
+    );
+    text
 }
