@@ -82,6 +82,41 @@ fn the_repository_runbook_runs_as_written() {
     );
     assert!(out[3].contains("verified: signer signer-a"), "{out:?}");
 
+    // Someone else's backup, and none at all, are refused with their cause.
+    let refuse = |args: &[&str], code: i32, words: &str| {
+        let mut cmd = Command::new(bin("signerd"));
+        cmd.args(args).current_dir(d);
+        let (got, out, err) = output(&mut cmd);
+        assert_eq!(got, Some(code), "{args:?}: {out}{err}");
+        assert!(
+            format!("{out}{err}").contains(words),
+            "{args:?}: {out}{err}"
+        );
+    };
+    refuse(
+        &[
+            "repo",
+            "verify-backup",
+            "--in",
+            "signer-a.backup",
+            "--config",
+            "twin.yaml",
+        ],
+        5,
+        "is a backup of signer \"signer-a\"",
+    );
+    refuse(
+        &["repo", "verify-backup", "--in", "absent.backup"],
+        1,
+        "absent.backup",
+    );
+    std::fs::write(d.join("empty.backup"), b"").unwrap();
+    refuse(
+        &["repo", "verify-backup", "--in", "empty.backup"],
+        6,
+        "not a signer backup",
+    );
+
     let out = run_block(&c, doc, "seed");
     assert!(
         out[1].contains("seeded") && out[1].contains("signer-b"),
