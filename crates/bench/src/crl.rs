@@ -40,7 +40,6 @@ pub fn child(dir: &Path, n: u64) -> anyhow::Result<()> {
     // Warm up the session outside the timed part.
     signer_hsm::SigningBackend::sign_digest(
         &backend,
-        0,
         "sub",
         scheme,
         &scheme.hash().digest(b"warm-up"),
@@ -64,7 +63,7 @@ pub fn child(dir: &Path, n: u64) -> anyhow::Result<()> {
             invalidity_date: None,
         })?;
     }
-    let der = builder.sign(&backend, 0, &ca, scheme)?;
+    let der = builder.sign(&backend, &ca, scheme)?;
     let seconds = started.elapsed().as_secs_f64();
     let status = std::fs::read_to_string("/proc/self/status")?;
     let peak = status

@@ -126,8 +126,17 @@ fn raw_hsm_rate(
     };
     let backend = Arc::new(Pkcs11Backend::open(token, vec![key], threads)?);
     // Warm up every session (login, key handle) outside the timed part.
-    for w in 0..threads {
-        backend.sign_digest(w, "sub", scheme, &scheme.hash().digest(b"warm-up"))?;
+    let warm: Vec<_> = (0..threads)
+        .map(|_| {
+            let backend = Arc::clone(&backend);
+            std::thread::spawn(move || {
+                backend.sign_digest("sub", scheme, &scheme.hash().digest(b"warm-up"))
+            })
+        })
+        .collect();
+    for h in warm {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("warm-up thread panicked"))??;
     }
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
@@ -136,7 +145,7 @@ fn raw_hsm_rate(
             std::thread::spawn(move || -> Result<(), signer_hsm::HsmError> {
                 for i in 0..n / threads {
                     let digest = scheme.hash().digest(format!("tbs {w} {i}").as_bytes());
-                    backend.sign_digest(w, "sub", scheme, &digest)?;
+                    backend.sign_digest("sub", scheme, &digest)?;
                 }
                 Ok(())
             })

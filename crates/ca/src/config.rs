@@ -4,21 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use signer_hsm::{KeySpec, PinSource, TokenConfig, TokenSelector};
+use signer_hsm::{BackendConfig, KeySpec, PinSource};
 use signer_server::config::{ConfigError, Section};
 use signer_x509::Profile;
-
-/// `ca.hsm`: the PKCS#11 token.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HsmConfig {
-    /// PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
-    pub module: PathBuf,
-    /// `{label: …}`, `{serial: …}` or `{slot: N}`.
-    pub token: TokenSelector,
-    /// `{file: path}`, `{env: VAR}` or `{credential: name}` (systemd `LoadCredential=`).
-    pub pin: PinSource,
-}
 
 /// `ca.keys[]`: a key on the token.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,7 +43,8 @@ pub struct CaEntry {
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// The token.
-    pub hsm: HsmConfig,
+    #[serde(deserialize_with = "BackendConfig::deserialize_defaulted")]
+    pub hsm: BackendConfig,
     /// Keys on the token.
     pub keys: Vec<KeyConfig>,
     /// CAs (may be empty during the key ceremony).
@@ -240,15 +229,6 @@ impl Default for StorageConfig {
 }
 
 impl CaConfig {
-    /// The token configuration for the HSM backend.
-    pub fn token(&self) -> TokenConfig {
-        TokenConfig {
-            module: self.hsm.module.clone(),
-            token: self.hsm.token.clone(),
-            pin: self.hsm.pin.clone(),
-        }
-    }
-
     /// Key specifications for the HSM backend.
     pub fn key_specs(&self) -> Vec<KeySpec> {
         self.keys
@@ -276,7 +256,7 @@ impl Section for CaConfig {
             message,
         };
         resolve(base, &mut self.repository);
-        if let PinSource::File(p) = &mut self.hsm.pin {
+        if let PinSource::File(p) = self.hsm.pin_mut() {
             resolve(base, p);
             #[cfg(unix)]
             {

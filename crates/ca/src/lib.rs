@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use signer_clock::SharedClock;
 
-use signer_hsm::{HsmError, Pkcs11Backend, SigningBackend};
+use signer_hsm::{HsmError, SigningBackend};
 use signer_protocol::{decode_body, encode_body, msg, Command, Status};
 use signer_repository::{
     CertRecord, CrlMeta, CrlRecord, Recorded, RepoError, Repository, RevocationRecord, Revoked,
@@ -244,15 +244,16 @@ impl Handler for SignHandler {
 }
 
 impl CaService {
-    /// Opens the HSM backend (one session per worker) and the repository,
-    /// and checks the CA certificates against their keys if the token is there.
+    /// Opens the configured key backend (`sessions` signatures at once) and
+    /// the repository, and checks the CA certificates against their keys if
+    /// the token is there.
     pub fn start(
         config: &CaConfig,
         signer_id: &str,
-        workers: usize,
+        sessions: usize,
     ) -> Result<Arc<CaService>, CaError> {
-        let backend = Pkcs11Backend::open(config.token(), config.key_specs(), workers)?;
-        Self::with_backend(config, signer_id, Arc::new(backend), signer_clock::system())
+        let backend = signer_hsm::open(&config.hsm, config.key_specs(), sessions, None)?;
+        Self::with_backend(config, signer_id, backend, signer_clock::system())
     }
 
     /// Like [`CaService::start`] with any backend.
@@ -485,7 +486,6 @@ impl CaService {
         let issued = issuer
             .issue(
                 self.backend.as_ref(),
-                ctx.worker,
                 &issue,
                 &serial,
                 self.clock.now_secs(),
@@ -635,7 +635,7 @@ impl CaService {
 
     /// The issuer's current CRL: the stored one while it is fresh and no
     /// revocation came since, else a new one, signed and stored.
-    pub fn current_crl(&self, worker: usize, issuer: &str) -> Result<CrlRecord, Failure> {
+    pub fn current_crl(&self, issuer: &str) -> Result<CrlRecord, Failure> {
         let _one_at_a_time = self.crl_lock.lock().unwrap_or_else(|p| p.into_inner());
         let last = self
             .repo
@@ -703,7 +703,7 @@ impl CaService {
         }
         let entries = builder.entries();
         let der = builder
-            .sign(self.backend.as_ref(), worker, ca, scheme)
+            .sign(self.backend.as_ref(), ca, scheme)
             .map_err(|e| issue_failure(&e))?;
         let sha256 = {
             use sha2::Digest;
@@ -738,7 +738,7 @@ impl CaService {
                 format!("no CA named {:?} on this signer", request.issuer),
             ));
         }
-        let crl = self.current_crl(ctx.worker, &request.issuer)?;
+        let crl = self.current_crl(&request.issuer)?;
         let mut reply = msg::FetchCrlReply {
             unchanged: false,
             number: crl.number.clone(),

@@ -169,7 +169,6 @@ impl CaService {
         let signer = HsmSigner::new(
             self.backend.as_ref(),
             &config.key,
-            ctx.worker,
             &ca.ca.public,
             ca.kind,
             policy.hash,

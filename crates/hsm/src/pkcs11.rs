@@ -2,8 +2,10 @@
 //!
 //! - The module is initialized once per process (OS locking), whatever the
 //!   number of backends using it.
-//! - Each worker has its own session (a `Session` is not `Sync`); login is
-//!   token-wide, so "already logged in" counts as success.
+//! - Sessions are pooled (a `Session` is not `Sync`): a signing thread takes
+//!   the session it used last if it is free, else any free one, else waits
+//!   for its own; login is token-wide, so "already logged in" counts as
+//!   success. Callers know nothing of sessions.
 //! - Key handles are looked up once per session and cached.
 //! - Startup never blocks on the token: the slot is found lazily, and while
 //!   the token is absent calls fail fast with [`HsmError::Unavailable`],
@@ -29,10 +31,10 @@ use der::Decode;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::der_util::{ecdsa_raw_to_der, spki_ec, spki_rsa, SECP256R1, SECP384R1};
 use crate::pin::{PinSource, SecretPin};
-use crate::{
-    digest_info_prefix, Hash, HsmError, KeyKind, KeyStatus, PublicKey, Scheme, SigningBackend,
+use signer_keys::{
+    digest_info_prefix, ecdsa_raw_to_der, spki_ec, spki_rsa, Hash, HsmError, KeyGenerator, KeyKind,
+    KeyStatus, PublicKey, Scheme, SigningBackend, SECP256R1, SECP384R1,
 };
 
 /// Which token to use. In YAML: `{label: …}`, `{serial: …}` or `{slot: N}`.
@@ -232,9 +234,14 @@ impl std::fmt::Debug for Pkcs11Backend {
 
 impl Pkcs11Backend {
     /// Loads the module and reads the PIN; does not wait for the token.
-    pub fn open(config: TokenConfig, keys: Vec<KeySpec>, workers: usize) -> Result<Self, HsmError> {
+    /// `sessions` is how many signatures may run at once (one session each).
+    pub fn open(
+        config: TokenConfig,
+        keys: Vec<KeySpec>,
+        sessions: usize,
+    ) -> Result<Self, HsmError> {
         let pin = config.pin.read()?;
-        Self::open_with_pin(config, pin, keys, workers)
+        Self::open_with_pin(config, pin, keys, sessions)
     }
 
     /// Like [`Pkcs11Backend::open`] with the PIN given.
@@ -468,71 +475,34 @@ impl Pkcs11Backend {
         }
     }
 
-    /// Logs in and checks that no object on the token has `label` (what
-    /// [`Pkcs11Backend::generate`] checks first; a dry run stops here).
-    pub fn check_label_free(&self, label: &str) -> Result<(), HsmError> {
-        let session = self.open_session(true)?;
-        let existing = session
-            .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
-            .map_err(|e| self.fail(&e))?;
-        if !existing.is_empty() {
-            return Err(HsmError::Failed(format!(
-                "the token already holds an object labelled {label}"
-            )));
+    /// A signing session for this thread: the one it used last if free, else
+    /// any free one, else it waits for the one it used last.
+    fn checkout(&self) -> MutexGuard<'_, Worker> {
+        use std::sync::TryLockError;
+        thread_local! {
+            static PREFERRED: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
         }
-        Ok(())
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let slots = self.workers.len() - 1;
+        let start = PREFERRED.with(|p| {
+            p.get()
+                .unwrap_or_else(|| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        }) % slots;
+        for i in 0..slots {
+            let index = (start + i) % slots;
+            match self.workers[index].try_lock() {
+                Ok(guard) => {
+                    PREFERRED.with(|p| p.set(Some(index)));
+                    return guard;
+                }
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        lock(&self.workers[start])
     }
 
-    /// Generates a key pair on the token: sensitive, not extractable, with a
-    /// random 16-byte `CKA_ID` and the given label. Refuses a label in use.
-    pub fn generate(&self, kind: KeyKind, label: &str) -> Result<(PublicKey, Vec<u8>), HsmError> {
-        self.check_label_free(label)?;
-        let session = self.open_session(true)?;
-        let id: [u8; 16] = rand::random();
-        // PKCS#11 v2.40 §4.9: CKA_SENSITIVE true and CKA_EXTRACTABLE false keep the
-        // private key inside the token; CKA_TOKEN true makes it persistent.
-        let private = vec![
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
-        ];
-        let mut public = vec![
-            Attribute::Token(true),
-            Attribute::Verify(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
-        ];
-        let mechanism = match kind {
-            KeyKind::Rsa { bits } => {
-                public.push(Attribute::ModulusBits(u64::from(bits).into()));
-                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-                Mechanism::RsaPkcsKeyPairGen
-            }
-            KeyKind::EcP256 | KeyKind::EcP384 => {
-                let curve = if kind == KeyKind::EcP256 {
-                    SECP256R1
-                } else {
-                    SECP384R1
-                };
-                let params =
-                    der::Encode::to_der(&curve).map_err(|e| HsmError::Failed(e.to_string()))?;
-                public.push(Attribute::EcParams(params));
-                Mechanism::EccKeyPairGen
-            }
-        };
-        let (pub_handle, _priv) = session
-            .generate_key_pair(&mechanism, &public, &private)
-            .map_err(|e| self.fail(&e))?;
-        let key = read_public(&session, pub_handle)?;
-        info!(key_label = label, kind = %key.kind, "generated key pair on the token");
-        Ok((key, id.to_vec()))
-    }
-
-    /// The last worker slot is reserved for public-key reads and set-up.
+    /// The last session slot is reserved for public-key reads and set-up.
     fn admin(&self) -> &Mutex<Worker> {
         &self.workers[self.workers.len() - 1]
     }
@@ -667,13 +637,7 @@ impl SigningBackend for Pkcs11Backend {
         Ok(public)
     }
 
-    fn sign_digest(
-        &self,
-        worker: usize,
-        key: &str,
-        scheme: Scheme,
-        digest: &[u8],
-    ) -> Result<Vec<u8>, HsmError> {
+    fn sign_digest(&self, key: &str, scheme: Scheme, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
         if digest.len() != scheme.hash().len() {
             return Err(HsmError::Unsupported(format!(
                 "digest of {} bytes for {:?}",
@@ -681,8 +645,7 @@ impl SigningBackend for Pkcs11Backend {
                 scheme.hash()
             )));
         }
-        let slots = self.workers.len() - 1;
-        let mut w = lock(&self.workers[worker % slots]);
+        let mut w = self.checkout();
         let mut last = None;
         for attempt in 0..2 {
             let started = Instant::now();
@@ -765,5 +728,71 @@ impl Pkcs11Backend {
                 })
             }
         }
+    }
+}
+
+impl KeyGenerator for Pkcs11Backend {
+    /// Logs in and checks that no object on the token has `label` (what
+    /// `generate` checks first; a dry run stops here).
+    fn check_label_free(&self, label: &str) -> Result<(), HsmError> {
+        let session = self.open_session(true)?;
+        let existing = session
+            .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+            .map_err(|e| self.fail(&e))?;
+        if !existing.is_empty() {
+            return Err(HsmError::Failed(format!(
+                "the token already holds an object labelled {label}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Generates a key pair on the token: sensitive, not extractable, with a
+    /// random 16-byte `CKA_ID` and the given label. Refuses a label in use.
+    fn generate(&self, kind: KeyKind, label: &str) -> Result<(PublicKey, Vec<u8>), HsmError> {
+        self.check_label_free(label)?;
+        let session = self.open_session(true)?;
+        let id: [u8; 16] = rand::random();
+        // PKCS#11 v2.40 §4.9: CKA_SENSITIVE true and CKA_EXTRACTABLE false keep the
+        // private key inside the token; CKA_TOKEN true makes it persistent.
+        let private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+        ];
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Verify(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+        ];
+        let mechanism = match kind {
+            KeyKind::Rsa { bits } => {
+                public.push(Attribute::ModulusBits(u64::from(bits).into()));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+            KeyKind::EcP256 | KeyKind::EcP384 => {
+                let curve = if kind == KeyKind::EcP256 {
+                    SECP256R1
+                } else {
+                    SECP384R1
+                };
+                let params =
+                    der::Encode::to_der(&curve).map_err(|e| HsmError::Failed(e.to_string()))?;
+                public.push(Attribute::EcParams(params));
+                Mechanism::EccKeyPairGen
+            }
+        };
+        let (pub_handle, _priv) = session
+            .generate_key_pair(&mechanism, &public, &private)
+            .map_err(|e| self.fail(&e))?;
+        let key = read_public(&session, pub_handle)?;
+        info!(key_label = label, kind = %key.kind, "generated key pair on the token");
+        Ok((key, id.to_vec()))
     }
 }

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
 use signer_hsm::{
-    Hash, HsmError, KeyKind, KeySpec, PinSource, Pkcs11Backend, Scheme, SigningBackend,
-    TokenConfig, TokenSelector,
+    Hash, HsmError, KeyGenerator, KeyKind, KeySpec, PinSource, Pkcs11Backend, Scheme,
+    SigningBackend, TokenConfig, TokenSelector,
 };
 use signer_testsupport::{SoftHsm, SOFTHSM_MODULE};
 
@@ -93,9 +93,9 @@ fn generate_sign_and_verify_on_softhsm() {
         ("p256", &p256_pub.spki_der, Scheme::Ecdsa(Hash::Sha256)),
         ("p384", &p384_pub.spki_der, Scheme::Ecdsa(Hash::Sha384)),
     ] {
-        for worker in 0..3 {
+        for _ in 0..3 {
             let digest = scheme.hash().digest(message);
-            let sig = backend.sign_digest(worker, key, scheme, &digest).unwrap();
+            let sig = backend.sign_digest(key, scheme, &digest).unwrap();
             assert!(
                 verify(spki, scheme, message, &sig),
                 "{key} {scheme:?} verifies"
@@ -110,19 +110,19 @@ fn generate_sign_and_verify_on_softhsm() {
     // Bad references and misuse each get their own error.
     let digest = Hash::Sha256.digest(message);
     assert!(matches!(
-        backend.sign_digest(0, "ghost", Scheme::RsaPkcs1(Hash::Sha256), &digest),
+        backend.sign_digest("ghost", Scheme::RsaPkcs1(Hash::Sha256), &digest),
         Err(HsmError::KeyNotFound(_))
     ));
     assert!(matches!(
-        backend.sign_digest(0, "nope", Scheme::RsaPkcs1(Hash::Sha256), &digest),
+        backend.sign_digest("nope", Scheme::RsaPkcs1(Hash::Sha256), &digest),
         Err(HsmError::UnknownKey(_))
     ));
     assert!(matches!(
-        backend.sign_digest(0, "p256", Scheme::RsaPkcs1(Hash::Sha256), &digest),
+        backend.sign_digest("p256", Scheme::RsaPkcs1(Hash::Sha256), &digest),
         Err(HsmError::Unsupported(_))
     ));
     assert!(matches!(
-        backend.sign_digest(0, "rsa", Scheme::RsaPkcs1(Hash::Sha384), &digest),
+        backend.sign_digest("rsa", Scheme::RsaPkcs1(Hash::Sha384), &digest),
         Err(HsmError::Unsupported(_))
     ));
     let status = backend.status();
@@ -146,7 +146,7 @@ fn generate_sign_and_verify_on_softhsm() {
     .unwrap();
     let started = std::time::Instant::now();
     assert!(matches!(
-        backend.sign_digest(0, "k", Scheme::Ecdsa(Hash::Sha256), &digest),
+        backend.sign_digest("k", Scheme::Ecdsa(Hash::Sha256), &digest),
         Err(HsmError::Unavailable(_))
     ));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));

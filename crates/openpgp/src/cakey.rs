@@ -16,7 +16,7 @@ use pgp::types::{
     Fingerprint, KeyDetails, KeyId, KeyVersion, Mpi, PacketHeaderVersion, Password, PublicParams,
     SignatureBytes, SigningKey, Tag, Timestamp,
 };
-use signer_hsm::{Hash, HsmError, KeyKind, Scheme, SigningBackend};
+use signer_keys::{Hash, HsmError, KeyKind, Scheme, SigningBackend};
 
 use crate::{hash_algorithm, PgpError};
 
@@ -38,7 +38,10 @@ fn write_mpi(out: &mut Vec<u8>, value: &[u8]) {
 
 /// The OpenPGP public-key packet (v4) of an HSM key created at `created`
 /// (Unix seconds). The same key and time always give the same fingerprint.
-pub fn public_key_packet(key: &signer_hsm::PublicKey, created: u32) -> Result<PublicKey, PgpError> {
+pub fn public_key_packet(
+    key: &signer_keys::PublicKey,
+    created: u32,
+) -> Result<PublicKey, PgpError> {
     use der::Decode;
     let spki = spki::SubjectPublicKeyInfoRef::from_der(&key.spki_der).map_err(ca_err)?;
     let bits = spki.subject_public_key.raw_bytes();
@@ -84,7 +87,6 @@ pub fn public_key_packet(key: &signer_hsm::PublicKey, created: u32) -> Result<Pu
 pub struct HsmSigner<'a> {
     backend: &'a dyn SigningBackend,
     key: &'a str,
-    worker: usize,
     public: &'a PublicKey,
     kind: KeyKind,
     hash: Hash,
@@ -106,7 +108,6 @@ impl<'a> HsmSigner<'a> {
     pub fn new(
         backend: &'a dyn SigningBackend,
         key: &'a str,
-        worker: usize,
         public: &'a PublicKey,
         kind: KeyKind,
         hash: Hash,
@@ -114,7 +115,6 @@ impl<'a> HsmSigner<'a> {
         HsmSigner {
             backend,
             key,
-            worker,
             public,
             kind,
             hash,
@@ -203,10 +203,7 @@ impl SigningKey for HsmSigner<'_> {
         } else {
             Scheme::Ecdsa(ours)
         };
-        let signature = match self
-            .backend
-            .sign_digest(self.worker, self.key, scheme, digest)
-        {
+        let signature = match self.backend.sign_digest(self.key, scheme, digest) {
             Ok(s) => s,
             Err(e) => {
                 let text = e.to_string();

@@ -25,7 +25,7 @@ pub use certify::{certify, inspect, verify_certified, Certified, UserKey};
 
 use pgp::crypto::hash::HashAlgorithm;
 use serde::{Deserialize, Serialize};
-use signer_hsm::HsmError;
+use signer_keys::HsmError;
 
 /// Why a key cannot be certified or the CA key cannot be used. Each variant
 /// has its own wire status.
@@ -141,7 +141,7 @@ pub struct Policy {
     pub certification_level: u8,
     /// Hash of the certification signatures (SHA-256 or stronger).
     #[serde(default = "default_hash")]
-    pub hash: signer_hsm::Hash,
+    pub hash: signer_keys::Hash,
     /// Longest certification lifetime, in days.
     #[serde(default = "default_max_days")]
     pub max_days: u32,
@@ -165,8 +165,8 @@ pub struct Policy {
 fn default_level() -> u8 {
     0x10
 }
-fn default_hash() -> signer_hsm::Hash {
-    signer_hsm::Hash::Sha256
+fn default_hash() -> signer_keys::Hash {
+    signer_keys::Hash::Sha256
 }
 fn default_max_days() -> u32 {
     730
@@ -249,11 +249,11 @@ impl Policy {
     }
 }
 
-fn hash_algorithm(hash: signer_hsm::Hash) -> HashAlgorithm {
+fn hash_algorithm(hash: signer_keys::Hash) -> HashAlgorithm {
     match hash {
-        signer_hsm::Hash::Sha256 => HashAlgorithm::Sha256,
-        signer_hsm::Hash::Sha384 => HashAlgorithm::Sha384,
-        signer_hsm::Hash::Sha512 => HashAlgorithm::Sha512,
+        signer_keys::Hash::Sha256 => HashAlgorithm::Sha256,
+        signer_keys::Hash::Sha384 => HashAlgorithm::Sha384,
+        signer_keys::Hash::Sha512 => HashAlgorithm::Sha512,
     }
 }
 

@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
-use signer_hsm::{Hash, KeyKind, KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector};
+use signer_hsm::{
+    Hash, KeyGenerator, KeyKind, KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector,
+};
 use signer_openpgp::{
     ca_certificate, certify, inspect, public_key_packet, verify_certified, CaCertificate,
     HsmSigner, PgpError, Policy,
@@ -65,7 +67,7 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
             pgp::types::KeyDetails::fingerprint(&packet),
             pgp::types::KeyDetails::fingerprint(&again)
         );
-        let signer = HsmSigner::new(&backend, key_name, 0, &packet, kind, Hash::Sha256);
+        let signer = HsmSigner::new(&backend, key_name, &packet, kind, Hash::Sha256);
         let cert = ca_certificate(&signer, "Test Signing Authority <sign@example.org>").unwrap();
         let armored =
             pgp::composed::SignedPublicKey::to_armored_bytes(&cert, Default::default()).unwrap();
@@ -186,7 +188,6 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
     let signer = HsmSigner::new(
         &backend,
         "ca-rsa",
-        0,
         &packet,
         KeyKind::Rsa { bits: 3072 },
         Hash::Sha256,

@@ -162,10 +162,9 @@ fn print_summary(c: &Config) {
         None => println!("ca             none (health only)"),
         Some(ca) => {
             println!(
-                "hsm            {} token {:?}, PIN from {}",
-                ca.hsm.module.display(),
-                ca.hsm.token,
-                ca.hsm.pin.describe()
+                "hsm            {}, PIN from {}",
+                ca.hsm.describe(),
+                ca.hsm.pin().describe()
             );
             for k in &ca.keys {
                 println!(

@@ -16,7 +16,9 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Subcommand, ValueEnum};
-use signer_hsm::{KeyKind, Pkcs11Backend, SigningBackend};
+use std::sync::Arc;
+
+use signer_hsm::{KeyGenerator, KeyKind, SigningBackend};
 use signer_repository::{AuditEntry, Repository};
 use signer_x509::setup::{ca_csr, intermediate, self_signed_root, CaSpec};
 use signer_x509::{cert_pem, CaSigner};
@@ -248,8 +250,8 @@ fn load(config: &Path) -> Result<(Config, signer_ca::CaConfig), String> {
     Ok((c, ca))
 }
 
-fn backend(ca: &signer_ca::CaConfig) -> Result<Pkcs11Backend, String> {
-    Pkcs11Backend::open(ca.token(), ca.key_specs(), 1).map_err(|e| e.to_string())
+fn backend(ca: &signer_ca::CaConfig) -> Result<Arc<dyn KeyGenerator>, String> {
+    signer_hsm::open(&ca.hsm, ca.key_specs(), 1, None).map_err(|e| e.to_string())
 }
 
 /// Logs in to the token and checks every configured key and CA certificate;
@@ -263,7 +265,7 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
             1
         }
     };
-    let backend = Pkcs11Backend::open(ca.token(), ca.key_specs(), 1)
+    let backend = signer_hsm::open(&ca.hsm, ca.key_specs(), 1, None)
         .map_err(|e| (code(&e), format!("ca.hsm: {e}")))?;
     let mut lines = Vec::new();
     for (i, k) in ca.keys.iter().enumerate() {
@@ -283,7 +285,7 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
         ));
     }
     for (i, entry) in ca.cas.iter().enumerate() {
-        let signer = ca_signer(ca, &backend, &entry.name)
+        let signer = ca_signer(ca, &*backend, &entry.name)
             .map_err(|e| (1, format!("ca.cas[{i}] ({}): {e}", entry.name)))?;
         lines.push(format!(
             "token ca       {}: certificate matches key {}, valid until {}",
@@ -293,7 +295,7 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
         ));
     }
     if let Some(o) = &ca.openpgp {
-        let loaded = signer_ca::openpgp::load(&backend, o)
+        let loaded = signer_ca::openpgp::load(&*backend, o)
             .map_err(|e| (1, format!("ca.openpgp ({}): {e}", o.key)))?;
         lines.push(format!(
             "token openpgp  {}: certificate {} matches the key",
@@ -503,7 +505,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
                 scheme: None,
                 crl_urls: Vec::new(),
             };
-            let der = self_signed_root(&backend, &key, &spec).map_err(|e| e.to_string())?;
+            let der = self_signed_root(&*backend, &key, &spec).map_err(|e| e.to_string())?;
             let pem = cert_pem(&der);
             write_out(&out, &pem)?;
             say!("wrote self-signed root for key {key} to {}", out.display());
@@ -524,7 +526,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
             out,
         } => {
             let backend = backend(ca)?;
-            let parent = ca_signer(ca, &backend, &issuer)?;
+            let parent = ca_signer(ca, &*backend, &issuer)?;
             let spec = CaSpec {
                 subject: parse_subject(&subject)?,
                 days,
@@ -534,7 +536,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
                 scheme: None,
                 crl_urls: crl_url,
             };
-            let der = intermediate(&backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
+            let der = intermediate(&*backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
             let pem = cert_pem(&der);
             write_out(&out, &pem)?;
             say!(
@@ -556,7 +558,7 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
         } => {
             let backend = backend(ca)?;
             let der =
-                ca_csr(&backend, &key, &parse_subject(&subject)?).map_err(|e| e.to_string())?;
+                ca_csr(&*backend, &key, &parse_subject(&subject)?).map_err(|e| e.to_string())?;
             let pem =
                 der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der)
                     .map_err(|e| e.to_string())?;
@@ -584,9 +586,8 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
             let packet =
                 signer_openpgp::public_key_packet(&public, created).map_err(|e| e.to_string())?;
             let signer = signer_openpgp::HsmSigner::new(
-                &backend,
+                &*backend,
                 &o.key,
-                0,
                 &packet,
                 public.kind,
                 o.policy.hash,
@@ -620,7 +621,8 @@ fn perform_action(cmd: SetupCmd, ca: &signer_ca::CaConfig) -> Result<AuditEntry,
             let backend = backend(ca)?;
             let bytes = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
             let der = signer_x509::cert_der(&bytes)?;
-            let signer = CaSigner::new("import", &key, der, &backend).map_err(|e| e.to_string())?;
+            let signer =
+                CaSigner::new("import", &key, der, &*backend).map_err(|e| e.to_string())?;
             say!(
                 "{} matches key {key} ({}); valid until {}",
                 cert.display(),

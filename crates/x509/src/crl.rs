@@ -8,7 +8,7 @@
 //! so memory stays at the CRL's own size.
 
 use const_oid::ObjectIdentifier;
-use signer_hsm::{Scheme, SigningBackend};
+use signer_keys::{Scheme, SigningBackend};
 
 use crate::derw::{self, header_len, push_len};
 use crate::issue::{algorithm_identifier, verify_signature, CaSigner, IssueError};
@@ -254,13 +254,12 @@ impl CrlBuilder {
     pub fn sign(
         mut self,
         backend: &dyn SigningBackend,
-        worker: usize,
         ca: &CaSigner,
         scheme: Scheme,
     ) -> Result<Vec<u8>, IssueError> {
         let tbs = self.tbs();
         let digest = scheme.hash().digest(tbs);
-        let signature = backend.sign_digest(worker, &ca.key, scheme, &digest)?;
+        let signature = backend.sign_digest(&ca.key, scheme, &digest)?;
         verify_signature(&ca.spki_der, scheme, self.tbs(), &signature)?;
         Ok(self.assemble(&signature))
     }
@@ -508,7 +507,7 @@ mod tests {
 #[cfg(test)]
 mod parse_tests {
     use super::*;
-    use signer_hsm::{Hash, HsmError, KeyKind, KeyStatus, PublicKey};
+    use signer_keys::{Hash, HsmError, KeyKind, KeyStatus, PublicKey};
 
     /// A backend that cannot sign: enough to check the TBS encoding through
     /// the error path is not useful, so this test encodes the TBS directly.
@@ -517,7 +516,7 @@ mod parse_tests {
         fn public_key(&self, _: &str) -> Result<PublicKey, HsmError> {
             Err(HsmError::UnknownKey("none".into()))
         }
-        fn sign_digest(&self, _: usize, _: &str, _: Scheme, _: &[u8]) -> Result<Vec<u8>, HsmError> {
+        fn sign_digest(&self, _: &str, _: Scheme, _: &[u8]) -> Result<Vec<u8>, HsmError> {
             Err(HsmError::UnknownKey("none".into()))
         }
         fn status(&self) -> Vec<KeyStatus> {
@@ -555,7 +554,7 @@ mod parse_tests {
         })
         .unwrap();
         assert!(matches!(
-            b.sign(&NoKey, 0, &ca, Scheme::Ecdsa(Hash::Sha256)),
+            b.sign(&NoKey, &ca, Scheme::Ecdsa(Hash::Sha256)),
             Err(IssueError::Hsm(_))
         ));
     }
@@ -567,7 +566,7 @@ mod rebuild_tests {
 
     fn header(this_update: i64, number: u8) -> Header {
         Header {
-            algorithm: algorithm_identifier(Scheme::Ecdsa(signer_hsm::Hash::Sha256)),
+            algorithm: algorithm_identifier(Scheme::Ecdsa(signer_keys::Hash::Sha256)),
             issuer: crate::name::encode(&[("CN".into(), "Test CA".into())]).unwrap(),
             key_id: vec![7; 20],
             this_update,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use const_oid::ObjectIdentifier;
 use der::asn1::{Ia5String, OctetString};
 use der::{Decode, Encode};
-use signer_hsm::{Hash, HsmError, KeyKind, Scheme, SigningBackend};
+use signer_keys::{Hash, HsmError, KeyKind, Scheme, SigningBackend};
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
@@ -314,14 +314,13 @@ pub fn encode_tbs(spec: &TbsSpec<'_>) -> Result<Vec<u8>, IssueError> {
 /// is parsed back and its signature verified against the CA's public key.
 pub fn sign_tbs(
     backend: &dyn SigningBackend,
-    worker: usize,
     key: &str,
     ca_spki: &[u8],
     scheme: Scheme,
     tbs: &[u8],
 ) -> Result<Vec<u8>, IssueError> {
     let digest = scheme.hash().digest(tbs);
-    let signature = backend.sign_digest(worker, key, scheme, &digest)?;
+    let signature = backend.sign_digest(key, scheme, &digest)?;
     let cert = derw::seq(&[
         tbs,
         &algorithm_identifier(scheme),
@@ -803,7 +802,6 @@ impl Issuer {
     pub fn issue(
         &self,
         backend: &dyn SigningBackend,
-        worker: usize,
         request: &IssueRequest,
         serial: &[u8],
         now: i64,
@@ -900,7 +898,7 @@ impl Issuer {
             spki: &csr.spki_der,
             extensions,
         })?;
-        let der = sign_tbs(backend, worker, &ca.key, &ca.spki_der, scheme, &tbs)?;
+        let der = sign_tbs(backend, &ca.key, &ca.spki_der, scheme, &tbs)?;
         Ok(Issued {
             der,
             serial: serial.to_vec(),

@@ -1,7 +1,7 @@
 //! Certificate profiles as configured in YAML.
 
 use serde::Deserialize;
-use signer_hsm::Hash;
+use signer_keys::Hash;
 
 /// Key usage bits a profile may set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,6 +1,6 @@
 //! Operator set-up: CA certificates made with keys in the HSM.
 
-use signer_hsm::{Scheme, SigningBackend};
+use signer_keys::{Scheme, SigningBackend};
 
 use crate::issue::{
     default_scheme, encode_extensions, encode_tbs, key_identifier, random_serial, sign_tbs,
@@ -86,7 +86,7 @@ pub fn self_signed_root(
         spki: &public.spki_der,
         extensions,
     })?;
-    sign_tbs(backend, 0, key, &public.spki_der, scheme, &tbs)
+    sign_tbs(backend, key, &public.spki_der, scheme, &tbs)
 }
 
 /// An intermediate for HSM key `child_key`, signed by `parent` on this signer.
@@ -118,7 +118,7 @@ pub fn intermediate(
         spki: &public.spki_der,
         extensions,
     })?;
-    sign_tbs(backend, 0, &parent.key, &parent.spki_der, scheme, &tbs)
+    sign_tbs(backend, &parent.key, &parent.spki_der, scheme, &tbs)
 }
 
 /// A PKCS#10 request for HSM key `key`, for a CA outside this signer to sign.
@@ -139,7 +139,7 @@ pub fn ca_csr(
         &[0xa0, 0x00],
     ]);
     let digest = scheme.hash().digest(&info);
-    let signature = backend.sign_digest(0, key, scheme, &digest)?;
+    let signature = backend.sign_digest(key, scheme, &digest)?;
     Ok(derw::seq(&[
         &info,
         &crate::issue::algorithm_identifier(scheme),

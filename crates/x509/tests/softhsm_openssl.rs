@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use signer_hsm::{KeyKind, KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector};
+use signer_hsm::{
+    KeyGenerator, KeyKind, KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector,
+};
 use signer_testsupport::ca::make_csr;
 use signer_testsupport::{SoftHsm, SOFTHSM_MODULE};
 use signer_x509::issue::IssueError;
@@ -232,7 +234,7 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
             validity_days: Some(30),
         };
         let issued = issuer
-            .issue(&backend, 1, &request, &random_serial(0x11), now())
+            .issue(&backend, &request, &random_serial(0x11), now())
             .unwrap();
         assert_eq!(issued.not_after - issued.not_before, 30 * 86_400 - 1);
         let leaf = format!("{name}-leaf.pem");
@@ -282,7 +284,7 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
         validity_days: None,
     };
     let issued = issuer
-        .issue(&backend, 0, &request, &random_serial(0x11), now())
+        .issue(&backend, &request, &random_serial(0x11), now())
         .unwrap();
     std::fs::write(d.join("client-leaf.pem"), cert_pem(&issued.der)).unwrap();
     let ok = openssl(
@@ -304,7 +306,7 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
         ..request
     };
     let issued = issuer
-        .issue(&backend, 0, &request, &random_serial(0x11), now())
+        .issue(&backend, &request, &random_serial(0x11), now())
         .unwrap();
     std::fs::write(d.join("pss-leaf.pem"), cert_pem(&issued.der)).unwrap();
     let ok = openssl(
@@ -330,7 +332,7 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
     };
     let refuse = |r: IssueRequest| {
         issuer
-            .issue(&backend, 0, &r, &random_serial(0x11), now())
+            .issue(&backend, &r, &random_serial(0x11), now())
             .unwrap_err()
     };
     assert!(matches!(

@@ -1,0 +1,224 @@
+//! Keys as the signer sees them, whatever holds them: the signing trait
+//! every key backend implements, key kinds and signature schemes, and the
+//! small DER encodings around them. Nothing here loads a PKCS#11 module, so
+//! the formats crates (`signer-x509`, `signer-openpgp`) and the client
+//! library depend on this crate only.
+//!
+//! ```text
+//! issuer / certifier ─► SigningBackend::sign_digest(key, scheme, digest)
+//!                             │
+//!                             ├─ signer-hsm: Pkcs11Backend (sessions, key handles, backoff)
+//!                             └─ (another backend: same trait, same conformance suite)
+//! ```
+//!
+//! The host hashes; the backend signs the digest, so a large to-be-signed
+//! structure never streams through the token. ECDSA signatures are returned
+//! DER-encoded, as X.509 wants.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod conformance;
+mod der_util;
+
+pub use der_util::{
+    ecdsa_raw_to_der, spki_ec, spki_rsa, EC_PUBLIC_KEY, RSA_ENCRYPTION, SECP256R1, SECP384R1,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hash {
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Hash {
+    /// Digest of `data`.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        match self {
+            Hash::Sha256 => sha2::Sha256::digest(data).to_vec(),
+            Hash::Sha384 => sha2::Sha384::digest(data).to_vec(),
+            Hash::Sha512 => sha2::Sha512::digest(data).to_vec(),
+        }
+    }
+
+    /// Digest length in bytes.
+    pub fn len(self) -> usize {
+        match self {
+            Hash::Sha256 => 32,
+            Hash::Sha384 => 48,
+            Hash::Sha512 => 64,
+        }
+    }
+
+    /// Always false: digests are never empty (for clippy's `len` convention).
+    pub fn is_empty(self) -> bool {
+        false
+    }
+}
+
+/// How a signature is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// RSASSA-PKCS1-v1_5.
+    RsaPkcs1(Hash),
+    /// RSASSA-PSS with MGF1 of the same hash and a salt as long as the hash.
+    RsaPss(Hash),
+    /// ECDSA.
+    Ecdsa(Hash),
+}
+
+impl Scheme {
+    /// The digest algorithm.
+    pub fn hash(self) -> Hash {
+        match self {
+            Scheme::RsaPkcs1(h) | Scheme::RsaPss(h) | Scheme::Ecdsa(h) => h,
+        }
+    }
+}
+
+/// The kind and size of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// RSA with a modulus of this many bits.
+    Rsa {
+        /// Modulus length.
+        bits: u32,
+    },
+    /// ECDSA on NIST P-256.
+    EcP256,
+    /// ECDSA on NIST P-384.
+    EcP384,
+}
+
+impl KeyKind {
+    /// True for RSA keys.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, KeyKind::Rsa { .. })
+    }
+
+    /// Whether `scheme` can be used with this kind of key.
+    pub fn supports(self, scheme: Scheme) -> bool {
+        matches!(
+            (self, scheme),
+            (KeyKind::Rsa { .. }, Scheme::RsaPkcs1(_) | Scheme::RsaPss(_))
+                | (KeyKind::EcP256 | KeyKind::EcP384, Scheme::Ecdsa(_))
+        )
+    }
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyKind::Rsa { bits } => write!(f, "RSA-{bits}"),
+            KeyKind::EcP256 => f.write_str("ECDSA P-256"),
+            KeyKind::EcP384 => f.write_str("ECDSA P-384"),
+        }
+    }
+}
+
+/// A public key as the HSM holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// Kind and size.
+    pub kind: KeyKind,
+    /// DER SubjectPublicKeyInfo.
+    pub spki_der: Vec<u8>,
+}
+
+/// Why key access failed. "No such key" is kept apart from "the backend failed".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HsmError {
+    /// The configured key is not on the token.
+    #[error("key {0} not found on the token")]
+    KeyNotFound(String),
+    /// The key name is not configured.
+    #[error("no key named {0} is configured")]
+    UnknownKey(String),
+    /// The token or module cannot be reached now; it may come back.
+    #[error("HSM unavailable: {0}")]
+    Unavailable(String),
+    /// The token refused in a way that retrying will not fix.
+    #[error("HSM failure: {0}")]
+    Failed(String),
+    /// The key cannot do what was asked (scheme, algorithm).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The PIN could not be read or was refused.
+    #[error("PIN: {0}")]
+    Pin(String),
+}
+
+impl HsmError {
+    /// True where the same call may succeed later without operator action.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HsmError::Unavailable(_))
+    }
+}
+
+/// The state of one configured key, for health reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// Configured key name.
+    pub name: String,
+    /// Whether the last operation succeeded.
+    pub available: bool,
+    /// Whether a session is logged in.
+    pub logged_in: bool,
+    /// Duration of the last signature, in microseconds.
+    pub last_sign_us: Option<u64>,
+    /// The last error, if the last operation failed.
+    pub last_error: Option<String>,
+}
+
+/// Signs with keys it holds. Handlers see only this trait.
+pub trait SigningBackend: Send + Sync {
+    /// The public key of a configured key.
+    fn public_key(&self, key: &str) -> Result<PublicKey, HsmError>;
+
+    /// Signs a digest already computed with `scheme.hash()`. Returns the
+    /// signature value as X.509 carries it (DER for ECDSA). May be called
+    /// from many threads at once; how a backend spreads calls over its
+    /// sessions is its own business.
+    fn sign_digest(&self, key: &str, scheme: Scheme, digest: &[u8]) -> Result<Vec<u8>, HsmError>;
+
+    /// Per-key status.
+    fn status(&self) -> Vec<KeyStatus>;
+}
+
+/// DigestInfo prefix for RSASSA-PKCS1-v1_5 (RFC 8017, section 9.2, note 1).
+pub fn digest_info_prefix(hash: Hash) -> &'static [u8] {
+    match hash {
+        Hash::Sha256 => &[
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x01, 0x05, 0x00, 0x04, 0x20,
+        ],
+        Hash::Sha384 => &[
+            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x02, 0x05, 0x00, 0x04, 0x30,
+        ],
+        Hash::Sha512 => &[
+            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x03, 0x05, 0x00, 0x04, 0x40,
+        ],
+    }
+}
+
+/// Makes keys. Only the key ceremony uses this; handlers never do.
+pub trait KeyGenerator: SigningBackend {
+    /// Refuses a label some object on the token already has.
+    fn check_label_free(&self, label: &str) -> Result<(), HsmError>;
+
+    /// Generates a key pair that never leaves the backend (sensitive,
+    /// not extractable) under `label`; returns its public key and the
+    /// backend's identifier for it (`CKA_ID` for PKCS#11).
+    fn generate(&self, kind: KeyKind, label: &str) -> Result<(PublicKey, Vec<u8>), HsmError>;
+}
