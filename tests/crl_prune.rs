@@ -51,10 +51,9 @@ fn expired_entries_leave_the_crl_after_the_grace_period() {
             revocation(4, None),                 // legacy, expiry unknown: listed
         ])
         .unwrap();
-    let ctx = signer_server::CallContext {
-        id: 1,
+    let ctx = signer_service::CallContext {
+        envelope_id: 1,
         command: Command::FETCH_CRL,
-        worker: 0,
     };
     let fetch = |have: Option<&msg::FetchCrlReply>| {
         service

@@ -12,8 +12,10 @@ use std::time::Duration;
 use signer_client::{Client, LinkOptions};
 use signer_linksim::{LinkSim, Options};
 use signer_protocol::{encode_body, Command};
+use signer_protocol::{Audit, Call, Facts, Placement};
 use signer_server::config::{FlowControl, LinkConfig, Parity};
-use signer_server::{typed, CallContext, Engine, EngineConfig, Failure, Placement, Router};
+use signer_server::{Engine, EngineConfig};
+use signer_service::{CallContext, Failure, Router};
 
 const BLOB: Command = Command(0x7f00);
 
@@ -22,6 +24,20 @@ struct BlobRequest {
     seed: u64,
     len: usize,
 }
+
+/// A test command with replies as large as asked for.
+struct Blob;
+
+impl Call for Blob {
+    const COMMAND: Command = BLOB;
+    const PLACEMENT: Placement = Placement::Pool;
+    const AUDIT: Audit = Audit::Counted;
+    type Request = BlobRequest;
+    type Reply = BlobReply;
+}
+
+impl Facts for BlobRequest {}
+impl Facts for BlobReply {}
 
 fn blob(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -72,17 +88,13 @@ fn run(ber: f64, drop_rate: f64, seed: u64, requests: usize) {
     .unwrap();
     let executed = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&executed);
-    let router = Router::new().route(
-        BLOB,
-        Placement::Pool,
-        typed(
-            move |_: &CallContext, r: BlobRequest| -> Result<BlobReply, Failure> {
-                count.fetch_add(1, Ordering::SeqCst);
-                Ok(BlobReply {
-                    data: blob(r.seed, r.len),
-                })
-            },
-        ),
+    let router = Router::new().on::<Blob, _>(
+        move |_: &CallContext, r: BlobRequest| -> Result<BlobReply, Failure> {
+            count.fetch_add(1, Ordering::SeqCst);
+            Ok(BlobReply {
+                data: blob(r.seed, r.len),
+            })
+        },
     );
     let engine = Engine::start(EngineConfig::default(), router, Vec::new());
     let stop = engine.stop_flag();

@@ -275,10 +275,9 @@ pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
             .record_revocations((start..end).map(revocation).collect())?;
         start = end;
     }
-    let ctx = signer_server::CallContext {
-        id: 1,
+    let ctx = signer_service::CallContext {
+        envelope_id: 1,
         command: Command::FETCH_CRL,
-        worker: 0,
     };
     let fetch = |have: Option<(&[u8], &[u8])>| {
         service.fetch_crl(

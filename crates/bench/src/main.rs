@@ -21,7 +21,8 @@ use signer_hsm::{
     Hash, KeySpec, PinSource, Pkcs11Backend, Scheme, SigningBackend, TokenConfig, TokenSelector,
 };
 use signer_protocol::{encode_body, encode_request, msg, Command};
-use signer_server::{Engine, EngineConfig, Router};
+use signer_server::{Engine, EngineConfig};
+use signer_service::Router;
 use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
 use signer_testsupport::{Bench, LinkSpec};
 use std::sync::Arc;

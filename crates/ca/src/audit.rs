@@ -15,10 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::Digest;
-use signer_protocol::{decode_body, msg, Command, Status};
+use signer_protocol::{Audit, Command, Status};
 use signer_repository::{AuditEntry, Repository};
-use signer_server::{AuditSink, CommandOutcome};
+use signer_service::{AuditSink, CommandOutcome};
 
 /// How often the counts of commands that change nothing are written.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(600);
@@ -36,7 +35,7 @@ struct Counts {
     /// (command, outcome) → how many.
     by: BTreeMap<(String, String), u64>,
     /// Per issuer: the last CRL number answered (a new one is audited).
-    crls: BTreeMap<String, Vec<u8>>,
+    crls: BTreeMap<String, String>,
 }
 
 impl CaAudit {
@@ -76,22 +75,27 @@ impl CaAudit {
     }
 }
 
+/// The value of fact `name`.
+fn fact<'a>(o: &'a CommandOutcome<'_>, name: &str) -> Option<&'a str> {
+    o.facts
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Whether a command's entry is written on its own (it may have changed
-/// state) rather than counted.
-fn individually(o: &CommandOutcome<'_>, crls: &mut BTreeMap<String, Vec<u8>>) -> bool {
-    match o.command {
-        Command::SIGN_X509 | Command::REVOKE_X509 | Command::CERTIFY_OPENPGP => true,
-        Command::FETCH_CRL => {
-            let (Ok(req), Ok(reply)) = (
-                decode_body::<msg::FetchCrl>(o.request),
-                decode_body::<msg::FetchCrlReply>(o.reply),
-            ) else {
+/// state) rather than counted, as its declaration says.
+fn individually(o: &CommandOutcome<'_>, crls: &mut BTreeMap<String, String>) -> bool {
+    match o.audit {
+        Audit::Entry => true,
+        Audit::EntryWhenNewCrl => {
+            let (Some(issuer), Some(number)) = (fact(o, "issuer"), fact(o, "crl_number")) else {
                 return false;
             };
-            let seen = crls.insert(req.issuer, reply.number.clone());
-            seen.as_ref() != Some(&reply.number)
+            let seen = crls.insert(issuer.to_string(), number.to_string());
+            seen.as_deref() != Some(number)
         }
-        _ => false,
+        Audit::Counted | Audit::Probe => false,
     }
 }
 
@@ -103,7 +107,8 @@ fn outcome_name(status: Status) -> String {
     }
 }
 
-/// The audit entry for one answered command.
+/// The audit entry for one answered command: its outcome, then the facts
+/// its request and reply declare (`signer_protocol::Facts`).
 pub fn command_entry(o: &CommandOutcome<'_>) -> AuditEntry {
     let action = if o.command == Command(0) {
         "unreadable envelope".to_string()
@@ -111,64 +116,13 @@ pub fn command_entry(o: &CommandOutcome<'_>) -> AuditEntry {
         o.command.to_string()
     };
     let mut e = AuditEntry::new("command", &action, &outcome_name(o.status))
-        .fact("req_id", o.id.to_string())
+        .fact("req_id", o.envelope_id.to_string())
         .fact("elapsed_ms", o.elapsed_ms.to_string());
     if !o.message.is_empty() {
         e = e.fact("message", o.message);
     }
-    match o.command {
-        Command::SIGN_X509 => {
-            if let Ok(r) = decode_body::<msg::SignX509>(o.request) {
-                let subject: Vec<String> =
-                    r.subject.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                e = e
-                    .fact("request_id", r.request_id)
-                    .fact("profile", r.profile)
-                    .fact("subject", subject.join(","))
-                    .fact("csr_sha256", hex::encode(sha2::Sha256::digest(&r.csr)));
-            }
-            if let Ok(r) = decode_body::<msg::SignX509Reply>(o.reply) {
-                e = e
-                    .fact("issuer", r.issuer)
-                    .fact("serial", hex::encode(&r.serial))
-                    .fact("replayed", r.replayed.to_string());
-            }
-        }
-        Command::REVOKE_X509 => {
-            if let Ok(r) = decode_body::<msg::RevokeX509>(o.request) {
-                e = e
-                    .fact("request_id", r.request_id)
-                    .fact("issuer", r.issuer)
-                    .fact("serial", hex::encode(&r.serial))
-                    .fact("reason", r.reason.to_string());
-            }
-        }
-        Command::FETCH_CRL => {
-            if let Ok(r) = decode_body::<msg::FetchCrl>(o.request) {
-                e = e.fact("issuer", r.issuer);
-            }
-            if let Ok(r) = decode_body::<msg::FetchCrlReply>(o.reply) {
-                e = e
-                    .fact("crl_number", hex::encode(&r.number))
-                    .fact("entries", r.entries.to_string());
-            }
-        }
-        Command::CERTIFY_OPENPGP => {
-            if let Ok(r) = decode_body::<msg::CertifyOpenpgp>(o.request) {
-                e = e
-                    .fact("request_id", r.request_id)
-                    .fact("user_ids", r.user_ids.join("; "))
-                    .fact("expires_at", r.expires_at.to_string())
-                    .fact("key_sha256", hex::encode(sha2::Sha256::digest(&r.key)));
-            }
-            if let Ok(r) = decode_body::<msg::CertifyOpenpgpReply>(o.reply) {
-                e = e
-                    .fact("fingerprint", r.fingerprint)
-                    .fact("ca_fingerprint", r.ca_fingerprint)
-                    .fact("replayed", r.replayed.to_string());
-            }
-        }
-        _ => {}
+    for (name, value) in o.facts {
+        e = e.fact(name, value.clone());
     }
     e
 }

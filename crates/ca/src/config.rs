@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use signer_hsm::{BackendConfig, KeySpec, PinSource};
-use signer_server::config::{ConfigError, Section};
+pub use signer_replication::ReplicationConfig;
+use signer_service::config::{ConfigError, Section};
 use signer_x509::Profile;
 
 /// `ca.keys[]`: a key on the token.
@@ -103,50 +104,6 @@ impl OpenpgpConfig {
             .as_secs();
         u32::try_from(secs).map_err(|_| "after 2106 (OpenPGP times are 32-bit)".to_string())
     }
-}
-
-/// `ca.replication`: the twin and the two nats-servers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicationConfig {
-    /// This signer's own nats-server, e.g. `nats://127.0.0.1:4222`: its
-    /// changes are published to a JetStream stream there.
-    pub local: String,
-    /// The twin's nats-server across the crossover cable: its stream is
-    /// consumed from there with a durable consumer.
-    pub peer: String,
-    /// The twin's `signer_id`.
-    pub peer_id: String,
-    /// Largest size of this signer's stream (default 1 GiB; the nats-server's
-    /// `jetstream.max_file_store` must allow it). When full, changes wait in
-    /// the repository's outbox; nothing is discarded.
-    #[serde(default = "default_stream_max_bytes")]
-    pub stream_max_bytes: i64,
-    /// Seconds between state exchanges with the twin (default 2).
-    #[serde(default = "default_state_interval")]
-    pub state_interval_secs: u32,
-    /// Health turns degraded when the twin is unreachable or behind by more
-    /// than this many seconds (default 300).
-    #[serde(default = "default_lag_warning")]
-    pub lag_warning_secs: u32,
-    /// Health turns degraded when the twins' clocks differ by more than this
-    /// many seconds, measured at every state exchange (default 30).
-    #[serde(default = "default_clock_drift")]
-    pub clock_drift_warning_secs: u32,
-}
-
-fn default_clock_drift() -> u32 {
-    30
-}
-
-fn default_stream_max_bytes() -> i64 {
-    1 << 30
-}
-fn default_state_interval() -> u32 {
-    2
-}
-fn default_lag_warning() -> u32 {
-    300
 }
 
 fn default_next_update_hours() -> u32 {
@@ -293,34 +250,7 @@ impl Section for CaConfig {
             ));
         }
         if let Some(r) = &self.replication {
-            for (key, url) in [("local", &r.local), ("peer", &r.peer)] {
-                if !url.starts_with("nats://") || url.len() <= "nats://".len() {
-                    return Err(invalid(
-                        format!("ca.replication.{key}"),
-                        format!("expected a nats://host:port address, got {url:?}"),
-                    ));
-                }
-            }
-            let id_ok = !r.peer_id.is_empty()
-                && r.peer_id
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !id_ok {
-                return Err(invalid(
-                    "ca.replication.peer_id".into(),
-                    format!(
-                        "expected lowercase letters, digits and -, got {:?}",
-                        r.peer_id
-                    ),
-                ));
-            }
-            if r.state_interval_secs == 0 || r.stream_max_bytes < 1 << 20 {
-                return Err(invalid(
-                    "ca.replication".into(),
-                    "state_interval_secs must be at least 1 and stream_max_bytes at least 1 MiB"
-                        .into(),
-                ));
-            }
+            r.validate(file)?;
         }
         if !(1..=127).contains(&self.serial_prefix) {
             return Err(invalid(

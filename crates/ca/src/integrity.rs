@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use signer_protocol::{msg, Status};
 use signer_repository::{Expected, OpenOptions, RepoError, Repository};
-use signer_server::Failure;
+use signer_service::Failure;
 use signer_x509::CaSigner;
 
 use crate::{CaConfig, CaError};

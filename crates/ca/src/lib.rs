@@ -26,13 +26,12 @@ use std::time::Duration;
 use signer_clock::SharedClock;
 
 use signer_hsm::{HsmError, SigningBackend};
-use signer_protocol::{decode_body, encode_body, msg, Command, Status};
+use signer_protocol::calls;
+use signer_protocol::{msg, Status};
 use signer_repository::{
     CertRecord, CrlMeta, CrlRecord, Recorded, RepoError, Repository, RevocationRecord, Revoked,
 };
-use signer_server::{
-    typed, CallContext, Completion, Failure, Handler, HealthSource, Placement, Router,
-};
+use signer_service::{CallContext, Failure, HealthSource, Router};
 use signer_x509::crl::{CrlBuilder, CrlEntry};
 use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
@@ -218,28 +217,6 @@ fn recorded(
             "serial number collision; nothing was issued, send the request again",
         )),
         Err(e) => Err(repo_failure(&e, "nothing was issued")),
-    }
-}
-
-/// `sign_x509` as a handler whose worker is free once the certificate is
-/// signed: the answer goes out from the committer after the fsync'd commit.
-struct SignHandler(Arc<CaService>);
-
-impl Handler for SignHandler {
-    fn call(&self, ctx: &CallContext, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        let request = decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
-        self.0.sign(ctx, request).map(|reply| encode_body(&reply))
-    }
-
-    fn call_deferred(&self, ctx: &CallContext, body: &[u8], done: Completion) {
-        match decode_body::<msg::SignX509>(body) {
-            Err(e) => done.finish(Err(Failure::new(Status::MALFORMED_BODY, e.0))),
-            Ok(request) => self.0.sign_then(
-                ctx,
-                request,
-                Box::new(move |result| done.finish(result.map(|r| encode_body(&r)))),
-            ),
-        }
     }
 }
 
@@ -430,11 +407,11 @@ impl CaService {
     /// repository, then returns; `then` gets the reply on the repository's
     /// committer thread once the certificate is durable (never before).
     pub fn sign_then(&self, ctx: &CallContext, request: msg::SignX509, then: SignThen) {
-        match self.prepare(ctx, &request) {
+        match self.prepare(&request) {
             Err(failure) => then(Err(failure)),
             Ok(Prepared::Replay(reply)) => then(Ok(reply)),
             Ok(Prepared::Record(record, csr_fingerprint)) => {
-                let req_id = ctx.id;
+                let req_id = ctx.envelope_id;
                 let mine = record.clone();
                 self.repo.record_issuance_then(
                     record,
@@ -445,7 +422,7 @@ impl CaService {
     }
 
     /// Everything up to the durable record: validation, replay check, issuance.
-    fn prepare(&self, ctx: &CallContext, request: &msg::SignX509) -> Result<Prepared, Failure> {
+    fn prepare(&self, request: &msg::SignX509) -> Result<Prepared, Failure> {
         if !valid_request_id(&request.request_id) {
             return Err(Failure::new(
                 Status::MALFORMED_BODY,
@@ -610,7 +587,7 @@ impl CaService {
                     .repo
                     .serial_exists(&entry.name, &serial)
                     .unwrap_or(true);
-                info!(req_id = ctx.id, request_id = %request.request_id, issuer = %entry.name, serial = %hex::encode(&serial), reason = request.reason, legacy, "certificate revoked");
+                info!(req_id = ctx.envelope_id, request_id = %request.request_id, issuer = %entry.name, serial = %hex::encode(&serial), reason = request.reason, legacy, "certificate revoked");
                 Ok(reply(&RevocationRecord { legacy, ..record }, false))
             }
             Ok(Revoked::Existing(original)) => Ok(reply(&original, true)),
@@ -729,7 +706,7 @@ impl CaService {
     /// Handles `fetch_crl`.
     pub fn fetch_crl(
         &self,
-        ctx: &CallContext,
+        _ctx: &CallContext,
         request: msg::FetchCrl,
     ) -> Result<msg::FetchCrlReply, Failure> {
         if !self.config.cas.iter().any(|c| c.name == request.issuer) {
@@ -849,47 +826,28 @@ impl CaService {
 
     /// Adds this service's commands to a router.
     pub fn routes(self: &Arc<Self>, router: Router) -> Router {
-        let sign = Arc::clone(self);
-        let certs = Arc::clone(self);
-        let revoke = Arc::clone(self);
-        let crl = Arc::clone(self);
+        let (sign, certs, revoke, crl) = (
+            Arc::clone(self),
+            Arc::clone(self),
+            Arc::clone(self),
+            Arc::clone(self),
+        );
         let router = router
-            .route(
-                Command::SIGN_X509,
-                Placement::Pool,
-                Arc::new(SignHandler(sign)),
-            )
-            .route(
-                Command::REVOKE_X509,
-                Placement::Pool,
-                typed(move |ctx: &CallContext, r: msg::RevokeX509| revoke.revoke(ctx, r)),
-            )
-            .route(
-                Command::FETCH_CRL,
-                Placement::Pool,
-                typed(move |ctx: &CallContext, r: msg::FetchCrl| crl.fetch_crl(ctx, r)),
-            )
-            .route(
-                Command::CA_CERTS,
-                Placement::Pool,
-                typed(move |_: &CallContext, _: msg::Empty| certs.ca_certs()),
-            );
+            // The worker is free once the certificate is signed: the answer
+            // goes out from the committer after the fsync'd commit.
+            .on_deferred::<calls::SignX509, _>(move |ctx, r, reply| {
+                sign.sign_then(ctx, r, Box::new(move |result| reply.send(result)))
+            })
+            .on::<calls::RevokeX509, _>(move |ctx, r| revoke.revoke(ctx, r))
+            .on::<calls::FetchCrl, _>(move |ctx, r| crl.fetch_crl(ctx, r))
+            .on::<calls::CaCerts, _>(move |_, _| certs.ca_certs());
         if self.config.openpgp.is_none() {
             return router;
         }
-        let pgp = Arc::clone(self);
-        let pgp_ca = Arc::clone(self);
+        let (pgp, pgp_ca) = (Arc::clone(self), Arc::clone(self));
         router
-            .route(
-                Command::CERTIFY_OPENPGP,
-                Placement::Pool,
-                typed(move |ctx: &CallContext, r: msg::CertifyOpenpgp| pgp.certify_openpgp(ctx, r)),
-            )
-            .route(
-                Command::OPENPGP_CA,
-                Placement::Pool,
-                typed(move |_: &CallContext, _: msg::Empty| pgp_ca.openpgp_certificate()),
-            )
+            .on::<calls::CertifyOpenpgp, _>(move |ctx, r| pgp.certify_openpgp(ctx, r))
+            .on::<calls::OpenpgpCa, _>(move |_, _| pgp_ca.openpgp_certificate())
     }
 }
 

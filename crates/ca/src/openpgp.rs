@@ -7,7 +7,7 @@ use signer_hsm::KeyKind;
 use signer_openpgp::{certify, inspect, public_key_packet, CaCertificate, HsmSigner, PgpError};
 use signer_protocol::{msg, Status};
 use signer_repository::{CertificationRecord, Certified};
-use signer_server::{CallContext, Failure};
+use signer_service::{CallContext, Failure};
 use tracing::{info, warn};
 
 use crate::{valid_request_id, CaService, OpenpgpConfig};
@@ -206,7 +206,7 @@ impl CaService {
                     .iter()
                     .map(|(u, _)| u.as_str())
                     .collect();
-                info!(req_id = ctx.id, request_id = %record.request_id, fingerprint = %record.fingerprint, user_ids = ?uids, expires_at = record.expires_at, "OpenPGP user IDs certified");
+                info!(req_id = ctx.envelope_id, request_id = %record.request_id, fingerprint = %record.fingerprint, user_ids = ?uids, expires_at = record.expires_at, "OpenPGP user IDs certified");
                 Ok(reply_from(&record, false))
             }
             Ok(Certified::Existing(original)) => replay(&original, &digest),

@@ -20,10 +20,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod calls;
 mod codes;
 mod envelope;
 pub mod messages;
 
+pub use calls::{Audit, Call, FactList, Facts, Placement};
 pub use codes::{Command, Status};
 pub use envelope::{
     decode_request, decode_response_part, encode_request, encode_response, encode_response_part,

@@ -23,6 +23,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod config;
+
+pub use config::ReplicationConfig;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,11 +35,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use signer_ca::ReplicationConfig;
 use signer_clock::Clock as _;
 use signer_protocol::msg::{Check, HealthStatus};
 use signer_repository::{Event, ReplicaState, Repository};
-use signer_server::HealthSource;
+use signer_service::HealthSource;
 use tracing::{debug, info, warn};
 
 /// Events one publish round takes from the outbox.

@@ -3,41 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
-
-/// A configuration problem, naming the offending key where there is one.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// YAML syntax, a wrong type, a missing or unknown key.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// serde_yaml's message (it names the key path and position).
-        message: String,
-    },
-    /// A value out of its allowed range.
-    #[error("{file}: {key}: {message}")]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// Dotted key path, e.g. `protocol.max_frame`.
-        key: String,
-        /// What was expected.
-        message: String,
-    },
-}
+pub use signer_service::config::{ConfigError, Section};
 
 /// Parity setting of the serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -199,14 +168,6 @@ impl Default for LogConfig {
             level: default_log_level(),
         }
     }
-}
-
-/// The `ca:` section a daemon adds to the file. The server crate only
-/// parses it strictly and asks it to validate itself.
-pub trait Section: DeserializeOwned + Clone + std::fmt::Debug {
-    /// Resolves relative paths against `base` and checks values; errors name
-    /// their key under `ca.`.
-    fn validate(&mut self, file: &Path, base: &Path) -> Result<(), ConfigError>;
 }
 
 /// No `ca:` section: the file must not have one.

@@ -20,7 +20,11 @@ use signer_protocol::{
 };
 use tracing::{debug, info, warn};
 
-use crate::router::{CallContext, Failure, Placement, Router};
+use signer_protocol::calls;
+use signer_service::{
+    audit_of, Answer, Audit, AuditSink, CallContext, CommandOutcome, Completion, Failure,
+    HealthSource, Placement, Router,
+};
 
 /// Limits of the engine.
 #[derive(Debug, Clone)]
@@ -50,46 +54,6 @@ impl Default for EngineConfig {
             workers: 2,
         }
     }
-}
-
-/// What the engine tells the audit log about a command it answered.
-#[derive(Debug, Clone, Copy)]
-pub struct CommandOutcome<'a> {
-    /// The request id of the envelope.
-    pub id: u64,
-    /// The command (0 when the envelope could not be read).
-    pub command: Command,
-    /// The answer's status.
-    pub status: Status,
-    /// The error message (empty on success).
-    pub message: &'a str,
-    /// The request body (empty for requests refused before they ran).
-    pub request: &'a [u8],
-    /// The reply body on success.
-    pub reply: &'a [u8],
-    /// Time from start to answer.
-    pub elapsed_ms: u64,
-}
-
-/// Receives every command the engine answered except the liveness probes
-/// `hello`, `health` and `fetch_parts`, and except answers replayed from the
-/// response store. Must be quick: it runs before the answer is sent.
-pub trait AuditSink: Send + Sync + 'static {
-    /// One answered command.
-    fn command(&self, outcome: &CommandOutcome<'_>);
-}
-
-fn audited(command: Command) -> bool {
-    !matches!(
-        command,
-        Command::HELLO | Command::HEALTH | Command::FETCH_PARTS
-    )
-}
-
-/// Contributes checks to the health report (HSM keys, repository, …).
-pub trait HealthSource: Send + Sync + 'static {
-    /// Current checks; must not block for long.
-    fn checks(&self) -> Vec<msg::Check>;
 }
 
 #[derive(Default)]
@@ -188,10 +152,10 @@ impl Engine {
         health: Vec<Arc<dyn HealthSource>>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let engine = Arc::new(Engine {
+        let engine = Arc::new_cyclic(|weak: &std::sync::Weak<Engine>| Engine {
             peer_max_frame: AtomicU32::new(DEFAULT_MAX_FRAME.min(config.max_frame)),
             config,
-            router,
+            router: Self::built_in(weak.clone()).merge(router),
             cache: Mutex::new(Cache::default()),
             counters: Counters::default(),
             started: Instant::now(),
@@ -209,7 +173,7 @@ impl Engine {
             let weak = Arc::downgrade(&engine);
             let spawned = std::thread::Builder::new()
                 .name(format!("worker-{worker}"))
-                .spawn(move || worker_loop(worker, rx, weak));
+                .spawn(move || worker_loop(rx, weak));
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => warn!(worker, cause = %e, "could not start worker thread"),
@@ -219,21 +183,43 @@ impl Engine {
         engine
     }
 
+    /// `hello` and `health`: ordinary routes whose handlers ask the engine.
+    /// (`fetch_parts` is answered from the response store before routing.)
+    fn built_in(weak: std::sync::Weak<Engine>) -> Router {
+        let health = weak.clone();
+        Router::new()
+            .on::<calls::Hello, _>(move |_, hello| match weak.upgrade() {
+                Some(engine) => engine.hello(hello),
+                None => Err(Failure::new(
+                    Status::SHUTTING_DOWN,
+                    "the signer is shutting down",
+                )),
+            })
+            .on::<calls::Health, _>(move |_, _| match health.upgrade() {
+                Some(engine) => Ok(engine.health_report()),
+                None => Err(Failure::new(
+                    Status::SHUTTING_DOWN,
+                    "the signer is shutting down",
+                )),
+            })
+    }
+
     /// Sends every answered command to `sink` from now on (set once).
     pub fn set_audit(&self, sink: Arc<dyn AuditSink>) {
         let _ = self.audit.set(sink);
     }
 
-    fn audit_refusal(&self, id: u64, command: Command, failure: &Failure) {
+    fn audit_refusal(&self, envelope_id: u64, command: Command, failure: &Failure) {
+        let audit = audit_of(command);
         if let Some(sink) = self.audit.get() {
-            if audited(command) {
+            if audit != Audit::Probe {
                 sink.command(&CommandOutcome {
-                    id,
+                    envelope_id,
                     command,
+                    audit,
                     status: failure.status,
                     message: &failure.message,
-                    request: &[],
-                    reply: &[],
+                    facts: &Vec::new(),
                     elapsed_ms: 0,
                 });
             }
@@ -398,29 +384,27 @@ impl Engine {
                 self.respond_uncached(out, id, &failure);
                 return;
             }
-            let placement = match request.command {
-                Command::HELLO | Command::HEALTH => Placement::Inline,
-                command => match self.router.get(command) {
-                    Some(route) => route.placement,
-                    None => {
-                        drop(cache);
-                        let failure = if command.name().is_some() {
-                            Failure::new(
-                                Status::NOT_ENABLED,
-                                format!("command {command} is not enabled on this signer"),
-                            )
-                        } else {
-                            Failure::new(
-                                Status::UNKNOWN_COMMAND,
-                                format!("unknown command {}", command_label(command)),
-                            )
-                        };
-                        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                        self.audit_refusal(id, command, &failure);
-                        self.respond_uncached(out, id, &failure);
-                        return;
-                    }
-                },
+            let command = request.command;
+            let placement = match self.router.get(command) {
+                Some(route) => route.placement,
+                None => {
+                    drop(cache);
+                    let failure = if command.name().is_some() {
+                        Failure::new(
+                            Status::NOT_ENABLED,
+                            format!("command {command} is not enabled on this signer"),
+                        )
+                    } else {
+                        Failure::new(
+                            Status::UNKNOWN_COMMAND,
+                            format!("unknown command {}", command_label(command)),
+                        )
+                    };
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.audit_refusal(id, command, &failure);
+                    self.respond_uncached(out, id, &failure);
+                    return;
+                }
             };
             if cache.running >= self.config.max_in_flight {
                 drop(cache);
@@ -441,9 +425,8 @@ impl Engine {
             placement
         };
         let ctx = CallContext {
-            id,
+            envelope_id: id,
             command: request.command,
-            worker: 0,
         };
         match placement {
             Placement::Inline => self.run(ctx, digest, request.body, out),
@@ -478,39 +461,25 @@ impl Engine {
     /// Runs a request; its answer is sent when the [`Completion`] finishes,
     /// which a handler may do later from another thread.
     fn run(self: &Arc<Self>, ctx: CallContext, digest: Digest32, body: &[u8], out: &Outbox) {
-        let audit_body = if self.audit.get().is_some() && audited(ctx.command) {
-            body.to_vec()
-        } else {
-            Vec::new()
+        let Some(route) = self.router.get(ctx.command).cloned() else {
+            let failure = Failure::new(Status::UNKNOWN_COMMAND, "unknown command");
+            self.complete(ctx, digest, Err(failure), out, true);
+            return;
         };
-        let done = Completion {
-            inner: Some(Pending {
-                engine: Arc::clone(self),
-                ctx,
-                digest,
-                out: out.clone(),
-                started: Instant::now(),
-                origin: std::thread::current().id(),
-                body: audit_body,
-            }),
+        let pending = Pending {
+            engine: Arc::clone(self),
+            ctx,
+            audit: route.audit,
+            digest,
+            out: out.clone(),
+            started: Instant::now(),
+            origin: std::thread::current().id(),
         };
-        match ctx.command {
-            Command::HELLO => done.finish(self.hello(body)),
-            Command::HEALTH => done.finish(self.health(body)),
-            command => match self.router.get(command) {
-                Some(route) => {
-                    let handler = Arc::clone(&route.handler);
-                    // A panic drops `done` while unwinding, which answers `internal`.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        handler.call_deferred(&ctx, body, done)
-                    }));
-                }
-                None => done.finish(Err(Failure::new(
-                    Status::UNKNOWN_COMMAND,
-                    "unknown command",
-                ))),
-            },
-        }
+        let done = Completion::new(move |answer| pending.finish(answer));
+        // A panic drops `done` while unwinding, which answers `internal`.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            route.handler.call(&ctx, body, done)
+        }));
     }
 
     /// Stores the answer for retries of the same id, then sends it. With
@@ -528,8 +497,8 @@ impl Engine {
         wait: bool,
     ) {
         let frames = match result {
-            Ok(body) => self.encode(ctx.id, Status::OK, &body),
-            Err(failure) => self.encode(ctx.id, failure.status, &failure.body()),
+            Ok(body) => self.encode(ctx.envelope_id, Status::OK, &body),
+            Err(failure) => self.encode(ctx.envelope_id, failure.status, &failure.body()),
         };
         let frames = Arc::new(frames);
         self.counters.executed.fetch_add(1, Ordering::Relaxed);
@@ -538,13 +507,13 @@ impl Engine {
             cache.running = cache.running.saturating_sub(1);
             cache.bytes += frames.iter().map(Vec::len).sum::<usize>();
             cache.entries.insert(
-                ctx.id,
+                ctx.envelope_id,
                 Entry::Done {
                     digest,
                     frames: Arc::clone(&frames),
                 },
             );
-            cache.order.push_back(ctx.id);
+            cache.order.push_back(ctx.envelope_id);
             self.evict(&mut cache);
         }
         if wait {
@@ -635,9 +604,7 @@ impl Engine {
         self.send(out, &frames);
     }
 
-    fn hello(&self, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        let hello: msg::Hello =
-            decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
+    fn hello(&self, hello: msg::Hello) -> Result<msg::HelloReply, Failure> {
         if (hello.max_frame as usize) < signer_frame::MIN_MAX_CONTENT {
             return Err(Failure::new(
                 Status::MALFORMED_BODY,
@@ -651,9 +618,10 @@ impl Engine {
         let max_frame = hello.max_frame.min(self.config.max_frame);
         self.peer_max_frame.store(max_frame, Ordering::Relaxed);
         info!(client = %hello.client, max_frame, "hello");
-        let mut commands = vec![Command::HELLO.0, Command::HEALTH.0, Command::FETCH_PARTS.0];
-        commands.extend(self.router.commands().map(|c| c.0));
-        Ok(encode_body(&msg::HelloReply {
+        let mut commands: Vec<u16> = self.router.commands().map(|c| c.0).collect();
+        commands.push(Command::FETCH_PARTS.0);
+        commands.sort_unstable();
+        Ok(msg::HelloReply {
             version: VERSION,
             versions: vec![VERSION],
             max_frame,
@@ -661,7 +629,7 @@ impl Engine {
             server: format!("signerd {}", env!("CARGO_PKG_VERSION")),
             signer_id: self.config.signer_id.clone(),
             commands,
-        }))
+        })
     }
 
     /// The link counters as reported in `health`.
@@ -710,19 +678,13 @@ impl Engine {
             checks,
         }
     }
-
-    fn health(&self, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        let _: msg::Empty =
-            decode_body(body).map_err(|e| Failure::new(Status::MALFORMED_BODY, e.0))?;
-        Ok(encode_body(&self.health_report()))
-    }
 }
 
 fn command_label(command: Command) -> String {
     format!("0x{:04x}", command.0)
 }
 
-fn worker_loop(worker: usize, rx: Arc<Mutex<Receiver<Job>>>, engine: std::sync::Weak<Engine>) {
+fn worker_loop(rx: Arc<Mutex<Receiver<Job>>>, engine: std::sync::Weak<Engine>) {
     loop {
         let job = match lock(&rx).recv() {
             Ok(job) => job,
@@ -731,14 +693,14 @@ fn worker_loop(worker: usize, rx: Arc<Mutex<Receiver<Job>>>, engine: std::sync::
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        let ctx = CallContext { worker, ..job.ctx };
-        engine.run(ctx, job.digest, &job.body, &job.out);
+        engine.run(job.ctx, job.digest, &job.body, &job.out);
     }
 }
 
 struct Pending {
     engine: Arc<Engine>,
     ctx: CallContext,
+    audit: Audit,
     digest: Digest32,
     out: Outbox,
     started: Instant,
@@ -746,64 +708,42 @@ struct Pending {
     /// there may wait for room on the link (back-pressure); one finished on
     /// another thread (the repository's committer) never waits.
     origin: std::thread::ThreadId,
-    /// The request body, kept for the audit sink.
-    body: Vec<u8>,
 }
 
-/// The answer to one request, owed. A handler finishes it with the result,
-/// now or later from any thread (for example once a commit is on disk); if
-/// it is dropped unfinished, the request is answered `internal`.
-pub struct Completion {
-    inner: Option<Pending>,
-}
-
-impl Completion {
-    /// Sends the answer (and stores it for retries of the same id).
-    pub fn finish(mut self, result: Result<Vec<u8>, Failure>) {
-        if let Some(p) = self.inner.take() {
-            let elapsed_ms = p.started.elapsed().as_millis() as u64;
-            match &result {
-                Ok(_) => {
-                    debug!(req_id = p.ctx.id, cmd = %p.ctx.command, elapsed_ms, "request done")
-                }
-                Err(f) => {
-                    info!(req_id = p.ctx.id, cmd = %p.ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed")
-                }
+impl Pending {
+    /// Audits, stores and sends a finished answer.
+    fn finish(self, answer: Answer) {
+        let p = self;
+        let elapsed_ms = p.started.elapsed().as_millis() as u64;
+        let id = p.ctx.envelope_id;
+        match &answer.result {
+            _ if answer.abandoned => {
+                warn!(req_id = id, cmd = %p.ctx.command, "request abandoned by its handler")
             }
-            if let Some(sink) = p.engine.audit.get() {
-                if audited(p.ctx.command) {
-                    let (status, message, reply) = match &result {
-                        Ok(body) => (Status::OK, "", body.as_slice()),
-                        Err(f) => (f.status, f.message.as_str(), &[][..]),
-                    };
-                    sink.command(&CommandOutcome {
-                        id: p.ctx.id,
-                        command: p.ctx.command,
-                        status,
-                        message,
-                        request: &p.body,
-                        reply,
-                        elapsed_ms,
-                    });
-                }
+            Ok(_) => debug!(req_id = id, cmd = %p.ctx.command, elapsed_ms, "request done"),
+            Err(f) => {
+                info!(req_id = id, cmd = %p.ctx.command, elapsed_ms, status = %f.status, cause = %f.message, "request failed")
             }
-            let wait = std::thread::current().id() == p.origin;
-            p.engine.complete(p.ctx, p.digest, result, &p.out, wait);
         }
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if let Some(p) = self.inner.take() {
-            warn!(req_id = p.ctx.id, cmd = %p.ctx.command, "request abandoned by its handler");
-            let failure = Failure::new(
-                Status::INTERNAL,
-                "internal error while executing the request",
-            );
-            let wait = std::thread::current().id() == p.origin;
-            p.engine
-                .complete(p.ctx, p.digest, Err(failure), &p.out, wait);
+        if let Some(sink) = p.engine.audit.get() {
+            if p.audit != Audit::Probe {
+                let (status, message) = match &answer.result {
+                    Ok(_) => (Status::OK, ""),
+                    Err(f) => (f.status, f.message.as_str()),
+                };
+                sink.command(&CommandOutcome {
+                    envelope_id: id,
+                    command: p.ctx.command,
+                    audit: p.audit,
+                    status,
+                    message,
+                    facts: &answer.facts,
+                    elapsed_ms,
+                });
+            }
         }
+        let wait = std::thread::current().id() == p.origin;
+        p.engine
+            .complete(p.ctx, p.digest, answer.result, &p.out, wait);
     }
 }

@@ -8,7 +8,10 @@ use signer_protocol::{
     decode_body, decode_response_part, encode_body, encode_request, msg, Command, Status,
 };
 
-use crate::{typed, CallContext, Engine, EngineConfig, Failure, Placement, Router};
+use signer_protocol::{Audit, Call, Facts, Placement};
+use signer_service::{CallContext, Completion, Failure, Handler, Router};
+
+use crate::{Engine, EngineConfig};
 
 const ECHO: Command = Command(0x100);
 const SLOW: Command = Command(0x101);
@@ -28,40 +31,50 @@ struct Echo {
     n: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Numbers(Vec<u64>);
+
+impl Facts for Echo {}
+impl Facts for Numbers {}
+
+/// Test commands, declared as the protocol crate declares its own.
+macro_rules! test_call {
+    ($name:ident = $code:expr, $rep:ty) => {
+        struct $name;
+        impl Call for $name {
+            const COMMAND: Command = $code;
+            const PLACEMENT: Placement = Placement::Pool;
+            const AUDIT: Audit = Audit::Counted;
+            type Request = Echo;
+            type Reply = $rep;
+        }
+    };
+}
+test_call!(EchoCall = ECHO, Echo);
+test_call!(SlowCall = SLOW, Echo);
+test_call!(BigCall = BIG, Numbers);
+test_call!(PanicCall = PANIC, Echo);
+
 fn harness(config: EngineConfig) -> Harness {
     let echo_calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Mutex::new(()));
     let calls = Arc::clone(&echo_calls);
     let g = Arc::clone(&gate);
     let router = Router::new()
-        .route(
-            ECHO,
-            Placement::Pool,
-            typed(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Ok(e)
-            }),
-        )
-        .route(
-            SLOW,
-            Placement::Pool,
-            typed(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
-                let _held = g.lock();
-                Ok(e)
-            }),
-        )
-        .route(
-            BIG,
-            Placement::Pool,
-            typed(|_: &CallContext, e: Echo| -> Result<Vec<u64>, Failure> {
-                Ok((0..e.n).collect())
-            }),
-        )
-        .route(
-            PANIC,
-            Placement::Pool,
-            typed(|_: &CallContext, _: Echo| -> Result<Echo, Failure> { panic!("handler bug") }),
-        );
+        .on::<EchoCall, _>(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(e)
+        })
+        .on::<SlowCall, _>(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
+            let _held = g.lock();
+            Ok(e)
+        })
+        .on::<BigCall, _>(|_: &CallContext, e: Echo| -> Result<Numbers, Failure> {
+            Ok(Numbers((0..e.n).collect()))
+        })
+        .on::<PanicCall, _>(|_: &CallContext, _: Echo| -> Result<Echo, Failure> {
+            panic!("handler bug")
+        });
     let engine = Engine::start(config, router, Vec::new());
     let (out, rx) = crate::outbox();
     Harness {
@@ -330,14 +343,10 @@ fn health_reports_link_counters() {
 
 /// Hands each request's answer to a thread of its own, as the repository's
 /// committer finishes `sign_x509` once the certificate is on disk.
-struct Committer(Mutex<std::sync::mpsc::Sender<(Vec<u8>, crate::Completion)>>);
+struct Committer(Mutex<std::sync::mpsc::Sender<(Vec<u8>, Completion)>>);
 
-impl crate::Handler for Committer {
-    fn call(&self, _: &CallContext, body: &[u8]) -> Result<Vec<u8>, Failure> {
-        Ok(body.to_vec())
-    }
-
-    fn call_deferred(&self, _: &CallContext, body: &[u8], done: crate::Completion) {
+impl Handler for Committer {
+    fn call(&self, _: &CallContext, body: &[u8], done: Completion) {
         let _ = self
             .0
             .lock()
@@ -349,7 +358,8 @@ impl crate::Handler for Committer {
 #[test]
 fn a_peer_that_stops_reading_never_stalls_the_thread_finishing_answers() {
     const DEFER: Command = Command(0x104);
-    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, crate::Completion)>();
+    test_call!(DeferCall = DEFER, Echo);
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, Completion)>();
     let finished = Arc::new(AtomicUsize::new(0));
     let committer = {
         let finished = Arc::clone(&finished);
@@ -360,7 +370,7 @@ fn a_peer_that_stops_reading_never_stalls_the_thread_finishing_answers() {
             }
         })
     };
-    let router = Router::new().route(DEFER, Placement::Pool, Arc::new(Committer(Mutex::new(tx))));
+    let router = Router::new().with::<DeferCall>(Arc::new(Committer(Mutex::new(tx))));
     let engine = Engine::start(EngineConfig::default(), router, Vec::new());
     // Nobody reads the outgoing queue (256 frames): the peer stopped reading.
     let (out, unread) = crate::outbox();

@@ -15,7 +15,8 @@ use clap::{Parser, Subcommand};
 use signer_ca::{CaConfig, CaService};
 use signer_replication::Replicator;
 use signer_server::config::LogFormat;
-use signer_server::{link, Engine, HealthSource, Router};
+use signer_server::{link, Engine};
+use signer_service::{HealthSource, Router};
 use tracing::{error, info};
 
 /// The daemon's configuration: the server's sections plus `ca:`.
