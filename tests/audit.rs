@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,28 +36,20 @@ fn every_command_and_ceremony_step_is_in_a_verifiable_chain() {
         &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
     );
     let reply: msg::SignX509Reply = client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request("audit-1", csr.clone(), "audited.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("audit-1", csr.clone(), "audited.example.org"))
         .unwrap();
     let mut refused = sign_request("audit-2", csr, "audited.example.org");
     refused.profile = "nope".into();
-    let err = client
-        .call_typed::<_, msg::SignX509Reply>(Cmd::SIGN_X509, &refused)
-        .unwrap_err();
+    let err = client.request::<calls::SignX509>(&refused).unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_PROFILE));
     let _: msg::RevokeX509Reply = client
-        .call_typed(
-            Cmd::REVOKE_X509,
-            &msg::RevokeX509 {
-                request_id: "audit-r".into(),
-                issuer: "sub".into(),
-                serial: reply.serial.clone(),
-                reason: 1,
-                invalidity_date: None,
-            },
-        )
+        .request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: "audit-r".into(),
+            issuer: "sub".into(),
+            serial: reply.serial.clone(),
+            reason: 1,
+            invalidity_date: None,
+        })
         .unwrap();
     let health = client.health().unwrap();
     let head = health.checks.iter().find(|c| c.name == "audit").unwrap();

@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,14 +52,11 @@ fn stream(client: &Client, csr: &[u8], run: usize, stop: &AtomicBool) -> Seen {
     while !stop.load(Ordering::SeqCst) {
         let id = format!("crash-{run}-{k}");
         k += 1;
-        match client.call_typed::<_, msg::SignX509Reply>(Cmd::SIGN_X509, &request(csr, &id)) {
+        match client.request::<calls::SignX509>(&request(csr, &id)) {
             Ok(reply) => {
                 if k % 4 == 0 {
                     let rev = revocation(&reply.serial);
-                    if client
-                        .call_typed::<_, msg::RevokeX509Reply>(Cmd::REVOKE_X509, &rev)
-                        .is_ok()
-                    {
+                    if client.request::<calls::RevokeX509>(&rev).is_ok() {
                         seen.revoked.insert(reply.serial.clone());
                     }
                 }
@@ -122,7 +121,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     let mut serials = BTreeSet::new();
     for (id, certificate) in &all.issued {
         let again: msg::SignX509Reply = client
-            .call_typed(Cmd::SIGN_X509, &request(&csr, id))
+            .request::<calls::SignX509>(&request(&csr, id))
             .unwrap();
         assert!(again.replayed, "{id} was recorded before its answer left");
         assert_eq!(&again.certificate, certificate, "{id}");
@@ -132,13 +131,13 @@ fn kill_9_at_random_moments_loses_nothing() {
     // one certificate, and never a serial already used.
     for id in &all.unanswered {
         let reply: msg::SignX509Reply = client
-            .call_typed(Cmd::SIGN_X509, &request(&csr, id))
+            .request::<calls::SignX509>(&request(&csr, id))
             .unwrap();
         assert!(serials.insert(reply.serial), "serial used twice ({id})");
     }
     for serial in &all.revoked {
         let again: msg::RevokeX509Reply = client
-            .call_typed(Cmd::REVOKE_X509, &revocation(serial))
+            .request::<calls::RevokeX509>(&revocation(serial))
             .unwrap();
         assert!(again.replayed, "revocation of {} kept", hex::encode(serial));
     }

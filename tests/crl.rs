@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::path::Path;
 use std::process::Command;
 
@@ -17,10 +19,7 @@ fn sign(client: &signer_client::Client, d: &Path, name: &str) -> msg::SignX509Re
     let csr = make_csr(d, name, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
     let host = format!("{name}.example.org");
     let reply: msg::SignX509Reply = client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request(&format!("crl-{name}"), csr, &host),
-        )
+        .request::<calls::SignX509>(&sign_request(&format!("crl-{name}"), csr, &host))
         .unwrap();
     std::fs::write(
         d.join(format!("{name}.pem")),
@@ -46,16 +45,13 @@ fn revoke(
     invalidity: Option<i64>,
 ) {
     let _: msg::RevokeX509Reply = client
-        .call_typed(
-            Cmd::REVOKE_X509,
-            &msg::RevokeX509 {
-                request_id: "r".into(),
-                issuer: issuer.into(),
-                serial: serial.to_vec(),
-                reason,
-                invalidity_date: invalidity,
-            },
-        )
+        .request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: "r".into(),
+            issuer: issuer.into(),
+            serial: serial.to_vec(),
+            reason,
+            invalidity_date: invalidity,
+        })
         .unwrap();
 }
 
@@ -154,14 +150,11 @@ fn crls_check_out_with_openssl_and_track_revocations() {
     let client = bench.client();
     revoke(&client, "sub", &good.serial, 4, None);
     let first: msg::FetchCrlReply = client
-        .call_typed(
-            Cmd::FETCH_CRL,
-            &msg::FetchCrl {
-                issuer: "sub".into(),
-                have_number: None,
-                have_sha256: None,
-            },
-        )
+        .request::<calls::FetchCrl>(&msg::FetchCrl {
+            issuer: "sub".into(),
+            have_number: None,
+            have_sha256: None,
+        })
         .unwrap();
     assert_eq!(first.entries, 3);
     drop(client);
@@ -210,25 +203,19 @@ fn crls_check_out_with_openssl_and_track_revocations() {
     // Bad fetches.
     let client = bench.client();
     let err = client
-        .call_typed::<_, msg::FetchCrlReply>(
-            Cmd::FETCH_CRL,
-            &msg::FetchCrl {
-                issuer: "sub".into(),
-                have_number: Some(vec![0x7f; 12]),
-                have_sha256: Some(vec![0; 32]),
-            },
-        )
+        .request::<calls::FetchCrl>(&msg::FetchCrl {
+            issuer: "sub".into(),
+            have_number: Some(vec![0x7f; 12]),
+            have_sha256: Some(vec![0; 32]),
+        })
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_CRL), "{err}");
     let err = client
-        .call_typed::<_, msg::FetchCrlReply>(
-            Cmd::FETCH_CRL,
-            &msg::FetchCrl {
-                issuer: "nope".into(),
-                have_number: None,
-                have_sha256: None,
-            },
-        )
+        .request::<calls::FetchCrl>(&msg::FetchCrl {
+            issuer: "nope".into(),
+            have_number: None,
+            have_sha256: None,
+        })
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_ISSUER), "{err}");
 }

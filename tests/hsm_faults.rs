@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,10 +18,7 @@ use signer_testsupport::{fault_module, Bench, LinkSpec, SOFTHSM_MODULE};
 
 fn sign(client: &Client, csr: &[u8], id: &str) -> Result<msg::SignX509Reply, Option<Status>> {
     client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request(id, csr.to_vec(), "faults.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request(id, csr.to_vec(), "faults.example.org"))
         .map_err(|e| e.status())
 }
 

@@ -4,6 +4,8 @@
 //! or served damaged. Real `signerd`, SoftHSM2 tokens, real files.
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -45,7 +47,7 @@ fn sign(client: &Client, d: &Path, id: &str) -> Result<msg::SignX509Reply, (Stat
         }
     };
     client
-        .call_typed(Cmd::SIGN_X509, &request)
+        .request::<calls::SignX509>(&request)
         .map_err(|e| match e {
             signer_client::ClientError::Signer {
                 status, message, ..
@@ -204,7 +206,7 @@ fn a_clock_set_back_or_far_ahead_signs_nothing() {
         let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
         let client = bench.client();
         sign(&client, &d, "before").unwrap();
-        let _: msg::FetchCrlReply = client.call_typed(Cmd::FETCH_CRL, &full_crl("sub")).unwrap();
+        let _: msg::FetchCrlReply = client.request::<calls::FetchCrl>(&full_crl("sub")).unwrap();
         drop(client);
         bench.daemon.stop_cleanly();
     }
@@ -218,7 +220,7 @@ fn a_clock_set_back_or_far_ahead_signs_nothing() {
         let (status, message) = sign(&client, &d, &format!("after{offset}")).unwrap_err();
         assert_eq!(status, Status::CLOCK_UNTRUSTED, "{offset}: {message}");
         assert!(message.contains(words), "{offset}: {message}");
-        let crl = client.call_typed::<_, msg::FetchCrlReply>(Cmd::FETCH_CRL, &full_crl("sub"));
+        let crl = client.request::<calls::FetchCrl>(&full_crl("sub"));
         assert!(
             matches!(&crl, Err(signer_client::ClientError::Signer { status, .. }) if *status == Status::CLOCK_UNTRUSTED),
             "{offset}: {crl:?}"
@@ -253,16 +255,13 @@ fn an_online_backup_restores_every_record_and_revocation() {
     }
     for (i, serial) in serials.iter().take(5).enumerate() {
         let _: msg::RevokeX509Reply = client
-            .call_typed(
-                Cmd::REVOKE_X509,
-                &msg::RevokeX509 {
-                    issuer: "sub".into(),
-                    serial: serial.clone(),
-                    reason: 1,
-                    invalidity_date: None,
-                    request_id: format!("r-{i}"),
-                },
-            )
+            .request::<calls::RevokeX509>(&msg::RevokeX509 {
+                issuer: "sub".into(),
+                serial: serial.clone(),
+                reason: 1,
+                invalidity_date: None,
+                request_id: format!("r-{i}"),
+            })
             .unwrap();
     }
     // The backup runs beside the serving daemon while it keeps signing.
@@ -347,21 +346,18 @@ fn an_online_backup_restores_every_record_and_revocation() {
     assert_eq!(digests(&restored), digests(&verified));
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
     let client = bench.client();
-    let crl: msg::FetchCrlReply = client.call_typed(Cmd::FETCH_CRL, &full_crl("sub")).unwrap();
+    let crl: msg::FetchCrlReply = client.request::<calls::FetchCrl>(&full_crl("sub")).unwrap();
     assert_eq!(crl.entries, 5);
     // Every certificate is there: a retried request id is replayed.
     assert!(sign(&client, &d, "b-11").unwrap().replayed);
     // A key_compromise serial cannot be revoked again as superseded.
-    let again = client.call_typed::<_, msg::RevokeX509Reply>(
-        Cmd::REVOKE_X509,
-        &msg::RevokeX509 {
-            issuer: "sub".into(),
-            serial: serials[0].clone(),
-            reason: 4,
-            invalidity_date: None,
-            request_id: "r-again".into(),
-        },
-    );
+    let again = client.request::<calls::RevokeX509>(&msg::RevokeX509 {
+        issuer: "sub".into(),
+        serial: serials[0].clone(),
+        reason: 4,
+        invalidity_date: None,
+        request_id: "r-again".into(),
+    });
     assert!(
         matches!(&again, Err(signer_client::ClientError::Signer { status, .. }) if *status == Status::REVOCATION_CONFLICT),
         "{again:?}"
@@ -374,7 +370,7 @@ fn read_only_commands_do_not_grow_the_repository() {
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
     let client = bench.client();
     for _ in 0..50 {
-        let _: msg::CaCertsReply = client.call_typed(Cmd::CA_CERTS, &msg::Empty {}).unwrap();
+        let _: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
     }
     let head = |client: &Client| -> u64 {
         let h = client.health().unwrap();
@@ -384,7 +380,7 @@ fn read_only_commands_do_not_grow_the_repository() {
     let before = head(&client);
     let size_before = std::fs::metadata(repo(&c)).unwrap().len();
     for _ in 0..1500 {
-        let _: msg::CaCertsReply = client.call_typed(Cmd::CA_CERTS, &msg::Empty {}).unwrap();
+        let _: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
         client.health().unwrap();
     }
     assert_eq!(

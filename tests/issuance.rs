@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,10 +44,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
     // Issue for an RSA and an EC key; openssl verifies the chain.
     let rsa_csr = make_csr(&d, "rsa", &["rsa:2048"]);
     let first: msg::SignX509Reply = client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request("web-1", rsa_csr.clone(), "www.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("web-1", rsa_csr.clone(), "www.example.org"))
         .unwrap();
     assert!(!first.replayed);
     assert_eq!(first.serial[0], 0x21, "serials carry the signer's prefix");
@@ -67,10 +66,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
     assert!(ok, "{text}");
     let ec_csr = make_csr(&d, "ec", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]);
     let ec: msg::SignX509Reply = client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request("web-2", ec_csr, "mail.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("web-2", ec_csr, "mail.example.org"))
         .unwrap();
     std::fs::write(d.join("ec-leaf.pem"), cert_pem(&ec.certificate)).unwrap();
     let (ok, text) = openssl(
@@ -89,19 +85,13 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
 
     // The same request id again: the original certificate, not a new one.
     let again: msg::SignX509Reply = client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request("web-1", rsa_csr.clone(), "www.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("web-1", rsa_csr.clone(), "www.example.org"))
         .unwrap();
     assert!(again.replayed);
     assert_eq!(again.certificate, first.certificate);
     // The same request id for a different request is refused.
     let err = client
-        .call_typed::<_, msg::SignX509Reply>(
-            Cmd::SIGN_X509,
-            &sign_request("web-1", rsa_csr.clone(), "other.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("web-1", rsa_csr.clone(), "other.example.org"))
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::REQUEST_ID_CONFLICT), "{err}");
 
@@ -166,9 +156,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
         ),
     ];
     for (request, status) in refusals {
-        let err = client
-            .call_typed::<_, msg::SignX509Reply>(Cmd::SIGN_X509, &request)
-            .unwrap_err();
+        let err = client.request::<calls::SignX509>(&request).unwrap_err();
         assert_eq!(err.status(), Some(status), "{}: {err}", request.request_id);
     }
     let health = client.health().unwrap();
@@ -188,7 +176,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
         .any(|c| c.name == "ca:root" && c.detail.contains("expires")));
 
     // ca_certs
-    let cas: msg::CaCertsReply = client.call_typed(Cmd::CA_CERTS, &msg::Empty {}).unwrap();
+    let cas: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
     assert_eq!(
         cas.cas.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
         ["root", "sub"]
@@ -264,10 +252,7 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
     bench.daemon.restart();
     let client = bench.client();
     let after: msg::SignX509Reply = client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request("web-1", rsa_csr, "www.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("web-1", rsa_csr, "www.example.org"))
         .unwrap();
     assert!(after.replayed);
     assert_eq!(after.certificate, first.certificate);
@@ -440,10 +425,7 @@ fn an_absent_token_is_reported_and_a_refused_pin_stops_startup() {
     let csr = make_csr(c.dir(), "absent", &["rsa:2048"]);
     let started = std::time::Instant::now();
     let err = client
-        .call_typed::<_, msg::SignX509Reply>(
-            Cmd::SIGN_X509,
-            &sign_request("absent-1", csr, "www.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("absent-1", csr, "www.example.org"))
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::HSM_UNAVAILABLE), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
@@ -491,25 +473,22 @@ fn revoke_over_the_link_idempotent_and_durable() {
     let client = bench.client();
     let csr = make_csr(&d, "rev", &["rsa:2048"]);
     let cert: msg::SignX509Reply = client
-        .call_typed(
-            Cmd::SIGN_X509,
-            &sign_request("rev-1", csr, "www.example.org"),
-        )
+        .request::<calls::SignX509>(&sign_request("rev-1", csr, "www.example.org"))
         .unwrap();
 
     let first: msg::RevokeX509Reply = client
-        .call_typed(Cmd::REVOKE_X509, &revoke(&cert.serial, 1))
+        .request::<calls::RevokeX509>(&revoke(&cert.serial, 1))
         .unwrap();
     assert!(!first.replayed && !first.legacy && first.reason == 1);
     let again: msg::RevokeX509Reply = client
-        .call_typed(Cmd::REVOKE_X509, &revoke(&cert.serial, 1))
+        .request::<calls::RevokeX509>(&revoke(&cert.serial, 1))
         .unwrap();
     assert!(again.replayed);
     assert_eq!(again.revoked_at, first.revoked_at);
 
     let refuse = |request: msg::RevokeX509| {
         client
-            .call_typed::<_, msg::RevokeX509Reply>(Cmd::REVOKE_X509, &request)
+            .request::<calls::RevokeX509>(&request)
             .unwrap_err()
             .status()
     };
@@ -549,7 +528,7 @@ fn revoke_over_the_link_idempotent_and_durable() {
 
     // A legacy serial: accepted for `sub`, recorded as such.
     let legacy: msg::RevokeX509Reply = client
-        .call_typed(Cmd::REVOKE_X509, &revoke(&[0x00, 0x0a, 0xbc], 5))
+        .request::<calls::RevokeX509>(&revoke(&[0x00, 0x0a, 0xbc], 5))
         .unwrap();
     assert!(legacy.legacy);
 
@@ -580,12 +559,12 @@ fn revoke_over_the_link_idempotent_and_durable() {
     bench.daemon.restart();
     let client = bench.client();
     let after: msg::RevokeX509Reply = client
-        .call_typed(Cmd::REVOKE_X509, &revoke(&cert.serial, 1))
+        .request::<calls::RevokeX509>(&revoke(&cert.serial, 1))
         .unwrap();
     assert!(after.replayed);
     assert_eq!(after.revoked_at, first.revoked_at);
     let legacy_again: msg::RevokeX509Reply = client
-        .call_typed(Cmd::REVOKE_X509, &revoke(&[0x0a, 0xbc], 5))
+        .request::<calls::RevokeX509>(&revoke(&[0x0a, 0xbc], 5))
         .unwrap();
     assert!(legacy_again.replayed && legacy_again.legacy);
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
 use std::time::{Duration, Instant};
 
 use signer_client::LinkOptions;

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,28 +27,25 @@ fn request(d: &Path, id: &str) -> msg::SignX509 {
 
 fn sign(client: &Client, d: &Path, id: &str) -> msg::SignX509Reply {
     client
-        .call_typed(Cmd::SIGN_X509, &request(d, id))
+        .request::<calls::SignX509>(&request(d, id))
         .unwrap_or_else(|e| panic!("sign {id}: {e}"))
 }
 
 fn revoke(client: &Client, serial: &[u8], reason: u8) -> msg::RevokeX509Reply {
     client
-        .call_typed(
-            Cmd::REVOKE_X509,
-            &msg::RevokeX509 {
-                request_id: format!("rev-{}", hex::encode(serial)),
-                issuer: "sub".into(),
-                serial: serial.to_vec(),
-                reason,
-                invalidity_date: None,
-            },
-        )
+        .request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: format!("rev-{}", hex::encode(serial)),
+            issuer: "sub".into(),
+            serial: serial.to_vec(),
+            reason,
+            invalidity_date: None,
+        })
         .unwrap()
 }
 
 fn crl_number(client: &Client) -> Vec<u8> {
     let reply: msg::FetchCrlReply = client
-        .call_typed(Cmd::FETCH_CRL, &signer_testsupport::ca::full_crl("sub"))
+        .request::<calls::FetchCrl>(&signer_testsupport::ca::full_crl("sub"))
         .unwrap();
     reply.number
 }
@@ -89,12 +88,12 @@ fn twins_converge_through_partitions_and_restarts() {
             .as_secs() as i64
             + 30 * 86_400,
     };
-    let on_a: msg::CertifyOpenpgpReply = a.call_typed(Cmd::CERTIFY_OPENPGP, &certify).unwrap();
+    let on_a: msg::CertifyOpenpgpReply = a.request::<calls::CertifyOpenpgp>(&certify).unwrap();
     assert!(!on_a.replayed);
     wait_for(&b, "repository", |(_, d)| {
         d.contains("1 OpenPGP certifications")
     });
-    let on_b: msg::CertifyOpenpgpReply = b.call_typed(Cmd::CERTIFY_OPENPGP, &certify).unwrap();
+    let on_b: msg::CertifyOpenpgpReply = b.request::<calls::CertifyOpenpgp>(&certify).unwrap();
     assert!(on_b.replayed, "B replays A's certification");
     assert_eq!(on_b.key, on_a.key);
     assert_eq!(on_b.certifications, on_a.certifications);
@@ -103,7 +102,7 @@ fn twins_converge_through_partitions_and_restarts() {
     let requests: Vec<msg::SignX509> = (0..5).map(|i| request(&d, &format!("a-{i}"))).collect();
     let from_a: Vec<msg::SignX509Reply> = requests
         .iter()
-        .map(|r| a.call_typed(Cmd::SIGN_X509, r).unwrap())
+        .map(|r| a.request::<calls::SignX509>(r).unwrap())
         .collect();
     for i in 0..3 {
         sign(&b, &d, &format!("b-{i}"));
@@ -112,7 +111,7 @@ fn twins_converge_through_partitions_and_restarts() {
     assert!(from_a.iter().all(|r| r.serial[0] == 0x21));
     // A request A answered, retried on B (a client failing over), gets A's
     // certificate; B revokes a certificate A issued.
-    let retried: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[1]).unwrap();
+    let retried: msg::SignX509Reply = b.request::<calls::SignX509>(&requests[1]).unwrap();
     assert!(retried.replayed);
     assert_eq!(retried.certificate, from_a[1].certificate);
     revoke(&b, &from_a[0].serial, 1);
@@ -154,8 +153,8 @@ fn twins_converge_through_partitions_and_restarts() {
         sign(&b, &d, &format!("pb-{i}"));
     }
     let same = request(&d, "both");
-    let on_a: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &same).unwrap();
-    let on_b: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &same).unwrap();
+    let on_a: msg::SignX509Reply = a.request::<calls::SignX509>(&same).unwrap();
+    let on_b: msg::SignX509Reply = b.request::<calls::SignX509>(&same).unwrap();
     assert_ne!(on_a.serial, on_b.serial);
     // The same certificate revoked on both sides with different reasons:
     // the merge rule keeps one, on both.
@@ -198,7 +197,7 @@ fn twins_converge_through_partitions_and_restarts() {
     a = t.a.client();
     t.wait_in_sync(&a, &b, 25, SYNC).unwrap();
     // Restarted twins still answer a retried request id with the original.
-    let replay: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[4]).unwrap();
+    let replay: msg::SignX509Reply = b.request::<calls::SignX509>(&requests[4]).unwrap();
     assert!(replay.replayed);
     assert_eq!(replay.certificate, from_a[4].certificate);
 
@@ -226,9 +225,9 @@ fn twins_converge_through_partitions_and_restarts() {
     drop(b);
     let b = t.b.client();
     let on_new_b = request(&d, "new-b");
-    let _: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &on_new_b).unwrap();
+    let _: msg::SignX509Reply = b.request::<calls::SignX509>(&on_new_b).unwrap();
     let after = request(&d, "after-replace");
-    let _: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &after).unwrap();
+    let _: msg::SignX509Reply = a.request::<calls::SignX509>(&after).unwrap();
     wait_for(&b, "replication:apply", |(s, d)| {
         *s == HealthStatus::Degraded && d.contains("were gone") && d.contains("behind 0")
     });
@@ -240,8 +239,8 @@ fn twins_converge_through_partitions_and_restarts() {
         let of = words.nth(1).and_then(|w| w.parse::<u64>().ok());
         applied.is_some() && applied == of && of < Some(10)
     });
-    let on_b: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &after).unwrap();
-    let on_a: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &on_new_b).unwrap();
+    let on_b: msg::SignX509Reply = b.request::<calls::SignX509>(&after).unwrap();
+    let on_a: msg::SignX509Reply = a.request::<calls::SignX509>(&on_new_b).unwrap();
     assert!(on_b.replayed, "B has A's certificate: {:#?}", checks(&b));
     assert!(on_a.replayed, "A has B's certificate: {:#?}", checks(&a));
 }
@@ -279,7 +278,7 @@ fn a_client_fails_over_mid_batch_and_the_twins_account_for_every_request() {
                 (w * 10..w * 10 + 10)
                     .map(|i| {
                         let reply: msg::SignX509Reply = client
-                            .call_typed(Cmd::SIGN_X509, &requests[i])
+                            .request::<calls::SignX509>(&requests[i])
                             .unwrap_or_else(|e| panic!("request {i}: {e}"));
                         done.fetch_add(1, Ordering::SeqCst);
                         (i, reply)
@@ -347,8 +346,8 @@ fn a_client_fails_over_mid_batch_and_the_twins_account_for_every_request() {
     let (detail, _) = t.wait_in_sync(&a, &b, None, SYNC).unwrap();
     let mut differing = 0;
     for (i, got) in &replies {
-        let on_a: msg::SignX509Reply = a.call_typed(Cmd::SIGN_X509, &requests[*i]).unwrap();
-        let on_b: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &requests[*i]).unwrap();
+        let on_a: msg::SignX509Reply = a.request::<calls::SignX509>(&requests[*i]).unwrap();
+        let on_b: msg::SignX509Reply = b.request::<calls::SignX509>(&requests[*i]).unwrap();
         assert!(on_a.replayed && on_b.replayed);
         assert!(
             got.serial == on_a.serial || got.serial == on_b.serial,
@@ -383,7 +382,7 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
     let mut call = |client: &Client, id: &str| -> msg::SignX509Reply {
         let req = request(&d, id);
         sent.insert(id.to_string(), req.clone());
-        client.call_typed(Cmd::SIGN_X509, &req).unwrap()
+        client.request::<calls::SignX509>(&req).unwrap()
     };
     let from_a: Vec<_> = (0..6).map(|i| call(&a, &format!("sa-{i}"))).collect();
     let from_b: Vec<_> = (0..4).map(|i| call(&b, &format!("sb-{i}"))).collect();
@@ -410,12 +409,12 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
         ("while-b-is-away", &during),
         ("after-the-backup", &after),
     ] {
-        let again: msg::SignX509Reply = b.call_typed(Cmd::SIGN_X509, &sent[id]).unwrap();
+        let again: msg::SignX509Reply = b.request::<calls::SignX509>(&sent[id]).unwrap();
         assert!(again.replayed, "{id}");
         assert_eq!(again.certificate, reply.certificate, "{id}");
     }
     let crl: msg::FetchCrlReply = b
-        .call_typed(Cmd::FETCH_CRL, &signer_testsupport::ca::full_crl("sub"))
+        .request::<calls::FetchCrl>(&signer_testsupport::ca::full_crl("sub"))
         .unwrap();
     assert_eq!(crl.entries, 2, "both revocations are on the new B's CRL");
     let apply = checks(&b)["replication:apply"].clone();
@@ -428,8 +427,7 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
     t.a.daemon
         .restart_with_env(signer_testsupport::faketime("-365d"));
     let a = t.a.client();
-    let refused =
-        a.call_typed::<_, msg::SignX509Reply>(Cmd::SIGN_X509, &request(&d, "back-in-time"));
+    let refused = a.request::<calls::SignX509>(&request(&d, "back-in-time"));
     assert!(
         matches!(&refused, Err(signer_client::ClientError::Signer { status, .. }) if *status == signer_protocol::Status::CLOCK_UNTRUSTED),
         "{refused:?}"
@@ -440,7 +438,7 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
         Duration::from_secs(10),
     );
     let reply: msg::SignX509Reply = both
-        .call_typed(Cmd::SIGN_X509, &request(&d, "back-in-time-2"))
+        .request::<calls::SignX509>(&request(&d, "back-in-time-2"))
         .unwrap();
     assert_eq!(reply.serial[0], 0x22, "issued by B");
     assert_eq!(

@@ -11,6 +11,8 @@ mod plot;
 mod replication;
 mod storage;
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -208,7 +210,7 @@ fn issuance_run(
         validity_days: Some(30),
     };
     // Warm up (CA check, sessions, repository file).
-    let _: msg::SignX509Reply = client.call_typed(Command::SIGN_X509, &request(usize::MAX))?;
+    let _: msg::SignX509Reply = client.request::<calls::SignX509>(&request(usize::MAX))?;
     let before = client.stats();
     let started = Instant::now();
     let pending: Vec<_> = (0..n)

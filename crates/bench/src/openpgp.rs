@@ -1,6 +1,8 @@
 //! OpenPGP certification end to end against the raw HSM signing rate of a
 //! key of the same type on the same token.
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -58,7 +60,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             expires_at,
         };
         let _: msg::CertifyOpenpgpReply =
-            client.call_typed(Command::CERTIFY_OPENPGP, &request(usize::MAX))?;
+            client.request::<calls::CertifyOpenpgp>(&request(usize::MAX))?;
         let before = client.stats();
         let started = Instant::now();
         let pending: Vec<_> = (0..n)

@@ -19,10 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{de::DeserializeOwned, Serialize};
-use signer_protocol::{encode_body, msg, Command, Status};
+use signer_protocol::{msg, Command, Status};
 
-use crate::{Client, ClientError, ClientStats, LinkOptions, Reply};
+use crate::{Calls, Client, ClientError, ClientStats, LinkOptions, Reply};
 
 /// A client for a pair (or more) of signers that fails over between them.
 pub struct Failover {
@@ -95,9 +94,26 @@ impl Failover {
         }
     }
 
+    /// The `hello` reply of the signer in use.
+    pub fn server(&self) -> Option<msg::HelloReply> {
+        self.client().ok().and_then(|(_, _, c)| c.server())
+    }
+
+    /// Link counters of the signer in use.
+    pub fn stats(&self) -> ClientStats {
+        self.client().map(|(_, _, c)| c.stats()).unwrap_or_default()
+    }
+
+    /// How many times this client failed over.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::SeqCst)
+    }
+}
+
+impl Calls for Failover {
     /// Sends a request to the current signer, failing over while signers
     /// stop answering; every signer gets at most two tries.
-    pub fn call(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError> {
+    fn call(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError> {
         let mut last_error = None;
         let tries = if self.links.len() == 1 {
             1
@@ -135,35 +151,6 @@ impl Failover {
             }
         }
         Err(last_error.unwrap_or(ClientError::Closed))
-    }
-
-    /// Like [`Client::call_typed`], with failover.
-    pub fn call_typed<Req: Serialize, Rep: DeserializeOwned>(
-        &self,
-        command: Command,
-        request: &Req,
-    ) -> Result<Rep, ClientError> {
-        self.call(command, encode_body(request))?.decode()
-    }
-
-    /// The health report of the signer in use.
-    pub fn health(&self) -> Result<msg::HealthReply, ClientError> {
-        self.call_typed(Command::HEALTH, &msg::Empty {})
-    }
-
-    /// The `hello` reply of the signer in use.
-    pub fn server(&self) -> Option<msg::HelloReply> {
-        self.client().ok().and_then(|(_, _, c)| c.server())
-    }
-
-    /// Link counters of the signer in use.
-    pub fn stats(&self) -> ClientStats {
-        self.client().map(|(_, _, c)| c.stats()).unwrap_or_default()
-    }
-
-    /// How many times this client failed over.
-    pub fn failovers(&self) -> u64 {
-        self.failovers.load(Ordering::SeqCst)
     }
 }
 

@@ -13,11 +13,15 @@
 //! store instead of executing it twice.
 //!
 //! ```no_run
-//! use signer_client::{Client, LinkOptions};
+//! use signer_client::{Calls, Client, LinkOptions};
+//! use signer_protocol::{calls, msg};
 //!
 //! let client = Client::open(&LinkOptions::new("/dev/ttyUSB0")).unwrap();
 //! let health = client.health().unwrap();
 //! println!("{} is {:?}", health.signer_id, health.status);
+//! // Any command, typed by its declaration in `signer_protocol::calls`:
+//! let cas = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
+//! println!("{} CA certificates", cas.cas.len());
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -34,12 +38,38 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use signer_frame::{Decoder, FrameError};
 use signer_protocol::{
-    decode_body, decode_response_part, encode_body, encode_request, msg, Command, Reassembly,
-    Status,
+    calls, decode_body, decode_response_part, encode_body, encode_request, msg, Call, Command,
+    Reassembly, Status,
 };
+
+/// The typed call surface of a signer, the same whether requests go to one
+/// signer ([`Client`]) or to a pair with failover ([`Failover`]). Commands
+/// are named by their declaration in `signer_protocol::calls`, which fixes
+/// the request and reply types.
+pub trait Calls {
+    /// Sends a request body and waits for the answer (any status).
+    fn call(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError>;
+
+    /// Sends command `C` and decodes its reply; error statuses become
+    /// [`ClientError::Status`].
+    fn request<C: Call>(&self, request: &C::Request) -> Result<C::Reply, ClientError>
+    where
+        Self: Sized,
+    {
+        self.call(C::COMMAND, encode_body(request))?.decode()
+    }
+
+    /// The signer's health report.
+    fn health(&self) -> Result<msg::HealthReply, ClientError>
+    where
+        Self: Sized,
+    {
+        self.request::<calls::Health>(&msg::Empty {})
+    }
+}
 
 /// How to reach a signer.
 #[derive(Debug, Clone)]
@@ -231,13 +261,10 @@ impl Client {
     /// Opens the device, starts the link threads and says `hello`.
     pub fn open(options: &LinkOptions) -> Result<Client, ClientError> {
         let client = Client::connect(options)?;
-        let hello: msg::HelloReply = client.call_typed(
-            Command::HELLO,
-            &msg::Hello {
-                max_frame: options.max_frame,
-                client: format!("signer-client {}", env!("CARGO_PKG_VERSION")),
-            },
-        )?;
+        let hello = client.request::<calls::Hello>(&msg::Hello {
+            max_frame: options.max_frame,
+            client: format!("signer-client {}", env!("CARGO_PKG_VERSION")),
+        })?;
         *client.info.lock().unwrap_or_else(|p| p.into_inner()) = Some(hello);
         Ok(client)
     }
@@ -349,28 +376,15 @@ impl Client {
         self.submit_with_id(self.next_id(), command, body)
     }
 
-    /// Sends a request and waits for its answer (any status).
-    pub fn call(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError> {
-        self.submit(command, body).wait()
-    }
-
-    /// Sends a typed request and decodes the typed reply; error statuses become errors.
-    pub fn call_typed<Req: Serialize, Rep: DeserializeOwned>(
-        &self,
-        command: Command,
-        request: &Req,
-    ) -> Result<Rep, ClientError> {
-        self.call(command, encode_body(request))?.decode()
-    }
-
-    /// The signer's health report.
-    pub fn health(&self) -> Result<msg::HealthReply, ClientError> {
-        self.call_typed(Command::HEALTH, &msg::Empty {})
-    }
-
     /// Counters of this client's link.
     pub fn stats(&self) -> ClientStats {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Calls for Client {
+    fn call(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError> {
+        self.submit(command, body).wait()
     }
 }
 

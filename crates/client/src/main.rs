@@ -4,6 +4,8 @@
 //! 3 link failure or timeout, 4 bad local input (a file, an argument).
 #![forbid(unsafe_code)]
 
+use signer_client::Calls;
+use signer_protocol::calls;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -192,105 +194,13 @@ fn main() -> ExitCode {
         cli.failover_after
     };
     let client = Failover::new(links, Duration::from_secs_f64(per_signer));
-    // Local input is checked before the link is opened.
-    let sign_request = match &cli.command {
-        Cmd::Sign {
-            profile,
-            csr,
-            request_id,
-            subject,
-            san,
-            days,
-            ..
-        } => match sign_body(profile, csr, request_id, subject, san, *days) {
-            Ok(body) => Some(body),
-            Err(e) => {
-                eprintln!("signer-client: {e}");
-                return ExitCode::from(EXIT_INPUT);
-            }
-        },
-        _ => None,
-    };
-    let revoke_request = match &cli.command {
-        Cmd::Revoke {
-            issuer,
-            serial,
-            reason,
-            invalidity_date,
-            request_id,
-        } => match revoke_body(issuer, serial, reason, *invalidity_date, request_id) {
-            Ok(body) => Some(body),
-            Err(e) => {
-                eprintln!("signer-client: {e}");
-                return ExitCode::from(EXIT_INPUT);
-            }
-        },
-        _ => None,
-    };
-    let certify_request = match &cli.command {
-        Cmd::Openpgp {
-            command:
-                OpenpgpCmd::Certify {
-                    key,
-                    user_ids,
-                    request_id,
-                    days,
-                    expires_at,
-                    ..
-                },
-        } => match std::fs::read(key) {
-            Ok(bytes) => Some(msg::CertifyOpenpgp {
-                request_id: request_id.clone(),
-                key: bytes,
-                user_ids: user_ids.clone(),
-                expires_at: expires_at.unwrap_or(now_ms() / 1000 + i64::from(*days) * 86_400),
-            }),
-            Err(e) => {
-                eprintln!("signer-client: {}: {e}", key.display());
-                return ExitCode::from(EXIT_INPUT);
-            }
-        },
-        _ => None,
-    };
-    let result = match &cli.command {
-        Cmd::Health { max_clock_skew } => health(&client, cli.json, *max_clock_skew),
-        Cmd::Hello => hello(&client, cli.json),
-        Cmd::Sign { out, .. } => match sign_request {
-            Some(body) => sign(&client, cli.json, body, out.as_deref()),
-            None => Err(ClientError::Protocol("no request".into())),
-        },
-        Cmd::CaCerts { out_dir } => ca_certs(&client, cli.json, out_dir.as_deref()),
-        Cmd::Crl {
-            issuer,
-            out,
-            ca_cert,
-        } => crl(&client, cli.json, issuer, out, ca_cert.as_deref()),
-        Cmd::Revoke { .. } => match revoke_request.clone() {
-            Some(body) => revoke(&client, cli.json, body),
-            None => Err(ClientError::Protocol("no request".into())),
-        },
-        Cmd::Openpgp {
-            command: OpenpgpCmd::CaCert { out },
-        } => openpgp_ca(&client, cli.json, out.as_deref()),
-        Cmd::Openpgp {
-            command:
-                OpenpgpCmd::Certify {
-                    out,
-                    armor,
-                    ca_cert,
-                    ..
-                },
-        } => match certify_request {
-            Some(body) => certify(
-                &client,
-                cli.json,
-                body,
-                out.as_deref(),
-                *armor,
-                ca_cert.as_deref(),
-            ),
-            None => Err(ClientError::Protocol("no request".into())),
-        },
+    let result = match run(&cli, &client) {
+        Ok(code) => Ok(code),
+        Err(Failed::Input(message)) => {
+            eprintln!("signer-client: {message}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+        Err(Failed::Client(e)) => Err(e),
     };
     match result {
         Ok(code) => code,
@@ -310,6 +220,92 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Why a command failed: bad local input (checked before anything is sent)
+/// or the link or signer.
+enum Failed {
+    Input(String),
+    Client(ClientError),
+}
+
+impl From<ClientError> for Failed {
+    fn from(e: ClientError) -> Failed {
+        Failed::Client(e)
+    }
+}
+
+/// Runs one command: its local input is read and checked first, and only
+/// then is anything sent (the link opens with the first request).
+fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
+    let json = cli.json;
+    Ok(match &cli.command {
+        Cmd::Health { max_clock_skew } => health(client, json, *max_clock_skew)?,
+        Cmd::Hello => hello(client, json)?,
+        Cmd::Sign {
+            profile,
+            csr,
+            request_id,
+            subject,
+            san,
+            days,
+            out,
+        } => {
+            let body =
+                sign_body(profile, csr, request_id, subject, san, *days).map_err(Failed::Input)?;
+            sign(client, json, body, out.as_deref())?
+        }
+        Cmd::CaCerts { out_dir } => ca_certs(client, json, out_dir.as_deref())?,
+        Cmd::Crl {
+            issuer,
+            out,
+            ca_cert,
+        } => crl(client, json, issuer, out, ca_cert.as_deref())?,
+        Cmd::Revoke {
+            issuer,
+            serial,
+            reason,
+            invalidity_date,
+            request_id,
+        } => {
+            let body = revoke_body(issuer, serial, reason, *invalidity_date, request_id)
+                .map_err(Failed::Input)?;
+            revoke(client, json, body)?
+        }
+        Cmd::Openpgp {
+            command: OpenpgpCmd::CaCert { out },
+        } => openpgp_ca(client, json, out.as_deref())?,
+        Cmd::Openpgp {
+            command:
+                OpenpgpCmd::Certify {
+                    key,
+                    user_ids,
+                    request_id,
+                    days,
+                    expires_at,
+                    out,
+                    armor,
+                    ca_cert,
+                },
+        } => {
+            let key_bytes =
+                std::fs::read(key).map_err(|e| Failed::Input(format!("{}: {e}", key.display())))?;
+            let body = msg::CertifyOpenpgp {
+                request_id: request_id.clone(),
+                key: key_bytes,
+                user_ids: user_ids.clone(),
+                expires_at: expires_at.unwrap_or(now_ms() / 1000 + i64::from(*days) * 86_400),
+            };
+            certify(
+                client,
+                json,
+                body,
+                out.as_deref(),
+                *armor,
+                ca_cert.as_deref(),
+            )?
+        }
+    })
 }
 
 fn now_ms() -> i64 {
@@ -472,11 +468,7 @@ fn sign(
     body: msg::SignX509,
     out: Option<&Path>,
 ) -> Result<ExitCode, ClientError> {
-    let reply: msg::SignX509Reply =
-        client.call_typed(signer_protocol::Command::SIGN_X509, &body)?;
-    let cas: msg::CaCertsReply =
-        client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
-    signer_client::verify::check_issued(&reply, &body.csr, &cas)?;
+    let reply = signer_client::verify::sign_checked(client, &body)?;
     let text = signer_x509::cert_pem(&reply.certificate);
     match out {
         Some(path) => std::fs::write(path, &text)
@@ -526,8 +518,7 @@ fn ca_certs(
     json: bool,
     out_dir: Option<&Path>,
 ) -> Result<ExitCode, ClientError> {
-    let reply: msg::CaCertsReply =
-        client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
+    let reply: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {})?;
     for ca in &reply.cas {
         let text = signer_x509::cert_pem(&ca.certificate);
         match out_dir {
@@ -599,8 +590,7 @@ fn revoke_body(
 }
 
 fn revoke(client: &Failover, json: bool, body: msg::RevokeX509) -> Result<ExitCode, ClientError> {
-    let reply: msg::RevokeX509Reply =
-        client.call_typed(signer_protocol::Command::REVOKE_X509, &body)?;
+    let reply: msg::RevokeX509Reply = client.request::<calls::RevokeX509>(&body)?;
     if json {
         println!("{}", serde_json::to_string(&reply).unwrap_or_default());
     } else {
@@ -623,36 +613,6 @@ fn revoke(client: &Failover, json: bool, body: msg::RevokeX509) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// The CRL number of a DER CRL, if it has one.
-fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
-    use der::Decode;
-    let crl = <x509_cert::crl::CertificateList>::from_der(der).ok()?;
-    let exts = crl.tbs_cert_list.crl_extensions.as_ref()?;
-    let ext = exts.iter().find(|e| e.extn_id.to_string() == "2.5.29.20")?;
-    let n = der::asn1::Uint::from_der(ext.extn_value.as_bytes()).ok()?;
-    Some(n.as_bytes().to_vec())
-}
-
-/// The issuer certificate (DER) to verify CRLs with.
-fn issuer_certificate(
-    client: &Failover,
-    issuer: &str,
-    file: Option<&Path>,
-) -> Result<Vec<u8>, ClientError> {
-    if let Some(path) = file {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?;
-        return signer_x509::cert_der(&bytes).map_err(ClientError::Protocol);
-    }
-    let cas: msg::CaCertsReply =
-        client.call_typed(signer_protocol::Command::CA_CERTS, &msg::Empty {})?;
-    cas.cas
-        .into_iter()
-        .find(|c| c.name == issuer)
-        .map(|c| c.certificate)
-        .ok_or_else(|| ClientError::Protocol(format!("the signer has no CA named {issuer}")))
-}
-
 fn crl(
     client: &Failover,
     json: bool,
@@ -660,65 +620,21 @@ fn crl(
     out: &Path,
     ca_cert: Option<&Path>,
 ) -> Result<ExitCode, ClientError> {
-    use sha2::Digest;
     let have = std::fs::read(out).ok();
-    let request = msg::FetchCrl {
-        issuer: issuer.to_string(),
-        have_number: have.as_deref().and_then(crl_number),
-        have_sha256: have.as_deref().map(|d| sha2::Sha256::digest(d).to_vec()),
+    let cert = match ca_cert {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?;
+            Some(signer_x509::cert_der(&bytes).map_err(ClientError::Protocol)?)
+        }
+        None => None,
     };
     let before = client.stats().bytes_received;
-    let mut reply: msg::FetchCrlReply = match client
-        .call_typed(signer_protocol::Command::FETCH_CRL, &request)
-    {
-        // A copy the signer does not know (another signer's, or damaged): fetch it whole.
-        Err(e) if e.status() == Some(signer_protocol::Status::UNKNOWN_CRL) => client.call_typed(
-            signer_protocol::Command::FETCH_CRL,
-            &msg::FetchCrl {
-                have_number: None,
-                have_sha256: None,
-                ..request.clone()
-            },
-        )?,
-        other => other?,
-    };
-    let mut via = "full";
-    let new_der = match (&reply.crl, &reply.diff) {
-        (Some(der), _) => Some(der.clone()),
-        (None, Some(_)) => {
-            match signer_client::rebuild_crl(have.as_deref().unwrap_or_default(), &reply) {
-                Some(der) => {
-                    via = "difference";
-                    Some(der)
-                }
-                None => {
-                    // The rebuild did not give the signer's bytes: take the whole CRL.
-                    reply = client.call_typed(
-                        signer_protocol::Command::FETCH_CRL,
-                        &msg::FetchCrl {
-                            have_number: None,
-                            have_sha256: None,
-                            ..request.clone()
-                        },
-                    )?;
-                    via = "full after a failed rebuild";
-                    reply.crl.clone()
-                }
-            }
-        }
-        (None, None) => None,
-    };
+    let fetched =
+        signer_client::verify::fetch_crl_checked(client, issuer, have.as_deref(), cert.as_deref())?;
     let received = client.stats().bytes_received - before;
+    let (reply, new_der, via) = (fetched.reply, fetched.der, fetched.via);
     if let Some(der) = &new_der {
-        if sha2::Sha256::digest(der).as_slice() != reply.sha256.as_slice() {
-            return Err(ClientError::Protocol(
-                "the CRL does not match its announced SHA-256".into(),
-            ));
-        }
-        let cert = issuer_certificate(client, issuer, ca_cert)?;
-        signer_x509::crl::verify(der, &cert).map_err(|e| {
-            ClientError::Protocol(format!("the CRL's signature does not verify: {e}"))
-        })?;
         // Replace atomically: a reader never sees half a CRL.
         let tmp = out.with_extension("tmp");
         std::fs::write(&tmp, der)
@@ -728,7 +644,7 @@ fn crl(
     if json {
         let value = serde_json::json!({
             "unchanged": reply.unchanged,
-            "via": if reply.unchanged { "unchanged" } else { via },
+            "via": via,
             "number": hex(&reply.number),
             "this_update": reply.this_update,
             "next_update": reply.next_update,
@@ -767,8 +683,7 @@ fn write_or_print(out: Option<&Path>, bytes: &[u8], print: bool) -> Result<(), C
 }
 
 fn openpgp_ca(client: &Failover, json: bool, out: Option<&Path>) -> Result<ExitCode, ClientError> {
-    let reply: msg::OpenpgpCaReply =
-        client.call_typed(signer_protocol::Command::OPENPGP_CA, &msg::Empty {})?;
+    let reply: msg::OpenpgpCaReply = client.request::<calls::OpenpgpCa>(&msg::Empty {})?;
     let armored = signer_openpgp::armor_public_key(&reply.certificate);
     write_or_print(out, armored.as_bytes(), !json)?;
     if json {
@@ -789,25 +704,13 @@ fn certify(
     ca_cert: Option<&Path>,
 ) -> Result<ExitCode, ClientError> {
     let ca = match ca_cert {
-        Some(path) => std::fs::read(path)
-            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
-        None => {
-            let reply: msg::OpenpgpCaReply =
-                client.call_typed(signer_protocol::Command::OPENPGP_CA, &msg::Empty {})?;
-            reply.certificate
-        }
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
     };
-    let reply: msg::CertifyOpenpgpReply =
-        client.call_typed(signer_protocol::Command::CERTIFY_OPENPGP, &body)?;
-    let certifications: Vec<(String, Vec<u8>)> = reply
-        .certifications
-        .iter()
-        .map(|c| (c.user_id.clone(), c.signature.clone()))
-        .collect();
-    signer_openpgp::verify_certified(&reply.key, &reply.fingerprint, &ca, &certifications)
-        .map_err(|e| {
-            ClientError::Protocol(format!("the signer's answer does not check out: {e}"))
-        })?;
+    let reply = signer_client::verify::certify_checked(client, &body, ca.as_deref())?;
     let bytes = if armor {
         signer_openpgp::armor_public_key(&reply.key).into_bytes()
     } else {

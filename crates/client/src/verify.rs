@@ -1,13 +1,148 @@
 //! What a client checks before it uses an answer: a certificate is for the
-//! key it asked about and carries a valid signature of the issuer it names.
-//! The CLI and a web application linking this library make the same checks,
-//! so a certificate damaged anywhere between the HSM and the client is
-//! never written out as if it were good.
+//! key it asked about and carries a valid signature of the issuer it names;
+//! a CRL matches its announced digest and verifies with its issuer's
+//! certificate; an OpenPGP certification is by the CA key. The CLI and a
+//! web application linking this library make the same checks (the
+//! `*_checked` calls), so an answer damaged anywhere between the HSM and
+//! the client is never used as if it were good.
 
 use der::{Decode, Encode};
-use signer_protocol::msg;
+use sha2::Digest;
+use signer_protocol::{calls, msg, Status};
 
-use crate::ClientError;
+use crate::{Calls, ClientError};
+
+/// Issues a certificate and checks it before returning it: it certifies
+/// the CSR's key and verifies with the certificate of the CA the reply
+/// names (fetched with `ca_certs`).
+pub fn sign_checked(
+    client: &impl Calls,
+    request: &msg::SignX509,
+) -> Result<msg::SignX509Reply, ClientError> {
+    let reply = client.request::<calls::SignX509>(request)?;
+    let cas = client.request::<calls::CaCerts>(&msg::Empty {})?;
+    check_issued(&reply, &request.csr, &cas)?;
+    Ok(reply)
+}
+
+/// A CRL fetched and checked.
+#[derive(Debug, Clone)]
+pub struct FetchedCrl {
+    /// The signer's answer (for a difference, the last one).
+    pub reply: msg::FetchCrlReply,
+    /// The new CRL (DER), checked; `None` when the copy held is current.
+    pub der: Option<Vec<u8>>,
+    /// How it came: "unchanged", "full", "difference" or "full after a failed rebuild".
+    pub via: &'static str,
+}
+
+/// The CRL number of a DER CRL, if it has one.
+pub fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
+    let crl = <x509_cert::crl::CertificateList>::from_der(der).ok()?;
+    let exts = crl.tbs_cert_list.crl_extensions.as_ref()?;
+    let ext = exts.iter().find(|e| e.extn_id.to_string() == "2.5.29.20")?;
+    let n = der::asn1::Uint::from_der(ext.extn_value.as_bytes()).ok()?;
+    Some(n.as_bytes().to_vec())
+}
+
+/// Fetches the current CRL of `issuer`, as a difference against `have` (the
+/// copy held, if any) where the signer can, and checks it: the bytes match
+/// the announced SHA-256 and the signature verifies with `issuer_cert` (DER;
+/// fetched with `ca_certs` when not given). A copy the signer does not know,
+/// or a difference that does not rebuild the signer's bytes, is answered by
+/// fetching the whole CRL.
+pub fn fetch_crl_checked(
+    client: &impl Calls,
+    issuer: &str,
+    have: Option<&[u8]>,
+    issuer_cert: Option<&[u8]>,
+) -> Result<FetchedCrl, ClientError> {
+    let request = msg::FetchCrl {
+        issuer: issuer.to_string(),
+        have_number: have.and_then(crl_number),
+        have_sha256: have.map(|d| sha2::Sha256::digest(d).to_vec()),
+    };
+    let whole = msg::FetchCrl {
+        have_number: None,
+        have_sha256: None,
+        ..request.clone()
+    };
+    let mut reply = match client.request::<calls::FetchCrl>(&request) {
+        Err(e) if e.status() == Some(Status::UNKNOWN_CRL) => {
+            client.request::<calls::FetchCrl>(&whole)?
+        }
+        other => other?,
+    };
+    let mut via = if reply.unchanged { "unchanged" } else { "full" };
+    let der = match (&reply.crl, &reply.diff) {
+        (Some(der), _) => Some(der.clone()),
+        (None, Some(_)) => match crate::rebuild_crl(have.unwrap_or_default(), &reply) {
+            Some(der) => {
+                via = "difference";
+                Some(der)
+            }
+            None => {
+                reply = client.request::<calls::FetchCrl>(&whole)?;
+                via = "full after a failed rebuild";
+                reply.crl.clone()
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(der) = &der {
+        if sha2::Sha256::digest(der).as_slice() != reply.sha256.as_slice() {
+            return Err(ClientError::Protocol(
+                "the CRL does not match its announced SHA-256".into(),
+            ));
+        }
+        let cert = match issuer_cert {
+            Some(cert) => cert.to_vec(),
+            None => client
+                .request::<calls::CaCerts>(&msg::Empty {})?
+                .cas
+                .into_iter()
+                .find(|c| c.name == issuer)
+                .map(|c| c.certificate)
+                .ok_or_else(|| {
+                    ClientError::Protocol(format!("the signer has no CA named {issuer}"))
+                })?,
+        };
+        signer_x509::crl::verify(der, &cert).map_err(|e| {
+            ClientError::Protocol(format!("the CRL's signature does not verify: {e}"))
+        })?;
+    }
+    Ok(FetchedCrl { reply, der, via })
+}
+
+/// Certifies user IDs of an OpenPGP key and checks the answer: every
+/// certification verifies with the CA's key (`ca_cert`, an OpenPGP
+/// certificate; fetched with `openpgp_ca` when not given) and the key
+/// returned is the one sent.
+pub fn certify_checked(
+    client: &impl Calls,
+    request: &msg::CertifyOpenpgp,
+    ca_cert: Option<&[u8]>,
+) -> Result<msg::CertifyOpenpgpReply, ClientError> {
+    let ca = match ca_cert {
+        Some(cert) => cert.to_vec(),
+        None => {
+            client
+                .request::<calls::OpenpgpCa>(&msg::Empty {})?
+                .certificate
+        }
+    };
+    let reply = client.request::<calls::CertifyOpenpgp>(request)?;
+    let certifications: Vec<(String, Vec<u8>)> = reply
+        .certifications
+        .iter()
+        .map(|c| (c.user_id.clone(), c.signature.clone()))
+        .collect();
+    signer_openpgp::verify_certified(&reply.key, &reply.fingerprint, &ca, &certifications)
+        .map_err(|e| {
+            ClientError::Protocol(format!("the signer's answer does not check out: {e}"))
+        })?;
+    Ok(reply)
+}
 
 /// The SubjectPublicKeyInfo (DER) of a CSR given as PEM or DER.
 pub fn csr_spki(csr: &[u8]) -> Option<Vec<u8>> {

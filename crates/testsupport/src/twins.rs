@@ -8,6 +8,7 @@
 //!                      └─── peer connection ──► relay ──► nats B ── signer-b ─ pty ─ client B
 //! ```
 
+use signer_client::Calls;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Shutdown, TcpListener, TcpStream};
