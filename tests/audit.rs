@@ -10,7 +10,7 @@ use signer_protocol::calls;
 use std::process::Command;
 use std::time::Duration;
 
-use signer_protocol::{msg, Command as Cmd, Status};
+use signer_protocol::{msg, Status};
 use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
 use signer_testsupport::{bin, output, Bench, LinkSpec};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use signer_client::Client;
-use signer_protocol::{msg, Command as Cmd};
+use signer_protocol::msg;
 use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
 use signer_testsupport::{bin, output, Bench, LinkSpec};
 

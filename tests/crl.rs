@@ -9,7 +9,7 @@ use signer_protocol::calls;
 use std::path::Path;
 use std::process::Command;
 
-use signer_protocol::{msg, Command as Cmd, Status};
+use signer_protocol::{msg, Status};
 use signer_testsupport::ca::{
     make_csr, openssl, sign_request, signer_client, Ceremony, SERVER_PROFILE,
 };

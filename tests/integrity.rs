@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use signer_client::Client;
 use signer_protocol::msg::{self, HealthStatus};
-use signer_protocol::{Command as Cmd, Status};
+use signer_protocol::Status;
 use signer_testsupport::ca::{full_crl, make_csr, sign_request, Ceremony, SERVER_PROFILE};
 use signer_testsupport::{bin, faketime, output, Bench, LinkSpec};
 

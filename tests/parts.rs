@@ -88,7 +88,7 @@ fn run(ber: f64, drop_rate: f64, seed: u64, requests: usize) {
     .unwrap();
     let executed = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&executed);
-    let router = Router::new().on::<Blob, _>(
+    let router = Router::new().on::<Blob>(
         move |_: &CallContext, r: BlobRequest| -> Result<BlobReply, Failure> {
             count.fetch_add(1, Ordering::SeqCst);
             Ok(BlobReply {

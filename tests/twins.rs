@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use signer_client::{Client, Failover};
 use signer_protocol::msg::{self, HealthStatus};
-use signer_protocol::Command as Cmd;
 use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
 use signer_testsupport::gpg::Gpg;
 use signer_testsupport::twins::{checks, Twins};

@@ -835,19 +835,19 @@ impl CaService {
         let router = router
             // The worker is free once the certificate is signed: the answer
             // goes out from the committer after the fsync'd commit.
-            .on_deferred::<calls::SignX509, _>(move |ctx, r, reply| {
+            .on_deferred::<calls::SignX509>(move |ctx, r, reply| {
                 sign.sign_then(ctx, r, Box::new(move |result| reply.send(result)))
             })
-            .on::<calls::RevokeX509, _>(move |ctx, r| revoke.revoke(ctx, r))
-            .on::<calls::FetchCrl, _>(move |ctx, r| crl.fetch_crl(ctx, r))
-            .on::<calls::CaCerts, _>(move |_, _| certs.ca_certs());
+            .on::<calls::RevokeX509>(move |ctx, r| revoke.revoke(ctx, r))
+            .on::<calls::FetchCrl>(move |ctx, r| crl.fetch_crl(ctx, r))
+            .on::<calls::CaCerts>(move |_, _| certs.ca_certs());
         if self.config.openpgp.is_none() {
             return router;
         }
         let (pgp, pgp_ca) = (Arc::clone(self), Arc::clone(self));
         router
-            .on::<calls::CertifyOpenpgp, _>(move |ctx, r| pgp.certify_openpgp(ctx, r))
-            .on::<calls::OpenpgpCa, _>(move |_, _| pgp_ca.openpgp_certificate())
+            .on::<calls::CertifyOpenpgp>(move |ctx, r| pgp.certify_openpgp(ctx, r))
+            .on::<calls::OpenpgpCa>(move |_, _| pgp_ca.openpgp_certificate())
     }
 }
 

@@ -188,14 +188,14 @@ impl Engine {
     fn built_in(weak: std::sync::Weak<Engine>) -> Router {
         let health = weak.clone();
         Router::new()
-            .on::<calls::Hello, _>(move |_, hello| match weak.upgrade() {
+            .on::<calls::Hello>(move |_, hello| match weak.upgrade() {
                 Some(engine) => engine.hello(hello),
                 None => Err(Failure::new(
                     Status::SHUTTING_DOWN,
                     "the signer is shutting down",
                 )),
             })
-            .on::<calls::Health, _>(move |_, _| match health.upgrade() {
+            .on::<calls::Health>(move |_, _| match health.upgrade() {
                 Some(engine) => Ok(engine.health_report()),
                 None => Err(Failure::new(
                     Status::SHUTTING_DOWN,

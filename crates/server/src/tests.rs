@@ -61,18 +61,18 @@ fn harness(config: EngineConfig) -> Harness {
     let calls = Arc::clone(&echo_calls);
     let g = Arc::clone(&gate);
     let router = Router::new()
-        .on::<EchoCall, _>(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
+        .on::<EchoCall>(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
             calls.fetch_add(1, Ordering::SeqCst);
             Ok(e)
         })
-        .on::<SlowCall, _>(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
+        .on::<SlowCall>(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
             let _held = g.lock();
             Ok(e)
         })
-        .on::<BigCall, _>(|_: &CallContext, e: Echo| -> Result<Numbers, Failure> {
+        .on::<BigCall>(|_: &CallContext, e: Echo| -> Result<Numbers, Failure> {
             Ok(Numbers((0..e.n).collect()))
         })
-        .on::<PanicCall, _>(|_: &CallContext, _: Echo| -> Result<Echo, Failure> {
+        .on::<PanicCall>(|_: &CallContext, _: Echo| -> Result<Echo, Failure> {
             panic!("handler bug")
         });
     let engine = Engine::start(config, router, Vec::new());

@@ -202,12 +202,11 @@ impl Router {
 
     /// Adds command `C`, answered by `f` on the thread that runs it. A body
     /// that does not decode is answered `malformed_body`.
-    pub fn on<C, F>(self, f: F) -> Self
-    where
-        C: Call,
-        F: Fn(&CallContext, C::Request) -> Result<C::Reply, Failure> + Send + Sync + 'static,
-    {
-        self.with::<C>(Arc::new(Immediate::<C, F> {
+    pub fn on<C: Call>(
+        self,
+        f: impl Fn(&CallContext, C::Request) -> Result<C::Reply, Failure> + Send + Sync + 'static,
+    ) -> Self {
+        self.with::<C>(Arc::new(Immediate::<C, _> {
             f,
             _call: PhantomData,
         }))
@@ -215,12 +214,11 @@ impl Router {
 
     /// Adds command `C`, answered by `f` through its [`Reply`], which it may
     /// finish later from another thread.
-    pub fn on_deferred<C, F>(self, f: F) -> Self
-    where
-        C: Call,
-        F: Fn(&CallContext, C::Request, Reply<C>) + Send + Sync + 'static,
-    {
-        self.with::<C>(Arc::new(Deferred::<C, F> {
+    pub fn on_deferred<C: Call>(
+        self,
+        f: impl Fn(&CallContext, C::Request, Reply<C>) + Send + Sync + 'static,
+    ) -> Self {
+        self.with::<C>(Arc::new(Deferred::<C, _> {
             f,
             _call: PhantomData,
         }))
