@@ -61,23 +61,6 @@ pub fn open_repository(config: &CaConfig, signer_id: &str) -> Result<Repository,
     )?)
 }
 
-/// The wire failure for a repository error. `undone` says what did not
-/// happen (e.g. "nothing was issued"), where that is certain.
-pub(crate) fn repo_failure(e: &RepoError, undone: &str) -> Failure {
-    match e {
-        RepoError::Corrupt(_) | RepoError::Refused(_) => Failure::new(
-            Status::REPOSITORY_CORRUPT,
-            format!(
-                "{e}; {undone}. The record is not served; the operator must run `signerd repo check`"
-            ),
-        ),
-        _ => Failure::new(
-            Status::REPOSITORY_FAILURE,
-            format!("{e}; {undone}. Retry later: the signer writes again as soon as its disk does"),
-        ),
-    }
-}
-
 /// Why the clock cannot be trusted now, if it cannot.
 pub(crate) fn clock_problem(
     now_ms: i64,
@@ -346,7 +329,7 @@ impl crate::CaService {
         if matches!(e, RepoError::Corrupt(_)) {
             self.note_damage(e.to_string());
         }
-        repo_failure(&e, undone)
+        crate::repo_failure(&e, undone)
     }
 
     /// A stored certificate is served again only if it still verifies

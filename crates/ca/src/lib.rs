@@ -33,13 +33,17 @@ use signer_repository::{
 };
 use signer_service::{CallContext, Failure, HealthSource, Router};
 use signer_x509::crl::{CrlBuilder, CrlEntry};
-use signer_x509::{CaSigner, CsrError, IssueError, IssueRequest, Issuer, San};
+use signer_x509::{CaSigner, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
 pub use audit::CaAudit;
 pub use config::{CaConfig, OpenpgpConfig, ReplicationConfig, StorageConfig};
-pub(crate) use integrity::repo_failure;
+mod idempotency;
+pub mod wire;
+
 pub use integrity::{expected_identity, open_repository, repository_options, verify_certificates};
+pub(crate) use wire::repo_failure;
+pub use wire::{issue_failure, pgp_failure};
 
 /// Why the CA service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,45 +75,6 @@ pub struct CaService {
     clock: SharedClock,
     scrub_state: Mutex<integrity::ScrubState>,
     stop: Arc<integrity::Stop>,
-}
-
-/// The wire status of an issuance failure.
-pub fn issue_failure(e: &IssueError) -> Failure {
-    let status = match e {
-        IssueError::UnknownProfile(_) => Status::UNKNOWN_PROFILE,
-        IssueError::Csr(CsrError::Malformed(_)) => Status::MALFORMED_CSR,
-        IssueError::Csr(CsrError::BadSignature(_)) => Status::BAD_CSR_SIGNATURE,
-        IssueError::Csr(CsrError::UnsupportedKey(_)) => Status::UNSUPPORTED_KEY,
-        IssueError::Csr(CsrError::UnknownCriticalExtension(_)) => {
-            Status::UNKNOWN_CRITICAL_EXTENSION
-        }
-        IssueError::WeakKey(_) => Status::WEAK_KEY,
-        IssueError::KeyNotAllowed(_) => Status::KEY_TYPE_NOT_ALLOWED,
-        IssueError::SubjectNotAllowed(_) => Status::SUBJECT_NOT_ALLOWED,
-        IssueError::SanNotAllowed(_) => Status::SAN_NOT_ALLOWED,
-        IssueError::ValidityTooLong { .. } => Status::VALIDITY_TOO_LONG,
-        IssueError::Lint { .. } => Status::LINT_FAILED,
-        IssueError::Hsm(h) if h.is_transient() => Status::HSM_UNAVAILABLE,
-        IssueError::Hsm(_) => Status::HSM_FAILURE,
-        IssueError::Issuer(_) => Status::ISSUER_UNAVAILABLE,
-        IssueError::Encoding(_) => Status::INTERNAL,
-    };
-    let failure = Failure::new(status, e.to_string());
-    match e {
-        IssueError::Lint { rule, .. } => failure.with_detail(*rule),
-        _ => failure,
-    }
-}
-
-/// SHA-256 of the request's canonical encoding: a retried request matches,
-/// a different request under the same id does not.
-fn request_digest(request: &msg::SignX509) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(signer_protocol::encode_body(request)).to_vec()
-}
-
-fn valid_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 fn parse_sans(entries: &[msg::SanEntry]) -> Result<Vec<San>, Failure> {
@@ -175,16 +140,12 @@ fn replay(
     record: &CertRecord,
     digest: &[u8],
 ) -> Result<msg::SignX509Reply, Failure> {
-    if record.request_digest != digest {
-        warn!(request_id, serial = %hex::encode(&record.serial), "request id reused for a different request");
-        return Err(Failure::new(
-            Status::REQUEST_ID_CONFLICT,
-            format!(
-                "request id {request_id} was used for a different request (serial {})",
-                hex::encode(&record.serial)
-            ),
-        ));
-    }
+    idempotency::same_request(
+        request_id,
+        &record.request_digest,
+        digest,
+        &format!("serial {}", hex::encode(&record.serial)),
+    )?;
     Ok(reply_from(record, true))
 }
 
@@ -423,13 +384,8 @@ impl CaService {
 
     /// Everything up to the durable record: validation, replay check, issuance.
     fn prepare(&self, request: &msg::SignX509) -> Result<Prepared, Failure> {
-        if !valid_request_id(&request.request_id) {
-            return Err(Failure::new(
-                Status::MALFORMED_BODY,
-                "request_id must be 1-128 printable ASCII characters",
-            ));
-        }
-        let digest = request_digest(request);
+        idempotency::check_key(&request.request_id)?;
+        let digest = idempotency::request_digest(request);
         if let Some(record) = self
             .repo
             .find_by_request(&request.request_id)
@@ -507,12 +463,7 @@ impl CaService {
         ctx: &CallContext,
         request: msg::RevokeX509,
     ) -> Result<msg::RevokeX509Reply, Failure> {
-        if !valid_request_id(&request.request_id) {
-            return Err(Failure::new(
-                Status::MALFORMED_BODY,
-                "request_id must be 1-128 printable ASCII characters",
-            ));
-        }
+        idempotency::check_key(&request.request_id)?;
         let entry = self
             .config
             .cas

@@ -8,9 +8,9 @@ use signer_openpgp::{certify, inspect, public_key_packet, CaCertificate, HsmSign
 use signer_protocol::{msg, Status};
 use signer_repository::{CertificationRecord, Certified};
 use signer_service::{CallContext, Failure};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::{valid_request_id, CaService, OpenpgpConfig};
+use crate::{idempotency, pgp_failure, CaService, OpenpgpConfig};
 
 /// The CA's OpenPGP key, checked against its certificate file.
 pub struct OpenpgpCa {
@@ -23,33 +23,6 @@ impl OpenpgpCa {
     pub fn fingerprint(&self) -> String {
         self.ca.fingerprint()
     }
-}
-
-/// The wire status of a certification failure.
-pub fn pgp_failure(e: &PgpError) -> Failure {
-    let status = match e {
-        PgpError::Malformed(_) => Status::MALFORMED_OPENPGP_KEY,
-        PgpError::SecretKey => Status::OPENPGP_SECRET_KEY,
-        PgpError::BadSelfSignature(_) => Status::BAD_SELF_SIGNATURE,
-        PgpError::AlgorithmNotAllowed(_) => Status::OPENPGP_ALGORITHM_NOT_ALLOWED,
-        PgpError::WeakKey(_) => Status::WEAK_KEY,
-        PgpError::UserIdNotFound(_) => Status::USER_ID_NOT_FOUND,
-        PgpError::UserIdRevoked(_) => Status::USER_ID_REVOKED,
-        PgpError::UserIdExpired(_) => Status::USER_ID_EXPIRED,
-        PgpError::KeyRevoked(_) => Status::OPENPGP_KEY_REVOKED,
-        PgpError::KeyExpired(_) => Status::OPENPGP_KEY_EXPIRED,
-        PgpError::Expiry(_) => Status::INVALID_EXPIRY,
-        PgpError::TooLarge { .. } => Status::OPENPGP_KEY_TOO_LARGE,
-        PgpError::Hsm(h) if h.is_transient() => Status::HSM_UNAVAILABLE,
-        PgpError::Hsm(_) => Status::HSM_FAILURE,
-        PgpError::CaKey(_) => Status::ISSUER_UNAVAILABLE,
-    };
-    Failure::new(status, e.to_string())
-}
-
-fn request_digest(request: &msg::CertifyOpenpgp) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(signer_protocol::encode_body(request)).to_vec()
 }
 
 fn reply_from(r: &CertificationRecord, replayed: bool) -> msg::CertifyOpenpgpReply {
@@ -75,16 +48,12 @@ fn replay(
     record: &CertificationRecord,
     digest: &[u8],
 ) -> Result<msg::CertifyOpenpgpReply, Failure> {
-    if record.request_digest != digest {
-        warn!(request_id = %record.request_id, "request id reused for a different certification request");
-        return Err(Failure::new(
-            Status::REQUEST_ID_CONFLICT,
-            format!(
-                "request id {} was used for a different request (key {})",
-                record.request_id, record.fingerprint
-            ),
-        ));
-    }
+    idempotency::same_request(
+        &record.request_id,
+        &record.request_digest,
+        digest,
+        &format!("key {}", record.fingerprint),
+    )?;
     Ok(reply_from(record, true))
 }
 
@@ -149,13 +118,8 @@ impl CaService {
         ctx: &CallContext,
         request: msg::CertifyOpenpgp,
     ) -> Result<msg::CertifyOpenpgpReply, Failure> {
-        if !valid_request_id(&request.request_id) {
-            return Err(Failure::new(
-                Status::MALFORMED_BODY,
-                "request_id must be 1-128 printable ASCII characters",
-            ));
-        }
-        let digest = request_digest(&request);
+        idempotency::check_key(&request.request_id)?;
+        let digest = idempotency::request_digest(&request);
         if let Some(record) = self
             .repo
             .find_certification(&request.request_id)
