@@ -12,43 +12,21 @@
 use std::collections::BTreeMap;
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::replica::{append_event, Change};
+use crate::outbox::{append_event, Change};
 use crate::{storage, RepoError};
+use tracing::warn;
+
+use crate::committer::Job;
+use crate::records::AuditEntry;
+use crate::Repository;
 
 /// This signer's chain: seq → entry.
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_v1");
 /// The twin's chains as replicated: (origin, seq) → entry.
 pub(crate) const AUDIT_PEER: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("audit_peer_v1");
-
-/// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Position in the chain: 1, 2, …
-    pub seq: u64,
-    /// Unix milliseconds.
-    pub time_ms: i64,
-    /// The signer that wrote it.
-    pub signer_id: String,
-    /// `command`, `startup`, `shutdown`, `setup`.
-    pub kind: String,
-    /// The command's name (for `command`), or the set-up action.
-    pub action: String,
-    /// Outcome: `ok` or the status name.
-    pub outcome: String,
-    /// Facts: request id, serial, issuer, CSR fingerprint, message… never
-    /// secrets or whole requests.
-    pub facts: BTreeMap<String, String>,
-    /// The previous entry's hash (32 zero octets for the first).
-    #[serde(with = "serde_bytes")]
-    pub prev: Vec<u8>,
-    /// SHA-256(prev ‖ this entry encoded with an empty `hash`).
-    #[serde(with = "serde_bytes")]
-    pub hash: Vec<u8>,
-}
 
 impl AuditEntry {
     /// A new entry for `append` (sequence and hashes are set there).
@@ -220,4 +198,65 @@ pub(crate) fn verify_all(
         )?);
     }
     Ok(reports)
+}
+
+impl Repository {
+    /// Appends an entry to the audit chain with the next group commit (the
+    /// caller does not wait). After [`Repository::close`] it is written in a
+    /// transaction of its own.
+    pub fn audit(&self, entry: AuditEntry) {
+        if let Some(Job::Audit(entry)) = self.send(Job::Audit(entry)) {
+            let written = self.write(|txn| {
+                append(txn, &self.origin, vec![entry])?;
+                Ok(((), true))
+            });
+            if let Err(e) = written {
+                warn!(cause = %e, "audit entry not written");
+            }
+        }
+    }
+
+    /// The head of this signer's audit chain: (entries, last hash).
+    pub fn audit_head(&self) -> Result<Option<(u64, Vec<u8>)>, RepoError> {
+        self.read(|txn| {
+            let table = txn.open_table(self::AUDIT).map_err(storage)?;
+            let head = match table.last().map_err(storage)? {
+                Some((k, v)) => Some((k.value(), AuditEntry::decode(v.value())?.hash)),
+                None => None,
+            };
+            Ok(head)
+        })
+    }
+
+    /// Verifies this signer's audit chain and the twins' copies.
+    pub fn audit_verify(&self) -> Result<Vec<self::ChainReport>, RepoError> {
+        self.read(|txn| verify_all(txn, &self.origin))
+    }
+
+    /// Audit entries (this signer's, then the twins' copies) that `keep` selects.
+    pub fn audit_entries(
+        &self,
+        mut keep: impl FnMut(&AuditEntry) -> bool,
+    ) -> Result<Vec<AuditEntry>, RepoError> {
+        self.read(|txn| {
+            let own = txn.open_table(self::AUDIT).map_err(storage)?;
+            let peers = txn.open_table(self::AUDIT_PEER).map_err(storage)?;
+            let own = own.iter().map_err(storage)?.map(|item| {
+                item.map_err(storage)
+                    .and_then(|(_, v)| AuditEntry::decode(v.value()))
+            });
+            let peers = peers.iter().map_err(storage)?.map(|item| {
+                item.map_err(storage)
+                    .and_then(|(_, v)| AuditEntry::decode(v.value()))
+            });
+            let mut out = Vec::new();
+            for e in own.chain(peers) {
+                let e = e?;
+                if keep(&e) {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+    }
 }

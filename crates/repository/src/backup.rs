@@ -24,10 +24,8 @@ use redb::{Key, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, V
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    audit, clock, identity, openpgp, replica, sealed, storage, Identity, RepoError, Repository,
-    CERTS, CRLS, CRL_HISTORY, EXPIRY, REQUESTS, REVOCATIONS, REVOCATION_SEQ,
-};
+use crate::schema::{CERTS, CRLS, CRL_HISTORY, EXPIRY, REQUESTS, REVOCATIONS, REVOCATION_SEQ};
+use crate::{audit, clock, identity, openpgp, sealed, storage, Identity, RepoError, Repository};
 
 const MAGIC: &[u8] = b"SIGNER-BACKUP 1\n";
 /// Rows per section (bounds the memory a backup or restore holds).
@@ -72,7 +70,7 @@ impl Summary {
 macro_rules! for_each_table {
     ($f:ident, $($arg:expr),*) => {{
         $f(identity::IDENTITY, $($arg),*)?;
-        $f(replica::META, $($arg),*)?;
+        $f(crate::outbox::META, $($arg),*)?;
         $f(CERTS, $($arg),*)?;
         $f(REQUESTS, $($arg),*)?;
         $f(EXPIRY, $($arg),*)?;
@@ -83,11 +81,11 @@ macro_rules! for_each_table {
         $f(openpgp::CERTIFICATIONS, $($arg),*)?;
         $f(audit::AUDIT, $($arg),*)?;
         $f(audit::AUDIT_PEER, $($arg),*)?;
-        $f(replica::EVENTS, $($arg),*)?;
-        $f(replica::APPLIED, $($arg),*)?;
-        $f(replica::DIGESTS, $($arg),*)?;
-        $f(replica::CONFLICTS, $($arg),*)?;
-        $f(replica::CRL_FLOOR, $($arg),*)?;
+        $f(crate::outbox::EVENTS, $($arg),*)?;
+        $f(crate::apply::APPLIED, $($arg),*)?;
+        $f(crate::outbox::DIGESTS, $($arg),*)?;
+        $f(crate::apply::CONFLICTS, $($arg),*)?;
+        $f(crate::crls::CRL_FLOOR, $($arg),*)?;
         $f(clock::HIGH_WATER, $($arg),*)?;
     }};
 }
@@ -165,7 +163,7 @@ fn name_of<K: Key + 'static, V: Value + 'static>(
 }
 
 fn set_digests(txn: &redb::ReadTransaction) -> Result<BTreeMap<String, String>, RepoError> {
-    Ok(replica::read_state(txn)?
+    Ok(crate::apply::read_state(txn)?
         .digests
         .into_iter()
         .map(|(k, d)| (k, d.summary()))
@@ -443,7 +441,7 @@ fn restore_into(
     }
     let txn = db.begin_write().map_err(storage)?;
     crate::create_tables(&txn)?;
-    txn.open_table(replica::META)
+    txn.open_table(crate::outbox::META)
         .map_err(storage)?
         .insert("epoch", crate::new_epoch(path))
         .map_err(storage)?;
@@ -551,7 +549,7 @@ fn seed_into(
         if SEEDED.contains(&table) {
             let mut done = false;
             for_each_table!(insert_rows, &txn, table, &rows, &mut done);
-        } else if table == replica::META.name() {
+        } else if table == crate::outbox::META.name() {
             for (k, v) in &rows {
                 let key = <&str as Value>::from_bytes(k);
                 peer_meta.insert(key.to_string(), <u64 as Value>::from_bytes(v));
@@ -568,11 +566,11 @@ fn seed_into(
         Ok(())
     })?;
     {
-        let mut meta = txn.open_table(replica::META).map_err(storage)?;
+        let mut meta = txn.open_table(crate::outbox::META).map_err(storage)?;
         meta.insert("epoch", crate::new_epoch(path))
             .map_err(storage)?;
         meta.insert("digests", 1).map_err(storage)?;
-        let mut applied = txn.open_table(replica::APPLIED).map_err(storage)?;
+        let mut applied = txn.open_table(crate::apply::APPLIED).map_err(storage)?;
         applied
             .insert(
                 peer.signer_id.as_str(),

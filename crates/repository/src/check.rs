@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 
 use redb::{ReadableTable, TableHandle};
 
-use crate::replica::{self, SetDigest};
+use crate::outbox::SetDigest;
+use crate::records::{decode, decode_request, decode_revocation};
+use crate::schema::{CERTS, CRLS, CRL_HISTORY, EXPIRY, REQUESTS, REVOCATIONS, REVOCATION_SEQ};
 use crate::{
-    audit, decode, decode_request, decode_revocation, hex, identity, openpgp, sealed, storage,
-    CrlMeta, CrlRecord, RepoError, Repository, CERTS, CRLS, CRL_HISTORY, EXPIRY, REQUESTS,
-    REVOCATIONS, REVOCATION_SEQ,
+    audit, hex, identity, openpgp, sealed, storage, CrlMeta, CrlRecord, RepoError, Repository,
 };
 
 /// At most this many problems are listed; the first is the one to act on.
@@ -109,7 +109,7 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
                 hex(serial)
             ));
         }
-        replica::add_cert(digests.entry(r.issuer.clone()).or_default(), &r);
+        crate::outbox::add_cert(digests.entry(r.issuer.clone()).or_default(), &r);
     }
     for item in requests.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
@@ -164,7 +164,7 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
                         r.seq
                     ));
                 }
-                replica::add_revocation(digests.entry(r.issuer.clone()).or_default(), &r);
+                crate::outbox::add_revocation(digests.entry(r.issuer.clone()).or_default(), &r);
             }
         }
     }
@@ -222,24 +222,25 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
             Ok(_) => {}
         }
     }
-    let conflicts = txn.open_table(replica::CONFLICTS).map_err(storage)?;
+    let conflicts = txn.open_table(crate::apply::CONFLICTS).map_err(storage)?;
     for item in conflicts.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
         f.report.records += 1;
-        if let Err(e) = sealed::open::<replica::Conflict>(replica::CONFLICTS.name(), value.value())
+        if let Err(e) =
+            sealed::open::<crate::records::Conflict>(crate::apply::CONFLICTS.name(), value.value())
         {
             f.problem(format!("conflict {}: {e}", key.value()));
         }
     }
-    let events = txn.open_table(replica::EVENTS).map_err(storage)?;
+    let events = txn.open_table(crate::outbox::EVENTS).map_err(storage)?;
     for item in events.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
         f.report.records += 1;
-        if let Err(e) = sealed::payload(replica::EVENTS.name(), value.value()) {
+        if let Err(e) = sealed::payload(crate::outbox::EVENTS.name(), value.value()) {
             f.problem(format!("outbox event {}: {e}", key.value()));
         }
     }
-    let stored = txn.open_table(replica::DIGESTS).map_err(storage)?;
+    let stored = txn.open_table(crate::outbox::DIGESTS).map_err(storage)?;
     let mut issuers: Vec<String> = digests.keys().cloned().collect();
     for item in stored.iter().map_err(storage)? {
         let (key, _) = item.map_err(storage)?;
@@ -251,7 +252,7 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
         let computed = digests.remove(&issuer).unwrap_or_default();
         let have: SetDigest = match stored.get(issuer.as_str()).map_err(storage)? {
             None => SetDigest::default(),
-            Some(v) => match sealed::open(replica::DIGESTS.name(), v.value()) {
+            Some(v) => match sealed::open(crate::outbox::DIGESTS.name(), v.value()) {
                 Ok(d) => d,
                 Err(e) => {
                     f.problem(format!("set digest of {issuer}: {e}"));
@@ -259,7 +260,7 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
                 }
             },
         };
-        if !replica::same_sets(&have, &computed) {
+        if !crate::outbox::same_sets(&have, &computed) {
             f.problem(format!(
                 "set digest of {issuer}: stored {}, the records give {} (a record was lost or added outside the signer)",
                 have.summary(),

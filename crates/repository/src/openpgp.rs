@@ -2,39 +2,15 @@
 //! written with its replication event in one transaction.
 
 use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
-use crate::replica::{append_event, Change, Conflict};
+use crate::outbox::{append_event, Change};
+use crate::records::CertificationRecord;
+use crate::records::Conflict;
 use crate::{sealed, storage, RepoError, Repository};
 
 /// request id → [`CertificationRecord`] (msgpack).
 pub(crate) const CERTIFICATIONS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("openpgp_certifications_v1");
-
-/// The certifications made for one `certify_openpgp` request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertificationRecord {
-    /// The client's request id.
-    pub request_id: String,
-    /// SHA-256 of the request's canonical encoding.
-    #[serde(with = "serde_bytes")]
-    pub request_digest: Vec<u8>,
-    /// The user key's fingerprint, upper-case hex.
-    pub fingerprint: String,
-    /// The CA key's fingerprint, upper-case hex.
-    pub ca_fingerprint: String,
-    /// (user ID, signature packet with header), in request order.
-    pub certifications: Vec<(String, serde_bytes::ByteBuf)>,
-    /// The key with the certifications, binary, as returned.
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    /// Signature creation time, Unix seconds.
-    pub created_at: i64,
-    /// Signature expiration, Unix seconds.
-    pub expires_at: i64,
-    /// Which signer made them.
-    pub signer_id: String,
-}
 
 /// What recording a certification did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +63,7 @@ impl Repository {
         record: CertificationRecord,
     ) -> Result<Certified, RepoError> {
         let (reply, rx) = std::sync::mpsc::channel();
-        let job = crate::Job::Certify(Certify {
+        let job = crate::committer::Job::Certify(Certify {
             record,
             then: Box::new(move |result| {
                 let _ = reply.send(result);
@@ -163,7 +139,7 @@ pub(crate) fn apply(
                 twin = %origin,
                 "request id certified on both twins with different signatures"
             );
-            let value = sealed::seal(crate::replica::CONFLICTS.name(), &conflict)?;
+            let value = sealed::seal(crate::apply::CONFLICTS.name(), &conflict)?;
             conflicts
                 .insert(record.request_id.as_str(), value.as_slice())
                 .map_err(storage)?;

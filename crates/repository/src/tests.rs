@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use redb::ReadableTable;
 
 /// Opens the repository at `path` for signer `id`, creating it the first time.
 fn open(path: &Path, id: &str) -> Repository {

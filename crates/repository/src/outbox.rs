@@ -1,0 +1,276 @@
+//! The outbox of this signer's own changes and the set digests.
+//!
+//! ```text
+//! issuance / revocation / CRL ──► same write transaction ──► EVENTS[seq] (outbox)
+//!                                                            DIGESTS[issuer] ^= H(change)
+//! ```
+//!
+//! Every change is written in the transaction that makes it durable, so a
+//! change is never lost between the repository and the publisher; the
+//! publisher reads the outbox and trims it once the twin reports it applied.
+
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::now_us;
+use crate::records::{AuditEntry, CertRecord, CertificationRecord, RevocationRecord};
+use crate::{sealed, storage, RepoError, Repository};
+
+/// This signer's changes, by its own sequence number (1, 2, …).
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events_v1");
+
+/// Counters: `event_seq` (last own sequence number assigned), `digests` (1
+/// once the digests cover every record), `epoch` (random, fixed when the
+/// repository is created: a replaced repository starts a new sequence).
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
+
+/// Per issuer: [`SetDigest`].
+pub(crate) const DIGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("digests_v1");
+
+/// A change of state, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A certificate was issued.
+    Issued(CertRecord),
+    /// A certificate was revoked (or its revocation replaced by the merge rule).
+    Revoked(RevocationRecord),
+    /// An audit entry of the origin's chain.
+    Audit(AuditEntry),
+    /// User IDs of an OpenPGP key were certified.
+    Certified(CertificationRecord),
+    /// A CRL was signed with this number.
+    CrlIssued {
+        /// Issuer name.
+        issuer: String,
+        /// CRL number, unsigned big-endian.
+        number: Vec<u8>,
+        /// thisUpdate, Unix seconds.
+        this_update: i64,
+    },
+}
+
+/// One change with its origin and place in the origin's sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The signer that made the change.
+    pub origin: String,
+    /// Its sequence number at the origin: 1, 2, … without gaps.
+    pub seq: u64,
+    /// The origin repository's epoch: sequence numbers count within it.
+    #[serde(default)]
+    pub epoch: u64,
+    /// When the origin committed it, Unix microseconds.
+    pub at_us: i64,
+    /// The change.
+    pub change: Change,
+}
+
+impl Event {
+    /// The event's wire encoding (msgpack, named fields).
+    pub fn encode(&self) -> Result<Vec<u8>, RepoError> {
+        rmp_serde::to_vec_named(self).map_err(storage)
+    }
+
+    /// Decodes [`Event::encode`]'s output.
+    pub fn decode(bytes: &[u8]) -> Result<Event, RepoError> {
+        rmp_serde::from_slice(bytes).map_err(|e| RepoError::Corrupt(format!("event: {e}")))
+    }
+}
+
+/// An order-independent digest of an issuer's issued and revoked sets: the
+/// XOR of SHA-256 over each member. Two repositories with the same sets have
+/// the same digest, whatever order the records arrived in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetDigest {
+    /// Certificates issued.
+    pub issued: u64,
+    /// XOR of SHA-256(issuer ‖ serial ‖ SHA-256(DER)) over them.
+    #[serde(with = "serde_bytes")]
+    pub issued_xor: Vec<u8>,
+    /// Revocations.
+    pub revoked: u64,
+    /// XOR of SHA-256(issuer ‖ serial ‖ reason ‖ revocation time ‖ invalidity date).
+    #[serde(with = "serde_bytes")]
+    pub revoked_xor: Vec<u8>,
+}
+
+impl SetDigest {
+    /// Hex of both XORs with the counts, for comparing and showing.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}:{}/{}:{}",
+            self.issued,
+            hex_short(&self.issued_xor),
+            self.revoked,
+            hex_short(&self.revoked_xor)
+        )
+    }
+}
+
+fn hex_short(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "0".into();
+    }
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn xor_into(acc: &mut Vec<u8>, h: &[u8]) {
+    if acc.len() != h.len() {
+        acc.resize(h.len(), 0);
+    }
+    for (a, b) in acc.iter_mut().zip(h) {
+        *a ^= b;
+    }
+}
+
+fn cert_member(r: &CertRecord) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((r.issuer.len() as u32).to_be_bytes());
+    h.update(r.issuer.as_bytes());
+    h.update([r.serial.len() as u8]);
+    h.update(&r.serial);
+    h.update(Sha256::digest(&r.der));
+    h.finalize().into()
+}
+
+fn revocation_member(r: &RevocationRecord) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((r.issuer.len() as u32).to_be_bytes());
+    h.update(r.issuer.as_bytes());
+    h.update([r.serial.len() as u8]);
+    h.update(&r.serial);
+    h.update([r.reason]);
+    h.update(r.revoked_at.to_be_bytes());
+    h.update(r.invalidity_date.unwrap_or(i64::MIN).to_be_bytes());
+    h.finalize().into()
+}
+
+pub(crate) type DigestTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+fn update_digest(
+    digests: &mut DigestTable<'_>,
+    issuer: &str,
+    f: impl FnOnce(&mut SetDigest),
+) -> Result<(), RepoError> {
+    let mut d: SetDigest = match digests.get(issuer).map_err(storage)? {
+        Some(v) => sealed::open(DIGESTS.name(), v.value())?,
+        None => SetDigest::default(),
+    };
+    f(&mut d);
+    let bytes = sealed::seal(DIGESTS.name(), &d)?;
+    digests.insert(issuer, bytes.as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+/// Adds a certificate to a digest being computed.
+pub(crate) fn add_cert(d: &mut SetDigest, r: &CertRecord) {
+    d.issued += 1;
+    xor_into(&mut d.issued_xor, &cert_member(r));
+}
+
+/// Adds a revocation to a digest being computed.
+pub(crate) fn add_revocation(d: &mut SetDigest, r: &RevocationRecord) {
+    d.revoked += 1;
+    xor_into(&mut d.revoked_xor, &revocation_member(r));
+}
+
+/// Whether two digests describe the same sets (an empty XOR is all zeros).
+pub(crate) fn same_sets(a: &SetDigest, b: &SetDigest) -> bool {
+    let xor_eq = |x: &[u8], y: &[u8]| {
+        let zero = |v: &[u8]| v.iter().all(|&b| b == 0);
+        x == y || (zero(x) && zero(y))
+    };
+    a.issued == b.issued
+        && a.revoked == b.revoked
+        && xor_eq(&a.issued_xor, &b.issued_xor)
+        && xor_eq(&a.revoked_xor, &b.revoked_xor)
+}
+
+/// Adds a certificate to its issuer's digest.
+pub(crate) fn digest_cert(digests: &mut DigestTable<'_>, r: &CertRecord) -> Result<(), RepoError> {
+    update_digest(digests, &r.issuer, |d| add_cert(d, r))
+}
+
+/// Adds (`add`) or takes out a revocation from its issuer's digest.
+pub(crate) fn digest_revocation(
+    digests: &mut DigestTable<'_>,
+    r: &RevocationRecord,
+    add: bool,
+) -> Result<(), RepoError> {
+    update_digest(digests, &r.issuer, |d| {
+        if add {
+            d.revoked += 1;
+        } else {
+            d.revoked = d.revoked.saturating_sub(1);
+        }
+        xor_into(&mut d.revoked_xor, &revocation_member(r));
+    })
+}
+
+/// Appends one of this signer's changes to the outbox, in the caller's
+/// transaction; returns its sequence number.
+pub(crate) fn append_event(
+    txn: &WriteTransaction,
+    origin: &str,
+    change: Change,
+) -> Result<u64, RepoError> {
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let epoch = meta.get("epoch").map_err(storage)?.map_or(0, |v| v.value());
+    let seq = meta
+        .get("event_seq")
+        .map_err(storage)?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    let event = Event {
+        origin: origin.to_string(),
+        seq,
+        epoch,
+        at_us: now_us(),
+        change,
+    };
+    let bytes = sealed::seal(EVENTS.name(), &event)?;
+    txn.open_table(EVENTS)
+        .map_err(storage)?
+        .insert(seq, bytes.as_slice())
+        .map_err(storage)?;
+    meta.insert("event_seq", seq).map_err(storage)?;
+    Ok(seq)
+}
+
+impl Repository {
+    /// Up to `limit` outbox events with sequence numbers above `after`, encoded.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, RepoError> {
+        self.read(|txn| {
+            let events = txn.open_table(crate::outbox::EVENTS).map_err(storage)?;
+            let mut out = Vec::new();
+            for item in events.range(after + 1..).map_err(storage)?.take(limit) {
+                let (k, v) = item.map_err(storage)?;
+                out.push((
+                    k.value(),
+                    sealed::payload(crate::outbox::EVENTS.name(), v.value())?.to_vec(),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Drops outbox events up to `upto` (the twin has applied them).
+    pub fn trim_events(&self, upto: u64) -> Result<u64, RepoError> {
+        self.write(|txn| {
+            let removed = {
+                let mut events = txn.open_table(crate::outbox::EVENTS).map_err(storage)?;
+                let mut n = 0;
+                events
+                    .retain_in(..=upto, |_, _| {
+                        n += 1;
+                        false
+                    })
+                    .map_err(storage)?;
+                n
+            };
+            Ok((removed, true))
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! The records the repository keeps, as they are stored (msgpack, sealed
+//! with their table's CRC; see `sealed`) and replicated.
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{CERTS, REQUESTS, REVOCATIONS};
+use crate::{sealed, RepoError};
+use redb::TableHandle;
+use std::collections::BTreeMap;
+
+/// An issued certificate and what the signer knows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Issuer (CA) name as configured.
+    pub issuer: String,
+    /// Serial number, big-endian bytes as encoded in the certificate.
+    pub serial: Vec<u8>,
+    /// The certificate, DER.
+    #[serde(with = "b64")]
+    pub der: Vec<u8>,
+    /// Profile used.
+    pub profile: String,
+    /// The client's idempotency key.
+    pub request_id: String,
+    /// SHA-256 of the request that produced it (detects a reused request id).
+    #[serde(with = "b64")]
+    pub request_digest: Vec<u8>,
+    /// Subject, RFC 4514 string.
+    pub subject: String,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// When it was issued, Unix milliseconds.
+    pub issued_at_ms: i64,
+    /// Which signer issued it.
+    pub signer_id: String,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RequestEntry {
+    pub(crate) issuer: String,
+    pub(crate) serial: Vec<u8>,
+    pub(crate) digest: Vec<u8>,
+}
+
+/// A revocation as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Issuer (CA) name as configured.
+    pub issuer: String,
+    /// Serial number, unsigned big-endian, no leading zero octets.
+    pub serial: Vec<u8>,
+    /// RFC 5280 CRLReason code.
+    pub reason: u8,
+    /// When the signer recorded it, Unix seconds (the CRL's revocationDate).
+    pub revoked_at: i64,
+    /// When the key is believed compromised or the certificate unfit, Unix seconds.
+    pub invalidity_date: Option<i64>,
+    /// The client's request id.
+    pub request_id: String,
+    /// True for a serial this signer did not issue (migrated from a legacy CA).
+    pub legacy: bool,
+    /// Which signer recorded it.
+    pub signer_id: String,
+    /// The certificate's notAfter (Unix seconds) where known: expired entries
+    /// leave the CRL after a grace period.
+    #[serde(default)]
+    pub cert_not_after: Option<i64>,
+    /// The issuer's revocation counter value this revocation set (1, 2, …):
+    /// a CRL made at counter N holds exactly the revocations with seq ≤ N
+    /// (less expired ones).
+    #[serde(default)]
+    pub seq: u64,
+    /// True when this record replaced an earlier revocation of the serial
+    /// (the twins' merge rule): a CRL difference then removes and adds it.
+    #[serde(default)]
+    pub replaced: bool,
+}
+
+/// What is kept of every CRL signed (its DER only for the latest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlMeta {
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// The revocation counter it reflects.
+    pub revocation_seq: u64,
+    /// SHA-256 of its DER.
+    pub sha256: Vec<u8>,
+    /// Entries.
+    pub entries: u64,
+    /// DER size in bytes.
+    pub size: u64,
+}
+
+/// The last CRL signed for an issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlRecord {
+    /// Issuer (CA) name.
+    pub issuer: String,
+    /// CRL number, unsigned big-endian.
+    pub number: Vec<u8>,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// The issuer's revocation counter the CRL reflects.
+    pub revocation_seq: u64,
+    /// Entries in the CRL.
+    pub entries: u64,
+    /// SHA-256 of the DER.
+    #[serde(with = "b64")]
+    pub sha256: Vec<u8>,
+    /// The CRL, DER.
+    #[serde(with = "b64")]
+    pub der: Vec<u8>,
+}
+
+/// What recording a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// Newly revoked; durable.
+    Inserted,
+    /// Already revoked with the same reason: the original record.
+    Existing(Box<RevocationRecord>),
+    /// Already revoked with another reason: the original record; nothing changed.
+    Conflict(Box<RevocationRecord>),
+    /// The issuer never issued this serial (and unknown serials are not accepted).
+    UnknownSerial,
+}
+
+/// What recording an issuance did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The record is now durable.
+    Inserted,
+    /// The request id was already recorded: this is the original record;
+    /// the new certificate was not stored (and must not be handed out).
+    Existing(Box<CertRecord>),
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<CertRecord, RepoError> {
+    sealed::open(CERTS.name(), bytes)
+}
+
+pub(crate) fn decode_request(bytes: &[u8]) -> Result<RequestEntry, RepoError> {
+    sealed::open(REQUESTS.name(), bytes)
+}
+
+pub(crate) fn decode_revocation(bytes: &[u8]) -> Result<RevocationRecord, RepoError> {
+    sealed::open(REVOCATIONS.name(), bytes)
+}
+
+/// A certificate record and its request id entry, sealed for their tables.
+pub(crate) fn encode_issued(r: &CertRecord) -> Result<(Vec<u8>, Vec<u8>), RepoError> {
+    let entry = RequestEntry {
+        issuer: r.issuer.clone(),
+        serial: r.serial.clone(),
+        digest: r.request_digest.clone(),
+    };
+    Ok((
+        sealed::seal(CERTS.name(), r)?,
+        sealed::seal(REQUESTS.name(), &entry)?,
+    ))
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the chain: 1, 2, …
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// The signer that wrote it.
+    pub signer_id: String,
+    /// `command`, `startup`, `shutdown`, `setup`.
+    pub kind: String,
+    /// The command's name (for `command`), or the set-up action.
+    pub action: String,
+    /// Outcome: `ok` or the status name.
+    pub outcome: String,
+    /// Facts: request id, serial, issuer, CSR fingerprint, message… never
+    /// secrets or whole requests.
+    pub facts: BTreeMap<String, String>,
+    /// The previous entry's hash (32 zero octets for the first).
+    #[serde(with = "serde_bytes")]
+    pub prev: Vec<u8>,
+    /// SHA-256(prev ‖ this entry encoded with an empty `hash`).
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+}
+
+/// The certifications made for one `certify_openpgp` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificationRecord {
+    /// The client's request id.
+    pub request_id: String,
+    /// SHA-256 of the request's canonical encoding.
+    #[serde(with = "serde_bytes")]
+    pub request_digest: Vec<u8>,
+    /// The user key's fingerprint, upper-case hex.
+    pub fingerprint: String,
+    /// The CA key's fingerprint, upper-case hex.
+    pub ca_fingerprint: String,
+    /// (user ID, signature packet with header), in request order.
+    pub certifications: Vec<(String, serde_bytes::ByteBuf)>,
+    /// The key with the certifications, binary, as returned.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Signature creation time, Unix seconds.
+    pub created_at: i64,
+    /// Signature expiration, Unix seconds.
+    pub expires_at: i64,
+    /// Which signer made them.
+    pub signer_id: String,
+}
+
+/// A request id the twins used for different certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The request id.
+    pub request_id: String,
+    /// The certificate this signer holds under it (issuer, serial hex).
+    pub local: (String, String),
+    /// The certificate the twin issued under it.
+    pub remote: (String, String),
+    /// The twin.
+    pub origin: String,
+    /// When it was found, Unix milliseconds.
+    pub found_at_ms: i64,
+}
