@@ -2,6 +2,7 @@
 //! link and a running `signerd`, each cleaned up on drop.
 //!
 //! ```no_run
+//! use signer_client::Calls;
 //! use signer_testsupport::{Bench, LinkSpec};
 //!
 //! let bench = Bench::start(LinkSpec::unthrottled());
