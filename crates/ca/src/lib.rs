@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod ceremony;
 pub mod config;
 pub mod integrity;
 pub mod openpgp;

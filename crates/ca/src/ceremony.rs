@@ -1,0 +1,351 @@
+//! The key ceremony's steps, as a library: generate a key on the token,
+//! self-sign a root, issue an intermediate, make a CSR for an external CA,
+//! check an imported certificate against its key, and make the OpenPGP CA
+//! certificate. `signerd setup …` is a thin front end over [`run`]; tests
+//! call the steps directly.
+//!
+//! Every step is recorded in the repository's audit log, failures included,
+//! and a step whose record cannot be written is not performed: the audit
+//! log is opened before the token is touched.
+
+use std::path::{Path, PathBuf};
+
+use signer_hsm::{KeyGenerator, KeyKind, SigningBackend};
+use signer_repository::AuditEntry;
+use signer_x509::setup::{ca_csr, intermediate, self_signed_root, CaSpec};
+use signer_x509::{cert_pem, CaSigner};
+
+use crate::{open_repository, CaConfig, CaError};
+
+/// One step of the ceremony.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A key pair on the token under `label` (`dry_run`: only check that
+    /// the token takes the PIN and the label is free).
+    GenerateKey {
+        /// `CKA_LABEL` of the new key.
+        label: String,
+        /// Kind and size.
+        kind: KeyKind,
+        /// Check only; generate nothing.
+        dry_run: bool,
+    },
+    /// A self-signed root certificate for configured key `key`, to `out`.
+    SelfSign {
+        /// Configured key name.
+        key: String,
+        /// "O=…,CN=…".
+        subject: String,
+        /// Validity in days.
+        days: u32,
+        /// pathLenConstraint.
+        path_len: Option<u8>,
+        /// Where the PEM goes.
+        out: PathBuf,
+    },
+    /// An intermediate CA certificate for `key`, issued by configured CA `issuer`.
+    Intermediate {
+        /// Configured CA name of the issuer.
+        issuer: String,
+        /// Configured key name of the new CA.
+        key: String,
+        /// "O=…,CN=…".
+        subject: String,
+        /// Validity in days.
+        days: u32,
+        /// pathLenConstraint.
+        path_len: u8,
+        /// CRL distribution points.
+        crl_urls: Vec<String>,
+        /// Where the PEM goes.
+        out: PathBuf,
+    },
+    /// A CSR for `key`, for an external CA.
+    Csr {
+        /// Configured key name.
+        key: String,
+        /// "O=…,CN=…".
+        subject: String,
+        /// Where the PEM goes.
+        out: PathBuf,
+    },
+    /// The OpenPGP CA certificate of `ca.openpgp`, to its configured path.
+    Openpgp {
+        /// Replace an existing certificate file.
+        force: bool,
+    },
+    /// Checks that certificate `cert` belongs to configured key `key`.
+    Import {
+        /// Configured key name.
+        key: String,
+        /// The certificate (PEM or DER).
+        cert: PathBuf,
+    },
+}
+
+impl Step {
+    /// The step's name in the audit log.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Step::GenerateKey { .. } => "generate-key",
+            Step::SelfSign { .. } => "self-sign",
+            Step::Intermediate { .. } => "intermediate",
+            Step::Csr { .. } => "csr",
+            Step::Openpgp { .. } => "openpgp",
+            Step::Import { .. } => "import",
+        }
+    }
+}
+
+/// Why a step did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CeremonyError {
+    /// The audit log (the repository) could not be opened: nothing was done.
+    #[error("{0} (the audit log is needed for set-up; is signerd running?)")]
+    AuditLog(#[source] CaError),
+    /// The step failed (recorded in the audit log as failed).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Parses "O=Example,CN=Example Root" into pairs.
+pub fn parse_subject(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not ATTR=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The configured CA `name` with its certificate, checked against its key.
+pub fn ca_signer(
+    ca: &CaConfig,
+    backend: &dyn SigningBackend,
+    name: &str,
+) -> Result<CaSigner, String> {
+    let entry = ca
+        .cas
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| format!("no CA named {name} in ca.cas"))?;
+    let bytes = std::fs::read(&entry.certificate)
+        .map_err(|e| format!("{}: {e}", entry.certificate.display()))?;
+    let der = signer_x509::cert_der(&bytes)?;
+    CaSigner::new(&entry.name, &entry.key, der, backend).map_err(|e| e.to_string())
+}
+
+/// Runs a step with its audit record: opens the audit log first (a step that
+/// cannot be recorded is not performed), performs the step, and records its
+/// outcome, failures included. `say` gets the lines to show the operator.
+pub fn run(
+    step: Step,
+    ca: &CaConfig,
+    signer_id: &str,
+    now: i64,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), CeremonyError> {
+    let repo = open_repository(ca, signer_id).map_err(CeremonyError::AuditLog)?;
+    let action = step.action();
+    let result = perform(step, ca, now, say);
+    let entry = match &result {
+        Ok(entry) => entry.clone(),
+        Err(e) => AuditEntry::new("setup", action, "failed").fact("message", e.clone()),
+    };
+    repo.audit(entry);
+    repo.close();
+    result.map(|_| ()).map_err(CeremonyError::Failed)
+}
+
+fn backend(ca: &CaConfig) -> Result<std::sync::Arc<dyn KeyGenerator>, String> {
+    signer_hsm::open(&ca.hsm, ca.key_specs(), 1, None).map_err(|e| e.to_string())
+}
+
+fn write_out(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Performs a step without recording it; returns its audit entry.
+pub fn perform(
+    step: Step,
+    ca: &CaConfig,
+    now: i64,
+    say: &mut dyn FnMut(&str),
+) -> Result<AuditEntry, String> {
+    let ok = |action: &str| AuditEntry::new("setup", action, "ok");
+    Ok(match step {
+        Step::GenerateKey {
+            label,
+            kind,
+            dry_run,
+        } => {
+            let backend = backend(ca)?;
+            if dry_run {
+                backend
+                    .check_label_free(&label)
+                    .map_err(|e| e.to_string())?;
+                say(&format!("dry run: the token accepts the PIN and has no object labelled {label}; nothing generated"));
+                return Ok(ok("generate-key (dry run)").fact("label", label));
+            }
+            let (public, id) = backend.generate(kind, &label).map_err(|e| e.to_string())?;
+            say(&format!("generated {} key on the token", public.kind));
+            say(&format!("label  {label}"));
+            say(&format!("id     {}", hex::encode(&id)));
+            say(&format!(
+                "add to ca.keys:  - {{name: {label}, label: {label}, id: {}}}",
+                hex::encode(&id)
+            ));
+            ok("generate-key")
+                .fact("label", label)
+                .fact("id", hex::encode(&id))
+                .fact("key_type", public.kind.to_string())
+        }
+        Step::SelfSign {
+            key,
+            subject,
+            days,
+            path_len,
+            out,
+        } => {
+            let backend = backend(ca)?;
+            let spec = CaSpec {
+                subject: parse_subject(&subject)?,
+                days,
+                path_len,
+                serial_prefix: ca.serial_prefix,
+                now,
+                scheme: None,
+                crl_urls: Vec::new(),
+            };
+            let der = self_signed_root(&*backend, &key, &spec).map_err(|e| e.to_string())?;
+            let pem = cert_pem(&der);
+            write_out(&out, &pem)?;
+            say(&format!(
+                "wrote self-signed root for key {key} to {}",
+                out.display()
+            ));
+            ok("self-sign")
+                .fact("key", key)
+                .fact("subject", subject)
+                .fact("certificate_sha256", sha256_hex(pem.as_bytes()))
+                .fact("out", out.display().to_string())
+        }
+        Step::Intermediate {
+            issuer,
+            key,
+            subject,
+            days,
+            path_len,
+            crl_urls,
+            out,
+        } => {
+            let backend = backend(ca)?;
+            let parent = ca_signer(ca, &*backend, &issuer)?;
+            let spec = CaSpec {
+                subject: parse_subject(&subject)?,
+                days,
+                path_len: Some(path_len),
+                serial_prefix: ca.serial_prefix,
+                now,
+                scheme: None,
+                crl_urls,
+            };
+            let der = intermediate(&*backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
+            let pem = cert_pem(&der);
+            write_out(&out, &pem)?;
+            say(&format!(
+                "wrote intermediate for key {key}, issued by {issuer}, to {}",
+                out.display()
+            ));
+            ok("intermediate")
+                .fact("key", key)
+                .fact("issuer", issuer)
+                .fact("subject", subject)
+                .fact("certificate_sha256", sha256_hex(pem.as_bytes()))
+                .fact("out", out.display().to_string())
+        }
+        Step::Csr { key, subject, out } => {
+            let backend = backend(ca)?;
+            let der =
+                ca_csr(&*backend, &key, &parse_subject(&subject)?).map_err(|e| e.to_string())?;
+            let pem =
+                der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der)
+                    .map_err(|e| e.to_string())?;
+            write_out(&out, &pem)?;
+            say(&format!("wrote CSR for key {key} to {}", out.display()));
+            ok("csr")
+                .fact("key", key)
+                .fact("subject", subject)
+                .fact("csr_sha256", sha256_hex(pem.as_bytes()))
+        }
+        Step::Openpgp { force } => {
+            let o = ca
+                .openpgp
+                .as_ref()
+                .ok_or("no ca.openpgp section in the configuration")?;
+            if o.certificate.exists() && !force {
+                return Err(format!(
+                    "{} exists; pass --force to replace it",
+                    o.certificate.display()
+                ));
+            }
+            let backend = backend(ca)?;
+            let public = backend.public_key(&o.key).map_err(|e| e.to_string())?;
+            let created = o.created_secs()?;
+            let packet =
+                signer_openpgp::public_key_packet(&public, created).map_err(|e| e.to_string())?;
+            let signer = signer_openpgp::HsmSigner::new(
+                &*backend,
+                &o.key,
+                &packet,
+                public.kind,
+                o.policy.hash,
+            );
+            let cert = signer_openpgp::CaCertificate {
+                certificate: signer_openpgp::ca_certificate(&signer, &o.user_id)
+                    .map_err(|e| e.to_string())?,
+                public: packet.clone(),
+            };
+            let armored = cert.armored().map_err(|e| e.to_string())?;
+            let fingerprint = cert.fingerprint();
+            write_out(&o.certificate, &armored)?;
+            say(&format!(
+                "wrote OpenPGP CA certificate {fingerprint} ({}, created {}) to {}",
+                public.kind,
+                o.created,
+                o.certificate.display()
+            ));
+            ok("openpgp")
+                .fact("key", o.key.clone())
+                .fact("user_id", o.user_id.clone())
+                .fact("created", o.created.clone())
+                .fact("fingerprint", fingerprint)
+                .fact("certificate_sha256", sha256_hex(armored.as_bytes()))
+        }
+        Step::Import { key, cert } => {
+            let backend = backend(ca)?;
+            let bytes = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+            let der = signer_x509::cert_der(&bytes)?;
+            let signer =
+                CaSigner::new("import", &key, der, &*backend).map_err(|e| e.to_string())?;
+            say(&format!(
+                "{} matches key {key} ({}); valid until {}",
+                cert.display(),
+                signer.kind,
+                signer_x509::time::rfc3339(signer.not_after)
+            ));
+            ok("import")
+                .fact("key", key)
+                .fact("certificate", cert.display().to_string())
+                .fact("certificate_sha256", sha256_hex(&bytes))
+        }
+    })
+}

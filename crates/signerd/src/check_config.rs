@@ -1,0 +1,181 @@
+//! `signerd check-config`: the configuration, the token and the repository
+//! checked as startup would, with a summary of what would be used.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use signer_repository::Repository;
+
+use crate::exit::{ca_exit, repo_exit, EXIT_CONFIG};
+use crate::Config;
+
+/// Runs `check-config`.
+pub fn run(config: &Path, offline: bool) -> ExitCode {
+    let c = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("signerd: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    print_summary(&c);
+    let Some(ca) = c.ca.as_ref().filter(|_| !offline) else {
+        return ExitCode::SUCCESS;
+    };
+    match check_token(ca).and_then(|lines| Ok((lines, check_repository(&c.signer_id, ca)?))) {
+        Ok((lines, repository)) => {
+            for line in lines.iter().chain(&repository) {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("signerd: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Logs in to the token and checks every configured key and CA certificate;
+/// the lines to print, or (exit code, message): 4 when the token refused the
+/// PIN, 1 for anything the configuration must fix.
+pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)> {
+    let code = |e: &signer_hsm::HsmError| {
+        if matches!(e, signer_hsm::HsmError::Pin(_)) {
+            4
+        } else {
+            1
+        }
+    };
+    let backend = signer_hsm::open(&ca.hsm, ca.key_specs(), 1, None)
+        .map_err(|e| (code(&e), format!("ca.hsm: {e}")))?;
+    let mut lines = Vec::new();
+    for (i, k) in ca.keys.iter().enumerate() {
+        let public = backend.public_key(&k.name).map_err(|e| {
+            (
+                code(&e),
+                format!(
+                    "ca.keys[{i}] ({}, label {}): {e}",
+                    k.name,
+                    k.label.as_deref().unwrap_or("-")
+                ),
+            )
+        })?;
+        lines.push(format!(
+            "token key      {}: found ({})",
+            k.name, public.kind
+        ));
+    }
+    for (i, entry) in ca.cas.iter().enumerate() {
+        let signer = signer_ca::ceremony::ca_signer(ca, &*backend, &entry.name)
+            .map_err(|e| (1, format!("ca.cas[{i}] ({}): {e}", entry.name)))?;
+        lines.push(format!(
+            "token ca       {}: certificate matches key {}, valid until {}",
+            entry.name,
+            entry.key,
+            signer_x509::time::rfc3339(signer.not_after)
+        ));
+    }
+    if let Some(o) = &ca.openpgp {
+        let loaded = signer_ca::openpgp::load(&*backend, o)
+            .map_err(|e| (1, format!("ca.openpgp ({}): {e}", o.key)))?;
+        lines.push(format!(
+            "token openpgp  {}: certificate {} matches the key",
+            o.key,
+            loaded.fingerprint()
+        ));
+    }
+    lines.push("token OK".into());
+    Ok(lines)
+}
+
+/// Opens the repository as `run` would (read-only beside a running
+/// signerd) and describes it; (exit code, message) when it is refused.
+pub fn check_repository(
+    signer_id: &str,
+    ca: &signer_ca::CaConfig,
+) -> Result<Vec<String>, (u8, String)> {
+    let expected = signer_ca::expected_identity(ca, signer_id)
+        .map_err(|e| (ca_exit(&e), format!("ca.repository: {e}")))?;
+    let repo = Repository::open_for_inspection(
+        &ca.repository,
+        &expected,
+        &signer_ca::repository_options(ca),
+    )
+    .map_err(|e| (repo_exit(&e), format!("ca.repository: {e}")))?;
+    let id = repo.identity();
+    Ok(vec![format!(
+        "repository     {}: signer {}, schema {}, CAs {}",
+        ca.repository.display(),
+        id.signer_id,
+        id.schema,
+        if id.cas.is_empty() {
+            "none yet".to_string()
+        } else {
+            id.cas.keys().cloned().collect::<Vec<_>>().join(", ")
+        }
+    )])
+}
+
+fn print_summary(c: &Config) {
+    println!("configuration OK");
+    println!("signer_id      {}", c.signer_id);
+    println!(
+        "link           {} at {} baud, {} data bits, parity {:?}, {} stop bit(s), flow control {:?}",
+        c.link.device.display(),
+        c.link.baud,
+        c.link.data_bits,
+        c.link.parity,
+        c.link.stop_bits,
+        c.link.flow_control
+    );
+    println!(
+        "protocol       max_frame {} bytes, {} in flight, {} workers, response cache {} entries / {} MiB",
+        c.protocol.max_frame,
+        c.protocol.max_in_flight,
+        c.protocol.workers,
+        c.protocol.response_cache_entries,
+        c.protocol.response_cache_mib
+    );
+    match &c.ca {
+        None => println!("ca             none (health only)"),
+        Some(ca) => {
+            println!(
+                "hsm            {}, PIN from {}",
+                ca.hsm.describe(),
+                ca.hsm.pin().describe()
+            );
+            for k in &ca.keys {
+                println!(
+                    "key            {} (label {}, id {})",
+                    k.name,
+                    k.label.as_deref().unwrap_or("-"),
+                    k.id.as_deref().unwrap_or("-")
+                );
+            }
+            for a in &ca.cas {
+                println!(
+                    "ca             {} with key {}, certificate {}",
+                    a.name,
+                    a.key,
+                    a.certificate.display()
+                );
+            }
+            for (name, p) in &ca.profiles {
+                println!(
+                    "profile        {name}: issuer {}, {} days default, {} max, EKU {:?}",
+                    p.issuer, p.default_days, p.max_days, p.extended_key_usage
+                );
+            }
+            println!("repository     {}", ca.repository.display());
+            match &ca.replication {
+                None => println!("replication    none (single signer)"),
+                Some(r) => println!(
+                    "replication    twin {} via {}; own nats-server {}",
+                    r.peer_id, r.peer, r.local
+                ),
+            }
+            println!("serial prefix  0x{:02x}", ca.serial_prefix);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `signerd run`: builds the services from the configuration, starts the
+//! engine and serves the link until SIGTERM/SIGINT.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use signer_ca::CaService;
+use signer_replication::Replicator;
+use signer_server::config::LogFormat;
+use signer_server::{link, Engine};
+use signer_service::{HealthSource, Router};
+use tracing::{error, info};
+
+use crate::exit::{ca_exit, EXIT_CONFIG, EXIT_PIN, EXIT_RUNTIME};
+use crate::{notify, Config};
+
+/// How long requests in flight may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `run`: the daemon's exit status.
+pub fn main(config: &Path) -> ExitCode {
+    let c = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("signerd: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&c);
+    match run(&c) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if matches!(
+                e.downcast_ref::<signer_ca::CaError>(),
+                Some(signer_ca::CaError::Pin(_))
+            ) =>
+        {
+            error!(cause = %e, "the token refused the PIN; fix it and start signerd again");
+            eprintln!("signerd: {e}");
+            ExitCode::from(EXIT_PIN)
+        }
+        Err(e) => {
+            // A refused or damaged repository is not retried by the
+            // unit (RestartPreventExitStatus): a restart cannot mend it.
+            let code = match e.downcast_ref::<signer_ca::CaError>() {
+                Some(ca @ signer_ca::CaError::Repository(_)) => ca_exit(ca),
+                _ => EXIT_RUNTIME,
+            };
+            error!(cause = %format!("{e:#}"), "signerd stopped");
+            eprintln!("signerd: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(c: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&c.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(c: &Config) -> anyhow::Result<()> {
+    let mut router = Router::new();
+    let mut health: Vec<Arc<dyn HealthSource>> = Vec::new();
+    let mut replicator = None;
+    let ca = match &c.ca {
+        Some(ca_config) => {
+            let service = CaService::start(ca_config, &c.signer_id, c.protocol.workers)?;
+            router = service.routes(router);
+            health.push(service.clone());
+            if let Some(r) = &ca_config.replication {
+                let started = Arc::new(Replicator::start(r, Arc::clone(service.repository()))?);
+                health.push(started.clone());
+                replicator = Some(started);
+            }
+            Some(service)
+        }
+        None => None,
+    };
+    let engine = Engine::start(c.engine(), router, health);
+    let mut audit = None;
+    if let Some(ca) = &ca {
+        let repo = ca.repository();
+        let sink = Arc::new(signer_ca::CaAudit::new(Arc::clone(repo)));
+        engine.set_audit(sink.clone());
+        audit = Some(sink);
+        repo.audit(
+            signer_repository::AuditEntry::new("startup", "signerd", "ok")
+                .fact("version", env!("CARGO_PKG_VERSION"))
+                .fact("link", c.link.device.display().to_string()),
+        );
+    }
+    let stop = engine.stop_flag();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    info!(signer_id = %c.signer_id, version = env!("CARGO_PKG_VERSION"), ca = ca.is_some(), "signerd started");
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} as {}",
+        c.link.device.display(),
+        c.signer_id
+    ));
+    link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
+    notify::notify("STOPPING=1");
+    // Without an open device the link had no session to drain; stop the workers here.
+    engine.shutdown(SHUTDOWN_GRACE);
+    if let Some(r) = replicator {
+        r.stop();
+    }
+    if let Some(audit) = audit {
+        audit.flush();
+    }
+    if let Some(ca) = ca {
+        ca.stop();
+        ca.repository().audit(signer_repository::AuditEntry::new(
+            "shutdown", "signerd", "ok",
+        ));
+        ca.repository().close();
+    }
+    info!(signal = stop.load(Ordering::SeqCst), "signerd stopped");
+    Ok(())
+}
