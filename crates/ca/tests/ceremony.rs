@@ -7,7 +7,7 @@
 
 use signer_ca::ceremony::{self, CeremonyError, Step};
 use signer_ca::{expected_identity, repository_options, CaConfig};
-use signer_hsm::{KeyGenerator, KeyKind};
+use signer_hsm::KeyKind;
 use signer_repository::Repository;
 use signer_service::config::Section;
 use signer_testsupport::{SoftHsm, SOFTHSM_MODULE};
