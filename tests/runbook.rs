@@ -54,25 +54,94 @@ fn the_repository_runbook_runs_as_written() {
     let c = Ceremony::new_as("signer-a", "p256", SERVER_PROFILE);
     let d = c.dir();
     let setup = std::fs::read_to_string(d.join("setup.yaml")).unwrap();
+    let with_key = |yaml: &str, label: &str| {
+        yaml.replacen(
+            "    - {name: sub, label: sub-key}\n",
+            &format!("    - {{name: sub, label: sub-key}}\n    - {{name: replication, label: {label}}}\n"),
+            1,
+        )
+    };
+    let config_a = with_key(&setup, "replication-a");
+    let config_b = with_key(
+        &setup
+            .replace("signer_id: signer-a", "signer_id: signer-b")
+            .replace("repository.redb", "twin.redb"),
+        "replication-b",
+    );
+    std::fs::write(d.join("signerd.yaml"), &config_a).unwrap();
+    // The pair ceremony's key exchange, as written; B runs the same lines
+    // with its own names (B's repository exists for its audit log).
+    let out = run_block(&c, doc, "pair-keys");
+    assert!(out[0].contains("generated ECDSA P-256 key"), "{out:?}");
+    assert!(out[1].contains("signer-a.replication.pem"), "{out:?}");
+    std::fs::write(d.join("twin.yaml"), &config_b).unwrap();
+    for line in block(doc, "pair-keys") {
+        let line = line
+            .replace("signerd.yaml", "twin.yaml")
+            .replace("replication-a", "replication-b")
+            .replace("signer-a.", "signer-b.");
+        if line.contains("generate-key") {
+            let mut init = Command::new(bin("signerd"));
+            init.args(["repo", "init", "--config", "twin.yaml"])
+                .current_dir(d);
+            assert_eq!(output(&mut init).0, Some(0));
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut cmd = Command::new(bin("signerd"));
+        cmd.args(&words[1..]).current_dir(d);
+        for (k, v) in c.env() {
+            cmd.env(k, v);
+        }
+        let (code, out, err) = output(&mut cmd);
+        assert_eq!(code, Some(0), "{line}\n{out}{err}");
+    }
+    // The twin's repository is made again later by seeding (below).
+    std::fs::remove_file(d.join("twin.redb")).unwrap();
     let replication = |peer: &str| {
-        format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n")
+        format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n    key: replication\n    peer_key: {peer}.replication.pem\n")
     };
     std::fs::write(
         d.join("signerd.yaml"),
-        format!("{setup}{}", replication("signer-b")),
+        format!("{config_a}{}", replication("signer-b")),
     )
     .unwrap();
     std::fs::write(
         d.join("twin.yaml"),
+        format!("{config_b}{}", replication("signer-a")),
+    )
+    .unwrap();
+    // check-config sees both keys and that they differ.
+    let mut check = Command::new(bin("signerd"));
+    check
+        .args(["check-config", "--config", "signerd.yaml"])
+        .current_dir(d);
+    for (k, v) in c.env() {
+        check.env(k, v);
+    }
+    let (code, out, err) = output(&mut check);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("replication    seals with replication (ECDSA P-256"),
+        "{out}"
+    );
+    // A twin configured with its own key as the peer's is refused.
+    std::fs::write(
+        d.join("same-key.yaml"),
         format!(
-            "{}{}",
-            setup
-                .replace("signer_id: signer-a", "signer_id: signer-b")
-                .replace("repository.redb", "twin.redb"),
-            replication("signer-a")
+            "{config_a}{}",
+            replication("signer-b").replace("signer-b.replication.pem", "signer-a.replication.pem")
         ),
     )
     .unwrap();
+    let mut same = Command::new(bin("signerd"));
+    same.args(["check-config", "--config", "same-key.yaml"])
+        .current_dir(d);
+    for (k, v) in c.env() {
+        same.env(k, v);
+    }
+    let (code, out, err) = output(&mut same);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("own replication key"), "{err}");
 
     let out = run_block(&c, doc, "repository");
     assert!(out[0].contains("repository consistent"), "{out:?}");

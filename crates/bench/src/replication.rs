@@ -6,9 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signer_ca::ReplicationConfig;
+use signer_hsm::{
+    KeyGenerator, KeyKind, KeySpec, PinSource, Pkcs11Backend, PublicKey, SigningBackend,
+    TokenConfig, TokenSelector,
+};
 use signer_replication::Replicator;
 use signer_repository::{CertRecord, Repository};
 use signer_testsupport::twins::NatsServer;
+use signer_testsupport::{SoftHsm, SOFTHSM_MODULE};
 
 /// A certificate record with about 1 KB of DER (an RSA-2048 leaf's size).
 pub(crate) fn record(i: usize) -> CertRecord {
@@ -33,16 +38,53 @@ pub(crate) fn record(i: usize) -> CertRecord {
     }
 }
 
-fn config(local: &NatsServer, peer: &NatsServer, peer_id: &str) -> ReplicationConfig {
+fn config(
+    local: &NatsServer,
+    peer: &NatsServer,
+    peer_id: &str,
+    key: &str,
+    peer_public: PublicKey,
+) -> ReplicationConfig {
     ReplicationConfig {
         local: local.url(),
         peer: peer.url(),
         peer_id: peer_id.into(),
+        key: key.into(),
+        peer_key: "unused".into(),
+        peer_public: Some(peer_public),
+        held_warning_secs: 60,
         stream_max_bytes: 1 << 30,
         state_interval_secs: 1,
         lag_warning_secs: 300,
         clock_drift_warning_secs: 30,
     }
+}
+
+/// A SoftHSM2 token in this process with a P-256 replication key per twin
+/// (seals are signed in the HSM, as in production).
+fn replication_keys(dir: &std::path::Path) -> anyhow::Result<(SoftHsm, Arc<dyn SigningBackend>)> {
+    let hsm = SoftHsm::new("bench-replication");
+    // The benchmark's other sections use the HSM in child processes only.
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let token = TokenConfig {
+        module: SOFTHSM_MODULE.into(),
+        token: TokenSelector::Label(hsm.label.clone()),
+        pin: PinSource::File(hsm.pin_file()),
+    };
+    let admin = Pkcs11Backend::open(token.clone(), Vec::new(), 1)?;
+    let keys: Vec<KeySpec> = ["repl-a", "repl-b"]
+        .iter()
+        .map(|label| -> anyhow::Result<KeySpec> {
+            admin.generate(KeyKind::EcP256, label)?;
+            Ok(KeySpec {
+                name: label.to_string(),
+                label: Some(label.to_string()),
+                id: None,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let _ = dir;
+    Ok((hsm, Arc::new(Pkcs11Backend::open(token, keys, 2)?)))
 }
 
 fn applied(repo: &Repository, origin: &str) -> u64 {
@@ -94,8 +136,12 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         &signer_repository::Expected::signer("signer-b"),
         &Default::default(),
     )?);
-    let rep_a = Replicator::start(&config(&nats_a, &nats_b, "signer-b"), Arc::clone(&repo_a))?;
-    let mut rep_b = Replicator::start(&config(&nats_b, &nats_a, "signer-a"), Arc::clone(&repo_b))?;
+    let (_hsm, backend) = replication_keys(dir.path())?;
+    let (pub_a, pub_b) = (backend.public_key("repl-a")?, backend.public_key("repl-b")?);
+    let config_a = config(&nats_a, &nats_b, "signer-b", "repl-a", pub_b);
+    let config_b = config(&nats_b, &nats_a, "signer-a", "repl-b", pub_a);
+    let rep_a = Replicator::start(&config_a, Arc::clone(&repo_a), Arc::clone(&backend))?;
+    let mut rep_b = Replicator::start(&config_b, Arc::clone(&repo_b), Arc::clone(&backend))?;
 
     // Baseline: one durable commit of one record, alone.
     let scratch = Repository::create(
@@ -146,7 +192,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     wait_until(Duration::from_secs(600), || rep_a.published() >= own)?;
     let published = t.elapsed();
     let t = Instant::now();
-    rep_b = Replicator::start(&config(&nats_b, &nats_a, "signer-a"), Arc::clone(&repo_b))?;
+    rep_b = Replicator::start(&config_b, Arc::clone(&repo_b), Arc::clone(&backend))?;
     let catch_up = wait_until(Duration::from_secs(600), || {
         applied(&repo_b, "signer-a") >= own
     })?;

@@ -74,6 +74,14 @@ pub enum Step {
         /// Replace an existing certificate file.
         force: bool,
     },
+    /// Writes the public key of configured key `key` as PEM to `out` (the
+    /// twins exchange their replication keys this way).
+    PublicKey {
+        /// Configured key name.
+        key: String,
+        /// Where the PEM goes.
+        out: PathBuf,
+    },
     /// Checks that certificate `cert` belongs to configured key `key`.
     Import {
         /// Configured key name.
@@ -92,6 +100,7 @@ impl Step {
             Step::Intermediate { .. } => "intermediate",
             Step::Csr { .. } => "csr",
             Step::Openpgp { .. } => "openpgp",
+            Step::PublicKey { .. } => "public-key",
             Step::Import { .. } => "import",
         }
     }
@@ -329,6 +338,23 @@ pub fn perform(
                 .fact("created", o.created.clone())
                 .fact("fingerprint", fingerprint)
                 .fact("certificate_sha256", sha256_hex(armored.as_bytes()))
+        }
+        Step::PublicKey { key, out } => {
+            let backend = backend(ca)?;
+            let public = backend.public_key(&key).map_err(|e| e.to_string())?;
+            let pem = public.to_pem();
+            write_out(&out, &pem)?;
+            say(&format!(
+                "wrote the public key of {key} ({}) to {}; SHA-256 of the key {}",
+                public.kind,
+                out.display(),
+                sha256_hex(&public.spki_der)
+            ));
+            ok("public-key")
+                .fact("key", key)
+                .fact("kind", public.kind.to_string())
+                .fact("spki_sha256", sha256_hex(&public.spki_der))
+                .fact("out", out.display().to_string())
         }
         Step::Import { key, cert } => {
             let backend = backend(ca)?;

@@ -249,8 +249,14 @@ impl Section for CaConfig {
                 ),
             ));
         }
-        if let Some(r) = &self.replication {
-            r.validate(file)?;
+        if let Some(r) = self.replication.as_mut() {
+            r.validate(file, base)?;
+            if !self.keys.iter().any(|k| k.name == r.key) {
+                return Err(invalid(
+                    "ca.replication.key".into(),
+                    format!("{:?} is not a key in ca.keys", r.key),
+                ));
+            }
         }
         if !(1..=127).contains(&self.serial_prefix) {
             return Err(invalid(

@@ -211,8 +211,11 @@ pub fn generates(
         if id.is_empty() {
             return Err(format!("generate({kind}) returned an empty key id"));
         }
-        SubjectPublicKeyInfoRef::from_der(&public.spki_der)
-            .map_err(|e| format!("generated {kind} key: not a SubjectPublicKeyInfo: {e}"))?;
+        let read = PublicKey::from_spki_der(&public.spki_der)
+            .map_err(|e| format!("generated {kind} key: {e}"))?;
+        if read.kind != kind || PublicKey::from_pem(&public.to_pem()).ok() != Some(read) {
+            return Err(format!("generated {kind} key reads back differently"));
+        }
         if generator.check_label_free(&label).is_ok() {
             return Err(format!(
                 "label {label} still reported free after generating a key under it"

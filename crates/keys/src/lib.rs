@@ -212,6 +212,85 @@ pub fn digest_info_prefix(hash: Hash) -> &'static [u8] {
     }
 }
 
+impl PublicKey {
+    /// Reads a DER SubjectPublicKeyInfo of a key kind the signer uses
+    /// (RSA, ECDSA P-256 or P-384).
+    pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, HsmError> {
+        use der::{asn1::ObjectIdentifier, Decode};
+        let bad = |m: String| HsmError::Unsupported(format!("public key: {m}"));
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(der).map_err(|e| bad(e.to_string()))?;
+        let kind = if spki.algorithm.oid == RSA_ENCRYPTION {
+            #[derive(der::Sequence)]
+            struct RsaKey<'a> {
+                modulus: der::asn1::UintRef<'a>,
+                #[allow(dead_code)]
+                exponent: der::asn1::UintRef<'a>,
+            }
+            let key = RsaKey::from_der(spki.subject_public_key.raw_bytes())
+                .map_err(|e| bad(format!("RSA key: {e}")))?;
+            let m = key.modulus.as_bytes();
+            let bits = (m.len() * 8) as u32 - m.first().map_or(0, |b| b.leading_zeros());
+            KeyKind::Rsa { bits }
+        } else if spki.algorithm.oid == EC_PUBLIC_KEY {
+            let curve: ObjectIdentifier = spki
+                .algorithm
+                .parameters
+                .ok_or_else(|| bad("EC key without a curve".into()))?
+                .decode_as()
+                .map_err(|e| bad(format!("EC curve: {e}")))?;
+            match curve {
+                c if c == SECP256R1 => KeyKind::EcP256,
+                c if c == SECP384R1 => KeyKind::EcP384,
+                c => return Err(bad(format!("curve {c} is not supported"))),
+            }
+        } else {
+            return Err(bad(format!(
+                "algorithm {} is not supported",
+                spki.algorithm.oid
+            )));
+        };
+        Ok(PublicKey {
+            kind,
+            spki_der: der.to_vec(),
+        })
+    }
+
+    /// The key as PEM ("PUBLIC KEY"), for exchanging between twins.
+    pub fn to_pem(&self) -> String {
+        der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &self.spki_der)
+            .unwrap_or_default()
+    }
+
+    /// Reads a PEM "PUBLIC KEY" (see [`PublicKey::to_pem`]).
+    pub fn from_pem(text: &str) -> Result<PublicKey, HsmError> {
+        let (label, der) = der::pem::decode_vec(text.trim().as_bytes())
+            .map_err(|e| HsmError::Unsupported(format!("public key PEM: {e}")))?;
+        if label != "PUBLIC KEY" {
+            return Err(HsmError::Unsupported(format!(
+                "expected a PEM PUBLIC KEY, found {label}"
+            )));
+        }
+        PublicKey::from_spki_der(&der)
+    }
+
+    /// The scheme the signer uses with a key of this kind for its own
+    /// authenticators (replication seals): ECDSA with the curve's hash,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    pub fn default_scheme(&self) -> Scheme {
+        match self.kind {
+            KeyKind::EcP256 => Scheme::Ecdsa(Hash::Sha256),
+            KeyKind::EcP384 => Scheme::Ecdsa(Hash::Sha384),
+            KeyKind::Rsa { .. } => Scheme::RsaPkcs1(Hash::Sha256),
+        }
+    }
+
+    /// Verifies `signature` over `message` made with this key and `scheme`
+    /// (independently of any backend: `ring`).
+    pub fn verify(&self, scheme: Scheme, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        conformance::verify(self, scheme, message, signature)
+    }
+}
+
 /// Makes keys. Only the key ceremony uses this; handlers never do.
 pub trait KeyGenerator: SigningBackend {
     /// Refuses a label some object on the token already has.

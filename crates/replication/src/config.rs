@@ -1,6 +1,8 @@
 //! `ca.replication`: the twin and the two nats-servers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use signer_keys::PublicKey;
 
 use serde::Deserialize;
 use signer_service::config::ConfigError;
@@ -17,6 +19,22 @@ pub struct ReplicationConfig {
     pub peer: String,
     /// The twin's `signer_id`.
     pub peer_id: String,
+    /// This signer's replication key (a name in `ca.keys`): it signs every
+    /// batch of events this signer publishes (a seal), and never leaves the
+    /// token. Made in the pair ceremony (`signerd setup generate-key`).
+    pub key: String,
+    /// The twin's replication public key (PEM, from `signerd setup
+    /// public-key` on the twin): events are applied only under a seal it
+    /// verifies. Relative paths are resolved against the config file.
+    pub peer_key: PathBuf,
+    /// The twin's key, once read from `peer_key` ([`ReplicationConfig::peer_public_key`]).
+    #[serde(skip)]
+    pub peer_public: Option<PublicKey>,
+    /// Health turns degraded when the twin's events wait this long for the
+    /// one before them or for their seal, and failing at twice this
+    /// (default 60).
+    #[serde(default = "default_held_warning")]
+    pub held_warning_secs: u32,
     /// Largest size of this signer's stream (default 1 GiB; the nats-server's
     /// `jetstream.max_file_store` must allow it). When full, changes wait in
     /// the repository's outbox; nothing is discarded.
@@ -35,6 +53,10 @@ pub struct ReplicationConfig {
     pub clock_drift_warning_secs: u32,
 }
 
+fn default_held_warning() -> u32 {
+    60
+}
+
 fn default_clock_drift() -> u32 {
     30
 }
@@ -50,14 +72,27 @@ fn default_lag_warning() -> u32 {
 }
 
 impl ReplicationConfig {
-    /// Checks values; errors name their key under `ca.replication`.
-    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+    /// The twin's replication public key: `peer_public` if set, else read
+    /// from `peer_key`.
+    pub fn peer_public_key(&self) -> Result<PublicKey, String> {
+        if let Some(k) = &self.peer_public {
+            return Ok(k.clone());
+        }
+        let text = std::fs::read_to_string(&self.peer_key)
+            .map_err(|e| format!("ca.replication.peer_key: {}: {e}", self.peer_key.display()))?;
+        PublicKey::from_pem(&text)
+            .map_err(|e| format!("ca.replication.peer_key: {}: {e}", self.peer_key.display()))
+    }
+
+    /// Resolves `peer_key` against `base` and checks values;
+    /// errors name their key under `ca.replication`.
+    pub fn validate(&mut self, file: &Path, base: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             file: file.to_path_buf(),
             key,
             message,
         };
-        let r = self;
+        let r = &*self;
         for (key, url) in [("local", &r.local), ("peer", &r.peer)] {
             if !url.starts_with("nats://") || url.len() <= "nats://".len() {
                 return Err(invalid(
@@ -83,6 +118,15 @@ impl ReplicationConfig {
             return Err(invalid(
                 "ca.replication".into(),
                 "state_interval_secs must be at least 1 and stream_max_bytes at least 1 MiB".into(),
+            ));
+        }
+        if self.peer_key.is_relative() {
+            self.peer_key = base.join(&self.peer_key);
+        }
+        if self.held_warning_secs == 0 {
+            return Err(invalid(
+                "ca.replication.held_warning_secs".into(),
+                "expected at least 1".into(),
             ));
         }
         Ok(())

@@ -24,8 +24,10 @@
 #![deny(missing_docs)]
 
 mod config;
+pub mod seal;
 
 pub use config::ReplicationConfig;
+pub use seal::Seal;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +38,9 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use signer_clock::Clock as _;
+use signer_keys::{PublicKey, SigningBackend};
 use signer_protocol::msg::{Check, HealthStatus};
-use signer_repository::{Event, ReplicaState, Repository};
+use signer_repository::{AuditEntry, Event, ReplicaState, Repository};
 use signer_service::HealthSource;
 use tracing::{debug, info, warn};
 
@@ -57,6 +60,12 @@ pub enum ReplicationError {
     /// The runtime thread could not be started.
     #[error("replication thread: {0}")]
     Thread(String),
+    /// The twin's public key could not be read (`ca.replication.peer_key`).
+    #[error("{0}")]
+    PeerKey(String),
+    /// This signer's replication key is not usable.
+    #[error("ca.replication.key {0}: {1}")]
+    Key(String, String),
 }
 
 /// The subject a signer publishes its changes to.
@@ -121,10 +130,16 @@ struct Status {
     applied_total: u64,
     duplicates_total: u64,
     held: usize,
-    waiting_for: Option<u64>,
+    /// The next event to apply (epoch, sequence number), whether the event
+    /// itself (false) or only its seal (true) is missing, and since when.
+    waiting_for: Option<(u64, u64, bool, Instant)>,
     last_progress: Option<Instant>,
-    undecodable: u64,
-    gone: u64,
+    /// Seals verified.
+    seals_verified: u64,
+    /// Messages on the twin's stream refused (forged, altered, unsealed
+    /// where a seal says otherwise, undecodable), and the last cause.
+    refused: u64,
+    last_refusal: Option<(Instant, String)>,
     /// The twin's clock minus this signer's, milliseconds, at the last exchange.
     clock_drift_ms: Option<i64>,
 }
@@ -133,6 +148,10 @@ struct Shared {
     config: ReplicationConfig,
     me: String,
     repo: Arc<Repository>,
+    /// Signs this signer's seals (`config.key`).
+    backend: Arc<dyn SigningBackend>,
+    /// Verifies the twin's seals.
+    peer_key: PublicKey,
     wake: tokio::sync::Notify,
     stop: tokio::sync::Notify,
     stopping: AtomicBool,
@@ -172,15 +191,30 @@ impl Replicator {
     pub fn start(
         config: &ReplicationConfig,
         repo: Arc<Repository>,
+        backend: Arc<dyn SigningBackend>,
     ) -> Result<Replicator, ReplicationError> {
         let me = repo.origin().to_string();
         if config.peer_id == me {
             return Err(ReplicationError::SelfPeer(me));
         }
+        let peer_key = config
+            .peer_public_key()
+            .map_err(ReplicationError::PeerKey)?;
+        // The token may be absent now; its key is checked when it is there.
+        if let Ok(own) = backend.public_key(&config.key) {
+            if own == peer_key {
+                return Err(ReplicationError::Key(
+                    config.key.clone(),
+                    "is the twin's key too: each signer needs its own".into(),
+                ));
+            }
+        }
         let shared = Arc::new(Shared {
             config: config.clone(),
             me,
             repo,
+            backend,
+            peer_key,
             wake: tokio::sync::Notify::new(),
             stop: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
@@ -338,14 +372,20 @@ async fn resume_point(shared: &Shared, stream: &stream::Stream) -> u64 {
         }
     };
     let mut from = state.outbox_first.map(|f| f - 1).unwrap_or(state.own_seq);
-    if let Ok(last) = stream
-        .get_last_raw_message_by_subject(&events_subject(&shared.me))
-        .await
-    {
-        if let Ok(e) = Event::decode(&last.payload) {
-            // An event of an earlier repository with this id does not count.
-            if e.origin == shared.me && e.epoch == state.epoch {
-                from = from.max(e.seq);
+    // Resume after the last round that was sealed: events published after
+    // it (this signer stopped before sealing them) are sent and sealed
+    // again. Only a seal this signer's key made counts.
+    let own_key = shared.backend.public_key(&shared.config.key);
+    if let (Ok(last), Ok(own_key)) = (
+        stream
+            .get_last_raw_message_by_subject(&events_subject(&shared.me))
+            .await,
+        own_key,
+    ) {
+        if let Ok(seal) = Seal::open(&last.payload, &shared.me, &own_key) {
+            // A seal of an earlier repository with this id does not count.
+            if seal.body.epoch == state.epoch {
+                from = from.max(seal.last());
             }
         }
     }
@@ -394,32 +434,38 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
         }
         let mut acks = Vec::with_capacity(batch.len());
         let mut failed = None;
-        for (seq, bytes) in batch {
+        for (seq, bytes) in &batch {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 "Nats-Msg-Id",
                 format!("{}:{epoch:016x}:{seq}", shared.me).as_str(),
             );
             match js
-                .publish_with_headers(subject.clone(), headers, bytes.into())
+                .publish_with_headers(subject.clone(), headers, bytes.clone().into())
                 .await
             {
-                Ok(ack) => acks.push((seq, ack)),
+                Ok(ack) => acks.push((*seq, ack)),
                 Err(e) => {
                     failed = Some(e.to_string());
                     break;
                 }
             }
         }
-        // Advance only over the unbroken run of acknowledged events; the
-        // rest is sent again (same message ids) in the next round.
-        for (seq, ack) in acks {
+        // Advance only once every event of the round and its seal are
+        // stored; otherwise the round is sent again (same message ids).
+        let mut stored = 0;
+        for (_, ack) in acks {
             match ack.await {
-                Ok(_) if failed.is_none() => published = Some(seq),
-                Ok(_) => {}
+                Ok(_) => stored += 1,
                 Err(e) => {
                     failed.get_or_insert(e.to_string());
                 }
+            }
+        }
+        if failed.is_none() && stored == batch.len() {
+            match seal_round(&shared, &js, &subject, epoch, &batch).await {
+                Ok(()) => published = batch.last().map(|(seq, _)| *seq),
+                Err(e) => failed = Some(e),
             }
         }
         let retry = {
@@ -435,6 +481,43 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             shared.pause(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Signs the round's events with this signer's replication key and
+/// publishes the seal after them.
+async fn seal_round(
+    shared: &Shared,
+    js: &jetstream::Context,
+    subject: &str,
+    epoch: u64,
+    batch: &[(u64, Vec<u8>)],
+) -> Result<(), String> {
+    let backend = Arc::clone(&shared.backend);
+    let (key, me, events) = (shared.config.key.clone(), shared.me.clone(), batch.to_vec());
+    let seal = tokio::task::spawn_blocking(move || {
+        Seal::make(backend.as_ref(), &key, &me, epoch, &events)
+    })
+    .await
+    .map_err(|e| format!("seal: {e}"))?
+    .map_err(|e| format!("seal: replication key {}: {e}", shared.config.key))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Nats-Msg-Id",
+        format!(
+            "{}:{epoch:016x}:seal:{}:{}",
+            shared.me,
+            seal.body.first,
+            seal.last()
+        )
+        .as_str(),
+    );
+    headers.insert(seal::KIND_HEADER, seal::KIND_SEAL);
+    js.publish_with_headers(subject.to_string(), headers, seal.encode().into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 async fn responder(shared: Arc<Shared>, client: async_nats::Client) {
@@ -533,7 +616,29 @@ async fn poller(shared: Arc<Shared>, client: async_nats::Client) {
     }
 }
 
-type Held = BTreeMap<u64, (Event, u64, jetstream::Message)>;
+/// An event of the twin's stream, decoded, waiting to be applied.
+struct Candidate {
+    event: Event,
+    digest: [u8; 32],
+    stream_seq: u64,
+    message: jetstream::Message,
+}
+
+/// What the consumer holds of the twin's stream: events by (epoch,
+/// sequence number) — several candidates when a forgery arrives beside the
+/// real event — the digests verified seals vouch for, and the seal messages
+/// (acknowledged once every event they cover is applied).
+#[derive(Default)]
+struct Inbox {
+    events: BTreeMap<(u64, u64), Vec<Candidate>>,
+    sealed: BTreeMap<(u64, u64), [u8; 32]>,
+    seals: Vec<(u64, u64, jetstream::Message)>,
+    refusals: Vec<String>,
+    /// Stream sequence numbers held (a redelivery is not held twice).
+    stream_seqs: std::collections::HashSet<u64>,
+    /// Epochs of the twin this consumer moved on from (their seals are done).
+    left: std::collections::HashSet<u64>,
+}
 
 async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
     let js = jetstream::new(client);
@@ -584,7 +689,7 @@ async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
             }
         };
         shared.status().consume_error = None;
-        let mut held = Held::new();
+        let mut held = Inbox::default();
         loop {
             let first = tokio::select! {
                 m = messages.next() => m,
@@ -616,84 +721,188 @@ async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
     }
 }
 
-/// Keeps an event of the twin until the ones before it are applied.
-async fn hold(shared: &Shared, held: &mut Held, m: jetstream::Message) {
+/// Refuses a message of the twin's stream: it is never applied and never
+/// counted as applied; JetStream is told to drop it (`Term`), not that it
+/// was processed.
+async fn refuse(shared: &Shared, held: &mut Inbox, m: &jetstream::Message, cause: String) {
+    tracing::error!(cause = %cause, peer = %shared.config.peer_id, "replication: refused a message on the twin's stream");
+    let _ = m.ack_with(jetstream::AckKind::Term).await;
+    let mut s = shared.status();
+    s.refused += 1;
+    s.last_refusal = Some((Instant::now(), cause.clone()));
+    held.refusals.push(cause);
+}
+
+/// Keeps a message of the twin's stream: a seal is verified at once (and
+/// refused if it does not verify); an event waits for its seal and for the
+/// events before it.
+async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
     let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+    if !held.stream_seqs.insert(stream_seq) {
+        // Redelivered while held (its acknowledgement is still owed).
+        return;
+    }
+    let is_seal = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(seal::KIND_HEADER))
+        .is_some_and(|v| v.as_str() == seal::KIND_SEAL);
+    if is_seal {
+        match Seal::open(&m.payload, &shared.config.peer_id, &shared.peer_key) {
+            Ok(seal) => {
+                for (i, d) in seal.body.digests.iter().enumerate() {
+                    let mut digest = [0u8; 32];
+                    digest.copy_from_slice(d);
+                    held.sealed
+                        .insert((seal.body.epoch, seal.body.first + i as u64), digest);
+                }
+                shared.status().seals_verified += 1;
+                held.seals.push((seal.body.epoch, seal.last(), m));
+            }
+            Err(cause) => {
+                refuse(
+                    shared,
+                    held,
+                    &m,
+                    format!("stream message {stream_seq}: {cause}"),
+                )
+                .await
+            }
+        }
+        return;
+    }
     match Event::decode(&m.payload) {
         Ok(mut e) => {
             // The stream is the twin's: its events are the twin's, whatever
             // id the twin's repository was opened under (set-up commands
-            // may name the signer differently).
+            // may name the signer differently). The seal binds the bytes.
             e.origin.clone_from(&shared.config.peer_id);
-            held.insert(e.seq, (e, stream_seq, m));
+            let digest = seal::event_digest(&m.payload);
+            held.events
+                .entry((e.epoch, e.seq))
+                .or_default()
+                .push(Candidate {
+                    event: e,
+                    digest,
+                    stream_seq,
+                    message: m,
+                });
         }
         Err(e) => {
-            warn!(cause = %e, stream_seq, "replication: undecodable event on the twin's stream; dropped");
-            shared.status().undecodable += 1;
-            let _ = m.ack().await;
+            refuse(
+                shared,
+                held,
+                &m,
+                format!("stream message {stream_seq}: undecodable event: {e}"),
+            )
+            .await;
         }
     }
 }
 
-/// Applies the unbroken run after the last applied event, in one durable
-/// transaction, then acknowledges it (and any repeats) to the twin's stream.
-async fn apply_held(shared: &Shared, held: &mut Held) {
-    let epoch = held.values().next().map_or(0, |(e, _, _)| e.epoch);
-    let last = match shared.repo.replica_state() {
+/// Applies the unbroken run of sealed events after the last applied one,
+/// in one durable transaction, then acknowledges it (and any repeats and
+/// the seals now fully applied) to the twin's stream. An event whose
+/// digest differs from its verified seal is refused; an event without a
+/// seal waits. A gap is never skipped.
+async fn apply_held(shared: &Shared, held: &mut Inbox) {
+    let (mut epoch, mut last) = match shared.repo.replica_state() {
         Ok(s) => s
             .applied
             .get(&shared.config.peer_id)
-            .filter(|a| a.2 == epoch)
-            .map_or(0, |a| a.0),
+            .map_or((None, 0), |a| (Some(a.2), a.0)),
         Err(e) => {
             shared.status().consume_error = Some(format!("repository: {e}"));
             return;
         }
     };
-    let repeats: Vec<u64> = held.range(..=last).map(|(k, _)| *k).collect();
-    for k in repeats {
-        if let Some((_, _, m)) = held.remove(&k) {
-            let _ = m.ack().await;
-        }
-        shared.status().duplicates_total += 1;
-    }
-    // Events the twin no longer keeps (it trimmed them after a twin with
-    // this id applied them: this signer's repository was replaced) can never
-    // come: go on after them and say so.
-    let mut last = last;
-    if !held.contains_key(&(last + 1)) {
-        let kept_from = shared
-            .status()
-            .peer_state
-            .as_ref()
-            .map(|(_, p)| p.state.outbox_first.unwrap_or(p.state.own_seq + 1));
-        if let (Some(from), Some(&first_held)) = (kept_from, held.keys().next()) {
-            if from > last + 1 && first_held >= from {
-                warn!(
-                    missing = from - last - 1,
-                    from = last + 1,
-                    "replication: the twin no longer keeps events this signer never applied; seed this signer from the twin's backup (signerd repo seed)"
+    // Candidates that contradict a verified seal are forgeries or damage.
+    let keys: Vec<(u64, u64)> = held.events.keys().copied().collect();
+    for key in keys {
+        let Some(&want) = held.sealed.get(&key) else {
+            continue;
+        };
+        let Some(candidates) = held.events.remove(&key) else {
+            continue;
+        };
+        let mut kept = Vec::new();
+        for c in candidates {
+            if c.digest == want && kept.is_empty() {
+                kept.push(c);
+            } else if c.digest == want {
+                // The same event delivered twice.
+                let _ = c.message.ack().await;
+            } else {
+                let cause = format!(
+                    "event {} of epoch {:016x} (stream message {}) differs from the event the twin sealed",
+                    key.1, key.0, c.stream_seq
                 );
-                shared.status().gone += from - last - 1;
-                last = from - 1;
+                refuse(shared, held, &c.message, cause).await;
+            }
+        }
+        if !kept.is_empty() {
+            held.events.insert(key, kept);
+        }
+    }
+    // Repeats of what was applied (redelivery after a restart).
+    if let Some(e) = epoch {
+        let repeats: Vec<(u64, u64)> = held
+            .events
+            .range((e, 0)..=(e, last))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in repeats {
+            for c in held.events.remove(&k).unwrap_or_default() {
+                let _ = c.message.ack().await;
+                shared.status().duplicates_total += 1;
             }
         }
     }
-    let mut run = Vec::new();
-    while let Some(entry) = held.remove(&(last + 1 + run.len() as u64)) {
-        run.push(entry);
+    // A new epoch (the twin's repository was replaced) starts at 1, and only
+    // where the twin sealed it.
+    let continues = epoch.is_some_and(|e| held.sealed.contains_key(&(e, last + 1)));
+    if !continues {
+        if let Some(&(new_epoch, _)) = held
+            .sealed
+            .keys()
+            .find(|(e, seq)| Some(*e) != epoch && *seq == 1)
+        {
+            if let Some(old) = epoch {
+                warn!(
+                    epoch = format!("{new_epoch:016x}"),
+                    "replication: the twin's repository is new: its sequence starts again"
+                );
+                held.left.insert(old);
+            }
+            epoch = Some(new_epoch);
+            last = 0;
+        }
     }
-    let mut next = last + 1;
+    let mut run = Vec::new();
+    if let Some(e) = epoch {
+        while held.sealed.contains_key(&(e, last + 1 + run.len() as u64)) {
+            let key = (e, last + 1 + run.len() as u64);
+            match held.events.remove(&key).and_then(|mut c| c.pop()) {
+                Some(c) => run.push(c),
+                None => break,
+            }
+        }
+    }
     if !run.is_empty() {
-        let events: Vec<(Event, u64)> = run.iter().map(|(e, s, _)| (e.clone(), *s)).collect();
+        let events: Vec<(Event, u64)> = run
+            .iter()
+            .map(|c| (c.event.clone(), c.stream_seq))
+            .collect();
         let repo = Arc::clone(&shared.repo);
         let applied = tokio::task::spawn_blocking(move || repo.apply_events(&events)).await;
         match applied {
             Ok(Ok(report)) => {
                 let now = now_us();
-                for (_, _, m) in &run {
-                    let _ = m.ack().await;
+                for c in &run {
+                    held.stream_seqs.remove(&c.stream_seq);
+                    let _ = c.message.ack().await;
                 }
+                last += run.len() as u64;
                 let mut s = shared.status();
                 for at in &report.applied_at_us {
                     if s.lags_us.len() == LAG_SAMPLES {
@@ -702,22 +911,65 @@ async fn apply_held(shared: &Shared, held: &mut Held) {
                     s.lags_us.push_back((now - at).max(0));
                 }
                 s.applied_total += report.applied;
-                next += run.len() as u64;
                 s.last_progress = Some(Instant::now());
                 s.consume_error = None;
             }
             Ok(Err(e)) => {
                 warn!(cause = %e, "replication: applying the twin's events failed; they will come again");
                 shared.status().consume_error = Some(format!("apply: {e}"));
+                // Put them back: the same messages are applied next round.
+                for c in run {
+                    held.events
+                        .entry((c.event.epoch, c.event.seq))
+                        .or_default()
+                        .push(c);
+                }
             }
             Err(e) => {
                 shared.status().consume_error = Some(format!("apply: {e}"));
             }
         }
     }
+    // Seals whose events are all applied (or of an epoch left behind) are done.
+    let mut open = Vec::new();
+    for (e, covered_last, m) in std::mem::take(&mut held.seals) {
+        if (Some(e) == epoch && covered_last <= last) || held.left.contains(&e) {
+            if let Ok(info) = m.info() {
+                held.stream_seqs.remove(&info.stream_sequence);
+            }
+            let _ = m.ack().await;
+        } else {
+            open.push((e, covered_last, m));
+        }
+    }
+    held.seals = open;
+    if let Some(e) = epoch {
+        held.sealed.retain(|&(se, seq), _| se != e || seq > last);
+    }
+    if !held.refusals.is_empty() {
+        let causes = std::mem::take(&mut held.refusals);
+        shared.repo.audit(
+            AuditEntry::new("replication", "twin message refused", "refused")
+                .fact("peer", shared.config.peer_id.clone())
+                .fact("count", causes.len().to_string())
+                .fact("cause", causes[0].clone()),
+        );
+    }
     let mut s = shared.status();
-    s.held = held.len();
-    s.waiting_for = held.keys().next().map(|_| next);
+    s.held = held.events.values().map(Vec::len).sum();
+    let next = (epoch.unwrap_or(0), last + 1);
+    let waiting = if held.events.is_empty() && held.seals.is_empty() {
+        None
+    } else {
+        Some((next.0, next.1, held.events.contains_key(&next)))
+    };
+    s.waiting_for = match (waiting, s.waiting_for) {
+        (None, _) => None,
+        (Some((e, q, seal)), Some((pe, pq, pseal, since))) if (e, q, seal) == (pe, pq, pseal) => {
+            Some((e, q, seal, since))
+        }
+        (Some((e, q, seal)), _) => Some((e, q, seal, Instant::now())),
+    };
 }
 
 impl HealthSource for Replicator {
@@ -802,15 +1054,49 @@ impl HealthSource for Replicator {
             && s.last_progress
                 .map_or(sh.started.elapsed(), |t| t.elapsed())
                 > warn_after;
+        // Events waiting for the one before them, or for their seal: degraded
+        // after `held_warning_secs`, failing after twice that.
+        let bound = Duration::from_secs(u64::from(cfg.held_warning_secs));
+        let (wait_status, wait_detail) = match s.waiting_for {
+            None => (HealthStatus::Ok, String::new()),
+            Some((e, seq, has_event, since)) => {
+                let waited = since.elapsed();
+                let missing = if has_event {
+                    format!("the twin's seal of event {seq}")
+                } else {
+                    format!("event {seq}")
+                };
+                let gone = fresh
+                    .and_then(|(_, p)| p.state.outbox_first)
+                    .filter(|&first| !has_event && first > seq)
+                    .map(|_| {
+                        "; the twin no longer keeps it: seed this signer from the twin's backup (signerd repo seed)"
+                    })
+                    .unwrap_or_default();
+                let status = if waited >= 2 * bound {
+                    HealthStatus::Failing
+                } else if waited >= bound {
+                    HealthStatus::Degraded
+                } else {
+                    HealthStatus::Ok
+                };
+                (
+                    status,
+                    format!(
+                        " waiting {} s for {missing} (epoch {e:016x}){gone}",
+                        waited.as_secs()
+                    ),
+                )
+            }
+        };
         checks.push(check(
             "apply",
-            if s.undecodable > 0 || stalled || s.gone > 0 {
-                HealthStatus::Degraded
-            } else {
-                HealthStatus::Ok
+            match wait_status {
+                HealthStatus::Ok if stalled => HealthStatus::Degraded,
+                other => other,
             },
             format!(
-                "applied {applied} of {} from {}; behind {}; lag p50 {:.1} ms p99 {:.1} ms over {}; held {}{}{}{}",
+                "applied {applied} of {} from {}; behind {}; lag p50 {:.1} ms p99 {:.1} ms over {}; held {}{}{}",
                 twin_seq.map_or("?".to_string(), |t| t.to_string()),
                 cfg.peer_id,
                 behind.map_or("?".to_string(), |b| b.to_string()),
@@ -818,24 +1104,39 @@ impl HealthSource for Replicator {
                 lag.p99_ms,
                 lag.samples,
                 s.held,
-                s.waiting_for
-                    .map(|w| format!(" waiting for event {w}"))
-                    .unwrap_or_default(),
-                if s.undecodable > 0 {
-                    format!("; {} undecodable events dropped", s.undecodable)
-                } else {
-                    String::new()
-                } + &if s.gone > 0 {
-                    format!("; {} of the twin's events were gone before this signer had them: import the twin's export (signerd repo export/import)", s.gone)
-                } else {
-                    String::new()
-                },
+                wait_detail,
                 s.consume_error
                     .as_ref()
                     .map(|e| format!("; {e}"))
                     .unwrap_or_default()
             ),
         ));
+        // Refusals stay visible for an hour: someone forged, altered or
+        // replayed messages on the twin's stream, or it is damaged.
+        let recent = s
+            .last_refusal
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < Duration::from_secs(3600));
+        checks.push(match recent {
+            Some((at, cause)) => check(
+                "authentication",
+                HealthStatus::Failing,
+                format!(
+                    "refused {} message(s) on {}'s stream that its key did not seal; last {} s ago: {cause}",
+                    s.refused,
+                    cfg.peer_id,
+                    at.elapsed().as_secs()
+                ),
+            ),
+            None => check(
+                "authentication",
+                HealthStatus::Ok,
+                format!(
+                    "{} seal(s) of {} verified; {} message(s) refused in all",
+                    s.seals_verified, cfg.peer_id, s.refused
+                ),
+            ),
+        });
         checks.push(match fresh {
             None => check(
                 "agreement",

@@ -85,6 +85,36 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
             loaded.fingerprint()
         ));
     }
+    if let Some(r) = &ca.replication {
+        let peer = r.peer_public_key().map_err(|e| (1, e))?;
+        let own = backend
+            .public_key(&r.key)
+            .map_err(|e| (code(&e), format!("ca.replication.key ({}): {e}", r.key)))?;
+        if own == peer {
+            return Err((
+                1,
+                format!(
+                    "ca.replication.peer_key {} is this signer's own replication key ({}): each twin needs its own key and the other's public key",
+                    r.peer_key.display(),
+                    r.key
+                ),
+            ));
+        }
+        let fingerprint = |k: &signer_hsm::PublicKey| {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(&k.spki_der)[..8])
+        };
+        lines.push(format!(
+            "replication    seals with {} ({}, {}); twin {}'s key {} ({}, {})",
+            r.key,
+            own.kind,
+            fingerprint(&own),
+            r.peer_id,
+            r.peer_key.display(),
+            peer.kind,
+            fingerprint(&peer)
+        ));
+    }
     lines.push("token OK".into());
     Ok(lines)
 }

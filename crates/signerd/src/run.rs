@@ -78,7 +78,11 @@ fn run(c: &Config) -> anyhow::Result<()> {
             router = service.routes(router);
             health.push(service.clone());
             if let Some(r) = &ca_config.replication {
-                let started = Arc::new(Replicator::start(r, Arc::clone(service.repository()))?);
+                let started = Arc::new(Replicator::start(
+                    r,
+                    Arc::clone(service.repository()),
+                    Arc::clone(service.backend()),
+                )?);
                 health.push(started.clone());
                 replicator = Some(started);
             }

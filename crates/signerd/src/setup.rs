@@ -127,6 +127,19 @@ pub enum SetupCmd {
         force: bool,
     },
     /// Check that an existing CA certificate belongs to a configured key.
+    /// Write the public key of a configured key as PEM (the twins exchange
+    /// their replication keys this way: each names the other's file in
+    /// `ca.replication.peer_key`).
+    PublicKey {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The configured key name (`ca.keys`).
+        #[arg(long)]
+        key: String,
+        /// Where to write the PEM.
+        #[arg(long)]
+        out: PathBuf,
+    },
     Import {
         #[command(flatten)]
         config: ConfigArg,
@@ -146,6 +159,7 @@ impl SetupCmd {
             | SetupCmd::SelfSign { config, .. }
             | SetupCmd::Intermediate { config, .. }
             | SetupCmd::Csr { config, .. }
+            | SetupCmd::PublicKey { config, .. }
             | SetupCmd::Import { config, .. }
             | SetupCmd::Openpgp { config, .. } => &config.config,
         }
@@ -209,6 +223,7 @@ impl SetupCmd {
                 key, subject, out, ..
             } => Step::Csr { key, subject, out },
             SetupCmd::Openpgp { force, .. } => Step::Openpgp { force },
+            SetupCmd::PublicKey { key, out, .. } => Step::PublicKey { key, out },
             SetupCmd::Import { key, cert, .. } => Step::Import { key, cert },
         }
     }

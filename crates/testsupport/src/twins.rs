@@ -292,33 +292,81 @@ impl Twins {
         let nats_b = NatsServer::start(token_b.path(), "nats-b");
         let cable_ab = CutProxy::start(nats_b.port);
         let cable_ba = CutProxy::start(nats_a.port);
-        let replication = |local: &str, peer: &str, peer_id: &str| {
+        let replication = |local: &str, peer: &str, peer_id: &str, peer_key: &Path| {
             format!(
-                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    state_interval_secs: 1\n"
+                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    key: replication\n    peer_key: {}\n    state_interval_secs: 1\n",
+                peer_key.display()
             )
         };
         let d = ceremony.dir().display().to_string();
-        let yaml_a = format!(
-            "{}{}",
-            ceremony.ca_yaml,
-            replication(&nats_a.url(), &cable_ab.url(), "signer-b")
-        );
-        let yaml_b = format!(
-            "{}{}",
-            ceremony
+        let with_key = |yaml: &str, label: &str| {
+            yaml.replacen(
+                "    - {name: sub, label: sub-key}\n",
+                &format!(
+                    "    - {{name: sub, label: sub-key}}\n    - {{name: replication, label: {label}}}\n"
+                ),
+                1,
+            )
+        };
+        let yaml_a = with_key(&ceremony.ca_yaml, "replication-a");
+        let yaml_b = with_key(
+            &ceremony
                 .ca_yaml
                 .replace(
                     &format!("{d}/repository.redb"),
-                    &format!("{}/repository.redb", token_b.path().display())
+                    &format!("{}/repository.redb", token_b.path().display()),
                 )
                 .replace("serial_prefix: 0x21", "serial_prefix: 0x22"),
-            replication(&nats_b.url(), &cable_ba.url(), "signer-a")
+            "replication-b",
         );
+        // The pair ceremony: each twin makes its own replication key on its
+        // own token, and the twins exchange the public halves.
+        let pair_a = ceremony.dir().join("pair-signer-a.yaml");
+        std::fs::write(
+            &pair_a,
+            format!("signer_id: signer-a\nlink: {{device: /dev/null}}\n{yaml_a}"),
+        )
+        .expect("write pair configuration");
+        init_repository(token_b.path(), "signer-b", &yaml_b);
+        let pair_b = token_b.path().join("init-signer-b.yaml");
+        let key_a = ceremony.dir().join("replication-a.pem");
+        let key_b = token_b.path().join("replication-b.pem");
+        for (config, env, label, out) in [
+            (&pair_a, ceremony.hsm.conf.clone(), "replication-a", &key_a),
+            (&pair_b, conf_b.clone(), "replication-b", &key_b),
+        ] {
+            let env = [("SOFTHSM2_CONF".to_string(), env)];
+            signerd_in(
+                &["setup", "generate-key", "--label", label, "--type", "p256"],
+                config,
+                &env,
+            );
+            let out = out.display().to_string();
+            signerd_in(
+                &["setup", "public-key", "--key", "replication", "--out", &out],
+                config,
+                &env,
+            );
+        }
+        let yaml_a = format!(
+            "{yaml_a}{}",
+            replication(&nats_a.url(), &cable_ab.url(), "signer-b", &key_b)
+        );
+        let yaml_b = format!(
+            "{yaml_b}{}",
+            replication(&nats_b.url(), &cable_ba.url(), "signer-a", &key_a)
+        );
+        // B's operator commands (repo init after a loss, repo seed) use its
+        // whole configuration from now on.
+        std::fs::write(
+            &pair_b,
+            format!("signer_id: signer-b\nlink: {{device: /dev/null}}\n{yaml_b}"),
+        )
+        .expect("write B's configuration");
         assert_eq!(
             ceremony.signer_id, "signer-a",
             "twins: make the ceremony with Ceremony::new_as(\"signer-a\", …)"
         );
-        init_repository(token_b.path(), "signer-b", &yaml_b);
         let a = Bench::start_as("signer-a", LinkSpec::unthrottled(), &yaml_a, ceremony.env());
         let b = Bench::start_as(
             "signer-b",
@@ -426,8 +474,14 @@ fn init_repository(dir: &Path, signer_id: &str, ca_yaml: &str) {
 
 /// Runs `signerd ARGS --config CONFIG`, asserting success; its output.
 fn signerd_ok(args: &[&str], config: &Path) -> String {
+    signerd_in(args, config, &[])
+}
+
+/// Like [`signerd_ok`] with environment variables (a twin's token).
+fn signerd_in(args: &[&str], config: &Path, env: &[(String, PathBuf)]) -> String {
     let out = Command::new(crate::bin("signerd"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("--config")
         .arg(config)
         .output()

@@ -1,0 +1,124 @@
+//! Seals: what makes the twin's stream trustworthy when the cable, the
+//! switch or a nats-server is not.
+//!
+//! Each publish round of a signer ends with a seal: the origin, its
+//! repository's epoch, the sequence number of the first event, the SHA-256
+//! of each event's bytes in order, signed with the origin's replication key
+//! in its HSM. The twin applies an event only when a seal it verified with
+//! the origin's public key (exchanged at the pair ceremony) names that
+//! event's origin, epoch, sequence number and digest. One signature covers
+//! a whole round (up to 256 events), so its cost does not grow with the
+//! issuance rate.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use signer_keys::{HsmError, PublicKey, SigningBackend};
+
+/// Domain separation for the signed bytes.
+const CONTEXT: &[u8] = b"signer replication seal v1\n";
+
+/// The NATS header that marks a seal on the events subject.
+pub const KIND_HEADER: &str = "Signer-Kind";
+/// Its value on a seal.
+pub const KIND_SEAL: &str = "seal";
+
+/// The signed part of a seal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealBody {
+    /// The signer whose events these are.
+    pub origin: String,
+    /// Its repository's epoch.
+    pub epoch: u64,
+    /// Sequence number of the first event covered.
+    pub first: u64,
+    /// SHA-256 of each covered event's bytes, in sequence order.
+    pub digests: Vec<serde_bytes::ByteBuf>,
+}
+
+/// A seal as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// What is signed.
+    pub body: SealBody,
+    /// The signature over `CONTEXT ‖ msgpack(body)`.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// SHA-256 of an event's bytes as published.
+pub fn event_digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn signed_bytes(body: &SealBody) -> Vec<u8> {
+    let mut out = CONTEXT.to_vec();
+    out.extend_from_slice(&signer_protocol::encode_body(body));
+    out
+}
+
+impl Seal {
+    /// Seals `events` (sequence number, bytes; consecutive) of `origin` in
+    /// `epoch` with `key` on `backend`.
+    pub fn make(
+        backend: &dyn SigningBackend,
+        key: &str,
+        origin: &str,
+        epoch: u64,
+        events: &[(u64, Vec<u8>)],
+    ) -> Result<Seal, HsmError> {
+        let body = SealBody {
+            origin: origin.to_string(),
+            epoch,
+            first: events.first().map_or(0, |(seq, _)| *seq),
+            digests: events
+                .iter()
+                .map(|(_, bytes)| serde_bytes::ByteBuf::from(event_digest(bytes).to_vec()))
+                .collect(),
+        };
+        let public = backend.public_key(key)?;
+        let scheme = public.default_scheme();
+        let digest = scheme.hash().digest(&signed_bytes(&body));
+        let signature = backend.sign_digest(key, scheme, &digest)?;
+        Ok(Seal { body, signature })
+    }
+
+    /// The seal's wire bytes (msgpack).
+    pub fn encode(&self) -> Vec<u8> {
+        signer_protocol::encode_body(self)
+    }
+
+    /// Reads a seal and checks it: `origin` must be the stream's owner and
+    /// the signature must verify with the owner's key.
+    pub fn open(bytes: &[u8], origin: &str, key: &PublicKey) -> Result<Seal, String> {
+        let seal: Seal =
+            signer_protocol::decode_body(bytes).map_err(|e| format!("unreadable seal: {}", e.0))?;
+        if seal.body.origin != origin {
+            return Err(format!(
+                "a seal names origin {:?} on {origin}'s stream",
+                seal.body.origin
+            ));
+        }
+        if seal.body.first == 0 || seal.body.digests.iter().any(|d| d.len() != 32) {
+            return Err("a seal with sequence 0 or a digest not of 32 bytes".into());
+        }
+        key.verify(
+            key.default_scheme(),
+            &signed_bytes(&seal.body),
+            &seal.signature,
+        )
+        .map_err(|e| {
+            format!(
+                "seal of events {}..{} in epoch {:016x}: {e}",
+                seal.body.first,
+                seal.last(),
+                seal.body.epoch
+            )
+        })?;
+        Ok(seal)
+    }
+
+    /// Sequence number of the last event covered.
+    pub fn last(&self) -> u64 {
+        self.body.first + (self.body.digests.len() as u64).saturating_sub(1)
+    }
+}
