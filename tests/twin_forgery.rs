@@ -1,4 +1,7 @@
-//! The twin link in hostile hands: a plain NATS client on A's nats-server
+//! The twin link in hostile hands. The nats-servers run as shipped
+//! (configs/nats-server.conf): nothing gets in without an nkey, and the
+//! twin's nkey cannot publish or read this signer's events. Then an
+//! attacker with this signer's own NATS credentials on A's nats-server
 //! (where B reads A's stream) publishes forged, altered and replayed events
 //! and a forged seal. B applies only what A's replication key sealed: its
 //! CRL and request ids stay as A made them, the twins converge, and B's
@@ -26,7 +29,9 @@ struct Nats {
 }
 
 impl Nats {
-    fn connect(port: u16) -> Nats {
+    /// Connects with the nkey whose seed is in `seed_file` (or none); the
+    /// server's refusal as `Err`.
+    fn try_connect(port: u16, seed_file: Option<&Path>) -> Result<Nats, String> {
         let out = TcpStream::connect(("127.0.0.1", port)).unwrap();
         out.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut n = Nats {
@@ -36,14 +41,55 @@ impl Nats {
         let mut info = String::new();
         n.input.read_line(&mut info).unwrap();
         assert!(info.starts_with("INFO"), "{info}");
-        n.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\nPING\r\n");
+        let auth = match seed_file {
+            Some(file) => {
+                let info: serde_json::Value =
+                    serde_json::from_str(info.trim_start_matches("INFO").trim()).unwrap();
+                let nonce = info["nonce"].as_str().unwrap();
+                let pair = nkeys::KeyPair::from_seed(std::fs::read_to_string(file).unwrap().trim())
+                    .unwrap();
+                let sig = pair.sign(nonce.as_bytes()).unwrap();
+                use base64::Engine as _;
+                format!(
+                    ",\"nkey\":\"{}\",\"sig\":\"{}\"",
+                    pair.public_key(),
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig)
+                )
+            }
+            None => String::new(),
+        };
+        n.send(
+            format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true{auth}}}\r\nPING\r\n")
+                .as_bytes(),
+        );
         loop {
             let mut line = String::new();
-            n.input.read_line(&mut line).unwrap();
-            if line.starts_with("PONG") {
-                return n;
+            if n.input.read_line(&mut line).unwrap_or(0) == 0 {
+                return Err("connection closed".into());
             }
-            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                return Ok(n);
+            }
+            if line.starts_with("-ERR") {
+                return Err(line);
+            }
+        }
+    }
+
+    fn connect(port: u16, seed_file: &Path) -> Nats {
+        Nats::try_connect(port, Some(seed_file)).unwrap()
+    }
+
+    /// The next `-ERR` the server sends (after a refused operation).
+    fn error(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            if self.input.read_line(&mut line).unwrap_or(0) == 0 {
+                return "connection closed".into();
+            }
+            if line.starts_with("-ERR") {
+                return line;
+            }
         }
     }
 
@@ -104,17 +150,6 @@ impl Nats {
             }
         }
     }
-
-    /// Every event (not seals) published until the subject is quiet.
-    fn drain(&mut self) -> Vec<Event> {
-        let mut events = Vec::new();
-        while let Some((headers, payload)) = self.next() {
-            if !headers.contains("seal") {
-                events.push(Event::decode(&payload).unwrap());
-            }
-        }
-        events
-    }
 }
 
 fn sign(client: &Client, d: &Path, id: &str) -> msg::SignX509Reply {
@@ -156,21 +191,59 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
     let d = t.ceremony.dir().to_path_buf();
     let (a, b) = (t.a.client(), t.b.client());
     let subject = "signer.signer-a.events";
-    let mut spy = Nats::connect(t.nats_a.port);
-    spy.subscribe(subject);
-    let mut attacker = Nats::connect(t.nats_a.port);
+    let seed_a = d.join("replication-a.seed");
+    let seed_b = t.dir_b().join("replication-b.seed");
+
+    // Without credentials, neither server lets anyone in.
+    for port in [t.nats_a.port, t.nats_b.port] {
+        let refused = Nats::try_connect(port, None).err().unwrap();
+        assert!(refused.contains("Authorization Violation"), "{refused}");
+    }
+    // The twin's credentials cannot publish this signer's events.
+    let mut twin = Nats::connect(t.nats_a.port, &seed_b);
+    twin.publish(subject, &[], b"x");
+    let err = twin.error();
+    assert!(err.contains("Permissions Violation"), "{err}");
+    // Nor subscribe to them.
+    let mut twin = Nats::connect(t.nats_a.port, &seed_b);
+    twin.subscribe(subject);
+    let err = twin.error();
+    assert!(err.contains("Permissions Violation"), "{err}");
+
+    // An attacker holding this signer's own NATS credentials.
+    let mut attacker = Nats::connect(t.nats_a.port, &seed_a);
 
     // A real certificate, seen on the wire (in clear: confidentiality is the
     // cable's TLS's business, integrity the seals').
     let victim = sign(&a, &d, "victim");
     t.wait_in_sync(&a, &b, 1, SYNC).unwrap();
-    let seen = spy.drain();
-    let head = seen.iter().map(|e| e.seq).max().unwrap();
-    let real = seen
-        .iter()
-        .find(|e| matches!(e.change, Change::Issued(_)))
-        .unwrap()
-        .clone();
+    // A's epoch and last sequence number, as A tells its twin.
+    let mut asker = Nats::connect(t.nats_a.port, &seed_b);
+    asker.subscribe("_INBOX.forgery");
+    asker.send(b"PUB signer.signer-a.state _INBOX.forgery 0\r\n\r\n");
+    let (_, answer) = asker.next().unwrap();
+    let state: signer_replication::PeerState = rmp_serde::from_slice(&answer).unwrap();
+    let head = state.state.own_seq;
+    // The victim's issuance, as an event (what a replay would carry).
+    let real = Event {
+        origin: "signer-a".into(),
+        seq: 1,
+        epoch: state.state.epoch,
+        at_us: 1,
+        change: Change::Issued(signer_repository::CertRecord {
+            issuer: victim.issuer.clone(),
+            serial: victim.serial.clone(),
+            der: victim.certificate.clone(),
+            profile: "server".into(),
+            request_id: "victim".into(),
+            request_digest: vec![0; 32],
+            subject: "CN=victim.example.org".into(),
+            not_before: victim.not_before,
+            not_after: victim.not_after,
+            issued_at_ms: victim.not_before * 1000,
+            signer_id: "signer-a".into(),
+        }),
+    };
     assert_eq!(refused(&b).0, msg::HealthStatus::Ok);
 
     // 1. A forged revocation of the victim with A's epoch and A's next
@@ -275,5 +348,4 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
         log.contains("refused a message on the twin's stream"),
         "{log}"
     );
-    drop(spy);
 }

@@ -52,6 +52,7 @@ fn config(
         key: key.into(),
         peer_key: "unused".into(),
         peer_public: Some(peer_public),
+        nats_seed: None,
         held_warning_secs: 60,
         stream_max_bytes: 1 << 30,
         state_interval_secs: 1,

@@ -82,6 +82,12 @@ pub enum Step {
         /// Where the PEM goes.
         out: PathBuf,
     },
+    /// A NATS user nkey for this signer: the seed to `out` (mode 0600,
+    /// never replaced), the public key printed for both nats-servers.
+    NatsKey {
+        /// Where the seed goes (`ca.replication.nats_seed`).
+        out: PathBuf,
+    },
     /// Checks that certificate `cert` belongs to configured key `key`.
     Import {
         /// Configured key name.
@@ -101,6 +107,7 @@ impl Step {
             Step::Csr { .. } => "csr",
             Step::Openpgp { .. } => "openpgp",
             Step::PublicKey { .. } => "public-key",
+            Step::NatsKey { .. } => "nats-key",
             Step::Import { .. } => "import",
         }
     }
@@ -175,6 +182,32 @@ fn backend(ca: &CaConfig) -> Result<std::sync::Arc<dyn KeyGenerator>, String> {
 
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes a secret: a new file only, readable by its owner alone.
+fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!(
+                "{} exists; a credential is never replaced in place",
+                path.display()
+            )
+        } else {
+            format!("{}: {e}", path.display())
+        }
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -354,6 +387,19 @@ pub fn perform(
                 .fact("key", key)
                 .fact("kind", public.kind.to_string())
                 .fact("spki_sha256", sha256_hex(&public.spki_der))
+                .fact("out", out.display().to_string())
+        }
+        Step::NatsKey { out } => {
+            let (seed, public) = signer_replication::new_nats_user();
+            write_secret(&out, &seed)?;
+            say(&format!(
+                "wrote the NATS nkey seed to {} (mode 0600)",
+                out.display()
+            ));
+            say(&format!("public key {public}"));
+            say("list it in both nats-servers' authorization blocks (configs/nats-server.conf)");
+            ok("nats-key")
+                .fact("public_key", public)
                 .fact("out", out.display().to_string())
         }
         Step::Import { key, cert } => {

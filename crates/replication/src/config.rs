@@ -27,6 +27,12 @@ pub struct ReplicationConfig {
     /// public-key` on the twin): events are applied only under a seal it
     /// verifies. Relative paths are resolved against the config file.
     pub peer_key: PathBuf,
+    /// This signer's NATS credentials: a file holding its nkey seed (`signerd
+    /// setup nats-key`, mode 0600). Both nats-servers list the public key
+    /// with what it may publish and read (configs/nats-server.conf).
+    /// Relative paths are resolved against the config file.
+    #[serde(default)]
+    pub nats_seed: Option<PathBuf>,
     /// The twin's key, once read from `peer_key` ([`ReplicationConfig::peer_public_key`]).
     #[serde(skip)]
     pub peer_public: Option<PublicKey>,
@@ -84,6 +90,23 @@ impl ReplicationConfig {
             .map_err(|e| format!("ca.replication.peer_key: {}: {e}", self.peer_key.display()))
     }
 
+    /// The nkey seed and its public key, when `nats_seed` is set.
+    pub fn nats_user(&self) -> Result<Option<(String, String)>, String> {
+        let Some(path) = &self.nats_seed else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("ca.replication.nats_seed: {}: {e}", path.display()))?;
+        let seed = text.trim().to_string();
+        let pair = nkeys::KeyPair::from_seed(&seed).map_err(|e| {
+            format!(
+                "ca.replication.nats_seed: {}: not an nkey seed: {e}",
+                path.display()
+            )
+        })?;
+        Ok(Some((seed, pair.public_key())))
+    }
+
     /// Resolves `peer_key` against `base` and checks values;
     /// errors name their key under `ca.replication`.
     pub fn validate(&mut self, file: &Path, base: &Path) -> Result<(), ConfigError> {
@@ -122,6 +145,11 @@ impl ReplicationConfig {
         }
         if self.peer_key.is_relative() {
             self.peer_key = base.join(&self.peer_key);
+        }
+        if let Some(seed) = self.nats_seed.as_mut() {
+            if seed.is_relative() {
+                *seed = base.join(&*seed);
+            }
         }
         if self.held_warning_secs == 0 {
             return Err(invalid(

@@ -26,6 +26,14 @@
 mod config;
 pub mod seal;
 
+/// A new NATS user nkey: (seed, public key). The seed goes to the signer's
+/// `ca.replication.nats_seed` file, the public key into both nats-servers'
+/// `authorization` blocks.
+pub fn new_nats_user() -> (String, String) {
+    let pair = nkeys::KeyPair::new_user();
+    (pair.seed().unwrap_or_default(), pair.public_key())
+}
+
 pub use config::ReplicationConfig;
 pub use seal::Seal;
 
@@ -60,6 +68,9 @@ pub enum ReplicationError {
     /// The runtime thread could not be started.
     #[error("replication thread: {0}")]
     Thread(String),
+    /// The NATS credentials could not be read (`ca.replication.nats_seed`).
+    #[error("{0}")]
+    Credentials(String),
     /// The twin's public key could not be read (`ca.replication.peer_key`).
     #[error("{0}")]
     PeerKey(String),
@@ -152,6 +163,8 @@ struct Shared {
     backend: Arc<dyn SigningBackend>,
     /// Verifies the twin's seals.
     peer_key: PublicKey,
+    /// This signer's NATS nkey seed (`ca.replication.nats_seed`).
+    nats_seed: Option<String>,
     wake: tokio::sync::Notify,
     stop: tokio::sync::Notify,
     stopping: AtomicBool,
@@ -209,12 +222,17 @@ impl Replicator {
                 ));
             }
         }
+        let nats_seed = config
+            .nats_user()
+            .map_err(ReplicationError::Credentials)?
+            .map(|(seed, _)| seed);
         let shared = Arc::new(Shared {
             config: config.clone(),
             me,
             repo,
             backend,
             peer_key,
+            nats_seed,
             wake: tokio::sync::Notify::new(),
             stop: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
@@ -301,8 +319,12 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-async fn connect(url: &str, name: String) -> Option<async_nats::Client> {
-    let options = async_nats::ConnectOptions::new()
+async fn connect(url: &str, name: String, seed: Option<String>) -> Option<async_nats::Client> {
+    let options = match seed {
+        Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let options = options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -320,8 +342,18 @@ async fn connect(url: &str, name: String) -> Option<async_nats::Client> {
 }
 
 async fn run(shared: Arc<Shared>) {
-    let local = connect(&shared.config.local, format!("{}-local", shared.me)).await;
-    let peer = connect(&shared.config.peer, format!("{}-peer", shared.me)).await;
+    let local = connect(
+        &shared.config.local,
+        format!("{}-local", shared.me),
+        shared.nats_seed.clone(),
+    )
+    .await;
+    let peer = connect(
+        &shared.config.peer,
+        format!("{}-peer", shared.me),
+        shared.nats_seed.clone(),
+    )
+    .await;
     let (Some(local), Some(peer)) = (local, peer) else {
         shared.status().local_error = Some("invalid NATS address".into());
         return;

@@ -104,6 +104,12 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
             use sha2::Digest;
             hex::encode(&sha2::Sha256::digest(&k.spki_der)[..8])
         };
+        match r.nats_user().map_err(|e| (1, e))? {
+            Some((_, public)) => lines.push(format!("replication    NATS user {public}")),
+            None => lines.push(
+                "replication    no NATS credentials (ca.replication.nats_seed): only for servers that require none".into(),
+            ),
+        }
         lines.push(format!(
             "replication    seals with {} ({}, {}); twin {}'s key {} ({}, {})",
             r.key,

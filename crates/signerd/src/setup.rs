@@ -140,6 +140,16 @@ pub enum SetupCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make this signer's NATS credentials (an nkey): the seed to --out
+    /// (mode 0600; `ca.replication.nats_seed`), the public key printed for
+    /// both nats-servers' authorization blocks.
+    NatsKey {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to write the seed (a new file).
+        #[arg(long)]
+        out: PathBuf,
+    },
     Import {
         #[command(flatten)]
         config: ConfigArg,
@@ -160,6 +170,7 @@ impl SetupCmd {
             | SetupCmd::Intermediate { config, .. }
             | SetupCmd::Csr { config, .. }
             | SetupCmd::PublicKey { config, .. }
+            | SetupCmd::NatsKey { config, .. }
             | SetupCmd::Import { config, .. }
             | SetupCmd::Openpgp { config, .. } => &config.config,
         }
@@ -224,6 +235,7 @@ impl SetupCmd {
             } => Step::Csr { key, subject, out },
             SetupCmd::Openpgp { force, .. } => Step::Openpgp { force },
             SetupCmd::PublicKey { key, out, .. } => Step::PublicKey { key, out },
+            SetupCmd::NatsKey { out, .. } => Step::NatsKey { out },
             SetupCmd::Import { key, cert, .. } => Step::Import { key, cert },
         }
     }

@@ -42,19 +42,57 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server named `name` with its store under `dir`.
+    /// Starts a server named `name` with its store under `dir`, open to
+    /// every client (benchmarks).
     pub fn start(dir: &Path, name: &str) -> NatsServer {
         let port = free_port();
         let store = dir.join(format!("{name}-jetstream"));
+        let text = format!(
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2GB\n}}\n",
+            store.display()
+        );
+        NatsServer::start_with(dir, name, port, &text)
+    }
+
+    /// Starts signer `own`'s server as shipped (configs/nats-server.conf),
+    /// on loopback with its store under `dir`: only the nkeys `own_nkey`
+    /// (the signer) and `twin_nkey` (its twin `twin`) get in, each with the
+    /// permissions the shipped file gives it.
+    pub fn start_signer(
+        dir: &Path,
+        name: &str,
+        own: &str,
+        twin: &str,
+        own_nkey: &str,
+        twin_nkey: &str,
+    ) -> NatsServer {
+        const SHIPPED: &str = include_str!("../../../configs/nats-server.conf");
+        const OWN: &str = "UB4VSAG7MCG6AYI3JBVVMT5AZI7CRJBV53A7IZWFEZ665TY46MATMJJQ";
+        const TWIN: &str = "UDRSQXWCOSULAMVKQNARGUMKPJWSMNJOUL2RCRQ3LXJQWVE5G6WBAXTT";
+        let port = free_port();
+        let store = dir.join(format!("{name}-jetstream"));
+        let stream = |id: &str| format!("SIGNER_{}", id.to_ascii_uppercase().replace('-', "_"));
+        let text = SHIPPED
+            .replace("server_name: signer-a", &format!("server_name: {name}"))
+            .replace("listen: 0.0.0.0:4222", &format!("listen: 127.0.0.1:{port}"))
+            .replace(
+                "store_dir: /var/lib/nats/jetstream",
+                &format!("store_dir: \"{}\"", store.display()),
+            )
+            .replace("SIGNER_SIGNER_A", "\u{1}")
+            .replace("signer-a", "\u{2}")
+            .replace("signer-b", twin)
+            .replace('\u{1}', &stream(own))
+            .replace('\u{2}', own)
+            .replace(OWN, own_nkey)
+            .replace(TWIN, twin_nkey);
+        assert!(text.contains(own_nkey) && text.contains(twin_nkey));
+        NatsServer::start_with(dir, name, port, &text)
+    }
+
+    fn start_with(dir: &Path, name: &str, port: u16, text: &str) -> NatsServer {
         let conf = dir.join(format!("{name}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2GB\n}}\n",
-                store.display()
-            ),
-        )
-        .expect("write nats-server config");
+        std::fs::write(&conf, text).expect("write nats-server config");
         let mut server = NatsServer {
             child: None,
             port,
@@ -288,14 +326,15 @@ impl Twins {
             ),
         )
         .expect("write softhsm2.conf");
-        let nats_a = NatsServer::start(ceremony.dir(), "nats-a");
-        let nats_b = NatsServer::start(token_b.path(), "nats-b");
-        let cable_ab = CutProxy::start(nats_b.port);
-        let cable_ba = CutProxy::start(nats_a.port);
-        let replication = |local: &str, peer: &str, peer_id: &str, peer_key: &Path| {
+        let replication = |local: &str,
+                           peer: &str,
+                           peer_id: &str,
+                           peer_key: &Path,
+                           own_key: &Path| {
             format!(
-                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    key: replication\n    peer_key: {}\n    state_interval_secs: 1\n",
-                peer_key.display()
+                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    key: replication\n    peer_key: {}\n    nats_seed: {}\n    state_interval_secs: 1\n",
+                peer_key.display(),
+                own_key.with_extension("seed").display()
             )
         };
         let d = ceremony.dir().display().to_string();
@@ -331,6 +370,7 @@ impl Twins {
         let pair_b = token_b.path().join("init-signer-b.yaml");
         let key_a = ceremony.dir().join("replication-a.pem");
         let key_b = token_b.path().join("replication-b.pem");
+        let mut nkeys = Vec::new();
         for (config, env, label, out) in [
             (&pair_a, ceremony.hsm.conf.clone(), "replication-a", &key_a),
             (&pair_b, conf_b.clone(), "replication-b", &key_b),
@@ -347,14 +387,47 @@ impl Twins {
                 config,
                 &env,
             );
+            // Each twin's NATS credentials (beside its public key file, so
+            // the other's configuration names them by the same stem).
+            let seed = Path::new(&out).with_extension("seed");
+            let made = signerd_in(
+                &["setup", "nats-key", "--out", &seed.display().to_string()],
+                config,
+                &env,
+            );
+            let public = made
+                .lines()
+                .find_map(|l| l.strip_prefix("public key "))
+                .expect("nats-key prints the public key")
+                .trim()
+                .to_string();
+            nkeys.push(public);
         }
+        let nats_a = NatsServer::start_signer(
+            ceremony.dir(),
+            "nats-a",
+            "signer-a",
+            "signer-b",
+            &nkeys[0],
+            &nkeys[1],
+        );
+        let nats_b = NatsServer::start_signer(
+            token_b.path(),
+            "nats-b",
+            "signer-b",
+            "signer-a",
+            &nkeys[1],
+            &nkeys[0],
+        );
+        let cable_ab = CutProxy::start(nats_b.port);
+        let cable_ba = CutProxy::start(nats_a.port);
         let yaml_a = format!(
             "{yaml_a}{}",
-            replication(&nats_a.url(), &cable_ab.url(), "signer-b", &key_b)
+            replication(&nats_a.url(), &cable_ab.url(), "signer-b", &key_b, &key_a)
         );
         let yaml_b = format!(
             "{yaml_b}{}",
-            replication(&nats_b.url(), &cable_ba.url(), "signer-a", &key_a)
+            replication(&nats_b.url(), &cable_ba.url(), "signer-a", &key_a, &key_b)
         );
         // B's operator commands (repo init after a loss, repo seed) use its
         // whole configuration from now on.
