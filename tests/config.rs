@@ -141,6 +141,16 @@ fn replication_and_openpgp_settings_are_checked() {
         ),
         ("lag_warning_secs: 300", "lag_warning: 300", "lag_warning"),
         (
+            "    key: replication ",
+            "    key: replication-x ",
+            "ca.replication.key",
+        ),
+        (
+            "held_warning_secs: 60",
+            "held_warning_secs: 0",
+            "ca.replication.held_warning_secs",
+        ),
+        (
             "    key: openpgp-2026",
             "    key: openpgp-2027",
             "ca.openpgp.key",

@@ -74,6 +74,7 @@ fn the_repository_runbook_runs_as_written() {
     let out = run_block(&c, doc, "pair-keys");
     assert!(out[0].contains("generated ECDSA P-256 key"), "{out:?}");
     assert!(out[1].contains("signer-a.replication.pem"), "{out:?}");
+    assert!(out[2].contains("public key U"), "{out:?}");
     std::fs::write(d.join("twin.yaml"), &config_b).unwrap();
     for line in block(doc, "pair-keys") {
         let line = line
@@ -98,7 +99,8 @@ fn the_repository_runbook_runs_as_written() {
     // The twin's repository is made again later by seeding (below).
     std::fs::remove_file(d.join("twin.redb")).unwrap();
     let replication = |peer: &str| {
-        format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n    key: replication\n    peer_key: {peer}.replication.pem\n")
+        let own = if peer == "signer-a" { "signer-b" } else { "signer-a" };
+        format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n    key: replication\n    peer_key: {peer}.replication.pem\n    nats_seed: {own}.nats.seed\n")
     };
     std::fs::write(
         d.join("signerd.yaml"),
