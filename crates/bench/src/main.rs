@@ -504,6 +504,7 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("replication") {
         replication::section(&mut report, cli.scale)?;
+        replication::cost_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("storage") {
         storage::section(&mut report, cli.scale)?;

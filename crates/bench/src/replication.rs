@@ -210,7 +210,8 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(
         report,
         "Two repositories with their replicators and two `nats-server` processes (Debian's 2.9) on loopback, \
-         in one process; events carry a 1 KiB certificate. Lag is from the commit on A (the event's \
+         in one process; events carry a 1 KiB certificate, and every publish round is sealed with a \
+         P-256 key on a SoftHSM2 token (one signature per round) and verified before it is applied. Lag is from the commit on A (the event's \
          timestamp, taken in A's transaction) to the commit that applies it on B. The baseline is one \
          fsync'd repository commit of one record on the same disk, measured in the same run.\n"
     )?;
@@ -257,5 +258,90 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         "| digests equal afterwards | {} | yes |\n",
         if digests_equal { "yes" } else { "NO" }
     )?;
+    Ok(())
+}
+
+/// Pipelined `sign_x509` over `client`: certificates per second.
+fn pipelined_rate(client: &signer_client::Client, csr: &[u8], n: usize, tag: &str) -> anyhow::Result<f64> {
+    use signer_protocol::{encode_body, msg, Command};
+    let request = |i: usize| msg::SignX509 {
+        request_id: format!("{tag}-{i}"),
+        profile: "server".into(),
+        csr: csr.to_vec(),
+        subject: vec![("CN".into(), "bench.example.org".into())],
+        sans: vec![msg::SanEntry {
+            kind: "dns".into(),
+            value: "bench.example.org".into(),
+        }],
+        validity_days: Some(30),
+    };
+    let started = Instant::now();
+    let pending: Vec<_> = (0..n)
+        .map(|i| client.submit(Command::SIGN_X509, encode_body(&request(i))))
+        .collect();
+    for p in pending {
+        let _: msg::SignX509Reply = p.wait()?.decode()?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Issuance throughput of a signer with its twin replicating against the
+/// same signer alone, alternating in the same run.
+pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
+    use signer_testsupport::twins::Twins;
+    use signer_testsupport::{Bench, LinkSpec};
+    writeln!(report, "## Replication cost: issuance with and without a twin\n")?;
+    writeln!(
+        report,
+        "Pipelined `sign_x509` over an unthrottled pty, the same settings for both: a signer alone \
+         (no `ca.replication`), and signer A of a twin pair whose events are published, sealed \
+         (one HSM signature per publish round) and applied by B through two `nats-server`s with \
+         nkey authentication. Three rounds each, alternating; median and range. Both twins run on \
+         this machine's 2 cores, so B's verifying and applying competes with A's issuing: in \
+         production B is another host and the cost here is an upper bound.\n"
+    )?;
+    writeln!(report, "| issuer key | alone (cert/s) | with a twin (cert/s) | with / alone | target |")?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    let n = super::scaled(600, scale);
+    for (key, csr_key) in [
+        ("rsa2048", &["rsa:2048"][..]),
+        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
+    ] {
+        eprintln!("bench: replication cost with a {key} issuer");
+        let alone_c = Ceremony::new(key, SERVER_PROFILE);
+        let alone = Bench::start_with_env(LinkSpec::unthrottled(), &alone_c.ca_yaml, alone_c.env());
+        let twins = Twins::new(key, SERVER_PROFILE);
+        let csr = make_csr(alone_c.dir(), "bench", csr_key);
+        let (c_alone, c_twin) = (alone.client(), twins.a.client());
+        pipelined_rate(&c_alone, &csr, 20, "warm")?;
+        pipelined_rate(&c_twin, &csr, 20, "warm")?;
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            off.push(pipelined_rate(&c_alone, &csr, n, &format!("off-{round}"))?);
+            on.push(pipelined_rate(&c_twin, &csr, n, &format!("on-{round}"))?);
+        }
+        let range = |v: &[f64]| {
+            let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+            format!("{lo:.0}–{hi:.0}")
+        };
+        let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
+        writeln!(
+            report,
+            "| {key} | {m_off:.0} ({}) | {m_on:.0} ({}) | {:.2} | ≥ 0.95 |",
+            range(&off),
+            range(&on),
+            m_on / m_off
+        )?;
+        twins
+            .wait_in_sync(&c_twin, &twins.b.client(), None, Duration::from_secs(120))
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    writeln!(report)?;
     Ok(())
 }
