@@ -99,7 +99,11 @@ fn the_repository_runbook_runs_as_written() {
     // The twin's repository is made again later by seeding (below).
     std::fs::remove_file(d.join("twin.redb")).unwrap();
     let replication = |peer: &str| {
-        let own = if peer == "signer-a" { "signer-b" } else { "signer-a" };
+        let own = if peer == "signer-a" {
+            "signer-b"
+        } else {
+            "signer-a"
+        };
         format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n    key: replication\n    peer_key: {peer}.replication.pem\n    nats_seed: {own}.nats.seed\n")
     };
     std::fs::write(

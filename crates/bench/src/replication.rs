@@ -262,7 +262,12 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
 }
 
 /// Pipelined `sign_x509` over `client`: certificates per second.
-fn pipelined_rate(client: &signer_client::Client, csr: &[u8], n: usize, tag: &str) -> anyhow::Result<f64> {
+fn pipelined_rate(
+    client: &signer_client::Client,
+    csr: &[u8],
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<f64> {
     use signer_protocol::{encode_body, msg, Command};
     let request = |i: usize| msg::SignX509 {
         request_id: format!("{tag}-{i}"),
@@ -296,7 +301,10 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
     use signer_testsupport::twins::Twins;
     use signer_testsupport::{Bench, LinkSpec};
-    writeln!(report, "## Replication cost: issuance with and without a twin\n")?;
+    writeln!(
+        report,
+        "## Replication cost: issuance with and without a twin\n"
+    )?;
     writeln!(
         report,
         "Pipelined `sign_x509` over an unthrottled pty, the same settings for both: a signer alone \
@@ -306,7 +314,10 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
          this machine's 2 cores, so B's verifying and applying competes with A's issuing: in \
          production B is another host and the cost here is an upper bound.\n"
     )?;
-    writeln!(report, "| issuer key | alone (cert/s) | with a twin (cert/s) | with / alone | target |")?;
+    writeln!(
+        report,
+        "| issuer key | alone (cert/s) | with a twin (cert/s) | with / alone | target |"
+    )?;
     writeln!(report, "|---|---|---|---|---|")?;
     let n = super::scaled(600, scale);
     for (key, csr_key) in [
@@ -327,7 +338,9 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             on.push(pipelined_rate(&c_twin, &csr, n, &format!("on-{round}"))?);
         }
         let range = |v: &[f64]| {
-            let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
             format!("{lo:.0}–{hi:.0}")
         };
         let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
