@@ -74,7 +74,10 @@ fn run(c: &Config) -> anyhow::Result<()> {
     let mut replicator = None;
     let ca = match &c.ca {
         Some(ca_config) => {
-            let service = CaService::start(ca_config, &c.signer_id, c.protocol.workers)?;
+            // One HSM session per worker, and one more for the replicator's seals
+            // (so sealing never waits for an issuing worker's session).
+            let sessions = c.protocol.workers + usize::from(ca_config.replication.is_some());
+            let service = CaService::start(ca_config, &c.signer_id, sessions)?;
             router = service.routes(router);
             health.push(service.clone());
             if let Some(r) = &ca_config.replication {
