@@ -220,9 +220,16 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
     // A's epoch and last sequence number, as A tells its twin.
     let mut asker = Nats::connect(t.nats_a.port, &seed_b);
     asker.subscribe("_INBOX.forgery");
-    asker.send(b"PUB signer.signer-a.state _INBOX.forgery 0\r\n\r\n");
+    asker.send(b"PUB signer.signer-a.state _INBOX.forgery 4\r\nabcd\r\n");
     let (_, answer) = asker.next().unwrap();
-    let state: signer_replication::PeerState = rmp_serde::from_slice(&answer).unwrap();
+    // Signed with A's replication key over the asker's nonce.
+    let a_key = signer_keys::PublicKey::from_pem(
+        &std::fs::read_to_string(d.join("replication-a.pem")).unwrap(),
+    )
+    .unwrap();
+    assert!(signer_replication::seal::SignedState::open(&answer, b"abce", &a_key).is_err());
+    let state = signer_replication::seal::SignedState::open(&answer, b"abcd", &a_key).unwrap();
+    let state: signer_replication::PeerState = rmp_serde::from_slice(&state).unwrap();
     let head = state.state.own_seq;
     // The victim's issuance, as an event (what a replay would carry).
     let real = Event {

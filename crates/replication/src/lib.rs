@@ -577,8 +577,25 @@ async fn responder(shared: Arc<Shared>, client: async_nats::Client) {
                 published: shared.status().published,
                 time_ms: signer_clock::SystemClock.now_ms(),
             };
-            if let Ok(bytes) = rmp_serde::to_vec_named(&answer) {
-                let _ = client.publish(reply, bytes.into()).await;
+            let Ok(bytes) = rmp_serde::to_vec_named(&answer) else {
+                continue;
+            };
+            // Signed over the asker's nonce, with the replication key.
+            let backend = Arc::clone(&shared.backend);
+            let key = shared.config.key.clone();
+            let nonce = request.payload.to_vec();
+            let signed = tokio::task::spawn_blocking(move || {
+                seal::SignedState::make(backend.as_ref(), &key, &nonce, bytes)
+            })
+            .await;
+            match signed {
+                Ok(Ok(signed)) => {
+                    let _ = client
+                        .publish(reply, signer_protocol::encode_body(&signed).into())
+                        .await;
+                }
+                Ok(Err(e)) => debug!(cause = %e, "replication: state answer not signed"),
+                Err(e) => debug!(cause = %e, "replication: state answer not signed"),
             }
         }
     }
@@ -590,14 +607,28 @@ async fn poller(shared: Arc<Shared>, client: async_nats::Client) {
     let mut trimmed = 0;
     loop {
         let sent_ms = signer_clock::SystemClock.now_ms();
+        let nonce: [u8; 16] = rand::random();
         let asked = tokio::time::timeout(
             interval.max(Duration::from_secs(1)),
-            client.request(state_subject(&shared.config.peer_id), bytes::Bytes::new()),
+            client.request(
+                state_subject(&shared.config.peer_id),
+                bytes::Bytes::copy_from_slice(&nonce),
+            ),
         )
         .await;
         let answer = match asked {
-            Ok(Ok(m)) => rmp_serde::from_slice::<PeerState>(&m.payload)
-                .map_err(|e| format!("unreadable state from the twin: {e}")),
+            Ok(Ok(m)) => match seal::SignedState::open(&m.payload, &nonce, &shared.peer_key) {
+                Ok(state) => rmp_serde::from_slice::<PeerState>(&state)
+                    .map_err(|e| format!("unreadable state from the twin: {e}")),
+                Err(cause) => {
+                    let mut s = shared.status();
+                    s.refused += 1;
+                    s.last_refusal = Some((Instant::now(), cause.clone()));
+                    drop(s);
+                    tracing::error!(cause = %cause, peer = %shared.config.peer_id, "replication: refused a state answer");
+                    Err(cause)
+                }
+            },
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no answer from the twin".into()),
         };
@@ -623,8 +654,10 @@ async fn poller(shared: Arc<Shared>, client: async_nats::Client) {
                     s.peer_error = None;
                     s.peer_state = Some((Instant::now(), peer));
                 }
-                // What the twin has applied leaves the outbox.
-                if let Some(upto) = applied.filter(|&a| a > trimmed) {
+                // What the twin has applied leaves the outbox (never more than
+                // this signer has published and sealed).
+                let published = shared.status().published;
+                if let Some(upto) = applied.map(|a| a.min(published)).filter(|&a| a > trimmed) {
                     let repo = Arc::clone(&shared.repo);
                     if let Ok(Ok(_)) =
                         tokio::task::spawn_blocking(move || repo.trim_events(upto)).await

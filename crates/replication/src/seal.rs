@@ -122,3 +122,57 @@ impl Seal {
         self.body.first + (self.body.digests.len() as u64).saturating_sub(1)
     }
 }
+
+/// Domain separation for signed state answers.
+const STATE_CONTEXT: &[u8] = b"signer replication state v1\n";
+
+/// A state answer (`signer.<id>.state`), signed with the answering signer's
+/// replication key over the asker's nonce and the encoded state: a forged
+/// or replayed answer cannot make the asker trim its outbox or show a
+/// healthier twin than there is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedState {
+    /// The encoded `PeerState` (msgpack).
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+    /// Signature over `STATE_CONTEXT ‖ nonce ‖ state`.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+fn state_bytes(nonce: &[u8], state: &[u8]) -> Vec<u8> {
+    let mut out = STATE_CONTEXT.to_vec();
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(state);
+    out
+}
+
+impl SignedState {
+    /// Signs `state` (encoded) in answer to `nonce`.
+    pub fn make(
+        backend: &dyn SigningBackend,
+        key: &str,
+        nonce: &[u8],
+        state: Vec<u8>,
+    ) -> Result<SignedState, HsmError> {
+        let public = backend.public_key(key)?;
+        let scheme = public.default_scheme();
+        let digest = scheme.hash().digest(&state_bytes(nonce, &state));
+        let signature = backend.sign_digest(key, scheme, &digest)?;
+        Ok(SignedState { state, signature })
+    }
+
+    /// Reads an answer to `nonce` and checks its signature with `key`;
+    /// returns the encoded state.
+    pub fn open(bytes: &[u8], nonce: &[u8], key: &PublicKey) -> Result<Vec<u8>, String> {
+        let signed: SignedState = signer_protocol::decode_body(bytes)
+            .map_err(|e| format!("unreadable state answer: {}", e.0))?;
+        key.verify(
+            key.default_scheme(),
+            &state_bytes(nonce, &signed.state),
+            &signed.signature,
+        )
+        .map_err(|e| format!("state answer: {e}"))?;
+        Ok(signed.state)
+    }
+}
