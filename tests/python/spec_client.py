@@ -174,6 +174,11 @@ def main():
     assert rid == 0 and status in (1, 3) and err["message"], (rid, status, err)
     print("ok bad frame -> id 0 status", status)
 
+    link.send(0, 2, {})  # id 0 is reserved: refused, never executed
+    [(rid, status, err)] = link.responses(1)
+    assert (rid, status) == (0, 10) and "id 0" in err["message"], (rid, status, err)
+    print("ok id 0 -> malformed_envelope, not executed")
+
     link.send(3002, 0x4242, {})
     [(rid, status, err)] = link.responses(1)
     assert (rid, status) == (3002, 12), (rid, status, err)

@@ -114,6 +114,11 @@ fn read_head(
 pub fn decode_request(content: &[u8]) -> Result<Request<'_>, EnvelopeError> {
     let mut cursor = Cursor::new(content);
     let (_, id) = read_head(&mut cursor, 4, "request is not an array of 4")?;
+    if id == 0 {
+        // Id 0 names a frame the signer could not read (§5.2): a request
+        // carrying it is never executed.
+        return Err(EnvelopeError::Malformed("request id 0 is reserved"));
+    }
     let command = Command(read_u16(
         &mut cursor,
         "command is not a 16-bit unsigned integer",

@@ -278,10 +278,10 @@ pub struct FetchCrlReply {
     #[serde(with = "serde_bytes")]
     pub sha256: Vec<u8>,
     /// The CRL, DER, when neither unchanged nor sent as a difference.
-    #[serde(default, with = "serde_bytes")]
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
     pub crl: Option<Vec<u8>>,
     /// The CRL as a difference from the client's copy (then `crl` is absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<CrlDiff>,
 }
 

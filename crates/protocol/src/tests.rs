@@ -91,6 +91,7 @@ fn malformed_envelopes() {
         ("9401020200", "array of 4 missing body"),
         ("94010203", "no body"),
         ("940102cdffff80", "never mind: valid"),
+        ("940100cd000180", "id 0 (reserved for unreadable frames)"),
     ] {
         let content = hex::decode(hex).unwrap();
         let result = decode_request(&content);
@@ -108,6 +109,31 @@ fn malformed_envelopes() {
             );
         }
     }
+}
+
+/// `fetch_crl`'s optional reply fields are left out when absent (§4:
+/// optional means absent), never sent as nil.
+#[test]
+fn optional_reply_fields_are_absent_not_nil() {
+    let reply = msg::FetchCrlReply {
+        unchanged: true,
+        number: vec![1],
+        this_update: 1,
+        next_update: 2,
+        entries: 0,
+        sha256: vec![0; 32],
+        crl: None,
+        diff: None,
+    };
+    let body = encode_body(&reply);
+    let map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+        rmp_serde::from_slice(&body).unwrap();
+    let keys: Vec<String> = map.into_keys().collect();
+    assert!(
+        !keys.contains(&"crl".to_string()) && !keys.contains(&"diff".to_string()),
+        "{keys:?}"
+    );
+    assert_eq!(decode_body::<msg::FetchCrlReply>(&body).unwrap(), reply);
 }
 
 #[test]
@@ -175,7 +201,7 @@ proptest::proptest! {
     }
 
     #[test]
-    fn request_round_trip(id in proptest::num::u64::ANY, cmd in proptest::num::u16::ANY, max_frame in proptest::num::u32::ANY) {
+    fn request_round_trip(id in 1..=u64::MAX, cmd in proptest::num::u16::ANY, max_frame in proptest::num::u32::ANY) {
         let body = encode_body(&msg::Hello { max_frame, client: "p".into() });
         let content = encode_request(id, Command(cmd), &body);
         let request = decode_request(&content).unwrap();

@@ -188,6 +188,25 @@ fn reusing_an_id_for_another_request_is_refused() {
     assert_eq!(h.echo_calls.load(Ordering::SeqCst), 1);
 }
 
+/// Id 0 is reserved for frames the signer could not read: a request that
+/// carries it is never executed (nor stored, so a later id-0 request is
+/// refused the same way, not as an id conflict).
+#[test]
+fn a_request_with_id_0_is_refused_and_never_executed() {
+    let h = harness(EngineConfig::default());
+    for body in [echo(1), echo(2)] {
+        h.send(0, ECHO, &body);
+        let (id, status, _, _, data) = h.next();
+        assert_eq!((id, status), (0, Status::MALFORMED_ENVELOPE));
+        let err: msg::ErrorBody = decode_body(&data).unwrap();
+        assert!(err.message.contains("id 0"), "{}", err.message);
+    }
+    h.send(0, Command::HEALTH, &encode_body(&msg::Empty {}));
+    assert_eq!(h.next().1, Status::MALFORMED_ENVELOPE);
+    assert_eq!(h.echo_calls.load(Ordering::SeqCst), 0);
+    h.nothing_more();
+}
+
 #[test]
 fn unknown_command_and_bad_body() {
     let h = harness(EngineConfig::default());
