@@ -65,6 +65,31 @@ fn binary(input: &[u8]) -> Result<Vec<u8>, PgpError> {
             String::from_utf8_lossy(&trimmed[..end.min(64)]).trim()
         )));
     }
+    // Exactly one armored block, and nothing after it: the dearmorer would
+    // read the first block and ignore the rest (a second key must be
+    // refused as the binary form of two keys is).
+    const END: &[u8] = b"-----END PGP PUBLIC KEY BLOCK-----";
+    let blocks = trimmed
+        .windows(b"-----BEGIN PGP ".len())
+        .filter(|w| *w == b"-----BEGIN PGP ")
+        .count();
+    let after = trimmed
+        .windows(END.len())
+        .position(|w| w == END)
+        .map(|at| &trimmed[at + END.len()..]);
+    match after {
+        _ if blocks > 1 => {
+            return Err(PgpError::Malformed(format!(
+                "{blocks} armored blocks; send exactly one public key"
+            )))
+        }
+        Some(rest) if rest.iter().any(|b| !b.is_ascii_whitespace()) => {
+            return Err(PgpError::Malformed(
+                "text after the armored public key block".into(),
+            ))
+        }
+        _ => {}
+    }
     let mut dearmor = pgp::armor::Dearmor::new(trimmed);
     let mut out = Vec::new();
     dearmor

@@ -205,6 +205,26 @@ fn certify_with_softhsm_keys_and_check_with_gpg_and_sq() {
         try_certify(&[alice_key.clone(), bob_key.clone()].concat(), "x"),
         Err(PgpError::Malformed(_))
     ));
+    // The same two keys ASCII-armored, back to back: refused as well (the
+    // first must not be certified with the second ignored), and so is text
+    // after one armored key.
+    let armored_alice = alice_armored.clone();
+    let armored_bob = users.export_with(&["--armor", "--export", &bob]);
+    let uid = "Alice <alice@example.org>";
+    assert!(
+        try_certify(&armored_alice, uid).is_ok(),
+        "one armored key is fine"
+    );
+    for input in [
+        [armored_alice.clone(), armored_bob.clone()].concat(),
+        [armored_alice.clone(), b"trailing text\n".to_vec()].concat(),
+    ] {
+        assert!(
+            matches!(try_certify(&input, uid), Err(PgpError::Malformed(_))),
+            "{}",
+            String::from_utf8_lossy(&input)
+        );
+    }
     let secret = users.export_with(&["--export-secret-keys", &bob]);
     assert_eq!(
         try_certify(&secret, "Bob <bob@example.org>"),
