@@ -350,6 +350,70 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
     assert_eq!(on_a.entries, 1);
     let (status, detail) = refused(&b);
     assert_eq!(status, msg::HealthStatus::Failing, "{detail}");
+
+    // 6. A forged event for A's next number while A is idle: B holds it
+    //    without a seal; past held_warning_secs (3 s in these twins) its
+    //    apply check turns degraded, then failing, naming the event; A's
+    //    real event with that number is applied and the forgery refused.
+    // A's last number once A is quiet (its audit entries are written just
+    // after the answers they record).
+    let mut own_seq = |nonce: &[u8; 4]| {
+        asker.send(
+            &[
+                b"PUB signer.signer-a.state _INBOX.forgery 4\r\n".as_slice(),
+                nonce,
+                b"\r\n",
+            ]
+            .concat(),
+        );
+        let (_, answer) = asker.next().unwrap();
+        let state = signer_replication::seal::SignedState::open(&answer, nonce, &a_key).unwrap();
+        rmp_serde::from_slice::<signer_replication::PeerState>(&state)
+            .unwrap()
+            .state
+            .own_seq
+    };
+    let mut last = own_seq(b"q000");
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = own_seq(b"q001");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let next = last + 1;
+    let mut ahead = forged_revocation.clone();
+    ahead.seq = next;
+    attacker.publish(
+        subject,
+        &[("Nats-Msg-Id", "forged-ahead")],
+        &ahead.encode().unwrap(),
+    );
+    let until = Instant::now() + SYNC;
+    loop {
+        let apply = checks(&b)["replication:apply"].clone();
+        if apply.0 == msg::HealthStatus::Failing {
+            assert!(
+                apply
+                    .1
+                    .contains(&format!("for the twin's seal of event {next} ")),
+                "{apply:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "never failing: {apply:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sign(&a, &d, "after-idle");
+    t.wait_in_sync(&a, &b, 5, SYNC).unwrap();
+    assert_eq!(checks(&b)["replication:apply"].0, msg::HealthStatus::Ok);
+    assert_eq!(
+        b.request::<calls::FetchCrl>(&full_crl("sub"))
+            .unwrap()
+            .entries,
+        1
+    );
     let log = t.b.daemon.log();
     assert!(
         log.contains("refused a message on the twin's stream"),

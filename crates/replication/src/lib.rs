@@ -1022,12 +1022,28 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
     }
     let mut s = shared.status();
     s.held = held.events.values().map(Vec::len).sum();
-    let next = (epoch.unwrap_or(0), last + 1);
-    let waiting = if held.events.is_empty() && held.seals.is_empty() {
-        None
-    } else {
-        Some((next.0, next.1, held.events.contains_key(&next)))
-    };
+    // Before anything of the twin was applied, the epoch it sealed (or, for
+    // lack of a seal, the epoch its held events name) is the one waited in.
+    let current = epoch
+        .or_else(|| held.sealed.keys().next().map(|k| k.0))
+        .or_else(|| held.events.keys().next().map(|k| k.0))
+        .unwrap_or(0);
+    let next = (current, last + 1);
+    // Waiting means: the next event is held without its seal, or something
+    // after it in the current epoch is held or sealed (a gap). Unsealed
+    // messages of epochs the twin never sealed wait too, but nothing waits
+    // for them.
+    let has_next = held.events.contains_key(&next);
+    let later = held
+        .events
+        .range((next.0, next.1 + 1)..=(next.0, u64::MAX))
+        .next()
+        .is_some()
+        || held
+            .seals
+            .iter()
+            .any(|(e, covered_last, _)| *e == next.0 && *covered_last >= next.1);
+    let waiting = (has_next || later).then_some((next.0, next.1, has_next));
     s.waiting_for = match (waiting, s.waiting_for) {
         (None, _) => None,
         (Some((e, q, seal)), Some((pe, pq, pseal, since))) if (e, q, seal) == (pe, pq, pseal) => {

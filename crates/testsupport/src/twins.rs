@@ -332,7 +332,7 @@ impl Twins {
                            peer_key: &Path,
                            own_key: &Path| {
             format!(
-                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    key: replication\n    peer_key: {}\n    nats_seed: {}\n    state_interval_secs: 1\n",
+                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    key: replication\n    peer_key: {}\n    nats_seed: {}\n    state_interval_secs: 1\n    held_warning_secs: 3\n",
                 peer_key.display(),
                 own_key.with_extension("seed").display()
             )
