@@ -332,6 +332,17 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
         &seal.encode(),
     );
     wait_refused(&b, "seal of events");
+    // A seal in someone else's name, and bytes that are no event at all.
+    let mut elsewhere = seal.clone();
+    elsewhere.body.origin = "signer-b".into();
+    attacker.publish(
+        subject,
+        &[("Nats-Msg-Id", "foreign-seal"), ("Signer-Kind", "seal")],
+        &elsewhere.encode(),
+    );
+    wait_refused(&b, "names origin \"signer-b\"");
+    attacker.publish(subject, &[("Nats-Msg-Id", "garbage")], b"\xc1 not an event");
+    wait_refused(&b, "undecodable event");
     // 5. The real revocation still applies, once, with A's reason.
     let revoked = a
         .request::<calls::RevokeX509>(&msg::RevokeX509 {

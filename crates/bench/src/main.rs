@@ -173,6 +173,39 @@ struct IssuanceRun {
 /// Certificates per second through signerd over `link`: pipelined
 /// `sign_x509` requests with distinct request ids (starting with `tag`),
 /// each durably recorded; `cores` pins signerd with `taskset`.
+/// The `sign_x509` request the benchmarks send: request id `<tag>-<i>`.
+pub(crate) fn sign_request(tag: &str, csr: &[u8], i: usize) -> msg::SignX509 {
+    msg::SignX509 {
+        request_id: format!("{tag}-{i}"),
+        profile: "server".into(),
+        csr: csr.to_vec(),
+        subject: vec![("CN".into(), "bench.example.org".into())],
+        sans: vec![msg::SanEntry {
+            kind: "dns".into(),
+            value: "bench.example.org".into(),
+        }],
+        validity_days: Some(30),
+    }
+}
+
+/// `n` pipelined `sign_x509` requests over `client`; the time until the
+/// last answer.
+pub(crate) fn pipelined_sign(
+    client: &signer_client::Client,
+    csr: &[u8],
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let pending: Vec<_> = (0..n)
+        .map(|i| client.submit(Command::SIGN_X509, encode_body(&sign_request(tag, csr, i))))
+        .collect();
+    for p in pending {
+        let _: msg::SignX509Reply = p.wait()?.decode()?;
+    }
+    Ok(started.elapsed())
+}
+
 fn issuance_run(
     ceremony: &Ceremony,
     csr: &[u8],
@@ -198,28 +231,11 @@ fn issuance_run(
         anyhow::ensure!(status.success(), "taskset failed");
     }
     let client = bench.client();
-    let request = |i: usize| msg::SignX509 {
-        request_id: format!("{tag}-{i}"),
-        profile: "server".into(),
-        csr: csr.to_vec(),
-        subject: vec![("CN".into(), "bench.example.org".into())],
-        sans: vec![msg::SanEntry {
-            kind: "dns".into(),
-            value: "bench.example.org".into(),
-        }],
-        validity_days: Some(30),
-    };
     // Warm up (CA check, sessions, repository file).
-    let _: msg::SignX509Reply = client.request::<calls::SignX509>(&request(usize::MAX))?;
+    let _: msg::SignX509Reply =
+        client.request::<calls::SignX509>(&sign_request(tag, csr, usize::MAX))?;
     let before = client.stats();
-    let started = Instant::now();
-    let pending: Vec<_> = (0..n)
-        .map(|i| client.submit(Command::SIGN_X509, encode_body(&request(i))))
-        .collect();
-    for p in pending {
-        let _: msg::SignX509Reply = p.wait()?.decode()?;
-    }
-    let elapsed = started.elapsed();
+    let elapsed = pipelined_sign(&client, csr, n, tag)?;
     let after = client.stats();
     let rate = n as f64 / elapsed.as_secs_f64();
     let health = client.health()?;

@@ -268,26 +268,7 @@ fn pipelined_rate(
     n: usize,
     tag: &str,
 ) -> anyhow::Result<f64> {
-    use signer_protocol::{encode_body, msg, Command};
-    let request = |i: usize| msg::SignX509 {
-        request_id: format!("{tag}-{i}"),
-        profile: "server".into(),
-        csr: csr.to_vec(),
-        subject: vec![("CN".into(), "bench.example.org".into())],
-        sans: vec![msg::SanEntry {
-            kind: "dns".into(),
-            value: "bench.example.org".into(),
-        }],
-        validity_days: Some(30),
-    };
-    let started = Instant::now();
-    let pending: Vec<_> = (0..n)
-        .map(|i| client.submit(Command::SIGN_X509, encode_body(&request(i))))
-        .collect();
-    for p in pending {
-        let _: msg::SignX509Reply = p.wait()?.decode()?;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    Ok(n as f64 / super::pipelined_sign(client, csr, n, tag)?.as_secs_f64())
 }
 
 fn median(v: &mut [f64]) -> f64 {

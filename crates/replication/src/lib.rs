@@ -705,6 +705,17 @@ struct Inbox {
     left: std::collections::HashSet<u64>,
 }
 
+impl Inbox {
+    /// Acknowledges a held message (`Ack`, or `Term` for a refusal): it
+    /// will not come again, so it is no longer remembered as held.
+    async fn done(&mut self, m: &jetstream::Message, kind: jetstream::AckKind) {
+        if let Ok(info) = m.info() {
+            self.stream_seqs.remove(&info.stream_sequence);
+        }
+        let _ = m.ack_with(kind).await;
+    }
+}
+
 async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
     let js = jetstream::new(client);
     let peer = shared.config.peer_id.clone();
@@ -791,7 +802,7 @@ async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
 /// was processed.
 async fn refuse(shared: &Shared, held: &mut Inbox, m: &jetstream::Message, cause: String) {
     tracing::error!(cause = %cause, peer = %shared.config.peer_id, "replication: refused a message on the twin's stream");
-    let _ = m.ack_with(jetstream::AckKind::Term).await;
+    held.done(m, jetstream::AckKind::Term).await;
     let mut s = shared.status();
     s.refused += 1;
     s.last_refusal = Some((Instant::now(), cause.clone()));
@@ -896,7 +907,7 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
                 kept.push(c);
             } else if c.digest == want {
                 // The same event delivered twice.
-                let _ = c.message.ack().await;
+                held.done(&c.message, jetstream::AckKind::Ack).await;
             } else {
                 let cause = format!(
                     "event {} of epoch {:016x} (stream message {}) differs from the event the twin sealed",
@@ -918,7 +929,7 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
             .collect();
         for k in repeats {
             for c in held.events.remove(&k).unwrap_or_default() {
-                let _ = c.message.ack().await;
+                held.done(&c.message, jetstream::AckKind::Ack).await;
                 shared.status().duplicates_total += 1;
             }
         }
@@ -965,7 +976,7 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
                 let now = now_us();
                 for c in &run {
                     held.stream_seqs.remove(&c.stream_seq);
-                    let _ = c.message.ack().await;
+                    held.done(&c.message, jetstream::AckKind::Ack).await;
                 }
                 last += run.len() as u64;
                 let mut s = shared.status();
@@ -999,10 +1010,7 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
     let mut open = Vec::new();
     for (e, covered_last, m) in std::mem::take(&mut held.seals) {
         if (Some(e) == epoch && covered_last <= last) || held.left.contains(&e) {
-            if let Ok(info) = m.info() {
-                held.stream_seqs.remove(&info.stream_sequence);
-            }
-            let _ = m.ack().await;
+            held.done(&m, jetstream::AckKind::Ack).await;
         } else {
             open.push((e, covered_last, m));
         }
