@@ -96,7 +96,28 @@ fn run_refuses_a_broken_config_before_starting() {
 
 #[test]
 fn the_nats_server_config_is_valid_for_the_installed_server() {
-    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/nats-server.conf");
+    // As shipped, with the TLS files `signerd setup nats-tls` makes where
+    // the file expects them.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/nats-server.conf"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let made = signer_replication::tls::new_server_certificate(
+        "signer-a nats-server",
+        &["192.168.100.1".into()],
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("signer-a.nats.crt"), &made.cert_pem).unwrap();
+    std::fs::write(dir.path().join("signer-a.nats.key"), &made.key_pem).unwrap();
+    assert!(shipped.contains("/etc/nats-server/signer-a.nats.crt"));
+    let conf = dir.path().join("nats-server.conf");
+    std::fs::write(
+        &conf,
+        shipped.replace("/etc/nats-server/", &format!("{}/", dir.path().display())),
+    )
+    .unwrap();
     let out = Command::new("nats-server")
         .arg("-t")
         .arg("-c")
@@ -109,6 +130,15 @@ fn the_nats_server_config_is_valid_for_the_installed_server() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without its key the server does not start: TLS is not optional.
+    std::fs::remove_file(dir.path().join("signer-a.nats.key")).unwrap();
+    let out = Command::new("nats-server")
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }
 
 #[test]
@@ -149,6 +179,11 @@ fn replication_and_openpgp_settings_are_checked() {
             "held_warning_secs: 60",
             "held_warning_secs: 0",
             "ca.replication.held_warning_secs",
+        ),
+        (
+            "    peer_tls_cert: /etc/signer/signer-b.nats.crt ",
+            "    #peer_tls_cert: /etc/signer/signer-b.nats.crt ",
+            "ca.replication.tls_cert",
         ),
         (
             "    key: openpgp-2026",

@@ -75,12 +75,14 @@ fn the_repository_runbook_runs_as_written() {
     assert!(out[0].contains("generated ECDSA P-256 key"), "{out:?}");
     assert!(out[1].contains("signer-a.replication.pem"), "{out:?}");
     assert!(out[2].contains("public key U"), "{out:?}");
+    assert!(out[3].contains("certificate sha256"), "{out:?}");
     std::fs::write(d.join("twin.yaml"), &config_b).unwrap();
     for line in block(doc, "pair-keys") {
         let line = line
             .replace("signerd.yaml", "twin.yaml")
             .replace("replication-a", "replication-b")
-            .replace("signer-a.", "signer-b.");
+            .replace("signer-a.", "signer-b.")
+            .replace("192.168.100.1", "192.168.100.2");
         if line.contains("generate-key") {
             let mut init = Command::new(bin("signerd"));
             init.args(["repo", "init", "--config", "twin.yaml"])
@@ -104,7 +106,7 @@ fn the_repository_runbook_runs_as_written() {
         } else {
             "signer-a"
         };
-        format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://127.0.0.1:2\n    peer_id: {peer}\n    key: replication\n    peer_key: {peer}.replication.pem\n    nats_seed: {own}.nats.seed\n")
+        format!("  replication:\n    local: nats://127.0.0.1:1\n    peer: nats://192.168.100.2:2\n    peer_id: {peer}\n    key: replication\n    peer_key: {peer}.replication.pem\n    nats_seed: {own}.nats.seed\n    tls_cert: {own}.nats.crt\n    peer_tls_cert: {peer}.nats.crt\n")
     };
     std::fs::write(
         d.join("signerd.yaml"),
@@ -130,6 +132,83 @@ fn the_repository_runbook_runs_as_written() {
         out.contains("replication    seals with replication (ECDSA P-256"),
         "{out}"
     );
+    assert!(
+        out.contains("replication    TLS to nats://127.0.0.1:1"),
+        "{out}"
+    );
+    // The credentials and certificates of the pair, each absent, unreadable,
+    // someone else's or not made for the address, are refused by name.
+    let base = format!("{config_a}{}", replication("signer-b"));
+    std::fs::write(d.join("junk.pem"), "junk").unwrap();
+    for (from, to, words) in [
+        (
+            "signer-b.replication.pem",
+            "absent.pem",
+            "ca.replication.peer_key",
+        ),
+        (
+            "signer-b.replication.pem",
+            "junk.pem",
+            "ca.replication.peer_key",
+        ),
+        (
+            "signer-a.nats.seed",
+            "absent.seed",
+            "ca.replication.nats_seed",
+        ),
+        ("signer-a.nats.seed", "junk.pem", "not an nkey seed"),
+        (
+            "peer_tls_cert: signer-b.nats.crt",
+            "peer_tls_cert: absent.crt",
+            "ca.replication.peer_tls_cert",
+        ),
+        (
+            "peer_tls_cert: signer-b.nats.crt",
+            "peer_tls_cert: junk.pem",
+            "no PEM certificate",
+        ),
+        (
+            "peer_tls_cert: signer-b.nats.crt",
+            "peer_tls_cert: signer-a.nats.crt",
+            "own nats-server certificate",
+        ),
+        (
+            "peer: nats://192.168.100.2:2",
+            "peer: nats://192.168.100.9:2",
+            "not made for 192.168.100.9",
+        ),
+        (
+            "tls_cert: signer-a.nats.crt",
+            "tls_cert: signer-b.replication.pem",
+            "ca.replication.tls_cert",
+        ),
+    ] {
+        assert!(base.contains(from), "{from}");
+        std::fs::write(d.join("broken.yaml"), base.replace(from, to)).unwrap();
+        let mut cmd = Command::new(bin("signerd"));
+        cmd.args(["check-config", "--config", "broken.yaml"])
+            .current_dir(d);
+        for (k, v) in c.env() {
+            cmd.env(k, v);
+        }
+        let (code, out, err) = output(&mut cmd);
+        assert_eq!(code, Some(1), "{to}: {out}{err}");
+        assert!(err.contains(words), "{to}: expected {words:?} in {err}");
+        // The daemon refuses to start on the same grounds.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", bin("signerd").to_str().unwrap()])
+            .args(["run", "--config", "broken.yaml"])
+            .current_dir(d);
+        for (k, v) in c.env() {
+            cmd.env(k, v);
+        }
+        let (code, out, err) = output(&mut cmd);
+        assert!(code != Some(0) && code != Some(124), "{to}: {out}{err}");
+        assert!(
+            err.contains(words),
+            "run, {to}: expected {words:?} in {err}"
+        );
+    }
     // A twin configured with its own key as the peer's is refused.
     std::fs::write(
         d.join("same-key.yaml"),

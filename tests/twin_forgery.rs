@@ -22,29 +22,62 @@ use signer_testsupport::twins::{checks, Twins};
 
 const SYNC: Duration = Duration::from_secs(90);
 
-/// Just enough of the NATS client protocol to publish and listen.
+/// Anything a NATS connection runs over: TCP, then TLS.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// Just enough of the NATS client protocol (with TLS) to publish and listen.
 struct Nats {
-    out: TcpStream,
-    input: BufReader<TcpStream>,
+    tcp: TcpStream,
+    io: BufReader<Box<dyn Stream>>,
 }
 
 impl Nats {
-    /// Connects with the nkey whose seed is in `seed_file` (or none); the
-    /// server's refusal as `Err`.
-    fn try_connect(port: u16, seed_file: Option<&Path>) -> Result<Nats, String> {
-        let out = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        out.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut n = Nats {
-            input: BufReader::new(out.try_clone().unwrap()),
-            out,
-        };
-        let mut info = String::new();
-        n.input.read_line(&mut info).unwrap();
+    /// Connects over TLS trusting only the certificate in `pinned` (or in
+    /// clear without it), with the nkey whose seed is in `seed_file` (or
+    /// none); the server's refusal as `Err`.
+    fn try_connect(
+        port: u16,
+        pinned: Option<&Path>,
+        seed_file: Option<&Path>,
+    ) -> Result<Nats, String> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // INFO comes in clear, before any TLS (nats-server 2.9).
+        let mut info = Vec::new();
+        let mut byte = [0u8; 1];
+        while !info.ends_with(b"\n") {
+            tcp.read_exact(&mut byte).unwrap();
+            info.push(byte[0]);
+        }
+        let info = String::from_utf8(info).unwrap();
         assert!(info.starts_with("INFO"), "{info}");
+        let info: serde_json::Value =
+            serde_json::from_str(info.trim_start_matches("INFO").trim()).unwrap();
+        let stream: Box<dyn Stream> = match pinned {
+            Some(cert) => {
+                let config = signer_replication::tls::PinnedServer::read(cert)
+                    .unwrap()
+                    .client_config()
+                    .unwrap();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let mut conn =
+                    rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+                let mut sock = tcp.try_clone().unwrap();
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut sock)
+                        .map_err(|e| format!("TLS handshake: {e}"))?;
+                }
+                Box::new(rustls::StreamOwned::new(conn, sock))
+            }
+            None => Box::new(tcp.try_clone().unwrap()),
+        };
+        let mut n = Nats {
+            io: BufReader::new(stream),
+            tcp,
+        };
         let auth = match seed_file {
             Some(file) => {
-                let info: serde_json::Value =
-                    serde_json::from_str(info.trim_start_matches("INFO").trim()).unwrap();
                 let nonce = info["nonce"].as_str().unwrap();
                 let pair = nkeys::KeyPair::from_seed(std::fs::read_to_string(file).unwrap().trim())
                     .unwrap();
@@ -64,7 +97,7 @@ impl Nats {
         );
         loop {
             let mut line = String::new();
-            if n.input.read_line(&mut line).unwrap_or(0) == 0 {
+            if n.io.read_line(&mut line).unwrap_or(0) == 0 {
                 return Err("connection closed".into());
             }
             if line.starts_with("PONG") {
@@ -76,15 +109,15 @@ impl Nats {
         }
     }
 
-    fn connect(port: u16, seed_file: &Path) -> Nats {
-        Nats::try_connect(port, Some(seed_file)).unwrap()
+    fn connect(port: u16, pinned: &Path, seed_file: &Path) -> Nats {
+        Nats::try_connect(port, Some(pinned), Some(seed_file)).unwrap()
     }
 
     /// The next `-ERR` the server sends (after a refused operation).
     fn error(&mut self) -> String {
         loop {
             let mut line = String::new();
-            if self.input.read_line(&mut line).unwrap_or(0) == 0 {
+            if self.io.read_line(&mut line).unwrap_or(0) == 0 {
                 return "connection closed".into();
             }
             if line.starts_with("-ERR") {
@@ -94,8 +127,9 @@ impl Nats {
     }
 
     fn send(&mut self, bytes: &[u8]) {
-        self.out.write_all(bytes).unwrap();
-        self.out.flush().unwrap();
+        let io = self.io.get_mut();
+        io.write_all(bytes).unwrap();
+        io.flush().unwrap();
     }
 
     fn publish(&mut self, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
@@ -121,12 +155,12 @@ impl Nats {
 
     /// The next message: (headers text, payload); `None` after two quiet seconds.
     fn next(&mut self) -> Option<(String, Vec<u8>)> {
-        self.out
+        self.tcp
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         loop {
             let mut line = String::new();
-            if self.input.read_line(&mut line).is_err() {
+            if self.io.read_line(&mut line).is_err() {
                 return None;
             }
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -136,14 +170,14 @@ impl Nats {
                     let total: usize = words[words.len() - 1].parse().unwrap();
                     let hdr: usize = words[words.len() - 2].parse().unwrap();
                     let mut buf = vec![0; total + 2];
-                    self.input.read_exact(&mut buf).unwrap();
+                    self.io.read_exact(&mut buf).unwrap();
                     let headers = String::from_utf8_lossy(&buf[..hdr]).to_string();
                     return Some((headers, buf[hdr..total].to_vec()));
                 }
                 Some("MSG") => {
                     let total: usize = words[words.len() - 1].parse().unwrap();
                     let mut buf = vec![0; total + 2];
-                    self.input.read_exact(&mut buf).unwrap();
+                    self.io.read_exact(&mut buf).unwrap();
                     return Some((String::new(), buf[..total].to_vec()));
                 }
                 _ => {}
@@ -194,31 +228,48 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
     let seed_a = d.join("replication-a.seed");
     let seed_b = t.dir_b().join("replication-b.seed");
 
+    let (tls_a, tls_b) = (
+        d.join("signer-a.nats.crt"),
+        t.dir_b().join("signer-b.nats.crt"),
+    );
     // Without credentials, neither server lets anyone in.
-    for port in [t.nats_a.port, t.nats_b.port] {
-        let refused = Nats::try_connect(port, None).err().unwrap();
+    for (port, tls) in [(t.nats_a.port, &tls_a), (t.nats_b.port, &tls_b)] {
+        let refused = Nats::try_connect(port, Some(tls), None).err().unwrap();
         assert!(refused.contains("Authorization Violation"), "{refused}");
+        // Nor in clear, even with credentials: the cable carries only TLS.
+        let refused = Nats::try_connect(port, None, Some(&seed_a)).err().unwrap();
+        assert!(
+            refused.contains("TLS Required") || refused.contains("closed"),
+            "{refused}"
+        );
     }
+    // A server that is not the one pinned is not trusted: B's server seen
+    // by a client pinning A's certificate (as signer-b's peer connection
+    // would see a stand-in for A's server on the cable).
+    let stand_in = Nats::try_connect(t.nats_b.port, Some(&tls_a), Some(&seed_a))
+        .err()
+        .unwrap();
+    assert!(stand_in.contains("TLS handshake"), "{stand_in}");
     // The twin's credentials cannot publish this signer's events.
-    let mut twin = Nats::connect(t.nats_a.port, &seed_b);
+    let mut twin = Nats::connect(t.nats_a.port, &tls_a, &seed_b);
     twin.publish(subject, &[], b"x");
     let err = twin.error();
     assert!(err.contains("Permissions Violation"), "{err}");
     // Nor subscribe to them.
-    let mut twin = Nats::connect(t.nats_a.port, &seed_b);
+    let mut twin = Nats::connect(t.nats_a.port, &tls_a, &seed_b);
     twin.subscribe(subject);
     let err = twin.error();
     assert!(err.contains("Permissions Violation"), "{err}");
 
     // An attacker holding this signer's own NATS credentials.
-    let mut attacker = Nats::connect(t.nats_a.port, &seed_a);
+    let mut attacker = Nats::connect(t.nats_a.port, &tls_a, &seed_a);
 
-    // A real certificate, seen on the wire (in clear: confidentiality is the
+    // A real certificate, seen by the attacker on the server (confidentiality is the
     // cable's TLS's business, integrity the seals').
     let victim = sign(&a, &d, "victim");
     t.wait_in_sync(&a, &b, 1, SYNC).unwrap();
     // A's epoch and last sequence number, as A tells its twin.
-    let mut asker = Nats::connect(t.nats_a.port, &seed_b);
+    let mut asker = Nats::connect(t.nats_a.port, &tls_a, &seed_b);
     asker.subscribe("_INBOX.forgery");
     asker.send(b"PUB signer.signer-a.state _INBOX.forgery 4\r\nabcd\r\n");
     let (_, answer) = asker.next().unwrap();

@@ -2,6 +2,7 @@
 //! after a partition, through two real nats-servers on loopback.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,9 +39,21 @@ pub(crate) fn record(i: usize) -> CertRecord {
     }
 }
 
+/// A nats-server with TLS and the certificate a signer pins for it.
+fn nats_tls(dir: &Path, name: &str) -> anyhow::Result<(NatsServer, PathBuf)> {
+    let made =
+        signer_replication::tls::new_server_certificate(name, &[], std::time::SystemTime::now())
+            .map_err(|e| anyhow::anyhow!(e))?;
+    let cert = dir.join(format!("{name}.nats.crt"));
+    let key = dir.join(format!("{name}.nats.key"));
+    std::fs::write(&cert, made.cert_pem)?;
+    std::fs::write(&key, made.key_pem)?;
+    Ok((NatsServer::start_tls(dir, name, &cert, &key), cert))
+}
+
 fn config(
-    local: &NatsServer,
-    peer: &NatsServer,
+    (local, local_cert): &(NatsServer, PathBuf),
+    (peer, peer_cert): &(NatsServer, PathBuf),
     peer_id: &str,
     key: &str,
     peer_public: PublicKey,
@@ -53,6 +66,8 @@ fn config(
         peer_key: "unused".into(),
         peer_public: Some(peer_public),
         nats_seed: None,
+        tls_cert: Some(local_cert.clone()),
+        peer_tls_cert: Some(peer_cert.clone()),
         held_warning_secs: 60,
         stream_max_bytes: 1 << 30,
         state_interval_secs: 1,
@@ -125,8 +140,8 @@ fn record_many(repo: &Repository, from: usize, n: usize) {
 
 pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let nats_a = NatsServer::start(dir.path(), "nats-a");
-    let nats_b = NatsServer::start(dir.path(), "nats-b");
+    let nats_a = nats_tls(dir.path(), "nats-a")?;
+    let nats_b = nats_tls(dir.path(), "nats-b")?;
     let repo_a = Arc::new(Repository::create(
         &dir.path().join("a.redb"),
         &signer_repository::Expected::signer("signer-a"),
@@ -209,7 +224,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "## Replication between twins\n")?;
     writeln!(
         report,
-        "Two repositories with their replicators and two `nats-server` processes (Debian's 2.9) on loopback, \
+        "Two repositories with their replicators and two `nats-server` processes (Debian's 2.9) on loopback, TLS only (each certificate pinned), \
          in one process; events carry a 1 KiB certificate, and every publish round is sealed with a \
          P-256 key on a SoftHSM2 token (one signature per round) and verified before it is applied. Lag is from the commit on A (the event's \
          timestamp, taken in A's transaction) to the commit that applies it on B. The baseline is one \
@@ -278,6 +293,32 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Issuance throughput of a signer with its twin replicating against the
 /// same signer alone, alternating in the same run.
+/// Pins every thread of process `pid` to CPU `cpu` (later threads
+/// inherit it); false when the machine has fewer than two CPUs or taskset
+/// is missing.
+fn pin(pid: u32, cpu: usize) -> bool {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return false;
+    }
+    std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Lets every thread of `pid` run on every CPU again.
+fn unpin(pid: u32) {
+    let all = format!(
+        "0-{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    );
+    let _ = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &all, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+}
+
 pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
     use signer_testsupport::twins::Twins;
@@ -291,15 +332,19 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         "Pipelined `sign_x509` over an unthrottled pty, the same settings for both: a signer alone \
          (no `ca.replication`), and signer A of a twin pair whose events are published, sealed \
          (one HSM signature per publish round) and applied by B through two `nats-server`s with \
-         nkey authentication. Three rounds each, alternating; median and range. Both twins run on \
-         this machine's 2 cores, so B's verifying and applying competes with A's issuing: in \
-         production B is another host and the cost here is an upper bound.\n"
+         nkey authentication and TLS, as shipped. Three rounds each, alternating; median and range. \
+         The two hosts of a pair are played by this machine's two cores: the signer alone, signer A, \
+         A's nats-server and the client are pinned to the first core, signer B and B's nats-server \
+         to the second (`sched_setaffinity` through `taskset`), so B's verifying and applying does \
+         not take A's CPU, as on two hosts. The last column is the same with nothing pinned (both \
+         twins share both cores: an upper bound of the cost).\n"
     )?;
     writeln!(
         report,
-        "| issuer key | alone (cert/s) | with a twin (cert/s) | with / alone | target |"
+        "| issuer key | alone (cert/s) | with a twin (cert/s) | with / alone | target | with / alone, one host |"
     )?;
-    writeln!(report, "|---|---|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    let pinned = pin(std::process::id(), 0);
     let n = super::scaled(600, scale);
     for (key, csr_key) in [
         ("rsa2048", &["rsa:2048"][..]),
@@ -309,6 +354,13 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         let alone_c = Ceremony::new(key, SERVER_PROFILE);
         let alone = Bench::start_with_env(LinkSpec::unthrottled(), &alone_c.ca_yaml, alone_c.env());
         let twins = Twins::new(key, SERVER_PROFILE);
+        // B's host: the second core.
+        let b_pids = [twins.b.daemon.pid(), twins.nats_b.pid()];
+        if pinned {
+            for pid in b_pids {
+                pin(pid, 1);
+            }
+        }
         let csr = make_csr(alone_c.dir(), "bench", csr_key);
         let (c_alone, c_twin) = (alone.client(), twins.a.client());
         pipelined_rate(&c_alone, &csr, 20, "warm")?;
@@ -325,9 +377,32 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             format!("{lo:.0}–{hi:.0}")
         };
         let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
+        // The same without pinning: both twins on both cores.
+        let (mut off1, mut on1) = (Vec::new(), Vec::new());
+        if pinned {
+            let everyone = [
+                std::process::id(),
+                alone.daemon.pid(),
+                twins.a.daemon.pid(),
+                twins.nats_a.pid(),
+            ];
+            for pid in everyone.into_iter().chain(b_pids) {
+                unpin(pid);
+            }
+            for round in 0..3 {
+                off1.push(pipelined_rate(&c_alone, &csr, n, &format!("off1-{round}"))?);
+                on1.push(pipelined_rate(&c_twin, &csr, n, &format!("on1-{round}"))?);
+            }
+            pin(std::process::id(), 0);
+        }
+        let one_host = if pinned {
+            format!("{:.2}", median(&mut on1) / median(&mut off1))
+        } else {
+            "—".into()
+        };
         writeln!(
             report,
-            "| {key} | {m_off:.0} ({}) | {m_on:.0} ({}) | {:.2} | ≥ 0.95 |",
+            "| {key} | {m_off:.0} ({}) | {m_on:.0} ({}) | {:.2} | ≥ 0.95 | {one_host} |",
             range(&off),
             range(&on),
             m_on / m_off

@@ -88,6 +88,20 @@ pub enum Step {
         /// Where the seed goes (`ca.replication.nats_seed`).
         out: PathBuf,
     },
+    /// A certificate and key for this signer's nats-server (TLS on the
+    /// cable): the key to `key` (mode 0600), the certificate to `cert`;
+    /// neither replaces a file.
+    NatsTls {
+        /// This signer's id (the certificate's common name).
+        signer_id: String,
+        /// Where the certificate goes (the server's `tls.cert_file`; this
+        /// signer's `ca.replication.tls_cert`, the twin's `peer_tls_cert`).
+        cert: PathBuf,
+        /// Where the private key goes (the server's `tls.key_file`).
+        key: PathBuf,
+        /// The names and addresses the twin reaches this server by.
+        hosts: Vec<String>,
+    },
     /// Checks that certificate `cert` belongs to configured key `key`.
     Import {
         /// Configured key name.
@@ -108,6 +122,7 @@ impl Step {
             Step::Openpgp { .. } => "openpgp",
             Step::PublicKey { .. } => "public-key",
             Step::NatsKey { .. } => "nats-key",
+            Step::NatsTls { .. } => "nats-tls",
             Step::Import { .. } => "import",
         }
     }
@@ -182,6 +197,19 @@ fn backend(ca: &CaConfig) -> Result<std::sync::Arc<dyn KeyGenerator>, String> {
 
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes a public file that must not replace another.
+fn write_new(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Writes a secret: a new file only, readable by its owner alone.
@@ -401,6 +429,51 @@ pub fn perform(
             ok("nats-key")
                 .fact("public_key", public)
                 .fact("out", out.display().to_string())
+        }
+        Step::NatsTls {
+            signer_id,
+            cert,
+            key,
+            hosts,
+        } => {
+            if hosts.is_empty() {
+                return Err(
+                    "name at least one --host: the address the twin reaches this nats-server by"
+                        .into(),
+                );
+            }
+            let made = signer_replication::tls::new_server_certificate(
+                &format!("{signer_id} nats-server"),
+                &hosts,
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.max(0) as u64),
+            )?;
+            if cert.exists() {
+                return Err(format!(
+                    "{} exists; a credential is never replaced in place",
+                    cert.display()
+                ));
+            }
+            write_secret(&key, made.key_pem.trim_end())?;
+            write_new(&cert, &made.cert_pem)?;
+            let pinned = signer_replication::tls::PinnedServer::read(&cert)
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let fingerprint = pinned.sha256_hex();
+            say(&format!(
+                "wrote the nats-server certificate to {} and its key to {} (mode 0600)",
+                cert.display(),
+                key.display()
+            ));
+            say(&format!("certificate sha256 {fingerprint}"));
+            say(&format!(
+                "valid for 127.0.0.1, localhost, {} for {} days",
+                hosts.join(", "),
+                signer_replication::tls::VALIDITY_DAYS
+            ));
+            say("the certificate goes to the twin (its ca.replication.peer_tls_cert); the key stays here");
+            ok("nats-tls")
+                .fact("certificate_sha256", fingerprint)
+                .fact("hosts", hosts.join(","))
+                .fact("certificate", cert.display().to_string())
         }
         Step::Import { key, cert } => {
             let backend = backend(ca)?;

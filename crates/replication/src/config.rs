@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use signer_keys::PublicKey;
 
+use crate::tls::{url_host, PinnedServer};
+
 use serde::Deserialize;
 use signer_service::config::ConfigError;
 
@@ -33,6 +35,17 @@ pub struct ReplicationConfig {
     /// Relative paths are resolved against the config file.
     #[serde(default)]
     pub nats_seed: Option<PathBuf>,
+    /// This signer's nats-server certificate (PEM, from `signerd setup
+    /// nats-tls` on this host): the connection to `local` is TLS and trusts
+    /// this certificate only. Relative paths are resolved against the config
+    /// file.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The twin's nats-server certificate (PEM, copied from the twin in the
+    /// pair ceremony): the connection to `peer`, across the cable, is TLS
+    /// and trusts this certificate only.
+    #[serde(default)]
+    pub peer_tls_cert: Option<PathBuf>,
     /// The twin's key, once read from `peer_key` ([`ReplicationConfig::peer_public_key`]).
     #[serde(skip)]
     pub peer_public: Option<PublicKey>,
@@ -107,6 +120,40 @@ impl ReplicationConfig {
         Ok(Some((seed, pair.public_key())))
     }
 
+    /// The pinned nats-server certificates (own, twin's), when TLS is set,
+    /// each checked for the host of its address (and, with `now`, for its
+    /// validity then).
+    pub fn tls(
+        &self,
+        now: Option<std::time::SystemTime>,
+    ) -> Result<Option<(PinnedServer, PinnedServer)>, String> {
+        let (Some(own), Some(peer)) = (&self.tls_cert, &self.peer_tls_cert) else {
+            return Ok(None);
+        };
+        let read = |key: &str, path: &Path| {
+            PinnedServer::read(path)
+                .map_err(|e| format!("ca.replication.{key}: {}: {e}", path.display()))
+        };
+        let (own_path, peer_path) = (own, peer);
+        let own = read("tls_cert", own_path)?;
+        let peer = read("peer_tls_cert", peer_path)?;
+        if own.sha256_hex() == peer.sha256_hex() {
+            return Err(format!(
+                "ca.replication.peer_tls_cert: {} is this signer's own nats-server certificate: name the twin's",
+                peer_path.display()
+            ));
+        }
+        for (key, path, pinned, url) in [
+            ("tls_cert", own_path, &own, &self.local),
+            ("peer_tls_cert", peer_path, &peer, &self.peer),
+        ] {
+            pinned
+                .check(url_host(url), now)
+                .map_err(|e| format!("ca.replication.{key}: {}: {e}", path.display()))?;
+        }
+        Ok(Some((own, peer)))
+    }
+
     /// Resolves `peer_key` against `base` and checks values;
     /// errors name their key under `ca.replication`.
     pub fn validate(&mut self, file: &Path, base: &Path) -> Result<(), ConfigError> {
@@ -146,10 +193,23 @@ impl ReplicationConfig {
         if self.peer_key.is_relative() {
             self.peer_key = base.join(&self.peer_key);
         }
-        if let Some(seed) = self.nats_seed.as_mut() {
-            if seed.is_relative() {
-                *seed = base.join(&*seed);
+        for path in [
+            self.nats_seed.as_mut(),
+            self.tls_cert.as_mut(),
+            self.peer_tls_cert.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
+        }
+        if self.tls_cert.is_some() != self.peer_tls_cert.is_some() {
+            return Err(invalid(
+                "ca.replication.tls_cert".into(),
+                "tls_cert and peer_tls_cert go together: both nats-servers require TLS or neither does".into(),
+            ));
         }
         if self.held_warning_secs == 0 {
             return Err(invalid(

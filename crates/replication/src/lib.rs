@@ -25,6 +25,7 @@
 
 mod config;
 pub mod seal;
+pub mod tls;
 
 /// A new NATS user nkey: (seed, public key). The seed goes to the signer's
 /// `ca.replication.nats_seed` file, the public key into both nats-servers'
@@ -74,6 +75,10 @@ pub enum ReplicationError {
     /// The twin's public key could not be read (`ca.replication.peer_key`).
     #[error("{0}")]
     PeerKey(String),
+    /// A nats-server certificate could not be read or does not fit its
+    /// address (`ca.replication.tls_cert`, `peer_tls_cert`).
+    #[error("{0}")]
+    Tls(String),
     /// This signer's replication key is not usable.
     #[error("ca.replication.key {0}: {1}")]
     Key(String, String),
@@ -165,6 +170,9 @@ struct Shared {
     peer_key: PublicKey,
     /// This signer's NATS nkey seed (`ca.replication.nats_seed`).
     nats_seed: Option<String>,
+    /// TLS client configurations for the own and the twin's nats-server,
+    /// each trusting only that server's pinned certificate.
+    tls: Option<(rustls::ClientConfig, rustls::ClientConfig)>,
     wake: tokio::sync::Notify,
     stop: tokio::sync::Notify,
     stopping: AtomicBool,
@@ -226,6 +234,13 @@ impl Replicator {
             .nats_user()
             .map_err(ReplicationError::Credentials)?
             .map(|(seed, _)| seed);
+        let tls = match config.tls(None).map_err(ReplicationError::Tls)? {
+            Some((own, peer)) => Some((
+                own.client_config().map_err(ReplicationError::Tls)?,
+                peer.client_config().map_err(ReplicationError::Tls)?,
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config: config.clone(),
             me,
@@ -233,6 +248,7 @@ impl Replicator {
             backend,
             peer_key,
             nats_seed,
+            tls,
             wake: tokio::sync::Notify::new(),
             stop: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
@@ -319,10 +335,19 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-async fn connect(url: &str, name: String, seed: Option<String>) -> Option<async_nats::Client> {
+async fn connect(
+    url: &str,
+    name: String,
+    seed: Option<String>,
+    tls: Option<rustls::ClientConfig>,
+) -> Option<async_nats::Client> {
     let options = match seed {
         Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
         None => async_nats::ConnectOptions::new(),
+    };
+    let options = match tls {
+        Some(config) => options.require_tls(true).tls_client_config(config),
+        None => options,
     };
     let options = options
         .name(name)
@@ -346,12 +371,14 @@ async fn run(shared: Arc<Shared>) {
         &shared.config.local,
         format!("{}-local", shared.me),
         shared.nats_seed.clone(),
+        shared.tls.as_ref().map(|t| t.0.clone()),
     )
     .await;
     let peer = connect(
         &shared.config.peer,
         format!("{}-peer", shared.me),
         shared.nats_seed.clone(),
+        shared.tls.as_ref().map(|t| t.1.clone()),
     )
     .await;
     let (Some(local), Some(peer)) = (local, peer) else {

@@ -110,6 +110,27 @@ pub fn check_token(ca: &signer_ca::CaConfig) -> Result<Vec<String>, (u8, String)
                 "replication    no NATS credentials (ca.replication.nats_seed): only for servers that require none".into(),
             ),
         }
+        match r.tls(Some(std::time::SystemTime::now())).map_err(|e| (1, e))? {
+            Some((own, twin)) => {
+                let until = |p: &signer_replication::tls::PinnedServer| {
+                    p.not_after()
+                        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                        .unwrap_or_else(|e| e)
+                };
+                lines.push(format!(
+                    "replication    TLS to {} with certificate {} (until {}); to {} with the twin's {} (until {})",
+                    r.local,
+                    &own.sha256_hex()[..16],
+                    until(&own),
+                    r.peer,
+                    &twin.sha256_hex()[..16],
+                    until(&twin)
+                ));
+            }
+            None => lines.push(
+                "replication    no TLS (ca.replication.tls_cert, peer_tls_cert): events and credentials cross the cable in clear".into(),
+            ),
+        }
         lines.push(format!(
             "replication    seals with {} ({}, {}); twin {}'s key {} ({}, {})",
             r.key,

@@ -150,6 +150,26 @@ pub enum SetupCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make this signer's nats-server TLS certificate and key (self-signed,
+    /// ECDSA P-256, ten years): the key to --key (mode 0600; the server's
+    /// `tls.key_file`), the certificate to --cert (the server's
+    /// `tls.cert_file`, this signer's `ca.replication.tls_cert` and the
+    /// twin's `peer_tls_cert`).
+    NatsTls {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to write the certificate (a new file).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the private key (a new file).
+        #[arg(long)]
+        key: PathBuf,
+        /// A name or address the twin reaches this nats-server by (the
+        /// cable address; repeat for more). 127.0.0.1 and localhost are
+        /// always included.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
     Import {
         #[command(flatten)]
         config: ConfigArg,
@@ -171,6 +191,7 @@ impl SetupCmd {
             | SetupCmd::Csr { config, .. }
             | SetupCmd::PublicKey { config, .. }
             | SetupCmd::NatsKey { config, .. }
+            | SetupCmd::NatsTls { config, .. }
             | SetupCmd::Import { config, .. }
             | SetupCmd::Openpgp { config, .. } => &config.config,
         }
@@ -186,7 +207,7 @@ fn now() -> i64 {
 
 impl SetupCmd {
     /// The ceremony step this command asks for.
-    fn step(self) -> Step {
+    fn step(self, signer_id: &str) -> Step {
         match self {
             SetupCmd::GenerateKey {
                 label,
@@ -236,6 +257,14 @@ impl SetupCmd {
             SetupCmd::Openpgp { force, .. } => Step::Openpgp { force },
             SetupCmd::PublicKey { key, out, .. } => Step::PublicKey { key, out },
             SetupCmd::NatsKey { out, .. } => Step::NatsKey { out },
+            SetupCmd::NatsTls {
+                cert, key, hosts, ..
+            } => Step::NatsTls {
+                signer_id: signer_id.to_string(),
+                cert,
+                key,
+                hosts,
+            },
             SetupCmd::Import { key, cert, .. } => Step::Import { key, cert },
         }
     }
@@ -243,9 +272,13 @@ impl SetupCmd {
 
 fn setup(cmd: SetupCmd) -> Result<(), Failed> {
     let (c, ca) = load(cmd.config())?;
-    ceremony::run(cmd.step(), &ca, &c.signer_id, now(), &mut |line| {
-        say!("{line}")
-    })
+    ceremony::run(
+        cmd.step(&c.signer_id),
+        &ca,
+        &c.signer_id,
+        now(),
+        &mut |line| say!("{line}"),
+    )
     .map_err(|e| match e {
         CeremonyError::AuditLog(ref inner) => Failed(ca_exit(inner), e.to_string()),
         CeremonyError::Failed(message) => Failed(1, message),

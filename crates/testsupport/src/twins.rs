@@ -54,10 +54,26 @@ impl NatsServer {
         NatsServer::start_with(dir, name, port, &text)
     }
 
+    /// Like [`NatsServer::start`], TLS only, with the certificate `cert`
+    /// and its key `key` (as `signerd setup nats-tls` makes them).
+    pub fn start_tls(dir: &Path, name: &str, cert: &Path, key: &Path) -> NatsServer {
+        let port = free_port();
+        let store = dir.join(format!("{name}-jetstream"));
+        let text = format!(
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2GB\n}}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+            store.display(),
+            cert.display(),
+            key.display()
+        );
+        NatsServer::start_with(dir, name, port, &text)
+    }
+
     /// Starts signer `own`'s server as shipped (configs/nats-server.conf),
     /// on loopback with its store under `dir`: only the nkeys `own_nkey`
     /// (the signer) and `twin_nkey` (its twin `twin`) get in, each with the
-    /// permissions the shipped file gives it.
+    /// permissions the shipped file gives it, and only over TLS with the
+    /// certificate and key `dir/<own>.nats.crt` and `.key` (`signerd setup
+    /// nats-tls`).
     pub fn start_signer(
         dir: &Path,
         name: &str,
@@ -85,7 +101,8 @@ impl NatsServer {
             .replace('\u{1}', &stream(own))
             .replace('\u{2}', own)
             .replace(OWN, own_nkey)
-            .replace(TWIN, twin_nkey);
+            .replace(TWIN, twin_nkey)
+            .replace("/etc/nats-server/", &format!("{}/", dir.display()));
         assert!(text.contains(own_nkey) && text.contains(twin_nkey));
         NatsServer::start_with(dir, name, port, &text)
     }
@@ -140,6 +157,11 @@ impl NatsServer {
 
     fn starts(&self) -> usize {
         self.log_text().matches("Starting nats-server").count()
+    }
+
+    /// Process id (0 when stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     /// The server's log.
@@ -330,11 +352,15 @@ impl Twins {
                            peer: &str,
                            peer_id: &str,
                            peer_key: &Path,
-                           own_key: &Path| {
+                           own_key: &Path,
+                           own_tls: &Path,
+                           peer_tls: &Path| {
             format!(
-                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    key: replication\n    peer_key: {}\n    nats_seed: {}\n    state_interval_secs: 1\n    held_warning_secs: 3\n",
+                "  replication:\n    local: {local}\n    peer: {peer}\n    peer_id: {peer_id}\n    key: replication\n    peer_key: {}\n    nats_seed: {}\n    tls_cert: {}\n    peer_tls_cert: {}\n    state_interval_secs: 1\n    held_warning_secs: 3\n",
                 peer_key.display(),
-                own_key.with_extension("seed").display()
+                own_key.with_extension("seed").display(),
+                own_tls.display(),
+                peer_tls.display(),
             )
         };
         let d = ceremony.dir().display().to_string();
@@ -370,10 +396,18 @@ impl Twins {
         let pair_b = token_b.path().join("init-signer-b.yaml");
         let key_a = ceremony.dir().join("replication-a.pem");
         let key_b = token_b.path().join("replication-b.pem");
+        let tls_a = ceremony.dir().join("signer-a.nats.crt");
+        let tls_b = token_b.path().join("signer-b.nats.crt");
         let mut nkeys = Vec::new();
-        for (config, env, label, out) in [
-            (&pair_a, ceremony.hsm.conf.clone(), "replication-a", &key_a),
-            (&pair_b, conf_b.clone(), "replication-b", &key_b),
+        for (config, env, label, out, tls) in [
+            (
+                &pair_a,
+                ceremony.hsm.conf.clone(),
+                "replication-a",
+                &key_a,
+                &tls_a,
+            ),
+            (&pair_b, conf_b.clone(), "replication-b", &key_b, &tls_b),
         ] {
             let env = [("SOFTHSM2_CONF".to_string(), env)];
             signerd_in(
@@ -402,6 +436,21 @@ impl Twins {
                 .trim()
                 .to_string();
             nkeys.push(public);
+            // Each twin's nats-server certificate; both signers pin it.
+            signerd_in(
+                &[
+                    "setup",
+                    "nats-tls",
+                    "--cert",
+                    &tls.display().to_string(),
+                    "--key",
+                    &tls.with_extension("key").display().to_string(),
+                    "--host",
+                    "127.0.0.1",
+                ],
+                config,
+                &env,
+            );
         }
         let nats_a = NatsServer::start_signer(
             ceremony.dir(),
@@ -423,11 +472,27 @@ impl Twins {
         let cable_ba = CutProxy::start(nats_a.port);
         let yaml_a = format!(
             "{yaml_a}{}",
-            replication(&nats_a.url(), &cable_ab.url(), "signer-b", &key_b, &key_a)
+            replication(
+                &nats_a.url(),
+                &cable_ab.url(),
+                "signer-b",
+                &key_b,
+                &key_a,
+                &tls_a,
+                &tls_b
+            )
         );
         let yaml_b = format!(
             "{yaml_b}{}",
-            replication(&nats_b.url(), &cable_ba.url(), "signer-a", &key_a, &key_b)
+            replication(
+                &nats_b.url(),
+                &cable_ba.url(),
+                "signer-a",
+                &key_a,
+                &key_b,
+                &tls_b,
+                &tls_a
+            )
         );
         // B's operator commands (repo init after a loss, repo seed) use its
         // whole configuration from now on.
