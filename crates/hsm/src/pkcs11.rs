@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use const_oid::ObjectIdentifier;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -33,8 +34,9 @@ use tracing::{info, warn};
 
 use crate::pin::{PinSource, SecretPin};
 use signer_keys::{
-    digest_info_prefix, ecdsa_raw_to_der, spki_ec, spki_rsa, Hash, HsmError, KeyGenerator, KeyKind,
-    KeyStatus, PublicKey, Scheme, SigningBackend, SECP256R1, SECP384R1,
+    digest_info_prefix, ecdsa_raw_to_der, spki_ec, spki_ed25519, spki_rsa, Hash, HsmError,
+    KeyGenerator, KeyKind, KeyStatus, PublicKey, Scheme, SigningBackend, ED25519, SECP256R1,
+    SECP384R1,
 };
 
 /// Which token to use. In YAML: `{label: …}`, `{serial: …}` or `{slot: N}`.
@@ -542,6 +544,21 @@ fn key_kind(session: &Session, handle: ObjectHandle) -> Result<KeyKind, HsmError
                 .ok_or_else(|| HsmError::Unsupported("EC key without CKA_EC_PARAMS".into()))?;
             curve_kind(&p)
         }
+        Some(KeyType::EC_EDWARDS) => {
+            let p = params
+                .ok_or_else(|| HsmError::Unsupported("Edwards key without CKA_EC_PARAMS".into()))?;
+            // The curve as an OID (RFC 8410) or as the printable name.
+            let named = ObjectIdentifier::from_der(&p).ok() == Some(ED25519)
+                || der::asn1::PrintableStringRef::from_der(&p)
+                    .is_ok_and(|n| n.as_str() == "edwards25519");
+            if named {
+                Ok(KeyKind::Ed25519)
+            } else {
+                Err(HsmError::Unsupported(
+                    "an Edwards curve other than Ed25519".into(),
+                ))
+            }
+        }
         other => Err(HsmError::Unsupported(format!("key type {other:?}"))),
     }
 }
@@ -574,21 +591,17 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Hsm
             }
         }
         spki_rsa(&m, &e)
+    } else if kind == KeyKind::Ed25519 {
+        let point = ec_point(session, handle)?;
+        if point.len() != 32 {
+            return Err(HsmError::Unsupported(format!(
+                "an Ed25519 key of {} bytes",
+                point.len()
+            )));
+        }
+        spki_ed25519(&point)
     } else {
-        let attrs = session
-            .get_attributes(handle, &[AttributeType::EcPoint])
-            .map_err(|e| classify(&e))?;
-        let raw = attrs
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::EcPoint(p) => Some(p),
-                _ => None,
-            })
-            .ok_or_else(|| HsmError::Unsupported("EC key without CKA_EC_POINT".into()))?;
-        // SoftHSM2 (and PKCS#11 v2.40) wrap the point in an OCTET STRING; some tokens do not.
-        let point = der::asn1::OctetString::from_der(&raw)
-            .map(|o| o.into_bytes().into_vec())
-            .unwrap_or(raw);
+        let point = ec_point(session, handle)?;
         let curve = if kind == KeyKind::EcP256 {
             SECP256R1
         } else {
@@ -598,6 +611,24 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Hsm
     }
     .map_err(|e| HsmError::Failed(format!("encoding the public key: {e}")))?;
     Ok(PublicKey { kind, spki_der })
+}
+
+/// CKA_EC_POINT without its OCTET STRING wrapping.
+fn ec_point(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>, HsmError> {
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::EcPoint])
+        .map_err(|e| classify(&e))?;
+    let raw = attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| HsmError::Unsupported("EC key without CKA_EC_POINT".into()))?;
+    // SoftHSM2 (and PKCS#11 v2.40) wrap the point in an OCTET STRING; some tokens do not.
+    Ok(der::asn1::OctetString::from_der(&raw)
+        .map(|o| o.into_bytes().into_vec())
+        .unwrap_or(raw))
 }
 
 fn mechanism_hash(hash: Hash) -> (MechanismType, PkcsMgfType) {
@@ -638,11 +669,15 @@ impl SigningBackend for Pkcs11Backend {
     }
 
     fn sign_digest(&self, key: &str, scheme: Scheme, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
-        if digest.len() != scheme.hash().len() {
+        // Ed25519 signs the message itself (short notes only).
+        let fits = match scheme {
+            Scheme::Ed25519 => !digest.is_empty() && digest.len() <= 64 * 1024,
+            _ => digest.len() == scheme.hash().len(),
+        };
+        if !fits {
             return Err(HsmError::Unsupported(format!(
-                "digest of {} bytes for {:?}",
+                "{} bytes to sign for {scheme:?}",
                 digest.len(),
-                scheme.hash()
             )));
         }
         let mut w = self.checkout();
@@ -727,6 +762,13 @@ impl Pkcs11Backend {
                     HsmError::Failed(format!("ECDSA signature of {} bytes", raw.len()))
                 })
             }
+            Scheme::Ed25519 => session
+                .sign(
+                    &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                    handle,
+                    digest,
+                )
+                .map_err(|e| self.fail(&e)),
         }
     }
 }
@@ -786,6 +828,12 @@ impl KeyGenerator for Pkcs11Backend {
                     der::Encode::to_der(&curve).map_err(|e| HsmError::Failed(e.to_string()))?;
                 public.push(Attribute::EcParams(params));
                 Mechanism::EccKeyPairGen
+            }
+            KeyKind::Ed25519 => {
+                let params =
+                    der::Encode::to_der(&ED25519).map_err(|e| HsmError::Failed(e.to_string()))?;
+                public.push(Attribute::EcParams(params));
+                Mechanism::EccEdwardsKeyPairGen
             }
         };
         let (pub_handle, _priv) = session

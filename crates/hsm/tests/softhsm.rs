@@ -28,6 +28,7 @@ fn verify(spki_der: &[u8], scheme: Scheme, message: &[u8], signature: &[u8]) -> 
         Scheme::Ecdsa(Hash::Sha256) => &rs::ECDSA_P384_SHA256_ASN1,
         Scheme::Ecdsa(Hash::Sha384) => &rs::ECDSA_P384_SHA384_ASN1,
         Scheme::Ecdsa(Hash::Sha512) => return true,
+        Scheme::Ed25519 => &rs::ED25519,
     };
     rs::UnparsedPublicKey::new(alg, key)
         .verify(message, signature)

@@ -35,6 +35,7 @@ pub fn schemes(kind: KeyKind) -> Vec<Scheme> {
         KeyKind::EcP256 | KeyKind::EcP384 => {
             vec![Scheme::Ecdsa(Hash::Sha256), Scheme::Ecdsa(Hash::Sha384)]
         }
+        KeyKind::Ed25519 => vec![Scheme::Ed25519],
     }
 }
 
@@ -60,6 +61,7 @@ pub fn verify(
         (KeyKind::EcP256, Scheme::Ecdsa(Hash::Sha384)) => &rs::ECDSA_P256_SHA384_ASN1,
         (KeyKind::EcP384, Scheme::Ecdsa(Hash::Sha256)) => &rs::ECDSA_P384_SHA256_ASN1,
         (KeyKind::EcP384, Scheme::Ecdsa(Hash::Sha384)) => &rs::ECDSA_P384_SHA384_ASN1,
+        (KeyKind::Ed25519, Scheme::Ed25519) => &rs::ED25519,
         (kind, scheme) => {
             return Err(format!(
                 "no independent verifier for {scheme:?} with {kind}"
@@ -85,7 +87,7 @@ pub fn signs_and_verifies(backend: &dyn SigningBackend, key: &str) -> Result<Pub
         .map_err(|e| format!("public_key({key}) is not DER SubjectPublicKeyInfo: {e}"))?;
     for scheme in schemes(public.kind) {
         let message = format!("conformance {key} {scheme:?}");
-        let digest = scheme.hash().digest(message.as_bytes());
+        let digest = scheme.prepare(message.as_bytes());
         let signature = backend
             .sign_digest(key, scheme, &digest)
             .map_err(|e| format!("sign_digest({key}, {scheme:?}): {e}"))?;
@@ -114,11 +116,18 @@ pub fn refuses_what_it_cannot_do(backend: &dyn SigningBackend, key: &str) -> Res
         }
     }
     let scheme = schemes(public.kind)[0];
-    match backend.sign_digest(key, scheme, &[0u8; 20]) {
+    // Ed25519 signs messages of any length; the others take one digest length.
+    let short: &[u8] = if scheme == Scheme::Ed25519 {
+        &[]
+    } else {
+        &[0u8; 20]
+    };
+    match backend.sign_digest(key, scheme, short) {
         Err(HsmError::Unsupported(_)) => {}
         other => {
             return Err(format!(
-                "a 20-byte digest for {scheme:?}: expected Unsupported, got {other:?}"
+                "{} bytes to sign for {scheme:?}: expected Unsupported, got {other:?}",
+                short.len()
             ))
         }
     }
@@ -161,7 +170,7 @@ pub fn signs_concurrently(
             std::thread::spawn(move || -> Result<(), String> {
                 for i in 0..each {
                     let message = format!("thread {t} signature {i}");
-                    let digest = scheme.hash().digest(message.as_bytes());
+                    let digest = scheme.prepare(message.as_bytes());
                     let signature = backend
                         .sign_digest(&key, scheme, &digest)
                         .map_err(|e| format!("thread {t}: {e}"))?;
@@ -194,6 +203,7 @@ pub fn generates(
         KeyKind::Rsa { bits: 2048 },
         KeyKind::EcP256,
         KeyKind::EcP384,
+        KeyKind::Ed25519,
     ] {
         let label = format!(
             "{prefix}-{}",

@@ -14,6 +14,9 @@ pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.84
 pub const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 /// secp384r1.
 pub const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// id-Ed25519 (RFC 8410): the algorithm of Ed25519 keys and, in PKCS#11,
+/// the curve of an Edwards key.
+pub const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
 #[derive(Sequence)]
 struct RsaPublicKey<'a> {
@@ -34,6 +37,18 @@ pub fn spki_rsa(modulus: &[u8], exponent: &[u8]) -> der::Result<Vec<u8>> {
             parameters: Some(Any::from(der::asn1::Null)),
         },
         subject_public_key: BitString::from_bytes(&key)?,
+    }
+    .to_der()
+}
+
+/// SubjectPublicKeyInfo of an Ed25519 key (RFC 8410: no parameters).
+pub fn spki_ed25519(key: &[u8]) -> der::Result<Vec<u8>> {
+    SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned {
+            oid: ED25519,
+            parameters: None,
+        },
+        subject_public_key: BitString::from_bytes(key)?,
     }
     .to_der()
 }

@@ -21,7 +21,8 @@ pub mod conformance;
 mod der_util;
 
 pub use der_util::{
-    ecdsa_raw_to_der, spki_ec, spki_rsa, EC_PUBLIC_KEY, RSA_ENCRYPTION, SECP256R1, SECP384R1,
+    ecdsa_raw_to_der, spki_ec, spki_ed25519, spki_rsa, EC_PUBLIC_KEY, ED25519, RSA_ENCRYPTION,
+    SECP256R1, SECP384R1,
 };
 
 use serde::{Deserialize, Serialize};
@@ -73,13 +74,27 @@ pub enum Scheme {
     RsaPss(Hash),
     /// ECDSA.
     Ecdsa(Hash),
+    /// Pure Ed25519 (RFC 8032): the bytes given to `sign_digest` are the
+    /// message itself, not a digest (the audit log's checkpoints and
+    /// cosignatures: short notes).
+    Ed25519,
 }
 
 impl Scheme {
-    /// The digest algorithm.
+    /// The digest algorithm (Ed25519: SHA-512, which it applies itself).
     pub fn hash(self) -> Hash {
         match self {
             Scheme::RsaPkcs1(h) | Scheme::RsaPss(h) | Scheme::Ecdsa(h) => h,
+            Scheme::Ed25519 => Hash::Sha512,
+        }
+    }
+
+    /// What `sign_digest` takes for `message` with this scheme: its digest,
+    /// or (Ed25519) the message itself.
+    pub fn prepare(self, message: &[u8]) -> Vec<u8> {
+        match self {
+            Scheme::Ed25519 => message.to_vec(),
+            other => other.hash().digest(message),
         }
     }
 }
@@ -97,6 +112,8 @@ pub enum KeyKind {
     EcP256,
     /// ECDSA on NIST P-384.
     EcP384,
+    /// Ed25519 (the audit log's checkpoint and cosigning keys only).
+    Ed25519,
 }
 
 impl KeyKind {
@@ -111,6 +128,7 @@ impl KeyKind {
             (self, scheme),
             (KeyKind::Rsa { .. }, Scheme::RsaPkcs1(_) | Scheme::RsaPss(_))
                 | (KeyKind::EcP256 | KeyKind::EcP384, Scheme::Ecdsa(_))
+                | (KeyKind::Ed25519, Scheme::Ed25519)
         )
     }
 }
@@ -121,6 +139,7 @@ impl std::fmt::Display for KeyKind {
             KeyKind::Rsa { bits } => write!(f, "RSA-{bits}"),
             KeyKind::EcP256 => f.write_str("ECDSA P-256"),
             KeyKind::EcP384 => f.write_str("ECDSA P-384"),
+            KeyKind::Ed25519 => f.write_str("Ed25519"),
         }
     }
 }
@@ -214,7 +233,7 @@ pub fn digest_info_prefix(hash: Hash) -> &'static [u8] {
 
 impl PublicKey {
     /// Reads a DER SubjectPublicKeyInfo of a key kind the signer uses
-    /// (RSA, ECDSA P-256 or P-384).
+    /// (RSA, ECDSA P-256 or P-384, Ed25519).
     pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, HsmError> {
         use der::{asn1::ObjectIdentifier, Decode};
         let bad = |m: String| HsmError::Unsupported(format!("public key: {m}"));
@@ -243,6 +262,13 @@ impl PublicKey {
                 c if c == SECP384R1 => KeyKind::EcP384,
                 c => return Err(bad(format!("curve {c} is not supported"))),
             }
+        } else if spki.algorithm.oid == ED25519 {
+            if spki.algorithm.parameters.is_some()
+                || spki.subject_public_key.raw_bytes().len() != 32
+            {
+                return Err(bad("an Ed25519 key has no parameters and 32 bytes".into()));
+            }
+            KeyKind::Ed25519
         } else {
             return Err(bad(format!(
                 "algorithm {} is not supported",
@@ -281,7 +307,18 @@ impl PublicKey {
             KeyKind::EcP256 => Scheme::Ecdsa(Hash::Sha256),
             KeyKind::EcP384 => Scheme::Ecdsa(Hash::Sha384),
             KeyKind::Rsa { .. } => Scheme::RsaPkcs1(Hash::Sha256),
+            KeyKind::Ed25519 => Scheme::Ed25519,
         }
+    }
+
+    /// The raw 32 bytes of an Ed25519 key.
+    pub fn ed25519_bytes(&self) -> Option<[u8; 32]> {
+        use der::Decode;
+        if self.kind != KeyKind::Ed25519 {
+            return None;
+        }
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(&self.spki_der).ok()?;
+        spki.subject_public_key.raw_bytes().try_into().ok()
     }
 
     /// Verifies `signature` over `message` made with this key and `scheme`

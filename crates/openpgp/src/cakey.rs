@@ -69,6 +69,11 @@ pub fn public_key_packet(
             write_mpi(&mut wire, bits);
             PublicKeyAlgorithm::ECDSA
         }
+        KeyKind::Ed25519 => {
+            return Err(ca_err(
+                "an Ed25519 key is for the audit log, not for OpenPGP certification",
+            ))
+        }
     };
     let params = PublicParams::try_from_reader(algorithm, None, wire.as_slice()).map_err(ca_err)?;
     let inner = PubKeyInner::new(

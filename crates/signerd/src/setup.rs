@@ -26,6 +26,8 @@ pub enum KeyType {
     P256,
     /// ECDSA on P-384.
     P384,
+    /// Ed25519: the audit log's checkpoint key only.
+    Ed25519,
 }
 
 impl KeyType {
@@ -36,6 +38,7 @@ impl KeyType {
             KeyType::Rsa4096 => KeyKind::Rsa { bits: 4096 },
             KeyType::P256 => KeyKind::EcP256,
             KeyType::P384 => KeyKind::EcP384,
+            KeyType::Ed25519 => KeyKind::Ed25519,
         }
     }
 }

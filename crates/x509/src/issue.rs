@@ -142,6 +142,7 @@ pub fn algorithm_identifier(scheme: Scheme) -> Vec<u8> {
         Scheme::Ecdsa(Hash::Sha256) => ecdsa("1.2.840.10045.4.3.2"),
         Scheme::Ecdsa(Hash::Sha384) => ecdsa("1.2.840.10045.4.3.3"),
         Scheme::Ecdsa(Hash::Sha512) => ecdsa("1.2.840.10045.4.3.4"),
+        Scheme::Ed25519 => ecdsa("1.3.101.112"),
         Scheme::RsaPss(hash) => {
             // RSASSA-PSS-params as the Baseline Requirements (7.1.3.2.1) spell them:
             // hash with NULL parameters, MGF1 with the same hash, salt = hash length.
@@ -174,6 +175,7 @@ pub fn default_scheme(kind: KeyKind) -> Scheme {
         KeyKind::Rsa { .. } => Scheme::RsaPkcs1(Hash::Sha256),
         KeyKind::EcP256 => Scheme::Ecdsa(Hash::Sha256),
         KeyKind::EcP384 => Scheme::Ecdsa(Hash::Sha384),
+        KeyKind::Ed25519 => Scheme::Ed25519,
     }
 }
 
@@ -217,6 +219,11 @@ impl CaSigner {
         let tbs = cert.tbs_certificate();
         let spki_der = tbs.subject_public_key_info().to_der().map_err(enc)?;
         let public = backend.public_key(key)?;
+        if public.kind == KeyKind::Ed25519 {
+            return Err(IssueError::Issuer(format!(
+                "{name}: key {key} is Ed25519: CA keys are RSA or ECDSA (Ed25519 is for the audit log)"
+            )));
+        }
         if public.spki_der != spki_der {
             return Err(IssueError::Issuer(format!(
                 "{name}: the certificate's public key does not match HSM key {key}"
@@ -422,6 +429,7 @@ pub fn verify_signature(
         (Scheme::Ecdsa(Hash::Sha256), true) => &rs::ECDSA_P384_SHA256_ASN1,
         (Scheme::Ecdsa(Hash::Sha384), true) => &rs::ECDSA_P384_SHA384_ASN1,
         (Scheme::Ecdsa(Hash::Sha512), _) => return Ok(()), // not verifiable with ring; the HSM is trusted here
+        (Scheme::Ed25519, _) => &rs::ED25519,
     };
     rs::UnparsedPublicKey::new(alg, &bits)
         .verify(message, signature)
