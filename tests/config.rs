@@ -190,6 +190,13 @@ fn replication_and_openpgp_settings_are_checked() {
             "    key: openpgp-2027",
             "ca.openpgp.key",
         ),
+        ("    key: audit ", "    key: audit-x ", "ca.audit.key"),
+        (
+            "origin: signer-a.example.org/audit",
+            "origin: signer a/audit",
+            "ca.audit.origin",
+        ),
+        ("every_entries: 1000", "every_entries: 0", "ca.audit"),
         (
             "created: 2026-01-01T00:00:00Z",
             "created: 1 January 2026",

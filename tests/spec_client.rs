@@ -38,3 +38,40 @@ fn a_client_written_from_the_spec_interoperates() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
 }
+
+#[test]
+fn the_spec_client_verifies_the_audit_log_on_its_own() {
+    use signer_testsupport::ca::{Ceremony, SERVER_PROFILE};
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let yaml = c.with_audit_log();
+    let (ok, vkey) = c.signerd(&["audit", "vkey", "--config", "audited.yaml"]);
+    assert!(ok, "{vkey}");
+    let bench = Bench::start_with_env(LinkSpec::baud(115_200), &yaml, c.env());
+    drop(bench.client());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/spec_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(bench.client_device())
+        .args(["audit", vkey.trim()])
+        .output()
+        .expect("python3 must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{text}\n--- signerd ---\n{}",
+        bench.daemon.log()
+    );
+    for line in [
+        "ok audit_checkpoint",
+        "ok audit_entries",
+        "ok audit_consistency",
+        "ok audit_inclusion",
+        "ok audit_ack",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}

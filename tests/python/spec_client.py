@@ -3,9 +3,11 @@
 library only (its own small msgpack codec). Used by tests/spec_client.rs to
 show that the specification is enough to interoperate.
 
-Usage: spec_client.py DEVICE   -- runs the checks, prints 'ok' lines, exits 0.
+Usage: spec_client.py DEVICE   -- runs the checks, prints "ok" lines, exits 0.
+       spec_client.py DEVICE audit VKEY   -- checks the audit log (section 7.9)
+       against the audit key VKEY.
 """
-import os, select, struct, sys, termios, time, tty, zlib
+import base64, hashlib, os, select, struct, sys, termios, time, tty, zlib
 
 # --- msgpack (the subset the protocol uses) --------------------------------
 
@@ -140,8 +142,105 @@ class Link:
             if r: self.buf += os.read(self.fd, 65536)
         return done
 
+# --- the audit log (section 7.9) -----------------------------------------------
+
+def sha256(b): return hashlib.sha256(b).digest()
+def leaf(b): return sha256(b"\x00" + b)
+def node(l, r): return sha256(b"\x01" + l + r)
+
+def mth(leaves):  # RFC 9162 2.1.1
+    if not leaves: return sha256(b"")
+    if len(leaves) == 1: return leaves[0]
+    k = 1
+    while k * 2 < len(leaves): k *= 2
+    return node(mth(leaves[:k]), mth(leaves[k:]))
+
+def verify_consistency(m, n, old_root, new_root, proof):  # RFC 9162 2.1.4.2
+    if m == n: return not proof and old_root == new_root
+    if m == 0: return not proof
+    if not proof: return False
+    path = ([old_root] if m & (m - 1) == 0 else []) + proof
+    fn, sn = m - 1, n - 1
+    while fn & 1: fn >>= 1; sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0: return False
+        if fn & 1 or fn == sn:
+            fr, sr = node(c, fr), node(c, sr)
+            while not fn & 1 and fn != 0: fn >>= 1; sn >>= 1
+        else:
+            sr = node(sr, c)
+        fn >>= 1; sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+def verify_inclusion(h, index, size, proof, root):  # RFC 9162 2.1.3.2
+    if index >= size: return False
+    fn, sn, r = index, size - 1, h
+    for p in proof:
+        if sn == 0: return False
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            while not fn & 1 and fn != 0: fn >>= 1; sn >>= 1
+        else:
+            r = node(r, p)
+        fn >>= 1; sn >>= 1
+    return sn == 0 and r == root
+
+def audit(link, vkey):
+    name, key_id, material = vkey.split("+", 2)  # names have no "+"; base64 may
+    material = base64.b64decode(material)
+    assert material[0] == 1 and len(material) == 33, material
+    assert sha256(name.encode() + b"\n" + material)[:4].hex() == key_id
+    link.send(4001, 48, {})
+    [(rid, status, reply)] = link.responses(1)
+    assert (rid, status) == (4001, 0), (rid, status, reply)
+    text, sigs = reply["checkpoint"].split("\n\n", 1)
+    origin, size, root = text.split("\n")
+    size, root = int(size), base64.b64decode(root)
+    assert origin == name and len(root) == 32
+    line = [l for l in sigs.splitlines() if l.startswith("\u2014 " + name + " ")]
+    sig = base64.b64decode(line[0].split(" ")[2])
+    assert sig[:4].hex() == key_id and len(sig) == 4 + 64, sig.hex()
+    print("ok audit_checkpoint size", size)
+    entries, rid = [], 4100
+    while len(entries) < size:
+        link.send(rid, 50, {"start": len(entries), "count": 3})
+        [(r, status, reply)] = link.responses(1)
+        assert (r, status) == (rid, 0) and 0 < len(reply["entries"]) <= 3, (status, reply)
+        entries += reply["entries"]; rid += 1
+    entries = entries[:size]
+    leaves = [leaf(e) for e in entries]
+    assert mth(leaves) == root, "the entries give the checkpoint's root"
+    first = unpack(entries[0])[0]
+    assert first["seq"] == 1 and "kind" in first and "facts" in first, first
+    print("ok audit_entries", size, "give the root")
+    for old in (1, size // 2, size):
+        link.send(rid, 49, {"old": old, "new": size})
+        [(r, status, reply)] = link.responses(1)
+        assert (r, status) == (rid, 0), (status, reply)
+        assert verify_consistency(old, size, mth(leaves[:old]), root, reply["proof"]), old
+        rid += 1
+    link.send(rid, 49, {"old": size, "new": size + 1})
+    [(r, status, _)] = link.responses(1)
+    assert status == 500, status
+    rid += 1
+    print("ok audit_consistency")
+    link.send(rid, 51, {"index": size - 1, "size": size})
+    [(r, status, reply)] = link.responses(1)
+    assert status == 0 and reply["entry"] == entries[-1], status
+    assert verify_inclusion(leaves[-1], size - 1, size, reply["proof"], root)
+    print("ok audit_inclusion")
+    link.send(rid + 1, 52, {"size": size, "root": bytes(32)})
+    link.send(rid + 2, 52, {"size": size, "root": root})
+    got = {r: s for r, s, _ in link.responses(2)}
+    assert got == {rid + 1: 501, rid + 2: 0}, got
+    print("ok audit_ack")
+
 def main():
     link = Link(sys.argv[1])
+    if len(sys.argv) > 3 and sys.argv[2] == "audit":
+        audit(link, sys.argv[3])
+        return
     # Vectors from section 10.
     assert frame(bytes.fromhex("0102")).hex() == "070102b6cc429200"
     assert frame(bytes.fromhex("9401020280")).hex() == "0a94010202808612246400"

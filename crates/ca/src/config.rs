@@ -73,6 +73,10 @@ pub struct CaConfig {
     /// OpenPGP certification (absent: `certify_openpgp` is not enabled).
     #[serde(default)]
     pub openpgp: Option<OpenpgpConfig>,
+    /// The audit log's signed checkpoints (absent: the audit commands are
+    /// not enabled).
+    #[serde(default)]
+    pub audit: Option<crate::checkpoints::AuditConfig>,
 }
 
 /// `ca.openpgp`: the CA's OpenPGP key and what it certifies.
@@ -255,6 +259,24 @@ impl Section for CaConfig {
                 return Err(invalid(
                     "ca.replication.key".into(),
                     format!("{:?} is not a key in ca.keys", r.key),
+                ));
+            }
+        }
+        if let Some(a) = &self.audit {
+            if !self.keys.iter().any(|k| k.name == a.key) {
+                return Err(invalid(
+                    "ca.audit.key".into(),
+                    format!("{:?} is not a key in ca.keys", a.key),
+                ));
+            }
+            if let Some(origin) = &a.origin {
+                signer_tlog::note::Verifier::new(origin, signer_tlog::note::TYPE_ED25519, [0; 32])
+                    .map_err(|e| invalid("ca.audit.origin".into(), e))?;
+            }
+            if a.every_entries == 0 || a.every_secs == 0 {
+                return Err(invalid(
+                    "ca.audit".into(),
+                    "every_entries and every_secs must be at least 1".into(),
                 ));
             }
         }

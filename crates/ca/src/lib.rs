@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod ceremony;
+pub mod checkpoints;
 pub mod config;
 pub mod integrity;
 pub mod openpgp;
@@ -38,6 +39,7 @@ use signer_x509::{CaSigner, IssueError, IssueRequest, Issuer, San};
 use tracing::{info, warn};
 
 pub use audit::CaAudit;
+pub use checkpoints::{AuditConfig, AuditLog};
 pub use config::{CaConfig, OpenpgpConfig, ReplicationConfig, StorageConfig};
 mod idempotency;
 pub mod wire;

@@ -120,6 +120,36 @@ enum Cmd {
         #[command(subcommand)]
         command: OpenpgpCmd,
     },
+    /// The signer's audit log: keep a verified copy of it here.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Bring the copy in DIR up to the signer's newest checkpoint: its
+    /// signature, its consistency with the newest checkpoint held and the
+    /// new entries are verified, then the size is acknowledged to the
+    /// signer. Exits 1 when the signer's log contradicts the copy (the
+    /// checkpoint is kept in DIR/evidence).
+    Sync {
+        /// The copy's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The audit key's verifier key (`signerd audit vkey`); needed the
+        /// first time, then kept in DIR/log.vkey.
+        #[arg(long)]
+        vkey: Option<String>,
+    },
+    /// Check every checkpoint held in DIR against the entries held
+    /// (offline: nothing is sent). Exits 1 when something does not verify.
+    Verify {
+        /// The copy's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,6 +305,7 @@ fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
         Cmd::Openpgp {
             command: OpenpgpCmd::CaCert { out },
         } => openpgp_ca(client, json, out.as_deref())?,
+        Cmd::Audit { command } => audit(client, json, command)?,
         Cmd::Openpgp {
             command:
                 OpenpgpCmd::Certify {
@@ -306,6 +337,48 @@ fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
             )?
         }
     })
+}
+
+fn audit(client: &Failover, json: bool, command: &AuditCmd) -> Result<ExitCode, Failed> {
+    use signer_client::audit::{AuditCopy, AuditError};
+    let result = match command {
+        AuditCmd::Sync { dir, vkey } => AuditCopy::open(dir, vkey.as_deref())
+            .and_then(|copy| copy.sync(client))
+            .map(|r| {
+                if json {
+                    serde_json::json!({"from": r.from, "to": r.to}).to_string()
+                } else {
+                    format!("synced {} → {} entries (checkpoint verified, consistent, acknowledged)", r.from, r.to)
+                }
+            }),
+        AuditCmd::Verify { dir } => AuditCopy::open(dir, None)
+            .and_then(|copy| copy.verify())
+            .map(|r| {
+                if json {
+                    serde_json::json!({"entries": r.entries, "checkpoints": r.checkpoints, "size": r.size}).to_string()
+                } else {
+                    format!(
+                        "{} entries held; {} checkpoints verified (newest {})",
+                        r.entries, r.checkpoints, r.size
+                    )
+                }
+            }),
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(AuditError::Client(e)) => Err(Failed::Client(e)),
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({"error": e.to_string()}));
+            } else {
+                eprintln!("signer-client: {e}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 fn now_ms() -> i64 {

@@ -123,6 +123,16 @@ declare! {
     CertifyOpenpgp = CERTIFY_OPENPGP, msg::CertifyOpenpgp => msg::CertifyOpenpgpReply, Pool, Entry;
     /// The CA's OpenPGP certificate.
     OpenpgpCa = OPENPGP_CA, msg::Empty => msg::OpenpgpCaReply, Pool, Counted;
+    /// The audit log's newest checkpoint (signing one if the log grew).
+    AuditCheckpoint = AUDIT_CHECKPOINT, msg::Empty => msg::AuditCheckpointReply, Pool, Counted;
+    /// A consistency proof between two sizes of the audit log.
+    AuditConsistency = AUDIT_CONSISTENCY, msg::AuditConsistency => msg::AuditConsistencyReply, Pool, Counted;
+    /// Audit entries by index.
+    AuditEntries = AUDIT_ENTRIES, msg::AuditEntries => msg::AuditEntriesReply, Pool, Counted;
+    /// An audit entry with its inclusion proof.
+    AuditInclusion = AUDIT_INCLUSION, msg::AuditInclusion => msg::AuditInclusionReply, Pool, Counted;
+    /// A copy of the audit log acknowledges the size it holds.
+    AuditAck = AUDIT_ACK, msg::AuditAck => msg::Empty, Pool, Counted;
 }
 
 /// The declaration of `command`, if it is one of the protocol's.
@@ -146,6 +156,18 @@ impl Facts for msg::FetchParts {}
 impl Facts for msg::FetchPartsReply {}
 impl Facts for msg::CaCertsReply {}
 impl Facts for msg::OpenpgpCaReply {}
+impl Facts for msg::AuditCheckpointReply {}
+impl Facts for msg::AuditConsistency {}
+impl Facts for msg::AuditConsistencyReply {}
+impl Facts for msg::AuditEntries {}
+impl Facts for msg::AuditEntriesReply {}
+impl Facts for msg::AuditInclusion {}
+impl Facts for msg::AuditInclusionReply {}
+impl Facts for msg::AuditAck {
+    fn facts(&self, out: &mut FactList) {
+        out.push(("size", self.size.to_string()));
+    }
+}
 
 impl Facts for msg::SignX509 {
     fn facts(&self, out: &mut FactList) {

@@ -68,6 +68,16 @@ wire_code! {
         CERTIFY_OPENPGP = 32 => "certify_openpgp",
         /// Fetch the CA's OpenPGP certificate.
         OPENPGP_CA = 33 => "openpgp_ca",
+        /// The audit log's newest checkpoint.
+        AUDIT_CHECKPOINT = 48 => "audit_checkpoint",
+        /// A consistency proof between two sizes of the audit log.
+        AUDIT_CONSISTENCY = 49 => "audit_consistency",
+        /// Audit entries by index.
+        AUDIT_ENTRIES = 50 => "audit_entries",
+        /// An audit entry with its inclusion proof.
+        AUDIT_INCLUSION = 51 => "audit_inclusion",
+        /// A copy of the audit log acknowledges the size it holds.
+        AUDIT_ACK = 52 => "audit_ack",
     }
 }
 
@@ -164,6 +174,10 @@ wire_code! {
         INVALID_EXPIRY = 409 => "invalid_expiry",
         /// The key is larger than the configured limit.
         OPENPGP_KEY_TOO_LARGE = 410 => "openpgp_key_too_large",
+        /// An audit index or size beyond the log, or a proof from a larger size to a smaller.
+        AUDIT_RANGE = 500 => "audit_range",
+        /// The acknowledged root is not the audit log's root at that size.
+        AUDIT_ROOT_MISMATCH = 501 => "audit_root_mismatch",
         /// The issuer's key is not reachable now (token absent, device error); retry later.
         HSM_UNAVAILABLE = 300 => "hsm_unavailable",
         /// The HSM refused the operation (configuration or token problem).

@@ -369,3 +369,77 @@ pub struct OpenpgpCaReply {
     #[serde(with = "serde_bytes")]
     pub certificate: Vec<u8>,
 }
+
+/// `audit_checkpoint` reply: the newest checkpoint (§7.9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpointReply {
+    /// The signed note (C2SP checkpoint).
+    pub checkpoint: String,
+}
+
+/// `audit_consistency` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConsistency {
+    /// The older tree size.
+    pub old: u64,
+    /// The newer tree size.
+    pub new: u64,
+}
+
+/// `audit_consistency` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConsistencyReply {
+    /// The proof's hashes (32 bytes each).
+    pub proof: Vec<serde_bytes::ByteBuf>,
+}
+
+/// `audit_entries` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntries {
+    /// Index of the first entry (0-based).
+    pub start: u64,
+    /// How many (the signer sends at most 256).
+    pub count: u64,
+}
+
+/// `audit_entries` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntriesReply {
+    /// The entries as stored (the tree's leaves).
+    pub entries: Vec<serde_bytes::ByteBuf>,
+}
+
+/// `audit_inclusion` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditInclusion {
+    /// The entry's index (0-based).
+    pub index: u64,
+    /// The tree size the proof is for.
+    pub size: u64,
+}
+
+/// `audit_inclusion` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditInclusionReply {
+    /// The entry as stored.
+    pub entry: serde_bytes::ByteBuf,
+    /// The proof's hashes.
+    pub proof: Vec<serde_bytes::ByteBuf>,
+}
+
+/// `audit_ack` request: the client holds this much of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditAck {
+    /// Entries held.
+    pub size: u64,
+    /// The root they give (32 bytes).
+    pub root: serde_bytes::ByteBuf,
+}

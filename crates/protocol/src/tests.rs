@@ -303,3 +303,47 @@ fn certify_openpgp_vector() {
     let spec = include_str!("../../../docs/protocol.md");
     assert!(spec.contains(CERTIFY.0) && spec.contains(CERTIFY.1));
 }
+
+/// docs/protocol.md §10: the audit log's requests.
+const AUDIT_CHECKPOINT: (&str, &str) = ("9401073080", "0a94010730806da9b2fe00");
+const AUDIT_CONSISTENCY: (&str, &str) = (
+    "9401083182a36f6c6403a36e657708",
+    "149401083182a36f6c6403a36e657708431c96eb00",
+);
+const AUDIT_ENTRIES: (&str, &str) = (
+    "9401093282a5737461727400a5636f756e7402",
+    "0c9401093282a573746172740ca5636f756e7402bb65e3a800",
+);
+
+#[test]
+fn audit_request_vectors() {
+    let spec = include_str!("../../../docs/protocol.md");
+    for (content, frame) in [AUDIT_CHECKPOINT, AUDIT_CONSISTENCY, AUDIT_ENTRIES] {
+        assert!(
+            spec.contains(&format!("content {content}\nframe   {frame}")),
+            "docs/protocol.md lacks the vector {content}"
+        );
+    }
+    let content = check_frame(AUDIT_CHECKPOINT);
+    assert_eq!(
+        encode_request(7, Command::AUDIT_CHECKPOINT, &encode_body(&msg::Empty {})),
+        content
+    );
+    let content = check_frame(AUDIT_CONSISTENCY);
+    let body = msg::AuditConsistency { old: 3, new: 8 };
+    assert_eq!(
+        encode_request(8, Command::AUDIT_CONSISTENCY, &encode_body(&body)),
+        content
+    );
+    let request = decode_request(&content).unwrap();
+    assert_eq!(
+        decode_body::<msg::AuditConsistency>(request.body).unwrap(),
+        body
+    );
+    let content = check_frame(AUDIT_ENTRIES);
+    let body = msg::AuditEntries { start: 0, count: 2 };
+    assert_eq!(
+        encode_request(9, Command::AUDIT_ENTRIES, &encode_body(&body)),
+        content
+    );
+}

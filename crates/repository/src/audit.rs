@@ -73,11 +73,13 @@ pub(crate) fn append(
     signer_id: &str,
     entries: Vec<AuditEntry>,
 ) -> Result<(), RepoError> {
+    crate::tree::catch_up(txn)?;
     let mut table = txn.open_table(AUDIT).map_err(storage)?;
     let (mut seq, mut prev) = match table.last().map_err(storage)? {
         Some((k, v)) => (k.value(), AuditEntry::decode(v.value())?.hash),
         None => (0, vec![0; 32]),
     };
+    let mut tree = txn.open_table(crate::tree::AUDIT_TREE).map_err(storage)?;
     for mut e in entries {
         seq += 1;
         e.seq = seq;
@@ -87,6 +89,7 @@ pub(crate) fn append(
         prev = e.hash.clone();
         let bytes = rmp_serde::to_vec_named(&e).map_err(storage)?;
         table.insert(seq, bytes.as_slice()).map_err(storage)?;
+        crate::tree::add_leaf(&mut tree, seq - 1, &bytes)?;
         append_event(txn, signer_id, Change::Audit(e))?;
     }
     Ok(())

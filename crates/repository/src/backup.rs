@@ -81,6 +81,9 @@ macro_rules! for_each_table {
         $f(openpgp::CERTIFICATIONS, $($arg),*)?;
         $f(audit::AUDIT, $($arg),*)?;
         $f(audit::AUDIT_PEER, $($arg),*)?;
+        $f(crate::tree::AUDIT_TREE, $($arg),*)?;
+        $f(crate::tree::AUDIT_CHECKPOINTS, $($arg),*)?;
+        $f(crate::tree::AUDIT_ACKS, $($arg),*)?;
         $f(crate::outbox::EVENTS, $($arg),*)?;
         $f(crate::apply::APPLIED, $($arg),*)?;
         $f(crate::outbox::DIGESTS, $($arg),*)?;
@@ -127,7 +130,15 @@ fn dump<K: Key + 'static, V: Value + 'static>(
     out: &mut Out<'_>,
 ) -> Result<(), RepoError> {
     let name = def.name().to_string();
-    let table = txn.open_table(def).map_err(storage)?;
+    let table = match txn.open_table(def) {
+        Ok(t) => t,
+        // A table a newer version added, in a repository it never wrote.
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            out.summary.rows.insert(name, 0);
+            return Ok(());
+        }
+        Err(e) => return Err(storage(e)),
+    };
     let mut rows = Vec::with_capacity(CHUNK);
     let mut n = 0u64;
     for item in table.iter().map_err(storage)? {

@@ -55,6 +55,7 @@ mod revocations;
 mod schema;
 mod sealed;
 mod store;
+mod tree;
 
 pub use apply::{ApplyReport, ReplicaState};
 pub use audit::ChainReport;
@@ -70,6 +71,7 @@ pub use records::{
 };
 pub use revocations::revocation_wins;
 pub use store::WriteFault;
+pub use tree::StoredCheckpoint;
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,9 @@ pub enum RepoError {
     /// The file is not this signer's repository, or there is none.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// An audit index or tree size beyond the log.
+    #[error("not in the audit log: {0}")]
+    OutOfRange(String),
     /// A write on a repository opened read-only (beside a running daemon).
     #[error("the repository is open read-only here (signerd holds it for writing)")]
     ReadOnly,

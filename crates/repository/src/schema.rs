@@ -39,6 +39,10 @@ pub(crate) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), RepoErro
     txn.open_table(crate::outbox::DIGESTS).map_err(storage)?;
     txn.open_table(audit::AUDIT).map_err(storage)?;
     txn.open_table(audit::AUDIT_PEER).map_err(storage)?;
+    txn.open_table(crate::tree::AUDIT_TREE).map_err(storage)?;
+    txn.open_table(crate::tree::AUDIT_CHECKPOINTS)
+        .map_err(storage)?;
+    txn.open_table(crate::tree::AUDIT_ACKS).map_err(storage)?;
     txn.open_table(crate::apply::APPLIED).map_err(storage)?;
     txn.open_table(crate::apply::CONFLICTS).map_err(storage)?;
     txn.open_table(crate::crls::CRL_FLOOR).map_err(storage)?;

@@ -546,3 +546,69 @@ fn a_replacement_twin_seeded_from_the_survivors_backup_goes_on_from_there() {
     assert_eq!(report.applied, 1);
     assert!(b.find_by_request("req-9").unwrap().is_some());
 }
+
+#[test]
+fn the_audit_tree_covers_every_entry_and_proves_what_it_holds() {
+    use signer_tlog::merkle;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let a = open(&path, "a");
+    for i in 0..40 {
+        a.audit(AuditEntry::new("command", "sign_x509", "ok").fact("request_id", format!("r-{i}")));
+    }
+    a.close();
+    let (size, root) = a.audit_tree_head().unwrap();
+    assert_eq!(size, 41, "the creation entry and 40 more");
+    let leaves = a.audit_leaves(0, 1000).unwrap();
+    assert_eq!(leaves.len(), 41);
+    let tree = merkle::LeafHashes(leaves.iter().map(|l| merkle::leaf_hash(l)).collect());
+    assert_eq!(merkle::root(&tree, size).unwrap(), root);
+    for old in [0, 1, 7, 16, 33, 41] {
+        let proof = a.audit_consistency(old, size).unwrap();
+        let old_root = a.audit_root(old).unwrap();
+        merkle::verify_consistency(old, size, &old_root, &root, &proof).unwrap();
+    }
+    let (entry, proof) = a.audit_inclusion(17, size).unwrap();
+    assert_eq!(entry, leaves[17]);
+    merkle::verify_inclusion(&merkle::leaf_hash(&entry), 17, size, &proof, &root).unwrap();
+    assert!(matches!(
+        a.audit_inclusion(41, 41),
+        Err(RepoError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        a.audit_consistency(5, 42),
+        Err(RepoError::OutOfRange(_))
+    ));
+    assert_eq!(a.audit_leaves(40, 10).unwrap().len(), 1);
+    drop(a);
+
+    // A repository whose tree is gone (written before the tree existed)
+    // gets it back, whole, with the next entry.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tree::AUDIT_TREE)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let a = open(&path, "a");
+    a.audit(AuditEntry::new("startup", "signerd", "ok"));
+    a.close();
+    let (size2, root2) = a.audit_tree_head().unwrap();
+    assert_eq!(size2, 42);
+    assert_eq!(a.audit_root(41).unwrap(), root);
+    assert_ne!(root2, root);
+    drop(a);
+
+    // Entries removed under the tree: refused, nothing appended.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(audit::AUDIT).unwrap().remove(42).unwrap();
+        txn.commit().unwrap();
+    }
+    let a = open(&path, "a");
+    assert!(matches!(a.audit_tree_head(), Err(RepoError::Corrupt(_))));
+}

@@ -17,6 +17,12 @@ pub enum AuditCmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Print the audit key's verifier key (`origin+keyid+key`): what a copy
+    /// of the log (`signer-client audit sync --vkey`) is configured with.
+    Vkey {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Show audit entries, oldest first.
     Show {
         #[command(flatten)]
@@ -76,11 +82,21 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, Failed> {
                     }
                 }
             }
+            if let Err(e) = verify_tree(&config.config, &repo) {
+                ok = false;
+                say!("audit tree: BROKEN: {e}");
+            }
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
+        }
+        AuditCmd::Vkey { config } => {
+            let (c, ca) = crate::config::load(&config.config)?;
+            let verifier = audit_verifier(&ca, &c.signer_id)?;
+            say!("{}", verifier.vkey());
+            Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Show {
             config,
@@ -139,6 +155,79 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, Failed> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The audit key's verifier, from the token.
+fn audit_verifier(
+    ca: &signer_ca::CaConfig,
+    signer_id: &str,
+) -> Result<signer_tlog::Verifier, Failed> {
+    let a = ca
+        .audit
+        .as_ref()
+        .ok_or_else(|| Failed(1, "the configuration has no ca.audit section".into()))?;
+    let backend = signer_hsm::open(&ca.hsm, ca.key_specs(), 1, None)
+        .map_err(|e| Failed(1, format!("the token: {e}")))?;
+    signer_ca::checkpoints::verifier(a, signer_id, backend.as_ref()).map_err(|e| Failed(1, e))
+}
+
+/// Recomputes the Merkle tree from the entries and checks it against the
+/// stored tree and every stored checkpoint (signature and root).
+fn verify_tree(
+    config: &std::path::Path,
+    repo: &signer_repository::Repository,
+) -> Result<(), String> {
+    use signer_tlog::merkle;
+    let (c, ca) = crate::config::load(config)?;
+    let mut leaves = Vec::new();
+    loop {
+        let batch = repo
+            .audit_leaves(leaves.len() as u64, 4096)
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            break;
+        }
+        leaves.extend(batch.iter().map(|l| merkle::leaf_hash(l)));
+    }
+    let tree = merkle::LeafHashes(leaves);
+    let size = tree.0.len() as u64;
+    let root = merkle::root(&tree, size)?;
+    let (stored_size, stored_root) = repo.audit_tree_head().map_err(|e| e.to_string())?;
+    if (stored_size, stored_root) != (size, root) {
+        return Err(format!(
+            "the stored tree (size {stored_size}) does not match the entries (size {size})"
+        ));
+    }
+    let checkpoints = repo.checkpoints().map_err(|e| e.to_string())?;
+    if ca.audit.is_none() {
+        say!("audit tree: {size} entries, root {}", hex::encode(root));
+        return Ok(());
+    }
+    let verifier = audit_verifier(&ca, &c.signer_id).map_err(|Failed(_, e)| e)?;
+    for cp in &checkpoints {
+        let note = signer_tlog::SignedCheckpoint::parse(&cp.note)
+            .and_then(|n| n.verify_log(&verifier).map(|()| n))
+            .map_err(|e| format!("checkpoint {}: {e}", cp.size))?;
+        if note.checkpoint.size > size {
+            return Err(format!(
+                "checkpoint {} was signed but the log has {size} entries: entries were removed or an older repository restored",
+                note.checkpoint.size
+            ));
+        }
+        if merkle::root(&tree, note.checkpoint.size)? != note.checkpoint.root {
+            return Err(format!(
+                "the entries do not give the root of checkpoint {}: the log was rewritten",
+                note.checkpoint.size
+            ));
+        }
+    }
+    say!(
+        "audit tree: {size} entries, root {}; {} checkpoints verified (newest {})",
+        hex::encode(root),
+        checkpoints.len(),
+        checkpoints.last().map_or(0, |c| c.size)
+    );
+    Ok(())
 }
 
 /// Runs an audit command: 0 when everything verified (or was shown), 1

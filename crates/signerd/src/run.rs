@@ -72,11 +72,15 @@ fn run(c: &Config) -> anyhow::Result<()> {
     let mut router = Router::new();
     let mut health: Vec<Arc<dyn HealthSource>> = Vec::new();
     let mut replicator = None;
+    let mut audit_log = None;
     let ca = match &c.ca {
         Some(ca_config) => {
             // One HSM session per worker, and one more for the replicator's seals
             // (so sealing never waits for an issuing worker's session).
-            let sessions = c.protocol.workers + usize::from(ca_config.replication.is_some());
+            // One for the audit log's checkpoints too.
+            let sessions = c.protocol.workers
+                + usize::from(ca_config.replication.is_some())
+                + usize::from(ca_config.audit.is_some());
             let service = CaService::start(ca_config, &c.signer_id, sessions)?;
             router = service.routes(router);
             health.push(service.clone());
@@ -88,6 +92,20 @@ fn run(c: &Config) -> anyhow::Result<()> {
                 )?);
                 health.push(started.clone());
                 replicator = Some(started);
+            }
+            if let Some(a) = &ca_config.audit {
+                let log = Arc::new(
+                    signer_ca::AuditLog::new(
+                        a,
+                        Arc::clone(service.repository()),
+                        Arc::clone(service.backend()),
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                );
+                router = log.routes(router);
+                health.push(log.clone());
+                let thread = log.start();
+                audit_log = Some((log, thread));
             }
             Some(service)
         }
@@ -132,6 +150,11 @@ fn run(c: &Config) -> anyhow::Result<()> {
             "shutdown", "signerd", "ok",
         ));
         ca.repository().close();
+        // The last checkpoint covers the shutdown entry.
+        if let Some((log, thread)) = audit_log {
+            log.stop();
+            let _ = thread.join();
+        }
     }
     info!(signal = stop.load(Ordering::SeqCst), "signerd stopped");
     Ok(())

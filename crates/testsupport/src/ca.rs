@@ -324,6 +324,39 @@ impl Ceremony {
         self.setup(&["setup", "openpgp", "--config", "setup.yaml"])
     }
 
+    /// Makes the Ed25519 audit key (`audit-key`) and returns `ca_yaml` with
+    /// it in `ca.keys` and a `ca.audit` section (origin
+    /// `signer-a.example/audit`, a checkpoint every 4 entries or second,
+    /// degraded past 3 unacknowledged entries); also written with the
+    /// signer's id and a link as `audited.yaml` for `signerd` commands.
+    pub fn with_audit_log(&self) -> String {
+        let out = self.setup(&[
+            "setup",
+            "generate-key",
+            "--config",
+            "setup.yaml",
+            "--label",
+            "audit-key",
+            "--type",
+            "ed25519",
+        ]);
+        assert!(out.contains("Ed25519"), "{out}");
+        let yaml = self.ca_yaml.replacen(
+            "    - {name: sub, label: sub-key}\n",
+            "    - {name: sub, label: sub-key}\n    - {name: audit, label: audit-key}\n",
+            1,
+        ) + "  audit:\n    key: audit\n    origin: signer-a.example/audit\n    every_entries: 4\n    every_secs: 1\n    unacknowledged_warning: 3\n";
+        std::fs::write(
+            self.dir().join("audited.yaml"),
+            format!(
+                "signer_id: {}\nlink: {{device: /dev/null}}\n{yaml}",
+                self.signer_id
+            ),
+        )
+        .expect("write audited.yaml");
+        yaml
+    }
+
     /// The token store's directory, which also holds the certificates.
     pub fn dir(&self) -> &Path {
         self.hsm.dir()

@@ -1,0 +1,467 @@
+//! Checkpoints of the audit log: the tree head signed with the audit key
+//! (Ed25519, in the HSM, used for nothing else) in the C2SP checkpoint
+//! format, at least every `every_entries` entries or `every_secs` seconds,
+//! at shutdown and whenever a witness asks.
+//!
+//! Before it signs, the log checks that the tree it is about to sign
+//! extends the last checkpoint it signed (same root at that size): a
+//! rewritten, truncated or rolled-back log is refused here, health turns
+//! FAILING, and nothing is signed that contradicts a checkpoint that may
+//! already have left the box.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use signer_hsm::{HsmError, KeyKind, Scheme, SigningBackend};
+use signer_protocol::{calls, msg, Status};
+use signer_repository::{RepoError, Repository, StoredCheckpoint};
+use signer_service::{Failure, HealthSource, Router};
+use signer_tlog::note::{Checkpoint, SignedCheckpoint, Verifier, TYPE_ED25519};
+use signer_tlog::Hash;
+use tracing::{error, info};
+
+/// `ca.audit`: the audit log's checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The audit key (a `ca.keys` entry, Ed25519, made with `signerd setup
+    /// generate-key --type ed25519`): signs checkpoints, nothing else.
+    pub key: String,
+    /// The log's name, the checkpoints' first line and the key name of
+    /// their signatures (default `<signer_id>.signer/audit`).
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// A checkpoint at least every this many entries (default 1000).
+    #[serde(default = "default_every_entries")]
+    pub every_entries: u64,
+    /// … and at least every this many seconds when the log grew (default 60).
+    #[serde(default = "default_every_secs")]
+    pub every_secs: u64,
+    /// Health turns degraded when the web host's copy (`signer-client
+    /// audit sync`) is more than this many entries behind (default 10000).
+    #[serde(default = "default_unacknowledged")]
+    pub unacknowledged_warning: u64,
+}
+
+fn default_every_entries() -> u64 {
+    1000
+}
+fn default_every_secs() -> u64 {
+    60
+}
+fn default_unacknowledged() -> u64 {
+    10_000
+}
+
+impl AuditConfig {
+    /// The origin line for signer `signer_id`.
+    pub fn origin(&self, signer_id: &str) -> String {
+        self.origin
+            .clone()
+            .unwrap_or_else(|| format!("{signer_id}.signer/audit"))
+    }
+}
+
+/// The audit key's verifier: its name and Ed25519 key.
+pub fn verifier(
+    config: &AuditConfig,
+    signer_id: &str,
+    backend: &dyn SigningBackend,
+) -> Result<Verifier, String> {
+    let public = backend
+        .public_key(&config.key)
+        .map_err(|e| format!("ca.audit.key ({}): {e}", config.key))?;
+    if public.kind != KeyKind::Ed25519 {
+        return Err(format!(
+            "ca.audit.key ({}): a {} key; the audit key is Ed25519 (setup generate-key --type ed25519)",
+            config.key, public.kind
+        ));
+    }
+    let bytes = public
+        .ed25519_bytes()
+        .ok_or_else(|| format!("ca.audit.key ({}): not a readable Ed25519 key", config.key))?;
+    Verifier::new(&config.origin(signer_id), TYPE_ED25519, bytes)
+        .map_err(|e| format!("ca.audit.origin: {e}"))
+}
+
+/// Why the audit log could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditLogError {
+    /// The log contradicts its last checkpoint: rewritten, truncated or
+    /// rolled back. Nothing is signed.
+    #[error("{0}")]
+    Contradiction(String),
+    /// An index or size beyond the log.
+    #[error("{0}")]
+    Range(String),
+    /// An acknowledged root that is not the log's.
+    #[error("{0}")]
+    RootMismatch(String),
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The audit key failed.
+    #[error("ca.audit.key: {0}")]
+    Hsm(#[from] HsmError),
+}
+
+impl AuditLogError {
+    fn failure(&self) -> Failure {
+        match self {
+            AuditLogError::Contradiction(m) => Failure::new(
+                Status::REPOSITORY_CORRUPT,
+                format!("{m}; no checkpoint is signed until an operator acts"),
+            ),
+            AuditLogError::Range(m) => Failure::new(Status::AUDIT_RANGE, m.clone()),
+            AuditLogError::RootMismatch(m) => Failure::new(Status::AUDIT_ROOT_MISMATCH, m.clone()),
+            AuditLogError::Repo(RepoError::OutOfRange(m)) => {
+                Failure::new(Status::AUDIT_RANGE, m.clone())
+            }
+            AuditLogError::Repo(e) => crate::wire::repo_failure(e, "nothing was changed"),
+            AuditLogError::Hsm(h) if h.is_transient() => {
+                Failure::new(Status::HSM_UNAVAILABLE, self.to_string())
+            }
+            AuditLogError::Hsm(_) => Failure::new(Status::HSM_FAILURE, self.to_string()),
+        }
+    }
+}
+
+/// Most entries one `audit_entries` answer carries.
+pub const MAX_ENTRIES: u64 = 256;
+
+/// The checkpointer: signs, stores and reports.
+pub struct AuditLog {
+    repo: Arc<Repository>,
+    backend: Arc<dyn SigningBackend>,
+    config: AuditConfig,
+    verifier: Verifier,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    stopping: bool,
+    last_signed: Option<(u64, Instant)>,
+    error: Option<String>,
+}
+
+impl AuditLog {
+    /// The checkpointer of `repo`'s log with `config`.
+    pub fn new(
+        config: &AuditConfig,
+        repo: Arc<Repository>,
+        backend: Arc<dyn SigningBackend>,
+    ) -> Result<AuditLog, String> {
+        let verifier = verifier(config, repo.origin(), backend.as_ref())?;
+        Ok(AuditLog {
+            repo,
+            backend,
+            config: config.clone(),
+            verifier,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        })
+    }
+
+    /// The verifier key string of the audit key (`name+id+key`).
+    pub fn vkey(&self) -> String {
+        self.verifier.vkey()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest checkpoint, signing a new one first when the log grew
+    /// since the last.
+    pub fn checkpoint(&self) -> Result<StoredCheckpoint, AuditLogError> {
+        let result = self.checkpoint_inner();
+        let mut state = self.state();
+        match &result {
+            Ok(c) => {
+                state.error = None;
+                state.last_signed = Some((c.size, Instant::now()));
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if state.error.as_deref() != Some(e.as_str()) {
+                    error!(cause = %e, "audit log: no checkpoint signed");
+                }
+                state.error = Some(e);
+            }
+        }
+        result
+    }
+
+    fn checkpoint_inner(&self) -> Result<StoredCheckpoint, AuditLogError> {
+        let (size, root) = self.repo.audit_tree_head()?;
+        let latest = self.repo.latest_checkpoint()?;
+        if let Some(last) = &latest {
+            let held = SignedCheckpoint::parse(&last.note)
+                .and_then(|n| n.verify_log(&self.verifier).map(|()| n))
+                .map_err(|e| {
+                    AuditLogError::Contradiction(format!(
+                        "the stored checkpoint of size {}: {e}",
+                        last.size
+                    ))
+                })?;
+            check_extends(&self.repo, &held.checkpoint, size, &root)?;
+            if last.size == size {
+                return Ok(last.clone());
+            }
+        }
+        let checkpoint = Checkpoint {
+            origin: self.verifier.name.clone(),
+            size,
+            root,
+        };
+        let signed = SignedCheckpoint::sign(checkpoint, &self.verifier, |m| {
+            self.backend
+                .sign_digest(&self.config.key, Scheme::Ed25519, m)
+        })?;
+        signed.verify_log(&self.verifier).map_err(|e| {
+            AuditLogError::Hsm(HsmError::Failed(format!("the checkpoint signature: {e}")))
+        })?;
+        let note = signed.render();
+        self.repo.store_checkpoint(size, &note)?;
+        info!(size, "audit log: checkpoint signed");
+        Ok(StoredCheckpoint { size, note })
+    }
+
+    /// Signs checkpoints as configured until [`AuditLog::stop`]; signs a
+    /// last one then.
+    pub fn start(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let me = Arc::clone(self);
+        std::thread::spawn(move || me.run())
+    }
+
+    fn run(&self) {
+        let every = Duration::from_secs(self.config.every_secs.max(1));
+        let poll = Duration::from_secs(1).min(every);
+        let mut since = Instant::now();
+        loop {
+            {
+                let state = self.state();
+                if state.stopping {
+                    break;
+                }
+                let (state, _) = self
+                    .wake
+                    .wait_timeout(state, poll)
+                    .unwrap_or_else(|p| p.into_inner());
+                if state.stopping {
+                    break;
+                }
+            }
+            let signed = self.state().last_signed.map_or(0, |(s, _)| s);
+            let size = self
+                .repo
+                .audit_tree_head()
+                .map(|(s, _)| s)
+                .unwrap_or(signed);
+            let due = size >= signed + self.config.every_entries.max(1)
+                || (size > signed && since.elapsed() >= every);
+            if due {
+                let _ = self.checkpoint();
+                since = Instant::now();
+            }
+        }
+        let _ = self.checkpoint();
+    }
+
+    /// Stops the thread (which signs a last checkpoint).
+    pub fn stop(&self) {
+        self.state().stopping = true;
+        self.wake.notify_all();
+    }
+
+    /// Records a witness's acknowledgement of `size` with `root`, after
+    /// checking the root is this log's at that size.
+    pub fn acknowledge(
+        &self,
+        who: &str,
+        size: u64,
+        root: &[u8],
+        at_ms: u64,
+    ) -> Result<(), AuditLogError> {
+        let ours = self.repo.audit_root(size)?;
+        if ours.as_slice() != root {
+            return Err(AuditLogError::RootMismatch(format!(
+                "the root acknowledged for size {size} is not this log's: the copy does not hold this log"
+            )));
+        }
+        Ok(self.repo.acknowledge_audit(who, size, at_ms)?)
+    }
+
+    /// Routes the audit commands (protocol §7.9) to this log.
+    pub fn routes(self: &Arc<Self>, router: Router) -> Router {
+        let (a, b, c, d, e) = (
+            Arc::clone(self),
+            Arc::clone(self),
+            Arc::clone(self),
+            Arc::clone(self),
+            Arc::clone(self),
+        );
+        router
+            .on::<calls::AuditCheckpoint>(move |_, _| {
+                a.checkpoint()
+                    .map(|c| msg::AuditCheckpointReply { checkpoint: c.note })
+                    .map_err(|e| e.failure())
+            })
+            .on::<calls::AuditConsistency>(move |_, r| {
+                let (size, _) = b
+                    .repo
+                    .audit_tree_head()
+                    .map_err(|e| AuditLogError::from(e).failure())?;
+                if r.old > r.new || r.new > size {
+                    return Err(AuditLogError::Range(format!(
+                        "no consistency proof from {} to {}: the log has {size} entries",
+                        r.old, r.new
+                    ))
+                    .failure());
+                }
+                let proof = b
+                    .repo
+                    .audit_consistency(r.old, r.new)
+                    .map_err(|e| AuditLogError::from(e).failure())?;
+                Ok(msg::AuditConsistencyReply {
+                    proof: proof
+                        .iter()
+                        .map(|h| serde_bytes::ByteBuf::from(h.to_vec()))
+                        .collect(),
+                })
+            })
+            .on::<calls::AuditEntries>(move |_, r| {
+                let entries = c
+                    .repo
+                    .audit_leaves(r.start, r.count.min(MAX_ENTRIES))
+                    .map_err(|e| AuditLogError::from(e).failure())?;
+                Ok(msg::AuditEntriesReply {
+                    entries: entries
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
+                })
+            })
+            .on::<calls::AuditInclusion>(move |_, r| {
+                let (size, _) = d
+                    .repo
+                    .audit_tree_head()
+                    .map_err(|e| AuditLogError::from(e).failure())?;
+                if r.index >= r.size || r.size > size {
+                    return Err(AuditLogError::Range(format!(
+                        "entry {} is not in a tree of {}: the log has {size} entries",
+                        r.index, r.size
+                    ))
+                    .failure());
+                }
+                let (entry, proof) = d
+                    .repo
+                    .audit_inclusion(r.index, r.size)
+                    .map_err(|e| AuditLogError::from(e).failure())?;
+                Ok(msg::AuditInclusionReply {
+                    entry: serde_bytes::ByteBuf::from(entry),
+                    proof: proof
+                        .iter()
+                        .map(|h| serde_bytes::ByteBuf::from(h.to_vec()))
+                        .collect(),
+                })
+            })
+            .on::<calls::AuditAck>(move |_, r| {
+                let (size, _) = e
+                    .repo
+                    .audit_tree_head()
+                    .map_err(|e| AuditLogError::from(e).failure())?;
+                if r.size > size {
+                    return Err(AuditLogError::Range(format!(
+                        "{} acknowledged, but the log has {size} entries",
+                        r.size
+                    ))
+                    .failure());
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                e.acknowledge("web host", r.size, &r.root, now)
+                    .map_err(|e| e.failure())?;
+                Ok(msg::Empty {})
+            })
+    }
+}
+
+/// Checks that the tree of `size` with `root` extends `held` (the same root
+/// at the held size).
+pub fn check_extends(
+    repo: &Repository,
+    held: &Checkpoint,
+    size: u64,
+    root: &Hash,
+) -> Result<(), AuditLogError> {
+    if size < held.size {
+        return Err(AuditLogError::Contradiction(format!(
+            "the audit log has {size} entries but checkpoint {} was signed: entries were removed or an older repository restored",
+            held.size
+        )));
+    }
+    let then = if size == held.size {
+        *root
+    } else {
+        repo.audit_root(held.size)?
+    };
+    if then != held.root {
+        return Err(AuditLogError::Contradiction(format!(
+            "the first {} entries of the audit log differ from checkpoint {}: the log was rewritten",
+            held.size, held.size
+        )));
+    }
+    Ok(())
+}
+
+impl HealthSource for AuditLog {
+    fn checks(&self) -> Vec<msg::Check> {
+        let state = self.state();
+        let (status, detail) = match (&state.error, state.last_signed) {
+            (Some(e), _) => (msg::HealthStatus::Failing, e.clone()),
+            (None, Some((size, at))) => (
+                msg::HealthStatus::Ok,
+                format!("checkpoint {size} signed {}s ago", at.elapsed().as_secs()),
+            ),
+            (None, None) => (msg::HealthStatus::Ok, "no checkpoint yet".to_string()),
+        };
+        drop(state);
+        let mut checks = vec![msg::Check {
+            name: "audit:checkpoint".into(),
+            status,
+            detail,
+        }];
+        let size = self.repo.audit_tree_head().map(|(s, _)| s).unwrap_or(0);
+        let acks = self.repo.audit_acks().unwrap_or_default();
+        let held = acks.iter().map(|(_, s, _)| *s).max().unwrap_or(0);
+        let behind = size.saturating_sub(held);
+        let who = acks
+            .iter()
+            .map(|(w, s, _)| format!("{w} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let detail = if acks.is_empty() {
+            format!("no copy acknowledged; entries 1–{size} held only here")
+        } else if behind == 0 {
+            format!("all {size} entries held outside ({who})")
+        } else {
+            format!("entries {}–{size} held only here ({who})", held + 1)
+        };
+        let status = if behind > self.config.unacknowledged_warning {
+            msg::HealthStatus::Degraded
+        } else {
+            msg::HealthStatus::Ok
+        };
+        checks.push(msg::Check {
+            name: "audit:witness".into(),
+            status,
+            detail,
+        });
+        checks
+    }
+}

@@ -1,0 +1,286 @@
+//! The audit log as a transparency log, end to end: a signer on a real pty
+//! with its Ed25519 audit key on a SoftHSM2 token signs checkpoints; the web
+//! host's copy (`signer-client audit sync`) verifies each against the last
+//! one it holds and acknowledges it. Then an insider with the repository
+//! file rewrites history (and recomputes every hash), or restores an older
+//! repository: the copy's next sync detects it, and the signer refuses to
+//! sign a checkpoint that contradicts its own last one.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Command;
+
+use signer_client::Calls;
+use signer_protocol::{calls, msg, Status};
+use signer_testsupport::ca::{make_csr, sign_request, Ceremony, SERVER_PROFILE};
+use signer_testsupport::{bin, output, Bench, LinkSpec};
+
+fn signerd(
+    args: &[&str],
+    config: &Path,
+    env: &[(String, std::path::PathBuf)],
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin("signerd"));
+    cmd.args(args).arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (code, stdout, stderr) = output(&mut cmd);
+    (code, format!("{stdout}{stderr}"))
+}
+
+fn client_cmd(link: &str, args: &[&str]) -> (Option<i32>, String) {
+    let (code, stdout, stderr) = output(
+        Command::new(bin("signer-client"))
+            .args(["--link", link])
+            .args(args),
+    );
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// The ceremony with an Ed25519 audit key and `ca.audit`.
+fn audited() -> (Ceremony, String) {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let yaml = c.with_audit_log();
+    (c, yaml)
+}
+
+fn issue(client: &signer_client::Client, d: &Path, id: &str) -> msg::SignX509Reply {
+    let csr = make_csr(d, id, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    client
+        .request::<calls::SignX509>(&sign_request(id, csr, &format!("{id}.example.org")))
+        .unwrap()
+}
+
+#[test]
+fn a_copy_outside_the_box_catches_a_rewritten_or_rolled_back_log() {
+    let (c, yaml) = audited();
+    let d = c.dir().to_path_buf();
+    let config = d.join("audited.yaml");
+    let (code, vkey) = signerd(&["audit", "vkey"], &config, &c.env());
+    assert_eq!(code, Some(0), "{vkey}");
+    let vkey = vkey.trim().to_string();
+    assert!(vkey.starts_with("signer-a.example/audit+"), "{vkey}");
+
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let link = bench.client_device().display().to_string();
+    let copy = d.join("web-copy");
+    let copy_arg = copy.display().to_string();
+    // One user of the line at a time: the test's client or the CLI.
+    let issue_some = |prefix: &str| {
+        let client = bench.client();
+        for i in 0..3 {
+            issue(&client, &d, &format!("{prefix}-{i}"));
+        }
+    };
+    issue_some("first");
+    // The first sync takes the key and everything so far.
+    let (code, out) = client_cmd(
+        &link,
+        &["audit", "sync", "--dir", &copy_arg, "--vkey", &vkey],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("synced 0 →"), "{out}");
+    {
+        let client = bench.client();
+        let health = client.health().unwrap();
+        let witness = health
+            .checks
+            .iter()
+            .find(|c| c.name == "audit:witness")
+            .unwrap();
+        assert_eq!(witness.status, msg::HealthStatus::Ok, "{witness:?}");
+    }
+    issue_some("second");
+    let (code, out) = client_cmd(&link, &["audit", "sync", "--dir", &copy_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = client_cmd(&link, &["audit", "verify", "--dir", &copy_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("checkpoints verified"), "{out}");
+
+    {
+        // Proofs on the wire verify against the checkpoint.
+        let client = bench.client();
+        let note: msg::AuditCheckpointReply = client
+            .request::<calls::AuditCheckpoint>(&msg::Empty {})
+            .unwrap();
+        let signed = signer_tlog::SignedCheckpoint::parse(&note.checkpoint).unwrap();
+        signed
+            .verify_log(&signer_tlog::Verifier::from_vkey(&vkey).unwrap())
+            .unwrap();
+        let size = signed.checkpoint.size;
+        let incl: msg::AuditInclusionReply = client
+            .request::<calls::AuditInclusion>(&msg::AuditInclusion { index: 2, size })
+            .unwrap();
+        let proof: Vec<[u8; 32]> = incl
+            .proof
+            .iter()
+            .map(|h| h.as_slice().try_into().unwrap())
+            .collect();
+        signer_tlog::merkle::verify_inclusion(
+            &signer_tlog::merkle::leaf_hash(&incl.entry),
+            2,
+            size,
+            &proof,
+            &signed.checkpoint.root,
+        )
+        .unwrap();
+        let err = client
+            .request::<calls::AuditInclusion>(&msg::AuditInclusion { index: size, size })
+            .unwrap_err();
+        assert_eq!(err.status(), Some(Status::AUDIT_RANGE));
+        let err = client
+            .request::<calls::AuditConsistency>(&msg::AuditConsistency {
+                old: size,
+                new: size + 1000,
+            })
+            .unwrap_err();
+        assert_eq!(err.status(), Some(Status::AUDIT_RANGE));
+        let err = client
+            .request::<calls::AuditAck>(&msg::AuditAck {
+                size,
+                root: serde_bytes::ByteBuf::from(vec![0u8; 32]),
+            })
+            .unwrap_err();
+        assert_eq!(err.status(), Some(Status::AUDIT_ROOT_MISMATCH));
+    }
+
+    // A backup now, then more history that the web host takes.
+    let backup = d.join("older.backup");
+    let (code, out) = signerd(
+        &["repo", "backup", "--out", &backup.display().to_string()],
+        &config,
+        &c.env(),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    issue_some("third");
+    let (code, out) = client_cmd(&link, &["audit", "sync", "--dir", &copy_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    drop(bench);
+
+    // 1. The insider rewrites an entry, recomputes the chain and the tree,
+    //    and removes the checkpoints so the signer signs the new history.
+    let repo = d.join("repository.redb");
+    let pristine = d.join("pristine.redb");
+    std::fs::copy(&repo, &pristine).unwrap();
+    rewrite_history(&repo, "second-1", true);
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let link = bench.client_device().display().to_string();
+    issue(&bench.client(), &d, "after-rewrite");
+    let (code, out) = client_cmd(&link, &["audit", "sync", "--dir", &copy_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("the log was rewritten"), "{out}");
+    assert!(
+        std::fs::read_dir(copy.join("evidence")).unwrap().count() >= 1,
+        "the contradicting checkpoint is kept"
+    );
+    // The copy itself still verifies, and kept its last good checkpoint.
+    let (code, out) = client_cmd(&link, &["audit", "verify", "--dir", &copy_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    drop(bench);
+
+    // 2. The same rewrite, checkpoints kept: the signer refuses to sign a
+    //    checkpoint contradicting its own, health fails, audit verify says so.
+    std::fs::copy(&pristine, &repo).unwrap();
+    rewrite_history(&repo, "second-1", false);
+    let (code, out) = signerd(&["audit", "verify"], &config, &c.env());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("checkpoint"), "{out}");
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let client = bench.client();
+    let err = client
+        .request::<calls::AuditCheckpoint>(&msg::Empty {})
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::REPOSITORY_CORRUPT), "{err}");
+    let health = client.health().unwrap();
+    let cp = health
+        .checks
+        .iter()
+        .find(|c| c.name == "audit:checkpoint")
+        .unwrap();
+    assert_eq!(cp.status, msg::HealthStatus::Failing, "{cp:?}");
+    assert!(cp.detail.contains("rewritten"), "{cp:?}");
+    drop(client);
+    drop(bench);
+
+    // 3. An older repository restored: the web host holds a newer checkpoint.
+    std::fs::remove_file(&repo).unwrap();
+    let (code, out) = signerd(
+        &["repo", "restore", "--in", &backup.display().to_string()],
+        &config,
+        &c.env(),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let link = bench.client_device().display().to_string();
+    let (code, out) = client_cmd(&link, &["audit", "sync", "--dir", &copy_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("an older repository restored") || out.contains("the log was rewritten"),
+        "{out}"
+    );
+}
+
+/// What an insider with the repository file does: changes a fact of the
+/// issuance entry of `request_id`, recomputes every later chain hash and the
+/// whole Merkle tree, and (with `drop_checkpoints`) deletes the stored
+/// checkpoints.
+fn rewrite_history(path: &Path, request_id: &str, drop_checkpoints: bool) {
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+    const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_v1");
+    const TREE: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("audit_tree_v1");
+    const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("audit_checkpoint_v1");
+    let db = redb::Database::open(path).unwrap();
+    let mut entries: Vec<signer_repository::AuditEntry> = {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(AUDIT).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|i| rmp_serde::from_slice(i.unwrap().1.value()).unwrap())
+            .collect()
+    };
+    let at = entries
+        .iter()
+        .position(|e| e.facts.get("request_id").map(String::as_str) == Some(request_id))
+        .expect("the entry to rewrite");
+    entries[at]
+        .facts
+        .insert("subject".into(), "CN=someone-else.example.org".into());
+    for i in at..entries.len() {
+        if i > 0 {
+            entries[i].prev = entries[i - 1].hash.clone();
+        }
+        entries[i].hash = entries[i].compute_hash();
+    }
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(AUDIT).unwrap();
+        let mut tree = txn.open_table(TREE).unwrap();
+        let n = tree.len().unwrap();
+        assert!(n > 0, "the tree exists");
+        tree.retain(|_, _| false).unwrap();
+        let mut nodes = std::collections::HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let bytes = rmp_serde::to_vec_named(e).unwrap();
+            t.insert(e.seq, bytes.as_slice()).unwrap();
+            let made = signer_tlog::merkle::completed_by::<String>(
+                i as u64,
+                signer_tlog::merkle::leaf_hash(&bytes),
+                |l, x| nodes.get(&(l, x)).copied().ok_or_else(|| "missing".into()),
+            )
+            .unwrap();
+            for (l, x, h) in made {
+                tree.insert((l, x), h.as_slice()).unwrap();
+                nodes.insert((l, x), h);
+            }
+        }
+        if drop_checkpoints {
+            txn.open_table(CHECKPOINTS)
+                .unwrap()
+                .retain(|_, _| false)
+                .unwrap();
+        }
+    }
+    txn.commit().unwrap();
+}
