@@ -284,3 +284,88 @@ fn rewrite_history(path: &Path, request_id: &str, drop_checkpoints: bool) {
     }
     txn.commit().unwrap();
 }
+
+/// The lines of the runbook block `name` in docs/operations.md (comments
+/// after two spaces and `#` dropped).
+fn runbook_block(name: &str) -> Vec<String> {
+    let doc = include_str!("../docs/operations.md");
+    let marker = format!("<!-- runbook-test: {name} -->");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no block {name}"));
+    let body = &doc[start..];
+    let open = body.find("```sh\n").unwrap() + 6;
+    let close = body[open..].find("```").unwrap() + open;
+    body[open..close]
+        .lines()
+        .map(|l| l.split("  #").next().unwrap_or(l).trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+#[test]
+fn the_audit_copy_runbook_runs_as_written() {
+    let (c, yaml) = audited();
+    let d = c.dir().to_path_buf();
+    std::fs::write(
+        d.join("signerd.yaml"),
+        format!("signer_id: test-signer\nlink: {{device: /dev/null}}\n{yaml}"),
+    )
+    .unwrap();
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let issued = issue(&bench.client(), &d, "runbook-1");
+    // The issuance's entry names the certificate's SHA-256: whoever holds
+    // the certificate finds its entry.
+    let (code, shown) = signerd(
+        &["audit", "show", "--request-id", "runbook-1", "--json"],
+        &d.join("signerd.yaml"),
+        &c.env(),
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(&issued.certificate));
+    assert!(
+        shown.contains(&format!("\"certificate_sha256\":\"{digest}\"")),
+        "{shown}"
+    );
+    let device = bench.client_device().display().to_string();
+    let copies = d.join("copies");
+    let path = format!(
+        "{}:{}",
+        bin("signerd").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let lines = runbook_block("audit-copy");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let mut outs = Vec::new();
+    for line in lines {
+        // The web host's paths, here.
+        let line = line
+            .replace("/dev/ttyUSB0", &device)
+            .replace("/var/lib/signer-audit/", &format!("{}/", copies.display()));
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", &line]).current_dir(&d).env("PATH", &path);
+        for (k, v) in c.env() {
+            cmd.env(k, v);
+        }
+        let (code, out, err) = output(&mut cmd);
+        assert_eq!(code, Some(0), "{line}\n{out}{err}");
+        outs.push(format!("{out}{err}"));
+    }
+    assert!(
+        std::fs::read_to_string(d.join("signer-a.vkey"))
+            .unwrap()
+            .starts_with("signer-a.example/audit+"),
+        "the verifier key file"
+    );
+    assert!(outs[1].contains("synced 0 →"), "{outs:?}");
+    assert!(outs[3].contains("checkpoints verified"), "{outs:?}");
+    // The signer records the copy.
+    let health = bench.client().health().unwrap();
+    let witness = health
+        .checks
+        .iter()
+        .find(|c| c.name == "audit:witness")
+        .unwrap();
+    assert!(witness.detail.contains("web host"), "{witness:?}");
+}

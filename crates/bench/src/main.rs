@@ -4,6 +4,7 @@
 //! same machine: machines are noisy, absolute numbers alone mean little.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod crl;
 mod openpgp;
 mod openssl_ca;
@@ -45,7 +46,7 @@ struct Cli {
     /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
     #[arg(long, hide = true)]
     crl_diff_child: Option<String>,
-    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`, `storage`); its part of
+    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`, `storage`, `audit`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -524,6 +525,9 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("storage") {
         storage::section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("audit") {
+        audit::section(&mut report, cli.scale)?;
     }
     if only.is_some() {
         if let Some(old) = cli

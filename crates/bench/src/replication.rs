@@ -291,8 +291,6 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Issuance throughput of a signer with its twin replicating against the
-/// same signer alone, alternating in the same run.
 /// Pins every thread of process `pid` to CPU `cpu` (later threads
 /// inherit it); false when the machine has fewer than two CPUs or taskset
 /// is missing.
@@ -319,6 +317,8 @@ fn unpin(pid: u32) {
         .status();
 }
 
+/// Issuance throughput of a signer with its twin replicating against the
+/// same signer alone, alternating in the same run.
 pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
     use signer_testsupport::twins::Twins;

@@ -187,6 +187,9 @@ impl Facts for msg::SignX509Reply {
     fn facts(&self, out: &mut FactList) {
         out.push(("issuer", self.issuer.clone()));
         out.push(("serial", hex(&self.serial)));
+        // Whoever holds the certificate finds its entry (and, with
+        // `audit_inclusion`, proves it is in the log).
+        out.push(("certificate_sha256", sha256_hex(&self.certificate)));
         out.push(("replayed", self.replayed.to_string()));
     }
 }
