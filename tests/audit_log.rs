@@ -70,9 +70,9 @@ fn a_copy_outside_the_box_catches_a_rewritten_or_rolled_back_log() {
     // One user of the line at a time: the test's client or the CLI.
     let issue_some = |prefix: &str| {
         let client = bench.client();
-        for i in 0..3 {
-            issue(&client, &d, &format!("{prefix}-{i}"));
-        }
+        (0..3)
+            .map(|i| issue(&client, &d, &format!("{prefix}-{i}")))
+            .collect::<Vec<_>>()
     };
     issue_some("first");
     // The first sync takes the key and everything so far.
@@ -92,12 +92,77 @@ fn a_copy_outside_the_box_catches_a_rewritten_or_rolled_back_log() {
             .unwrap();
         assert_eq!(witness.status, msg::HealthStatus::Ok, "{witness:?}");
     }
-    issue_some("second");
+    let second = issue_some("second");
     let (code, out) = client_cmd(&link, &["audit", "sync", "--dir", &copy_arg]);
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = client_cmd(&link, &["audit", "verify", "--dir", &copy_arg]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("checkpoints verified"), "{out}");
+    // A certificate's issuance proven in the log, by request id and by the
+    // certificate itself.
+    let (code, out) = client_cmd(
+        &link,
+        &[
+            "audit",
+            "prove",
+            "--dir",
+            &copy_arg,
+            "--request-id",
+            "second-1",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("(sign_x509 ok) is in checkpoint") && out.contains("inclusion proof verified"),
+        "{out}"
+    );
+    std::fs::write(d.join("second-2.der"), &second[2].certificate).unwrap();
+    let (code, out) = client_cmd(
+        &link,
+        &[
+            "audit",
+            "prove",
+            "--dir",
+            &copy_arg,
+            "--certificate",
+            &d.join("second-2.der").display().to_string(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = client_cmd(
+        &link,
+        &[
+            "audit",
+            "prove",
+            "--dir",
+            &copy_arg,
+            "--request-id",
+            "never-issued",
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no entry held names it"), "{out}");
+    // Twins are two logs: a copy is kept of one signer, never through failover.
+    let (code, out) = client_cmd(
+        &format!("{link},{link}"),
+        &["audit", "sync", "--dir", &copy_arg],
+    );
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("one device"), "{out}");
+    // A copy made for another log's key is refused before anything is sent.
+    let (code, out) = client_cmd(
+        &link,
+        &[
+            "audit",
+            "sync",
+            "--dir",
+            &copy_arg,
+            "--vkey",
+            "other.example/audit+00000000+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("another log"), "{out}");
 
     {
         // Proofs on the wire verify against the checkpoint.

@@ -324,6 +324,94 @@ impl AuditCopy {
     }
 }
 
+/// The parts of an audit entry a search needs (protocol §7.9).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct EntryView {
+    /// Its number (index + 1).
+    pub seq: u64,
+    /// What kind of entry (`command`, `setup`, …).
+    pub kind: String,
+    /// The command or step.
+    pub action: String,
+    /// Its outcome.
+    pub outcome: String,
+    /// Its facts.
+    #[serde(default)]
+    pub facts: std::collections::BTreeMap<String, String>,
+}
+
+/// What `prove` found and checked.
+#[derive(Debug, Clone)]
+pub struct Proven {
+    /// The entry.
+    pub entry: EntryView,
+    /// The checkpoint size it was proven in.
+    pub size: u64,
+    /// That checkpoint's root.
+    pub root: Hash,
+}
+
+impl AuditCopy {
+    /// Finds the entries held whose facts include every `(key, value)` of
+    /// `wanted` (newest last).
+    pub fn find(&self, wanted: &[(&str, String)]) -> Result<Vec<(u64, EntryView)>, AuditError> {
+        let mut out = Vec::new();
+        for (i, bytes) in self.entries()?.iter().enumerate() {
+            let entry: EntryView = signer_protocol::decode_body(bytes)
+                .map_err(|e| AuditError::Copy(format!("entry {}: {e}", i + 1)))?;
+            if wanted
+                .iter()
+                .all(|(k, v)| entry.facts.get(*k).is_some_and(|f| f == v))
+            {
+                out.push((i as u64, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Proves that entry `index` is in the signer's log as of the newest
+    /// checkpoint held: the signer's inclusion proof must lead from the
+    /// entry held here to that checkpoint's root.
+    pub fn prove<C: Calls>(&self, signer: &C, index: u64) -> Result<Proven, AuditError> {
+        self.verify()?;
+        let entries = self.entries()?;
+        let newest = self
+            .checkpoints()?
+            .pop()
+            .ok_or_else(|| AuditError::Copy("no checkpoint held yet: sync first".into()))?;
+        let (size, root) = (newest.checkpoint.size, newest.checkpoint.root);
+        let held = entries
+            .get(index as usize)
+            .filter(|_| index < size)
+            .ok_or_else(|| {
+                AuditError::Copy(format!(
+                    "entry {} is not held below checkpoint {size}",
+                    index + 1
+                ))
+            })?;
+        let reply =
+            signer.request::<calls::AuditInclusion>(&msg::AuditInclusion { index, size })?;
+        if reply.entry.as_slice() != held.as_slice() {
+            return Err(AuditError::Contradiction(format!(
+                "the signer's entry {} differs from the one held here",
+                index + 1
+            )));
+        }
+        let proof = hashes(&reply.proof)?;
+        merkle::verify_inclusion(&merkle::leaf_hash(held), index, size, &proof, &root).map_err(
+            |e| {
+                AuditError::Contradiction(format!(
+                    "entry {} is not in checkpoint {size} by the signer's proof: {e}",
+                    index + 1
+                ))
+            },
+        )?;
+        let entry = signer_protocol::decode_body(held)
+            .map_err(|e| AuditError::Copy(format!("entry {}: {e}", index + 1)))?;
+        Ok(Proven { entry, size, root })
+    }
+}
+
 fn hashes(proof: &[serde_bytes::ByteBuf]) -> Result<Vec<Hash>, AuditError> {
     proof
         .iter()

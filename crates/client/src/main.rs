@@ -150,6 +150,24 @@ enum AuditCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Prove that the signer's log holds the entry of a certificate (by
+    /// request id, serial or the certificate itself) as of the newest
+    /// checkpoint in DIR: the signer's inclusion proof is checked against
+    /// the entry and the checkpoint held here.
+    Prove {
+        /// The copy's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The request id of the issuance.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// The certificate's serial (hex).
+        #[arg(long)]
+        serial: Option<String>,
+        /// The certificate (PEM or DER).
+        #[arg(long)]
+        certificate: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -305,7 +323,15 @@ fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
         Cmd::Openpgp {
             command: OpenpgpCmd::CaCert { out },
         } => openpgp_ca(client, json, out.as_deref())?,
-        Cmd::Audit { command } => audit(client, json, command)?,
+        Cmd::Audit { command } => {
+            // A copy holds one signer's log: a twin's answer would be another log.
+            if cli.link.split(',').filter(|l| !l.trim().is_empty()).count() > 1 {
+                return Err(Failed::Input(
+                    "audit commands keep one signer's log: name one device with --link (one directory per signer)".into(),
+                ));
+            }
+            audit(client, json, command)?
+        }
         Cmd::Openpgp {
             command:
                 OpenpgpCmd::Certify {
@@ -363,6 +389,66 @@ fn audit(client: &Failover, json: bool, command: &AuditCmd) -> Result<ExitCode, 
                     )
                 }
             }),
+        AuditCmd::Prove {
+            dir,
+            request_id,
+            serial,
+            certificate,
+        } => {
+            let mut wanted: Vec<(&str, String)> = Vec::new();
+            if let Some(r) = request_id {
+                wanted.push(("request_id", r.clone()));
+            }
+            if let Some(s) = serial {
+                wanted.push((
+                    "serial",
+                    s.trim_start_matches("0x").replace(':', "").to_lowercase(),
+                ));
+            }
+            if let Some(path) = certificate {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| Failed::Input(format!("{}: {e}", path.display())))?;
+                let der = signer_x509::cert_der(&bytes)
+                    .map_err(|e| Failed::Input(format!("{}: {e}", path.display())))?;
+                use sha2::Digest as _;
+                let digest: String = sha2::Sha256::digest(&der)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                wanted.push(("certificate_sha256", digest));
+            }
+            if wanted.is_empty() {
+                return Err(Failed::Input(
+                    "name the entry: --request-id, --serial or --certificate".into(),
+                ));
+            }
+            AuditCopy::open(dir, None).and_then(|copy| {
+                let found = copy.find(&wanted)?;
+                // The issuance itself, not a refusal or a replay of it.
+                let (index, _) = found
+                    .iter()
+                    .find(|(_, e)| e.action == "sign_x509" && e.outcome == "ok")
+                    .or(found.first())
+                    .cloned()
+                    .ok_or_else(|| AuditError::Copy("no entry held names it (sync first?)".into()))?;
+                let proven = copy.prove(client, index)?;
+                Ok(if json {
+                    serde_json::json!({
+                        "entry": proven.entry.seq,
+                        "action": proven.entry.action,
+                        "outcome": proven.entry.outcome,
+                        "facts": proven.entry.facts,
+                        "checkpoint": proven.size,
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "entry {} ({} {}) is in checkpoint {}: inclusion proof verified",
+                        proven.entry.seq, proven.entry.action, proven.entry.outcome, proven.size
+                    )
+                })
+            })
+        }
     };
     match result {
         Ok(line) => {
