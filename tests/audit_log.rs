@@ -434,3 +434,91 @@ fn the_audit_copy_runbook_runs_as_written() {
         .unwrap();
     assert!(witness.detail.contains("web host"), "{witness:?}");
 }
+
+/// Until `f` gives `Some`, for at most `secs` seconds.
+fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    None
+}
+
+#[test]
+fn twins_witness_each_others_checkpoints_and_refuse_a_rewritten_log() {
+    use signer_testsupport::twins::Twins;
+    let mut t = Twins::audited("p256", SERVER_PROFILE);
+    let d = t.ceremony.dir().to_path_buf();
+    let env_b = vec![("SOFTHSM2_CONF".to_string(), t.dir_b().join("softhsm2.conf"))];
+    let (code, vkey_b) = signerd(
+        &["audit", "vkey"],
+        &t.dir_b().join("init-signer-b.yaml"),
+        &env_b,
+    );
+    assert_eq!(code, Some(0), "{vkey_b}");
+    let log_b = signer_tlog::Verifier::from_vkey(vkey_b.trim()).unwrap();
+    let witness_b = signer_tlog::Verifier::new(
+        &format!("{}/witness", log_b.name),
+        signer_tlog::note::TYPE_COSIGNATURE,
+        log_b.key,
+    )
+    .unwrap();
+    {
+        let a = t.a.client();
+        for i in 0..3 {
+            issue(&a, &d, &format!("witnessed-{i}"));
+        }
+    }
+    // A's checkpoint comes back cosigned by B.
+    let cosigned = wait_for(90, || {
+        let note =
+            t.a.client()
+                .request::<calls::AuditCheckpoint>(&msg::Empty {})
+                .ok()?;
+        let signed = signer_tlog::SignedCheckpoint::parse(&note.checkpoint).ok()?;
+        signed.verify_cosignature(&witness_b).ok().map(|_| signed)
+    })
+    .expect("A's checkpoint cosigned by B");
+    assert!(cosigned.checkpoint.size > 3);
+    let health = t.b.client().health().unwrap();
+    let twin = health
+        .checks
+        .iter()
+        .find(|c| c.name == "audit:twin")
+        .unwrap();
+    assert_eq!(twin.status, msg::HealthStatus::Ok, "{twin:?}");
+    assert!(
+        twin.detail.contains("signer-a's log cosigned up to"),
+        "{twin:?}"
+    );
+    // A's audit verify checks B's cosignatures.
+    let config_a = t.a.daemon.config_path().to_path_buf();
+    let (code, out) = signerd(&["audit", "verify"], &config_a, &t.ceremony.env());
+    assert_eq!(code, Some(0), "{out}");
+    let cosigned_count: u64 = out
+        .split(", ")
+        .find_map(|part| part.trim().strip_suffix(" cosigned by the twin"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cosigned count in {out}"));
+    assert!(cosigned_count >= 1, "{out}");
+
+    // An insider on A rewrites A's history (chain, tree and checkpoints):
+    // A signs the new history, B's copy of A's log says otherwise, and B
+    // refuses to cosign.
+    t.a.daemon.stop_cleanly();
+    rewrite_history(&d.join("repository.redb"), "witnessed-1", true);
+    t.a.daemon.restart();
+    let refused = wait_for(90, || {
+        let health = t.b.client().health().ok()?;
+        let twin = health.checks.into_iter().find(|c| c.name == "audit:twin")?;
+        (twin.status == msg::HealthStatus::Failing).then_some(twin.detail)
+    })
+    .expect("B refuses to cosign A's rewritten log");
+    assert!(
+        refused.contains("does not match its log as replicated here"),
+        "{refused}"
+    );
+}

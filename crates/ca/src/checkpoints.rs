@@ -17,7 +17,7 @@ use signer_hsm::{HsmError, KeyKind, Scheme, SigningBackend};
 use signer_protocol::{calls, msg, Status};
 use signer_repository::{RepoError, Repository, StoredCheckpoint};
 use signer_service::{Failure, HealthSource, Router};
-use signer_tlog::note::{Checkpoint, SignedCheckpoint, Verifier, TYPE_ED25519};
+use signer_tlog::note::{Checkpoint, SignedCheckpoint, Verifier, TYPE_COSIGNATURE, TYPE_ED25519};
 use signer_tlog::Hash;
 use tracing::{error, info};
 
@@ -42,6 +42,11 @@ pub struct AuditConfig {
     /// audit sync`) is more than this many entries behind (default 10000).
     #[serde(default = "default_unacknowledged")]
     pub unacknowledged_warning: u64,
+    /// The twin's audit key (`signerd audit vkey` on the twin): this signer
+    /// witnesses the twin's checkpoints against its copy of the twin's log
+    /// and cosigns them, and checks the twin's cosignatures of its own.
+    #[serde(default)]
+    pub peer_vkey: Option<String>,
 }
 
 fn default_every_entries() -> u64 {
@@ -130,12 +135,28 @@ impl AuditLogError {
 /// Most entries one `audit_entries` answer carries.
 pub const MAX_ENTRIES: u64 = 256;
 
-/// The checkpointer: signs, stores and reports.
+/// The name a log's audit key cosigns under as witness: `<origin>/witness`.
+pub fn witness_name(origin: &str) -> String {
+    format!("{origin}/witness")
+}
+
+/// The twin: its signer id, its log's verifier and its witness's.
+#[derive(Debug, Clone)]
+struct Twin {
+    id: String,
+    log: Verifier,
+    witness: Verifier,
+}
+
+/// The checkpointer: signs, stores and reports; witnesses the twin's.
 pub struct AuditLog {
     repo: Arc<Repository>,
     backend: Arc<dyn SigningBackend>,
     config: AuditConfig,
     verifier: Verifier,
+    /// This signer's audit key as a witness (`cosignature/v1`).
+    witness: Verifier,
+    twin: Option<Twin>,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -145,24 +166,181 @@ struct State {
     stopping: bool,
     last_signed: Option<(u64, Instant)>,
     error: Option<String>,
+    /// Witnessing the twin: the last size cosigned, or why not.
+    cosigned: Option<u64>,
+    witness_error: Option<String>,
 }
 
 impl AuditLog {
     /// The checkpointer of `repo`'s log with `config`.
+    /// `twin_id` is the twin's signer id (`ca.replication.peer_id`), when
+    /// there is one.
     pub fn new(
         config: &AuditConfig,
         repo: Arc<Repository>,
         backend: Arc<dyn SigningBackend>,
+        twin_id: Option<&str>,
     ) -> Result<AuditLog, String> {
         let verifier = verifier(config, repo.origin(), backend.as_ref())?;
+        let witness = Verifier::new(
+            &witness_name(&verifier.name),
+            TYPE_COSIGNATURE,
+            verifier.key,
+        )
+        .map_err(|e| format!("ca.audit.origin: {e}"))?;
+        let twin = match (&config.peer_vkey, twin_id) {
+            (Some(text), Some(id)) => {
+                let log =
+                    Verifier::from_vkey(text).map_err(|e| format!("ca.audit.peer_vkey: {e}"))?;
+                if log.key == verifier.key {
+                    return Err(
+                        "ca.audit.peer_vkey is this signer's own audit key: name the twin's".into(),
+                    );
+                }
+                let witness = Verifier::new(&witness_name(&log.name), TYPE_COSIGNATURE, log.key)
+                    .map_err(|e| format!("ca.audit.peer_vkey: {e}"))?;
+                Some(Twin {
+                    id: id.to_string(),
+                    log,
+                    witness,
+                })
+            }
+            (Some(_), None) => return Err(
+                "ca.audit.peer_vkey needs ca.replication (the twin's log arrives by replication)"
+                    .into(),
+            ),
+            (None, _) => None,
+        };
         Ok(AuditLog {
             repo,
             backend,
             config: config.clone(),
             verifier,
+            witness,
+            twin,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         })
+    }
+
+    /// The note of checkpoint `c` with the twin's verified cosignatures added.
+    fn with_cosignatures(&self, c: StoredCheckpoint) -> StoredCheckpoint {
+        let Some(twin) = &self.twin else { return c };
+        let Ok(mut note) = SignedCheckpoint::parse(&c.note) else {
+            return c;
+        };
+        for (size, witness, line) in self.repo.cosignatures().unwrap_or_default() {
+            if size != c.size || witness != twin.id {
+                continue;
+            }
+            if let Ok(parsed) =
+                SignedCheckpoint::parse(&format!("{}\n{line}\n", note.checkpoint.text()))
+            {
+                for l in parsed.signatures {
+                    if signer_tlog::note::verify_cosignature_line(
+                        &note.checkpoint,
+                        &twin.witness,
+                        &l,
+                    )
+                    .is_ok()
+                    {
+                        note.add(l);
+                    }
+                }
+            }
+        }
+        StoredCheckpoint {
+            size: c.size,
+            note: note.render(),
+        }
+    }
+
+    /// Witnesses the twin's checkpoints not yet cosigned: each must carry
+    /// the twin's signature and give the root of this signer's copy of the
+    /// twin's log at its size (a copy that only grows: consistency with
+    /// every earlier checkpoint follows). Then cosigns it.
+    pub fn witness(&self) -> Result<Option<u64>, String> {
+        let Some(twin) = &self.twin else {
+            return Ok(None);
+        };
+        let mut last = None;
+        for (size, note, cosigned) in self
+            .repo
+            .peer_checkpoints(&twin.id)
+            .map_err(|e| e.to_string())?
+        {
+            if cosigned.is_some() {
+                last = Some(size);
+                continue;
+            }
+            let mut signed = SignedCheckpoint::parse(&note)
+                .and_then(|n| n.verify_log(&twin.log).map(|()| n))
+                .map_err(|e| format!("{}'s checkpoint {size}: {e}", twin.id))?;
+            if signed.checkpoint.size != size {
+                return Err(format!(
+                    "{}'s checkpoint {size} names size {}",
+                    twin.id, signed.checkpoint.size
+                ));
+            }
+            let root = match self
+                .repo
+                .peer_audit_root(&twin.id, size)
+                .map_err(|e| e.to_string())?
+            {
+                Some(r) => r,
+                // The copy has not reached it yet.
+                None => break,
+            };
+            if root != signed.checkpoint.root {
+                return Err(format!(
+                    "{}'s checkpoint {size} does not match its log as replicated here: not cosigned",
+                    twin.id
+                ));
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let line = signed
+                .cosign(&self.witness, now, |m| {
+                    self.backend
+                        .sign_digest(&self.config.key, Scheme::Ed25519, m)
+                })
+                .map_err(|e| format!("ca.audit.key ({}): {e}", self.config.key))?;
+            let rendered = SignedCheckpoint {
+                checkpoint: signed.checkpoint.clone(),
+                signatures: vec![line],
+            }
+            .render();
+            let line_text = rendered.lines().last().unwrap_or_default().to_string();
+            self.repo
+                .record_cosignature(&twin.id, size, &line_text)
+                .map_err(|e| e.to_string())?;
+            info!(twin = %twin.id, size, "audit log: twin's checkpoint cosigned");
+            last = Some(size);
+        }
+        Ok(last)
+    }
+
+    fn witness_now(&self) {
+        if self.twin.is_none() {
+            return;
+        }
+        let result = self.witness();
+        let mut state = self.state();
+        match result {
+            Ok(size) => {
+                state.witness_error = None;
+                if size.is_some() {
+                    state.cosigned = size;
+                }
+            }
+            Err(e) => {
+                if state.witness_error.as_deref() != Some(e.as_str()) {
+                    error!(cause = %e, "audit log: twin's checkpoint not cosigned");
+                }
+                state.witness_error = Some(e);
+            }
+        }
     }
 
     /// The verifier key string of the audit key (`name+id+key`).
@@ -267,6 +445,7 @@ impl AuditLog {
                 let _ = self.checkpoint();
                 since = Instant::now();
             }
+            self.witness_now();
         }
         let _ = self.checkpoint();
     }
@@ -307,7 +486,9 @@ impl AuditLog {
         router
             .on::<calls::AuditCheckpoint>(move |_, _| {
                 a.checkpoint()
-                    .map(|c| msg::AuditCheckpointReply { checkpoint: c.note })
+                    .map(|c| msg::AuditCheckpointReply {
+                        checkpoint: a.with_cosignatures(c).note,
+                    })
                     .map_err(|e| e.failure())
             })
             .on::<calls::AuditConsistency>(move |_, r| {
@@ -462,6 +643,35 @@ impl HealthSource for AuditLog {
             status,
             detail,
         });
+        if let Some(twin) = &self.twin {
+            let state = self.state();
+            let own_cosigned = self
+                .repo
+                .cosignatures()
+                .unwrap_or_default()
+                .iter()
+                .filter(|(_, w, _)| *w == twin.id)
+                .map(|(s, _, _)| *s)
+                .max()
+                .unwrap_or(0);
+            let (status, detail) = match &state.witness_error {
+                Some(e) => (msg::HealthStatus::Failing, e.clone()),
+                None => (
+                    msg::HealthStatus::Ok,
+                    format!(
+                        "{}'s log cosigned up to {}; this log cosigned by {} up to {own_cosigned}",
+                        twin.id,
+                        state.cosigned.unwrap_or(0),
+                        twin.id
+                    ),
+                ),
+            };
+            checks.push(msg::Check {
+                name: "audit:twin".into(),
+                status,
+                detail,
+            });
+        }
         checks
     }
 }

@@ -172,6 +172,14 @@ pub(crate) fn apply(
                 raise_crl_floor(txn, issuer, number)?;
             }
             Change::Audit(entry) => crate::audit::store_peer(txn, entry)?,
+            Change::Checkpoint { size, note } => {
+                crate::tree::store_peer_checkpoint(txn, &event.origin, *size, note)?
+            }
+            Change::Cosignature { log, size, line } => {
+                if log == own_origin {
+                    crate::tree::store_cosignature(txn, *size, &event.origin, line)?;
+                }
+            }
             Change::Certified(record) => {
                 if crate::openpgp::apply(
                     txn,

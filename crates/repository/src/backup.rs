@@ -84,6 +84,9 @@ macro_rules! for_each_table {
         $f(crate::tree::AUDIT_TREE, $($arg),*)?;
         $f(crate::tree::AUDIT_CHECKPOINTS, $($arg),*)?;
         $f(crate::tree::AUDIT_ACKS, $($arg),*)?;
+        $f(crate::tree::AUDIT_PEER_CHECKPOINTS, $($arg),*)?;
+        $f(crate::tree::AUDIT_COSIGNED, $($arg),*)?;
+        $f(crate::tree::AUDIT_COSIGS, $($arg),*)?;
         $f(crate::outbox::EVENTS, $($arg),*)?;
         $f(crate::apply::APPLIED, $($arg),*)?;
         $f(crate::outbox::DIGESTS, $($arg),*)?;

@@ -39,6 +39,23 @@ pub enum Change {
     Audit(AuditEntry),
     /// User IDs of an OpenPGP key were certified.
     Certified(CertificationRecord),
+    /// The origin signed a checkpoint of its audit log (for the twin to
+    /// witness).
+    Checkpoint {
+        /// Tree size.
+        size: u64,
+        /// The signed note.
+        note: String,
+    },
+    /// The origin, as witness, cosigned a checkpoint of log `log`.
+    Cosignature {
+        /// The cosigned log's origin (its signer id).
+        log: String,
+        /// The checkpoint's size.
+        size: u64,
+        /// The cosignature line of the note.
+        line: String,
+    },
     /// A CRL was signed with this number.
     CrlIssued {
         /// Issuer name.

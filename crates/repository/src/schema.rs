@@ -43,6 +43,11 @@ pub(crate) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), RepoErro
     txn.open_table(crate::tree::AUDIT_CHECKPOINTS)
         .map_err(storage)?;
     txn.open_table(crate::tree::AUDIT_ACKS).map_err(storage)?;
+    txn.open_table(crate::tree::AUDIT_PEER_CHECKPOINTS)
+        .map_err(storage)?;
+    txn.open_table(crate::tree::AUDIT_COSIGNED)
+        .map_err(storage)?;
+    txn.open_table(crate::tree::AUDIT_COSIGS).map_err(storage)?;
     txn.open_table(crate::apply::APPLIED).map_err(storage)?;
     txn.open_table(crate::apply::CONFLICTS).map_err(storage)?;
     txn.open_table(crate::crls::CRL_FLOOR).map_err(storage)?;

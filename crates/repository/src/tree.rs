@@ -27,6 +27,41 @@ pub(crate) const AUDIT_CHECKPOINTS: TableDefinition<u64, &str> =
 /// Acknowledgements: who → (size held, when, ms).
 pub(crate) const AUDIT_ACKS: TableDefinition<&str, (u64, u64)> =
     TableDefinition::new("audit_ack_v1");
+/// The twin's checkpoints as replicated: (origin, size) → note.
+pub(crate) const AUDIT_PEER_CHECKPOINTS: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("audit_peer_checkpoint_v1");
+/// What this signer cosigned as witness: (log origin, size) → its line.
+pub(crate) const AUDIT_COSIGNED: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("audit_cosigned_v1");
+/// Cosignatures of this signer's checkpoints: (size, witness signer) → line.
+pub(crate) const AUDIT_COSIGS: TableDefinition<(u64, &str), &str> =
+    TableDefinition::new("audit_cosig_v1");
+
+pub(crate) fn store_peer_checkpoint(
+    txn: &WriteTransaction,
+    origin: &str,
+    size: u64,
+    note: &str,
+) -> Result<(), RepoError> {
+    txn.open_table(AUDIT_PEER_CHECKPOINTS)
+        .map_err(storage)?
+        .insert((origin, size), note)
+        .map_err(storage)?;
+    Ok(())
+}
+
+pub(crate) fn store_cosignature(
+    txn: &WriteTransaction,
+    size: u64,
+    witness: &str,
+    line: &str,
+) -> Result<(), RepoError> {
+    txn.open_table(AUDIT_COSIGS)
+        .map_err(storage)?
+        .insert((size, witness), line)
+        .map_err(storage)?;
+    Ok(())
+}
 
 /// The tree as read from a table.
 struct TableNodes<'t, T>(&'t T);
@@ -243,15 +278,130 @@ impl Repository {
         })
     }
 
-    /// Stores a checkpoint note for `size` (replacing the note of that size:
-    /// the same checkpoint with more cosignatures).
+    /// Stores the checkpoint note for `size` and sends it to the twin.
     pub fn store_checkpoint(&self, size: u64, note: &str) -> Result<(), RepoError> {
         self.write(|txn| {
-            txn.open_table(AUDIT_CHECKPOINTS)
+            let new = txn
+                .open_table(AUDIT_CHECKPOINTS)
                 .map_err(storage)?
                 .insert(size, note)
-                .map_err(storage)?;
+                .map_err(storage)?
+                .is_none();
+            if new {
+                crate::outbox::append_event(
+                    txn,
+                    &self.origin,
+                    crate::outbox::Change::Checkpoint {
+                        size,
+                        note: note.to_string(),
+                    },
+                )?;
+            }
             Ok(((), true))
+        })
+    }
+
+    /// The twin `origin`'s checkpoints as replicated, smallest first, with
+    /// this signer's cosignature line where it made one.
+    pub fn peer_checkpoints(
+        &self,
+        origin: &str,
+    ) -> Result<Vec<(u64, String, Option<String>)>, RepoError> {
+        self.read(|txn| {
+            let notes = match txn.open_table(AUDIT_PEER_CHECKPOINTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(storage(e)),
+            };
+            let cosigned = match txn.open_table(AUDIT_COSIGNED) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(storage(e)),
+            };
+            let mut out = Vec::new();
+            for item in notes
+                .range((origin, 0u64)..=(origin, u64::MAX))
+                .map_err(storage)?
+            {
+                let (k, v) = item.map_err(storage)?;
+                let size = k.value().1;
+                let line = match &cosigned {
+                    Some(t) => t
+                        .get((origin, size))
+                        .map_err(storage)?
+                        .map(|l| l.value().to_string()),
+                    None => None,
+                };
+                out.push((size, v.value().to_string(), line));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records this signer's cosignature of the twin `log`'s checkpoint
+    /// `size` and sends it to the twin.
+    pub fn record_cosignature(&self, log: &str, size: u64, line: &str) -> Result<(), RepoError> {
+        self.write(|txn| {
+            txn.open_table(AUDIT_COSIGNED)
+                .map_err(storage)?
+                .insert((log, size), line)
+                .map_err(storage)?;
+            crate::outbox::append_event(
+                txn,
+                &self.origin,
+                crate::outbox::Change::Cosignature {
+                    log: log.to_string(),
+                    size,
+                    line: line.to_string(),
+                },
+            )?;
+            Ok(((), true))
+        })
+    }
+
+    /// Cosignatures of this signer's checkpoints: (size, witness, line).
+    pub fn cosignatures(&self) -> Result<Vec<(u64, String, String)>, RepoError> {
+        self.read(|txn| {
+            let table = match txn.open_table(AUDIT_COSIGS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(storage(e)),
+            };
+            let mut out = Vec::new();
+            for item in table.iter().map_err(storage)? {
+                let (k, v) = item.map_err(storage)?;
+                let (size, witness) = k.value();
+                out.push((size, witness.to_string(), v.value().to_string()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The root of the twin `origin`'s log at `size`, from this signer's
+    /// copy of its entries; `None` while the copy is shorter.
+    pub fn peer_audit_root(&self, origin: &str, size: u64) -> Result<Option<Hash>, RepoError> {
+        self.read(|txn| {
+            let copy = txn.open_table(crate::audit::AUDIT_PEER).map_err(storage)?;
+            let mut leaves = Vec::with_capacity(size as usize);
+            for item in copy
+                .range((origin, 1u64)..=(origin, size))
+                .map_err(storage)?
+            {
+                let (k, v) = item.map_err(storage)?;
+                if k.value().1 != leaves.len() as u64 + 1 {
+                    return Err(RepoError::Corrupt(format!(
+                        "the copy of {origin}'s audit log lacks entry {}",
+                        leaves.len() + 1
+                    )));
+                }
+                leaves.push(merkle::leaf_hash(v.value()));
+            }
+            if (leaves.len() as u64) < size {
+                return Ok(None);
+            }
+            merkle::root(&merkle::LeafHashes(leaves), size)
+                .map(Some)
+                .map_err(RepoError::Corrupt)
         })
     }
 

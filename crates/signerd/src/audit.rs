@@ -221,8 +221,42 @@ fn verify_tree(
             ));
         }
     }
+    // The twin's cosignatures of this log's checkpoints.
+    let mut cosigned = 0;
+    if let (Some(peer), Some(r)) = (
+        ca.audit.as_ref().and_then(|a| a.peer_vkey.as_ref()),
+        ca.replication.as_ref(),
+    ) {
+        let log = signer_tlog::Verifier::from_vkey(peer)
+            .map_err(|e| format!("ca.audit.peer_vkey: {e}"))?;
+        let witness = signer_tlog::Verifier::new(
+            &signer_ca::checkpoints::witness_name(&log.name),
+            signer_tlog::note::TYPE_COSIGNATURE,
+            log.key,
+        )?;
+        for (size, who, line) in repo.cosignatures().map_err(|e| e.to_string())? {
+            if who != r.peer_id {
+                continue;
+            }
+            let cp = checkpoints
+                .iter()
+                .find(|c| c.size == size)
+                .ok_or_else(|| format!("{who} cosigned checkpoint {size}, which is not stored"))?;
+            let note = signer_tlog::SignedCheckpoint::parse(&format!(
+                "{}\n{line}\n",
+                signer_tlog::SignedCheckpoint::parse(&cp.note)?
+                    .checkpoint
+                    .text()
+            ))?;
+            for l in &note.signatures {
+                signer_tlog::note::verify_cosignature_line(&note.checkpoint, &witness, l)
+                    .map_err(|e| format!("{who}'s cosignature of checkpoint {size}: {e}"))?;
+            }
+            cosigned += 1;
+        }
+    }
     say!(
-        "audit tree: {size} entries, root {}; {} checkpoints verified (newest {})",
+        "audit tree: {size} entries, root {}; {} checkpoints verified (newest {}), {cosigned} cosigned by the twin",
         hex::encode(root),
         checkpoints.len(),
         checkpoints.last().map_or(0, |c| c.size)

@@ -99,6 +99,7 @@ fn run(c: &Config) -> anyhow::Result<()> {
                         a,
                         Arc::clone(service.repository()),
                         Arc::clone(service.backend()),
+                        ca_config.replication.as_ref().map(|r| r.peer_id.as_str()),
                     )
                     .map_err(anyhow::Error::msg)?,
                 );

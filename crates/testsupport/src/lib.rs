@@ -185,6 +185,11 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its configuration file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)

@@ -331,6 +331,18 @@ impl Twins {
 
     /// Twins on a ceremony made by the caller (e.g. with an OpenPGP key).
     pub fn with_ceremony(ceremony: Ceremony) -> Twins {
+        Twins::build(ceremony, false)
+    }
+
+    /// Twins whose audit logs sign checkpoints (an Ed25519 audit key on
+    /// each token, `ca.audit` with a checkpoint every 4 entries or second)
+    /// and witness each other's (`peer_vkey`). Origins:
+    /// `signer-a.example/audit`, `signer-b.example/audit`.
+    pub fn audited(sub_key: &str, profiles: &str) -> Twins {
+        Twins::build(Ceremony::new_as("signer-a", sub_key, profiles), true)
+    }
+
+    fn build(ceremony: Ceremony, audit: bool) -> Twins {
         let token_b = tempfile::tempdir().expect("temp dir");
         let ok = Command::new("cp")
             .arg("-a")
@@ -373,7 +385,18 @@ impl Twins {
                 1,
             )
         };
-        let yaml_a = with_key(&ceremony.ca_yaml, "replication-a");
+        let with_audit_key = |yaml: String, label: &str| {
+            if audit {
+                yaml.replacen(
+                    "    - {name: sub, label: sub-key}\n",
+                    &format!("    - {{name: sub, label: sub-key}}\n    - {{name: audit, label: {label}}}\n"),
+                    1,
+                )
+            } else {
+                yaml
+            }
+        };
+        let yaml_a = with_audit_key(with_key(&ceremony.ca_yaml, "replication-a"), "audit-a");
         let yaml_b = with_key(
             &ceremony
                 .ca_yaml
@@ -384,6 +407,7 @@ impl Twins {
                 .replace("serial_prefix: 0x21", "serial_prefix: 0x22"),
             "replication-b",
         );
+        let yaml_b = with_audit_key(yaml_b, "audit-b");
         // The pair ceremony: each twin makes its own replication key on its
         // own token, and the twins exchange the public halves.
         let pair_a = ceremony.dir().join("pair-signer-a.yaml");
@@ -396,7 +420,11 @@ impl Twins {
         let pair_b = token_b.path().join("init-signer-b.yaml");
         let key_a = ceremony.dir().join("replication-a.pem");
         let key_b = token_b.path().join("replication-b.pem");
+        let audit_section = |own: &str| {
+            format!("  audit:\n    key: audit\n    origin: {own}.example/audit\n    every_entries: 4\n    every_secs: 1\n")
+        };
         let tls_a = ceremony.dir().join("signer-a.nats.crt");
+        let mut vkeys = Vec::new();
         let tls_b = token_b.path().join("signer-b.nats.crt");
         let mut nkeys = Vec::new();
         for (config, env, label, out, tls) in [
@@ -436,6 +464,31 @@ impl Twins {
                 .trim()
                 .to_string();
             nkeys.push(public);
+            if audit {
+                let own = if label == "replication-a" {
+                    "signer-a"
+                } else {
+                    "signer-b"
+                };
+                signerd_in(
+                    &[
+                        "setup",
+                        "generate-key",
+                        "--label",
+                        &format!("audit-{}", &own[own.len() - 1..]),
+                        "--type",
+                        "ed25519",
+                    ],
+                    config,
+                    &env,
+                );
+                let text = std::fs::read_to_string(config).expect("read pair configuration");
+                let with = config.with_extension("audit.yaml");
+                std::fs::write(&with, format!("{text}{}", audit_section(own)))
+                    .expect("write configuration");
+                let vkey = signerd_in(&["audit", "vkey"], &with, &env);
+                vkeys.push(vkey.trim().to_string());
+            }
             // Each twin's nats-server certificate; both signers pin it.
             signerd_in(
                 &[
@@ -494,6 +547,23 @@ impl Twins {
                 &tls_a
             )
         );
+        // Each witnesses the other's audit log.
+        let (yaml_a, yaml_b) = if audit {
+            (
+                format!(
+                    "{yaml_a}{}    peer_vkey: \"{}\"\n",
+                    audit_section("signer-a"),
+                    vkeys[1]
+                ),
+                format!(
+                    "{yaml_b}{}    peer_vkey: \"{}\"\n",
+                    audit_section("signer-b"),
+                    vkeys[0]
+                ),
+            )
+        } else {
+            (yaml_a, yaml_b)
+        };
         // B's operator commands (repo init after a loss, repo seed) use its
         // whole configuration from now on.
         std::fs::write(
