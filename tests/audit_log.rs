@@ -244,6 +244,21 @@ fn a_copy_outside_the_box_catches_a_rewritten_or_rolled_back_log() {
     let (code, out) = client_cmd(&link, &["audit", "verify", "--dir", &copy_arg]);
     assert_eq!(code, Some(0), "{out}");
     drop(bench);
+    // So does every other way of changing history: an entry deleted, one
+    // made up and inserted, two swapped.
+    for how in [Tamper::Delete, Tamper::Insert, Tamper::Swap] {
+        std::fs::copy(&pristine, &repo).unwrap();
+        tamper_log(&repo, "second-1", how, true);
+        let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+        let link = bench.client_device().display().to_string();
+        let (code, out) = client_cmd(&link, &["audit", "sync", "--dir", &copy_arg]);
+        assert_eq!(code, Some(1), "{how:?}: {out}");
+        assert!(
+            out.contains("the log was rewritten") || out.contains("entries were removed"),
+            "{how:?}: {out}"
+        );
+        drop(bench);
+    }
 
     // 2. The same rewrite, checkpoints kept: the signer refuses to sign a
     //    checkpoint contradicting its own, health fails, audit verify says so.
@@ -287,11 +302,24 @@ fn a_copy_outside_the_box_catches_a_rewritten_or_rolled_back_log() {
     );
 }
 
-/// What an insider with the repository file does: changes a fact of the
-/// issuance entry of `request_id`, recomputes every later chain hash and the
-/// whole Merkle tree, and (with `drop_checkpoints`) deletes the stored
+/// How an insider changes the log.
+#[derive(Debug, Clone, Copy)]
+enum Tamper {
+    /// A fact of the entry changed.
+    Edit,
+    /// The entry removed, later ones renumbered.
+    Delete,
+    /// A made-up entry put after it.
+    Insert,
+    /// The entry and the next swapped.
+    Swap,
+}
+
+/// What an insider with the repository file does: changes the log at the
+/// issuance entry of `request_id` (`how`), recomputes every chain hash and
+/// the whole Merkle tree, and (with `drop_checkpoints`) deletes the stored
 /// checkpoints.
-fn rewrite_history(path: &Path, request_id: &str, drop_checkpoints: bool) {
+fn tamper_log(path: &Path, request_id: &str, how: Tamper, drop_checkpoints: bool) {
     use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
     const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_v1");
     const TREE: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("audit_tree_v1");
@@ -308,22 +336,40 @@ fn rewrite_history(path: &Path, request_id: &str, drop_checkpoints: bool) {
     let at = entries
         .iter()
         .position(|e| e.facts.get("request_id").map(String::as_str) == Some(request_id))
-        .expect("the entry to rewrite");
-    entries[at]
-        .facts
-        .insert("subject".into(), "CN=someone-else.example.org".into());
-    for i in at..entries.len() {
-        if i > 0 {
-            entries[i].prev = entries[i - 1].hash.clone();
+        .expect("the entry to tamper with");
+    match how {
+        Tamper::Edit => {
+            entries[at]
+                .facts
+                .insert("subject".into(), "CN=someone-else.example.org".into());
         }
+        Tamper::Delete => {
+            entries.remove(at);
+        }
+        Tamper::Insert => {
+            let mut forged = entries[at].clone();
+            forged
+                .facts
+                .insert("request_id".into(), "never-happened".into());
+            entries.insert(at + 1, forged);
+        }
+        Tamper::Swap => entries.swap(at, at + 1),
+    }
+    for i in 0..entries.len() {
+        entries[i].seq = i as u64 + 1;
+        entries[i].prev = if i == 0 {
+            vec![0; 32]
+        } else {
+            entries[i - 1].hash.clone()
+        };
         entries[i].hash = entries[i].compute_hash();
     }
     let txn = db.begin_write().unwrap();
     {
         let mut t = txn.open_table(AUDIT).unwrap();
+        t.retain(|_, _| false).unwrap();
         let mut tree = txn.open_table(TREE).unwrap();
-        let n = tree.len().unwrap();
-        assert!(n > 0, "the tree exists");
+        assert!(tree.len().unwrap() > 0, "the tree exists");
         tree.retain(|_, _| false).unwrap();
         let mut nodes = std::collections::HashMap::new();
         for (i, e) in entries.iter().enumerate() {
@@ -348,6 +394,10 @@ fn rewrite_history(path: &Path, request_id: &str, drop_checkpoints: bool) {
         }
     }
     txn.commit().unwrap();
+}
+
+fn rewrite_history(path: &Path, request_id: &str, drop_checkpoints: bool) {
+    tamper_log(path, request_id, Tamper::Edit, drop_checkpoints);
 }
 
 /// The lines of the runbook block `name` in docs/operations.md (comments

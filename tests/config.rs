@@ -197,6 +197,7 @@ fn replication_and_openpgp_settings_are_checked() {
             "ca.audit.origin",
         ),
         ("every_entries: 1000", "every_entries: 0", "ca.audit"),
+        ("+720dc504+", "+720dc505+", "ca.audit.peer_vkey"),
         (
             "created: 2026-01-01T00:00:00Z",
             "created: 1 January 2026",

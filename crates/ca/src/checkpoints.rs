@@ -654,8 +654,17 @@ impl HealthSource for AuditLog {
                 .map(|(s, _, _)| *s)
                 .max()
                 .unwrap_or(0);
+            let uncosigned = size.saturating_sub(own_cosigned);
             let (status, detail) = match &state.witness_error {
                 Some(e) => (msg::HealthStatus::Failing, e.clone()),
+                None if uncosigned > self.config.unacknowledged_warning => (
+                    msg::HealthStatus::Degraded,
+                    format!(
+                        "entries {}–{size} of this log not cosigned by {} (is the twin up?)",
+                        own_cosigned + 1,
+                        twin.id
+                    ),
+                ),
                 None => (
                     msg::HealthStatus::Ok,
                     format!(

@@ -273,6 +273,22 @@ impl Section for CaConfig {
                 signer_tlog::note::Verifier::new(origin, signer_tlog::note::TYPE_ED25519, [0; 32])
                     .map_err(|e| invalid("ca.audit.origin".into(), e))?;
             }
+            if let Some(v) = &a.peer_vkey {
+                let twin = signer_tlog::note::Verifier::from_vkey(v)
+                    .map_err(|e| invalid("ca.audit.peer_vkey".into(), e))?;
+                if twin.kind != signer_tlog::note::TYPE_ED25519 {
+                    return Err(invalid(
+                        "ca.audit.peer_vkey".into(),
+                        "not a log's key (signerd audit vkey on the twin prints it)".into(),
+                    ));
+                }
+                if self.replication.is_none() {
+                    return Err(invalid(
+                        "ca.audit.peer_vkey".into(),
+                        "needs ca.replication: the twin's log arrives by replication".into(),
+                    ));
+                }
+            }
             if a.every_entries == 0 || a.every_secs == 0 {
                 return Err(invalid(
                     "ca.audit".into(),
