@@ -554,6 +554,15 @@ fn twins_witness_each_others_checkpoints_and_refuse_a_rewritten_log() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no cosigned count in {out}"));
     assert!(cosigned_count >= 1, "{out}");
+    // B's audit verify checks A's checkpoints against B's copy of A's log.
+    let (code, out) = signerd(&["audit", "verify"], t.b.daemon.config_path(), &env_b);
+    assert_eq!(code, Some(0), "{out}");
+    let matching: u64 = out
+        .split("audit tree: ")
+        .find_map(|p| p.split_once(" of signer-a's checkpoints match"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no witnessed count in {out}"));
+    assert!(matching >= 1, "{out}");
 
     // An insider on A rewrites A's history (chain, tree and checkpoints):
     // A signs the new history, B's copy of A's log says otherwise, and B

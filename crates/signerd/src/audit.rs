@@ -254,6 +254,35 @@ fn verify_tree(
             }
             cosigned += 1;
         }
+        // The twin's checkpoints held here: its signature, and the root of
+        // this signer's copy of its log.
+        let mut witnessed = 0;
+        for (size, note, _) in repo
+            .peer_checkpoints(&r.peer_id)
+            .map_err(|e| e.to_string())?
+        {
+            let note = signer_tlog::SignedCheckpoint::parse(&note)
+                .and_then(|n| n.verify_log(&log).map(|()| n))
+                .map_err(|e| format!("{}'s checkpoint {size}: {e}", r.peer_id))?;
+            match repo
+                .peer_audit_root(&r.peer_id, size)
+                .map_err(|e| e.to_string())?
+            {
+                Some(root) if root != note.checkpoint.root => {
+                    return Err(format!(
+                        "{}'s checkpoint {size} does not match the copy of its log held here",
+                        r.peer_id
+                    ))
+                }
+                Some(_) => witnessed += 1,
+                None => {}
+            }
+        }
+        say!(
+            "audit tree: {} of {}'s checkpoints match the copy of its log held here",
+            witnessed,
+            r.peer_id
+        );
     }
     say!(
         "audit tree: {size} entries, root {}; {} checkpoints verified (newest {}), {cosigned} cosigned by the twin",
