@@ -311,9 +311,20 @@ fn sigterm_stops_the_daemon_cleanly_and_systemd_hears_ready_and_stopping() {
     let ready = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(ready.starts_with("READY=1\nSTATUS=serving "), "{ready}");
     drop(bench.client());
+    // A hang-up (the session that started it closed) does not stop it.
+    bench.daemon.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        bench.client().health().unwrap().signer_id,
+        "test-signer",
+        "still serving after SIGHUP"
+    );
     bench.daemon.signal("TERM");
     assert_eq!(bench.daemon.wait(Duration::from_secs(15)), Some(0));
-    assert!(bench.daemon.log().contains("signerd stopped"));
+    let log = bench.daemon.log();
+    assert!(log.contains("signerd stopped"));
+    // Not a terminal: plain text for journald, no colour codes.
+    assert!(!log.contains('\u{1b}'), "{log}");
     let n = socket.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
@@ -334,6 +345,21 @@ fn client_cli_health_text_json_and_exit_codes() {
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["health"]["signer_id"], "test-signer");
+    // Its output closed early (`| head -c0`): no panic, the exit code of the command.
+    let mut child = std::process::Command::new(bin("signer-client"))
+        .args(["--link", device.to_str().unwrap(), "health"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(json["clock_skew_warning"], false);
 
     let out = std::process::Command::new(bin("signer-client"))

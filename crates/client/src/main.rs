@@ -4,6 +4,23 @@
 //! 3 link failure or timeout, 4 bad local input (a file, an argument).
 #![forbid(unsafe_code)]
 
+/// Writes a line to standard output; a closed output (`| head`) is not an
+/// error worth a panic: what was asked for happened either way.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Like [`say!`], without the newline.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use signer_client::Calls;
 use signer_protocol::calls;
 use std::path::{Path, PathBuf};
@@ -255,7 +272,7 @@ fn main() -> ExitCode {
         Err(e) => {
             if cli.json {
                 let status = e.status().map(|s| s.to_string());
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"error": e.to_string(), "status": status})
                 );
@@ -452,13 +469,13 @@ fn audit(client: &Failover, json: bool, command: &AuditCmd) -> Result<ExitCode, 
     };
     match result {
         Ok(line) => {
-            println!("{line}");
+            say!("{line}");
             Ok(ExitCode::SUCCESS)
         }
         Err(AuditError::Client(e)) => Err(Failed::Client(e)),
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({"error": e.to_string()}));
+                say!("{}", serde_json::json!({"error": e.to_string()}));
             } else {
                 eprintln!("signer-client: {e}");
             }
@@ -488,7 +505,7 @@ fn health(client: &Failover, json: bool, max_skew: f64) -> Result<ExitCode, Clie
             "clock_skew_warning": skew_warning,
             "client_link": client.stats(),
         });
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
@@ -519,18 +536,18 @@ fn status_word(s: msg::HealthStatus) -> &'static str {
 
 fn print_health(h: &msg::HealthReply, skew_s: f64) {
     let time = UNIX_EPOCH + Duration::from_millis(h.time_ms.max(0) as u64);
-    println!("signer    {} (signerd {})", h.signer_id, h.version);
-    println!("status    {}", status_word(h.status));
-    println!(
+    say!("signer    {} (signerd {})", h.signer_id, h.version);
+    say!("status    {}", status_word(h.status));
+    say!(
         "time      {} (differs from this host by {skew_s:+.1} s)",
         humantime::format_rfc3339_seconds(time)
     );
-    println!(
+    say!(
         "uptime    {}",
         humantime::format_duration(Duration::from_secs(h.uptime_s))
     );
     let l = &h.link;
-    println!(
+    say!(
         "link      {} frames in, {} bad (crc {}, cobs {}, oversize {}, short {}), {} malformed",
         l.frames_ok,
         l.frames_bad_crc + l.frames_bad_cobs + l.frames_oversize + l.frames_short,
@@ -540,12 +557,12 @@ fn print_health(h: &msg::HealthReply, skew_s: f64) {
         l.frames_short,
         l.malformed
     );
-    println!(
+    say!(
         "          {} frames out, {} replayed, {} duplicate retries, {} busy, device opened {} time(s)",
         l.frames_sent, l.replayed, l.duplicates_in_flight, l.busy, l.opens
     );
     for c in &h.checks {
-        println!(
+        say!(
             "check     {:<24} {:<8} {}",
             c.name,
             status_word(c.status),
@@ -559,21 +576,22 @@ fn hello(client: &Failover, json: bool) -> Result<ExitCode, ClientError> {
         return Err(ClientError::Protocol("no hello reply".into()));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+        say!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
     } else {
-        println!("signer        {} ({})", h.signer_id, h.server);
-        println!(
+        say!("signer        {} ({})", h.signer_id, h.server);
+        say!(
             "protocol      version {} (signer speaks {:?})",
-            h.version, h.versions
+            h.version,
+            h.versions
         );
-        println!("max_frame     {} bytes", h.max_frame);
-        println!("max_in_flight {}", h.max_in_flight);
+        say!("max_frame     {} bytes", h.max_frame);
+        say!("max_in_flight {}", h.max_in_flight);
         let names: Vec<String> = h
             .commands
             .iter()
             .map(|&c| signer_protocol::Command(c).to_string())
             .collect();
-        println!("commands      {}", names.join(", "));
+        say!("commands      {}", names.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -632,7 +650,7 @@ fn sign(
     match out {
         Some(path) => std::fs::write(path, &text)
             .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
-        None if !json => print!("{text}"),
+        None if !json => say_raw!("{text}"),
         None => {}
     }
     if json {
@@ -646,7 +664,7 @@ fn sign(
             "failovers": client.failovers(),
             "certificate": text,
         });
-        println!("{value}");
+        say!("{value}");
     } else {
         if client.failovers() > 0 {
             eprintln!(
@@ -686,10 +704,10 @@ fn ca_certs(
                 std::fs::write(&path, &text)
                     .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?;
                 if !json {
-                    println!("wrote {}", path.display());
+                    say!("wrote {}", path.display());
                 }
             }
-            None if !json => print!("# {}\n{text}", ca.name),
+            None if !json => say_raw!("# {}\n{text}", ca.name),
             None => {}
         }
     }
@@ -699,7 +717,7 @@ fn ca_certs(
             .iter()
             .map(|c| serde_json::json!({"name": c.name, "certificate": signer_x509::cert_pem(&c.certificate)}))
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        say!("{}", serde_json::Value::Array(list));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -751,14 +769,14 @@ fn revoke_body(
 fn revoke(client: &Failover, json: bool, body: msg::RevokeX509) -> Result<ExitCode, ClientError> {
     let reply: msg::RevokeX509Reply = client.request::<calls::RevokeX509>(&body)?;
     if json {
-        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+        say!("{}", serde_json::to_string(&reply).unwrap_or_default());
     } else {
         let reason = REASONS
             .iter()
             .find(|(_, c)| *c == reply.reason)
             .map(|(n, _)| *n)
             .unwrap_or("?");
-        println!(
+        say!(
             "revoked at {} with reason {reason}{}{}",
             reply.revoked_at,
             if reply.replayed {
@@ -811,15 +829,15 @@ fn crl(
             "bytes": new_der.as_ref().map(Vec::len),
             "link_bytes": received,
         });
-        println!("{value}");
+        say!("{value}");
     } else if reply.unchanged {
-        println!(
+        say!(
             "CRL {} of {issuer} unchanged ({} entries, {received} bytes on the link)",
             hex(&reply.number),
             reply.entries
         );
     } else {
-        println!(
+        say!(
             "wrote CRL {} of {issuer} to {} ({} entries, via {via}, {received} bytes on the link)",
             hex(&reply.number),
             out.display(),
@@ -847,7 +865,7 @@ fn openpgp_ca(client: &Failover, json: bool, out: Option<&Path>) -> Result<ExitC
     write_or_print(out, armored.as_bytes(), !json)?;
     if json {
         let value = serde_json::json!({"fingerprint": reply.fingerprint, "certificate": armored});
-        println!("{value}");
+        say!("{value}");
     } else {
         eprintln!("OpenPGP CA key {}", reply.fingerprint);
     }
@@ -892,7 +910,7 @@ fn certify(
             "signer": client.server().map(|h| h.signer_id),
             "failovers": client.failovers(),
         });
-        println!("{value}");
+        say!("{value}");
     } else {
         for c in &reply.certifications {
             eprintln!(

@@ -59,8 +59,12 @@ pub fn main(config: &Path) -> ExitCode {
 fn init_logging(c: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&c.log.level));
+    // Colour only for a person at a terminal: journald and log files get
+    // plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match c.log.format {
         LogFormat::Json => builder.json().init(),
@@ -129,6 +133,11 @@ fn run(c: &Config) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    // A hang-up (the terminal or SSH session that started it went away) does
+    // not stop the signer: nothing in flight is dropped. Nothing is reloaded
+    // either; a changed configuration takes a restart.
+    let hangups = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangups))?;
     info!(signer_id = %c.signer_id, version = env!("CARGO_PKG_VERSION"), ca = ca.is_some(), "signerd started");
     notify::notify(&format!(
         "READY=1\nSTATUS=serving {} as {}",
