@@ -152,6 +152,18 @@ fn replication_and_openpgp_settings_are_checked() {
         text.contains("twin signer-b via nats://192.168.100.2:4222"),
         "{text}"
     );
+    // A summary for people: the words of the YAML, not the program's.
+    for words in [
+        "parity none",
+        "flow control none",
+        "token labelled signer-a",
+        "extended key usage server_auth, client_auth",
+    ] {
+        assert!(text.contains(words), "{words:?} in {text}");
+    }
+    for debug in ["Label(", "Some(", "None", "[Server"] {
+        assert!(!text.contains(debug), "{debug:?} in {text}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (

@@ -97,7 +97,12 @@ impl BackendConfig {
     pub fn describe(&self) -> String {
         match self {
             BackendConfig::Pkcs11(c) => {
-                format!("pkcs11 module {} token {:?}", c.module.display(), c.token)
+                let token = match &c.token {
+                    crate::TokenSelector::Label(l) => format!("labelled {l}"),
+                    crate::TokenSelector::Serial(s) => format!("with serial {s}"),
+                    crate::TokenSelector::Slot(n) => format!("in slot {n}"),
+                };
+                format!("PKCS#11 module {}, token {token}", c.module.display())
             }
         }
     }

@@ -174,17 +174,34 @@ pub fn check_repository(
     )])
 }
 
+/// A configuration value as it is written in the YAML (`ServerAuth` →
+/// `server_auth`).
+fn yaml_word(value: impl std::fmt::Debug) -> String {
+    let mut out = String::new();
+    for (i, ch) in format!("{value:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 fn print_summary(c: &Config) {
     println!("configuration OK");
     println!("signer_id      {}", c.signer_id);
     println!(
-        "link           {} at {} baud, {} data bits, parity {:?}, {} stop bit(s), flow control {:?}",
+        "link           {} at {} baud, {} data bits, parity {}, {} stop bit(s), flow control {}",
         c.link.device.display(),
         c.link.baud,
         c.link.data_bits,
-        c.link.parity,
+        yaml_word(c.link.parity),
         c.link.stop_bits,
-        c.link.flow_control
+        yaml_word(c.link.flow_control)
     );
     println!(
         "protocol       max_frame {} bytes, {} in flight, {} workers, response cache {} entries / {} MiB",
@@ -220,8 +237,15 @@ fn print_summary(c: &Config) {
             }
             for (name, p) in &ca.profiles {
                 println!(
-                    "profile        {name}: issuer {}, {} days default, {} max, EKU {:?}",
-                    p.issuer, p.default_days, p.max_days, p.extended_key_usage
+                    "profile        {name}: issuer {}, {} days default, {} max, extended key usage {}",
+                    p.issuer,
+                    p.default_days,
+                    p.max_days,
+                    p.extended_key_usage
+                        .iter()
+                        .map(yaml_word)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             println!("repository     {}", ca.repository.display());
