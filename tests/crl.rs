@@ -219,3 +219,48 @@ fn crls_check_out_with_openssl_and_track_revocations() {
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_ISSUER), "{err}");
 }
+
+#[test]
+fn a_root_revokes_the_intermediate_it_signed_and_lists_it_on_its_crl() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    // `setup intermediate` recorded sub.pem as the root's certificate.
+    let (ok, out) = openssl(&d, &["x509", "-in", "sub.pem", "-noout", "-serial"]);
+    assert!(ok, "{out}");
+    let serial_hex = out.trim().trim_start_matches("serial=").to_lowercase();
+    let serial = hex::decode(&serial_hex).unwrap();
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let _: msg::RevokeX509Reply = client
+        .request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: "revoke-sub".into(),
+            issuer: "root".into(),
+            serial: serial.clone(),
+            reason: 2, // cACompromise
+            invalidity_date: None,
+        })
+        .unwrap();
+    let crl: msg::FetchCrlReply = client
+        .request::<calls::FetchCrl>(&signer_testsupport::ca::full_crl("root"))
+        .unwrap();
+    std::fs::write(d.join("root.crl"), crl.crl.unwrap()).unwrap();
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "crl", "-inform", "DER", "-in", "root.crl", "-noout", "-text",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.to_lowercase().contains(&serial_hex) && text.contains("CA Compromise"),
+        "{text}"
+    );
+    // Signed by the root: it verifies with root.pem.
+    let (ok, text) = openssl(
+        &d,
+        &[
+            "crl", "-inform", "DER", "-in", "root.crl", "-noout", "-CAfile", "root.pem",
+        ],
+    );
+    assert!(ok && text.contains("verify OK"), "{text}");
+}

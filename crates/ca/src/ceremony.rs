@@ -181,7 +181,7 @@ pub fn run(
 ) -> Result<(), CeremonyError> {
     let repo = open_repository(ca, signer_id).map_err(CeremonyError::AuditLog)?;
     let action = step.action();
-    let result = perform(step, ca, now, say);
+    let result = perform(step, ca, &repo, now, say);
     let entry = match &result {
         Ok(entry) => entry.clone(),
         Err(e) => AuditEntry::new("setup", action, "failed").fact("message", e.clone()),
@@ -197,6 +197,42 @@ fn backend(ca: &CaConfig) -> Result<std::sync::Arc<dyn KeyGenerator>, String> {
 
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Records a CA certificate `issuer` signed (an intermediate) in the
+/// repository like any issued certificate; returns its serial (hex).
+fn record_ca_certificate(
+    repo: &signer_repository::Repository,
+    issuer: &str,
+    der: &[u8],
+    now: i64,
+) -> Result<String, String> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let tbs = cert.tbs_certificate();
+    let serial = tbs.serial_number().as_bytes().to_vec();
+    let serial_hex = hex::encode(&serial);
+    let secs = |t: &x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
+    let subject = tbs.subject().to_string();
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(der).to_vec()
+    };
+    repo.record_issuance(signer_repository::CertRecord {
+        issuer: issuer.to_string(),
+        serial,
+        der: der.to_vec(),
+        profile: "ca".into(),
+        request_id: format!("setup-intermediate-{serial_hex}"),
+        request_digest: digest,
+        subject,
+        not_before: secs(&tbs.validity().not_before),
+        not_after: secs(&tbs.validity().not_after),
+        issued_at_ms: now.saturating_mul(1000),
+        signer_id: repo.origin().to_string(),
+    })
+    .map_err(|e| format!("recording the certificate: {e}"))?;
+    Ok(serial_hex)
 }
 
 /// Writes a public file that must not replace another.
@@ -247,6 +283,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 pub fn perform(
     step: Step,
     ca: &CaConfig,
+    repo: &signer_repository::Repository,
     now: i64,
     say: &mut dyn FnMut(&str),
 ) -> Result<AuditEntry, String> {
@@ -329,6 +366,12 @@ pub fn perform(
                 crl_urls,
             };
             let der = intermediate(&*backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
+            // Recorded as the issuer's certificate before it is written out:
+            // the root can revoke it and lists it on its CRL.
+            let serial = record_ca_certificate(repo, &issuer, &der, now)?;
+            say(&format!(
+                "recorded as {issuer}'s certificate, serial {serial}"
+            ));
             let pem = cert_pem(&der);
             write_out(&out, &pem)?;
             say(&format!(
@@ -340,6 +383,7 @@ pub fn perform(
                 .fact("issuer", issuer)
                 .fact("subject", subject)
                 .fact("certificate_sha256", sha256_hex(pem.as_bytes()))
+                .fact("serial", serial)
                 .fact("out", out.display().to_string())
         }
         Step::Csr { key, subject, out } => {
