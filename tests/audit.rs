@@ -69,7 +69,8 @@ fn every_command_and_ceremony_step_is_in_a_verifiable_chain() {
     );
     assert!(detail("ca:sub").contains("days)"), "{health:?}");
     assert!(
-        detail("repository").starts_with("1 certificates, 1 revocations, ")
+        // The intermediate `setup intermediate` recorded, and the one issued.
+        detail("repository").starts_with("2 certificates, 1 revocations, ")
             && detail("repository").contains(" MiB"),
         "{health:?}"
     );

@@ -24,6 +24,10 @@ use signer_protocol::msg;
 use crate::ca::Ceremony;
 use crate::{Bench, LinkSpec};
 
+/// Certificates the ceremony records before any test issues one: the
+/// intermediate `setup intermediate` made.
+pub const CEREMONY_CERTIFICATES: u64 = 1;
+
 /// A port on the loopback interface that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -635,8 +639,9 @@ impl Twins {
     }
 
     /// Waits (up to `limit`) until both report "in sync" with `issued`
-    /// certificates in total (any number if `None`); returns both agreement
-    /// details.
+    /// certificates issued by the test in total (plus the ceremony's
+    /// [`CEREMONY_CERTIFICATES`]; any number if `None`); returns both
+    /// agreement details.
     pub fn wait_in_sync(
         &self,
         a: &Client,
@@ -644,7 +649,8 @@ impl Twins {
         issued: impl Into<Option<u64>>,
         limit: Duration,
     ) -> Result<(String, String), String> {
-        let issued = issued.into();
+        // The ceremony's intermediate is recorded as the root's certificate.
+        let issued = issued.into().map(|n| n + CEREMONY_CERTIFICATES);
         let until = Instant::now() + limit;
         let want = issued.map(|n| format!("({n} issued")).unwrap_or_default();
         let mut last = (Checks::new(), Checks::new());
