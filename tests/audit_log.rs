@@ -400,22 +400,9 @@ fn rewrite_history(path: &Path, request_id: &str, drop_checkpoints: bool) {
     tamper_log(path, request_id, Tamper::Edit, drop_checkpoints);
 }
 
-/// The lines of the runbook block `name` in docs/operations.md (comments
-/// after two spaces and `#` dropped).
+/// The lines of the runbook block `name` in docs/operations.md.
 fn runbook_block(name: &str) -> Vec<String> {
-    let doc = include_str!("../docs/operations.md");
-    let marker = format!("<!-- runbook-test: {name} -->");
-    let start = doc
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no block {name}"));
-    let body = &doc[start..];
-    let open = body.find("```sh\n").unwrap() + 6;
-    let close = body[open..].find("```").unwrap() + open;
-    body[open..close]
-        .lines()
-        .map(|l| l.split("  #").next().unwrap_or(l).trim().to_string())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect()
+    signer_testsupport::runbook_block(include_str!("../docs/operations.md"), name)
 }
 
 #[test]

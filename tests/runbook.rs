@@ -7,23 +7,7 @@
 use std::process::Command;
 
 use signer_testsupport::ca::{Ceremony, SERVER_PROFILE};
-use signer_testsupport::{bin, output};
-
-/// The commands of the block marked `name`.
-fn block(doc: &str, name: &str) -> Vec<String> {
-    let marker = format!("<!-- runbook-test: {name} -->");
-    let start = doc
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no block {name}"));
-    let body = &doc[start..];
-    let open = body.find("```sh\n").unwrap() + 6;
-    let close = body[open..].find("```").unwrap() + open;
-    body[open..close]
-        .lines()
-        .map(|l| l.split("  #").next().unwrap_or(l).trim().to_string())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect()
-}
+use signer_testsupport::{bin, output, runbook_block as block};
 
 fn run_block(c: &Ceremony, doc: &str, name: &str) -> Vec<String> {
     let dir = c.dir().display().to_string();

@@ -17,7 +17,10 @@ use signer_hsm::{HsmError, KeyKind, Scheme, SigningBackend};
 use signer_protocol::{calls, msg, Status};
 use signer_repository::{RepoError, Repository, StoredCheckpoint};
 use signer_service::{Failure, HealthSource, Router};
-use signer_tlog::note::{Checkpoint, SignedCheckpoint, Verifier, TYPE_COSIGNATURE, TYPE_ED25519};
+use signer_tlog::note::{
+    verify_cosignature_line, Checkpoint, SignatureLine, SignedCheckpoint, Verifier,
+    TYPE_COSIGNATURE, TYPE_ED25519,
+};
 use signer_tlog::Hash;
 use tracing::{error, info};
 
@@ -97,9 +100,6 @@ pub enum AuditLogError {
     /// rolled back. Nothing is signed.
     #[error("{0}")]
     Contradiction(String),
-    /// An index or size beyond the log.
-    #[error("{0}")]
-    Range(String),
     /// An acknowledged root that is not the log's.
     #[error("{0}")]
     RootMismatch(String),
@@ -118,7 +118,6 @@ impl AuditLogError {
                 Status::REPOSITORY_CORRUPT,
                 format!("{m}; no checkpoint is signed until an operator acts"),
             ),
-            AuditLogError::Range(m) => Failure::new(Status::AUDIT_RANGE, m.clone()),
             AuditLogError::RootMismatch(m) => Failure::new(Status::AUDIT_ROOT_MISMATCH, m.clone()),
             AuditLogError::Repo(RepoError::OutOfRange(m)) => {
                 Failure::new(Status::AUDIT_RANGE, m.clone())
@@ -233,19 +232,9 @@ impl AuditLog {
             if size != c.size || witness != twin.id {
                 continue;
             }
-            if let Ok(parsed) =
-                SignedCheckpoint::parse(&format!("{}\n{line}\n", note.checkpoint.text()))
-            {
-                for l in parsed.signatures {
-                    if signer_tlog::note::verify_cosignature_line(
-                        &note.checkpoint,
-                        &twin.witness,
-                        &l,
-                    )
-                    .is_ok()
-                    {
-                        note.add(l);
-                    }
+            if let Ok(l) = SignatureLine::parse(&line) {
+                if verify_cosignature_line(&note.checkpoint, &twin.witness, &l).is_ok() {
+                    note.add(l);
                 }
             }
         }
@@ -306,14 +295,8 @@ impl AuditLog {
                         .sign_digest(&self.config.key, Scheme::Ed25519, m)
                 })
                 .map_err(|e| format!("ca.audit.key ({}): {e}", self.config.key))?;
-            let rendered = SignedCheckpoint {
-                checkpoint: signed.checkpoint.clone(),
-                signatures: vec![line],
-            }
-            .render();
-            let line_text = rendered.lines().last().unwrap_or_default().to_string();
             self.repo
-                .record_cosignature(&twin.id, size, &line_text)
+                .record_cosignature(&twin.id, size, line.render().trim_end())
                 .map_err(|e| e.to_string())?;
             info!(twin = %twin.id, size, "audit log: twin's checkpoint cosigned");
             last = Some(size);
@@ -492,17 +475,6 @@ impl AuditLog {
                     .map_err(|e| e.failure())
             })
             .on::<calls::AuditConsistency>(move |_, r| {
-                let (size, _) = b
-                    .repo
-                    .audit_tree_head()
-                    .map_err(|e| AuditLogError::from(e).failure())?;
-                if r.old > r.new || r.new > size {
-                    return Err(AuditLogError::Range(format!(
-                        "no consistency proof from {} to {}: the log has {size} entries",
-                        r.old, r.new
-                    ))
-                    .failure());
-                }
                 let proof = b
                     .repo
                     .audit_consistency(r.old, r.new)
@@ -527,17 +499,6 @@ impl AuditLog {
                 })
             })
             .on::<calls::AuditInclusion>(move |_, r| {
-                let (size, _) = d
-                    .repo
-                    .audit_tree_head()
-                    .map_err(|e| AuditLogError::from(e).failure())?;
-                if r.index >= r.size || r.size > size {
-                    return Err(AuditLogError::Range(format!(
-                        "entry {} is not in a tree of {}: the log has {size} entries",
-                        r.index, r.size
-                    ))
-                    .failure());
-                }
                 let (entry, proof) = d
                     .repo
                     .audit_inclusion(r.index, r.size)
@@ -551,17 +512,6 @@ impl AuditLog {
                 })
             })
             .on::<calls::AuditAck>(move |_, r| {
-                let (size, _) = e
-                    .repo
-                    .audit_tree_head()
-                    .map_err(|e| AuditLogError::from(e).failure())?;
-                if r.size > size {
-                    return Err(AuditLogError::Range(format!(
-                        "{} acknowledged, but the log has {size} entries",
-                        r.size
-                    ))
-                    .failure());
-                }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);

@@ -165,6 +165,17 @@ impl AuditCopy {
 
     /// Checks every checkpoint held against the entries held.
     pub fn verify(&self) -> Result<CopyReport, AuditError> {
+        let (entries, checkpoints) = self.load()?;
+        Ok(CopyReport {
+            entries: entries.len() as u64,
+            checkpoints: checkpoints.len(),
+            size: checkpoints.last().map_or(0, |c| c.checkpoint.size),
+        })
+    }
+
+    /// The entries and checkpoints held, read once, each checkpoint checked
+    /// against the entries.
+    fn load(&self) -> Result<(Vec<Vec<u8>>, Vec<SignedCheckpoint>), AuditError> {
         let entries = self.entries()?;
         let tree = LeafHashes(entries.iter().map(|e| merkle::leaf_hash(e)).collect());
         let checkpoints = self.checkpoints()?;
@@ -183,11 +194,7 @@ impl AuditCopy {
                 )));
             }
         }
-        Ok(CopyReport {
-            entries: entries.len() as u64,
-            checkpoints: checkpoints.len(),
-            size: checkpoints.last().map_or(0, |c| c.checkpoint.size),
-        })
+        Ok((entries, checkpoints))
     }
 
     fn evidence(&self, note: &str, size: u64) {
@@ -202,12 +209,14 @@ impl AuditCopy {
     /// Brings the copy up to the signer's newest checkpoint and
     /// acknowledges it.
     pub fn sync<C: Calls>(&self, signer: &C) -> Result<SyncReport, AuditError> {
-        let held = self.verify()?;
-        let mut entries = self.entries()?;
-        let newest = self.checkpoints()?.pop();
+        let (mut entries, mut checkpoints) = self.load()?;
+        let newest = checkpoints.pop();
         // Entries beyond the newest checkpoint held were never confirmed
-        // (a sync that stopped halfway): fetched again below.
-        entries.truncate(held.size as usize);
+        // (a sync that stopped halfway): dropped and fetched again below.
+        let held = entries.len();
+        entries.truncate(newest.as_ref().map_or(0, |c| c.checkpoint.size) as usize);
+        let keep = (held != entries.len())
+            .then(|| entries.iter().map(|e| 4 + e.len() as u64).sum::<u64>());
         let (old, old_root): (u64, Hash) = match &newest {
             Some(c) => (c.checkpoint.size, c.checkpoint.root),
             None => (0, merkle::empty_root()),
@@ -266,7 +275,7 @@ impl AuditCopy {
                 "the entries the signer sent do not give the root of its checkpoint {new}"
             )));
         }
-        self.store(held.entries, old, &fresh, &reply.checkpoint, new)?;
+        self.store(keep, old, &fresh, &reply.checkpoint, new)?;
         signer.request::<calls::AuditAck>(&msg::AuditAck {
             size: new,
             root: serde_bytes::ByteBuf::from(new_root.to_vec()),
@@ -274,9 +283,11 @@ impl AuditCopy {
         Ok(SyncReport { from: old, to: new })
     }
 
+    /// Appends `fresh` (first cutting the file to `keep` bytes: the
+    /// unconfirmed tail of an interrupted sync) and stores checkpoint `new`.
     fn store(
         &self,
-        held: u64,
+        keep: Option<u64>,
         old: u64,
         fresh: &[Vec<u8>],
         note: &str,
@@ -288,14 +299,7 @@ impl AuditCopy {
             .append(true)
             .open(&path)
             .map_err(|e| io(&path, e))?;
-        if held != old {
-            // Drop the unconfirmed tail of an interrupted sync.
-            let keep: u64 = self
-                .entries()?
-                .iter()
-                .take(old as usize)
-                .map(|e| 4 + e.len() as u64)
-                .sum();
+        if let Some(keep) = keep {
             file.set_len(keep).map_err(|e| io(&path, e))?;
         }
         let mut buf = Vec::new();
@@ -373,10 +377,8 @@ impl AuditCopy {
     /// checkpoint held: the signer's inclusion proof must lead from the
     /// entry held here to that checkpoint's root.
     pub fn prove<C: Calls>(&self, signer: &C, index: u64) -> Result<Proven, AuditError> {
-        self.verify()?;
-        let entries = self.entries()?;
-        let newest = self
-            .checkpoints()?
+        let (entries, mut checkpoints) = self.load()?;
+        let newest = checkpoints
             .pop()
             .ok_or_else(|| AuditError::Copy("no checkpoint held yet: sync first".into()))?;
         let (size, root) = (newest.checkpoint.size, newest.checkpoint.root);

@@ -242,16 +242,10 @@ fn verify_tree(
                 .iter()
                 .find(|c| c.size == size)
                 .ok_or_else(|| format!("{who} cosigned checkpoint {size}, which is not stored"))?;
-            let note = signer_tlog::SignedCheckpoint::parse(&format!(
-                "{}\n{line}\n",
-                signer_tlog::SignedCheckpoint::parse(&cp.note)?
-                    .checkpoint
-                    .text()
-            ))?;
-            for l in &note.signatures {
-                signer_tlog::note::verify_cosignature_line(&note.checkpoint, &witness, l)
-                    .map_err(|e| format!("{who}'s cosignature of checkpoint {size}: {e}"))?;
-            }
+            let checkpoint = signer_tlog::SignedCheckpoint::parse(&cp.note)?.checkpoint;
+            let l = signer_tlog::note::SignatureLine::parse(&line)?;
+            signer_tlog::note::verify_cosignature_line(&checkpoint, &witness, &l)
+                .map_err(|e| format!("{who}'s cosignature of checkpoint {size}: {e}"))?;
             cosigned += 1;
         }
         // The twin's checkpoints held here: its signature, and the root of

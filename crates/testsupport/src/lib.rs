@@ -499,3 +499,24 @@ pub fn faketime(offset: &str) -> Vec<(String, PathBuf)> {
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
     ]
 }
+
+/// The lines of the block marked `<!-- runbook-test: NAME -->` in a
+/// document (the next ```sh fence), as a test runs them: comments after two
+/// spaces and `#` dropped, comment lines and empty lines left out.
+pub fn runbook_block(doc: &str, name: &str) -> Vec<String> {
+    let marker = format!("<!-- runbook-test: {name} -->");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no block {name}"));
+    let body = &doc[start..];
+    let open = body
+        .find("```sh\n")
+        .expect("a ```sh block after the marker")
+        + 6;
+    let close = body[open..].find("```").expect("the block's end") + open;
+    body[open..close]
+        .lines()
+        .map(|l| l.split("  #").next().unwrap_or(l).trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}

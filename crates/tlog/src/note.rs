@@ -204,7 +204,31 @@ pub struct SignatureLine {
 }
 
 impl SignatureLine {
-    fn render(&self) -> String {
+    /// Parses one line `— <name> <base64(key ID ‖ signature)>` (without its
+    /// newline).
+    pub fn parse(line: &str) -> Result<SignatureLine, String> {
+        let rest = line
+            .strip_prefix("— ")
+            .ok_or_else(|| format!("{line:?} is not a signature line"))?;
+        let (name, sig) = rest
+            .split_once(' ')
+            .ok_or_else(|| format!("{line:?} is not a signature line"))?;
+        check_name(name)?;
+        let bytes = B64
+            .decode(sig)
+            .map_err(|_| format!("the signature of {name} is not base64"))?;
+        if bytes.len() < 5 {
+            return Err(format!("the signature of {name} is too short"));
+        }
+        Ok(SignatureLine {
+            name: name.to_string(),
+            key_id: [bytes[0], bytes[1], bytes[2], bytes[3]],
+            signature: bytes[4..].to_vec(),
+        })
+    }
+
+    /// The line, newline included.
+    pub fn render(&self) -> String {
         let mut bytes = self.key_id.to_vec();
         bytes.extend_from_slice(&self.signature);
         format!("— {} {}\n", self.name, B64.encode(bytes))
@@ -264,27 +288,10 @@ impl SignedCheckpoint {
         let sigs = sigs
             .strip_suffix('\n')
             .ok_or("a note ends with a newline")?;
-        let mut signatures = Vec::new();
-        for line in sigs.split('\n') {
-            let rest = line
-                .strip_prefix("— ")
-                .ok_or_else(|| format!("{line:?} is not a signature line"))?;
-            let (name, sig) = rest
-                .split_once(' ')
-                .ok_or_else(|| format!("{line:?} is not a signature line"))?;
-            check_name(name)?;
-            let bytes = B64
-                .decode(sig)
-                .map_err(|_| format!("the signature of {name} is not base64"))?;
-            if bytes.len() < 5 {
-                return Err(format!("the signature of {name} is too short"));
-            }
-            signatures.push(SignatureLine {
-                name: name.to_string(),
-                key_id: [bytes[0], bytes[1], bytes[2], bytes[3]],
-                signature: bytes[4..].to_vec(),
-            });
-        }
+        let signatures = sigs
+            .split('\n')
+            .map(SignatureLine::parse)
+            .collect::<Result<Vec<_>, _>>()?;
         if signatures.is_empty() || signatures.len() > 16 {
             return Err(format!(
                 "a note has 1 to 16 signatures, this has {}",
