@@ -470,6 +470,55 @@ fn the_audit_copy_runbook_runs_as_written() {
         .find(|c| c.name == "audit:witness")
         .unwrap();
     assert!(witness.detail.contains("web host"), "{witness:?}");
+
+    // The copy's own files damaged, truncated or replaced: `audit verify`
+    // says so (exit 1) and `audit sync` takes nothing on top of them.
+    let copy = copies.join("signer-a");
+    let entries = copy.join("entries");
+    let good = std::fs::read(&entries).unwrap();
+    let verify = || {
+        client_cmd(
+            &device,
+            &["audit", "verify", "--dir", &copy.display().to_string()],
+        )
+    };
+    let mut flipped = good.clone();
+    let at = flipped.len() - 10;
+    flipped[at] ^= 0x01;
+    let mut torn = good.clone();
+    torn.truncate(good.len() - 3);
+    for (what, bytes, words) in [
+        ("a flipped byte", flipped, "do not give the root"),
+        ("a torn last record", torn, "torn record"),
+        ("nothing", Vec::new(), "only 0 entries held"),
+    ] {
+        std::fs::write(&entries, &bytes).unwrap();
+        let (code, out) = verify();
+        assert_eq!(code, Some(1), "{what}: {out}");
+        assert!(out.contains(words), "{what}: {out}");
+        let (code, out) = client_cmd(
+            &device,
+            &["audit", "sync", "--dir", &copy.display().to_string()],
+        );
+        assert_eq!(code, Some(1), "{what}: {out}");
+    }
+    std::fs::write(&entries, &good).unwrap();
+    let note = std::fs::read_dir(copy.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "note"))
+        .unwrap();
+    let original = std::fs::read_to_string(&note).unwrap();
+    let mut lines: Vec<&str> = original.lines().collect();
+    let forged_size = format!("{}", lines[1].parse::<u64>().unwrap() + 1);
+    lines[1] = &forged_size;
+    std::fs::write(&note, lines.join("\n") + "\n").unwrap();
+    let (code, out) = verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+    std::fs::write(&note, &original).unwrap();
+    let (code, out) = verify();
+    assert_eq!(code, Some(0), "{out}");
 }
 
 /// Until `f` gives `Some`, for at most `secs` seconds.
