@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 scripts/setup-debian.sh
 
+# One build from scratch: incremental caches would only take disk space.
+export CARGO_INCREMENTAL=0
+echo "== disk: $(df -h --output=avail . | tail -n1 | tr -d " ") free"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
