@@ -19,17 +19,23 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use signer_protocol::{msg, Command, Status};
+use signer_protocol::{calls, msg, Command, Status};
 
 use crate::{Calls, Client, ClientError, ClientStats, LinkOptions, Reply};
 
+/// An open link: the generation it was opened in, and its client.
+type Opened = (u64, Arc<Client>);
+
 /// A client for a pair (or more) of signers that fails over between them.
+/// Each link is opened when first needed and then kept open (a gateway
+/// holds every device, so nothing else can take one), until it fails.
 pub struct Failover {
     links: Vec<LinkOptions>,
     failover_after: Duration,
-    current: Mutex<Option<(usize, u64, Arc<Client>)>>,
+    /// One slot per link.
+    slots: Vec<Mutex<Option<Opened>>>,
+    current: AtomicUsize,
     generation: AtomicU64,
-    next_index: AtomicUsize,
     failovers: AtomicU64,
 }
 
@@ -38,7 +44,7 @@ impl Failover {
     /// within `failover_after` (retransmissions included) goes to the next
     /// signer that answers.
     pub fn new(links: Vec<LinkOptions>, failover_after: Duration) -> Failover {
-        let links = links
+        let links: Vec<LinkOptions> = links
             .into_iter()
             .map(|mut l| {
                 l.timeout = failover_after;
@@ -46,35 +52,54 @@ impl Failover {
             })
             .collect();
         Failover {
+            slots: links.iter().map(|_| Mutex::new(None)).collect(),
             links,
             failover_after,
-            current: Mutex::new(None),
+            current: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
-            next_index: AtomicUsize::new(0),
             failovers: AtomicU64::new(0),
         }
     }
 
-    /// The signer in use: its link index and client, opening one if needed.
-    fn client(&self) -> Result<(usize, u64, Arc<Client>), ClientError> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = current.as_ref() {
-            return Ok(c.clone());
+    /// The links, in order.
+    pub fn links(&self) -> &[LinkOptions] {
+        &self.links
+    }
+
+    /// The index of the link requests go to now.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::SeqCst) % self.links.len().max(1)
+    }
+
+    /// The client of link `index`, opening it if needed.
+    fn slot(&self, index: usize) -> Result<(u64, Arc<Client>), ClientError> {
+        let Some(slot) = self.slots.get(index) else {
+            return Err(ClientError::Closed);
+        };
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = slot.as_ref() {
+            return Ok(open.clone());
         }
-        let start = self.next_index.load(Ordering::SeqCst);
+        let client = Arc::new(Client::open(&self.links[index])?);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst);
+        *slot = Some((generation, Arc::clone(&client)));
+        Ok((generation, client))
+    }
+
+    /// The signer in use: its link index and client, failing over to the
+    /// next link that opens.
+    fn client(&self) -> Result<(usize, u64, Arc<Client>), ClientError> {
+        let start = self.current();
         let mut last_error = None;
         for k in 0..self.links.len() {
             let index = (start + k) % self.links.len();
-            match Client::open(&self.links[index]) {
-                Ok(client) => {
+            match self.slot(index) {
+                Ok((generation, client)) => {
                     if k > 0 {
                         // The signer that should have answered did not.
-                        self.failovers.fetch_add(1, Ordering::SeqCst);
+                        self.switch(start, index);
                     }
-                    let generation = self.generation.load(Ordering::SeqCst);
-                    let entry = (index, generation, Arc::new(client));
-                    *current = Some(entry.clone());
-                    return Ok(entry);
+                    return Ok((index, generation, client));
                 }
                 Err(e) => last_error = Some(e),
             }
@@ -82,16 +107,76 @@ impl Failover {
         Err(last_error.unwrap_or(ClientError::Closed))
     }
 
-    /// Drops the signer of `generation` (if still in use) so the next call
-    /// opens the one after it.
-    fn give_up(&self, index: usize, generation: u64) {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.as_ref().is_some_and(|c| c.1 == generation) {
-            *current = None;
-            self.next_index.store(index + 1, Ordering::SeqCst);
-            self.generation.fetch_add(1, Ordering::SeqCst);
+    fn switch(&self, from: usize, to: usize) {
+        if self
+            .current
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
             self.failovers.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// Closes the client of `generation` on link `index` (if still open) and
+    /// moves requests to the next link.
+    fn give_up(&self, index: usize, generation: u64) {
+        self.close(index, generation);
+        self.switch(index, (index + 1) % self.links.len().max(1));
+    }
+
+    fn close(&self, index: usize, generation: u64) {
+        if let Some(slot) = self.slots.get(index) {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Sends a request to the signer on link `index` only (no failover): for
+    /// a request that may already have reached that signer and must not go
+    /// to its twin. A link that fails is closed, to be reopened next time.
+    pub fn call_on(
+        &self,
+        index: usize,
+        command: Command,
+        body: Vec<u8>,
+    ) -> Result<Reply, ClientError> {
+        let (generation, client) = self.slot(index)?;
+        let result = client.call(command, body);
+        if matches!(
+            result,
+            Err(ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed)
+        ) {
+            self.close(index, generation);
+        }
+        result
+    }
+
+    /// The `hello` reply of the signer on link `index`, opening it if needed.
+    pub fn server_of(&self, index: usize) -> Result<msg::HelloReply, ClientError> {
+        let (_, client) = self.slot(index)?;
+        client.server().ok_or(ClientError::Closed)
+    }
+
+    /// Sends further requests to the link after `index` if `index` is the
+    /// current one (its signer did not answer).
+    pub fn avoid(&self, index: usize) {
+        self.switch(index, (index + 1) % self.links.len().max(1));
+    }
+
+    /// Asks the signer on link `index` for its health, whether or not
+    /// requests go to it now (a monitor watches the standby too).
+    pub fn health_of(&self, index: usize) -> Result<msg::HealthReply, ClientError> {
+        let (generation, client) = self.slot(index)?;
+        let result = client.request::<calls::Health>(&msg::Empty {});
+        if matches!(
+            result,
+            Err(ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed)
+        ) {
+            self.close(index, generation);
+        }
+        result
     }
 
     /// The `hello` reply of the signer in use.
@@ -102,6 +187,17 @@ impl Failover {
     /// Link counters of the signer in use.
     pub fn stats(&self) -> ClientStats {
         self.client().map(|(_, _, c)| c.stats()).unwrap_or_default()
+    }
+
+    /// Link counters of every link that is open, by index.
+    pub fn link_stats(&self) -> Vec<Option<ClientStats>> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                slot.as_ref().map(|(_, c)| c.stats())
+            })
+            .collect()
     }
 
     /// How many times this client failed over.
@@ -139,7 +235,8 @@ impl Calls for Failover {
                 // This signer cannot answer now, and nothing was done: its
                 // twin may (same request id, so never twice).
                 Ok(reply) if self.links.len() > 1 && twin_may_answer(reply.status) => {
-                    self.give_up(index, generation);
+                    // The link works: keep it open, only send requests elsewhere.
+                    self.switch(index, (index + 1) % self.links.len());
                     last_error = Some(
                         reply
                             .decode::<msg::Empty>()
@@ -156,7 +253,7 @@ impl Calls for Failover {
 
 /// Statuses after which the other signer is asked: this one did nothing
 /// and cannot do it now (its HSM, disk or clock), while its twin may.
-fn twin_may_answer(status: Status) -> bool {
+pub fn twin_may_answer(status: Status) -> bool {
     matches!(
         status,
         Status::HSM_UNAVAILABLE

@@ -28,11 +28,14 @@
 
 pub mod audit;
 mod failover;
+mod port;
 pub mod verify;
-pub use failover::Failover;
+pub use failover::{twin_may_answer, Failover};
+use port::Port;
+pub use port::{unix_path, UNIX_PREFIX};
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -273,21 +276,15 @@ impl Client {
     /// Opens the device and starts the link threads without saying `hello`
     /// (the signer then assumes the protocol's default limits).
     pub fn connect(options: &LinkOptions) -> Result<Client, ClientError> {
-        let link_err = |e: serialport::Error| ClientError::Link {
+        let link_err = |e: std::io::Error| ClientError::Link {
             device: options.device.display().to_string(),
             message: e.to_string(),
         };
-        let port = serialport::new(options.device.to_string_lossy(), options.baud)
-            .timeout(Duration::from_millis(50))
-            .open()
+        let mut port = Port::open(&options.device, options.baud, Duration::from_millis(50))
             .map_err(link_err)?;
-        let mut port = port;
         // A lone delimiter ends any partial frame the signer may still hold.
         port.write_all(&[signer_frame::DELIMITER])
-            .map_err(|e| ClientError::Link {
-                device: options.device.display().to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(link_err)?;
         let reader = port.try_clone().map_err(link_err)?;
         let (events, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(ClientStats::default()));
@@ -400,7 +397,7 @@ impl Drop for Client {
 }
 
 fn read_loop(
-    mut port: Box<dyn serialport::SerialPort>,
+    mut port: Port,
     max_frame: usize,
     events: &Sender<Event>,
     stats: &Mutex<ClientStats>,
@@ -409,9 +406,9 @@ fn read_loop(
     let mut decoder = Decoder::new(max_frame);
     let mut buf = vec![0u8; 8192];
     while !closed.load(Ordering::SeqCst) {
-        match port.read(&mut buf) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(20)),
-            Ok(n) => {
+        match port.read_some(&mut buf) {
+            Ok(None) => {}
+            Ok(Some(n)) => {
                 stats
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -423,7 +420,6 @@ fn read_loop(
                     }
                 }
             }
-            Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
                 let _ = events.send(Event::LinkDown(e.to_string()));
                 return;
@@ -489,7 +485,7 @@ impl Rto {
 }
 
 struct Driver {
-    port: Box<dyn serialport::SerialPort>,
+    port: Port,
     options: LinkOptions,
     stats: Arc<Mutex<ClientStats>>,
     outstanding: HashMap<u64, Outstanding>,
@@ -501,11 +497,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(
-        port: Box<dyn serialport::SerialPort>,
-        options: LinkOptions,
-        stats: Arc<Mutex<ClientStats>>,
-    ) -> Self {
+    fn new(port: Port, options: LinkOptions, stats: Arc<Mutex<ClientStats>>) -> Self {
         // Until hello says otherwise, stay within the protocol's default in-flight budget.
         let min =
             options.min_rto + options.wire_time(2 * signer_protocol::DEFAULT_MAX_FRAME as usize);

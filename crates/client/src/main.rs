@@ -62,7 +62,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Show the signer's health; exits 5 when its clock is off this host's.
+    /// Show the signer's health. Exits 0 ok, 1 degraded, 2 failing, 5 when
+    /// its clock is off this host's (and it is not failing).
     Health {
         /// Exit 5 when the signer's clock differs from this host's by more than this many seconds.
         #[arg(long, default_value_t = 60.0)]
@@ -501,6 +502,10 @@ fn health(client: &Failover, json: bool, max_skew: f64) -> Result<ExitCode, Clie
     if json {
         let value = serde_json::json!({
             "health": h,
+            "level": level(h.status),
+            "checks": h.checks.iter().map(|c| serde_json::json!({
+                "name": c.name, "status": c.status, "level": level(c.status), "detail": c.detail,
+            })).collect::<Vec<_>>(),
             "clock_skew_s": skew_s,
             "clock_skew_warning": skew_warning,
             "client_link": client.stats(),
@@ -512,6 +517,9 @@ fn health(client: &Failover, json: bool, max_skew: f64) -> Result<ExitCode, Clie
     } else {
         print_health(&h, skew_s);
     }
+    if h.status == msg::HealthStatus::Failing {
+        return Ok(ExitCode::from(EXIT_FAILING));
+    }
     if skew_warning {
         // The client never sets the signer's clock: an operator does, on the signer host.
         eprintln!(
@@ -519,7 +527,24 @@ fn health(client: &Failover, json: bool, max_skew: f64) -> Result<ExitCode, Clie
         );
         return Ok(ExitCode::from(EXIT_CLOCK));
     }
+    if h.status == msg::HealthStatus::Degraded {
+        return Ok(ExitCode::from(EXIT_DEGRADED));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit status of `health` for a degraded signer.
+const EXIT_DEGRADED: u8 = 1;
+/// Exit status of `health` for a failing signer.
+const EXIT_FAILING: u8 = 2;
+
+/// A health status as a number for monitoring: 0 ok, 1 degraded, 2 failing.
+fn level(s: msg::HealthStatus) -> u8 {
+    match s {
+        msg::HealthStatus::Ok => 0,
+        msg::HealthStatus::Degraded => EXIT_DEGRADED,
+        msg::HealthStatus::Failing => EXIT_FAILING,
+    }
 }
 
 /// Exit status of `health` when the signer's clock is off by more than

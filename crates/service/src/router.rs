@@ -238,6 +238,24 @@ impl Router {
         self
     }
 
+    /// Adds a command by its declaration with an untyped handler (a relay
+    /// that forwards bodies it does not read).
+    pub fn with_declaration(
+        mut self,
+        declaration: &Declaration,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
+        self.routes.insert(
+            declaration.command,
+            Route {
+                handler,
+                placement: declaration.placement,
+                audit: declaration.audit,
+            },
+        );
+        self
+    }
+
     /// Adds every route of `other` (a service's table into the daemon's).
     pub fn merge(mut self, other: Router) -> Self {
         self.routes.extend(other.routes);
