@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod ca;
+pub mod gateway;
 pub mod gpg;
 pub mod twins;
 
@@ -49,6 +50,8 @@ pub fn bin(name: &str) -> PathBuf {
             "signer-client",
             "--bin",
             "signer-linksim",
+            "--bin",
+            "signer-gateway",
         ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");

@@ -335,7 +335,13 @@ impl Twins {
 
     /// Twins on a ceremony made by the caller (e.g. with an OpenPGP key).
     pub fn with_ceremony(ceremony: Ceremony) -> Twins {
-        Twins::build(ceremony, false)
+        Twins::build(ceremony, false, LinkSpec::unthrottled())
+    }
+
+    /// Twins on a ceremony made by the caller, each on a link like `link`
+    /// (e.g. 115,200 baud).
+    pub fn with_ceremony_on(ceremony: Ceremony, link: LinkSpec) -> Twins {
+        Twins::build(ceremony, false, link)
     }
 
     /// Twins whose audit logs sign checkpoints (an Ed25519 audit key on
@@ -343,10 +349,14 @@ impl Twins {
     /// and witness each other's (`peer_vkey`). Origins:
     /// `signer-a.example/audit`, `signer-b.example/audit`.
     pub fn audited(sub_key: &str, profiles: &str) -> Twins {
-        Twins::build(Ceremony::new_as("signer-a", sub_key, profiles), true)
+        Twins::build(
+            Ceremony::new_as("signer-a", sub_key, profiles),
+            true,
+            LinkSpec::unthrottled(),
+        )
     }
 
-    fn build(ceremony: Ceremony, audit: bool) -> Twins {
+    fn build(ceremony: Ceremony, audit: bool, link: LinkSpec) -> Twins {
         let token_b = tempfile::tempdir().expect("temp dir");
         let ok = Command::new("cp")
             .arg("-a")
@@ -579,10 +589,10 @@ impl Twins {
             ceremony.signer_id, "signer-a",
             "twins: make the ceremony with Ceremony::new_as(\"signer-a\", …)"
         );
-        let a = Bench::start_as("signer-a", LinkSpec::unthrottled(), &yaml_a, ceremony.env());
+        let a = Bench::start_as("signer-a", link, &yaml_a, ceremony.env());
         let b = Bench::start_as(
             "signer-b",
-            LinkSpec::unthrottled(),
+            link,
             &yaml_b,
             vec![("SOFTHSM2_CONF".into(), conf_b)],
         );

@@ -1,0 +1,214 @@
+//! The queue in an SQLite file: the embedded default (nothing to install).
+//! One connection behind a lock; claims are `BEGIN IMMEDIATE` transactions,
+//! so several gateway processes on one file never take the same row.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{
+    columns, millis, Answer, Claimed, Kind, Outcome, Queue, QueueError, QueueStats, State,
+};
+
+/// The schema (also printed by `signer-gateway schema sqlite`).
+pub const SCHEMA: &str = include_str!("../../schema/sqlite.sql");
+
+/// An SQLite queue.
+pub struct SqliteQueue {
+    conn: Mutex<Connection>,
+    poll: Duration,
+}
+
+impl SqliteQueue {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: &Path, poll: Duration) -> Result<SqliteQueue, QueueError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // WAL: the web application reads while the gateway writes. FULL: a
+        // finished row survives a power cut once the commit returned.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteQueue {
+            conn: Mutex::new(conn),
+            poll,
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Queue for SqliteQueue {
+    fn claim(&self, owner: &str, max: usize, lease: Duration) -> Result<Vec<Claimed>, QueueError> {
+        let now = millis(SystemTime::now());
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let claimed = {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE signer_requests
+                    SET state = 'claimed', claimed_by = ?1, lease_until_ms = ?2,
+                        attempts = attempts + 1
+                  WHERE request_id IN (
+                        SELECT request_id FROM signer_requests
+                         WHERE (state = 'pending' AND not_before_ms <= ?3)
+                            OR (state = 'claimed' AND lease_until_ms < ?3)
+                         ORDER BY created_ms, request_id
+                         LIMIT ?4)
+              RETURNING request_id, kind, body, attempts, sent_to",
+            )?;
+            let rows = stmt.query_map(
+                params![owner, now + lease.as_millis() as i64, now, max as i64],
+                |r| {
+                    Ok(Claimed {
+                        request_id: r.get(0)?,
+                        kind: r.get(1)?,
+                        body: r.get(2)?,
+                        attempts: r.get::<_, i64>(3)?.clamp(0, u32::MAX as i64) as u32,
+                        sent_to: r.get(4)?,
+                    })
+                },
+            )?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    fn finish(&self, owner: &str, request_id: &str, outcome: &Outcome) -> Result<bool, QueueError> {
+        let (state, answer, error, not_before, sent_to) = columns(outcome);
+        let empty = Answer::default();
+        let a = answer.unwrap_or(&empty);
+        let finished = answer.map(|_| millis(SystemTime::now()));
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE signer_requests
+                SET state = ?1, not_before_ms = ?2, last_error = COALESCE(?3, last_error),
+                    claimed_by = CASE WHEN ?1 = 'pending' THEN NULL ELSE claimed_by END,
+                    lease_until_ms = NULL, finished_ms = ?4,
+                    status_code = ?5, status_name = ?6, message = ?7, detail = ?8,
+                    signer = ?9, serial = ?10, certificate = ?11, result = ?12,
+                    sent_to = COALESCE(?15, sent_to)
+              WHERE request_id = ?13 AND state = 'claimed' AND claimed_by = ?14",
+            )?
+            .execute(params![
+                state.as_str(),
+                not_before,
+                error,
+                finished,
+                answer.map(|a| a.status_code),
+                answer.map(|a| a.status_name.as_str()),
+                answer.map(|a| a.message.as_str()),
+                answer.map(|a| a.detail.as_str()),
+                answer.map(|a| a.signer.as_str()),
+                a.serial.as_deref(),
+                a.certificate.as_deref(),
+                a.result.as_deref(),
+                request_id,
+                owner,
+                sent_to,
+            ])?;
+        Ok(n == 1)
+    }
+
+    fn release(&self, owner: &str) -> Result<u64, QueueError> {
+        let n = self.conn().execute(
+            "UPDATE signer_requests
+                SET state = 'pending', claimed_by = NULL, lease_until_ms = NULL
+              WHERE state = 'claimed' AND claimed_by = ?1",
+            params![owner],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn wait(&self, timeout: Duration) {
+        std::thread::sleep(self.poll.min(timeout));
+    }
+
+    fn enqueue(&self, request_id: &str, kind: Kind, body: &str) -> Result<bool, QueueError> {
+        let n = self.conn().execute(
+            "INSERT INTO signer_requests (request_id, kind, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (request_id) DO NOTHING",
+            params![request_id, kind.as_str(), body],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn stats(&self) -> Result<QueueStats, QueueError> {
+        let conn = self.conn();
+        let mut stats = QueueStats::default();
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, kind, count(*) FROM signer_requests GROUP BY state, kind",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })? {
+            let (state, kind, n) = row?;
+            if let (Some(state), Some(kind)) = (State::parse(&state), Kind::parse(&kind)) {
+                stats.rows.push((state, kind, n.max(0) as u64));
+            }
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT status_name, count(*) FROM signer_requests
+              WHERE status_name IS NOT NULL GROUP BY status_name",
+        )?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (name, n) = row?;
+            stats.by_status.push((name, n.max(0) as u64));
+        }
+        let oldest: Option<i64> = conn
+            .query_row(
+                "SELECT min(created_ms) FROM signer_requests WHERE state IN ('pending', 'claimed')",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        if let Some(oldest) = oldest {
+            stats.oldest_pending_s = ((millis(SystemTime::now()) - oldest).max(0) as f64) / 1000.0;
+        }
+        Ok(stats)
+    }
+
+    fn row(&self, request_id: &str) -> Result<Option<(State, Answer, u32)>, QueueError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT state, attempts, status_code, status_name, message, detail, signer,
+                        serial, certificate, result
+                   FROM signer_requests WHERE request_id = ?1",
+                params![request_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        Answer {
+                            status_code: r.get::<_, Option<i64>>(2)?.unwrap_or(-1),
+                            status_name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                            message: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                            detail: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                            signer: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                            serial: r.get(7)?,
+                            certificate: r.get(8)?,
+                            result: r.get(9)?,
+                        },
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(state, attempts, answer)| {
+            let state = State::parse(&state)
+                .ok_or_else(|| QueueError::Invalid(format!("row {request_id}: state {state}")))?;
+            Ok((state, answer, attempts.clamp(0, u32::MAX as i64) as u32))
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,478 @@
+//! The web host's gateway end to end, as a web application uses it: rows
+//! go into a real database (SQLite, PostgreSQL), real signerd twins answer
+//! over simulated serial links at 115,200 baud, and the gateway, a twin and
+//! the links fail underneath. Afterwards every row is final exactly once,
+//! with the certificate the signers recorded, and no request id has two
+//! certificates.
+
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use der::Decode;
+use signer_gateway::queue::{postgres::PostgresQueue, sqlite::SqliteQueue, Kind, Queue, State};
+use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
+use signer_testsupport::gateway::{Gateway, Postgres};
+use signer_testsupport::gpg::Gpg;
+use signer_testsupport::twins::{free_port, Twins};
+use signer_testsupport::{bin, output, LinkSpec};
+
+const SIGN: usize = 600;
+const REVOKE: usize = 300;
+const CERTIFY: usize = 100;
+
+/// Ten CSRs, PEM, used in turn (each row still gets its own certificate).
+fn csrs(dir: &Path) -> Vec<String> {
+    (0..10)
+        .map(|i| {
+            let der = make_csr(
+                dir,
+                &format!("k{i}"),
+                &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            );
+            String::from_utf8(der).unwrap_or_else(|_| panic!("make_csr gives PEM"))
+        })
+        .collect()
+}
+
+fn sign_line(id: &str, csr: &str) -> String {
+    serde_json::json!({
+        "request_id": id, "kind": "sign_x509",
+        "body": {"profile": "server", "csr": csr,
+                 "subject": [["CN", format!("{id}.example.org")]],
+                 "sans": [{"type": "dns", "value": format!("{id}.example.org")}],
+                 "validity_days": 30}
+    })
+    .to_string()
+}
+
+fn certify_line(id: &str, key: &str, expires_at: i64) -> String {
+    serde_json::json!({
+        "request_id": id, "kind": "certify_openpgp",
+        "body": {"key": key, "user_ids": ["Alice <alice@example.org>"], "expires_at": expires_at}
+    })
+    .to_string()
+}
+
+/// Queues lines through the documented command; returns its output.
+fn enqueue(gateway: &Gateway, dir: &Path, name: &str, lines: &[String]) -> String {
+    let file = dir.join(name);
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (code, out, err) = gateway.cli(&["enqueue", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "enqueue: {out}{err}");
+    out
+}
+
+fn counts(queue: &dyn Queue) -> BTreeMap<State, u64> {
+    let mut by_state = BTreeMap::new();
+    for (state, _, n) in queue.stats().unwrap().rows {
+        *by_state.entry(state).or_insert(0) += n;
+    }
+    by_state
+}
+
+fn finished(queue: &dyn Queue) -> u64 {
+    let c = counts(queue);
+    [State::Done, State::Refused, State::Parked]
+        .iter()
+        .map(|s| c.get(s).copied().unwrap_or(0))
+        .sum()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let until = Instant::now() + limit;
+    while !f() {
+        assert!(
+            Instant::now() < until,
+            "{what}: not within {limit:?}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every row is done; returns serial (hex) by request id of the sign rows,
+/// each certificate checked to parse and to carry that serial.
+fn all_done(queue: &dyn Queue, ids: &[String]) -> BTreeMap<String, String> {
+    let mut serials = BTreeMap::new();
+    for id in ids {
+        let (state, answer, _) = queue.row(id).unwrap().unwrap();
+        assert_eq!(state, State::Done, "{id}: {answer:?}");
+        assert_eq!(answer.status_name, "ok");
+        if id.starts_with('s') {
+            let pem = answer.certificate.clone().unwrap();
+            let der = der::pem::decode_vec(pem.as_bytes()).unwrap().1;
+            let cert = x509_cert::Certificate::from_der(&der).unwrap();
+            let serial = hex::encode(cert.tbs_certificate().serial_number().as_bytes());
+            assert_eq!(
+                serial.trim_start_matches("00"),
+                answer.serial.clone().unwrap().trim_start_matches("00"),
+                "{id}"
+            );
+            serials.insert(id.clone(), answer.serial.unwrap());
+        }
+        if id.starts_with('p') {
+            assert!(answer
+                .certificate
+                .clone()
+                .unwrap()
+                .contains("BEGIN PGP PUBLIC KEY BLOCK"));
+        }
+    }
+    serials
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn gateway_yaml(name: &str, devices: &[&Path], queue: &str, extra: &str) -> String {
+    let signers: String = devices
+        .iter()
+        .map(|d| format!("  - {{device: {}, baud: 115200}}\n", d.display()))
+        .collect();
+    format!(
+        "name: {name}\nsigners:\n{signers}failover_after_s: 4\nqueue:\n{queue}  workers: 24\n  poll_ms: 50\n  lease_s: 20\n  max_attempts: 100\n  retry_min_ms: 200\n  retry_max_ms: 2000\nhealth:\n  interval_s: 2\n{extra}"
+    )
+}
+
+#[test]
+fn sqlite_queue_through_twins_with_the_gateway_killed_and_a_twin_lost() {
+    let mut ceremony = Ceremony::new_as("signer-a", "p256", SERVER_PROFILE);
+    ceremony.add_openpgp();
+    let mut t = Twins::with_ceremony_on(ceremony, LinkSpec::baud(115_200));
+    let d = t.ceremony.dir().to_path_buf();
+    drop(t.a.client());
+    drop(t.b.client());
+    let gpg = Gpg::new();
+    let alice = gpg.alice();
+    let key = String::from_utf8(gpg.export_with(&["--armor", "--export", &alice])).unwrap();
+    let csrs = csrs(&d);
+    let expires = signer_gateway::now_s() + 200 * 86_400;
+
+    let crl_dir = d.join("crl");
+    std::fs::create_dir(&crl_dir).unwrap();
+    let metrics_port = free_port();
+    let socket = d.join("gateway.sock");
+    let yaml = gateway_yaml(
+        "gw-1",
+        &[&t.a.client_device(), &t.b.client_device()],
+        &format!("  sqlite: {}\n", d.join("queue.sqlite").display()),
+        &format!(
+            "socket:\n  path: {}\ncrl:\n  directory: {}\n  pem: true\n  files: {{sub: sub-ca.crl}}\n  check_s: 2\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+            socket.display(),
+            crl_dir.display()
+        ),
+    );
+    let mut gw = Gateway::start(&d, "gw-1", &yaml);
+    let (code, out, err) = gw.cli(&["check-config"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("queue       sqlite"), "{out}");
+
+    let sign_ids: Vec<String> = (0..SIGN).map(|i| format!("s-{i}")).collect();
+    let certify_ids: Vec<String> = (0..CERTIFY).map(|i| format!("p-{i}")).collect();
+    let lines: Vec<String> = sign_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| sign_line(id, &csrs[i % csrs.len()]))
+        .chain(certify_ids.iter().map(|id| certify_line(id, &key, expires)))
+        .collect();
+    let out = enqueue(&gw, &d, "batch-1.jsonl", &lines);
+    assert!(
+        out.contains(&format!("{} requests queued", SIGN + CERTIFY)),
+        "{out}"
+    );
+    // Queued again (a web application retrying its insert): nothing new.
+    let out = enqueue(&gw, &d, "batch-1.jsonl", &lines);
+    assert!(out.contains("0 requests queued"), "{out}");
+
+    let queue = SqliteQueue::open(&d.join("queue.sqlite"), Duration::from_millis(50)).unwrap();
+
+    // The local socket: a monitoring probe shares the links with the queue.
+    let link = format!("unix:{}", socket.display());
+    wait_until(
+        "the local socket",
+        Duration::from_secs(30),
+        || socket.exists(),
+        String::new,
+    );
+    let (code, out, err) =
+        output(Command::new(bin("signer-client")).args(["--link", &link, "--json", "health"]));
+    assert!(
+        matches!(code, Some(0) | Some(1)),
+        "health through the gateway: {code:?} {out}{err}"
+    );
+    let health: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        health["health"]["signer_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("signer-"),
+        "{out}"
+    );
+    assert!(
+        health["level"].is_u64(),
+        "numeric level next to the text: {out}"
+    );
+
+    // kill -9 of the gateway, twice, while rows are in flight.
+    for kill_at in [80, 200] {
+        wait_until(
+            "rows finishing",
+            Duration::from_secs(300),
+            || finished(&queue) >= kill_at,
+            || gw.log(),
+        );
+        gw.kill();
+        gw.restart();
+    }
+    // Revocations of issued certificates join the queue while it runs.
+    let mut revoke_ids = Vec::new();
+    let mut revoked_serials = BTreeSet::new();
+    for (i, id) in sign_ids.iter().enumerate().take(REVOKE) {
+        wait_until(
+            "the certificate to revoke",
+            Duration::from_secs(300),
+            || queue.row(id).unwrap().is_some_and(|r| r.0 == State::Done),
+            || gw.log(),
+        );
+        let serial = queue.row(id).unwrap().unwrap().1.serial.unwrap();
+        revoked_serials.insert(serial.clone());
+        let rid = format!("r-{i}");
+        assert!(queue
+            .enqueue(
+                &rid,
+                Kind::RevokeX509,
+                &serde_json::json!({"issuer": "sub", "serial": serial, "reason": 4}).to_string()
+            )
+            .unwrap());
+        revoke_ids.push(rid);
+        if i == 60 {
+            // One twin is lost mid-run: new rows go to the other; rows that
+            // may have reached it wait for it (never sent to its twin).
+            t.a.daemon.kill();
+            let before = finished(&queue);
+            wait_until(
+                "rows finishing on the twin",
+                Duration::from_secs(300),
+                || finished(&queue) >= before + 40,
+                || gw.log(),
+            );
+            t.a.daemon.restart();
+        }
+        if i == 150 {
+            gw.kill();
+            gw.restart();
+        }
+    }
+    let total = (SIGN + CERTIFY + REVOKE) as u64;
+    wait_until(
+        "every row final",
+        Duration::from_secs(600),
+        || finished(&queue) >= total,
+        || gw.log(),
+    );
+
+    let all: Vec<String> = sign_ids
+        .iter()
+        .chain(&certify_ids)
+        .chain(&revoke_ids)
+        .cloned()
+        .collect();
+    let serials = all_done(&queue, &all);
+    let distinct: BTreeSet<&String> = serials.values().collect();
+    assert_eq!(distinct.len(), SIGN, "one certificate per sign row");
+
+    // The metrics say the same.
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "signer_gateway_queue_rows{{state=\"done\",kind=\"sign_x509\"}} {SIGN}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("signer_gateway_failovers_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("signer_gateway_signer_up{device="),
+        "{metrics}"
+    );
+    assert!(http_get(metrics_port, "/other").starts_with("HTTP/1.1 404"));
+
+    // The CRL the gateway published lists exactly the revoked serials and
+    // verifies with the intermediate.
+    let crl_file = crl_dir.join("sub-ca.crl");
+    wait_until(
+        "the published CRL to list every revocation",
+        Duration::from_secs(120),
+        || {
+            std::fs::read(&crl_file)
+                .ok()
+                .and_then(|der| signer_gateway::crl::crl_times(&der))
+                .is_some_and(|(_, _, n)| n == REVOKE as u64)
+        },
+        || gw.log(),
+    );
+    let (ok, text) = signer_testsupport::ca::openssl(
+        &d,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            crl_file.to_str().unwrap(),
+            "-CAfile",
+            "sub.pem",
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(ok && text.contains("verify OK"), "{text}");
+    for serial in &revoked_serials {
+        assert!(
+            text.to_uppercase()
+                .contains(&serial.trim_start_matches("00").to_uppercase()),
+            "{serial} on the CRL"
+        );
+    }
+    assert!(crl_dir.join("sub-ca.pem").exists());
+    assert!(crl_dir.join("root.crl").exists());
+
+    // Stopping is clean; the twin comes back and both agree: every sign row
+    // is one certificate on both signers, no request id has two.
+    assert_eq!(gw.stop(), Some(0), "{}", gw.log());
+    let (a, b) = (t.a.client(), t.b.client());
+    t.wait_in_sync(&a, &b, SIGN as u64, Duration::from_secs(180))
+        .unwrap();
+}
+
+#[test]
+fn postgres_queue_shared_by_two_gateways_each_killed_mid_run() {
+    let pg = Postgres::start();
+    let mut ceremony = Ceremony::new_as("signer-a", "p256", SERVER_PROFILE);
+    ceremony.add_openpgp();
+    let t = Twins::with_ceremony_on(ceremony, LinkSpec::baud(115_200));
+    let d = t.ceremony.dir().to_path_buf();
+    drop(t.a.client());
+    drop(t.b.client());
+    let gpg = Gpg::new();
+    let alice = gpg.alice();
+    let key = String::from_utf8(gpg.export_with(&["--armor", "--export", &alice])).unwrap();
+    let csrs = csrs(&d);
+    let expires = signer_gateway::now_s() + 200 * 86_400;
+
+    // The web application's side: the documented schema, then rows by SQL.
+    let queue = PostgresQueue::connect(&pg.params(), Duration::from_millis(50)).unwrap();
+    let (code, schema, err) =
+        output(Command::new(bin("signer-gateway")).args(["schema", "postgres"]));
+    assert_eq!(code, Some(0), "{err}");
+    pg.psql(&schema);
+    let queue_yaml = format!("  postgres: \"{}\"\n", pg.params());
+    // Two gateways on one queue, each with the link to one twin (two web hosts).
+    let mut gw1 = Gateway::start(
+        &d,
+        "gw-1",
+        &gateway_yaml("gw-1", &[&t.a.client_device()], &queue_yaml, ""),
+    );
+    let mut gw2 = Gateway::start(
+        &d,
+        "gw-2",
+        &gateway_yaml("gw-2", &[&t.b.client_device()], &queue_yaml, ""),
+    );
+
+    let sign_ids: Vec<String> = (0..SIGN).map(|i| format!("s-{i}")).collect();
+    let certify_ids: Vec<String> = (0..CERTIFY).map(|i| format!("p-{i}")).collect();
+    for (i, id) in sign_ids.iter().enumerate() {
+        let line: serde_json::Value =
+            serde_json::from_str(&sign_line(id, &csrs[i % csrs.len()])).unwrap();
+        let body = line["body"].to_string().replace('\'', "''");
+        pg.psql(&format!(
+            "INSERT INTO signer_requests (request_id, kind, body) VALUES ('{id}', 'sign_x509', '{body}')"
+        ));
+        if i == 100 {
+            gw1.kill();
+            gw1.restart();
+        }
+    }
+    enqueue(
+        &gw2,
+        &d,
+        "certify.jsonl",
+        &certify_ids
+            .iter()
+            .map(|id| certify_line(id, &key, expires))
+            .collect::<Vec<_>>(),
+    );
+    wait_until(
+        "rows finishing",
+        Duration::from_secs(300),
+        || finished(&queue) >= 300,
+        || gw1.log(),
+    );
+    gw2.kill();
+    gw2.restart();
+    let mut revoke_ids = Vec::new();
+    for (i, id) in sign_ids.iter().enumerate().take(REVOKE) {
+        wait_until(
+            "the certificate to revoke",
+            Duration::from_secs(300),
+            || queue.row(id).unwrap().is_some_and(|r| r.0 == State::Done),
+            || gw1.log(),
+        );
+        let (_, answer, _) = queue.row(id).unwrap().unwrap();
+        let rid = format!("r-{i}");
+        // Either gateway may take it: a twin that has not yet received the
+        // certificate answers unknown_serial, and the row is tried again.
+        queue
+            .enqueue(
+                &rid,
+                Kind::RevokeX509,
+                &serde_json::json!({"issuer": "sub", "serial": answer.serial.unwrap(), "reason": 1}).to_string(),
+            )
+            .unwrap();
+        revoke_ids.push(rid);
+        if i == 120 {
+            gw1.kill();
+            gw1.restart();
+        }
+    }
+    let total = (SIGN + CERTIFY + REVOKE) as u64;
+    wait_until(
+        "every row final",
+        Duration::from_secs(600),
+        || finished(&queue) >= total,
+        || format!("{}\n{}", gw1.log(), gw2.log()),
+    );
+    let all: Vec<String> = sign_ids
+        .iter()
+        .chain(&certify_ids)
+        .chain(&revoke_ids)
+        .cloned()
+        .collect();
+    let serials = all_done(&queue, &all);
+    let distinct: BTreeSet<&String> = serials.values().collect();
+    assert_eq!(distinct.len(), SIGN);
+    // Both gateways did part of the work.
+    let by_signer =
+        pg.psql("SELECT signer, count(*) FROM signer_requests GROUP BY signer ORDER BY signer");
+    assert!(
+        by_signer.contains("signer-a|") && by_signer.contains("signer-b|"),
+        "{by_signer}"
+    );
+    assert_eq!(gw1.stop(), Some(0), "{}", gw1.log());
+    assert_eq!(gw2.stop(), Some(0), "{}", gw2.log());
+    let (a, b) = (t.a.client(), t.b.client());
+    t.wait_in_sync(&a, &b, SIGN as u64, Duration::from_secs(180))
+        .unwrap();
+}
