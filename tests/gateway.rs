@@ -200,9 +200,9 @@ fn sqlite_queue_through_twins_with_the_gateway_killed_and_a_twin_lost() {
     let link = format!("unix:{}", socket.display());
     wait_until(
         "the local socket",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || socket.exists(),
-        String::new,
+        || gw.log(),
     );
     let (code, out, err) =
         output(Command::new(bin("signer-client")).args(["--link", &link, "--json", "health"]));

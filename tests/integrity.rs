@@ -232,6 +232,27 @@ fn a_clock_set_back_or_far_ahead_signs_nothing() {
         // A retried request id is still answered with its certificate.
         let again = sign(&client, &d, "before").unwrap();
         assert!(again.replayed);
+        // Monitoring sees it from the CLI's exit status: 2, failing (before
+        // the clock-skew status 5), and a numeric level in the JSON.
+        drop(client);
+        let device = bench.client_device();
+        let (code, out, err) = output(Command::new(bin("signer-client")).args([
+            "--link",
+            device.to_str().unwrap(),
+            "--json",
+            "health",
+        ]));
+        assert_eq!(code, Some(2), "{offset}: {out}{err}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["level"], 2, "{out}");
+        assert!(
+            json["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "clock" && c["level"] == 2),
+            "{out}"
+        );
     }
     // Back on the right clock: signing resumes (a refused clock left no mark).
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());

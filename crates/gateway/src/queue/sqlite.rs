@@ -28,9 +28,27 @@ impl SqliteQueue {
         conn.busy_timeout(Duration::from_secs(10))?;
         // WAL: the web application reads while the gateway writes. FULL: a
         // finished row survives a power cut once the commit returned.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        // Switching to WAL does not wait for a lock another process holds
+        // (a CLI creating the schema at the same moment): try again briefly.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let result = conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+                .and_then(|()| conn.execute_batch(SCHEMA));
+            match result {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         Ok(SqliteQueue {
             conn: Mutex::new(conn),
             poll,
