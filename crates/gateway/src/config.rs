@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use signer_service::config::ConfigError;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -213,41 +214,10 @@ fn default_skew_s() -> f64 {
     60.0
 }
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The YAML does not fit the schema.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What serde said (with line and column).
-        message: String,
-    },
-    /// A value is out of range or two values contradict each other.
-    #[error("{path}: {field}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The field, as written in the file.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -257,9 +227,9 @@ impl Config {
         })?;
         config
             .check()
-            .map_err(|(field, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key: key.into(),
                 message,
             })?;
         Ok(config)

@@ -6,33 +6,19 @@
 //! uses. A CRL that fails a check is not published: the last good one stays
 //! and the failure shows in the metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use der::Decode;
 use signer_client::{verify, Calls, ClientError, Failover};
 use signer_protocol::{calls, msg};
 use tracing::{info, warn};
 
 use crate::config::CrlConfig;
 use crate::metrics::Metrics;
-
-/// thisUpdate, nextUpdate (Unix seconds) and entry count of a DER CRL.
-pub fn crl_times(der: &[u8]) -> Option<(i64, i64, u64)> {
-    let crl = <x509_cert::crl::CertificateList>::from_der(der).ok()?;
-    let tbs = &crl.tbs_cert_list;
-    let this = tbs.this_update.to_unix_duration().as_secs() as i64;
-    let next = tbs.next_update?.to_unix_duration().as_secs() as i64;
-    let entries = tbs
-        .revoked_certificates
-        .as_ref()
-        .map_or(0, |r| r.len() as u64);
-    Some((this, next, entries))
-}
 
 /// A CRL number as an unsigned integer (up to 20 octets) for comparison.
 fn number(bytes: &[u8]) -> Vec<u8> {
@@ -55,11 +41,35 @@ pub fn publish_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A CRL that is published: its bytes and what they say.
+struct Published {
+    der: Vec<u8>,
+    header: signer_x509::crl::Header,
+    entries: u64,
+}
+
+impl Published {
+    /// A CRL, if it parses and verifies with `issuer_cert`.
+    fn read(der: Vec<u8>, issuer_cert: &[u8]) -> Result<Published, String> {
+        signer_x509::crl::verify(&der, issuer_cert)?;
+        let (header, entries) = signer_x509::crl::parse(&der)?;
+        Ok(Published {
+            der,
+            header,
+            entries: entries.len() as u64,
+        })
+    }
+}
+
 /// The publisher's per-issuer memory.
+#[derive(Default)]
 struct Held {
-    der: Option<Vec<u8>>,
+    published: Option<Published>,
     last_check: Option<Instant>,
 }
+
+/// Issuers whose CRL changed since it was last fetched.
+pub type Revoked = Arc<Mutex<BTreeSet<String>>>;
 
 /// The CRL publisher.
 pub struct Publisher {
@@ -70,8 +80,14 @@ pub struct Publisher {
     /// Where states are shown.
     pub metrics: Arc<Metrics>,
     /// Issuers that revoked since their CRL was fetched (from the dispatcher).
-    pub revoked: Arc<Mutex<BTreeMap<String, ()>>>,
+    pub revoked: Revoked,
     held: Mutex<BTreeMap<String, Held>>,
+    /// The CAs to publish for, and when they were asked for.
+    cas: Mutex<Option<(Instant, Vec<msg::CaCert>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Publisher {
@@ -81,7 +97,7 @@ impl Publisher {
         config: CrlConfig,
         signers: Arc<Failover>,
         metrics: Arc<Metrics>,
-        revoked: Arc<Mutex<BTreeMap<String, ()>>>,
+        revoked: Revoked,
     ) -> Publisher {
         Publisher {
             config,
@@ -89,6 +105,7 @@ impl Publisher {
             metrics,
             revoked,
             held: Mutex::new(BTreeMap::new()),
+            cas: Mutex::new(None),
         }
     }
 
@@ -96,16 +113,28 @@ impl Publisher {
         self.config.directory.join(self.config.file_name(issuer))
     }
 
-    /// The issuers to publish and their certificates.
+    /// The issuers to publish and their certificates: asked for once every
+    /// `check_s` (not on every pass: the link is for requests).
     fn issuers(&self) -> Result<Vec<msg::CaCert>, ClientError> {
-        let cas = self.signers.request::<calls::CaCerts>(&msg::Empty {})?.cas;
-        Ok(match &self.config.issuers {
-            Some(names) => cas
-                .into_iter()
-                .filter(|c| names.contains(&c.name))
-                .collect(),
-            None => cas,
-        })
+        let mut cached = lock(&self.cas);
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(self.config.check_s));
+        if !fresh {
+            let cas = self.signers.request::<calls::CaCerts>(&msg::Empty {})?.cas;
+            let cas = match &self.config.issuers {
+                Some(names) => cas
+                    .into_iter()
+                    .filter(|c| names.contains(&c.name))
+                    .collect(),
+                None => cas,
+            };
+            *cached = Some((Instant::now(), cas));
+        }
+        Ok(cached
+            .as_ref()
+            .map(|(_, cas)| cas.clone())
+            .unwrap_or_default())
     }
 
     /// One pass: refreshes every issuer that is due. Returns how many CRLs
@@ -125,8 +154,10 @@ impl Publisher {
                 Ok(false) => {}
                 Err(e) => {
                     warn!(issuer = %ca.name, cause = %e, "CRL not refreshed; the last good one stays published");
-                    let mut crls = self.metrics.crls.lock().unwrap_or_else(|p| p.into_inner());
-                    crls.entry(ca.name.clone()).or_default().error = Some(e);
+                    lock(&self.metrics.crls)
+                        .entry(ca.name.clone())
+                        .or_default()
+                        .error = Some(e);
                 }
             }
         }
@@ -135,109 +166,99 @@ impl Publisher {
 
     fn refresh_if_due(&self, ca: &msg::CaCert, now: i64) -> Result<bool, String> {
         let issuer = ca.name.as_str();
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let h = held.entry(issuer.to_string()).or_insert_with(|| {
+        let mut held = lock(&self.held);
+        let h = held.entry(issuer.to_string()).or_insert_with(|| Held {
             // What is published now, if it is this issuer's and intact.
-            let der = std::fs::read(self.path(issuer))
+            published: std::fs::read(self.path(issuer))
                 .ok()
-                .filter(|d| signer_x509::crl::verify(d, &ca.certificate).is_ok());
-            Held {
-                der,
-                last_check: None,
-            }
+                .and_then(|der| Published::read(der, &ca.certificate).ok()),
+            last_check: None,
         });
-        let times = h.der.as_deref().and_then(crl_times);
-        let revoked = self
-            .revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(issuer);
-        let due = h.der.is_none()
-            || revoked
-            || times.is_none_or(|(_, next, _)| now + self.config.refresh_margin_s as i64 >= next)
+        let due_by_time = h
+            .published
+            .as_ref()
+            .is_none_or(|p| now + self.config.refresh_margin_s as i64 >= p.header.next_update)
             || h.last_check
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.config.check_s));
-        if !due {
+        // Taken now: a revocation recorded during the fetch marks it again.
+        let revoked = lock(&self.revoked).remove(issuer);
+        if !due_by_time && !revoked {
             return Ok(false);
         }
-        // Taken before the fetch: a revocation recorded meanwhile marks it again.
-        self.revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(issuer);
-        let fetched = verify::fetch_crl_checked(
-            &*self.signers,
-            issuer,
-            h.der.as_deref(),
-            Some(&ca.certificate),
-        );
-        let fetched = match fetched {
-            Ok(f) => f,
-            Err(e) => {
-                if revoked {
-                    self.revoked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(issuer.to_string(), ());
-                }
-                return Err(e.to_string());
-            }
-        };
+        let have = h.published.as_ref().map(|p| p.der.as_slice());
+        let fetched =
+            verify::fetch_crl_checked(&*self.signers, issuer, have, Some(&ca.certificate))
+                .map_err(|e| {
+                    if revoked {
+                        lock(&self.revoked).insert(issuer.to_string());
+                    }
+                    e.to_string()
+                })?;
         h.last_check = Some(Instant::now());
-        let mut newly = false;
-        if let Some(der) = fetched.der {
-            let (this, next, entries) =
-                crl_times(&der).ok_or("the new CRL has no nextUpdate or does not parse")?;
-            if next <= now {
-                return Err(format!("the new CRL's nextUpdate ({next}) has passed"));
+        let newly = match fetched.der {
+            Some(der) => {
+                let new = Published::read(der, &ca.certificate)?;
+                self.publish(issuer, h.published.as_ref(), &new, now)?;
+                info!(
+                    issuer,
+                    entries = new.entries,
+                    this_update = new.header.this_update,
+                    next_update = new.header.next_update,
+                    via = fetched.via,
+                    "CRL published"
+                );
+                h.published = Some(new);
+                true
             }
-            if let Some(old) = h.der.as_deref() {
-                let old_number = verify::crl_number(old).unwrap_or_default();
-                let new_number = verify::crl_number(&der).unwrap_or_default();
-                if number(&new_number) < number(&old_number) {
-                    return Err(format!(
-                        "the signer's CRL number {} is below the published {}",
-                        hex::encode(new_number),
-                        hex::encode(old_number)
-                    ));
-                }
-            }
-            let name = self.config.file_name(issuer);
-            publish_file(&self.config.directory, &name, &der).map_err(|e| {
-                format!(
-                    "cannot write {}: {e}",
-                    self.config.directory.join(&name).display()
-                )
-            })?;
-            if self.config.pem {
-                let pem = pem_crl(&der);
-                let pem_name = format!("{}.pem", name.trim_end_matches(".crl"));
-                publish_file(&self.config.directory, &pem_name, pem.as_bytes())
-                    .map_err(|e| format!("cannot write {pem_name}: {e}"))?;
-            }
-            info!(
-                issuer,
-                entries,
-                this_update = this,
-                next_update = next,
-                via = fetched.via,
-                "CRL published"
-            );
-            h.der = Some(der);
-            newly = true;
-        }
-        let mut crls = self.metrics.crls.lock().unwrap_or_else(|p| p.into_inner());
+            None => false,
+        };
+        let mut crls = lock(&self.metrics.crls);
         let state = crls.entry(issuer.to_string()).or_default();
-        if let Some((this, next, entries)) = h.der.as_deref().and_then(crl_times) {
-            state.this_update = this;
-            state.next_update = next;
-            state.entries = entries;
+        if let Some(p) = &h.published {
+            state.this_update = p.header.this_update;
+            state.next_update = p.header.next_update;
+            state.entries = p.entries;
         }
         state.error = None;
         if newly {
             state.published += 1;
         }
         Ok(newly)
+    }
+
+    /// Checks a new CRL against the published one and writes it out.
+    fn publish(
+        &self,
+        issuer: &str,
+        old: Option<&Published>,
+        new: &Published,
+        now: i64,
+    ) -> Result<(), String> {
+        if new.header.next_update <= now {
+            return Err(format!(
+                "the new CRL's nextUpdate ({}) has passed",
+                new.header.next_update
+            ));
+        }
+        if let Some(old) = old {
+            if number(&new.header.number) < number(&old.header.number) {
+                return Err(format!(
+                    "the signer's CRL number {} is below the published {}",
+                    hex::encode(&new.header.number),
+                    hex::encode(&old.header.number)
+                ));
+            }
+        }
+        let dir = &self.config.directory;
+        let name = self.config.file_name(issuer);
+        publish_file(dir, &name, &new.der)
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(&name).display()))?;
+        if self.config.pem {
+            let pem_name = format!("{}.pem", name.trim_end_matches(".crl"));
+            publish_file(dir, &pem_name, pem_crl(&new.der).as_bytes())
+                .map_err(|e| format!("cannot write {pem_name}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Refreshes on schedule until `stop`.

@@ -8,7 +8,6 @@
 //! claimed row is being sent, not waiting out its lease in a buffer. Each
 //! worker's call is pipelined with the others' on the same link.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -348,7 +347,7 @@ pub struct Dispatcher {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Issuers that revoked since their CRL was last fetched.
-    pub revoked: Arc<Mutex<BTreeMap<String, ()>>>,
+    pub revoked: crate::crl::Revoked,
     /// CA certificates answers are checked with.
     pub trust: Arc<Trust>,
 }
@@ -477,18 +476,12 @@ impl Dispatcher {
                 index,
             };
             let result = execute(&pinned, &signer, &self.trust, request);
-            match &result {
-                Err(ClientError::Signer { status, .. })
-                    if links > 1 && signer_client::twin_may_answer(*status) =>
+            match result {
+                // This signer did nothing and cannot now: its twin may.
+                Err(e @ ClientError::Signer { status, .. })
+                    if links > 1 && signer_client::twin_may_answer(status) =>
                 {
-                    last = format!(
-                        "{signer}: {}",
-                        result
-                            .as_ref()
-                            .err()
-                            .map(|e| e.to_string())
-                            .unwrap_or_default()
-                    );
+                    last = format!("{signer}: {e}");
                     self.signers.avoid(index);
                     continue;
                 }
@@ -517,7 +510,7 @@ impl Dispatcher {
                     self.revoked
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(r.issuer.clone(), ());
+                        .insert(r.issuer.clone());
                 }
                 outcome
             }

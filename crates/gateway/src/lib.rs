@@ -20,9 +20,8 @@ pub mod metrics;
 pub mod queue;
 pub mod relay;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use signer_client::Failover;
@@ -92,7 +91,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     let queue = open_queue(config)?;
     let signers = Arc::new(Failover::new(config.links(), config.failover_after()));
     let metrics = Arc::new(metrics::Metrics::default());
-    let revoked = Arc::new(Mutex::new(BTreeMap::new()));
+    let revoked: crl::Revoked = Arc::default();
     let socket = match &config.socket {
         Some(s) => {
             let mode = config::socket_mode(&s.mode).unwrap_or(0o660);

@@ -325,31 +325,29 @@ fn status(config: &Config, request_id: Option<&str>, json: bool) -> ExitCode {
     }
     match queue.stats() {
         Ok(stats) => {
+            let by_state = State::ALL.map(|state| {
+                let n: u64 = stats
+                    .rows
+                    .iter()
+                    .filter(|r| r.0 == state)
+                    .map(|r| r.2)
+                    .sum();
+                (state.as_str(), n)
+            });
             if json {
-                let mut states = serde_json::Map::new();
-                for state in State::ALL {
-                    let n: u64 = stats
-                        .rows
-                        .iter()
-                        .filter(|r| r.0 == state)
-                        .map(|r| r.2)
-                        .sum();
-                    states.insert(state.as_str().into(), n.into());
-                }
+                let rows: serde_json::Map<_, _> = by_state
+                    .iter()
+                    .map(|(state, n)| (state.to_string(), (*n).into()))
+                    .collect();
+                let by_status: std::collections::BTreeMap<_, _> =
+                    stats.by_status.iter().cloned().collect();
                 say!(
                     "{}",
-                    serde_json::json!({"rows": states, "oldest_pending_s": stats.oldest_pending_s,
-                        "by_status": stats.by_status.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>()})
+                    serde_json::json!({"rows": rows, "oldest_pending_s": stats.oldest_pending_s, "by_status": by_status})
                 );
             } else {
-                for state in State::ALL {
-                    let n: u64 = stats
-                        .rows
-                        .iter()
-                        .filter(|r| r.0 == state)
-                        .map(|r| r.2)
-                        .sum();
-                    say!("{:<8} {n}", state.as_str());
+                for (state, n) in by_state {
+                    say!("{state:<8} {n}");
                 }
                 say!("oldest unanswered row: {:.1} s", stats.oldest_pending_s);
             }

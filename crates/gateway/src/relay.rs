@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use signer_client::{Calls, ClientError, Failover};
 use signer_protocol::calls::ALL;
-use signer_protocol::{decode_body, msg, Command, Status};
+use signer_protocol::{msg, Command, Status};
 use signer_server::{outbox, Engine, EngineConfig};
 use signer_service::{CallContext, Completion, Failure, Handler, Router};
 use tracing::{debug, info, warn};
@@ -55,25 +55,22 @@ impl Handler for Forward {
 /// The answer to relay: the signer's own (any status), or `busy` when no
 /// signer answered (nothing was executed by the gateway; try again).
 pub fn forward(signers: &Failover, command: Command, body: Vec<u8>) -> Result<Vec<u8>, Failure> {
-    match signers.call(command, body) {
-        Ok(reply) if reply.status.is_ok() => Ok(reply.body),
-        Ok(reply) => {
-            let err: msg::ErrorBody = decode_body(&reply.body).unwrap_or(msg::ErrorBody {
-                message: "(unreadable error body)".into(),
-                detail: String::new(),
-            });
-            Err(Failure::new(reply.status, err.message).with_detail(err.detail))
-        }
-        Err(e @ (ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed)) => {
-            Err(
-                Failure::new(Status::BUSY, format!("the gateway reached no signer: {e}"))
-                    .with_detail("gateway_no_signer"),
-            )
-        }
-        Err(e) => Err(
-            Failure::new(Status::BUSY, format!("the gateway could not relay: {e}"))
-                .with_detail("gateway_no_signer"),
-        ),
+    let no_signer = |e: ClientError| {
+        Failure::new(Status::BUSY, format!("the gateway reached no signer: {e}"))
+            .with_detail("gateway_no_signer")
+    };
+    let reply = signers.call(command, body).map_err(no_signer)?;
+    if reply.status.is_ok() {
+        return Ok(reply.body);
+    }
+    // The signer's refusal, passed on as it came.
+    match reply.decode::<msg::Empty>() {
+        Err(ClientError::Signer {
+            status,
+            message,
+            detail,
+        }) => Err(Failure::new(status, message).with_detail(detail)),
+        _ => Err(Failure::new(reply.status, "(unreadable error body)")),
     }
 }
 
@@ -206,4 +203,28 @@ fn connection(engine: &Arc<Engine>, stream: UnixStream, stop: &AtomicBool) {
         let _ = w.join();
     }
     info!("local connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_replaces_a_stale_one_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gw.sock");
+        std::fs::write(&path, b"a file").expect("write");
+        let err = bind(&path, 0o660).expect_err("a plain file is not replaced");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        std::fs::remove_file(&path).expect("remove");
+        // Left behind by a gateway that died: replaced.
+        drop(UnixListener::bind(&path).expect("bind"));
+        let live = bind(&path, 0o600).expect("stale socket replaced");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Another gateway listening there: refused.
+        let err = bind(&path, 0o660).expect_err("in use");
+        assert!(err.to_string().contains("another gateway"), "{err}");
+        drop(live);
+    }
 }

@@ -230,3 +230,143 @@ impl Queue for SqliteQueue {
         .transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> SqliteQueue {
+        SqliteQueue::open(&dir.join("q.sqlite"), Duration::from_millis(1)).expect("open")
+    }
+
+    fn answer() -> Answer {
+        Answer {
+            status_code: 0,
+            status_name: "ok".into(),
+            serial: Some("21ab".into()),
+            ..Answer::default()
+        }
+    }
+
+    #[test]
+    fn a_claimed_row_is_one_gateways_until_its_lease_runs_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = open(dir.path());
+        assert!(q.enqueue("r1", Kind::SignX509, "{}").expect("enqueue"));
+        assert!(
+            !q.enqueue("r1", Kind::RevokeX509, "{}").expect("enqueue"),
+            "the key is the request id"
+        );
+        assert!(q.enqueue("r2", Kind::RevokeX509, "{}").expect("enqueue"));
+        let first = q.claim("gw-1", 1, Duration::from_secs(60)).expect("claim");
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].request_id.as_str(), first[0].attempts), ("r1", 1));
+        let second = q.claim("gw-2", 10, Duration::from_secs(60)).expect("claim");
+        assert_eq!(
+            second
+                .iter()
+                .map(|c| c.request_id.as_str())
+                .collect::<Vec<_>>(),
+            ["r2"]
+        );
+        // Another gateway cannot write a row it does not hold.
+        assert!(!q
+            .finish("gw-2", "r1", &Outcome::Done(answer()))
+            .expect("finish"));
+        // A lease that ran out: the row is anybody's again, attempts counted.
+        assert!(q.enqueue("r3", Kind::SignX509, "{}").expect("enqueue"));
+        assert_eq!(q.claim("gw-3", 1, Duration::ZERO).expect("claim").len(), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        let taken = q.claim("gw-1", 10, Duration::from_secs(60)).expect("claim");
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].request_id.as_str(), taken[0].attempts), ("r3", 2));
+        assert!(!q
+            .finish("gw-3", "r3", &Outcome::Done(answer()))
+            .expect("finish"));
+        // A restarted gateway takes back its own claims.
+        assert_eq!(q.release("gw-1").expect("release"), 2);
+        assert_eq!(
+            q.row("r1").expect("row").expect("present").0,
+            State::Pending
+        );
+    }
+
+    #[test]
+    fn outcomes_are_written_and_a_signer_in_doubt_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = open(dir.path());
+        q.enqueue("r1", Kind::SignX509, "{}").expect("enqueue");
+        q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
+        let retry = Outcome::Retry {
+            error: "no answer".into(),
+            at: SystemTime::now(),
+            sent_to: Some("signer-a".into()),
+        };
+        assert!(q.finish("gw", "r1", &retry).expect("finish"));
+        let again = q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
+        assert_eq!(again[0].sent_to.as_deref(), Some("signer-a"));
+        // A later retry without a signer does not forget it.
+        let busy = Outcome::Retry {
+            error: "busy".into(),
+            at: SystemTime::now(),
+            sent_to: None,
+        };
+        assert!(q.finish("gw", "r1", &busy).expect("finish"));
+        let again = q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
+        assert_eq!(again[0].sent_to.as_deref(), Some("signer-a"));
+        assert!(q
+            .finish("gw", "r1", &Outcome::Done(answer()))
+            .expect("finish"));
+        let (state, a, attempts) = q.row("r1").expect("row").expect("present");
+        assert_eq!(
+            (state, a.status_name.as_str(), a.serial.as_deref(), attempts),
+            (State::Done, "ok", Some("21ab"), 3)
+        );
+        // Final rows are never claimed again.
+        assert!(q.claim("gw", 10, Duration::ZERO).expect("claim").is_empty());
+        // A retry not yet due is not claimed either.
+        q.enqueue("r2", Kind::SignX509, "{}").expect("enqueue");
+        q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
+        let later = Outcome::Retry {
+            error: "busy".into(),
+            at: SystemTime::now() + Duration::from_secs(3600),
+            sent_to: None,
+        };
+        q.finish("gw", "r2", &later).expect("finish");
+        assert!(q
+            .claim("gw", 10, Duration::from_secs(60))
+            .expect("claim")
+            .is_empty());
+        let stats = q.stats().expect("stats");
+        assert!(stats.rows.contains(&(State::Pending, Kind::SignX509, 1)));
+        assert!(stats.by_status.contains(&("ok".to_string(), 1)));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_queue_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("q.sqlite");
+        std::fs::write(
+            &path,
+            b"this is not a database, only text that fills a page",
+        )
+        .expect("write");
+        let err = SqliteQueue::open(&path, Duration::from_millis(1))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("not a database"), "{err}");
+        // A row the schema does not allow cannot be written behind the gateway's back.
+        let other = tempfile::tempdir().expect("tempdir");
+        let q = open(other.path());
+        let conn = q.conn();
+        assert!(conn
+            .execute(
+                "INSERT INTO signer_requests (request_id, kind, body) VALUES ('x', 'mint', '{}')",
+                []
+            )
+            .is_err());
+        assert!(conn
+            .execute("INSERT INTO signer_requests (request_id, kind, body, state) VALUES ('y', 'sign_x509', '{}', 'lost')", [])
+            .is_err());
+    }
+}
