@@ -29,6 +29,7 @@
 pub mod audit;
 mod failover;
 mod port;
+pub mod requests;
 pub mod verify;
 pub use failover::{twin_may_answer, Failover};
 use port::Port;

@@ -13,125 +13,14 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-use signer_client::{verify, Calls, ClientError, Failover};
-use signer_protocol::{calls, msg, Status};
+use signer_client::requests::{self, Request, Trust};
+use signer_client::{Calls, ClientError, Failover};
+use signer_protocol::Status;
 use tracing::{info, warn};
 
 use crate::config::QueueConfig;
 use crate::metrics::Metrics;
-use crate::queue::{Answer, Claimed, Kind, Outcome, Queue};
-
-/// A `sign_x509` row's body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignBody {
-    /// Profile name.
-    pub profile: String,
-    /// The PKCS#10 request, PEM.
-    pub csr: String,
-    /// The subject as checked by the web application: `[attribute, value]` pairs.
-    pub subject: Vec<(String, String)>,
-    /// Subject alternative names.
-    #[serde(default)]
-    pub sans: Vec<msg::SanEntry>,
-    /// Validity in days (default: the profile's).
-    #[serde(default)]
-    pub validity_days: Option<u32>,
-}
-
-/// A `revoke_x509` row's body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeBody {
-    /// The issuing CA's name.
-    pub issuer: String,
-    /// The serial, hex.
-    pub serial: String,
-    /// RFC 5280 reason code (default 0, unspecified).
-    #[serde(default)]
-    pub reason: u8,
-    /// Invalidity date, Unix seconds.
-    #[serde(default)]
-    pub invalidity_date: Option<i64>,
-}
-
-/// A `certify_openpgp` row's body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertifyBody {
-    /// The public key, ASCII-armored.
-    pub key: String,
-    /// User IDs to certify.
-    pub user_ids: Vec<String>,
-    /// When the certifications expire, Unix seconds (fixed in the row, so
-    /// every attempt sends the same request).
-    pub expires_at: i64,
-}
-
-/// A row's request, ready to send.
-#[derive(Debug, Clone)]
-pub enum Request {
-    /// `sign_x509`.
-    Sign(msg::SignX509),
-    /// `revoke_x509`.
-    Revoke(msg::RevokeX509),
-    /// `certify_openpgp`.
-    Certify(msg::CertifyOpenpgp),
-}
-
-impl Request {
-    /// Reads a row: `Err` says why the body cannot be sent (a final refusal).
-    pub fn from_row(request_id: &str, kind: &str, body: &str) -> Result<Request, String> {
-        let kind = Kind::parse(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
-        let request_id = request_id.to_string();
-        Ok(match kind {
-            Kind::SignX509 => {
-                let b: SignBody = serde_json::from_str(body).map_err(|e| e.to_string())?;
-                if !b
-                    .csr
-                    .trim_start()
-                    .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
-                    && !b
-                        .csr
-                        .trim_start()
-                        .starts_with("-----BEGIN NEW CERTIFICATE REQUEST-----")
-                {
-                    return Err("csr: not a PEM certificate request".into());
-                }
-                Request::Sign(msg::SignX509 {
-                    request_id,
-                    profile: b.profile,
-                    csr: b.csr.into_bytes(),
-                    subject: b.subject,
-                    sans: b.sans,
-                    validity_days: b.validity_days,
-                })
-            }
-            Kind::RevokeX509 => {
-                let b: RevokeBody = serde_json::from_str(body).map_err(|e| e.to_string())?;
-                let serial = hex::decode(b.serial.trim_start_matches("0x"))
-                    .map_err(|e| format!("serial: not hex ({e})"))?;
-                Request::Revoke(msg::RevokeX509 {
-                    request_id,
-                    issuer: b.issuer,
-                    serial,
-                    reason: b.reason,
-                    invalidity_date: b.invalidity_date,
-                })
-            }
-            Kind::CertifyOpenpgp => {
-                let b: CertifyBody = serde_json::from_str(body).map_err(|e| e.to_string())?;
-                Request::Certify(msg::CertifyOpenpgp {
-                    request_id,
-                    key: b.key.into_bytes(),
-                    user_ids: b.user_ids,
-                    expires_at: b.expires_at,
-                })
-            }
-        })
-    }
-}
+use crate::queue::{Answer, Claimed, Outcome, Queue};
 
 /// True for statuses that say the request itself is refused: sending it
 /// again changes nothing. Everything else (the link, `busy`, the signer's
@@ -142,36 +31,6 @@ pub fn is_final(status: Status) -> bool {
         Status::UNKNOWN_COMMAND | Status::MALFORMED_BODY | Status::NOT_ENABLED
     ) || (100..300).contains(&status.0)
         || (400..500).contains(&status.0)
-}
-
-/// CA certificates the answers are checked with, fetched once and again
-/// when an answer names a CA not yet known.
-#[derive(Default)]
-pub struct Trust {
-    cas: Mutex<Option<msg::CaCertsReply>>,
-    openpgp: Mutex<Option<Vec<u8>>>,
-}
-
-impl Trust {
-    fn cas(&self, signers: &impl Calls, refresh: bool) -> Result<msg::CaCertsReply, ClientError> {
-        let mut cas = self.cas.lock().unwrap_or_else(|p| p.into_inner());
-        if refresh || cas.is_none() {
-            *cas = Some(signers.request::<calls::CaCerts>(&msg::Empty {})?);
-        }
-        Ok(cas.clone().unwrap_or(msg::CaCertsReply { cas: Vec::new() }))
-    }
-
-    fn openpgp(&self, signers: &impl Calls) -> Result<Vec<u8>, ClientError> {
-        let mut ca = self.openpgp.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ca) = ca.as_ref() {
-            return Ok(ca.clone());
-        }
-        let fetched = signers
-            .request::<calls::OpenpgpCa>(&msg::Empty {})?
-            .certificate;
-        *ca = Some(fetched.clone());
-        Ok(fetched)
-    }
 }
 
 /// One signer of the pair, as a call surface: no failover.
@@ -192,76 +51,23 @@ impl Calls for Pinned<'_> {
     }
 }
 
-/// Sends one request to one signer and checks the answer before anything
-/// is written back.
-pub fn execute(
+/// Sends one request to one signer and checks the answer.
+fn execute(
     signers: &impl Calls,
     signer: &str,
     trust: &Trust,
     request: &Request,
 ) -> Result<Answer, ClientError> {
-    let signer = signer.to_string();
-    let ok =
-        |serial: Option<String>, certificate: Option<String>, result: serde_json::Value| Answer {
-            status_code: 0,
-            status_name: "ok".into(),
-            signer: signer.clone(),
-            serial,
-            certificate,
-            result: Some(result.to_string()),
-            ..Answer::default()
-        };
-    match request {
-        Request::Sign(r) => {
-            let reply = signers.request::<calls::SignX509>(r)?;
-            let mut cas = trust.cas(signers, false)?;
-            if !cas.cas.iter().any(|c| c.name == reply.issuer) {
-                cas = trust.cas(signers, true)?;
-            }
-            verify::check_issued(&reply, &r.csr, &cas)?;
-            Ok(ok(
-                Some(hex::encode(&reply.serial)),
-                Some(signer_x509::cert_pem(&reply.certificate)),
-                serde_json::json!({
-                    "issuer": reply.issuer,
-                    "not_before": reply.not_before,
-                    "not_after": reply.not_after,
-                    "replayed": reply.replayed,
-                }),
-            ))
-        }
-        Request::Revoke(r) => {
-            let reply = signers.request::<calls::RevokeX509>(r)?;
-            Ok(ok(
-                Some(hex::encode(&r.serial)),
-                None,
-                serde_json::json!({
-                    "issuer": r.issuer,
-                    "revoked_at": reply.revoked_at,
-                    "reason": reply.reason,
-                    "invalidity_date": reply.invalidity_date,
-                    "replayed": reply.replayed,
-                    "legacy": reply.legacy,
-                }),
-            ))
-        }
-        Request::Certify(r) => {
-            let ca = trust.openpgp(signers)?;
-            let reply = verify::certify_checked(signers, r, Some(&ca))?;
-            Ok(ok(
-                None,
-                Some(signer_openpgp::armor_public_key(&reply.key)),
-                serde_json::json!({
-                    "fingerprint": reply.fingerprint,
-                    "ca_fingerprint": reply.ca_fingerprint,
-                    "user_ids": reply.certifications.iter().map(|c| &c.user_id).collect::<Vec<_>>(),
-                    "created_at": reply.created_at,
-                    "expires_at": reply.expires_at,
-                    "replayed": reply.replayed,
-                }),
-            ))
-        }
-    }
+    let done = requests::execute(signers, trust, request)?;
+    Ok(Answer {
+        status_code: 0,
+        status_name: "ok".into(),
+        signer: signer.to_string(),
+        serial: done.serial,
+        certificate: done.certificate,
+        result: Some(done.result.to_string()),
+        ..Answer::default()
+    })
 }
 
 /// How long to wait before attempt `attempts + 1`: doubling from the
@@ -623,31 +429,5 @@ mod tests {
         assert!(backoff(&c, 1) >= Duration::from_millis(75));
         assert!(backoff(&c, 3) >= Duration::from_millis(300));
         assert!(backoff(&c, 30) <= Duration::from_millis(1000));
-    }
-
-    #[test]
-    fn unreadable_bodies_say_what_is_wrong() {
-        let e = Request::from_row("r", "sign_x509", "{\"profile\":1}").unwrap_err();
-        assert!(e.contains("invalid type"), "{e}");
-        let e = Request::from_row("r", "mint_coins", "{}").unwrap_err();
-        assert!(e.contains("unknown kind"), "{e}");
-        let e = Request::from_row(
-            "r",
-            "sign_x509",
-            r#"{"profile":"p","csr":"-----BEGIN PRIVATE KEY-----","subject":[]}"#,
-        )
-        .unwrap_err();
-        assert!(e.contains("not a PEM certificate request"), "{e}");
-        let e = Request::from_row("r", "revoke_x509", r#"{"issuer":"sub","serial":"xyz"}"#)
-            .unwrap_err();
-        assert!(e.contains("serial"), "{e}");
-        assert!(matches!(
-            Request::from_row(
-                "r",
-                "revoke_x509",
-                r#"{"issuer":"sub","serial":"0a1b","reason":1}"#
-            ),
-            Ok(Request::Revoke(msg::RevokeX509 { reason: 1, .. }))
-        ));
     }
 }

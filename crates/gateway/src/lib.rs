@@ -182,7 +182,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         owner: config.name.clone(),
         metrics,
         revoked,
-        trust: Arc::new(dispatch::Trust::default()),
+        trust: Arc::default(),
     });
     info!(name = %config.name, signers = config.signers.len(), "gateway running");
     dispatcher.run(&stop);

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use signer_client::requests::{Line, Request};
 use signer_gateway::config::Config;
 use signer_gateway::queue::{self, Kind, State};
 
@@ -179,14 +180,6 @@ fn check_config(path: &std::path::Path, config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    request_id: String,
-    kind: String,
-    body: serde_json::Value,
-}
-
 fn enqueue(config: &Config, file: &std::path::Path) -> ExitCode {
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -237,9 +230,7 @@ fn enqueue(config: &Config, file: &std::path::Path) -> ExitCode {
             return ExitCode::from(4);
         }
         let body = parsed.body.to_string();
-        if let Err(e) =
-            signer_gateway::dispatch::Request::from_row(&parsed.request_id, kind.as_str(), &body)
-        {
+        if let Err(e) = Request::from_row(&parsed.request_id, kind.as_str(), &body) {
             eprintln!(
                 "signer-gateway: {} line {}: body: {e}",
                 file.display(),

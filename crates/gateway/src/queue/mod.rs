@@ -18,35 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub mod postgres;
 pub mod sqlite;
 
-/// What a row asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// `sign_x509`.
-    SignX509,
-    /// `revoke_x509`.
-    RevokeX509,
-    /// `certify_openpgp`.
-    CertifyOpenpgp,
-}
-
-impl Kind {
-    /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::SignX509, Kind::RevokeX509, Kind::CertifyOpenpgp];
-
-    /// The name in the `kind` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::SignX509 => "sign_x509",
-            Kind::RevokeX509 => "revoke_x509",
-            Kind::CertifyOpenpgp => "certify_openpgp",
-        }
-    }
-
-    /// The kind named in the `kind` column.
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+pub use signer_client::requests::{valid_request_id, Kind};
 
 /// A row's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -227,9 +199,4 @@ pub(crate) fn columns(
         ),
         Outcome::Park { error } => (State::Parked, None, Some(error), 0, None),
     }
-}
-
-/// Checks a request id as the signer will (1–128 printable ASCII).
-pub fn valid_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
