@@ -244,6 +244,22 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
         "dns:x",
     ]);
     assert_eq!(code, Some(4));
+    // A private key given as the CSR never leaves this host.
+    let (code, _, err) = cli(&[
+        "sign",
+        "--profile",
+        "server",
+        "--csr",
+        "rsa.key",
+        "--request-id",
+        "cli-4",
+        "--subject",
+        "CN=x",
+        "--san",
+        "dns:x",
+    ]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("private key") && err.contains("nothing was sent"), "{err}");
     let (code, out, _) = cli(&["--json", "ca-certs"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("BEGIN CERTIFICATE"));

@@ -21,6 +21,9 @@ macro_rules! say_raw {
     }};
 }
 
+#[path = "cli/batch.rs"]
+mod batch;
+
 use signer_client::Calls;
 use signer_protocol::calls;
 use std::path::{Path, PathBuf};
@@ -132,6 +135,34 @@ enum Cmd {
         /// Write NAME.pem files into this directory (default: print PEM).
         #[arg(long)]
         out_dir: Option<PathBuf>,
+    },
+    /// Send many requests over one link, pipelined: a JSON-lines file
+    /// (`{"request_id", "kind", "body"}` per line, as docs/gateway.md
+    /// describes), or every CSR in a directory under one profile. Shows a
+    /// progress bar on a terminal; `--json` writes one line per result.
+    /// Running it again after an interruption issues nothing twice.
+    /// Exits 0 when every request was answered ok, 1 when the signer
+    /// refused some, 3 when some got no answer (run it again).
+    Batch {
+        /// The JSON-lines file.
+        #[arg(conflicts_with = "csr_dir", required_unless_present = "csr_dir")]
+        file: Option<PathBuf>,
+        /// A directory of CSRs (`*.csr`, `*.pem`), each asking for the names in it.
+        #[arg(long, requires = "profile")]
+        csr_dir: Option<PathBuf>,
+        /// The profile for `--csr-dir`.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Validity in days for `--csr-dir` (default: the profile's).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Write each result here (`ID.json`, and `ID.pem` or `ID.asc`);
+        /// requests with a result here are not sent again.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
     },
     /// OpenPGP: certify user IDs of a key, fetch the CA's OpenPGP certificate.
     Openpgp {
@@ -322,6 +353,28 @@ fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
             sign(client, json, body, out.as_deref())?
         }
         Cmd::CaCerts { out_dir } => ca_certs(client, json, out_dir.as_deref())?,
+        Cmd::Batch {
+            file,
+            csr_dir,
+            profile,
+            days,
+            out_dir,
+            parallel,
+        } => {
+            let jobs = match (file, csr_dir) {
+                (Some(file), _) => batch::from_jsonl(file),
+                (None, Some(dir)) => {
+                    batch::from_csr_dir(dir, profile.as_deref().unwrap_or_default(), *days)
+                }
+                (None, None) => Err("give a JSON-lines file or --csr-dir".into()),
+            }
+            .map_err(Failed::Input)?;
+            if let Some(dir) = out_dir {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Failed::Input(format!("{}: {e}", dir.display())))?;
+            }
+            run_batch(client, json, &jobs, out_dir.as_deref(), *parallel)?
+        }
         Cmd::Crl {
             issuer,
             out,
@@ -380,6 +433,58 @@ fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
                 ca_cert.as_deref(),
             )?
         }
+    })
+}
+
+fn run_batch(
+    client: &Failover,
+    json: bool,
+    jobs: &[batch::Job],
+    out_dir: Option<&Path>,
+    parallel: usize,
+) -> Result<ExitCode, Failed> {
+    // A bar only for a person: indicatif draws nothing when stderr is not a terminal.
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(jobs.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = |line: &serde_json::Value| {
+        if json {
+            say!("{line}");
+        } else if line["status"] != "ok" {
+            bar.suspend(|| {
+                eprintln!(
+                    "{}: {} {}",
+                    line["request_id"].as_str().unwrap_or_default(),
+                    line["status"].as_str().unwrap_or_default(),
+                    line["message"].as_str().unwrap_or_default()
+                )
+            });
+        }
+        bar.inc(1);
+    };
+    let summary = batch::run(client, jobs, out_dir, parallel, &report).map_err(|e| {
+        // Answered by the signer, but not written here: a re-run fetches it.
+        Failed::Client(ClientError::Protocol(e))
+    })?;
+    bar.finish_and_clear();
+    if !json {
+        eprintln!(
+            "{} done, {} already done before, {} refused, {} not answered",
+            summary.done, summary.skipped, summary.refused, summary.failed
+        );
+    }
+    Ok(if summary.failed > 0 {
+        ExitCode::from(EXIT_LINK)
+    } else if summary.refused > 0 {
+        ExitCode::from(EXIT_REFUSED)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -621,6 +726,30 @@ fn hello(client: &Failover, json: bool) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses locally what is not a PKCS#10 request at all, before anything
+/// is sent: above all a private key given by mistake. Whether the request
+/// is acceptable (its key, its signature) is the signer's decision.
+fn check_csr(bytes: &[u8]) -> Result<(), String> {
+    if bytes
+        .windows(b"PRIVATE KEY-----".len())
+        .any(|w| w == b"PRIVATE KEY-----")
+    {
+        return Err(
+            "this is a private key, not a certificate request: nothing was sent; give the CSR made from the key (openssl req -new -key …)".into(),
+        );
+    }
+    match signer_x509::csr::Csr::parse(bytes) {
+        Ok(_)
+        | Err(
+            signer_x509::csr::CsrError::UnsupportedKey(_)
+            | signer_x509::csr::CsrError::UnknownCriticalExtension(_),
+        ) => Ok(()),
+        Err(e) => Err(format!(
+            "not a certificate request (PKCS#10, PEM or DER): {e}; nothing was sent"
+        )),
+    }
+}
+
 fn sign_body(
     profile: &str,
     csr: &Path,
@@ -629,7 +758,9 @@ fn sign_body(
     sans: &[String],
     days: Option<u32>,
 ) -> Result<msg::SignX509, String> {
-    let csr = std::fs::read(csr).map_err(|e| format!("{}: {e}", csr.display()))?;
+    let path = csr;
+    let csr = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    check_csr(&csr).map_err(|e| format!("{}: {e}", path.display()))?;
     let subject = subject
         .split(',')
         .filter(|p| !p.trim().is_empty())

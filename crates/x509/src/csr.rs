@@ -15,6 +15,78 @@ const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 const EXTENSION_REQUEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
+const SUBJECT_ALT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
+
+/// A directory string's text (UTF8String, PrintableString or IA5String).
+fn string_value(value: &der::Any) -> Option<String> {
+    use der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+    use der::Tag;
+    match der::Tagged::tag(value) {
+        Tag::Utf8String => value
+            .decode_as::<Utf8StringRef<'_>>()
+            .ok()
+            .map(|s| s.to_string()),
+        Tag::PrintableString => value
+            .decode_as::<PrintableStringRef<'_>>()
+            .ok()
+            .map(|s| s.to_string()),
+        Tag::Ia5String => value
+            .decode_as::<Ia5StringRef<'_>>()
+            .ok()
+            .map(|s| s.to_string()),
+        _ => None,
+    }
+}
+
+/// A subject as `[attribute, value]` pairs, in order.
+fn subject_pairs(name: &x509_cert::name::Name) -> Result<Vec<(String, String)>, CsrError> {
+    let mut pairs = Vec::new();
+    for atv in name.iter() {
+        let attr = crate::name::by_oid(&atv.oid)
+            .map_or_else(|| atv.oid.to_string(), |a| a.short.to_string());
+        let value = string_value(&atv.value).ok_or_else(|| {
+            CsrError::Malformed(format!("subject {attr}: not a directory string"))
+        })?;
+        pairs.push((attr, value));
+    }
+    Ok(pairs)
+}
+
+/// The names of a subjectAltName extension value.
+fn san_entries(der_value: &[u8]) -> Result<Vec<(String, String)>, CsrError> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    let names = x509_cert::ext::pkix::SubjectAltName::from_der(der_value)
+        .map_err(|e| CsrError::Malformed(format!("subjectAltName: {e}")))?;
+    names
+        .0
+        .iter()
+        .map(|n| {
+            Ok(match n {
+                GeneralName::DnsName(s) => ("dns".to_string(), s.to_string()),
+                GeneralName::Rfc822Name(s) => ("email".to_string(), s.to_string()),
+                GeneralName::UniformResourceIdentifier(s) => ("uri".to_string(), s.to_string()),
+                GeneralName::IpAddress(ip) => {
+                    let b = ip.as_bytes();
+                    let addr = match b.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(b).unwrap_or_default()),
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()),
+                        _ => {
+                            return Err(CsrError::Malformed(
+                                "subjectAltName: IP address of neither 4 nor 16 octets".into(),
+                            ))
+                        }
+                    };
+                    ("ip".to_string(), addr.to_string())
+                }
+                other => {
+                    return Err(CsrError::Malformed(format!(
+                        "subjectAltName: a name of a kind the signer does not issue ({other:?})"
+                    )))
+                }
+            })
+        })
+        .collect()
+}
 
 /// Extensions a CSR may carry, even as critical: the profile decides the
 /// certificate's extensions, so these are read and not copied.
@@ -245,6 +317,46 @@ impl Csr {
             signature,
         })
     }
+}
+
+/// The names a CSR asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedNames {
+    /// The subject as `[attribute, value]` pairs in order (short names of
+    /// [`crate::name::ATTRS`], dotted OIDs for others).
+    pub subject: Vec<(String, String)>,
+    /// Its subject alternative names: `(dns|email|ip|uri, value)`.
+    pub sans: Vec<(String, String)>,
+}
+
+/// The subject and subject alternative names a CSR asks for: what a batch
+/// of CSRs requests when no web application chose the names. A name the
+/// signer cannot issue (a subject value that is not a string, an `otherName`)
+/// is an error, so nothing asked for is dropped without a word.
+pub fn requested_names(input: &[u8]) -> Result<RequestedNames, CsrError> {
+    let der_bytes = pem_or_der(input)?;
+    let req = x509_cert::request::CertReq::from_der(&der_bytes)
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let mut sans = Vec::new();
+    for attr in req
+        .info
+        .attributes
+        .iter()
+        .filter(|a| a.oid == EXTENSION_REQUEST)
+    {
+        for value in attr.values.iter() {
+            let exts: Vec<x509_cert::ext::Extension> = value
+                .decode_as()
+                .map_err(|e| CsrError::Malformed(format!("extension request: {e}")))?;
+            for ext in exts.iter().filter(|e| e.extn_id == SUBJECT_ALT_NAME) {
+                sans.extend(san_entries(ext.extn_value.as_bytes())?);
+            }
+        }
+    }
+    Ok(RequestedNames {
+        subject: subject_pairs(&req.info.subject)?,
+        sans,
+    })
 }
 
 /// A parsed CSR whose self-signature has not been checked yet.
