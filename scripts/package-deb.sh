@@ -1,60 +1,63 @@
 #!/usr/bin/env bash
-# Builds the Debian package the operator carries to the offline signer host:
-# signerd and signer-client, the systemd unit, a default configuration in
-# /etc/signer, documentation, and a system user created on install.
+# Builds a Debian package and prints its path.
 #
-#   scripts/package-deb.sh                 release build, package in target/deb/
-#   BIN_DIR=target/debug scripts/package-deb.sh   package binaries already built there
+#   scripts/package-deb.sh [signer]   serial-link-signer, for the offline signer host:
+#                                     signerd and signer-client, the systemd unit, a
+#                                     default configuration in /etc/signer, the user signer
+#   scripts/package-deb.sh gateway    serial-link-signer-gateway, for the web host:
+#                                     signer-gateway and signer-client, its unit, a default
+#                                     configuration in /etc/signer-gateway, the user
+#                                     signer-gateway
+#
+#   BIN_DIR=target/debug scripts/package-deb.sh …   package binaries already built there
+#   OUT_DIR=dir                                      where the package goes (target/deb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+kind=${1:-signer}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
-name=serial-link-signer
+case "$kind" in
+  signer) name=serial-link-signer; bins=(signerd signer-client) ;;
+  gateway) name=serial-link-signer-gateway; bins=(signer-gateway signer-client) ;;
+  *) echo "usage: $0 [signer|gateway]" >&2; exit 2 ;;
+esac
 if [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release --quiet -p signerd -p signer-client
+  cargo build --release --quiet "${bins[@]/#/--bin=}"
   BIN_DIR=target/release
 fi
 out=${OUT_DIR:-target/deb}
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 
-install -D -m 0755 "$BIN_DIR/signerd" "$root/usr/bin/signerd"
-install -D -m 0755 "$BIN_DIR/signer-client" "$root/usr/bin/signer-client"
-install -D -m 0644 systemd/signerd.service "$root/lib/systemd/system/signerd.service"
-install -D -m 0640 configs/signerd.yaml "$root/etc/signer/signerd.yaml"
+for b in "${bins[@]}"; do
+  install -D -m 0755 "$BIN_DIR/$b" "$root/usr/bin/$b"
+done
 doc="$root/usr/share/doc/$name"
 install -D -m 0644 README.md "$doc/README.md"
-for f in operations protocol design decisions; do
-  install -D -m 0644 "docs/$f.md" "$doc/$f.md"
-done
-install -D -m 0644 configs/nats-server.conf "$doc/examples/nats-server.conf"
-install -D -m 0644 configs/signerd.yaml "$doc/examples/signerd.yaml"
 cat > "$doc/copyright" <<'TXT'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: serial-link-signer
 License: Apache-2.0
 TXT
-
 mkdir -p "$root/DEBIAN"
-size=$(du -sk "$root" | cut -f1)
-cat > "$root/DEBIAN/control" <<TXT
-Package: $name
-Version: $version
-Architecture: $arch
-Maintainer: Serial-link signer maintainers <signer@example.invalid>
-Installed-Size: $size
-Depends: libc6, adduser
-Recommends: softhsm2 | opensc, nats-server
-Section: admin
-Priority: optional
-Description: offline signing appliance for certificate authorities
+
+if [ "$kind" = signer ]; then
+  install -D -m 0644 systemd/signerd.service "$root/lib/systemd/system/signerd.service"
+  install -D -m 0640 configs/signerd.yaml "$root/etc/signer/signerd.yaml"
+  for f in operations protocol design decisions; do
+    install -D -m 0644 "docs/$f.md" "$doc/$f.md"
+  done
+  install -D -m 0644 configs/nats-server.conf "$doc/examples/nats-server.conf"
+  install -D -m 0644 configs/signerd.yaml "$doc/examples/signerd.yaml"
+  conffile=/etc/signer/signerd.yaml
+  depends="libc6, adduser"
+  relations="Recommends: softhsm2 | opensc, nats-server"
+  description="offline signing appliance for certificate authorities
  signerd signs X.509 certificates, revocations and CRLs with keys held in a
  PKCS#11 HSM, on commands received over a serial line; twin signers
- replicate over NATS. signer-client is the command-line client.
-TXT
-echo /etc/signer/signerd.yaml > "$root/DEBIAN/conffiles"
-cat > "$root/DEBIAN/postinst" <<'TXT'
+ replicate over NATS. signer-client is the command-line client."
+  cat > "$root/DEBIAN/postinst" <<'TXT'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
@@ -72,7 +75,7 @@ if [ "$1" = configure ]; then
 fi
 exit 0
 TXT
-cat > "$root/DEBIAN/postrm" <<'TXT'
+  cat > "$root/DEBIAN/postrm" <<'TXT'
 #!/bin/sh
 set -e
 # The repository in /var/lib/signer holds every issued certificate and the
@@ -82,7 +85,69 @@ if [ -d /run/systemd/system ]; then
 fi
 exit 0
 TXT
+else
+  install -D -m 0644 systemd/signer-gateway.service "$root/lib/systemd/system/signer-gateway.service"
+  install -D -m 0640 configs/gateway.yaml "$root/etc/signer-gateway/gateway.yaml"
+  for f in gateway protocol decisions; do
+    install -D -m 0644 "docs/$f.md" "$doc/$f.md"
+  done
+  install -D -m 0644 configs/gateway.yaml "$doc/examples/gateway.yaml"
+  conffile=/etc/signer-gateway/gateway.yaml
+  depends="libc6, adduser"
+  # Both carry signer-client; the web host and the offline signer host are
+  # different machines by design.
+  relations="Conflicts: serial-link-signer
+Recommends: postgresql-client"
+  description="web-host gateway to serial-link signers
+ signer-gateway takes the web application's requests from a database queue
+ (SQLite or PostgreSQL) to the signers over their serial links and the
+ results back, exactly once; publishes CRLs; serves health and metrics.
+ signer-client reaches the signers through it."
+  cat > "$root/DEBIAN/postinst" <<'TXT'
+#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+  if ! getent passwd signer-gateway >/dev/null; then
+    adduser --system --group --home /var/lib/signer-gateway --no-create-home signer-gateway
+  fi
+  adduser signer-gateway dialout >/dev/null 2>&1 || true
+  install -d -m 0750 -o signer-gateway -g signer-gateway /var/lib/signer-gateway
+  install -d -m 0755 -o signer-gateway -g signer-gateway /var/lib/signer-gateway/crl
+  chgrp signer-gateway /etc/signer-gateway/gateway.yaml && chmod 0640 /etc/signer-gateway/gateway.yaml
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+  fi
+  echo "serial-link-signer-gateway: set the signers' devices in /etc/signer-gateway/gateway.yaml"
+  echo "(/usr/share/doc/serial-link-signer-gateway/gateway.md), then: systemctl enable --now signer-gateway"
+fi
+exit 0
+TXT
+  cat > "$root/DEBIAN/postrm" <<'TXT'
+#!/bin/sh
+set -e
+# The queue in /var/lib/signer-gateway holds the web application's requests
+# and their answers: it is never removed, not even on purge.
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload >/dev/null 2>&1 || true
+fi
+exit 0
+TXT
+fi
 chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
+echo "$conffile" > "$root/DEBIAN/conffiles"
+size=$(du -sk "$root" | cut -f1)
+cat > "$root/DEBIAN/control" <<TXT
+Package: $name
+Version: $version
+Architecture: $arch
+Maintainer: Serial-link signer maintainers <signer@example.invalid>
+Installed-Size: $size
+Depends: $depends
+$relations
+Section: admin
+Priority: optional
+Description: $description
+TXT
 
 mkdir -p "$out"
 deb="$out/${name}_${version}_${arch}.deb"

@@ -259,7 +259,10 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
         "dns:x",
     ]);
     assert_eq!(code, Some(4), "{err}");
-    assert!(err.contains("private key") && err.contains("nothing was sent"), "{err}");
+    assert!(
+        err.contains("private key") && err.contains("nothing was sent"),
+        "{err}"
+    );
     let (code, out, _) = cli(&["--json", "ca-certs"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("BEGIN CERTIFICATE"));

@@ -88,3 +88,107 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[test]
+fn the_gateway_deb_holds_its_binaries_unit_and_config_and_keeps_the_queue() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin_dir = bin("signer-gateway").parent().unwrap().to_path_buf();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(root.join("scripts/package-deb.sh"))
+        .arg("gateway")
+        .env("BIN_DIR", &bin_dir)
+        .env("OUT_DIR", out_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let deb = Path::new(&deb);
+
+    let contents = dpkg_deb(&["-c"], deb);
+    for path in [
+        "./usr/bin/signer-gateway",
+        "./usr/bin/signer-client",
+        "./lib/systemd/system/signer-gateway.service",
+        "./etc/signer-gateway/gateway.yaml",
+        "./usr/share/doc/serial-link-signer-gateway/gateway.md",
+    ] {
+        assert!(contents.contains(path), "{path} missing from\n{contents}");
+    }
+    assert!(
+        !contents.contains("signerd"),
+        "no signer on the web host: {contents}"
+    );
+    let control = dpkg_deb(&["-f"], deb);
+    assert!(
+        control.contains("Package: serial-link-signer-gateway"),
+        "{control}"
+    );
+    assert!(
+        control.contains("Conflicts: serial-link-signer"),
+        "{control}"
+    );
+
+    let tree = tempfile::tempdir().unwrap();
+    Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb)
+        .arg(tree.path())
+        .status()
+        .unwrap();
+    let postinst = std::fs::read_to_string(tree.path().join("DEBIAN/postinst")).unwrap();
+    assert!(postinst.contains("adduser --system --group"), "{postinst}");
+    assert!(
+        postinst.contains("/var/lib/signer-gateway/crl"),
+        "{postinst}"
+    );
+    let conffiles = std::fs::read_to_string(tree.path().join("DEBIAN/conffiles")).unwrap();
+    assert_eq!(conffiles.trim(), "/etc/signer-gateway/gateway.yaml");
+    let postrm = std::fs::read_to_string(tree.path().join("DEBIAN/postrm")).unwrap();
+    assert!(!postrm.contains("rm "), "the queue is never removed");
+
+    // The unit runs what the package installs, with the packaged config,
+    // and never restarts on a refused configuration.
+    let unit = std::fs::read_to_string(
+        tree.path()
+            .join("lib/systemd/system/signer-gateway.service"),
+    )
+    .unwrap();
+    assert!(unit.contains(
+        "ExecStart=/usr/bin/signer-gateway run --config /etc/signer-gateway/gateway.yaml"
+    ));
+    assert!(unit.contains("RestartPreventExitStatus=1\n"), "{unit}");
+    assert!(
+        unit.contains("Documentation=file:///usr/share/doc/serial-link-signer-gateway/gateway.md")
+    );
+    let gateway = tree.path().join("usr/bin/signer-gateway");
+    let check = Command::new(&gateway)
+        .args(["check-config", "--offline", "--config"])
+        .arg(tree.path().join("etc/signer-gateway/gateway.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // A configuration with a typo is exit 1: the unit does not restart it.
+    let bad = tree.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(tree.path().join("etc/signer-gateway/gateway.yaml"))
+            .unwrap()
+            .replace("lease_s:", "lease_secs:"),
+    )
+    .unwrap();
+    let check = Command::new(&gateway)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("lease_secs"));
+}

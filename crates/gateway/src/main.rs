@@ -1,8 +1,11 @@
 //! `signer-gateway`: the web host's service between the web application's
 //! request queue and the signers' serial links.
 //!
-//! Exit codes: 0 success, 1 configuration or start-up failure, 2 usage
-//! error, 4 bad input file (enqueue).
+//! Exit codes: 0 success, 1 the configuration is refused (or, for
+//! `check-config`, what it names cannot be opened), 2 usage error, 3 a
+//! start-up failure that may pass (the queue, the socket or the metrics
+//! address not available; the unit restarts on it), 4 bad input file
+//! (enqueue).
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, Write as _};
@@ -41,7 +44,11 @@ enum Cmd {
     /// Run the gateway (the systemd unit's command).
     Run,
     /// Check the configuration and that the queue opens; print a summary.
-    CheckConfig,
+    CheckConfig {
+        /// Check the file only (no queue, no directories).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Print the queue's SQL schema for a database.
     Schema {
         /// Which database.
@@ -92,7 +99,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Schema { .. } => ExitCode::SUCCESS,
         Cmd::Run => run(&config),
-        Cmd::CheckConfig => check_config(&cli.config, &config),
+        Cmd::CheckConfig { offline } => check_config(&cli.config, &config, offline),
         Cmd::Enqueue { file } => enqueue(&config, &file),
         Cmd::Status { request_id, json } => status(&config, request_id.as_deref(), json),
     }
@@ -122,17 +129,19 @@ fn run(config: &Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("signer-gateway: {e}");
-            ExitCode::from(1)
+            ExitCode::from(3)
         }
     }
 }
 
-fn check_config(path: &std::path::Path, config: &Config) -> ExitCode {
-    if let Err(e) = signer_gateway::open_queue(config) {
+fn check_config(path: &std::path::Path, config: &Config, offline: bool) -> ExitCode {
+    if offline {
+        // The file only.
+    } else if let Err(e) = signer_gateway::open_queue(config) {
         eprintln!("signer-gateway: {}: queue: {e}", path.display());
         return ExitCode::from(1);
     }
-    if let Some(crl) = &config.crl {
+    if let Some(crl) = config.crl.as_ref().filter(|_| !offline) {
         if !crl.directory.is_dir() {
             eprintln!(
                 "signer-gateway: {}: crl.directory {} is not a directory",
