@@ -105,6 +105,70 @@ step "an online backup while signerd serves, then checked"
 "$bin/signerd" repo verify-backup --in demo.backup --config signerd.yaml | head -2
 "$bin/signerd" repo check --config signerd.yaml
 
+step "the web host: signer-gateway with an SQLite queue owns the link"
+cat >gateway.yaml <<YAML
+name: demo-web
+signers:
+  - {device: $run/client.tty, baud: 115200}
+queue:
+  sqlite: $run/queue.sqlite
+  poll_ms: 100
+socket:
+  path: $run/gateway.sock
+crl:
+  directory: $run/crl
+  files: {server-ca: server-ca.crl}
+  pem: true
+  check_s: 5
+metrics:
+  listen: 127.0.0.1:19464
+YAML
+mkdir -p crl
+"$bin/signer-gateway" check-config --config gateway.yaml
+"$bin/signer-gateway" run --config gateway.yaml >gateway.log 2>&1 &
+gateway=$!
+pids+=($gateway)
+for _ in $(seq 50); do [ -S gateway.sock ] && break; sleep 0.1; done
+
+step "the web application queues requests (here from a JSON-lines file; SQL INSERTs alike)"
+serial=$(openssl x509 -in host.pem -noout -serial | cut -d= -f2)
+csr_json=$(python3 -c 'import json,sys; print(json.dumps(open("host.csr").read()))')
+key_json=$(python3 -c 'import json,sys; print(json.dumps(open("alice.asc").read()))')
+expires=$(( $(date +%s) + 365*86400 ))
+{
+  for i in 1 2 3; do
+    echo "{\"request_id\": \"web-$i\", \"kind\": \"sign_x509\", \"body\": {\"profile\": \"server\", \"csr\": $csr_json, \"subject\": [[\"CN\", \"shop$i.example.org\"]], \"sans\": [{\"type\": \"dns\", \"value\": \"shop$i.example.org\"}]}}"
+  done
+  echo "{\"request_id\": \"web-r1\", \"kind\": \"revoke_x509\", \"body\": {\"issuer\": \"server-ca\", \"serial\": \"$serial\", \"reason\": 4}}"
+  echo "{\"request_id\": \"web-p1\", \"kind\": \"certify_openpgp\", \"body\": {\"key\": $key_json, \"user_ids\": [\"Alice <alice@example.org>\"], \"expires_at\": $expires}}"
+  echo "{\"request_id\": \"web-4\", \"kind\": \"sign_x509\", \"body\": {\"profile\": \"server\", \"csr\": $csr_json, \"subject\": [[\"CN\", \"shop4.example.org\"]], \"sans\": [{\"type\": \"email\", \"value\": \"a@example.org\"}]}}"
+} >requests.jsonl
+"$bin/signer-gateway" enqueue --config gateway.yaml requests.jsonl
+for _ in $(seq 100); do
+  st=$("$bin/signer-gateway" status --config gateway.yaml --json)
+  case "$st" in *'"claimed":0'*'"pending":0'*) break ;; esac
+  sleep 0.2
+done
+"$bin/signer-gateway" status --config gateway.yaml
+"$bin/signer-gateway" status --config gateway.yaml web-1 | head -3
+"$bin/signer-gateway" status --config gateway.yaml web-4 | head -2
+
+step "other programs share the link through the gateway's socket"
+"$bin/signer-client" --link "unix:$run/gateway.sock" health | head -3
+
+step "the CRL the gateway published after the revocation"
+for _ in $(seq 100); do
+  [ -e crl/server-ca.crl ] && openssl crl -inform DER -in crl/server-ca.crl -noout -text | grep -q "$serial" && break
+  sleep 0.2
+done
+openssl crl -inform DER -in crl/server-ca.crl -CAfile server-ca.pem -noout
+openssl crl -inform DER -in crl/server-ca.crl -noout -text | grep -A1 "Serial Number"
+
+step "metrics for monitoring (Prometheus text)"
+python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:19464/metrics").read().decode())' \
+  | grep -E '^signer_gateway_(queue_rows|results|signer_status|crl_next_update_seconds)'
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+
 step "what signerd logged"
 sed 's/\x1b\[[0-9;]*m//g' signerd.log
 echo
