@@ -6,6 +6,7 @@
 
 mod audit;
 mod crl;
+mod gateway;
 mod openpgp;
 mod openssl_ca;
 mod plot;
@@ -528,6 +529,9 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("audit") {
         audit::section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("gateway") {
+        gateway::section(&mut report, cli.scale)?;
     }
     if only.is_some() {
         if let Some(old) = cli

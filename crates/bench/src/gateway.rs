@@ -1,0 +1,263 @@
+//! The web host's throughput: rows through signer-gateway (SQLite queue)
+//! against the client library alone on the same signer and link, and
+//! `signer-client batch` against a shell loop of `signer-client sign`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
+use signer_testsupport::gateway::Gateway;
+use signer_testsupport::{bin, Bench, LinkSpec};
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn range(v: &[f64]) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+    format!("{lo:.1}–{hi:.1}")
+}
+
+/// A `sign_x509` line for the queue or a batch file.
+fn line(id: &str, csr: &str) -> String {
+    serde_json::json!({"request_id": id, "kind": "sign_x509", "body": {
+        "profile": "server", "csr": csr,
+        "subject": [["CN", "bench.example.org"]],
+        "sans": [{"type": "dns", "value": "bench.example.org"}], "validity_days": 30}})
+    .to_string()
+}
+
+/// Rows through a running gateway: inserted in one transaction (as a web
+/// application's batch insert would), timed until the last is final.
+fn gateway_rate(queue: &Path, csr: &str, n: usize, tag: &str) -> anyhow::Result<f64> {
+    let mut conn = rusqlite::Connection::open(queue)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // The gateway makes it too; whoever comes first.
+    conn.execute_batch(signer_gateway::queue::sqlite::SCHEMA)?;
+    let tx = conn.transaction()?;
+    for i in 0..n {
+        let v: serde_json::Value = serde_json::from_str(&line(&format!("{tag}-{i}"), csr))?;
+        tx.execute(
+            "INSERT INTO signer_requests (request_id, kind, body) VALUES (?1, 'sign_x509', ?2)",
+            rusqlite::params![format!("{tag}-{i}"), v["body"].to_string()],
+        )?;
+    }
+    let started = Instant::now();
+    tx.commit()?;
+    loop {
+        let open: i64 = conn.query_row(
+            "SELECT count(*) FROM signer_requests WHERE state IN ('pending', 'claimed')",
+            [],
+            |r| r.get(0),
+        )?;
+        if open == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "gateway stalled"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed();
+    let failed: i64 = conn.query_row(
+        "SELECT count(*) FROM signer_requests WHERE state <> 'done'",
+        [],
+        |r| r.get(0),
+    )?;
+    anyhow::ensure!(failed == 0, "{failed} rows not done");
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// One link speed: the library's pipelined rate and the gateway's, alternating.
+fn compare(report: &mut String, link: LinkSpec, label: &str, n: usize) -> anyhow::Result<()> {
+    eprintln!("bench: gateway against the library at {label}");
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let bench = Bench::start_with_env(link, &c.ca_yaml, c.env());
+    let csr = make_csr(
+        c.dir(),
+        "gw",
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let csr_text = String::from_utf8(csr.clone())?;
+    let dir = c.dir();
+    let baud = if link.baud == 0 { 4_000_000 } else { link.baud };
+    let yaml = format!(
+        "name: bench\nsigners:\n  - {{device: {}, baud: {baud}}}\nqueue:\n  sqlite: {}\n  poll_ms: 20\n",
+        bench.client_device().display(),
+        dir.join("queue.sqlite").display()
+    );
+    let (mut lib, mut gw, mut share) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        // The library alone holds the link…
+        let client = bench.client();
+        super::pipelined_sign(&client, &csr, 10, &format!("warm-{round}"))?;
+        let before = client.stats();
+        let elapsed = super::pipelined_sign(&client, &csr, n, &format!("lib-{round}"))?;
+        let received = client.stats().bytes_received - before.bytes_received;
+        lib.push(n as f64 / elapsed.as_secs_f64());
+        // Of the line's capacity towards the client (8N1: 10 bits a byte).
+        share.push(received as f64 / elapsed.as_secs_f64() / (f64::from(baud) / 10.0));
+        drop(client);
+        std::thread::sleep(Duration::from_millis(300));
+        // …then the gateway does.
+        let mut gateway = Gateway::start(dir, &format!("gw-{round}"), &yaml);
+        let warm = gateway_rate(
+            &dir.join("queue.sqlite"),
+            &csr_text,
+            10,
+            &format!("gwarm-{round}"),
+        )?;
+        anyhow::ensure!(warm > 0.0);
+        gw.push(gateway_rate(
+            &dir.join("queue.sqlite"),
+            &csr_text,
+            n,
+            &format!("gw-{round}"),
+        )?);
+        anyhow::ensure!(gateway.stop() == Some(0), "gateway did not stop cleanly");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (l, g) = (median(&lib), median(&gw));
+    let line_share = if link.baud == 0 {
+        "–".to_string()
+    } else {
+        format!(
+            "{:.0} % / {:.0} %",
+            100.0 * median(&share),
+            100.0 * median(&share) * g / l
+        )
+    };
+    writeln!(
+        report,
+        "| {label} | {n} | {l:.1} ({}) | {g:.1} ({}) | {:.2} | {line_share} |",
+        range(&lib),
+        range(&gw),
+        g / l
+    )?;
+    Ok(())
+}
+
+/// `signer-client batch` against a loop of `signer-client sign`, one process each.
+fn batch_against_loop(report: &mut String, n: usize) -> anyhow::Result<()> {
+    eprintln!("bench: batch against a shell loop");
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let bench = Bench::start_with_env(LinkSpec::baud(115_200), &c.ca_yaml, c.env());
+    drop(bench.client());
+    let dir = c.dir();
+    let csr = make_csr(dir, "loop", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let csr_text = String::from_utf8(csr)?;
+    let device = bench.client_device();
+    let (mut looped, mut batched) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let started = Instant::now();
+        for i in 0..n {
+            let status = Command::new(bin("signer-client"))
+                .current_dir(dir)
+                .args([
+                    "--link",
+                    device.to_str().unwrap_or_default(),
+                    "sign",
+                    "--profile",
+                    "server",
+                ])
+                .args([
+                    "--csr",
+                    "loop.csr",
+                    "--request-id",
+                    &format!("loop-{round}-{i}"),
+                ])
+                .args([
+                    "--subject",
+                    "CN=bench.example.org",
+                    "--san",
+                    "dns:bench.example.org",
+                ])
+                .args(["--days", "30", "--out", "loop.pem"])
+                .status()?;
+            anyhow::ensure!(status.success(), "signer-client sign failed");
+        }
+        looped.push(n as f64 / started.elapsed().as_secs_f64());
+        let file = dir.join(format!("batch-{round}.jsonl"));
+        let lines: Vec<String> = (0..n)
+            .map(|i| line(&format!("batch-{round}-{i}"), &csr_text))
+            .collect();
+        std::fs::write(&file, lines.join("\n"))?;
+        let started = Instant::now();
+        let out = Command::new(bin("signer-client"))
+            .current_dir(dir)
+            .args(["--link", device.to_str().unwrap_or_default(), "batch"])
+            .arg(&file)
+            .args(["--out-dir", &format!("out-{round}")])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        batched.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+    writeln!(
+        report,
+        "| 115,200 baud | {n} | {:.1} ({}) | {:.1} ({}) | {:.1}× |",
+        median(&looped),
+        range(&looped),
+        median(&batched),
+        range(&batched),
+        median(&batched) / median(&looped)
+    )?;
+    Ok(())
+}
+
+pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    writeln!(report, "## Web host: the gateway's queue and batch mode\n")?;
+    writeln!(
+        report,
+        "ECDSA P-256 certificates from one signer. *Library*: requests pipelined by the client \
+         library over the link; *gateway*: rows inserted into the gateway's SQLite queue in one \
+         transaction, timed until every row is final (claimed, sent, answer checked against the CA \
+         certificate, written back), on the same signer and link, rounds alternating. Line share: \
+         bytes towards the client per second over the line's capacity (8N1), for the library, and \
+         the gateway's by its rate. Three rounds; median and range.\n"
+    )?;
+    writeln!(
+        report,
+        "| link | requests | library (cert/s) | gateway (rows/s) | gateway / library | line share (library / gateway) |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    compare(
+        report,
+        LinkSpec::baud(115_200),
+        "115,200 baud",
+        super::scaled(200, scale),
+    )?;
+    compare(
+        report,
+        LinkSpec::unthrottled(),
+        "unthrottled pty",
+        super::scaled(600, scale),
+    )?;
+    writeln!(
+        report,
+        "\nTargets: at 115,200 baud the gateway's line share ≥ 95 %; unthrottled ≥ 0.90 of the library.\n"
+    )?;
+    writeln!(
+        report,
+        "`signer-client batch` (one process, pipelined) against a shell loop running \
+         `signer-client sign` once per request, same signer and link:\n"
+    )?;
+    writeln!(
+        report,
+        "| link | requests | shell loop (cert/s) | batch (cert/s) | batch / loop |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    batch_against_loop(report, super::scaled(60, scale))?;
+    writeln!(report)?;
+    Ok(())
+}
