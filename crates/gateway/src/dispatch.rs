@@ -1,12 +1,16 @@
 //! Moves queued rows to the signers and their answers back.
 //!
 //! ```text
-//! claimer ─ claim(free workers) ─► channel ─► worker × N ─► Failover::call ─► check ─► finish
+//! claimer ─ claim(free workers) ─► channel ─► worker × N ─► signer ─► check ─► finisher ─► finish_all
 //! ```
 //!
 //! The claimer takes only as many rows as there are idle workers, so a
-//! claimed row is being sent, not waiting out its lease in a buffer. Each
-//! worker's call is pipelined with the others' on the same link.
+//! claimed row is being sent, not waiting out its lease in a buffer; under
+//! load it waits until a quarter of them are free, so that one claim
+//! transaction serves many rows. Each worker's call is pipelined with the
+//! others' on the same link. The finisher writes the outcomes that arrived
+//! together in one transaction (one fsync for many rows) before the workers
+//! count as free again.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -170,31 +174,46 @@ impl Dispatcher {
         }
         let (tx, rx) = mpsc::channel::<Claimed>();
         let rx = Arc::new(Mutex::new(rx));
+        let (done_tx, done_rx) = mpsc::channel::<(String, Outcome)>();
         let idle = Arc::new(AtomicUsize::new(self.config.workers));
         let mut workers = Vec::new();
         for n in 0..self.config.workers {
             let me = Arc::clone(&self);
             let rx = Arc::clone(&rx);
-            let idle = Arc::clone(&idle);
+            let done = done_tx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("dispatch-{n}"))
-                .spawn(move || me.work(&rx, &idle));
+                .spawn(move || me.work(&rx, &done));
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => warn!(cause = %e, "cannot start a dispatch worker"),
             }
         }
+        drop(done_tx);
+        let finisher = {
+            let me = Arc::clone(&self);
+            let idle = Arc::clone(&idle);
+            std::thread::Builder::new()
+                .name("dispatch-finish".into())
+                .spawn(move || me.finish_outcomes(&done_rx, &idle))
+        };
         let lease = Duration::from_secs(self.config.lease_s);
+        let batch = (self.config.workers / 4).max(1);
         while !stop.load(Ordering::SeqCst) {
             let free = idle.load(Ordering::SeqCst);
-            if free == 0 {
-                std::thread::sleep(Duration::from_millis(5));
+            let busy = self.config.workers - free;
+            if free == 0 || (busy > 0 && free < batch) {
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
             match self.queue.claim(&self.owner, free, lease) {
                 Ok(rows) if rows.is_empty() => {
                     self.metrics.note_queue_ok();
-                    self.queue.wait(Duration::from_secs(1));
+                    if busy == 0 {
+                        self.queue.wait(Duration::from_secs(1));
+                    } else {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
                 Ok(rows) => {
                     self.metrics.note_queue_ok();
@@ -217,9 +236,12 @@ impl Dispatcher {
         for w in workers {
             let _ = w.join();
         }
+        if let Ok(f) = finisher {
+            let _ = f.join();
+        }
     }
 
-    fn work(&self, rx: &Mutex<Receiver<Claimed>>, idle: &AtomicUsize) {
+    fn work(&self, rx: &Mutex<Receiver<Claimed>>, done: &mpsc::Sender<(String, Outcome)>) {
         loop {
             let next = rx
                 .lock()
@@ -230,8 +252,48 @@ impl Dispatcher {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            self.handle(&row);
-            idle.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.outcome(&row);
+            if done.send((row.request_id, outcome)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes outcomes as they come, those that arrived together in one
+    /// transaction; the workers that produced them count as free once written.
+    fn finish_outcomes(&self, done: &Receiver<(String, Outcome)>, idle: &AtomicUsize) {
+        while let Ok(first) = done.recv() {
+            let mut group = vec![first];
+            while group.len() < 256 {
+                match done.try_recv() {
+                    Ok(more) => group.push(more),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match self.queue.finish_all(&self.owner, &group) {
+                    Ok(written) => {
+                        for ((request_id, _), ok) in group.iter().zip(written) {
+                            if !ok {
+                                // The lease ran out and another gateway took the
+                                // row: it sends the same request id and writes
+                                // the same answer.
+                                warn!(%request_id, "row no longer ours; left to its new owner");
+                            }
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        // The answers are recorded on the signer; keep trying
+                        // to write them (after a restart the rows are sent
+                        // again and the signer answers from its record).
+                        self.metrics.note_queue_error(&e.to_string());
+                        warn!(rows = group.len(), cause = %e, "cannot write answers; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+            idle.fetch_add(group.len(), Ordering::SeqCst);
         }
     }
 
@@ -301,8 +363,8 @@ impl Dispatcher {
         transient(&self.config, row, last, None)
     }
 
-    /// Sends one claimed row and writes how it ended.
-    pub fn handle(&self, row: &Claimed) {
+    /// Sends one claimed row: how it ended.
+    fn outcome(&self, row: &Claimed) -> Outcome {
         let outcome = match Request::from_row(&row.request_id, &row.kind, &row.body) {
             Err(message) => Outcome::Refused(Answer {
                 status_code: i64::from(Status::MALFORMED_BODY.0),
@@ -322,25 +384,7 @@ impl Dispatcher {
             }
         };
         self.metrics.note_outcome(&outcome);
-        loop {
-            match self.queue.finish(&self.owner, &row.request_id, &outcome) {
-                Ok(true) => return,
-                Ok(false) => {
-                    // The lease ran out and another gateway took the row: it
-                    // sends the same request id and writes the same answer.
-                    warn!(request_id = %row.request_id, "row no longer ours; left to its new owner");
-                    return;
-                }
-                Err(e) => {
-                    // The answer is recorded on the signer; keep trying to
-                    // write it (after a restart the row is sent again and
-                    // the signer answers from its record).
-                    self.metrics.note_queue_error(&e.to_string());
-                    warn!(request_id = %row.request_id, cause = %e, "cannot write the answer; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
+        outcome
     }
 }
 

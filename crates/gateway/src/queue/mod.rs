@@ -154,10 +154,20 @@ pub trait Queue: Send + Sync {
     /// time, or claimed by anyone under a lease that ran out), oldest first.
     fn claim(&self, owner: &str, max: usize, lease: Duration) -> Result<Vec<Claimed>, QueueError>;
 
-    /// Records how a row `owner` claimed ended. A row no longer claimed by
-    /// `owner` (its lease ran out and another gateway took it) is left alone;
-    /// returns whether the row was written.
-    fn finish(&self, owner: &str, request_id: &str, outcome: &Outcome) -> Result<bool, QueueError>;
+    /// Records how rows `owner` claimed ended, in one transaction. A row no
+    /// longer claimed by `owner` (its lease ran out and another gateway took
+    /// it) is left alone; returns, per row, whether it was written.
+    fn finish_all(
+        &self,
+        owner: &str,
+        outcomes: &[(String, Outcome)],
+    ) -> Result<Vec<bool>, QueueError>;
+
+    /// [`Queue::finish_all`] for one row.
+    fn finish(&self, owner: &str, request_id: &str, outcome: &Outcome) -> Result<bool, QueueError> {
+        let written = self.finish_all(owner, &[(request_id.to_string(), outcome.clone())])?;
+        Ok(written.first().copied().unwrap_or(false))
+    }
 
     /// Returns the rows `owner` holds to `pending` (at start-up: claims of a
     /// run that was killed). Returns how many.

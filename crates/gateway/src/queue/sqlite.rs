@@ -96,41 +96,19 @@ impl Queue for SqliteQueue {
         Ok(claimed)
     }
 
-    fn finish(&self, owner: &str, request_id: &str, outcome: &Outcome) -> Result<bool, QueueError> {
-        let (state, answer, error, not_before, sent_to) = columns(outcome);
-        let empty = Answer::default();
-        let a = answer.unwrap_or(&empty);
-        let finished = answer.map(|_| millis(SystemTime::now()));
-        let n = self
-            .conn()
-            .prepare_cached(
-                "UPDATE signer_requests
-                SET state = ?1, not_before_ms = ?2, last_error = COALESCE(?3, last_error),
-                    claimed_by = CASE WHEN ?1 = 'pending' THEN NULL ELSE claimed_by END,
-                    lease_until_ms = NULL, finished_ms = ?4,
-                    status_code = ?5, status_name = ?6, message = ?7, detail = ?8,
-                    signer = ?9, serial = ?10, certificate = ?11, result = ?12,
-                    sent_to = COALESCE(?15, sent_to)
-              WHERE request_id = ?13 AND state = 'claimed' AND claimed_by = ?14",
-            )?
-            .execute(params![
-                state.as_str(),
-                not_before,
-                error,
-                finished,
-                answer.map(|a| a.status_code),
-                answer.map(|a| a.status_name.as_str()),
-                answer.map(|a| a.message.as_str()),
-                answer.map(|a| a.detail.as_str()),
-                answer.map(|a| a.signer.as_str()),
-                a.serial.as_deref(),
-                a.certificate.as_deref(),
-                a.result.as_deref(),
-                request_id,
-                owner,
-                sent_to,
-            ])?;
-        Ok(n == 1)
+    fn finish_all(
+        &self,
+        owner: &str,
+        outcomes: &[(String, Outcome)],
+    ) -> Result<Vec<bool>, QueueError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let written = outcomes
+            .iter()
+            .map(|(request_id, outcome)| finish_one(&tx, owner, request_id, outcome))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(written)
     }
 
     fn release(&self, owner: &str) -> Result<u64, QueueError> {
@@ -229,6 +207,48 @@ impl Queue for SqliteQueue {
         })
         .transpose()
     }
+}
+
+/// Writes one row's outcome (see [`Queue::finish_all`]).
+fn finish_one(
+    conn: &Connection,
+    owner: &str,
+    request_id: &str,
+    outcome: &Outcome,
+) -> Result<bool, QueueError> {
+    let (state, answer, error, not_before, sent_to) = columns(outcome);
+    let empty = Answer::default();
+    let a = answer.unwrap_or(&empty);
+    let finished = answer.map(|_| millis(SystemTime::now()));
+    let n = conn
+        .prepare_cached(
+            "UPDATE signer_requests
+            SET state = ?1, not_before_ms = ?2, last_error = COALESCE(?3, last_error),
+                claimed_by = CASE WHEN ?1 = 'pending' THEN NULL ELSE claimed_by END,
+                lease_until_ms = NULL, finished_ms = ?4,
+                status_code = ?5, status_name = ?6, message = ?7, detail = ?8,
+                signer = ?9, serial = ?10, certificate = ?11, result = ?12,
+                sent_to = COALESCE(?15, sent_to)
+          WHERE request_id = ?13 AND state = 'claimed' AND claimed_by = ?14",
+        )?
+        .execute(params![
+            state.as_str(),
+            not_before,
+            error,
+            finished,
+            answer.map(|a| a.status_code),
+            answer.map(|a| a.status_name.as_str()),
+            answer.map(|a| a.message.as_str()),
+            answer.map(|a| a.detail.as_str()),
+            answer.map(|a| a.signer.as_str()),
+            a.serial.as_deref(),
+            a.certificate.as_deref(),
+            a.result.as_deref(),
+            request_id,
+            owner,
+            sent_to,
+        ])?;
+    Ok(n == 1)
 }
 
 #[cfg(test)]
