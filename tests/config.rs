@@ -1,4 +1,5 @@
-//! `signerd check-config`: every shipped configuration parses; every broken
+//! `signerd check-config` (and `signer-gateway check-config` for the
+//! gateway's): every shipped configuration parses; every broken
 //! one fails with exit code 1 and a message naming the offending key.
 
 #![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
@@ -9,7 +10,13 @@ use std::process::Command;
 use signer_testsupport::bin;
 
 fn check(path: &Path) -> (Option<i32>, String) {
-    let out = Command::new(bin("signerd"))
+    // The web host's gateway has its own configuration and checker.
+    let program = if path.file_name().is_some_and(|n| n == "gateway.yaml") {
+        "signer-gateway"
+    } else {
+        "signerd"
+    };
+    let out = Command::new(bin(program))
         .args(["check-config", "--offline", "--config"])
         .arg(path)
         .output()
