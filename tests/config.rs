@@ -266,3 +266,19 @@ fn the_unit_is_rated_ok_by_systemd_analyze() {
     assert!(line.contains(" OK") || line.contains("SAFE"), "{line}");
     assert!(exposure <= 2.0, "{line}");
 }
+
+/// The configuration shown in docs/gateway.md is a file the gateway takes.
+#[test]
+fn the_configuration_in_the_gateway_guide_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/gateway.md")).unwrap();
+    let section = &guide[guide.find("## Configuration").unwrap()..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let yaml = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let (code, text) = check(&path);
+    assert_eq!(code, Some(0), "{yaml}\n{text}");
+    assert!(text.contains("audit log copied to"), "{text}");
+}

@@ -19,7 +19,7 @@ use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
 use signer_testsupport::gateway::{Gateway, Postgres};
 use signer_testsupport::gpg::Gpg;
 use signer_testsupport::twins::{free_port, Twins};
-use signer_testsupport::{bin, output, LinkSpec};
+use signer_testsupport::{bin, output, Bench, LinkSpec};
 
 const SIGN: usize = 600;
 const REVOKE: usize = 300;
@@ -196,7 +196,9 @@ fn all_done(queue: &dyn Queue, ids: &[String]) -> BTreeMap<String, String> {
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new(); // not listening yet
+    };
     write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
@@ -483,4 +485,142 @@ fn postgres_queue_shared_by_two_gateways_each_killed_mid_run() {
     let (a, b) = (t.a.client(), t.b.client());
     t.wait_in_sync(&a, &b, SIGN as u64, Duration::from_secs(180))
         .unwrap();
+}
+
+/// The gateway keeps the web host's copy of a signer's audit log: synced on
+/// a schedule, acknowledged (the signer's `audit:witness` is ok), verifiable
+/// with `signer-client audit verify`; when the signer comes back with an
+/// older repository, the copy catches it and the gateway stops
+/// acknowledging.
+#[test]
+fn audit_log_copied_by_the_gateway_catches_a_rolled_back_signer() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let yaml = c.with_audit_log();
+    let d = c.dir().to_path_buf();
+    let signer_config = d.join("audited.yaml");
+    let signerd = |args: &[&str]| {
+        let mut cmd = Command::new(bin("signerd"));
+        cmd.args(args).arg("--config").arg(&signer_config);
+        for (k, v) in c.env() {
+            cmd.env(k, v);
+        }
+        output(&mut cmd)
+    };
+    let (code, vkey, err) = signerd(&["audit", "vkey"]);
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::write(d.join("signer-a.vkey"), &vkey).unwrap();
+    let csrs = csrs(&d);
+    let copy = d.join("audit-copy");
+    let metrics_port = free_port();
+    let gateway_on = |device: &Path| {
+        gateway_yaml(
+            "gw-audit",
+            &[device],
+            &format!("  sqlite: {}\n", d.join("queue.sqlite").display()),
+            &format!("metrics:\n  listen: 127.0.0.1:{metrics_port}\naudit_sync_s: 1\n",),
+        )
+        .replace(
+            "baud: 115200}",
+            &format!(
+                "baud: 115200, audit: {{copy: {}, vkey: {}}}}}",
+                copy.display(),
+                d.join("signer-a.vkey").display()
+            ),
+        )
+    };
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let mut gw = Gateway::start(&d, "gw-audit", &gateway_on(&bench.client_device()));
+    let (code, out, err) = gw.cli(&["check-config"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("audit log copied to"), "{out}");
+    let queue = SqliteQueue::open(&d.join("queue.sqlite"), Duration::from_millis(50)).unwrap();
+    let metric = |name: &str| -> Option<u64> {
+        http_get(metrics_port, "/metrics").lines().find_map(|l| {
+            l.strip_prefix(name)
+                .filter(|rest| rest.starts_with('{'))
+                .and_then(|rest| rest.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        })
+    };
+    let mut queued = 0;
+    let mut run_rows = |gw: &Gateway, n: usize| {
+        let lines: Vec<String> = (queued..queued + n)
+            .map(|i| sign_line(&format!("a-{i}"), &csrs[i % csrs.len()]))
+            .collect();
+        queued += n;
+        enqueue(gw, &d, &format!("rows-{queued}.jsonl"), &lines);
+        wait_until(
+            "rows done",
+            Duration::from_secs(120),
+            || finished(&queue) >= queued as u64,
+            || gw.log(),
+        );
+        queued
+    };
+    run_rows(&gw, 10);
+    // Synced and acknowledged: the signer's witness check is ok.
+    let synced = |at_least: u64| {
+        wait_until(
+            "the audit copy to catch up",
+            Duration::from_secs(60),
+            || {
+                metric("signer_gateway_audit_entries").is_some_and(|n| n >= at_least)
+                    && metric("signer_gateway_audit_sync_failing") == Some(0)
+            },
+            || gw.log(),
+        )
+    };
+    synced(10);
+    wait_until(
+        "audit:witness ok",
+        Duration::from_secs(60),
+        || http_get(metrics_port, "/metrics").contains("check=\"audit:witness\"} 0"),
+        || gw.log(),
+    );
+    let backup = d.join("older.backup");
+    let (code, out, err) = signerd(&["repo", "backup", "--out", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let before = metric("signer_gateway_audit_entries").unwrap();
+    run_rows(&gw, 10);
+    synced(before + 10);
+    assert_eq!(metric("signer_gateway_audit_contradiction"), Some(0));
+    assert_eq!(gw.stop(), Some(0), "{}", gw.log());
+    let (code, out, err) = output(Command::new(bin("signer-client")).args([
+        "--link",
+        "/dev/null",
+        "audit",
+        "verify",
+        "--dir",
+        copy.to_str().unwrap(),
+    ]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("checkpoints verified"), "{out}");
+
+    // The signer comes back with the older repository: the gateway's next
+    // sync finds the log shorter than the checkpoint held and acknowledges
+    // nothing more.
+    drop(bench);
+    std::fs::remove_file(d.join("repository.redb")).unwrap();
+    let (code, out, err) = signerd(&["repo", "restore", "--in", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let gw = Gateway::start(&d, "gw-audit", &gateway_on(&bench.client_device()));
+    wait_until(
+        "the contradiction seen",
+        Duration::from_secs(60),
+        || metric("signer_gateway_audit_contradiction") == Some(1),
+        || gw.log(),
+    );
+    assert!(gw.log().contains("contradicts the copy"), "{}", gw.log());
+    assert!(std::fs::read_dir(copy.join("evidence")).unwrap().count() >= 1);
+
+    // A verifier key file of another log is refused before anything is sent.
+    std::fs::write(
+        d.join("signer-a.vkey"),
+        "other.example/audit+00000000+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+    )
+    .unwrap();
+    let (code, out, err) = gw.cli(&["check-config"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("another log"), "{err}");
 }

@@ -91,6 +91,10 @@ impl AuditCopy {
             }
             (Some(h), _) => h,
             (None, Some(v)) => {
+                // Checked before it is kept: a copy never holds a key that
+                // does not parse.
+                Verifier::from_vkey(v.trim())
+                    .map_err(|e| AuditError::Copy(format!("not a verifier key: {e}")))?;
                 write_new(&path, format!("{}\n", v.trim()).as_bytes())?;
                 v.trim().to_string()
             }

@@ -50,6 +50,9 @@ pub struct Config {
     /// Health checks of the signers.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Seconds between syncs of the audit log copies (`signers[].audit`).
+    #[serde(default = "default_audit_sync_s")]
+    pub audit_sync_s: u64,
 }
 
 /// One signer's link.
@@ -61,6 +64,22 @@ pub struct SignerLink {
     /// Line speed.
     #[serde(default = "default_baud")]
     pub baud: u32,
+    /// Keep a verified copy of this signer's audit log.
+    #[serde(default)]
+    pub audit: Option<AuditCopyConfig>,
+}
+
+/// Where one signer's audit log is copied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCopyConfig {
+    /// The copy's directory (one per signer: twins are two logs).
+    pub copy: PathBuf,
+    /// A file holding the audit key's verifier key (`signerd audit vkey`
+    /// on the signer). Needed for the first sync; afterwards the copy
+    /// keeps the key and the file, if named, must hold the same.
+    #[serde(default)]
+    pub vkey: Option<PathBuf>,
 }
 
 /// Where the queue lives: exactly one of `sqlite` and `postgres`.
@@ -213,6 +232,9 @@ fn default_health_s() -> u64 {
 fn default_skew_s() -> f64 {
     60.0
 }
+fn default_audit_sync_s() -> u64 {
+    300
+}
 
 impl Config {
     /// Reads and checks a configuration file.
@@ -249,6 +271,25 @@ impl Config {
             if s.baud == 0 {
                 return Err(("signers.baud", "must be positive".into()));
             }
+        }
+        let copies: Vec<&Path> = self
+            .signers
+            .iter()
+            .filter_map(|s| s.audit.as_ref().map(|a| a.copy.as_path()))
+            .collect();
+        for (i, copy) in copies.iter().enumerate() {
+            if copies[..i].contains(copy) {
+                return Err((
+                    "signers.audit.copy",
+                    format!(
+                        "{} is named for two signers: each signer's log needs its own copy",
+                        copy.display()
+                    ),
+                ));
+            }
+        }
+        if self.audit_sync_s == 0 {
+            return Err(("audit_sync_s", "must be positive".into()));
         }
         if !(self.failover_after_s.is_finite() && self.failover_after_s > 0.0) {
             return Err(("failover_after_s", "must be a positive number".into()));
@@ -380,5 +421,11 @@ mod tests {
         assert!(e.to_string().contains("crl.files"), "{e}");
         let e = load(&BASE.replace("web-1", "web 1")).unwrap_err();
         assert!(e.to_string().contains("name"), "{e}");
+        let e = load(&BASE.replace(
+            "  - device: /dev/ttyS0\n",
+            "  - {device: /dev/ttyS0, audit: {copy: /srv/a}}\n  - {device: /dev/ttyS1, audit: {copy: /srv/a}}\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("own copy"), "{e}");
     }
 }

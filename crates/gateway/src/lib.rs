@@ -7,11 +7,13 @@
 //!        └──────── result columns ◄── finish ◄────────────────────────────┤ (both twins'
 //! CLI, monitor ─► unix socket ─► relay (one engine per connection) ─────────┤  devices held)
 //! CRL directory ◄── crl publisher (schedule, difference transfer) ──────────┤
-//! Prometheus ◄── metrics ◄── health poller, queue counts ───────────────────┘
+//! Prometheus ◄── metrics ◄── health poller, queue counts ───────────────────┤
+//! audit copies ◄── audit sync (checkpoints, consistency proofs, acks) ──────┘
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod config;
 pub mod crl;
 pub mod dispatch;
@@ -75,6 +77,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// An audit log copy.
+    #[error("audit log copy: {0}")]
+    Audit(String),
     /// The CRL directory.
     #[error("CRL directory {path}: {message}")]
     CrlDirectory {
@@ -125,6 +130,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StartError> {
             });
         }
     }
+    let witnesses = audit::open(config).map_err(StartError::Audit)?;
     let mut threads = Vec::new();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.into()).spawn(f)
@@ -163,6 +169,18 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         threads.push(spawn(
             "health",
             Box::new(move || health::run(signers, metrics, interval, stop)),
+        ));
+    }
+    if !witnesses.is_empty() {
+        let (signers, metrics, stop) = (
+            Arc::clone(&signers),
+            Arc::clone(&metrics),
+            Arc::clone(&stop),
+        );
+        let interval = Duration::from_secs(config.audit_sync_s);
+        threads.push(spawn(
+            "audit",
+            Box::new(move || audit::run(signers, metrics, witnesses, interval, stop)),
         ));
     }
     if let Some(crl) = &config.crl {

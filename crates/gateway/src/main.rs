@@ -151,6 +151,12 @@ fn check_config(path: &std::path::Path, config: &Config, offline: bool) -> ExitC
             return ExitCode::from(1);
         }
     }
+    if !offline {
+        if let Err(e) = signer_gateway::audit::open(config) {
+            eprintln!("signer-gateway: {}: audit log copy: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
     say!("configuration OK: {}", path.display());
     say!("name        {}", config.name);
     for (i, s) in config.signers.iter().enumerate() {
@@ -160,6 +166,13 @@ fn check_config(path: &std::path::Path, config: &Config, offline: bool) -> ExitC
             s.device.display(),
             s.baud
         );
+        if let Some(a) = &s.audit {
+            say!(
+                "            audit log copied to {} every {} s",
+                a.copy.display(),
+                config.audit_sync_s
+            );
+        }
     }
     match (&config.queue.sqlite, &config.queue.postgres) {
         (Some(file), _) => say!("queue       sqlite {}", file.display()),

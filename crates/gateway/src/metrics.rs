@@ -45,6 +45,21 @@ pub struct CrlState {
     pub published: u64,
 }
 
+/// One signer's audit log copy.
+#[derive(Debug, Clone, Default)]
+pub struct AuditState {
+    /// Its device.
+    pub device: String,
+    /// Entries held (and acknowledged to the signer).
+    pub size: u64,
+    /// When the last sync succeeded, Unix seconds (0: not yet).
+    pub synced_at: i64,
+    /// Why the last sync failed (the signer did not answer, the disk).
+    pub error: Option<String>,
+    /// The signer's log contradicts the copy: not synced again.
+    pub contradiction: Option<String>,
+}
+
 /// Shared counters and states.
 #[derive(Default)]
 pub struct Metrics {
@@ -65,6 +80,8 @@ pub struct Metrics {
     pub signers: Mutex<BTreeMap<usize, SignerState>>,
     /// Per issuer.
     pub crls: Mutex<BTreeMap<String, CrlState>>,
+    /// Per audit log copy, by link index.
+    pub audits: Mutex<BTreeMap<usize, AuditState>>,
 }
 
 /// Health status as a number: 0 ok, 1 degraded, 2 failing.
@@ -356,6 +373,64 @@ impl Metrics {
                     );
                 }
             }
+        }
+
+        let audits = lock(&self.audits).clone();
+        family(
+            &mut out,
+            "signer_gateway_audit_entries",
+            "gauge",
+            "Entries of the signer's audit log held (verified and acknowledged) here.",
+        );
+        for a in audits.values() {
+            let _ = writeln!(
+                out,
+                "signer_gateway_audit_entries{{device=\"{}\"}} {}",
+                label(&a.device),
+                a.size
+            );
+        }
+        family(
+            &mut out,
+            "signer_gateway_audit_sync_age_seconds",
+            "gauge",
+            "Time since the audit log copy was last brought up to date.",
+        );
+        for a in audits.values().filter(|a| a.synced_at > 0) {
+            let _ = writeln!(
+                out,
+                "signer_gateway_audit_sync_age_seconds{{device=\"{}\"}} {}",
+                label(&a.device),
+                now - a.synced_at
+            );
+        }
+        family(
+            &mut out,
+            "signer_gateway_audit_sync_failing",
+            "gauge",
+            "1 when the last sync of the audit log copy failed.",
+        );
+        for a in audits.values() {
+            let _ = writeln!(
+                out,
+                "signer_gateway_audit_sync_failing{{device=\"{}\"}} {}",
+                label(&a.device),
+                u8::from(a.error.is_some())
+            );
+        }
+        family(
+            &mut out,
+            "signer_gateway_audit_contradiction",
+            "gauge",
+            "1 when the signer's audit log contradicts the copy (rewritten, truncated or rolled back).",
+        );
+        for a in audits.values() {
+            let _ = writeln!(
+                out,
+                "signer_gateway_audit_contradiction{{device=\"{}\"}} {}",
+                label(&a.device),
+                u8::from(a.contradiction.is_some())
+            );
         }
 
         let crls = lock(&self.crls).clone();

@@ -307,6 +307,8 @@ pub struct Twins {
     pub cable_ba: CutProxy,
     /// The key ceremony (token, certificates).
     pub ceremony: Ceremony,
+    /// The audit keys' verifier keys, A's then B's (empty unless audited).
+    pub vkeys: Vec<String>,
     token_b: tempfile::TempDir,
 }
 
@@ -604,6 +606,7 @@ impl Twins {
             cable_ab,
             cable_ba,
             ceremony,
+            vkeys,
             token_b,
         }
     }
