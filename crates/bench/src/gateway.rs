@@ -24,6 +24,27 @@ fn range(v: &[f64]) -> String {
     format!("{lo:.1}–{hi:.1}")
 }
 
+/// CPU seconds (user + system) a process has used so far; `None` if it
+/// cannot be read.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// A `sign_x509` line for the queue or a batch file.
 fn line(id: &str, csr: &str) -> String {
     serde_json::json!({"request_id": id, "kind": "sign_x509", "body": {
@@ -75,11 +96,52 @@ fn gateway_rate(queue: &Path, csr: &str, n: usize, tag: &str) -> anyhow::Result<
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-/// One link speed: the library's pipelined rate and the gateway's, alternating.
-fn compare(report: &mut String, link: LinkSpec, label: &str, n: usize) -> anyhow::Result<()> {
+/// Pins every thread of `pid` to `cpus` (a `taskset` list).
+fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "taskset {cpus} {pid} failed");
+    Ok(())
+}
+
+/// One link speed: the library's pipelined rate and the gateway's,
+/// alternating. With `split`, the signer host and the web host get a core
+/// each, as two machines would: signerd on CPU 0; this process (the
+/// library, the link simulator, the queue's inserts) and the gateway on
+/// CPU 1.
+fn compare(
+    report: &mut String,
+    link: LinkSpec,
+    label: &str,
+    n: usize,
+    split: bool,
+) -> anyhow::Result<()> {
     eprintln!("bench: gateway against the library at {label}");
     let c = Ceremony::new("p256", SERVER_PROFILE);
     let bench = Bench::start_with_env(link, &c.ca_yaml, c.env());
+    if split {
+        pin(bench.daemon.pid(), "0")?;
+        pin(std::process::id(), "1")?;
+    }
+    let result = rounds(report, &bench, &c, link, label, n, split);
+    if split {
+        // The rest of the benchmark has both cores again.
+        pin(std::process::id(), "0-1")?;
+    }
+    result
+}
+
+fn rounds(
+    report: &mut String,
+    bench: &Bench,
+    c: &Ceremony,
+    link: LinkSpec,
+    label: &str,
+    n: usize,
+    split: bool,
+) -> anyhow::Result<()> {
     let csr = make_csr(
         c.dir(),
         "gw",
@@ -94,12 +156,24 @@ fn compare(report: &mut String, link: LinkSpec, label: &str, n: usize) -> anyhow
         dir.join("queue.sqlite").display()
     );
     let (mut lib, mut gw, mut share) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU milliseconds per row: the client side (this process for the
+    // library, the gateway's process) and signerd, library then gateway.
+    let (mut lib_cpu, mut gw_cpu, mut sd_lib, mut sd_gw) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let signerd = bench.daemon.pid();
+    let per_row = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => 1000.0 * (b - a) / n as f64,
+        _ => f64::NAN,
+    };
     for round in 0..3 {
         // The library alone holds the link…
         let client = bench.client();
         super::pipelined_sign(&client, &csr, 10, &format!("warm-{round}"))?;
         let before = client.stats();
+        let cpu = (cpu_seconds(std::process::id()), cpu_seconds(signerd));
         let elapsed = super::pipelined_sign(&client, &csr, n, &format!("lib-{round}"))?;
+        lib_cpu.push(per_row(cpu.0, cpu_seconds(std::process::id())));
+        sd_lib.push(per_row(cpu.1, cpu_seconds(signerd)));
         let received = client.stats().bytes_received - before.bytes_received;
         lib.push(n as f64 / elapsed.as_secs_f64());
         // Of the line's capacity towards the client (8N1: 10 bits a byte).
@@ -108,6 +182,9 @@ fn compare(report: &mut String, link: LinkSpec, label: &str, n: usize) -> anyhow
         std::thread::sleep(Duration::from_millis(300));
         // …then the gateway does.
         let mut gateway = Gateway::start(dir, &format!("gw-{round}"), &yaml);
+        if split {
+            pin(gateway.pid(), "1")?;
+        }
         let warm = gateway_rate(
             &dir.join("queue.sqlite"),
             &csr_text,
@@ -115,12 +192,15 @@ fn compare(report: &mut String, link: LinkSpec, label: &str, n: usize) -> anyhow
             &format!("gwarm-{round}"),
         )?;
         anyhow::ensure!(warm > 0.0);
+        let cpu = (cpu_seconds(gateway.pid()), cpu_seconds(signerd));
         gw.push(gateway_rate(
             &dir.join("queue.sqlite"),
             &csr_text,
             n,
             &format!("gw-{round}"),
         )?);
+        gw_cpu.push(per_row(cpu.0, cpu_seconds(gateway.pid())));
+        sd_gw.push(per_row(cpu.1, cpu_seconds(signerd)));
         anyhow::ensure!(gateway.stop() == Some(0), "gateway did not stop cleanly");
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -136,10 +216,14 @@ fn compare(report: &mut String, link: LinkSpec, label: &str, n: usize) -> anyhow
     };
     writeln!(
         report,
-        "| {label} | {n} | {l:.1} ({}) | {g:.1} ({}) | {:.2} | {line_share} |",
+        "| {label} | {n} | {l:.1} ({}) | {g:.1} ({}) | {:.2} | {line_share} | {:.2} / {:.2} | {:.2} / {:.2} |",
         range(&lib),
         range(&gw),
-        g / l
+        g / l,
+        median(&lib_cpu),
+        median(&gw_cpu),
+        median(&sd_lib),
+        median(&sd_gw),
     )?;
     Ok(())
 }
@@ -228,20 +312,29 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "| link | requests | library (cert/s) | gateway (rows/s) | gateway / library | line share (library / gateway) |"
+        "| link | requests | library (cert/s) | gateway (rows/s) | gateway / library | line share (library / gateway) | client-side CPU ms per row (library / gateway) | signerd CPU ms per row (library / gateway) |"
     )?;
-    writeln!(report, "|---|---|---|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
     compare(
         report,
         LinkSpec::baud(115_200),
         "115,200 baud",
         super::scaled(200, scale),
+        false,
     )?;
     compare(
         report,
         LinkSpec::unthrottled(),
-        "unthrottled pty",
+        "unthrottled pty, both hosts on 2 shared cores",
         super::scaled(600, scale),
+        false,
+    )?;
+    compare(
+        report,
+        LinkSpec::unthrottled(),
+        "unthrottled pty, signer host on CPU 0, web host on CPU 1",
+        super::scaled(600, scale),
+        true,
     )?;
     writeln!(
         report,

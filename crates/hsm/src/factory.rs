@@ -8,7 +8,7 @@
 //!   backend: pkcs11            # the default
 //!   module: /usr/lib/softhsm/libsofthsm2.so
 //!   token: {label: signer-a}
-//!   pin: {credential: hsm-pin}
+//!   pin: {credential: token-pin}
 //! ```
 //!
 //! A new backend is a variant here, a crate or module implementing

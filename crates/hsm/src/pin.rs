@@ -20,6 +20,10 @@ pub enum PinSource {
     Env(String),
     /// A systemd credential (`LoadCredential=`), read from `$CREDENTIALS_DIRECTORY/<name>`.
     Credential(String),
+    /// Asked on the controlling terminal without echo (commands run by
+    /// hand when the configured source exists only inside the unit); the
+    /// text names the token. Never from a configuration file.
+    Terminal(String),
 }
 
 #[derive(Deserialize)]
@@ -70,7 +74,7 @@ fn from_text(mut text: String) -> Result<SecretPin, HsmError> {
     let trimmed = text.trim_end_matches(['\n', '\r']).to_string();
     text.zeroize();
     if trimmed.is_empty() {
-        return Err(HsmError::Pin("the PIN is empty".into()));
+        return Err(HsmError::PinSource("the PIN is empty".into()));
     }
     Ok(SecretPin::new(trimmed))
 }
@@ -78,16 +82,45 @@ fn from_text(mut text: String) -> Result<SecretPin, HsmError> {
 #[cfg(unix)]
 fn check_not_world_readable(path: &std::path::Path) -> Result<(), HsmError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| HsmError::Pin(format!("{}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| HsmError::PinSource(format!("{}: {e}", path.display())))?;
     if meta.permissions().mode() & 0o007 != 0 {
-        return Err(HsmError::Pin(format!(
+        return Err(HsmError::PinSource(format!(
             "{} is accessible to other users (mode {:o}); use chmod 600 or 640",
             path.display(),
             meta.permissions().mode() & 0o777
         )));
     }
     Ok(())
+}
+
+/// Asks on the controlling terminal with echo off, restoring it after.
+fn ask(prompt: &str) -> Result<String, HsmError> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead, Write};
+    let no_tty = |e: &dyn std::fmt::Display| {
+        HsmError::PinSource(format!("no terminal to ask for the PIN on: {e}"))
+    };
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| no_tty(&e))?;
+    let saved = tcgetattr(&tty).map_err(|e| no_tty(&e))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    (&tty)
+        .write_all(prompt.as_bytes())
+        .and_then(|()| (&tty).flush())
+        .map_err(|e| no_tty(&e))?;
+    tcsetattr(&tty, OptionalActions::Drain, &quiet).map_err(|e| no_tty(&e))?;
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let restored = tcsetattr(&tty, OptionalActions::Flush, &saved);
+    read.map_err(|e| no_tty(&e))?;
+    restored.map_err(|e| no_tty(&e))?;
+    Ok(line)
 }
 
 impl PinSource {
@@ -97,23 +130,29 @@ impl PinSource {
             PinSource::File(path) => {
                 check_not_world_readable(path)?;
                 let text = std::fs::read_to_string(path)
-                    .map_err(|e| HsmError::Pin(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| HsmError::PinSource(format!("{}: {e}", path.display())))?;
                 from_text(text)
             }
             PinSource::Env(var) => {
-                let text = std::env::var(var)
-                    .map_err(|_| HsmError::Pin(format!("environment variable {var} is not set")))?;
+                let text = std::env::var(var).map_err(|_| {
+                    HsmError::PinSource(format!("environment variable {var} is not set"))
+                })?;
                 from_text(text)
             }
             PinSource::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    HsmError::Pin(format!("credential {name}: CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit)"))
+                    HsmError::PinSource(format!(
+                        "systemd credential {name} exists only inside the unit (LoadCredential={name}:… in signerd.service); \
+                         for a command run by hand give --pin-file FILE (mode 0600), or run it on a terminal to be asked"
+                    ))
                 })?;
                 let path = PathBuf::from(dir).join(name);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| HsmError::Pin(format!("credential {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    HsmError::PinSource(format!("credential {}: {e}", path.display()))
+                })?;
                 from_text(text)
             }
+            PinSource::Terminal(token) => from_text(ask(&format!("PIN for {token}: "))?),
         }
     }
 
@@ -123,6 +162,7 @@ impl PinSource {
             PinSource::File(p) => format!("file {}", p.display()),
             PinSource::Env(v) => format!("environment variable {v}"),
             PinSource::Credential(n) => format!("systemd credential {n}"),
+            PinSource::Terminal(_) => "asked on the terminal".into(),
         }
     }
 }

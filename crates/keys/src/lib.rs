@@ -171,9 +171,14 @@ pub enum HsmError {
     /// The key cannot do what was asked (scheme, algorithm).
     #[error("unsupported: {0}")]
     Unsupported(String),
-    /// The PIN could not be read or was refused.
+    /// The token refused the PIN (incorrect, locked, expired).
     #[error("PIN: {0}")]
     Pin(String),
+    /// The PIN could not be read from its configured source (a file, a
+    /// variable, a systemd credential): a configuration problem, nothing
+    /// was sent to the token.
+    #[error("the PIN could not be read: {0}")]
+    PinSource(String),
 }
 
 impl HsmError {

@@ -11,22 +11,36 @@ use crate::Config;
 
 /// Runs `check-config`.
 pub fn run(config: &Path, offline: bool) -> ExitCode {
-    let c = match Config::load(config) {
+    let c = match crate::config::load_config(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("signerd: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    print_summary(&c);
+    let summary = summary(&c);
+    let show = |headline: &str, more: &[String]| {
+        say!("{headline}");
+        for line in summary.iter().chain(more) {
+            say!("{line}");
+        }
+    };
     let Some(ca) = c.ca.as_ref().filter(|_| !offline) else {
+        show(
+            if offline && c.ca.is_some() {
+                "configuration OK (the file only: the token and the repository were not opened)"
+            } else {
+                "configuration OK"
+            },
+            &[],
+        );
         return ExitCode::SUCCESS;
     };
+    // Everything is checked before anything is called OK.
     match check_token(ca).and_then(|lines| Ok((lines, check_repository(&c.signer_id, ca)?))) {
         Ok((lines, repository)) => {
-            for line in lines.iter().chain(&repository) {
-                println!("{line}");
-            }
+            let more: Vec<String> = lines.into_iter().chain(repository).collect();
+            show("configuration OK", &more);
             ExitCode::SUCCESS
         }
         Err((code, e)) => {
@@ -191,10 +205,11 @@ fn yaml_word(value: impl std::fmt::Debug) -> String {
     out
 }
 
-fn print_summary(c: &Config) {
-    println!("configuration OK");
-    println!("signer_id      {}", c.signer_id);
-    println!(
+/// What the file says, for people: one line per setting.
+fn summary(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    out.push(format!("signer_id      {}", c.signer_id));
+    out.push(format!(
         "link           {} at {} baud, {} data bits, parity {}, {} stop bit(s), flow control {}",
         c.link.device.display(),
         c.link.baud,
@@ -202,41 +217,41 @@ fn print_summary(c: &Config) {
         yaml_word(c.link.parity),
         c.link.stop_bits,
         yaml_word(c.link.flow_control)
-    );
-    println!(
+    ));
+    out.push(format!(
         "protocol       max_frame {} bytes, {} in flight, {} workers, response cache {} entries / {} MiB",
         c.protocol.max_frame,
         c.protocol.max_in_flight,
         c.protocol.workers,
         c.protocol.response_cache_entries,
         c.protocol.response_cache_mib
-    );
+    ));
     match &c.ca {
-        None => println!("ca             none (health only)"),
+        None => out.push("ca             none (health only)".into()),
         Some(ca) => {
-            println!(
+            out.push(format!(
                 "hsm            {}, PIN from {}",
                 ca.hsm.describe(),
                 ca.hsm.pin().describe()
-            );
+            ));
             for k in &ca.keys {
-                println!(
+                out.push(format!(
                     "key            {} (label {}, id {})",
                     k.name,
                     k.label.as_deref().unwrap_or("-"),
                     k.id.as_deref().unwrap_or("-")
-                );
+                ));
             }
             for a in &ca.cas {
-                println!(
+                out.push(format!(
                     "ca             {} with key {}, certificate {}",
                     a.name,
                     a.key,
                     a.certificate.display()
-                );
+                ));
             }
             for (name, p) in &ca.profiles {
-                println!(
+                out.push(format!(
                     "profile        {name}: issuer {}, {} days default, {} max, extended key usage {}",
                     p.issuer,
                     p.default_days,
@@ -246,17 +261,18 @@ fn print_summary(c: &Config) {
                         .map(yaml_word)
                         .collect::<Vec<_>>()
                         .join(", ")
-                );
+                ));
             }
-            println!("repository     {}", ca.repository.display());
+            out.push(format!("repository     {}", ca.repository.display()));
             match &ca.replication {
-                None => println!("replication    none (single signer)"),
-                Some(r) => println!(
+                None => out.push("replication    none (single signer)".into()),
+                Some(r) => out.push(format!(
                     "replication    twin {} via {}; own nats-server {}",
                     r.peer_id, r.peer, r.local
-                ),
+                )),
             }
-            println!("serial prefix  0x{:02x}", ca.serial_prefix);
+            out.push(format!("serial prefix  0x{:02x}", ca.serial_prefix));
         }
     }
+    out
 }

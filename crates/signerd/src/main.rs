@@ -38,6 +38,12 @@ pub type Config = signer_server::Config<CaConfig>;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Read the token PIN from this file (mode 0600) instead of `ca.hsm.pin`:
+    /// for set-up and check commands run by hand when the configuration
+    /// takes the PIN from a systemd credential. Without it, such a command
+    /// on a terminal asks for the PIN.
+    #[arg(long, global = true, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -71,7 +77,11 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(file) = cli.pin_file {
+        config::set_pin_file(file);
+    }
+    match cli.command {
         Cmd::Run { config } => run::main(&config),
         Cmd::CheckConfig { config, offline } => check_config::run(&config, offline),
         Cmd::Setup(cmd) => setup::run(cmd),

@@ -22,7 +22,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs `run`: the daemon's exit status.
 pub fn main(config: &Path) -> ExitCode {
-    let c = match Config::load(config) {
+    let c = match crate::config::load_config(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("signerd: configuration error: {e}");

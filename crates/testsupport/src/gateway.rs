@@ -204,6 +204,11 @@ impl Gateway {
         self.child = Some(child);
     }
 
+    /// Its process id (0 when stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
     /// Its configuration file.
     pub fn config(&self) -> &Path {
         &self.config

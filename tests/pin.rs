@@ -1,0 +1,224 @@
+//! Where the token PIN comes from when a person runs a command by hand.
+//! The shipped configuration takes it from the systemd credential
+//! `token-pin`, which exists only inside `signerd.service`: a set-up or
+//! check command run by hand is told how to give it (`--pin-file`), asks on
+//! a terminal, and a PIN that cannot be read is a configuration problem
+//! (exit 1, nothing sent to the token), never "the token refused the PIN"
+//! (exit 4), and never after "configuration OK" was printed.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use signer_testsupport::ca::{Ceremony, SERVER_PROFILE};
+use signer_testsupport::{bin, output};
+
+fn signerd(c: &Ceremony, args: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(bin("signerd"));
+    cmd.args(args).env_remove("CREDENTIALS_DIRECTORY");
+    for (k, v) in c.env() {
+        cmd.env(k, v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    output(&mut cmd)
+}
+
+#[test]
+fn the_pin_of_a_credential_config_for_commands_run_by_hand() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir();
+    let pin_file = c.hsm.pin_file();
+    let pin = std::fs::read_to_string(&pin_file).unwrap();
+    // The shipped way: a systemd credential.
+    let yaml = format!(
+        "signer_id: test-signer\nlink: {{device: /dev/null}}\n{}",
+        c.ca_yaml
+    )
+    .replace(
+        &format!("pin: {{file: {}}}", pin_file.display()),
+        "pin: {credential: token-pin}",
+    );
+    assert!(yaml.contains("credential: token-pin"), "{yaml}");
+    let config = d.join("credential.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let config_s = config.to_str().unwrap();
+
+    // Run by hand, not on a terminal: told what to do, exit 1, not "OK".
+    let (code, out, err) = signerd(&c, &["check-config", "--config", config_s], &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(!out.contains("configuration OK"), "{out}");
+    assert!(
+        err.contains("token-pin") && err.contains("--pin-file"),
+        "{err}"
+    );
+    // A set-up step the same way, before anything reaches the token.
+    let (code, out, err) = signerd(
+        &c,
+        &[
+            "setup",
+            "generate-key",
+            "--config",
+            config_s,
+            "--label",
+            "k2",
+            "--type",
+            "p256",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("--pin-file"), "{err}");
+
+    // --pin-file, for any command.
+    let (code, out, err) = signerd(
+        &c,
+        &[
+            "check-config",
+            "--config",
+            config_s,
+            "--pin-file",
+            pin_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.starts_with("configuration OK") && out.contains("token OK"),
+        "{out}"
+    );
+    let (code, out, err) = signerd(
+        &c,
+        &[
+            "--pin-file",
+            pin_file.to_str().unwrap(),
+            "setup",
+            "generate-key",
+            "--config",
+            config_s,
+            "--label",
+            "k2",
+            "--type",
+            "p256",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // Inside the unit: the credential directory systemd makes.
+    let creds = d.join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("token-pin"), &pin).unwrap();
+    let (code, out, err) = signerd(
+        &c,
+        &["check-config", "--config", config_s],
+        &[("CREDENTIALS_DIRECTORY", &creds)],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // A PIN file others can read: refused unread, exit 1.
+    let loose = d.join("loose.pin");
+    std::fs::write(&loose, &pin).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = signerd(
+        &c,
+        &[
+            "check-config",
+            "--config",
+            config_s,
+            "--pin-file",
+            loose.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("accessible to other users") && !out.contains("OK"),
+        "{err}"
+    );
+    // A missing one: exit 1, named.
+    let (code, _, err) = signerd(
+        &c,
+        &[
+            "check-config",
+            "--config",
+            config_s,
+            "--pin-file",
+            "/nonexistent/token.pin",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("/nonexistent/token.pin"), "{err}");
+    // A wrong PIN is the token's refusal: exit 4 (the unit never restarts on it).
+    let wrong = d.join("wrong.pin");
+    std::fs::write(&wrong, "000000\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = signerd(
+        &c,
+        &[
+            "check-config",
+            "--config",
+            config_s,
+            "--pin-file",
+            wrong.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(!out.contains("configuration OK"), "{out}");
+
+    // On a terminal (script(1) gives the command one): asked, without echo.
+    let command = format!(
+        "{} check-config --config {config_s}",
+        bin("signerd").display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in c.env() {
+        script.env(k, v);
+    }
+    let mut child = script.spawn().unwrap();
+    // The PIN is typed once the prompt is shown (typed earlier, the
+    // terminal would still echo it).
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        let mut told = false;
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+            if !told && String::from_utf8_lossy(&seen).contains("PIN for ") {
+                let _ = tx.send(());
+                told = true;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("signerd asks for the PIN on the terminal");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(pin.trim().as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("PIN for PKCS#11 module"), "{out}");
+    assert!(out.contains("token OK"), "{out}");
+    assert!(!out.contains(pin.trim()), "the PIN is not echoed: {out}");
+}
