@@ -30,9 +30,9 @@ step "the repository: made on purpose, never as a side effect"
 step "key ceremony: keys in the HSM, a root and an intermediate"
 "$bin/signerd" setup generate-key --config signerd.yaml --label demo-root --type rsa2048 | head -1
 "$bin/signerd" setup generate-key --config signerd.yaml --label demo-server-ca --type p256 | head -1
-"$bin/signerd" setup self-sign --config signerd.yaml --key root --subject "O=Demo,CN=Demo Root" --days 3650 --path-len 1 --out root.pem
+"$bin/signerd" setup self-sign --config signerd.yaml --key root --subject "CN=Demo Root,O=Demo" --days 3650 --path-len 1 --out root.pem
 "$bin/signerd" setup intermediate --config signerd.yaml --issuer root --key server-ca \
-  --subject "O=Demo,CN=Demo Server CA" --days 1825 --out server-ca.pem
+  --subject "CN=Demo Server CA,O=Demo" --days 1825 --out server-ca.pem
 openssl verify -CAfile root.pem server-ca.pem
 "$bin/signerd" setup generate-key --config signerd.yaml --label demo-openpgp --type rsa3072 | head -1
 "$bin/signerd" setup openpgp --config signerd.yaml
@@ -59,13 +59,13 @@ step "signer-client health"
 step "signer-client sign: a CSR made by openssl, issued with the HSM key"
 openssl req -new -newkey rsa:2048 -nodes -keyout host.key -out host.csr -subj /CN=ignored 2>/dev/null
 "${client[@]}" sign --profile server --csr host.csr --request-id webdb-1 \
-  --subject "O=Example,CN=www.example.org" --san dns:www.example.org --san dns:example.org --days 30 --out host.pem
+  --subject "CN=www.example.org,O=Example" --san dns:www.example.org --san dns:example.org --days 30 --out host.pem
 openssl verify -purpose sslserver -CAfile root.pem -untrusted server-ca.pem host.pem
 openssl x509 -in host.pem -noout -subject -issuer -serial -dates -ext subjectAltName
 
 step "the same request id again: the original certificate, not a second one"
 "${client[@]}" sign --profile server --csr host.csr --request-id webdb-1 \
-  --subject "O=Example,CN=www.example.org" --san dns:www.example.org --san dns:example.org --days 30 --out again.pem
+  --subject "CN=www.example.org,O=Example" --san dns:www.example.org --san dns:example.org --days 30 --out again.pem
 cmp host.pem again.pem && echo "identical certificate returned"
 
 step "refusals: a 1024-bit key, a SAN the profile does not allow"

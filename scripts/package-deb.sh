@@ -49,6 +49,11 @@ if [ "$kind" = signer ]; then
     install -D -m 0644 "docs/$f.md" "$doc/$f.md"
   done
   install -D -m 0644 configs/nats-server.conf "$doc/examples/nats-server.conf"
+  # Debian's nats-server runs as user nats with no state directory: the
+  # JetStream store of configs/nats-server.conf (/var/lib/nats) is made by
+  # systemd for it.
+  install -D -m 0644 systemd/nats-server-signer.conf \
+    "$root/lib/systemd/system/nats-server.service.d/serial-link-signer.conf"
   install -D -m 0644 configs/signerd.yaml "$doc/examples/signerd.yaml"
   conffile=/etc/signer/signerd.yaml
   depends="libc6, adduser"
@@ -65,7 +70,13 @@ if [ "$1" = configure ]; then
     adduser --system --group --home /var/lib/signer --no-create-home signer
   fi
   adduser signer dialout >/dev/null 2>&1 || true
+  # SoftHSM2's token directory belongs to group softhsm.
+  if getent group softhsm >/dev/null; then
+    adduser signer softhsm >/dev/null 2>&1 || true
+  fi
   install -d -m 0700 -o signer -g signer /var/lib/signer
+  # The CA certificates the ceremony writes (setup self-sign --out …).
+  install -d -m 0755 /etc/signer/ca
   chgrp signer /etc/signer/signerd.yaml && chmod 0640 /etc/signer/signerd.yaml
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true

@@ -43,6 +43,7 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
         "./etc/signer/signerd.yaml",
         "./usr/share/doc/serial-link-signer/operations.md",
         "./usr/share/doc/serial-link-signer/examples/nats-server.conf",
+        "./lib/systemd/system/nats-server.service.d/serial-link-signer.conf",
     ] {
         assert!(contents.contains(path), "{path} missing from\n{contents}");
     }
@@ -68,6 +69,28 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
     let postinst = std::fs::read_to_string(tree.path().join("DEBIAN/postinst")).unwrap();
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
     assert!(postinst.contains("install -d -m 0700 -o signer -g signer /var/lib/signer"));
+    assert!(postinst.contains("adduser signer softhsm"), "{postinst}");
+    assert!(
+        postinst.contains("install -d -m 0755 /etc/signer/ca"),
+        "{postinst}"
+    );
+    // The unit points at the documentation where the package puts it.
+    let unit =
+        std::fs::read_to_string(tree.path().join("lib/systemd/system/signerd.service")).unwrap();
+    let doc = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Documentation=file://"))
+        .unwrap();
+    assert!(
+        tree.path().join(doc.trim_start_matches('/')).exists(),
+        "Documentation={doc} is not in the package"
+    );
+    let dropin = std::fs::read_to_string(
+        tree.path()
+            .join("lib/systemd/system/nats-server.service.d/serial-link-signer.conf"),
+    )
+    .unwrap();
+    assert!(dropin.contains("StateDirectory=nats"), "{dropin}");
     let conffiles = std::fs::read_to_string(tree.path().join("DEBIAN/conffiles")).unwrap();
     assert_eq!(conffiles.trim(), "/etc/signer/signerd.yaml");
     let postrm = std::fs::read_to_string(tree.path().join("DEBIAN/postrm")).unwrap();

@@ -112,6 +112,34 @@ pub enum Step {
 }
 
 impl Step {
+    /// The subject the step writes into a certificate or CSR, if any.
+    fn subject(&self) -> Option<&str> {
+        match self {
+            Step::SelfSign { subject, .. }
+            | Step::Intermediate { subject, .. }
+            | Step::Csr { subject, .. } => Some(subject),
+            _ => None,
+        }
+    }
+
+    /// The files the step writes (`ca` names the OpenPGP certificate's).
+    fn outputs<'a>(&'a self, ca: &'a CaConfig) -> Vec<&'a Path> {
+        match self {
+            Step::SelfSign { out, .. }
+            | Step::Intermediate { out, .. }
+            | Step::Csr { out, .. }
+            | Step::PublicKey { out, .. }
+            | Step::NatsKey { out } => vec![out],
+            Step::NatsTls { cert, key, .. } => vec![cert, key],
+            Step::Openpgp { .. } => ca
+                .openpgp
+                .as_ref()
+                .map(|o| vec![o.certificate.as_path()])
+                .unwrap_or_default(),
+            Step::GenerateKey { .. } | Step::Import { .. } => Vec::new(),
+        }
+    }
+
     /// The step's name in the audit log.
     pub fn action(&self) -> &'static str {
         match self {
@@ -139,17 +167,11 @@ pub enum CeremonyError {
     Failed(String),
 }
 
-/// Parses "O=Example,CN=Example Root" into pairs.
+/// Parses a subject written by RFC 4514's rules (`CN=Example Root,O=Example`:
+/// the most specific first, `\,` for a comma in a value) into pairs in
+/// encoding order.
 pub fn parse_subject(text: &str) -> Result<Vec<(String, String)>, String> {
-    text.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|part| {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?} is not ATTR=value"))?;
-            Ok((k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
+    signer_x509::name::parse_rfc4514(text).map_err(|e| format!("--subject: {e}"))
 }
 
 /// The configured CA `name` with its certificate, checked against its key.
@@ -193,6 +215,37 @@ pub fn run(
 
 fn backend(ca: &CaConfig) -> Result<std::sync::Arc<dyn KeyGenerator>, String> {
     signer_hsm::open(&ca.hsm, ca.key_specs(), 1, None).map_err(|e| e.to_string())
+}
+
+/// Whether a file can be made at `path`: its directory exists and takes a
+/// new file (tried with a probe file, removed again).
+fn check_writable(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let refuse = |why: String| {
+        Err(format!(
+            "{}: {why}; nothing was signed or generated: create the directory (e.g. install -d -m 0755 {}) or choose another path",
+            dir.display(),
+            dir.display()
+        ))
+    };
+    if !dir.is_dir() {
+        return refuse("no such directory".into());
+    }
+    let probe = dir.join(format!(".signerd-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => refuse(format!("cannot write there ({e})")),
+    }
 }
 
 fn write_out(path: &Path, text: &str) -> Result<(), String> {
@@ -288,6 +341,15 @@ pub fn perform(
     say: &mut dyn FnMut(&str),
 ) -> Result<AuditEntry, String> {
     let ok = |action: &str| AuditEntry::new("setup", action, "ok");
+    // What can be checked before the token is used: the subject, and that
+    // every output file can be written (a key signed with and no file to
+    // show for it is a ceremony to repeat).
+    if let Some(subject) = step.subject() {
+        parse_subject(subject)?;
+    }
+    for out in step.outputs(ca) {
+        check_writable(out)?;
+    }
     Ok(match step {
         Step::GenerateKey {
             label,

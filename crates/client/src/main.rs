@@ -85,7 +85,8 @@ enum Cmd {
         /// Idempotency key: retrying with the same key returns the same certificate.
         #[arg(long)]
         request_id: String,
-        /// Subject, e.g. "CN=www.example.org,O=Example" (no commas inside values).
+        /// Subject by RFC 4514, most specific first, e.g. "CN=www.example.org,O=Example\, Inc.,C=DE"
+        /// (a comma inside a value is escaped with a backslash).
         #[arg(long)]
         subject: String,
         /// Subject alternative name as TYPE:VALUE (dns, email, ip, uri); repeat for more.
@@ -761,15 +762,8 @@ fn sign_body(
     let path = csr;
     let csr = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     check_csr(&csr).map_err(|e| format!("{}: {e}", path.display()))?;
-    let subject = subject
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|part| {
-            part.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| format!("subject part {part:?} is not ATTR=value"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let subject =
+        signer_x509::name::parse_rfc4514(subject).map_err(|e| format!("--subject: {e}"))?;
     let sans = sans
         .iter()
         .map(|s| {

@@ -67,7 +67,7 @@ pub enum SetupCmd {
         /// Key name from `ca.keys`.
         #[arg(long)]
         key: String,
-        /// Subject, e.g. "O=Example,CN=Example Root" (no commas inside values).
+        /// Subject by RFC 4514, most specific first, e.g. "CN=Example Root,O=Example" (escape a comma in a value: "O=Example\, Inc.").
         #[arg(long)]
         subject: String,
         /// Validity in days.
@@ -90,7 +90,7 @@ pub enum SetupCmd {
         /// Key name (from `ca.keys`) of the new intermediate.
         #[arg(long)]
         key: String,
-        /// Subject.
+        /// Subject by RFC 4514, most specific first (as for self-sign).
         #[arg(long)]
         subject: String,
         /// Validity in days (never beyond the issuer's).
@@ -113,7 +113,7 @@ pub enum SetupCmd {
         /// Key name from `ca.keys`.
         #[arg(long)]
         key: String,
-        /// Subject.
+        /// Subject by RFC 4514, most specific first (as for self-sign).
         #[arg(long)]
         subject: String,
         /// Where to write the CSR (PEM).

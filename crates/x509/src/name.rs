@@ -106,6 +106,49 @@ pub fn encode(pairs: &[(String, String)]) -> Result<Vec<u8>, NameError> {
     Ok(derw::seq(&parts))
 }
 
+/// Parses a distinguished name written by RFC 4514's rules (the form
+/// `openssl x509 -nameopt RFC2253` prints): the most specific RDN first
+/// (`CN=www.example.org,O=Example\, Inc.,C=DE`), `\` escapes for `,`, `+`,
+/// `"`, `\`, `<`, `>`, `;`, leading `#` or space and trailing space, and
+/// `\XX` hex pairs. Returns `(attribute, value)` pairs in encoding order
+/// (`C`, `O`, `CN` for that example), as [`encode`] and the protocol take
+/// them. Attributes are the short names of [`ATTRS`] (`GN`, `givenName`,
+/// `emailAddress`, `email` and dotted OIDs of those are accepted);
+/// multi-valued RDNs (`+`) and hex-encoded values (`#…`) are refused.
+pub fn parse_rfc4514(text: &str) -> Result<Vec<(String, String)>, String> {
+    use std::str::FromStr;
+    if text.trim().is_empty() {
+        return Err("the subject is empty".into());
+    }
+    let name = x509_cert::name::Name::from_str(text).map_err(|e| {
+        format!("{text:?} is not a distinguished name by RFC 4514 (ATTR=value,…; escape a comma in a value as \\,): {e}")
+    })?;
+    let mut pairs = Vec::new();
+    for rdn in name.iter_rdn() {
+        let atvs: Vec<_> = rdn.iter().collect();
+        if atvs.len() != 1 {
+            return Err(format!(
+                "{rdn}: a multi-valued RDN (joined with +) is not supported; escape a literal + as \\+"
+            ));
+        }
+        let atv = atvs[0];
+        let attr = by_oid(&atv.oid)
+            .ok_or_else(|| format!("{rdn}: attribute {} is not one the signer issues", atv.oid))?;
+        let value = std::str::from_utf8(atv.value.value())
+            .ok()
+            .filter(|_| {
+                use der::{Tag, Tagged};
+                matches!(
+                    atv.value.tag(),
+                    Tag::Utf8String | Tag::PrintableString | Tag::Ia5String
+                )
+            })
+            .ok_or_else(|| format!("{rdn}: give the value as text, not hex-encoded DER"))?;
+        pairs.push((attr.short.to_string(), value.to_string()));
+    }
+    Ok(pairs)
+}
+
 /// Text form `CN=a, O=b` of `(attribute, value)` pairs, for logs and records.
 pub fn display(pairs: &[(String, String)]) -> String {
     pairs
@@ -118,6 +161,32 @@ pub fn display(pairs: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc4514_subjects_with_escapes_come_out_in_encoding_order() {
+        let pairs = parse_rfc4514(r"CN=www.example.org,O=Example\, Inc.,C=DE").unwrap();
+        assert_eq!(
+            pairs,
+            [
+                p("C", "DE"),
+                p("O", "Example, Inc."),
+                p("CN", "www.example.org")
+            ]
+        );
+        assert_eq!(
+            parse_rfc4514(r"CN=a\+b \3D c,emailAddress=x@example.org").unwrap(),
+            [p("emailAddress", "x@example.org"), p("CN", "a+b = c")]
+        );
+        assert_eq!(
+            parse_rfc4514("givenName=Ann,2.5.4.4=Lee").unwrap(),
+            [p("SN", "Lee"), p("GN", "Ann")]
+        );
+        for bad in ["", "CN", "CN=a+O=b", "CN=#0403616263", "1.2.3.4=x", "XX=y"] {
+            assert!(parse_rfc4514(bad).is_err(), "{bad:?}");
+        }
+        // What it parses, the encoder takes.
+        encode(&parse_rfc4514(r"CN=Example\, Inc. Root,O=Example\, Inc.").unwrap()).unwrap();
+    }
 
     fn p(k: &str, v: &str) -> (String, String) {
         (k.into(), v.into())

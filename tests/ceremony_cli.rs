@@ -1,3 +1,6 @@
+//! The key ceremony's commands as a person runs them by hand: where the
+//! token PIN comes from, subjects written by RFC 4514, output files.
+//!
 //! Where the token PIN comes from when a person runs a command by hand.
 //! The shipped configuration takes it from the systemd credential
 //! `token-pin`, which exists only inside `signerd.service`: a set-up or
@@ -221,4 +224,81 @@ fn the_pin_of_a_credential_config_for_commands_run_by_hand() {
     assert!(out.contains("PIN for PKCS#11 module"), "{out}");
     assert!(out.contains("token OK"), "{out}");
     assert!(!out.contains(pin.trim()), "the PIN is not echoed: {out}");
+}
+
+/// Subjects are RFC 4514 strings: escapes work, and the certificate's
+/// subject printed by RFC 2253/4514 rules is the string given.
+#[test]
+fn subjects_by_rfc_4514_and_output_files_checked_before_the_hsm_signs() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir();
+    let subject = r"CN=Example\, Inc. Root,O=Example\, Inc.,C=DE";
+    let (ok, text) = c.signerd(&[
+        "setup",
+        "self-sign",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "root",
+        "--subject",
+        subject,
+        "--days",
+        "30",
+        "--out",
+        "escaped.pem",
+    ]);
+    assert!(ok, "{text}");
+    let (ok, printed) = signer_testsupport::ca::openssl(
+        d,
+        &[
+            "x509",
+            "-in",
+            "escaped.pem",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ],
+    );
+    assert!(ok, "{printed}");
+    assert_eq!(printed.trim(), format!("subject={subject}"));
+    // What is not a name by those rules is refused before the token is used.
+    for bad in ["CN=a+O=b", "O=Example, Inc.", "CN"] {
+        let (ok, text) = c.signerd(&[
+            "setup",
+            "self-sign",
+            "--config",
+            "setup.yaml",
+            "--key",
+            "root",
+            "--subject",
+            bad,
+            "--days",
+            "30",
+            "--out",
+            "bad.pem",
+        ]);
+        assert!(!ok && text.contains("--subject"), "{bad}: {text}");
+    }
+    // An output file that cannot be written is found before the HSM signs:
+    // nothing signed, nothing recorded as issued.
+    let (ok, text) = c.signerd(&[
+        "setup",
+        "self-sign",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "root",
+        "--subject",
+        "CN=Nowhere",
+        "--days",
+        "30",
+        "--out",
+        "/nonexistent/ca/root.pem",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("/nonexistent/ca") && text.contains("nothing was signed"),
+        "{text}"
+    );
 }
