@@ -232,6 +232,12 @@ fn the_pin_of_a_credential_config_for_commands_run_by_hand() {
 fn subjects_by_rfc_4514_and_output_files_checked_before_the_hsm_signs() {
     let c = Ceremony::new("p256", SERVER_PROFILE);
     let d = c.dir();
+    // The repository `repo init` made is its owner's alone, whatever the umask.
+    let mode = std::fs::metadata(d.join("repository.redb"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "repository mode {mode:o}");
     let subject = r"CN=Example\, Inc. Root,O=Example\, Inc.,C=DE";
     let (ok, text) = c.signerd(&[
         "setup",
@@ -301,4 +307,75 @@ fn subjects_by_rfc_4514_and_output_files_checked_before_the_hsm_signs() {
         text.contains("/nonexistent/ca") && text.contains("nothing was signed"),
         "{text}"
     );
+}
+
+/// The service user cannot use token files the ceremony made as root: the
+/// error says which file, as whom, and what to do; done, it works.
+#[test]
+fn a_token_the_service_user_cannot_read_is_named_with_the_fix() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir();
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // What a root ceremony leaves: the token directory reachable (as with
+    // group softhsm), the token's files root's alone (0600).
+    chmod(d, 0o755);
+    for entry in std::fs::read_dir(d.join("tokens")).unwrap() {
+        chmod(&entry.unwrap().path(), 0o755);
+    }
+    chmod(&d.join("tokens"), 0o755);
+    let pin = d.join("nobody.pin");
+    std::fs::copy(c.hsm.pin_file(), &pin).unwrap();
+    let config = d.join("service.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "signer_id: test-signer\nlink: {{device: /dev/null}}\n{}",
+            c.ca_yaml
+        )
+        .replace(
+            &c.hsm.pin_file().display().to_string(),
+            &pin.display().to_string(),
+        ),
+    )
+    .unwrap();
+    chmod(&config, 0o644);
+    let nobody = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("signerd"))
+            .args(args)
+            .current_dir("/");
+        for (k, v) in c.env() {
+            cmd.env(k, v);
+        }
+        output(&mut cmd)
+    };
+    let chown_nobody = |path: &Path| {
+        let ok = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    chown_nobody(&pin);
+    let config_s = config.to_str().unwrap();
+    let (code, out, err) = nobody(&["check-config", "--config", config_s]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("token file") && err.contains("cannot be read and written by nobody"),
+        "{err}"
+    );
+    assert!(
+        err.contains("adduser nobody softhsm") && err.contains("chmod -R g+rwX"),
+        "{err}"
+    );
+    // Done as told (here: the files given to the user): it works.
+    chown_nobody(&d.join("tokens"));
+    chown_nobody(&d.join("repository.redb"));
+    let (code, out, err) = nobody(&["check-config", "--config", config_s]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("token OK"), "{out}");
 }

@@ -97,12 +97,11 @@ impl BackendConfig {
     pub fn describe(&self) -> String {
         match self {
             BackendConfig::Pkcs11(c) => {
-                let token = match &c.token {
-                    crate::TokenSelector::Label(l) => format!("labelled {l}"),
-                    crate::TokenSelector::Serial(s) => format!("with serial {s}"),
-                    crate::TokenSelector::Slot(n) => format!("in slot {n}"),
-                };
-                format!("PKCS#11 module {}, token {token}", c.module.display())
+                format!(
+                    "PKCS#11 module {}, token {}",
+                    c.module.display(),
+                    c.token.describe()
+                )
             }
         }
     }

@@ -14,6 +14,7 @@
 mod factory;
 mod pin;
 mod pkcs11;
+mod softhsm;
 
 pub use factory::{open, BackendConfig, Pkcs11Config};
 pub use pin::{PinSource, SecretPin};

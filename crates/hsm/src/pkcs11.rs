@@ -51,6 +51,17 @@ pub enum TokenSelector {
     Slot(u64),
 }
 
+impl TokenSelector {
+    /// For messages: `labelled signer-a`, `with serial …`, `in slot 0`.
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSelector::Label(l) => format!("labelled {l}"),
+            TokenSelector::Serial(s) => format!("with serial {s}"),
+            TokenSelector::Slot(n) => format!("in slot {n}"),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SelectorRepr {
@@ -147,10 +158,13 @@ fn module(path: &Path) -> Result<Pkcs11, HsmError> {
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => {
+            let why = crate::softhsm::diagnose(path)
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
             return Err(HsmError::Failed(format!(
-                "C_Initialize of {}: {e}",
+                "C_Initialize of {}: {e}{why}",
                 path.display()
-            )))
+            )));
         }
     }
     registry.insert(path.to_path_buf(), ctx.clone());
@@ -342,9 +356,12 @@ impl Pkcs11Backend {
                 return Ok(slot);
             }
         }
+        let token = self.config.token.describe();
+        let why = crate::softhsm::diagnose(&self.config.module)
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
         Err(HsmError::Unavailable(format!(
-            "token {:?} is not present",
-            self.config.token
+            "token {token} is not present{why}"
         )))
     }
 

@@ -266,15 +266,15 @@ pub(crate) fn with_new_file<T>(
     fill: impl FnOnce(&Database) -> Result<T, RepoError>,
 ) -> Result<T, RepoError> {
     let shown = path.display().to_string();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => RepoError::from(Refusal::Exists(shown.clone())),
-            _ => RepoError::Storage(format!("{shown}: {e}")),
-        })?;
+    let mut new = std::fs::OpenOptions::new();
+    new.read(true).write(true).create_new(true);
+    // Every issued certificate and the audit log: this user's alone,
+    // whatever the umask of whoever ran the command.
+    std::os::unix::fs::OpenOptionsExt::mode(&mut new, 0o600);
+    let file = new.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => RepoError::from(Refusal::Exists(shown.clone())),
+        _ => RepoError::Storage(format!("{shown}: {e}")),
+    })?;
     let result = guard(|| {
         let backend = redb::backends::FileBackend::new(file)
             .map_err(|e| RepoError::Storage(format!("{shown}: {e}")))?;
