@@ -29,22 +29,61 @@ fi
 out=${OUT_DIR:-target/deb}
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+# Files are installed world-readable (the maintainer scripts narrow what
+# must be), whatever the umask of whoever builds.
+umask 022
 
 for b in "${bins[@]}"; do
-  install -D -m 0755 "$BIN_DIR/$b" "$root/usr/bin/$b"
+  # Stripped: the symbols are not needed on the host.
+  install -D -s -m 0755 "$BIN_DIR/$b" "$root/usr/bin/$b"
+done
+# The newest glibc symbol version the binaries use is the libc6 they need.
+glibc=$(objdump -T "${bins[@]/#/$root/usr/bin/}" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -Vu | tail -1)
+libc="libc6 (>= $glibc)"
+# Man pages and shell completions, generated from each binary's own
+# command-line definition (a hidden generate-docs command).
+gen=$(mktemp -d)
+trap 'rm -rf "$root" "$gen"' EXIT
+for b in "${bins[@]}"; do
+  "$root/usr/bin/$b" generate-docs "$gen/$b"
+  for page in "$gen/$b"/man/*.1; do
+    install -D -m 0644 "$page" "$root/usr/share/man/man1/$(basename "$page")"
+    gzip -9n "$root/usr/share/man/man1/$(basename "$page")"
+  done
+  install -D -m 0644 "$gen/$b/completions/$b.bash" "$root/usr/share/bash-completion/completions/$b"
+  install -D -m 0644 "$gen/$b/completions/_$b" "$root/usr/share/zsh/vendor-completions/_$b"
+  install -D -m 0644 "$gen/$b/completions/$b.fish" "$root/usr/share/fish/vendor_completions.d/$b.fish"
 done
 doc="$root/usr/share/doc/$name"
 install -D -m 0644 README.md "$doc/README.md"
 cat > "$doc/copyright" <<'TXT'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: serial-link-signer
+Source: https://example.invalid/serial-link-signer
+
+Files: *
+Copyright: 2026 Serial-link signer maintainers
 License: Apache-2.0
+ On Debian systems, the full text of the Apache License, Version 2.0 is in
+ /usr/share/common-licenses/Apache-2.0.
 TXT
+# A native package's changelog: this version, built from this tree.
+printf '%s (%s) unstable; urgency=medium\n\n  * Built from the source tree.\n\n -- Serial-link signer maintainers <signer@example.invalid>  %s\n' \
+  "$name" "$version" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
+  | gzip -9n > "$doc/changelog.gz"
+chmod 0644 "$doc/changelog.gz"
+# serde_yaml's parser is unsafe-libyaml, a Rust translation of libyaml, not
+# a copy of the C library that could be linked instead.
+install -d "$root/usr/share/lintian/overrides"
+for b in "${bins[@]}"; do
+  [ "$b" = signer-client ] || echo "$name: embedded-library libyaml [usr/bin/$b]" >> "$root/usr/share/lintian/overrides/$name"
+done
+chmod 0644 "$root/usr/share/lintian/overrides/$name"
 mkdir -p "$root/DEBIAN"
 
 if [ "$kind" = signer ]; then
   install -D -m 0644 systemd/signerd.service "$root/lib/systemd/system/signerd.service"
-  install -D -m 0640 configs/signerd.yaml "$root/etc/signer/signerd.yaml"
+  install -D -m 0644 configs/signerd.yaml "$root/etc/signer/signerd.yaml"
   for f in operations protocol design decisions; do
     install -D -m 0644 "docs/$f.md" "$doc/$f.md"
   done
@@ -56,7 +95,7 @@ if [ "$kind" = signer ]; then
     "$root/lib/systemd/system/nats-server.service.d/serial-link-signer.conf"
   install -D -m 0644 configs/signerd.yaml "$doc/examples/signerd.yaml"
   conffile=/etc/signer/signerd.yaml
-  depends="libc6, adduser"
+  depends="$libc, adduser"
   relations="Recommends: softhsm2 | opensc, nats-server"
   description="offline signing appliance for certificate authorities
  signerd signs X.509 certificates, revocations and CRLs with keys held in a
@@ -80,9 +119,26 @@ if [ "$1" = configure ]; then
   chgrp signer /etc/signer/signerd.yaml && chmod 0640 /etc/signer/signerd.yaml
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
+    # An upgrade: a running signer restarts on the new binary (it finishes
+    # the requests in flight first); a stopped one stays stopped.
+    if [ -n "$2" ]; then
+      deb-systemd-invoke try-restart signerd.service >/dev/null 2>&1 || true
+    fi
   fi
-  echo "serial-link-signer: run the key ceremony (/usr/share/doc/serial-link-signer/operations.md),"
-  echo "then: systemctl enable --now signerd"
+  if [ -z "$2" ]; then
+    echo "serial-link-signer: run the key ceremony (/usr/share/doc/serial-link-signer/operations.md),"
+    echo "then: systemctl enable --now signerd"
+  fi
+fi
+exit 0
+TXT
+  cat > "$root/DEBIAN/prerm" <<'TXT'
+#!/bin/sh
+set -e
+# Removal stops the signer (it finishes the requests in flight); an upgrade
+# leaves it running until postinst restarts it on the new binary.
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+  deb-systemd-invoke stop signerd.service >/dev/null 2>&1 || true
 fi
 exit 0
 TXT
@@ -98,13 +154,13 @@ exit 0
 TXT
 else
   install -D -m 0644 systemd/signer-gateway.service "$root/lib/systemd/system/signer-gateway.service"
-  install -D -m 0640 configs/gateway.yaml "$root/etc/signer-gateway/gateway.yaml"
+  install -D -m 0644 configs/gateway.yaml "$root/etc/signer-gateway/gateway.yaml"
   for f in gateway protocol decisions; do
     install -D -m 0644 "docs/$f.md" "$doc/$f.md"
   done
   install -D -m 0644 configs/gateway.yaml "$doc/examples/gateway.yaml"
   conffile=/etc/signer-gateway/gateway.yaml
-  depends="libc6, adduser"
+  depends="$libc, adduser"
   # Both carry signer-client; the web host and the offline signer host are
   # different machines by design.
   relations="Conflicts: serial-link-signer
@@ -127,9 +183,22 @@ if [ "$1" = configure ]; then
   chgrp signer-gateway /etc/signer-gateway/gateway.yaml && chmod 0640 /etc/signer-gateway/gateway.yaml
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
+    if [ -n "$2" ]; then
+      deb-systemd-invoke try-restart signer-gateway.service >/dev/null 2>&1 || true
+    fi
   fi
-  echo "serial-link-signer-gateway: set the signers' devices in /etc/signer-gateway/gateway.yaml"
-  echo "(/usr/share/doc/serial-link-signer-gateway/gateway.md), then: systemctl enable --now signer-gateway"
+  if [ -z "$2" ]; then
+    echo "serial-link-signer-gateway: set the signers' devices in /etc/signer-gateway/gateway.yaml"
+    echo "(/usr/share/doc/serial-link-signer-gateway/gateway.md), then: systemctl enable --now signer-gateway"
+  fi
+fi
+exit 0
+TXT
+  cat > "$root/DEBIAN/prerm" <<'TXT'
+#!/bin/sh
+set -e
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+  deb-systemd-invoke stop signer-gateway.service >/dev/null 2>&1 || true
 fi
 exit 0
 TXT
@@ -144,7 +213,7 @@ fi
 exit 0
 TXT
 fi
-chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
+chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
 echo "$conffile" > "$root/DEBIAN/conffiles"
 size=$(du -sk "$root" | cut -f1)
 cat > "$root/DEBIAN/control" <<TXT

@@ -3,7 +3,7 @@
 # missing. Idempotent; needs root or sudo only when something is missing.
 set -euo pipefail
 
-packages=(softhsm2 opensc nats-server socat openssl python3 time systemd dpkg-dev gnupg sq sq-wot faketime postgresql)
+packages=(softhsm2 opensc nats-server socat openssl python3 time systemd dpkg-dev gnupg sq sq-wot faketime postgresql lintian binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

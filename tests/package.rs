@@ -96,6 +96,22 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
     let postrm = std::fs::read_to_string(tree.path().join("DEBIAN/postrm")).unwrap();
     assert!(!postrm.contains("rm "), "the repository is never removed");
 
+    check_debian_policy(
+        deb,
+        tree.path(),
+        &["signerd", "signer-client"],
+        "signerd.service",
+    );
+    let prerm = std::fs::read_to_string(tree.path().join("DEBIAN/prerm")).unwrap();
+    assert!(
+        prerm.contains("\"$1\" = remove") && !prerm.contains("rm "),
+        "stops the service on removal only: {prerm}"
+    );
+    assert!(
+        postinst.contains("try-restart signerd.service"),
+        "{postinst}"
+    );
+
     // The packaged binaries run, and the packaged config parses.
     let signerd = tree.path().join("usr/bin/signerd");
     let version = Command::new(&signerd).arg("--version").output().unwrap();
@@ -170,6 +186,12 @@ fn the_gateway_deb_holds_its_binaries_unit_and_config_and_keeps_the_queue() {
     );
     let conffiles = std::fs::read_to_string(tree.path().join("DEBIAN/conffiles")).unwrap();
     assert_eq!(conffiles.trim(), "/etc/signer-gateway/gateway.yaml");
+    check_debian_policy(
+        deb,
+        tree.path(),
+        &["signer-gateway", "signer-client"],
+        "signer-gateway.service",
+    );
     let postrm = std::fs::read_to_string(tree.path().join("DEBIAN/postrm")).unwrap();
     assert!(!postrm.contains("rm "), "the queue is never removed");
 
@@ -214,4 +236,78 @@ fn the_gateway_deb_holds_its_binaries_unit_and_config_and_keeps_the_queue() {
         .unwrap();
     assert_eq!(check.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&check.stderr).contains("lease_secs"));
+}
+
+/// What Debian's policy and tools expect of a package: lintian finds
+/// nothing (each override in the package says why), binaries are stripped,
+/// libc6 is versioned, every binary has its man page and completions, and
+/// `systemd-analyze verify` takes the unit.
+fn check_debian_policy(deb: &Path, tree: &Path, bins: &[&str], unit: &str) {
+    let lintian = Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(deb)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lintian.stdout),
+        String::from_utf8_lossy(&lintian.stderr)
+    );
+    assert!(
+        lintian.status.success()
+            && !text
+                .lines()
+                .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "lintian: {text}"
+    );
+    let control = dpkg_deb(&["-f"], deb);
+    assert!(
+        control
+            .lines()
+            .any(|l| l.starts_with("Depends: libc6 (>= 2.")),
+        "{control}"
+    );
+    for b in bins {
+        let path = tree.join("usr/bin").join(b);
+        let sections = Command::new("readelf")
+            .arg("-S")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&sections.stdout).contains(".symtab"),
+            "{b} is not stripped"
+        );
+        for file in [
+            format!("usr/share/man/man1/{b}.1.gz"),
+            format!("usr/share/bash-completion/completions/{b}"),
+            format!("usr/share/zsh/vendor-completions/_{b}"),
+            format!("usr/share/fish/vendor_completions.d/{b}.fish"),
+        ] {
+            assert!(tree.join(&file).exists(), "{file} missing");
+        }
+    }
+    // The unit as systemd reads it (ExecStart pointed at the packaged binary).
+    let text = std::fs::read_to_string(tree.join("lib/systemd/system").join(unit)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join(unit);
+    std::fs::write(
+        &copy,
+        text.replace("/usr/bin/", &format!("{}/usr/bin/", tree.display())),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
 }

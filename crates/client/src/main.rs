@@ -65,6 +65,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Writes man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Show the signer's health. Exits 0 ok, 1 degraded, 2 failing, 5 when
     /// its clock is off this host's (and it is not failing).
     Health {
@@ -259,12 +265,25 @@ enum OpenpgpCmd {
     },
 }
 
+fn generate_docs(dir: &Path) -> ExitCode {
+    match signer_clidoc::write(<Cli as clap::CommandFactory>::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signer-client: {}: {e}", dir.display());
+            ExitCode::from(EXIT_INPUT)
+        }
+    }
+}
+
 const EXIT_REFUSED: u8 = 1;
 const EXIT_LINK: u8 = 3;
 const EXIT_INPUT: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::GenerateDocs { dir } = &cli.command {
+        return generate_docs(dir);
+    }
     let positive = |x: f64| x.is_finite() && x > 0.0;
     if !positive(cli.timeout) || !positive(cli.failover_after) {
         eprintln!(
@@ -338,6 +357,7 @@ impl From<ClientError> for Failed {
 fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
     let json = cli.json;
     Ok(match &cli.command {
+        Cmd::GenerateDocs { dir } => generate_docs(dir),
         Cmd::Health { max_clock_skew } => health(client, json, *max_clock_skew)?,
         Cmd::Hello => hello(client, json)?,
         Cmd::Sign {

@@ -41,6 +41,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Writes man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Run the gateway (the systemd unit's command).
     Run,
     /// Check the configuration and that the queue opens; print a summary.
@@ -79,6 +85,15 @@ enum Database {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::GenerateDocs { dir } = &cli.command {
+        return match signer_clidoc::write(<Cli as clap::CommandFactory>::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("signer-gateway: {}: {e}", dir.display());
+                ExitCode::from(3)
+            }
+        };
+    }
     if let Cmd::Schema { database } = cli.command {
         say!(
             "{}",
@@ -97,7 +112,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Cmd::Schema { .. } => ExitCode::SUCCESS,
+        Cmd::Schema { .. } | Cmd::GenerateDocs { .. } => ExitCode::SUCCESS,
         Cmd::Run => run(&config),
         Cmd::CheckConfig { offline } => check_config(&cli.config, &config, offline),
         Cmd::Enqueue { file } => enqueue(&config, &file),

@@ -48,6 +48,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Writes man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Serve the protocol on the configured serial device until SIGTERM/SIGINT.
     Run {
         /// Configuration file (YAML).
@@ -82,6 +88,15 @@ fn main() -> ExitCode {
         config::set_pin_file(file);
     }
     match cli.command {
+        Cmd::GenerateDocs { dir } => {
+            match signer_clidoc::write(<Cli as clap::CommandFactory>::command(), &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("signerd: {}: {e}", dir.display());
+                    ExitCode::from(exit::EXIT_RUNTIME)
+                }
+            }
+        }
         Cmd::Run { config } => run::main(&config),
         Cmd::CheckConfig { config, offline } => check_config::run(&config, offline),
         Cmd::Setup(cmd) => setup::run(cmd),
