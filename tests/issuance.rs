@@ -266,6 +266,71 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
     let (code, out, _) = cli(&["--json", "ca-certs"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("BEGIN CERTIFICATE"));
+    // With --json, a local input error is JSON on standard output too.
+    let (code, out, err) = cli(&[
+        "--json",
+        "sign",
+        "--profile",
+        "server",
+        "--csr",
+        "missing.csr",
+        "--request-id",
+        "cli-5",
+        "--subject",
+        "CN=x",
+        "--san",
+        "dns:x",
+    ]);
+    assert_eq!(code, Some(4), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["kind"], "input", "{out}");
+    // A certificate issued but not writable here: exit 6, not a link
+    // failure, and the same command fetches the same certificate.
+    let sign_to = |out: &str| {
+        cli(&[
+            "sign",
+            "--profile",
+            "server",
+            "--csr",
+            "rsa.csr",
+            "--request-id",
+            "cli-6",
+            "--subject",
+            "CN=cli.example.org",
+            "--san",
+            "dns:cli.example.org",
+            "--out",
+            out,
+        ])
+    };
+    let (code, _, err) = sign_to("/nonexistent/dir/cli-6.pem");
+    assert_eq!(code, Some(6), "{err}");
+    assert!(
+        err.contains("was issued") && err.contains("run the same command again"),
+        "{err}"
+    );
+    let (code, _, err) = sign_to("cli-6.pem");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(d.join("cli-6.pem").exists());
+    // A name the signer does not have: refused with the names it has.
+    let (code, _, err) = cli(&[
+        "sign",
+        "--profile",
+        "servr",
+        "--csr",
+        "rsa.csr",
+        "--request-id",
+        "cli-7",
+        "--subject",
+        "CN=cli.example.org",
+        "--san",
+        "dns:cli.example.org",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("this signer's profiles: server"), "{err}");
+    let (code, _, err) = cli(&["crl", "--issuer", "subb", "--out", "subb.crl"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("its CAs: root, sub"), "{err}");
 
     // After kill -9 and restart, the request id still returns the original.
     bench.daemon.kill();
@@ -295,8 +360,9 @@ fn issue_over_the_link_with_softhsm_and_verify_with_openssl() {
         "--out",
         "full.backup",
     ]);
-    // Three issued here and the ceremony's intermediate.
-    assert!(out.contains("4 certificates"), "{out}");
+    // Four issued here (cli-6 once, though asked twice) and the
+    // ceremony's intermediate.
+    assert!(out.contains("5 certificates"), "{out}");
 }
 
 #[test]

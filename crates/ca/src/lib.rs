@@ -185,6 +185,18 @@ fn recorded(
 }
 
 impl CaService {
+    /// The refusal of an issuer this signer does not have, naming those it has.
+    fn unknown_issuer(&self, name: &str) -> Failure {
+        let names: Vec<&str> = self.config.cas.iter().map(|c| c.name.as_str()).collect();
+        Failure::new(
+            Status::UNKNOWN_ISSUER,
+            format!(
+                "no CA named {name:?} on this signer; its CAs: {}",
+                names.join(", ")
+            ),
+        )
+    }
+
     /// Opens the configured key backend (`sessions` signatures at once) and
     /// the repository, and checks the CA certificates against their keys if
     /// the token is there.
@@ -405,9 +417,14 @@ impl CaService {
             .get(&request.profile)
             .map(|p| p.issuer.clone())
             .ok_or_else(|| {
+                let names: Vec<&str> = issuer.profiles.keys().map(String::as_str).collect();
                 Failure::new(
                     Status::UNKNOWN_PROFILE,
-                    format!("unknown profile {}", request.profile),
+                    format!(
+                        "unknown profile {:?}; this signer's profiles: {}",
+                        request.profile,
+                        names.join(", ")
+                    ),
                 )
             })?;
         let issue = IssueRequest {
@@ -472,12 +489,7 @@ impl CaService {
             .cas
             .iter()
             .find(|c| c.name == request.issuer)
-            .ok_or_else(|| {
-                Failure::new(
-                    Status::UNKNOWN_ISSUER,
-                    format!("no CA named {:?} on this signer", request.issuer),
-                )
-            })?;
+            .ok_or_else(|| self.unknown_issuer(&request.issuer))?;
         let start = request
             .serial
             .iter()
@@ -586,12 +598,10 @@ impl CaService {
             }
         }
         let issuer_set = self.issuer()?;
-        let ca = issuer_set.cas.get(issuer).ok_or_else(|| {
-            Failure::new(
-                Status::UNKNOWN_ISSUER,
-                format!("no CA named {issuer:?} on this signer"),
-            )
-        })?;
+        let ca = issuer_set
+            .cas
+            .get(issuer)
+            .ok_or_else(|| self.unknown_issuer(issuer))?;
         self.check_clock(Some(ca))?;
         let scheme = signer_x509::issue::default_scheme(ca.kind);
         let now_us = u128::try_from(self.clock.now_us()).unwrap_or(0);
@@ -664,10 +674,7 @@ impl CaService {
         request: msg::FetchCrl,
     ) -> Result<msg::FetchCrlReply, Failure> {
         if !self.config.cas.iter().any(|c| c.name == request.issuer) {
-            return Err(Failure::new(
-                Status::UNKNOWN_ISSUER,
-                format!("no CA named {:?} on this signer", request.issuer),
-            ));
+            return Err(self.unknown_issuer(&request.issuer));
         }
         let crl = self.current_crl(&request.issuer)?;
         let mut reply = msg::FetchCrlReply {

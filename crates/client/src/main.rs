@@ -278,6 +278,7 @@ fn generate_docs(dir: &Path) -> ExitCode {
 const EXIT_REFUSED: u8 = 1;
 const EXIT_LINK: u8 = 3;
 const EXIT_INPUT: u8 = 4;
+const EXIT_OUTPUT: u8 = 6;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -311,12 +312,17 @@ fn main() -> ExitCode {
         cli.failover_after
     };
     let client = Failover::new(links, Duration::from_secs_f64(per_signer));
+    let local = |kind: &str, message: &str, code: u8| {
+        if cli.json {
+            say!("{}", serde_json::json!({"error": message, "kind": kind}));
+        }
+        eprintln!("signer-client: {message}");
+        ExitCode::from(code)
+    };
     let result = match run(&cli, &client) {
         Ok(code) => Ok(code),
-        Err(Failed::Input(message)) => {
-            eprintln!("signer-client: {message}");
-            return ExitCode::from(EXIT_INPUT);
-        }
+        Err(Failed::Input(message)) => return local("input", &message, EXIT_INPUT),
+        Err(Failed::Output(message)) => return local("output", &message, EXIT_OUTPUT),
         Err(Failed::Client(e)) => Err(e),
     };
     match result {
@@ -330,6 +336,12 @@ fn main() -> ExitCode {
                 );
             } else {
                 eprintln!("signer-client: {e}");
+                if matches!(e, ClientError::Timeout(..)) {
+                    eprintln!(
+                        "signer-client: hint: nothing came back on {} at {} baud: is signerd running on the other end (systemctl status signerd), is its link.baud the same as --baud, is the cable in? `signer-client health` shows the line's error counters once it answers",
+                        cli.link, cli.baud
+                    );
+                }
             }
             ExitCode::from(match e {
                 ClientError::Signer { .. } => EXIT_REFUSED,
@@ -344,6 +356,9 @@ fn main() -> ExitCode {
 enum Failed {
     Input(String),
     Client(ClientError),
+    /// The signer answered, but the answer could not be written here; the
+    /// message says how to fetch it again.
+    Output(String),
 }
 
 impl From<ClientError> for Failed {
@@ -814,12 +829,18 @@ fn sign(
     json: bool,
     body: msg::SignX509,
     out: Option<&Path>,
-) -> Result<ExitCode, ClientError> {
+) -> Result<ExitCode, Failed> {
     let reply = signer_client::verify::sign_checked(client, &body)?;
     let text = signer_x509::cert_pem(&reply.certificate);
     match out {
-        Some(path) => std::fs::write(path, &text)
-            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
+        Some(path) => std::fs::write(path, &text).map_err(|e| {
+            Failed::Output(format!(
+                "{}: {e}; the certificate (serial {}) was issued and the signer keeps it: run the same command again (request id {}) to fetch it",
+                path.display(),
+                hex(&reply.serial),
+                body.request_id
+            ))
+        })?,
         None if !json => say_raw!("{text}"),
         None => {}
     }
@@ -860,11 +881,7 @@ fn sign(
     Ok(ExitCode::SUCCESS)
 }
 
-fn ca_certs(
-    client: &Failover,
-    json: bool,
-    out_dir: Option<&Path>,
-) -> Result<ExitCode, ClientError> {
+fn ca_certs(client: &Failover, json: bool, out_dir: Option<&Path>) -> Result<ExitCode, Failed> {
     let reply: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {})?;
     for ca in &reply.cas {
         let text = signer_x509::cert_pem(&ca.certificate);
@@ -872,7 +889,7 @@ fn ca_certs(
             Some(dir) => {
                 let path = dir.join(format!("{}.pem", ca.name));
                 std::fs::write(&path, &text)
-                    .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| Failed::Output(format!("{}: {e}", path.display())))?;
                 if !json {
                     say!("wrote {}", path.display());
                 }
@@ -966,13 +983,16 @@ fn crl(
     issuer: &str,
     out: &Path,
     ca_cert: Option<&Path>,
-) -> Result<ExitCode, ClientError> {
+) -> Result<ExitCode, Failed> {
     let have = std::fs::read(out).ok();
     let cert = match ca_cert {
         Some(path) => {
             let bytes = std::fs::read(path)
-                .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?;
-            Some(signer_x509::cert_der(&bytes).map_err(ClientError::Protocol)?)
+                .map_err(|e| Failed::Input(format!("{}: {e}", path.display())))?;
+            Some(
+                signer_x509::cert_der(&bytes)
+                    .map_err(|e| Failed::Input(format!("{}: {e}", path.display())))?,
+            )
         }
         None => None,
     };
@@ -986,7 +1006,12 @@ fn crl(
         let tmp = out.with_extension("tmp");
         std::fs::write(&tmp, der)
             .and_then(|()| std::fs::rename(&tmp, out))
-            .map_err(|e| ClientError::Protocol(format!("{}: {e}", out.display())))?;
+            .map_err(|e| {
+                Failed::Output(format!(
+                    "{}: {e}; the CRL was fetched and checked but not written (the file held is unchanged)",
+                    out.display()
+                ))
+            })?;
     }
     if json {
         let value = serde_json::json!({
@@ -1017,22 +1042,29 @@ fn crl(
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_or_print(out: Option<&Path>, bytes: &[u8], print: bool) -> Result<(), ClientError> {
+/// Writes `bytes` to `out` (or standard output); `again` says how to get
+/// the answer once more when it cannot be written.
+fn write_or_print(
+    out: Option<&Path>,
+    bytes: &[u8],
+    print: bool,
+    again: &str,
+) -> Result<(), Failed> {
     use std::io::Write;
     match out {
         Some(path) => std::fs::write(path, bytes)
-            .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display()))),
+            .map_err(|e| Failed::Output(format!("{}: {e}; {again}", path.display()))),
         None if print => std::io::stdout()
             .write_all(bytes)
-            .map_err(|e| ClientError::Protocol(format!("standard output: {e}"))),
+            .map_err(|e| Failed::Output(format!("standard output: {e}; {again}"))),
         None => Ok(()),
     }
 }
 
-fn openpgp_ca(client: &Failover, json: bool, out: Option<&Path>) -> Result<ExitCode, ClientError> {
+fn openpgp_ca(client: &Failover, json: bool, out: Option<&Path>) -> Result<ExitCode, Failed> {
     let reply: msg::OpenpgpCaReply = client.request::<calls::OpenpgpCa>(&msg::Empty {})?;
     let armored = signer_openpgp::armor_public_key(&reply.certificate);
-    write_or_print(out, armored.as_bytes(), !json)?;
+    write_or_print(out, armored.as_bytes(), !json, "run the command again")?;
     if json {
         let value = serde_json::json!({"fingerprint": reply.fingerprint, "certificate": armored});
         say!("{value}");
@@ -1049,11 +1081,10 @@ fn certify(
     out: Option<&Path>,
     armor: bool,
     ca_cert: Option<&Path>,
-) -> Result<ExitCode, ClientError> {
+) -> Result<ExitCode, Failed> {
     let ca = match ca_cert {
         Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.display())))?,
+            std::fs::read(path).map_err(|e| Failed::Input(format!("{}: {e}", path.display())))?,
         ),
         None => None,
     };
@@ -1063,7 +1094,11 @@ fn certify(
     } else {
         reply.key.clone()
     };
-    write_or_print(out, &bytes, !json)?;
+    let again = format!(
+        "the certification was made and the signer keeps it: run the same command again (request id {}) to fetch it",
+        body.request_id
+    );
+    write_or_print(out, &bytes, !json, &again)?;
     if json {
         let uids: Vec<&str> = reply
             .certifications
