@@ -102,6 +102,13 @@ struct Job {
     out: Outbox,
 }
 
+/// What the workers take: a request, or a liveness probe answered by
+/// whichever worker is free first.
+enum Work {
+    Request(Job),
+    Probe(Sender<()>),
+}
+
 /// The engine. Cheap to share: clone the `Arc`.
 pub struct Engine {
     config: EngineConfig,
@@ -111,7 +118,7 @@ pub struct Engine {
     peer_max_frame: AtomicU32,
     started: Instant,
     health: Vec<Arc<dyn HealthSource>>,
-    jobs: Mutex<Option<Sender<Job>>>,
+    jobs: Mutex<Option<Sender<Work>>>,
     stopping: AtomicBool,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -151,7 +158,7 @@ impl Engine {
         router: Router,
         health: Vec<Arc<dyn HealthSource>>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Work>();
         let engine = Arc::new_cyclic(|weak: &std::sync::Weak<Engine>| Engine {
             peer_max_frame: AtomicU32::new(DEFAULT_MAX_FRAME.min(config.max_frame)),
             config,
@@ -202,6 +209,17 @@ impl Engine {
                     "the signer is shutting down",
                 )),
             })
+    }
+
+    /// Whether a worker takes work within `within`: the liveness that feeds
+    /// systemd's watchdog. False while every worker is stuck (an HSM call
+    /// that never returns, a deadlock) or the engine is stopping.
+    pub fn alive(&self, within: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let sent = lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(Work::Probe(tx)).is_ok());
+        sent && rx.recv_timeout(within).is_ok()
     }
 
     /// Sends every answered command to `sink` from now on (set once).
@@ -438,7 +456,11 @@ impl Engine {
                     out: out.clone(),
                 };
                 let refused = match lock(&self.jobs).as_ref() {
-                    Some(jobs) => jobs.send(job).err().map(|e| e.0),
+                    Some(jobs) => match jobs.send(Work::Request(job)) {
+                        Ok(()) => None,
+                        Err(mpsc::SendError(Work::Request(job))) => Some(job),
+                        Err(mpsc::SendError(Work::Probe(_))) => None,
+                    },
                     None => Some(job),
                 };
                 if let Some(job) = refused {
@@ -684,16 +706,21 @@ fn command_label(command: Command) -> String {
     format!("0x{:04x}", command.0)
 }
 
-fn worker_loop(rx: Arc<Mutex<Receiver<Job>>>, engine: std::sync::Weak<Engine>) {
+fn worker_loop(rx: Arc<Mutex<Receiver<Work>>>, engine: std::sync::Weak<Engine>) {
     loop {
-        let job = match lock(&rx).recv() {
-            Ok(job) => job,
+        let work = match lock(&rx).recv() {
+            Ok(work) => work,
             Err(_) => return,
         };
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        engine.run(job.ctx, job.digest, &job.body, &job.out);
+        match work {
+            Work::Request(job) => engine.run(job.ctx, job.digest, &job.body, &job.out),
+            Work::Probe(done) => {
+                let _ = done.send(());
+            }
+        }
     }
 }
 

@@ -429,3 +429,28 @@ fn a_peer_that_stops_reading_never_stalls_the_thread_finishing_answers() {
     drop(out);
     let _ = committer;
 }
+
+#[test]
+fn liveness_fails_while_every_worker_is_stuck_and_returns_after() {
+    let config = EngineConfig {
+        workers: 2,
+        ..EngineConfig::default()
+    };
+    let h = harness(config);
+    assert!(
+        h.engine.alive(Duration::from_secs(5)),
+        "idle workers take the probe"
+    );
+    // Both workers wait on the gate (an HSM call that does not return).
+    let held = h.gate.lock().expect("gate");
+    let body = encode_body(&Echo { n: 1 });
+    h.send(1, SLOW, &body);
+    h.send(2, SLOW, &body);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !h.engine.alive(Duration::from_millis(300)),
+        "no worker is free: the watchdog must not be fed"
+    );
+    drop(held);
+    assert!(h.engine.alive(Duration::from_secs(5)), "free again");
+}

@@ -24,3 +24,15 @@ pub fn notify(state: &str) {
         tracing::warn!(cause = %e, "could not notify the service manager");
     }
 }
+
+/// The watchdog interval systemd expects (`WatchdogSec=` in the unit, given
+/// as `$WATCHDOG_USEC`), if it is meant for this process.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,30 @@ pub fn main(config: &Path) -> ExitCode {
     }
 }
 
+/// Tells systemd the signer is alive twice per watchdog interval, as long
+/// as a worker takes a probe: a signer whose workers are all stuck stops
+/// feeding it, and systemd restarts it.
+fn feed_watchdog(engine: &Engine, interval: Duration, stop: &AtomicBool) {
+    let half = interval / 2;
+    let mut starving = false;
+    while !stop.load(Ordering::SeqCst) {
+        let started = std::time::Instant::now();
+        if engine.alive(half) {
+            notify::notify("WATCHDOG=1");
+            starving = false;
+        } else if !starving {
+            tracing::error!(
+                within_ms = half.as_millis() as u64,
+                "no worker took the liveness probe: the watchdog is not fed and systemd will restart signerd"
+            );
+            starving = true;
+        }
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < half {
+            std::thread::sleep(Duration::from_millis(50).min(half));
+        }
+    }
+}
+
 fn init_logging(c: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&c.log.level));
@@ -68,7 +92,52 @@ fn init_logging(c: &Config) {
         .with_writer(std::io::stderr);
     match c.log.format {
         LogFormat::Json => builder.json().init(),
+        // Under systemd, each line starts with its syslog priority (<3>
+        // error … <7> debug), which journald strips and keeps as the
+        // entry's priority: `journalctl -p warning -u signerd` works.
+        LogFormat::Text if stderr_is_journal() => builder
+            .event_format(Priority(tracing_subscriber::fmt::format()))
+            .init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Whether standard error is the journal's stream (`$JOURNAL_STREAM` names
+/// its device and inode).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// A text line prefixed with the event's syslog priority.
+struct Priority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Priority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 
@@ -144,8 +213,17 @@ fn run(c: &Config) -> anyhow::Result<()> {
         c.link.device.display(),
         c.signer_id
     ));
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || feed_watchdog(&engine, interval, &stop))
+    });
     link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
     notify::notify("STOPPING=1");
+    if let Some(Ok(thread)) = watchdog {
+        let _ = thread.join();
+    }
     // Without an open device the link had no session to drain; stop the workers here.
     engine.shutdown(SHUTDOWN_GRACE);
     if let Some(r) = replicator {

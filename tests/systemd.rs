@@ -1,0 +1,91 @@
+//! signerd under systemd, as the unit runs it: readiness and the watchdog
+//! through `$NOTIFY_SOCKET`, log lines with their syslog priority when
+//! standard error is the journal's stream.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use signer_testsupport::bin;
+
+#[test]
+fn readiness_watchdog_and_journal_priorities() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("signerd.yaml");
+    // No CA and a device that is not there yet: signerd serves health and
+    // keeps trying the device, which is enough to be alive.
+    std::fs::write(
+        &config,
+        format!(
+            "signer_id: watched\nlink:\n  device: {}\n",
+            dir.path().join("absent.tty").display()
+        ),
+    )
+    .unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut child = Command::new(bin("signerd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let (mut ready, mut fed) = (false, 0);
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 512];
+    while Instant::now() < until && fed < 3 {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            ready |= text.starts_with("READY=1");
+            if text == "WATCHDOG=1" {
+                assert!(ready, "fed before ready");
+                fed += 1;
+            }
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(ready, "READY=1 sent\n{log}");
+    assert_eq!(
+        fed, 3,
+        "the watchdog is fed while the engine takes work\n{log}"
+    );
+    assert_eq!(status.code(), Some(0), "{log}");
+    // Every line carries its priority for journald; informational lines <6>,
+    // the absent device's warning <4>; no colour codes.
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        assert!(
+            line.starts_with("<3>")
+                || line.starts_with("<4>")
+                || line.starts_with("<6>")
+                || line.starts_with("<7>"),
+            "{line}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("signerd started")),
+        "{log}"
+    );
+    assert!(log.lines().any(|l| l.starts_with("<4>")), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+}
