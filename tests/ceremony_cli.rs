@@ -379,3 +379,91 @@ fn a_token_the_service_user_cannot_read_is_named_with_the_fix() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("token OK"), "{out}");
 }
+
+/// An intermediate this signer's root issued before this repository existed
+/// (or elsewhere, with a copy of the key) is registered by `setup import`,
+/// so the root can revoke it and list it on its CRL.
+#[test]
+fn an_imported_intermediate_of_this_root_is_registered_and_revocable() {
+    use signer_client::Calls;
+    use signer_protocol::{calls, msg};
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir();
+    // A new, empty repository: the intermediate sub.pem is not in it.
+    std::fs::remove_file(d.join("repository.redb")).unwrap();
+    c.setup(&["repo", "init", "--config", "setup.yaml"]);
+    let out = c.setup(&[
+        "setup",
+        "import",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "sub",
+        "--cert",
+        "sub.pem",
+    ]);
+    assert!(
+        out.contains("recorded as root's certificate, serial"),
+        "{out}"
+    );
+    let serial = out
+        .split("serial ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // Again: the same record, not a second one.
+    let again = c.setup(&[
+        "setup",
+        "import",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "sub",
+        "--cert",
+        "sub.pem",
+    ]);
+    assert!(again.contains(&format!("serial {serial}")), "{again}");
+    // The root itself is nobody's intermediate here.
+    let root = c.setup(&[
+        "setup",
+        "import",
+        "--config",
+        "setup.yaml",
+        "--key",
+        "root",
+        "--cert",
+        "root.pem",
+    ]);
+    assert!(root.contains("not recorded here"), "{root}");
+
+    let bench = signer_testsupport::Bench::start_with_env(
+        signer_testsupport::LinkSpec::unthrottled(),
+        &c.ca_yaml,
+        c.env(),
+    );
+    let client = bench.client();
+    let reply: msg::RevokeX509Reply = client
+        .request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: "revoke-sub".into(),
+            issuer: "root".into(),
+            serial: hex::decode(&serial).unwrap(),
+            reason: 2, // cACompromise
+            invalidity_date: None,
+        })
+        .unwrap();
+    assert!(
+        !reply.legacy,
+        "a certificate the root is known to have issued"
+    );
+    let crl: msg::FetchCrlReply = client
+        .request::<calls::FetchCrl>(&msg::FetchCrl {
+            issuer: "root".into(),
+            have_number: None,
+            have_sha256: None,
+        })
+        .unwrap();
+    let der = crl.crl.unwrap();
+    let (_, entries) = signer_x509::crl::parse(&der).unwrap();
+    assert_eq!(entries.len(), 1, "the intermediate on the root's CRL");
+}

@@ -586,17 +586,44 @@ pub fn perform(
             let bytes = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
             let der = signer_x509::cert_der(&bytes)?;
             let signer =
-                CaSigner::new("import", &key, der, &*backend).map_err(|e| e.to_string())?;
+                CaSigner::new("import", &key, der.clone(), &*backend).map_err(|e| e.to_string())?;
             say(&format!(
                 "{} matches key {key} ({}); valid until {}",
                 cert.display(),
                 signer.kind,
                 signer_x509::time::rfc3339(signer.not_after)
             ));
-            ok("import")
+            // Issued by one of this signer's CAs (signed elsewhere with a copy
+            // of the key, or before this repository existed): recorded as that
+            // CA's certificate, so that CA can revoke it and list it.
+            let issuer = ca.cas.iter().find(|entry| {
+                std::fs::read(&entry.certificate)
+                    .ok()
+                    .and_then(|b| signer_x509::cert_der(&b).ok())
+                    .is_some_and(|ca_der| {
+                        ca_der != der && signer_x509::verify_issued(&der, &ca_der).is_ok()
+                    })
+            });
+            let entry = ok("import")
                 .fact("key", key)
                 .fact("certificate", cert.display().to_string())
-                .fact("certificate_sha256", sha256_hex(&bytes))
+                .fact("certificate_sha256", sha256_hex(&bytes));
+            match issuer {
+                Some(entry_ca) => {
+                    let serial = record_ca_certificate(repo, &entry_ca.name, &der, now)?;
+                    say(&format!(
+                        "recorded as {}'s certificate, serial {serial} (revocable by {} like any certificate it issued)",
+                        entry_ca.name, entry_ca.name
+                    ));
+                    entry
+                        .fact("issuer", entry_ca.name.clone())
+                        .fact("serial", serial)
+                }
+                None => {
+                    say("its issuer is not a CA of this signer: not recorded here (the CA that issued it keeps that record)");
+                    entry
+                }
+            }
         }
     })
 }
