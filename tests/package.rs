@@ -85,6 +85,32 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
         tree.path().join(doc.trim_start_matches('/')).exists(),
         "Documentation={doc} is not in the package"
     );
+    // A refused PIN is never tried again by the unit: signerd exits 4 on it
+    // (tests/issuance.rs), 4 is in RestartPreventExitStatus=, and nothing
+    // else in the unit logs in to the token (RestartPreventExitStatus= and
+    // the main process's exit status cover ExecStart= only).
+    let restart_prevented: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for code in ["1", "4", "5", "6"] {
+        assert!(
+            restart_prevented.contains(&code),
+            "exit {code} restarted: {unit}"
+        );
+    }
+    for directive in [
+        "ExecStartPre=",
+        "ExecStartPost=",
+        "ExecCondition=",
+        "ExecReload=",
+    ] {
+        assert!(
+            !unit.lines().any(|l| l.starts_with(directive)),
+            "{directive} would run outside RestartPreventExitStatus=: {unit}"
+        );
+    }
     let dropin = std::fs::read_to_string(
         tree.path()
             .join("lib/systemd/system/nats-server.service.d/serial-link-signer.conf"),
