@@ -277,5 +277,9 @@ fn a_directory_of_csrs_is_issued_with_the_names_they_ask_for() {
         err.contains("zz-key.pem") && err.contains("private key"),
         "{err}"
     );
-    assert!(out.is_empty(), "{out}");
+    // With --json, the one line on standard output is the error, no results.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["kind"], "input", "{out}");
 }
