@@ -28,8 +28,12 @@ CREATE TABLE IF NOT EXISTS signer_requests (
     certificate    TEXT,
     result         TEXT
 );
-CREATE INDEX IF NOT EXISTS signer_requests_due
-    ON signer_requests (state, not_before_ms, created_ms);
+-- Claims walk this index oldest first within a state and stop at their
+-- limit, however many rows wait; it also counts rows by state.
+CREATE INDEX IF NOT EXISTS signer_requests_queue
+    ON signer_requests (state, created_ms, request_id);
+-- (Replaced by signer_requests_queue, which orders without sorting.)
+DROP INDEX IF EXISTS signer_requests_due;
 
 -- New rows wake the gateways at once. They poll as well, so a lost
 -- notification, or a parked row set back to pending, waits one poll interval.

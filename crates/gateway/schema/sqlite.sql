@@ -28,5 +28,9 @@ CREATE TABLE IF NOT EXISTS signer_requests (
     certificate    TEXT,
     result         TEXT
 );
-CREATE INDEX IF NOT EXISTS signer_requests_due
-    ON signer_requests (state, not_before_ms, created_ms);
+-- Claims walk this index oldest first within a state and stop at their
+-- limit, however many rows wait; it also counts rows by state.
+CREATE INDEX IF NOT EXISTS signer_requests_queue
+    ON signer_requests (state, created_ms, request_id);
+-- (Replaced by signer_requests_queue, which orders without sorting.)
+DROP INDEX IF EXISTS signer_requests_due;

@@ -15,6 +15,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// What a claim takes, in this order: claims whose lease ran out (their
+/// gateway died), then pending rows that are due. Each condition names one
+/// state, so the `(state, created_ms, request_id)` index yields rows oldest
+/// first and the claim stops at its limit. `$now` is the time parameter.
+pub(crate) const DUE: [&str; 2] = [
+    "state = 'claimed' AND lease_until_ms < $now",
+    "state = 'pending' AND not_before_ms <= $now",
+];
+
 pub mod postgres;
 pub mod sqlite;
 

@@ -49,25 +49,37 @@ fn count(n: i64) -> u64 {
 impl Queue for PostgresQueue {
     fn claim(&self, owner: &str, max: usize, lease: Duration) -> Result<Vec<Claimed>, QueueError> {
         let now = millis(SystemTime::now());
-        let rows = self.client().query(
-            "UPDATE signer_requests
-                SET state = 'claimed', claimed_by = $1, lease_until_ms = $2,
-                    attempts = attempts + 1
-              WHERE request_id IN (
-                    SELECT request_id FROM signer_requests
-                     WHERE (state = 'pending' AND not_before_ms <= $3)
-                        OR (state = 'claimed' AND lease_until_ms < $3)
-                     ORDER BY created_ms, request_id
-                     LIMIT $4
-                       FOR UPDATE SKIP LOCKED)
-          RETURNING request_id, kind, body, attempts, sent_to",
-            &[
-                &owner,
-                &(now + lease.as_millis() as i64),
-                &now,
-                &(max as i64),
-            ],
-        )?;
+        // Expired claims first, then due pending rows, oldest first (see
+        // the SQLite queue); each statement is atomic, and SKIP LOCKED keeps
+        // other gateways' claims out.
+        let mut rows = Vec::new();
+        for due in super::DUE {
+            let left = max.saturating_sub(rows.len());
+            if left == 0 {
+                break;
+            }
+            rows.extend(self.client().query(
+                &format!(
+                    "UPDATE signer_requests
+                        SET state = 'claimed', claimed_by = $1, lease_until_ms = $2,
+                            attempts = attempts + 1
+                      WHERE request_id IN (
+                            SELECT request_id FROM signer_requests
+                             WHERE {}
+                             ORDER BY created_ms, request_id
+                             LIMIT $4
+                               FOR UPDATE SKIP LOCKED)
+                  RETURNING request_id, kind, body, attempts, sent_to",
+                    due.replace("$now", "$3")
+                ),
+                &[
+                    &owner,
+                    &(now + lease.as_millis() as i64),
+                    &now,
+                    &(left as i64),
+                ],
+            )?);
+        }
         rows.iter()
             .map(|r| {
                 Ok(Claimed {

@@ -65,21 +65,29 @@ impl Queue for SqliteQueue {
         let now = millis(SystemTime::now());
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let claimed = {
-            let mut stmt = tx.prepare_cached(
+        let mut claimed = Vec::new();
+        // Claims whose lease ran out first, then due pending rows, oldest
+        // first: each an index walk in (state, created_ms) order that stops
+        // at the limit, however long the queue (see schema/sqlite.sql).
+        for due in super::DUE {
+            let left = max.saturating_sub(claimed.len());
+            if left == 0 {
+                break;
+            }
+            let mut stmt = tx.prepare_cached(&format!(
                 "UPDATE signer_requests
                     SET state = 'claimed', claimed_by = ?1, lease_until_ms = ?2,
                         attempts = attempts + 1
                   WHERE request_id IN (
                         SELECT request_id FROM signer_requests
-                         WHERE (state = 'pending' AND not_before_ms <= ?3)
-                            OR (state = 'claimed' AND lease_until_ms < ?3)
+                         WHERE {}
                          ORDER BY created_ms, request_id
                          LIMIT ?4)
               RETURNING request_id, kind, body, attempts, sent_to",
-            )?;
+                due.replace("$now", "?3")
+            ))?;
             let rows = stmt.query_map(
-                params![owner, now + lease.as_millis() as i64, now, max as i64],
+                params![owner, now + lease.as_millis() as i64, now, left as i64],
                 |r| {
                     Ok(Claimed {
                         request_id: r.get(0)?,
@@ -90,8 +98,10 @@ impl Queue for SqliteQueue {
                     })
                 },
             )?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
+            for row in rows {
+                claimed.push(row?);
+            }
+        }
         tx.commit()?;
         Ok(claimed)
     }
@@ -265,6 +275,31 @@ mod tests {
             status_name: "ok".into(),
             serial: Some("21ab".into()),
             ..Answer::default()
+        }
+    }
+
+    #[test]
+    fn claims_walk_the_index_in_order_without_sorting_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = open(dir.path());
+        for due in super::super::DUE {
+            let plan: Vec<String> = q
+                .conn()
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT request_id FROM signer_requests WHERE {}
+                      ORDER BY created_ms, request_id LIMIT 8",
+                    due.replace("$now", "0")
+                ))
+                .expect("plan")
+                .query_map([], |r| r.get::<_, String>(3))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("plan rows");
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains("signer_requests_queue") && !plan.contains("TEMP B-TREE"),
+                "{due}: {plan}"
+            );
         }
     }
 
