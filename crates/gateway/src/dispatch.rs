@@ -328,6 +328,7 @@ impl Dispatcher {
         let links = self.signers.links().len();
         let start = self.signers.current();
         let mut last = String::from("no signer configured");
+        let mut marked = false;
         for k in 0..links {
             let index = (start + k) % links;
             let signer = match self.signers.server_of(index) {
@@ -339,6 +340,29 @@ impl Dispatcher {
                     continue;
                 }
             };
+            // Written before anything is sent: a gateway killed while the
+            // request is on its way leaves the row in doubt on this signer,
+            // never free for its twin (which would sign it a second time).
+            match self.queue.mark_sent(&self.owner, &row.request_id, &signer) {
+                Ok(true) => marked = true,
+                Ok(false) => {
+                    return transient(
+                        &self.config,
+                        row,
+                        "the row is no longer this gateway's; nothing was sent".into(),
+                        None,
+                    )
+                }
+                Err(e) => {
+                    self.metrics.note_queue_error(&e.to_string());
+                    return transient(
+                        &self.config,
+                        row,
+                        format!("cannot record where the request goes ({e}); nothing was sent"),
+                        None,
+                    );
+                }
+            }
             let pinned = Pinned {
                 signers: &self.signers,
                 index,
@@ -360,7 +384,8 @@ impl Dispatcher {
             }
             return classify(&self.config, row, result, &signer);
         }
-        transient(&self.config, row, last, None)
+        // Every signer asked said it did nothing: the row is in doubt nowhere.
+        transient(&self.config, row, last, marked.then(String::new))
     }
 
     /// Sends one claimed row: how it ended.

@@ -122,7 +122,10 @@ pub enum Outcome {
         error: String,
         /// Earliest next attempt.
         at: SystemTime,
-        /// The signer the request may have reached (set once, kept).
+        /// The signer the request may have reached: `None` keeps what the
+        /// row holds (written by [`Queue::mark_sent`] before sending), a
+        /// name sets it, and an empty name clears it — only for an attempt
+        /// whose every signer answered that it did nothing.
         sent_to: Option<String>,
     },
     /// Failed too often: parked.
@@ -177,6 +180,13 @@ pub trait Queue: Send + Sync {
         let written = self.finish_all(owner, &[(request_id.to_string(), outcome.clone())])?;
         Ok(written.first().copied().unwrap_or(false))
     }
+
+    /// Records, durably and before the request leaves this host, that row
+    /// `request_id` (claimed by `owner`) is about to be sent to `signer`:
+    /// from then on the row is in doubt on that signer and goes to no other,
+    /// even if this process is killed before the answer arrives. False when
+    /// the row is no longer `owner`'s (then nothing is sent).
+    fn mark_sent(&self, owner: &str, request_id: &str, signer: &str) -> Result<bool, QueueError>;
 
     /// Returns the rows `owner` holds to `pending` (at start-up: claims of a
     /// run that was killed). Returns how many.

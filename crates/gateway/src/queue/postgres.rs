@@ -108,6 +108,15 @@ impl Queue for PostgresQueue {
         Ok(written)
     }
 
+    fn mark_sent(&self, owner: &str, request_id: &str, signer: &str) -> Result<bool, QueueError> {
+        let n = self.client().execute(
+            "UPDATE signer_requests SET sent_to = $3
+              WHERE request_id = $1 AND state = 'claimed' AND claimed_by = $2",
+            &[&request_id, &owner, &signer],
+        )?;
+        Ok(n == 1)
+    }
+
     fn release(&self, owner: &str) -> Result<u64, QueueError> {
         Ok(self.client().execute(
             "UPDATE signer_requests
@@ -217,7 +226,7 @@ fn finish_one(
                 lease_until_ms = NULL, finished_ms = $4,
                 status_code = $5, status_name = $6, message = $7, detail = $8,
                 signer = $9, serial = $10, certificate = $11, result = $12,
-                sent_to = COALESCE($15, sent_to)
+                sent_to = CASE WHEN $15 = '' THEN NULL ELSE COALESCE($15, sent_to) END
           WHERE request_id = $13 AND state = 'claimed' AND claimed_by = $14",
         &[
             &state.as_str(),

@@ -121,6 +121,17 @@ impl Queue for SqliteQueue {
         Ok(written)
     }
 
+    fn mark_sent(&self, owner: &str, request_id: &str, signer: &str) -> Result<bool, QueueError> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE signer_requests SET sent_to = ?3
+                  WHERE request_id = ?1 AND state = 'claimed' AND claimed_by = ?2",
+            )?
+            .execute(params![request_id, owner, signer])?;
+        Ok(n == 1)
+    }
+
     fn release(&self, owner: &str) -> Result<u64, QueueError> {
         let n = self.conn().execute(
             "UPDATE signer_requests
@@ -238,7 +249,7 @@ fn finish_one(
                 lease_until_ms = NULL, finished_ms = ?4,
                 status_code = ?5, status_name = ?6, message = ?7, detail = ?8,
                 signer = ?9, serial = ?10, certificate = ?11, result = ?12,
-                sent_to = COALESCE(?15, sent_to)
+                sent_to = CASE WHEN ?15 = '' THEN NULL ELSE COALESCE(?15, sent_to) END
           WHERE request_id = ?13 AND state = 'claimed' AND claimed_by = ?14",
         )?
         .execute(params![
@@ -344,6 +355,33 @@ mod tests {
             q.row("r1").expect("row").expect("present").0,
             State::Pending
         );
+    }
+
+    #[test]
+    fn where_a_request_goes_is_written_before_it_is_sent_and_survives_a_kill() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = open(dir.path());
+        q.enqueue("r1", Kind::SignX509, "{}").expect("enqueue");
+        q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
+        assert!(
+            !q.mark_sent("other", "r1", "signer-a").expect("mark"),
+            "not its row"
+        );
+        assert!(q.mark_sent("gw", "r1", "signer-a").expect("mark"));
+        // The gateway is killed with the request on its way; restarted, it
+        // takes its claims back: the row is in doubt on signer-a.
+        assert_eq!(q.release("gw").expect("release"), 1);
+        let again = q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
+        assert_eq!(again[0].sent_to.as_deref(), Some("signer-a"));
+        // Every signer said it did nothing: cleared, free for either twin.
+        let nothing = Outcome::Retry {
+            error: "busy on both".into(),
+            at: SystemTime::now(),
+            sent_to: Some(String::new()),
+        };
+        assert!(q.finish("gw", "r1", &nothing).expect("finish"));
+        let again = q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
+        assert_eq!(again[0].sent_to, None);
     }
 
     #[test]
