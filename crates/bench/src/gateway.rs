@@ -308,7 +308,11 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
          transaction, timed until every row is final (claimed, sent, answer checked against the CA \
          certificate, written back), on the same signer and link, rounds alternating. Line share: \
          bytes towards the client per second over the line's capacity (8N1), for the library, and \
-         the gateway's by its rate. Three rounds; median and range.\n"
+         the gateway's by its rate. CPU per row: user and system time of the client side (this \
+         process for the library, which also runs the link simulator; the gateway's process) and \
+         of signerd over the timed rows. The split rows give the signer host and the web host a \
+         core each, as two machines would (signerd on CPU 0; everything else on CPU 1). Three \
+         rounds; median and range.\n"
     )?;
     writeln!(
         report,
