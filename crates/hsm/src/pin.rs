@@ -110,11 +110,16 @@ fn ask(prompt: &str) -> Result<String, HsmError> {
     let mut quiet = saved.clone();
     quiet.local_modes.remove(LocalModes::ECHO);
     quiet.local_modes.insert(LocalModes::ECHONL);
-    (&tty)
+    // Echo off before the prompt shows: whatever is typed once it is seen
+    // is never echoed.
+    tcsetattr(&tty, OptionalActions::Drain, &quiet).map_err(|e| no_tty(&e))?;
+    if let Err(e) = (&tty)
         .write_all(prompt.as_bytes())
         .and_then(|()| (&tty).flush())
-        .map_err(|e| no_tty(&e))?;
-    tcsetattr(&tty, OptionalActions::Drain, &quiet).map_err(|e| no_tty(&e))?;
+    {
+        let _ = tcsetattr(&tty, OptionalActions::Flush, &saved);
+        return Err(no_tty(&e));
+    }
     let mut line = String::new();
     let read = std::io::BufReader::new(&tty).read_line(&mut line);
     let restored = tcsetattr(&tty, OptionalActions::Flush, &saved);
