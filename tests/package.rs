@@ -269,18 +269,14 @@ fn the_gateway_deb_holds_its_binaries_unit_and_config_and_keeps_the_queue() {
 /// libc6 is versioned, every binary has its man page and completions, and
 /// `systemd-analyze verify` takes the unit.
 fn check_debian_policy(deb: &Path, tree: &Path, bins: &[&str], unit: &str) {
-    let lintian = Command::new("lintian")
-        .args(["--fail-on", "error,warning"])
-        .arg(deb)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&lintian.stdout),
-        String::from_utf8_lossy(&lintian.stderr)
+    let (code, out, err) = output(
+        Command::new("lintian")
+            .args(["--fail-on", "error,warning"])
+            .arg(deb),
     );
+    let text = format!("{out}{err}");
     assert!(
-        lintian.status.success()
+        code == Some(0)
             && !text
                 .lines()
                 .any(|l| l.starts_with("E:") || l.starts_with("W:")),
@@ -322,18 +318,14 @@ fn check_debian_policy(deb: &Path, tree: &Path, bins: &[&str], unit: &str) {
         text.replace("/usr/bin/", &format!("{}/usr/bin/", tree.display())),
     )
     .unwrap();
-    let verify = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
+    let (code, out, err) = output(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&copy),
     );
+    let said = format!("{out}{err}");
     assert!(
-        verify.status.success() && said.trim().is_empty(),
+        code == Some(0) && said.trim().is_empty(),
         "systemd-analyze verify: {said}"
     );
 }

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signer_client::audit::{AuditCopy, AuditError};
 use signer_client::Failover;
@@ -33,6 +33,8 @@ pub struct Witness {
     /// The copy's directory.
     pub dir: PathBuf,
     copy: AuditCopy,
+    /// The signer's log contradicted the copy: not synced again.
+    contradicted: AtomicBool,
 }
 
 /// Reads the verifier key file named in the configuration.
@@ -56,6 +58,7 @@ pub fn open(config: &Config) -> Result<Vec<Witness>, String> {
             device: link.device.display().to_string(),
             dir: audit.copy.clone(),
             copy,
+            contradicted: AtomicBool::new(false),
         });
     }
     Ok(witnesses)
@@ -64,23 +67,18 @@ pub fn open(config: &Config) -> Result<Vec<Witness>, String> {
 /// Syncs each copy not yet contradicted once.
 pub fn sync_all(signers: &Failover, witnesses: &[Witness], metrics: &Metrics) {
     for w in witnesses {
-        let mut states = metrics.audits.lock().unwrap_or_else(|p| p.into_inner());
-        let state = states.entry(w.index).or_insert_with(|| AuditState {
-            device: w.device.clone(),
-            ..AuditState::default()
-        });
-        if state.contradiction.is_some() {
+        if w.contradicted.load(Ordering::SeqCst) {
             continue;
         }
-        drop(states);
         let result = w.copy.sync(&Pinned {
             signers,
             index: w.index,
         });
         let mut states = metrics.audits.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(state) = states.get_mut(&w.index) else {
-            continue;
-        };
+        let state = states.entry(w.index).or_insert_with(|| AuditState {
+            device: w.device.clone(),
+            ..AuditState::default()
+        });
         match result {
             Ok(report) => {
                 if report.to != report.from {
@@ -93,6 +91,7 @@ pub fn sync_all(signers: &Failover, witnesses: &[Witness], metrics: &Metrics) {
             Err(AuditError::Contradiction(cause)) => {
                 error!(device = %w.device, copy = %w.dir.display(), %cause,
                     "the signer's audit log contradicts the copy held here: nothing more is acknowledged; the evidence is kept in the copy's evidence directory");
+                w.contradicted.store(true, Ordering::SeqCst);
                 state.contradiction = Some(cause);
             }
             Err(e) => {
@@ -111,11 +110,58 @@ pub fn run(
     interval: Duration,
     stop: Arc<AtomicBool>,
 ) {
-    while !stop.load(Ordering::SeqCst) {
-        let started = Instant::now();
-        sync_all(&signers, &witnesses, &metrics);
-        while !stop.load(Ordering::SeqCst) && started.elapsed() < interval {
-            std::thread::sleep(Duration::from_millis(100));
+    crate::every(interval, &stop, || sync_all(&signers, &witnesses, &metrics));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Well-formed verifier keys of two logs (C2SP signed-note key IDs over
+    /// an all-zero Ed25519 key).
+    const VKEY: &str =
+        "signer-a.example/audit+069c0388+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    const OTHER: &str =
+        "signer-b.example/audit+91022cb6+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    fn config(dir: &Path, vkey: Option<&str>) -> Config {
+        let vkey_file = dir.join("signer-a.vkey");
+        if let Some(text) = vkey {
+            std::fs::write(&vkey_file, text).expect("write vkey");
         }
+        let yaml = format!(
+            "name: web-1\nsigners:\n  - {{device: /dev/null, audit: {{copy: {}, vkey: {}}}}}\nqueue:\n  sqlite: {}\n",
+            dir.join("copy").display(),
+            vkey_file.display(),
+            dir.join("q.sqlite").display()
+        );
+        let path = dir.join("gateway.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        Config::load(&path).expect("config")
+    }
+
+    #[test]
+    fn a_verifier_key_file_absent_empty_corrupt_or_of_another_log_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let e = open(&config(d, None)).err().expect("absent");
+        assert!(e.contains("signer-a.vkey"), "{e}");
+        for bad in [
+            "",
+            "\n",
+            "not a key",
+            "signer-a.example/audit+00000000+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            let e = open(&config(d, Some(bad))).err().expect("refused");
+            assert!(e.contains("copy"), "{bad:?}: {e}");
+            assert!(
+                !d.join("copy/log.vkey").exists(),
+                "{bad:?}: a key that does not parse is never kept"
+            );
+        }
+        // The right key: kept; later another log's key is refused.
+        assert_eq!(open(&config(d, Some(VKEY))).expect("opens").len(), 1);
+        let e = open(&config(d, Some(OTHER))).err().expect("another log");
+        assert!(e.contains("another log"), "{e}");
     }
 }

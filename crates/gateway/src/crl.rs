@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -263,13 +263,9 @@ impl Publisher {
 
     /// Refreshes on schedule until `stop`.
     pub fn run(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) {
+        crate::every(Duration::from_secs(1), stop, || {
             self.tick(crate::now_s());
-            let started = Instant::now();
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(1) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        });
     }
 }
 

@@ -1,8 +1,8 @@
 //! Periodic health checks of every signer, the standby twin included.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signer_client::Failover;
 use signer_protocol::msg::HealthStatus;
@@ -47,11 +47,5 @@ pub fn run(
     interval: Duration,
     stop: Arc<AtomicBool>,
 ) {
-    while !stop.load(Ordering::SeqCst) {
-        let started = Instant::now();
-        check_all(&signers, &metrics);
-        while !stop.load(Ordering::SeqCst) && started.elapsed() < interval {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    crate::every(interval, &stop, || check_all(&signers, &metrics));
 }

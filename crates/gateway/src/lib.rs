@@ -45,6 +45,19 @@ pub fn now_s() -> i64 {
         .unwrap_or(0)
 }
 
+/// Calls `f` every `interval` (measured from the start of each call) until
+/// `stop`, checking `stop` every 100 ms in between.
+pub fn every(interval: Duration, stop: &AtomicBool, mut f: impl FnMut()) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::SeqCst) {
+        let started = std::time::Instant::now();
+        f();
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < interval {
+            std::thread::sleep(Duration::from_millis(100).min(interval));
+        }
+    }
+}
+
 /// Opens the configured queue (creating its schema where missing).
 pub fn open_queue(config: &Config) -> Result<Arc<dyn Queue>, QueueError> {
     let poll = Duration::from_millis(config.queue.poll_ms);

@@ -75,14 +75,20 @@ pub fn diagnose(module: &Path) -> Option<String> {
          (chgrp -R softhsm {d}; chmod -R g+rwX {d}), or run the ceremony as {user} (sudo -u {user} signerd setup …)",
         d = dir.display()
     );
+    let refused = |what: &str, path: &Path, e: std::io::Error| {
+        Some(format!(
+            "SoftHSM2's {what} {} cannot be {} by {user} ({e}); {advice}",
+            describe(path),
+            if what == "token file" {
+                "read and written"
+            } else {
+                "read"
+            }
+        ))
+    };
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) => {
-            return Some(format!(
-                "SoftHSM2's token directory {} cannot be read by {user} ({e}); {advice}",
-                describe(&dir)
-            ))
-        }
+        Err(e) => return refused("token directory", &dir, e),
     };
     for token in entries.flatten() {
         let path = token.path();
@@ -91,12 +97,7 @@ pub fn diagnose(module: &Path) -> Option<String> {
         }
         let files = match std::fs::read_dir(&path) {
             Ok(f) => f,
-            Err(e) => {
-                return Some(format!(
-                    "SoftHSM2's token {} cannot be read by {user} ({e}); {advice}",
-                    describe(&path)
-                ))
-            }
+            Err(e) => return refused("token", &path, e),
         };
         for file in files.flatten() {
             let file = file.path();
@@ -105,10 +106,7 @@ pub fn diagnose(module: &Path) -> Option<String> {
                 .write(true)
                 .open(&file)
             {
-                return Some(format!(
-                    "SoftHSM2's token file {} cannot be read and written by {user} ({e}); {advice}",
-                    describe(&file)
-                ));
+                return refused("token file", &file, e);
             }
         }
     }
