@@ -624,3 +624,178 @@ fn audit_log_copied_by_the_gateway_catches_a_rolled_back_signer() {
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("another log"), "{err}");
 }
+
+/// `signer-client ARGS` with `--json`: (exit code, the JSON line on stdout).
+fn client_json(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let (code, out, err) = output(Command::new(bin("signer-client")).arg("--json").args(args));
+    let json = serde_json::from_str(out.lines().last().unwrap_or("null"))
+        .unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    (code, json)
+}
+
+#[test]
+fn a_request_in_doubt_goes_only_to_the_signer_that_may_hold_it() {
+    use signer_client::{Calls, ClientError, Failover};
+    use signer_protocol::{calls, msg, Command as Code};
+    use signer_testsupport::ca::sign_request;
+    use signer_testsupport::twins::checks;
+
+    let t = Twins::new("p256", SERVER_PROFILE);
+    let d = t.ceremony.dir().to_path_buf();
+    let (dev_a, dev_b) = (t.a.client_device(), t.b.client_device());
+    let p256 = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let request =
+        |id: &str| sign_request(id, make_csr(&d, id, &p256), &format!("{id}.example.org"));
+
+    // The library: both links open, then A stops answering.
+    let both = Failover::new(
+        vec![t.a.link_options(), t.b.link_options()],
+        Duration::from_secs(3),
+    );
+    let warm: msg::SignX509Reply = both
+        .request::<calls::SignX509>(&request("lib-warm"))
+        .unwrap();
+    assert_eq!(warm.serial[0], 0x21, "A answers first");
+    t.a.daemon.signal("STOP");
+    let doubt = request("lib-doubt");
+    let in_doubt_on_a = |r: &Result<msg::SignX509Reply, ClientError>| matches!(r, Err(ClientError::InDoubt { device, .. }) if *device == dev_a.display().to_string());
+    let first = both.request::<calls::SignX509>(&doubt);
+    assert!(in_doubt_on_a(&first), "{first:?}");
+    assert_eq!(both.in_doubt(Code::SIGN_X509, "lib-doubt"), Some(0));
+    // A new request goes to the twin; the one in doubt does not.
+    let fresh: msg::SignX509Reply = both
+        .request::<calls::SignX509>(&request("lib-fresh"))
+        .unwrap();
+    assert_eq!(fresh.serial[0], 0x22, "B answers new requests");
+    let again = both.request::<calls::SignX509>(&doubt);
+    assert!(in_doubt_on_a(&again), "sent to A only: {again:?}");
+    // A revocation may go to either twin: B revokes.
+    let _: msg::RevokeX509Reply = both
+        .request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: "lib-rev".into(),
+            issuer: "sub".into(),
+            serial: fresh.serial.clone(),
+            reason: 1,
+            invalidity_date: None,
+        })
+        .unwrap();
+    t.a.daemon.signal("CONT");
+    let done: msg::SignX509Reply = both.request::<calls::SignX509>(&doubt).unwrap();
+    assert_eq!(done.serial[0], 0x21, "signed by A");
+    assert_eq!(both.in_doubt_count(), 0);
+    drop(both);
+
+    // The gateway's socket: health every 10 minutes, so the links it opened
+    // stay open when A stops.
+    let socket = d.join("gateway.sock");
+    let yaml = gateway_yaml(
+        "gw-doubt",
+        &[&dev_a, &dev_b],
+        &format!("  sqlite: {}\n", d.join("queue.sqlite").display()),
+        &format!("socket:\n  path: {}\n", socket.display()),
+    )
+    .replace("interval_s: 2", "interval_s: 600");
+    let mut gw = Gateway::start(&d, "gw-doubt", &yaml);
+    let link = format!("unix:{}", socket.display());
+    wait_until(
+        "the local socket",
+        Duration::from_secs(60),
+        || socket.exists(),
+        || gw.log(),
+    );
+    let csr = d.join("via-gw.csr");
+    std::fs::write(&csr, make_csr(&d, "via-gw", &p256)).unwrap();
+    let sign_via_gateway = |id: &str| {
+        client_json(&[
+            "--link",
+            &link,
+            "sign",
+            "--profile",
+            "server",
+            "--request-id",
+            id,
+            "--csr",
+            csr.to_str().unwrap(),
+            "--subject",
+            "CN=gw.example.org",
+            "--san",
+            "dns:gw.example.org",
+        ])
+    };
+    let serial_of = |json: &serde_json::Value| json["serial"].as_str().unwrap_or("").to_string();
+    let (code, json) = sign_via_gateway("gw-warm");
+    assert_eq!(code, Some(0), "{json}");
+    assert!(serial_of(&json).starts_with("21"), "A: {json}");
+    t.a.daemon.signal("STOP");
+    for _ in 0..2 {
+        let (code, json) = sign_via_gateway("gw-doubt");
+        assert_eq!(code, Some(7), "{json}");
+        assert_eq!(json["kind"], "in_doubt", "{json}");
+        assert!(
+            json["error"].as_str().unwrap().contains("gateway_in_doubt")
+                || json["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&dev_a.display().to_string()),
+            "{json}"
+        );
+    }
+    let (code, json) = sign_via_gateway("gw-fresh");
+    assert_eq!(code, Some(0), "{json}");
+    assert!(serial_of(&json).starts_with("22"), "B: {json}");
+    t.a.daemon.signal("CONT");
+    let (code, json) = sign_via_gateway("gw-doubt");
+    assert_eq!(code, Some(0), "{json}");
+    assert!(serial_of(&json).starts_with("21"), "A: {json}");
+    gw.stop();
+
+    // The batch tool remembers across runs: a request left in doubt by an
+    // earlier run goes only to the signer its file names.
+    let out = d.join("batch-out");
+    std::fs::create_dir(&out).unwrap();
+    let bd = String::from_utf8(make_csr(&d, "bd", &p256)).unwrap();
+    std::fs::write(d.join("doubt.jsonl"), sign_line("batch-doubt", &bd)).unwrap();
+    std::fs::write(
+        out.join("batch-doubt.in-doubt"),
+        format!("{}\n", dev_a.display()),
+    )
+    .unwrap();
+    let links = format!("{},{}", dev_a.display(), dev_b.display());
+    let batch = |links: &str| {
+        output(
+            Command::new(bin("signer-client"))
+                .args(["--link", links, "--failover-after", "3", "--json", "batch"])
+                .arg(d.join("doubt.jsonl"))
+                .arg("--out-dir")
+                .arg(&out),
+        )
+    };
+    t.a.daemon.signal("STOP");
+    let (_, stdout, err) = batch(&links);
+    assert!(stdout.contains(r#""status":"in_doubt""#), "{stdout}{err}");
+    assert!(out.join("batch-doubt.in-doubt").exists());
+    assert!(!out.join("batch-doubt.json").exists());
+    // The device it names is not among the links: refused here, nothing sent.
+    let (_, stdout, err) = batch(&dev_b.display().to_string());
+    assert!(stdout.contains("not among --link"), "{stdout}{err}");
+    t.a.daemon.signal("CONT");
+    let (code, stdout, err) = batch(&links);
+    assert_eq!(code, Some(0), "{stdout}{err}");
+    let result = std::fs::read_to_string(out.join("batch-doubt.json")).unwrap();
+    assert!(result.contains(r#""serial":"21"#), "{result}");
+    assert!(!out.join("batch-doubt.in-doubt").exists());
+
+    // The twins agree: one certificate per request id, no conflicts.
+    let (a, b) = (t.a.client(), t.b.client());
+    t.wait_in_sync(&a, &b, None, Duration::from_secs(60))
+        .unwrap();
+    let on_b: msg::SignX509Reply = b.request::<calls::SignX509>(&doubt).unwrap();
+    assert!(
+        on_b.replayed && on_b.serial == done.serial,
+        "B holds A's certificate"
+    );
+    for signer in [&a, &b] {
+        let conflicts = checks(signer).get("replication:conflicts").cloned();
+        assert!(conflicts.is_none(), "{conflicts:?}");
+    }
+}

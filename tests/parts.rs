@@ -12,7 +12,7 @@ use std::time::Duration;
 use signer_client::{Client, LinkOptions};
 use signer_linksim::{LinkSim, Options};
 use signer_protocol::{encode_body, Command};
-use signer_protocol::{Audit, Call, Facts, Placement};
+use signer_protocol::{Audit, Call, Facts, Placement, Retry};
 use signer_server::config::{FlowControl, LinkConfig, Parity};
 use signer_server::{Engine, EngineConfig};
 use signer_service::{CallContext, Failure, Router};
@@ -32,6 +32,7 @@ impl Call for Blob {
     const COMMAND: Command = BLOB;
     const PLACEMENT: Placement = Placement::Pool;
     const AUDIT: Audit = Audit::Counted;
+    const RETRY: Retry = Retry::AnySigner;
     type Request = BlobRequest;
     type Reply = BlobReply;
 }

@@ -7,19 +7,28 @@
 //!         next signer that answers `hello` ─► the same request body again
 //! ```
 //!
-//! The request body is sent unchanged, so its request id goes to the twin:
-//! if the lost signer recorded the request and its change reached the twin,
-//! the twin answers with the original certificate (`replayed`); if the lost
-//! signer signed but the change had not left it, the twin issues another
-//! certificate, and the twins report the request id as a conflict once they
-//! exchange their changes. Refusals (any status from a signer) are answers,
-//! never a reason to fail over.
+//! A request that never reached a signer (its link would not open) goes to
+//! the next one at once. A request that may have reached it and got no
+//! answer goes on only when running it twice is harmless
+//! ([`Retry::AnySigner`]: reads, revocations). A request that issues
+//! ([`Retry::SameSigner`]: `sign_x509`, `certify_openpgp`) is *in doubt*:
+//! the lost signer may have signed it, and its change may not have reached
+//! the twin (replication is asynchronous), so the twin would sign a second
+//! certificate under the same request id. The caller gets
+//! [`ClientError::InDoubt`], and the request id is remembered with its
+//! signer: sent again, it goes to that signer only, until one answers that
+//! did nothing (a status of [`twin_may_answer`]). Requests without a doubt
+//! go to the twin meanwhile. Refusals (any status from a signer) are
+//! answers, never a reason to fail over.
 
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use signer_protocol::{calls, msg, Command, Status};
+use signer_protocol::calls::{self, Retry};
+use signer_protocol::{msg, Command, Status};
 
 use crate::{Calls, Client, ClientError, ClientStats, LinkOptions, Reply};
 
@@ -37,6 +46,48 @@ pub struct Failover {
     current: AtomicUsize,
     generation: AtomicU64,
     failovers: AtomicU64,
+    in_doubt: Mutex<InDoubt>,
+}
+
+/// A request id in doubt: its command and id.
+type DoubtKey = (Command, String);
+
+/// Request ids that may have been executed by a signer that did not answer,
+/// with that signer's link index. Bounded: the oldest is forgotten first.
+#[derive(Default)]
+struct InDoubt {
+    signer: HashMap<DoubtKey, usize>,
+    order: VecDeque<DoubtKey>,
+}
+
+/// How many request ids in doubt a client remembers.
+const IN_DOUBT_KEPT: usize = 100_000;
+
+impl InDoubt {
+    fn remember(&mut self, key: DoubtKey, index: usize) {
+        if self.signer.insert(key.clone(), index).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > IN_DOUBT_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.signer.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &DoubtKey) {
+        if self.signer.remove(key).is_some() {
+            self.order.retain(|k| k != key);
+        }
+    }
+}
+
+/// Whether a link error may hide an executed request.
+fn no_answer(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed
+    )
 }
 
 impl Failover {
@@ -58,6 +109,44 @@ impl Failover {
             current: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
+            in_doubt: Mutex::new(InDoubt::default()),
+        }
+    }
+
+    fn doubts(&self) -> std::sync::MutexGuard<'_, InDoubt> {
+        self.in_doubt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The link index of the signer that may hold request `request_id` of
+    /// `command` (it got no answer there), if any.
+    pub fn in_doubt(&self, command: Command, request_id: &str) -> Option<usize> {
+        self.doubts()
+            .signer
+            .get(&(command, request_id.to_string()))
+            .copied()
+    }
+
+    /// Records that request `request_id` of `command` may have been
+    /// executed by the signer on `device` (known from an earlier run): it
+    /// will go to that signer only. False when `device` is none of the links.
+    pub fn set_in_doubt(&self, command: Command, request_id: &str, device: &Path) -> bool {
+        let Some(index) = self.links.iter().position(|l| l.device == device) else {
+            return false;
+        };
+        self.doubts()
+            .remember((command, request_id.to_string()), index);
+        true
+    }
+
+    /// How many request ids are in doubt.
+    pub fn in_doubt_count(&self) -> usize {
+        self.doubts().signer.len()
+    }
+
+    fn in_doubt_error(&self, index: usize, cause: &ClientError) -> ClientError {
+        ClientError::InDoubt {
+            device: self.links[index].device.display().to_string(),
+            cause: cause.to_string(),
         }
     }
 
@@ -144,10 +233,7 @@ impl Failover {
     ) -> Result<Reply, ClientError> {
         let (generation, client) = self.slot(index)?;
         let result = client.call(command, body);
-        if matches!(
-            result,
-            Err(ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed)
-        ) {
+        if result.as_ref().is_err_and(no_answer) {
             self.close(index, generation);
         }
         result
@@ -170,10 +256,7 @@ impl Failover {
     pub fn health_of(&self, index: usize) -> Result<msg::HealthReply, ClientError> {
         let (generation, client) = self.slot(index)?;
         let result = client.request::<calls::Health>(&msg::Empty {});
-        if matches!(
-            result,
-            Err(ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed)
-        ) {
+        if result.as_ref().is_err_and(no_answer) {
             self.close(index, generation);
         }
         result
@@ -208,8 +291,33 @@ impl Failover {
 
 impl Calls for Failover {
     /// Sends a request to the current signer, failing over while signers
-    /// stop answering; every signer gets at most two tries.
+    /// stop answering (every signer gets at most two tries) — except a
+    /// request that issues and may have reached a signer: that one stays
+    /// with it ([`ClientError::InDoubt`]).
     fn call(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError> {
+        // A command this library does not know is treated as one that issues.
+        let stays = calls::declaration(command).is_none_or(|d| d.retry == Retry::SameSigner);
+        let key = stays
+            .then(|| calls::request_id(command, &body))
+            .flatten()
+            .map(|id| (command, id));
+        if let Some(key) = &key {
+            let pinned = self.doubts().signer.get(key).copied();
+            if let Some(index) = pinned {
+                match self.call_on(index, command, body.clone()) {
+                    Err(e) if no_answer(&e) => return Err(self.in_doubt_error(index, &e)),
+                    // That signer did nothing with it: the twin may answer.
+                    Ok(reply) if self.links.len() > 1 && twin_may_answer(reply.status) => {
+                        self.doubts().forget(key);
+                        self.avoid(index);
+                    }
+                    answer => {
+                        self.doubts().forget(key);
+                        return answer;
+                    }
+                }
+            }
+        }
         let mut last_error = None;
         let tries = if self.links.len() == 1 {
             1
@@ -226,10 +334,14 @@ impl Calls for Failover {
                 }
             };
             match client.call(command, body.clone()) {
-                Err(
-                    e @ (ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed),
-                ) => {
+                Err(e) if no_answer(&e) => {
                     self.give_up(index, generation);
+                    if stays && self.links.len() > 1 {
+                        if let Some(key) = key {
+                            self.doubts().remember(key, index);
+                        }
+                        return Err(self.in_doubt_error(index, &e));
+                    }
                     last_error = Some(e);
                 }
                 // This signer cannot answer now, and nothing was done: its

@@ -145,6 +145,17 @@ pub enum ClientError {
     /// The client is shut down.
     #[error("client closed")]
     Closed,
+    /// A request that issues (`sign_x509`, `certify_openpgp`) got no answer
+    /// from the signer it went to, which may have executed it. It was not
+    /// sent to the twin, which would issue a second certificate; sent again
+    /// with the same request id it goes to that signer only.
+    #[error("no answer from {device} ({cause}); it may have executed the request, so it was not sent to the other signer (that would issue twice): send it again with the same request id once {device} answers")]
+    InDoubt {
+        /// The signer's device that may hold the request.
+        device: String,
+        /// Why there was no answer.
+        cause: String,
+    },
 }
 
 impl ClientError {
@@ -650,7 +661,7 @@ impl Driver {
                 self.window = (self.options.window.min(hello.max_in_flight).max(1)) as usize;
             }
         }
-        if status == Status::BUSY {
+        if status == Status::BUSY && !in_doubt_at_gateway(&body) {
             // Not stored by the signer: queue it again behind the others.
             let body = extract_body(&o.wire);
             self.queue.push_back(Queued {
@@ -823,6 +834,16 @@ pub fn rebuild_crl(old: &[u8], reply: &msg::FetchCrlReply) -> Option<Vec<u8>> {
 }
 
 /// The body of an encoded request frame (for re-queueing after `busy`).
+/// Whether a `busy` answer is a gateway's `gateway_in_doubt`: the request
+/// may have been executed by a signer that stopped answering. That is the
+/// caller's to know, not a reason to send it again at once.
+fn in_doubt_at_gateway(body: &[u8]) -> bool {
+    decode_body::<msg::ErrorBody>(body).is_ok_and(|e| e.detail == IN_DOUBT_AT_GATEWAY)
+}
+
+/// The `detail` of a gateway's `busy` for a request in doubt (protocol §2.1).
+pub const IN_DOUBT_AT_GATEWAY: &str = "gateway_in_doubt";
+
 fn extract_body(wire: &[u8]) -> Vec<u8> {
     let mut decoder = Decoder::new(wire.len());
     let mut input = wire;

@@ -279,6 +279,9 @@ const EXIT_REFUSED: u8 = 1;
 const EXIT_LINK: u8 = 3;
 const EXIT_INPUT: u8 = 4;
 const EXIT_OUTPUT: u8 = 6;
+/// A request that issues got no answer from the signer it reached, and was
+/// not sent to the twin (it would issue twice).
+const EXIT_IN_DOUBT: u8 = 7;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -330,10 +333,13 @@ fn main() -> ExitCode {
         Err(e) => {
             if cli.json {
                 let status = e.status().map(|s| s.to_string());
-                say!(
-                    "{}",
-                    serde_json::json!({"error": e.to_string(), "status": status})
-                );
+                let mut json = serde_json::json!({"error": e.to_string(), "status": status});
+                if matches!(e, ClientError::InDoubt { .. })
+                    || matches!(&e, ClientError::Signer { detail, .. } if detail == signer_client::IN_DOUBT_AT_GATEWAY)
+                {
+                    json["kind"] = "in_doubt".into();
+                }
+                say!("{json}");
             } else {
                 eprintln!("signer-client: {e}");
                 if matches!(e, ClientError::Timeout(..)) {
@@ -344,7 +350,13 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::from(match e {
+                ClientError::Signer { ref detail, .. }
+                    if detail == signer_client::IN_DOUBT_AT_GATEWAY =>
+                {
+                    EXIT_IN_DOUBT
+                }
                 ClientError::Signer { .. } => EXIT_REFUSED,
+                ClientError::InDoubt { .. } => EXIT_IN_DOUBT,
                 _ => EXIT_LINK,
             })
         }

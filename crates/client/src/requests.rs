@@ -40,6 +40,17 @@ impl Kind {
         }
     }
 
+    /// Its command on the wire.
+    pub fn command(self) -> signer_protocol::Command {
+        use signer_protocol::calls::{CertifyOpenpgp, RevokeX509, SignX509};
+        use signer_protocol::Call;
+        match self {
+            Kind::SignX509 => SignX509::COMMAND,
+            Kind::RevokeX509 => RevokeX509::COMMAND,
+            Kind::CertifyOpenpgp => CertifyOpenpgp::COMMAND,
+        }
+    }
+
     /// The kind of a name.
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)

@@ -59,7 +59,12 @@ pub fn forward(signers: &Failover, command: Command, body: Vec<u8>) -> Result<Ve
         Failure::new(Status::BUSY, format!("the gateway reached no signer: {e}"))
             .with_detail("gateway_no_signer")
     };
-    let reply = signers.call(command, body).map_err(no_signer)?;
+    let reply = signers.call(command, body).map_err(|e| match e {
+        // It may have been executed: a retry goes to that signer only.
+        e @ ClientError::InDoubt { .. } => Failure::new(Status::BUSY, e.to_string())
+            .with_detail(signer_client::IN_DOUBT_AT_GATEWAY),
+        e => no_signer(e),
+    })?;
     if reply.status.is_ok() {
         return Ok(reply.body);
     }

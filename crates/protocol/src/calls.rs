@@ -45,6 +45,20 @@ pub enum Audit {
     EntryWhenNewCrl,
 }
 
+/// Where a request may go again when its answer was lost: the signer may
+/// have executed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// To either twin: running it on both changes nothing more than running
+    /// it once (it reads, or both record the same revocation and the twins
+    /// merge it).
+    AnySigner,
+    /// Only to the signer it went to: the twin would make a second
+    /// certificate or certification under the same request id, because the
+    /// first may not have reached it yet (replication is asynchronous).
+    SameSigner,
+}
+
 /// Audit facts: (name, value) pairs an auditor searches by. Never secrets,
 /// never whole requests.
 pub type FactList = Vec<(&'static str, String)>;
@@ -63,6 +77,8 @@ pub trait Call: 'static {
     const PLACEMENT: Placement;
     /// How the audit log treats it.
     const AUDIT: Audit;
+    /// Where it may go again when its answer was lost.
+    const RETRY: Retry;
     /// The request body.
     type Request: Serialize + DeserializeOwned + Facts + Send + 'static;
     /// The reply body on success.
@@ -78,10 +94,12 @@ pub struct Declaration {
     pub placement: Placement,
     /// How the audit log treats it.
     pub audit: Audit,
+    /// Where it may go again when its answer was lost.
+    pub retry: Retry,
 }
 
 macro_rules! declare {
-    ($( $(#[$meta:meta])* $name:ident = $code:ident, $req:ty => $rep:ty, $place:ident, $audit:ident; )*) => {
+    ($( $(#[$meta:meta])* $name:ident = $code:ident, $req:ty => $rep:ty, $place:ident, $audit:ident, $retry:ident; )*) => {
         $(
             $(#[$meta])*
             #[derive(Debug, Clone, Copy)]
@@ -90,6 +108,7 @@ macro_rules! declare {
                 const COMMAND: Command = Command::$code;
                 const PLACEMENT: Placement = Placement::$place;
                 const AUDIT: Audit = Audit::$audit;
+                const RETRY: Retry = Retry::$retry;
                 type Request = $req;
                 type Reply = $rep;
             }
@@ -100,39 +119,64 @@ macro_rules! declare {
             command: Command::$code,
             placement: Placement::$place,
             audit: Audit::$audit,
+            retry: Retry::$retry,
         }),*];
+
+        /// The facts of a request body of `command` (its request id among
+        /// them), or `None` when the body does not decode as that command's
+        /// request.
+        pub fn request_facts(command: Command, body: &[u8]) -> Option<FactList> {
+            $(
+                if command == Command::$code {
+                    let request: $req = crate::decode_body(body).ok()?;
+                    let mut facts = FactList::new();
+                    request.facts(&mut facts);
+                    return Some(facts);
+                }
+            )*
+            None
+        }
     };
 }
 
 declare! {
     /// Version and limits negotiation.
-    Hello = HELLO, msg::Hello => msg::HelloReply, Inline, Probe;
+    Hello = HELLO, msg::Hello => msg::HelloReply, Inline, Probe, AnySigner;
     /// The signer's health report.
-    Health = HEALTH, msg::Empty => msg::HealthReply, Inline, Probe;
+    Health = HEALTH, msg::Empty => msg::HealthReply, Inline, Probe, AnySigner;
     /// Parts of a stored response (answered from the response store).
-    FetchParts = FETCH_PARTS, msg::FetchParts => msg::FetchPartsReply, Inline, Probe;
+    FetchParts = FETCH_PARTS, msg::FetchParts => msg::FetchPartsReply, Inline, Probe, AnySigner;
     /// Issue an X.509 certificate.
-    SignX509 = SIGN_X509, msg::SignX509 => msg::SignX509Reply, Pool, Entry;
+    SignX509 = SIGN_X509, msg::SignX509 => msg::SignX509Reply, Pool, Entry, SameSigner;
     /// Revoke an X.509 certificate.
-    RevokeX509 = REVOKE_X509, msg::RevokeX509 => msg::RevokeX509Reply, Pool, Entry;
+    RevokeX509 = REVOKE_X509, msg::RevokeX509 => msg::RevokeX509Reply, Pool, Entry, AnySigner;
     /// Fetch a CRL (full or as a difference).
-    FetchCrl = FETCH_CRL, msg::FetchCrl => msg::FetchCrlReply, Pool, EntryWhenNewCrl;
+    FetchCrl = FETCH_CRL, msg::FetchCrl => msg::FetchCrlReply, Pool, EntryWhenNewCrl, AnySigner;
     /// The CA certificates this signer issues under.
-    CaCerts = CA_CERTS, msg::Empty => msg::CaCertsReply, Pool, Counted;
+    CaCerts = CA_CERTS, msg::Empty => msg::CaCertsReply, Pool, Counted, AnySigner;
     /// Certify user IDs of an OpenPGP key.
-    CertifyOpenpgp = CERTIFY_OPENPGP, msg::CertifyOpenpgp => msg::CertifyOpenpgpReply, Pool, Entry;
+    CertifyOpenpgp = CERTIFY_OPENPGP, msg::CertifyOpenpgp => msg::CertifyOpenpgpReply, Pool, Entry, SameSigner;
     /// The CA's OpenPGP certificate.
-    OpenpgpCa = OPENPGP_CA, msg::Empty => msg::OpenpgpCaReply, Pool, Counted;
+    OpenpgpCa = OPENPGP_CA, msg::Empty => msg::OpenpgpCaReply, Pool, Counted, AnySigner;
     /// The audit log's newest checkpoint (signing one if the log grew).
-    AuditCheckpoint = AUDIT_CHECKPOINT, msg::Empty => msg::AuditCheckpointReply, Pool, Counted;
+    AuditCheckpoint = AUDIT_CHECKPOINT, msg::Empty => msg::AuditCheckpointReply, Pool, Counted, AnySigner;
     /// A consistency proof between two sizes of the audit log.
-    AuditConsistency = AUDIT_CONSISTENCY, msg::AuditConsistency => msg::AuditConsistencyReply, Pool, Counted;
+    AuditConsistency = AUDIT_CONSISTENCY, msg::AuditConsistency => msg::AuditConsistencyReply, Pool, Counted, AnySigner;
     /// Audit entries by index.
-    AuditEntries = AUDIT_ENTRIES, msg::AuditEntries => msg::AuditEntriesReply, Pool, Counted;
+    AuditEntries = AUDIT_ENTRIES, msg::AuditEntries => msg::AuditEntriesReply, Pool, Counted, AnySigner;
     /// An audit entry with its inclusion proof.
-    AuditInclusion = AUDIT_INCLUSION, msg::AuditInclusion => msg::AuditInclusionReply, Pool, Counted;
+    AuditInclusion = AUDIT_INCLUSION, msg::AuditInclusion => msg::AuditInclusionReply, Pool, Counted, AnySigner;
     /// A copy of the audit log acknowledges the size it holds.
-    AuditAck = AUDIT_ACK, msg::AuditAck => msg::Empty, Pool, Counted;
+    AuditAck = AUDIT_ACK, msg::AuditAck => msg::Empty, Pool, Counted, AnySigner;
+}
+
+/// The request id of a request body of `command`, if its command has one
+/// and the body decodes.
+pub fn request_id(command: Command, body: &[u8]) -> Option<String> {
+    request_facts(command, body)?
+        .into_iter()
+        .find(|(name, _)| *name == "request_id")
+        .map(|(_, value)| value)
 }
 
 /// The declaration of `command`, if it is one of the protocol's.
@@ -246,5 +290,29 @@ mod tests {
             assert_eq!(n, 1, "{command} is declared {n} times");
         }
         assert_eq!(ALL.len(), Command::ALL.len());
+    }
+
+    #[test]
+    fn only_commands_that_issue_stay_with_their_signer_and_they_have_request_ids() {
+        let same: Vec<Command> = ALL
+            .iter()
+            .filter(|d| d.retry == Retry::SameSigner)
+            .map(|d| d.command)
+            .collect();
+        assert_eq!(same, [Command::SIGN_X509, Command::CERTIFY_OPENPGP]);
+        let body = crate::encode_body(&msg::CertifyOpenpgp {
+            request_id: "pgp-1".into(),
+            key: vec![1, 2, 3],
+            user_ids: vec!["a <a@example.org>".into()],
+            expires_at: 0,
+        });
+        assert_eq!(
+            request_id(Command::CERTIFY_OPENPGP, &body).as_deref(),
+            Some("pgp-1")
+        );
+        // Another command's body, or garbage: no id.
+        assert_eq!(request_id(Command::SIGN_X509, &body), None);
+        assert_eq!(request_id(Command::CERTIFY_OPENPGP, &[0xc1]), None);
+        assert_eq!(request_id(Command::HEALTH, &[0x80]), None);
     }
 }

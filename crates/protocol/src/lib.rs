@@ -25,7 +25,7 @@ mod codes;
 mod envelope;
 pub mod messages;
 
-pub use calls::{Audit, Call, FactList, Facts, Placement};
+pub use calls::{Audit, Call, FactList, Facts, Placement, Retry};
 pub use codes::{Command, Status};
 pub use envelope::{
     decode_request, decode_response_part, encode_request, encode_response, encode_response_part,

@@ -45,6 +45,7 @@ macro_rules! test_call {
             const COMMAND: Command = $code;
             const PLACEMENT: Placement = Placement::Pool;
             const AUDIT: Audit = Audit::Counted;
+            const RETRY: signer_protocol::Retry = signer_protocol::Retry::AnySigner;
             type Request = Echo;
             type Reply = $rep;
         }

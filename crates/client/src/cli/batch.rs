@@ -10,7 +10,10 @@
 //! derived from the profile and the CSR's bytes), so running the batch again
 //! after an interruption issues nothing twice: requests whose result file
 //! is in the output directory are skipped, the others are answered by the
-//! signer from its record if it had executed them.
+//! signer from its record if it had executed them. A request in doubt (it
+//! reached one of twin signers, which did not answer) leaves `<id>.in-doubt`
+//! naming that signer's device: a re-run sends it there only, never to the
+//! twin, which would issue a second certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,6 +164,10 @@ fn result_line(job: &Job, outcome: &Result<Done, ClientError>) -> serde_json::Va
             "status": status.to_string(), "status_code": status.0,
             "message": message, "detail": detail,
         }),
+        Err(e @ ClientError::InDoubt { device, .. }) => serde_json::json!({
+            "request_id": job.request_id, "kind": job.kind.as_str(),
+            "status": "in_doubt", "signer": device, "message": e.to_string(),
+        }),
         Err(e) => serde_json::json!({
             "request_id": job.request_id, "kind": job.kind.as_str(),
             "status": "not_answered", "message": e.to_string(),
@@ -193,6 +200,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Sends `job` only to the signer named in its in-doubt file from an earlier
+/// run, if there is one.
+fn pin(client: &Failover, job: &Job, file: &Path) -> Result<(), ClientError> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(ClientError::InDoubt {
+                device: "(unknown)".into(),
+                cause: format!("{}: {e}", file.display()),
+            })
+        }
+    };
+    let device = Path::new(text.trim());
+    if client.set_in_doubt(job.kind.command(), &job.request_id, device) {
+        return Ok(());
+    }
+    Err(ClientError::InDoubt {
+        device: device.display().to_string(),
+        cause: format!(
+            "{} names it from an earlier run, and it is not among --link",
+            file.display()
+        ),
+    })
+}
+
 /// Runs the jobs, `parallel` at a time, calling `report` with each result
 /// line as it comes.
 pub fn run(
@@ -211,13 +244,34 @@ pub fn run(
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(job) = jobs.get(i) else { return };
+                let stem = file_stem(&job.request_id);
+                let doubt_file = out_dir.map(|dir| dir.join(format!("{stem}.in-doubt")));
                 if let Some(dir) = out_dir {
-                    if dir.join(format!("{}.json", file_stem(&job.request_id))).exists() {
+                    if dir.join(format!("{stem}.json")).exists() {
                         lock(&summary).skipped += 1;
                         continue;
                     }
                 }
-                let outcome = requests::execute(client, &trust, &job.request);
+                let outcome = match doubt_file.as_deref().map(|f| pin(client, job, f)) {
+                    Some(Err(e)) => Err(e),
+                    _ => requests::execute(client, &trust, &job.request),
+                };
+                if let (Some(file), Err(e @ ClientError::InDoubt { device, .. })) =
+                    (&doubt_file, &outcome)
+                {
+                    if let Err(io) = std::fs::write(file, format!("{device}\n")) {
+                        lock(&local_error).get_or_insert(format!(
+                            "{}: {io} (request {} is in doubt: {e})",
+                            file.display(),
+                            job.request_id
+                        ));
+                    }
+                } else if let (Some(file), Ok(_) | Err(ClientError::Signer { .. })) =
+                    (&doubt_file, &outcome)
+                {
+                    // A signer answered: nothing is in doubt any more.
+                    let _ = std::fs::remove_file(file);
+                }
                 let line = result_line(job, &outcome);
                 match &outcome {
                     Ok(done) => {
