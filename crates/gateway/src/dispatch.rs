@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! claimer ─ claim(free workers) ─► channel ─► worker × N ─► signer ─► check ─► finisher ─► finish_all
+//!                                                  │ ▲
+//!                                        marker ◄──┘ └── "written": only then is the request sent
+//!                                     (mark_sent_all)
 //! ```
 //!
 //! The claimer takes only as many rows as there are idle workers, so a
@@ -10,7 +13,10 @@
 //! transaction serves many rows. Each worker's call is pipelined with the
 //! others' on the same link. The finisher writes the outcomes that arrived
 //! together in one transaction (one fsync for many rows) before the workers
-//! count as free again.
+//! count as free again. Where each request goes (`sent_to`) is committed before
+//! it is sent; the marker writes the marks that arrive together in one
+//! transaction too, so that durable record costs one fsync per group, not one
+//! per row.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -144,6 +150,14 @@ fn classify(
     }
 }
 
+/// A worker's request to the marker: record that a row goes to a signer.
+struct Mark {
+    request_id: String,
+    signer: String,
+    /// Whether it was written (false: the row is no longer ours), or why not.
+    written: mpsc::Sender<Result<bool, String>>,
+}
+
 /// The dispatcher: a claimer and its workers.
 pub struct Dispatcher {
     /// The queue.
@@ -176,20 +190,29 @@ impl Dispatcher {
         let rx = Arc::new(Mutex::new(rx));
         let (done_tx, done_rx) = mpsc::channel::<(String, Outcome)>();
         let idle = Arc::new(AtomicUsize::new(self.config.workers));
+        let (mark_tx, mark_rx) = mpsc::channel::<Mark>();
+        let marker = {
+            let me = Arc::clone(&self);
+            std::thread::Builder::new()
+                .name("dispatch-mark".into())
+                .spawn(move || me.mark_groups(&mark_rx))
+        };
         let mut workers = Vec::new();
         for n in 0..self.config.workers {
             let me = Arc::clone(&self);
             let rx = Arc::clone(&rx);
             let done = done_tx.clone();
+            let marks = mark_tx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("dispatch-{n}"))
-                .spawn(move || me.work(&rx, &done));
+                .spawn(move || me.work(&rx, &done, &marks));
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => warn!(cause = %e, "cannot start a dispatch worker"),
             }
         }
         drop(done_tx);
+        drop(mark_tx);
         let finisher = {
             let me = Arc::clone(&self);
             let idle = Arc::clone(&idle);
@@ -236,12 +259,20 @@ impl Dispatcher {
         for w in workers {
             let _ = w.join();
         }
+        if let Ok(m) = marker {
+            let _ = m.join();
+        }
         if let Ok(f) = finisher {
             let _ = f.join();
         }
     }
 
-    fn work(&self, rx: &Mutex<Receiver<Claimed>>, done: &mpsc::Sender<(String, Outcome)>) {
+    fn work(
+        &self,
+        rx: &Mutex<Receiver<Claimed>>,
+        done: &mpsc::Sender<(String, Outcome)>,
+        marks: &mpsc::Sender<Mark>,
+    ) {
         loop {
             let next = rx
                 .lock()
@@ -252,11 +283,62 @@ impl Dispatcher {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let outcome = self.outcome(&row);
+            let outcome = self.outcome(&row, marks);
             if done.send((row.request_id, outcome)).is_err() {
                 return;
             }
         }
+    }
+
+    /// Writes the marks of where requests go as they come, those that
+    /// arrived together in one transaction, and tells each worker.
+    fn mark_groups(&self, marks: &Receiver<Mark>) {
+        while let Ok(first) = marks.recv() {
+            let mut group = vec![first];
+            while group.len() < 256 {
+                match marks.try_recv() {
+                    Ok(more) => group.push(more),
+                    Err(_) => break,
+                }
+            }
+            let rows: Vec<(String, String)> = group
+                .iter()
+                .map(|m| (m.request_id.clone(), m.signer.clone()))
+                .collect();
+            match self.queue.mark_sent_all(&self.owner, &rows) {
+                Ok(written) => {
+                    for (m, ok) in group.iter().zip(written) {
+                        let _ = m.written.send(Ok(ok));
+                    }
+                }
+                Err(e) => {
+                    self.metrics.note_queue_error(&e.to_string());
+                    for m in &group {
+                        let _ = m.written.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records through the marker that `row` goes to `signer`; returns once
+    /// it is durable.
+    fn mark_sent(
+        &self,
+        marks: &mpsc::Sender<Mark>,
+        row: &Claimed,
+        signer: &str,
+    ) -> Result<bool, String> {
+        let (tx, rx) = mpsc::channel();
+        marks
+            .send(Mark {
+                request_id: row.request_id.clone(),
+                signer: signer.to_string(),
+                written: tx,
+            })
+            .map_err(|_| "the gateway is stopping".to_string())?;
+        rx.recv()
+            .map_err(|_| "the gateway is stopping".to_string())?
     }
 
     /// Writes outcomes as they come, those that arrived together in one
@@ -309,7 +391,7 @@ impl Dispatcher {
     /// Sends a row: to the signer it may already have reached, if any;
     /// otherwise to the current signer, then its twin while signers are
     /// unreachable or say they cannot act now (nothing was done there).
-    fn send(&self, row: &Claimed, request: &Request) -> Outcome {
+    fn send(&self, row: &Claimed, request: &Request, marks: &mpsc::Sender<Mark>) -> Outcome {
         if let Some(signer) = &row.sent_to {
             return match self.link_of(signer) {
                 Some(index) => {
@@ -343,7 +425,7 @@ impl Dispatcher {
             // Written before anything is sent: a gateway killed while the
             // request is on its way leaves the row in doubt on this signer,
             // never free for its twin (which would sign it a second time).
-            match self.queue.mark_sent(&self.owner, &row.request_id, &signer) {
+            match self.mark_sent(marks, row, &signer) {
                 Ok(true) => marked = true,
                 Ok(false) => {
                     return transient(
@@ -354,7 +436,6 @@ impl Dispatcher {
                     )
                 }
                 Err(e) => {
-                    self.metrics.note_queue_error(&e.to_string());
                     return transient(
                         &self.config,
                         row,
@@ -389,7 +470,7 @@ impl Dispatcher {
     }
 
     /// Sends one claimed row: how it ended.
-    fn outcome(&self, row: &Claimed) -> Outcome {
+    fn outcome(&self, row: &Claimed, marks: &mpsc::Sender<Mark>) -> Outcome {
         let outcome = match Request::from_row(&row.request_id, &row.kind, &row.body) {
             Err(message) => Outcome::Refused(Answer {
                 status_code: i64::from(Status::MALFORMED_BODY.0),
@@ -398,7 +479,7 @@ impl Dispatcher {
                 ..Answer::default()
             }),
             Ok(request) => {
-                let outcome = self.send(row, &request);
+                let outcome = self.send(row, &request, marks);
                 if let (Request::Revoke(r), Outcome::Done(_)) = (&request, &outcome) {
                     self.revoked
                         .lock()

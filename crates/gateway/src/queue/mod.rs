@@ -186,7 +186,18 @@ pub trait Queue: Send + Sync {
     /// from then on the row is in doubt on that signer and goes to no other,
     /// even if this process is killed before the answer arrives. False when
     /// the row is no longer `owner`'s (then nothing is sent).
-    fn mark_sent(&self, owner: &str, request_id: &str, signer: &str) -> Result<bool, QueueError>;
+    fn mark_sent(&self, owner: &str, request_id: &str, signer: &str) -> Result<bool, QueueError> {
+        let written = self.mark_sent_all(owner, &[(request_id.to_string(), signer.to_string())])?;
+        Ok(written.first().copied().unwrap_or(false))
+    }
+
+    /// [`Queue::mark_sent`] for several rows (request id, signer) in one
+    /// transaction; per row, whether it was written.
+    fn mark_sent_all(
+        &self,
+        owner: &str,
+        marks: &[(String, String)],
+    ) -> Result<Vec<bool>, QueueError>;
 
     /// Returns the rows `owner` holds to `pending` (at start-up: claims of a
     /// run that was killed). Returns how many.

@@ -108,13 +108,23 @@ impl Queue for PostgresQueue {
         Ok(written)
     }
 
-    fn mark_sent(&self, owner: &str, request_id: &str, signer: &str) -> Result<bool, QueueError> {
-        let n = self.client().execute(
+    fn mark_sent_all(
+        &self,
+        owner: &str,
+        marks: &[(String, String)],
+    ) -> Result<Vec<bool>, QueueError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let stmt = tx.prepare(
             "UPDATE signer_requests SET sent_to = $3
               WHERE request_id = $1 AND state = 'claimed' AND claimed_by = $2",
-            &[&request_id, &owner, &signer],
         )?;
-        Ok(n == 1)
+        let mut written = Vec::with_capacity(marks.len());
+        for (request_id, signer) in marks {
+            written.push(tx.execute(&stmt, &[request_id, &owner, signer])? == 1);
+        }
+        tx.commit()?;
+        Ok(written)
     }
 
     fn release(&self, owner: &str) -> Result<u64, QueueError> {

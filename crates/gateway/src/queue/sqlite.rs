@@ -121,15 +121,25 @@ impl Queue for SqliteQueue {
         Ok(written)
     }
 
-    fn mark_sent(&self, owner: &str, request_id: &str, signer: &str) -> Result<bool, QueueError> {
-        let n = self
-            .conn()
-            .prepare_cached(
+    fn mark_sent_all(
+        &self,
+        owner: &str,
+        marks: &[(String, String)],
+    ) -> Result<Vec<bool>, QueueError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut written = Vec::with_capacity(marks.len());
+        {
+            let mut stmt = tx.prepare_cached(
                 "UPDATE signer_requests SET sent_to = ?3
                   WHERE request_id = ?1 AND state = 'claimed' AND claimed_by = ?2",
-            )?
-            .execute(params![request_id, owner, signer])?;
-        Ok(n == 1)
+            )?;
+            for (request_id, signer) in marks {
+                written.push(stmt.execute(params![request_id, owner, signer])? == 1);
+            }
+        }
+        tx.commit()?;
+        Ok(written)
     }
 
     fn release(&self, owner: &str) -> Result<u64, QueueError> {
@@ -382,6 +392,41 @@ mod tests {
         assert!(q.finish("gw", "r1", &nothing).expect("finish"));
         let again = q.claim("gw", 1, Duration::from_secs(60)).expect("claim");
         assert_eq!(again[0].sent_to, None);
+    }
+
+    #[test]
+    fn marks_written_together_each_say_whether_the_row_was_ours() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = open(dir.path());
+        for id in ["m1", "m2", "m3"] {
+            q.enqueue(id, Kind::SignX509, "{}").expect("enqueue");
+        }
+        assert_eq!(
+            q.claim("gw", 2, Duration::from_secs(60))
+                .expect("claim")
+                .len(),
+            2
+        );
+        assert_eq!(
+            q.claim("other", 1, Duration::from_secs(60))
+                .expect("claim")
+                .len(),
+            1
+        );
+        let marks: Vec<(String, String)> = ["m1", "m2", "m3"]
+            .iter()
+            .map(|id| (id.to_string(), "signer-b".to_string()))
+            .collect();
+        assert_eq!(
+            q.mark_sent_all("gw", &marks).expect("marks"),
+            [true, true, false]
+        );
+        q.release("gw").expect("release");
+        let again = q.claim("gw", 3, Duration::from_secs(60)).expect("claim");
+        assert_eq!(again.len(), 2);
+        assert!(again
+            .iter()
+            .all(|r| r.sent_to.as_deref() == Some("signer-b")));
     }
 
     #[test]
