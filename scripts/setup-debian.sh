@@ -3,7 +3,7 @@
 # missing. Idempotent; needs root or sudo only when something is missing.
 set -euo pipefail
 
-packages=(softhsm2 opensc nats-server socat openssl python3 time systemd dpkg-dev gnupg sq sq-wot faketime postgresql lintian binutils)
+packages=(softhsm2 opensc nats-server socat openssl python3 python3-venv time systemd dpkg-dev gnupg sq sq-wot faketime postgresql lintian binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,6 +14,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# pkilint, the CA/Browser Forum linter (PyPI), judges the certificates and
+# CRLs the tests issue. In a virtual environment of its own: Debian's Python
+# takes no packages from pip.
+pkilint="${PKILINT_VENV:-$HOME/.cache/serial-link-signer/pkilint}"
+if [ ! -x "$pkilint/bin/lint_cabf_serverauth_cert" ]; then
+  echo "setup: installing pkilint into $pkilint"
+  python3 -m venv "$pkilint"
+  "$pkilint/bin/pip" install -q --disable-pip-version-check pkilint==0.13.3
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

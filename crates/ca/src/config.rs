@@ -400,6 +400,12 @@ impl Section for CaConfig {
                     ));
                 }
             }
+            if let Err((field, why)) = p.check_rules() {
+                return Err(invalid(
+                    format!("ca.profiles.{name}.{field}"),
+                    format!("rules {}: {why}", p.rules.name()),
+                ));
+            }
         }
         Ok(())
     }

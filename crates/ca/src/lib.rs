@@ -511,6 +511,24 @@ impl CaService {
                 ),
             ));
         }
+        // An issuer of TLS certificates under the Baseline Requirements
+        // publishes a CRL under their CRL profile (7.2.2): for subscriber
+        // certificates, no cACompromise or aACompromise.
+        let br = self
+            .config
+            .profiles
+            .values()
+            .any(|p| p.issuer == entry.name && p.rules.is_cabf_serverauth());
+        if br && matches!(request.reason, 2 | 10) {
+            return Err(Failure::new(
+                Status::INVALID_REASON,
+                format!(
+                    "reason {} is not allowed on the CRL of {}, which issues under the TLS Baseline Requirements (7.2.2: 0 unspecified, 1 keyCompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn)",
+                    request.reason, entry.name
+                ),
+            )
+            .with_detail("br_crl_reason"));
+        }
         let issuer_set = self
             .issuer
             .read()

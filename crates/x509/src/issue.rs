@@ -599,8 +599,9 @@ pub struct ExtensionSpec<'a> {
     pub sans: Vec<GeneralName>,
     /// Whether the subject is empty (then the SAN extension is critical).
     pub empty_subject: bool,
-    /// Subject key identifier.
-    pub ski: Vec<u8>,
+    /// Subject key identifier (None: no extension, as the TLS Baseline
+    /// Requirements recommend for subscriber certificates).
+    pub ski: Option<Vec<u8>>,
     /// Authority key identifier (None for a self-signed root).
     pub aki: Option<Vec<u8>>,
     /// CRL URLs.
@@ -646,10 +647,12 @@ pub fn encode_extensions(spec: &ExtensionSpec<'_>) -> Result<Vec<Vec<u8>>, Issue
             spec.empty_subject,
         )?);
     }
-    out.push(assoc(
-        &SubjectKeyIdentifier(OctetString::new(spec.ski.clone()).map_err(enc)?),
-        false,
-    )?);
+    if let Some(ski) = &spec.ski {
+        out.push(assoc(
+            &SubjectKeyIdentifier(OctetString::new(ski.clone()).map_err(enc)?),
+            false,
+        )?);
+    }
     if let Some(aki) = &spec.aki {
         let aki = AuthorityKeyIdentifier {
             key_identifier: Some(OctetString::new(aki.clone()).map_err(enc)?),
@@ -754,6 +757,39 @@ fn lint(
     }
     if subject.is_empty() && sans.is_empty() {
         return fail("subject_or_san", "neither a subject nor a SAN".into());
+    }
+    if profile.rules.is_cabf_serverauth() {
+        let max = crate::profile::cabf_max_validity_days(not_before);
+        // Validity counts both ends: notAfter - notBefore + 1 second.
+        if not_after - not_before + 1 > i64::from(max) * 86_400 {
+            return fail(
+                "cabf_validity",
+                format!(
+                    "a TLS certificate whose notBefore is {} may be valid for at most {max} days (BR 6.3.2)",
+                    crate::time::rfc3339(not_before)
+                ),
+            );
+        }
+        if let Err(why) = profile.rules.check_subject(subject) {
+            return fail("cabf_subject", why);
+        }
+        for san in sans {
+            match san {
+                San::Dns(d) if crate::names::internal_domain(d) => {
+                    return fail(
+                        "cabf_internal_name",
+                        format!("{d} is not under a public suffix (an internal or reserved name)"),
+                    )
+                }
+                San::Ip(ip) if !crate::names::public_ip(ip) => {
+                    return fail(
+                        "cabf_internal_ip",
+                        format!("{ip} is a reserved or internal address"),
+                    )
+                }
+                _ => {}
+            }
+        }
     }
     if profile.extended_key_usage.contains(&Eku::ServerAuth) {
         if sans.is_empty() {
@@ -889,7 +925,9 @@ impl Issuer {
             eku: &profile.extended_key_usage,
             sans: san_names,
             empty_subject: request.subject.is_empty(),
-            ski: key_identifier(&csr.public_key_bits),
+            // BR 7.1.2.7.6: NOT RECOMMENDED in TLS subscriber certificates.
+            ski: (!profile.rules.is_cabf_serverauth())
+                .then(|| key_identifier(&csr.public_key_bits)),
             aki: Some(ca.key_id.clone()),
             crl_urls: &profile.crl_urls,
             ocsp_urls: &profile.ocsp_urls,

@@ -20,6 +20,7 @@ pub mod derw;
 pub mod fuzzing;
 pub mod issue;
 pub mod name;
+pub mod names;
 pub mod profile;
 pub mod setup;
 pub mod time;

@@ -137,6 +137,102 @@ fn default_days() -> u32 {
     365
 }
 
+/// The rules a profile's certificates are checked against before signing,
+/// besides RFC 5280's (which apply to every profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rules {
+    /// RFC 5280 only: a private PKI.
+    #[default]
+    Rfc5280,
+    /// CA/Browser Forum TLS Baseline Requirements, domain validated
+    /// (policy 2.23.140.1.2.1).
+    CabfServerauthDv,
+    /// … organization validated (2.23.140.1.2.2).
+    CabfServerauthOv,
+    /// … individual validated (2.23.140.1.2.3).
+    CabfServerauthIv,
+}
+
+/// The CA/Browser Forum's reserved policy OIDs for TLS certificates.
+const CABF_TLS_POLICIES: [&str; 4] = [
+    "2.23.140.1.2.1",
+    "2.23.140.1.2.2",
+    "2.23.140.1.2.3",
+    "2.23.140.1.1",
+];
+
+/// Longest validity of a TLS subscriber certificate under the Baseline
+/// Requirements (7.1.2.7) for a certificate whose notBefore is `not_before`
+/// (Unix seconds): 398 days, 200 from 2026-03-15, 100 from 2027-03-15, 47
+/// from 2029-03-15.
+pub fn cabf_max_validity_days(not_before: i64) -> u32 {
+    const SCHEDULE: [(i64, u32); 3] = [
+        (1_868_486_400, 47),  // 2029-03-15
+        (1_805_068_800, 100), // 2027-03-15
+        (1_773_532_800, 200), // 2026-03-15
+    ];
+    SCHEDULE
+        .iter()
+        .find(|(from, _)| not_before >= *from)
+        .map_or(398, |(_, days)| *days)
+}
+
+impl Rules {
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rules::Rfc5280 => "rfc5280",
+            Rules::CabfServerauthDv => "cabf_serverauth_dv",
+            Rules::CabfServerauthOv => "cabf_serverauth_ov",
+            Rules::CabfServerauthIv => "cabf_serverauth_iv",
+        }
+    }
+
+    /// Whether these are the CA/Browser Forum's TLS rules.
+    pub fn is_cabf_serverauth(self) -> bool {
+        self != Rules::Rfc5280
+    }
+
+    /// The policy OID a certificate under these rules asserts.
+    pub fn policy(self) -> Option<&'static str> {
+        match self {
+            Rules::Rfc5280 => None,
+            Rules::CabfServerauthDv => Some(CABF_TLS_POLICIES[0]),
+            Rules::CabfServerauthOv => Some(CABF_TLS_POLICIES[1]),
+            Rules::CabfServerauthIv => Some(CABF_TLS_POLICIES[2]),
+        }
+    }
+
+    /// Subject attributes allowed (BR 7.1.2.7.2–7.1.2.7.4; `OU` is
+    /// prohibited at every level), and those required.
+    fn attributes(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Rules::Rfc5280 => (&[], &[]),
+            Rules::CabfServerauthDv => (&["C", "CN"], &[]),
+            Rules::CabfServerauthOv => (&["C", "ST", "L", "O", "CN"], &["C", "O"]),
+            Rules::CabfServerauthIv => (&["C", "ST", "L", "SN", "GN", "CN"], &["C", "SN", "GN"]),
+        }
+    }
+
+    /// Whether the subject attributes of an issued certificate satisfy the
+    /// rules that depend on their combination (`ST` or `L` with an
+    /// identity).
+    pub fn check_subject(self, subject: &[(String, String)]) -> Result<(), String> {
+        let has = |a: &str| subject.iter().any(|(k, _)| k == a);
+        if matches!(self, Rules::CabfServerauthOv | Rules::CabfServerauthIv)
+            && !has("ST")
+            && !has("L")
+        {
+            return Err(
+                "an organization or individual validated certificate needs ST or L (BR 7.1.2.7.3-4)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A certificate profile.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,4 +283,125 @@ pub struct Profile {
     /// ECDSA with SHA-256 (P-256) or SHA-384 (P-384) for EC issuers.
     #[serde(default)]
     pub signature: Option<SignatureSpec>,
+    /// The rules certificates are checked against before signing.
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+impl Profile {
+    /// Refuses a profile that could only issue certificates its rules
+    /// reject: `Err((field, why))`, the field relative to the profile.
+    pub fn check_rules(&self) -> Result<(), (&'static str, String)> {
+        let rules = self.rules;
+        if !rules.is_cabf_serverauth() {
+            if let Some(p) = self
+                .policies
+                .iter()
+                .find(|p| CABF_TLS_POLICIES.contains(&p.as_str()))
+            {
+                return Err((
+                    "rules",
+                    format!("the profile asserts the TLS Baseline Requirements' policy {p}: set rules to the matching cabf_serverauth_* (dv, ov, iv) so its certificates are checked against them"),
+                ));
+            }
+            return Ok(());
+        }
+        let name = |r: Rules| r.name();
+        if self.ca_path_len.is_some() {
+            return Err((
+                "ca_path_len",
+                format!(
+                    "{} profiles issue subscriber certificates, not CAs",
+                    name(rules)
+                ),
+            ));
+        }
+        if !self.extended_key_usage.contains(&Eku::ServerAuth)
+            || self
+                .extended_key_usage
+                .iter()
+                .any(|e| !matches!(e, Eku::ServerAuth | Eku::ClientAuth))
+        {
+            return Err((
+                "extended_key_usage",
+                "the TLS Baseline Requirements need server_auth, optionally with client_auth, and nothing else (7.1.2.7.10)".into(),
+            ));
+        }
+        if self.key_usage != [KeyUsageBit::DigitalSignature] {
+            return Err((
+                "key_usage",
+                "expected [digital_signature] (BR 7.1.2.7.11; key_encipherment for RSA keys is NOT RECOMMENDED and refused here)".into(),
+            ));
+        }
+        if !self.require_san
+            || self
+                .san_types
+                .iter()
+                .any(|t| !matches!(t, SanType::Dns | SanType::Ip))
+        {
+            return Err((
+                "san_types",
+                "expected dns and/or ip names, with require_san: true (BR 7.1.2.7.12)".into(),
+            ));
+        }
+        let (allowed, required) = rules.attributes();
+        if let Some(a) = self
+            .subject_attributes
+            .iter()
+            .chain(&self.required_subject_attributes)
+            .find(|a| !allowed.contains(&canonical_attribute(a)))
+        {
+            return Err((
+                "subject_attributes",
+                format!(
+                    "{a} is not allowed in a {} certificate (allowed: {})",
+                    name(rules),
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if let Some(a) = required.iter().find(|r| {
+            !self
+                .required_subject_attributes
+                .iter()
+                .any(|a| canonical_attribute(a) == **r)
+        }) {
+            return Err((
+                "required_subject_attributes",
+                format!("a {} certificate needs {a}", name(rules)),
+            ));
+        }
+        let policy = rules.policy().unwrap_or_default();
+        if !self.policies.iter().any(|p| p == policy) {
+            return Err((
+                "policies",
+                format!("{} certificates assert {policy}", name(rules)),
+            ));
+        }
+        if let Some(other) = self
+            .policies
+            .iter()
+            .find(|p| CABF_TLS_POLICIES.contains(&p.as_str()) && *p != policy)
+        {
+            return Err((
+                "policies",
+                format!("{other} is another validation level's policy"),
+            ));
+        }
+        if self.crl_urls.is_empty() && self.ocsp_urls.is_empty() {
+            return Err((
+                "crl_urls",
+                "a subscriber certificate needs a CRL distribution point or an OCSP URL (BR 7.1.2.11.2)".into(),
+            ));
+        }
+        if self.max_days > 398 {
+            return Err(("max_days", "at most 398 days (BR 6.3.2)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The short name of a subject attribute given by short or long name.
+fn canonical_attribute(a: &str) -> &str {
+    crate::name::lookup(a).map_or(a, |attr| attr.short)
 }

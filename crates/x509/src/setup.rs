@@ -48,7 +48,7 @@ fn ca_extensions(
         eku: &[],
         sans: Vec::new(),
         empty_subject: false,
-        ski: key_identifier(&spki_bits(spki_der)?),
+        ski: Some(key_identifier(&spki_bits(spki_der)?)),
         aki,
         crl_urls,
         ocsp_urls: &[],

@@ -1,0 +1,433 @@
+//! Nothing leaves the signer that an independent linter rejects: every
+//! certificate issued under each TLS Baseline Requirements rule set, for
+//! RSA and EC keys, goes through pkilint's CA/Browser Forum linter and
+//! `openssl verify -x509_strict`; the issuer's CRL through pkilint's BR CRL
+//! linter. Hostile requests (what each rule set forbids) are refused before
+//! anything is signed, and check-config refuses profiles that could only
+//! issue what the rules forbid.
+#![allow(clippy::unwrap_used)] // helpers in test files: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Command;
+
+use signer_client::{Calls, Client, ClientError};
+use signer_protocol::{calls, msg, Status};
+use signer_testsupport::ca::{full_crl, make_csr, Ceremony};
+use signer_testsupport::{bin, output, Bench, LinkSpec};
+
+const PROFILES: &str = "  profiles:
+    web-dv:
+      issuer: sub
+      rules: cabf_serverauth_dv
+      default_days: 90
+      max_days: 199
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth, client_auth]
+      subject_attributes: [CN]
+      san_types: [dns, ip]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.2.1]
+    web-ov:
+      issuer: sub
+      rules: cabf_serverauth_ov
+      default_days: 90
+      max_days: 199
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth]
+      subject_attributes: [C, ST, L, O, CN]
+      required_subject_attributes: [C, O]
+      san_types: [dns]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.2.2]
+    web-iv:
+      issuer: sub
+      rules: cabf_serverauth_iv
+      default_days: 90
+      max_days: 199
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth]
+      subject_attributes: [C, L, GN, SN]
+      required_subject_attributes: [C, GN, SN]
+      san_types: [dns]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.2.3]
+";
+
+/// Warnings a profile accepts by its own choice, documented in
+/// configs/signerd.yaml: a subject CN (the Baseline Requirements say MAY,
+/// NOT RECOMMENDED) where the profile lists CN.
+const ACCEPTED: [&str; 2] = [
+    "cabf.serverauth.dv.common_name_attribute_present",
+    "cabf.serverauth.ov.common_name_attribute_present",
+];
+
+/// A pkilint command: from the virtual environment scripts/setup-debian.sh
+/// makes (`PKILINT_VENV`, by default ~/.cache/serial-link-signer/pkilint),
+/// else from PATH.
+fn linter(tool: &str) -> Command {
+    let venv = std::env::var_os("PKILINT_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cache/serial-link-signer/pkilint"))
+        });
+    match venv.map(|v| v.join("bin").join(tool)) {
+        Some(path) if path.exists() => Command::new(path),
+        _ => Command::new(tool),
+    }
+}
+
+/// pkilint's findings at WARNING and above, as (code, severity).
+fn pkilint(tool: &str, args: &[&str], file: &Path) -> Vec<(String, String)> {
+    let (code, out, err) = output(linter(tool).args(args).arg(file));
+    assert!(
+        code.is_some(),
+        "{tool} (pip install pkilint; scripts/setup-debian.sh installs it): {err}"
+    );
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (code, severity) = l.rsplit_once(" (")?;
+            let severity = severity.strip_suffix(')')?;
+            matches!(severity, "FATAL" | "ERROR" | "WARNING")
+                .then(|| (code.to_string(), severity.to_string()))
+        })
+        .collect()
+}
+
+fn sign(
+    client: &Client,
+    id: &str,
+    profile: &str,
+    csr: &[u8],
+    subject: &[(&str, &str)],
+    sans: &[(&str, &str)],
+    days: u32,
+) -> Result<msg::SignX509Reply, ClientError> {
+    client.request::<calls::SignX509>(&msg::SignX509 {
+        request_id: id.into(),
+        profile: profile.into(),
+        csr: csr.to_vec(),
+        subject: subject
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        sans: sans
+            .iter()
+            .map(|(k, v)| msg::SanEntry {
+                kind: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        validity_days: Some(days),
+    })
+}
+
+#[test]
+fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused() {
+    let c = Ceremony::new("p256", PROFILES);
+    let d = c.dir().to_path_buf();
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let cas: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
+    let mut chain = Vec::new();
+    for ca in &cas.cas {
+        chain.extend(signer_x509::cert_pem(&ca.certificate).into_bytes());
+    }
+    std::fs::write(d.join("chain.pem"), &chain).unwrap();
+
+    let keys: [(&str, &[&str]); 3] = [
+        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        ("p384", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        ("rsa", &["rsa:2048"]),
+    ];
+    let issued: Vec<(&str, &str, &[(&str, &str)])> = vec![
+        (
+            "web-dv",
+            "DV-FINAL-CERTIFICATE",
+            &[("CN", "www.cacert.org")],
+        ),
+        ("web-dv", "DV-FINAL-CERTIFICATE", &[]),
+        (
+            "web-ov",
+            "OV-FINAL-CERTIFICATE",
+            &[
+                ("C", "AU"),
+                ("ST", "New South Wales"),
+                ("L", "Sydney"),
+                ("O", "CAcert Inc."),
+                ("CN", "www.cacert.org"),
+            ],
+        ),
+        (
+            "web-iv",
+            "IV-FINAL-CERTIFICATE",
+            &[("C", "DE"), ("L", "Berlin"), ("GN", "Ann"), ("SN", "Lee")],
+        ),
+    ];
+    let mut serials = Vec::new();
+    for (k, (key, key_args)) in keys.iter().enumerate() {
+        let csr = make_csr(&d, key, key_args);
+        for (i, (profile, kind, subject)) in issued.iter().enumerate() {
+            let id = format!("{profile}-{key}-{i}");
+            let reply = sign(
+                &client,
+                &id,
+                profile,
+                &csr,
+                subject,
+                &[("dns", "www.cacert.org"), ("dns", "cacert.org")],
+                90,
+            )
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+            let file = d.join(format!("{id}.der"));
+            std::fs::write(&file, &reply.certificate).unwrap();
+            let findings = pkilint(
+                "lint_cabf_serverauth_cert",
+                &["lint", "-d", "-o", "-s", "WARNING"],
+                &file,
+            );
+            let unexpected: Vec<_> = findings
+                .iter()
+                .filter(|(code, _)| !ACCEPTED.contains(&code.as_str()))
+                .collect();
+            assert!(unexpected.is_empty(), "{id}: {unexpected:?}");
+            // (The CA/B Forum linter runs RFC 5280's rules too, without the
+            // ones the Baseline Requirements supersede, such as RFC 5280's
+            // SHOULD for a subject key identifier the BRs advise against.)
+            // pkilint recognised the kind the profile issues.
+            let (_, _, err) = output(
+                linter("lint_cabf_serverauth_cert")
+                    .args(["lint", "-d", "-o"])
+                    .arg(&file),
+            );
+            assert!(err.contains(kind), "{id}: detected as {err}");
+            let pem = d.join(format!("{id}.pem"));
+            std::fs::write(&pem, signer_x509::cert_pem(&reply.certificate)).unwrap();
+            let (code, out, err) = output(
+                Command::new("openssl")
+                    .args(["verify", "-x509_strict", "-CAfile"])
+                    .arg(d.join("chain.pem"))
+                    .arg(&pem),
+            );
+            assert_eq!(code, Some(0), "{id}: {out}{err}");
+            if k == 0 {
+                serials.push(reply.serial);
+            }
+        }
+    }
+
+    // Hostile requests, each refused before anything is signed.
+    let csr = make_csr(&d, "hostile", keys[0].1);
+    let dns = [("dns", "www.cacert.org")];
+    let cases: Vec<(
+        &str,
+        &str,
+        Vec<(&str, &str)>,
+        Vec<(&str, &str)>,
+        u32,
+        Status,
+    )> = vec![
+        (
+            "o-under-dv",
+            "web-dv",
+            vec![("O", "Example")],
+            dns.to_vec(),
+            90,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "ou-under-ov",
+            "web-ov",
+            vec![
+                ("C", "AU"),
+                ("L", "Sydney"),
+                ("O", "CAcert Inc."),
+                ("OU", "IT"),
+            ],
+            dns.to_vec(),
+            90,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "ov-without-place",
+            "web-ov",
+            vec![("C", "AU"), ("O", "CAcert Inc.")],
+            dns.to_vec(),
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "ov-without-o",
+            "web-ov",
+            vec![("C", "AU"), ("L", "Sydney")],
+            dns.to_vec(),
+            90,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "reserved-ip",
+            "web-dv",
+            vec![],
+            vec![("ip", "192.0.2.7")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "private-ip",
+            "web-dv",
+            vec![],
+            vec![("ip", "10.0.0.1")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "v6-documentation",
+            "web-dv",
+            vec![],
+            vec![("ip", "2001:db8::1")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "internal-name",
+            "web-dv",
+            vec![],
+            vec![("dns", "printer.corp")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "special-use-name",
+            "web-dv",
+            vec![],
+            vec![("dns", "www.example")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "public-suffix",
+            "web-dv",
+            vec![],
+            vec![("dns", "co.uk")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "cn-not-in-san",
+            "web-dv",
+            vec![("CN", "other.cacert.org")],
+            dns.to_vec(),
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "too-long-for-the-schedule",
+            "web-dv",
+            vec![],
+            dns.to_vec(),
+            199 + 1,
+            Status::VALIDITY_TOO_LONG,
+        ),
+        (
+            "email-san",
+            "web-dv",
+            vec![],
+            vec![("email", "a@cacert.org")],
+            90,
+            Status::SAN_NOT_ALLOWED,
+        ),
+    ];
+    for (id, profile, subject, sans, days, status) in cases {
+        let refused = sign(&client, id, profile, &csr, &subject, &sans, days);
+        assert!(
+            matches!(&refused, Err(e) if e.status() == Some(status)),
+            "{id}: {refused:?}"
+        );
+    }
+    // The BR schedule itself: 200 days today (2026-03-15 to 2027-03-14).
+    assert_eq!(
+        signer_x509::profile::cabf_max_validity_days(1_790_000_000),
+        200
+    );
+    assert_eq!(
+        signer_x509::profile::cabf_max_validity_days(1_806_000_000),
+        100
+    );
+    assert_eq!(
+        signer_x509::profile::cabf_max_validity_days(1_900_000_000),
+        47
+    );
+    assert_eq!(
+        signer_x509::profile::cabf_max_validity_days(1_700_000_000),
+        398
+    );
+
+    // Revocations: reasons the BR CRL profile forbids for subscriber
+    // certificates are refused; the CRL passes pkilint's BR CRL linter.
+    for reason in [2u8, 10] {
+        let refused = client.request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: format!("bad-reason-{reason}"),
+            issuer: "sub".into(),
+            serial: serials[0].clone(),
+            reason,
+            invalidity_date: None,
+        });
+        assert!(
+            matches!(&refused, Err(e) if e.status() == Some(Status::INVALID_REASON)),
+            "reason {reason}: {refused:?}"
+        );
+    }
+    for (i, (serial, reason)) in serials.iter().zip([1u8, 4, 0, 5]).enumerate() {
+        let _: msg::RevokeX509Reply = client
+            .request::<calls::RevokeX509>(&msg::RevokeX509 {
+                request_id: format!("revoke-{i}"),
+                issuer: "sub".into(),
+                serial: serial.clone(),
+                reason,
+                invalidity_date: None,
+            })
+            .unwrap();
+    }
+    let crl: msg::FetchCrlReply = client.request::<calls::FetchCrl>(&full_crl("sub")).unwrap();
+    let crl_file = d.join("sub.crl");
+    std::fs::write(&crl_file, crl.crl.unwrap()).unwrap();
+    for profile in ["BR", "PKIX"] {
+        let findings = pkilint(
+            "lint_crl",
+            &["lint", "-t", "CRL", "-p", profile, "-s", "WARNING"],
+            &crl_file,
+        );
+        assert!(findings.is_empty(), "{profile}: {findings:?}");
+    }
+    drop(client);
+
+    // check-config refuses profiles that could only issue what the rules forbid.
+    let config_path = bench.daemon.config_path().to_path_buf();
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    for (from, to, field) in [
+        ("subject_attributes: [CN]\n", "subject_attributes: [CN, O]\n", "ca.profiles.web-dv.subject_attributes"),
+        ("key_usage: [digital_signature]\n      extended_key_usage: [server_auth, client_auth]", "key_usage: [digital_signature, key_encipherment]\n      extended_key_usage: [server_auth, client_auth]", "ca.profiles.web-dv.key_usage"),
+        ("      rules: cabf_serverauth_dv\n", "", "ca.profiles.web-dv.rules"),
+        ("policies: [2.23.140.1.2.1]", "policies: [2.23.140.1.2.2]", "ca.profiles.web-dv.policies"),
+        ("san_types: [dns, ip]", "san_types: [dns, email]", "ca.profiles.web-dv.san_types"),
+        ("required_subject_attributes: [C, O]", "required_subject_attributes: [C]", "ca.profiles.web-ov.required_subject_attributes"),
+    ] {
+        assert!(config.contains(from), "{from}");
+        let bad = config_path.with_file_name("bad.yaml");
+        std::fs::write(&bad, config.replacen(from, to, 1)).unwrap();
+        let (code, out, err) = output(
+            Command::new(bin("signerd"))
+                .args(["check-config", "--offline", "--config"])
+                .arg(&bad),
+        );
+        assert_eq!(code, Some(1), "{field}: {out}{err}");
+        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
+    }
+}
