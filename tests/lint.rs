@@ -59,6 +59,20 @@ const PROFILES: &str = "  profiles:
       policies: [2.23.140.1.2.3]
 ";
 
+/// Subject attributes of a request.
+type Subject<'a> = &'a [(&'a str, &'a str)];
+
+/// A request each rule set must refuse: id, profile, subject, SANs,
+/// validity days, and the status it gets.
+type Hostile<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<(&'a str, &'a str)>,
+    u32,
+    Status,
+);
+
 /// Warnings a profile accepts by its own choice, documented in
 /// configs/signerd.yaml: a subject CN (the Baseline Requirements say MAY,
 /// NOT RECOMMENDED) where the profile lists CN.
@@ -147,7 +161,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         ("p384", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
         ("rsa", &["rsa:2048"]),
     ];
-    let issued: Vec<(&str, &str, &[(&str, &str)])> = vec![
+    let issued: Vec<(&str, &str, Subject)> = vec![
         (
             "web-dv",
             "DV-FINAL-CERTIFICATE",
@@ -226,14 +240,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
     // Hostile requests, each refused before anything is signed.
     let csr = make_csr(&d, "hostile", keys[0].1);
     let dns = [("dns", "www.cacert.org")];
-    let cases: Vec<(
-        &str,
-        &str,
-        Vec<(&str, &str)>,
-        Vec<(&str, &str)>,
-        u32,
-        Status,
-    )> = vec![
+    let cases: Vec<Hostile> = vec![
         (
             "o-under-dv",
             "web-dv",
