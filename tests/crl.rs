@@ -210,6 +210,28 @@ fn crls_check_out_with_openssl_and_track_revocations() {
         })
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_CRL), "{err}");
+    // The current CRL's number without its digest is no copy the signer
+    // can vouch for (§7.7): unknown_crl, never `unchanged`.
+    let current: msg::FetchCrlReply = client
+        .request::<calls::FetchCrl>(&signer_testsupport::ca::full_crl("sub"))
+        .unwrap();
+    let err = client
+        .request::<calls::FetchCrl>(&msg::FetchCrl {
+            issuer: "sub".into(),
+            have_number: Some(current.number.clone()),
+            have_sha256: None,
+        })
+        .unwrap_err();
+    assert_eq!(err.status(), Some(Status::UNKNOWN_CRL), "{err}");
+    // A digest without a number names no copy: the whole CRL comes back.
+    let whole: msg::FetchCrlReply = client
+        .request::<calls::FetchCrl>(&msg::FetchCrl {
+            issuer: "sub".into(),
+            have_number: None,
+            have_sha256: Some(current.sha256.clone()),
+        })
+        .unwrap();
+    assert!(!whole.unchanged && whole.crl.is_some() && whole.diff.is_none());
     let err = client
         .request::<calls::FetchCrl>(&msg::FetchCrl {
             issuer: "nope".into(),

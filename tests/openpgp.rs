@@ -228,6 +228,22 @@ fn certify_gpg_keys_over_the_link_and_check_with_gpg_and_sq() {
         assert_eq!(code, Some(1), "{status}: {out}{err}");
         assert_eq!(json(&out)["status"], status, "{out}");
     }
+    // No user ID at all (the CLI cannot send that; a library caller can).
+    {
+        use signer_client::Calls;
+        use signer_protocol::{calls, msg, Status};
+        let link = bench.client();
+        let empty = link.request::<calls::CertifyOpenpgp>(&msg::CertifyOpenpgp {
+            request_id: "refused-empty".into(),
+            key: std::fs::read(d.join("bob.pgp")).unwrap(),
+            user_ids: Vec::new(),
+            expires_at: expires.parse().unwrap(),
+        });
+        assert!(
+            matches!(&empty, Err(e) if e.status() == Some(Status::USER_ID_NOT_FOUND)),
+            "{empty:?}"
+        );
+    }
     let health = client(&["--json", "health"]);
     assert!(health.1.contains("\"openpgp\""), "{}", health.1);
 
