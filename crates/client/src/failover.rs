@@ -82,8 +82,9 @@ impl InDoubt {
     }
 }
 
-/// Whether a link error may hide an executed request.
-fn no_answer(e: &ClientError) -> bool {
+/// Whether an error means the signer did not answer: the link failed or
+/// timed out, so a request sent may have been executed.
+pub fn no_answer(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed

@@ -449,18 +449,16 @@ impl Dispatcher {
                 index,
             };
             let result = execute(&pinned, &signer, &self.trust, request);
-            match result {
+            match &result {
                 // This signer did nothing and cannot now: its twin may.
                 Err(e @ ClientError::Signer { status, .. })
-                    if links > 1 && signer_client::twin_may_answer(status) =>
+                    if links > 1 && signer_client::twin_may_answer(*status) =>
                 {
                     last = format!("{signer}: {e}");
                     self.signers.avoid(index);
                     continue;
                 }
-                Err(ClientError::Timeout(..) | ClientError::Link { .. } | ClientError::Closed) => {
-                    self.signers.avoid(index);
-                }
+                Err(e) if signer_client::no_answer(e) => self.signers.avoid(index),
                 _ => {}
             }
             return classify(&self.config, row, result, &signer);

@@ -306,13 +306,12 @@ impl Profile {
             }
             return Ok(());
         }
-        let name = |r: Rules| r.name();
         if self.ca_path_len.is_some() {
             return Err((
                 "ca_path_len",
                 format!(
                     "{} profiles issue subscriber certificates, not CAs",
-                    name(rules)
+                    rules.name()
                 ),
             ));
         }
@@ -349,33 +348,31 @@ impl Profile {
             .subject_attributes
             .iter()
             .chain(&self.required_subject_attributes)
-            .find(|a| !allowed.contains(&canonical_attribute(a)))
+            .find(|a| !allowed.contains(&a.as_str()))
         {
             return Err((
                 "subject_attributes",
                 format!(
                     "{a} is not allowed in a {} certificate (allowed: {})",
-                    name(rules),
+                    rules.name(),
                     allowed.join(", ")
                 ),
             ));
         }
-        if let Some(a) = required.iter().find(|r| {
-            !self
-                .required_subject_attributes
-                .iter()
-                .any(|a| canonical_attribute(a) == **r)
-        }) {
+        if let Some(a) = required
+            .iter()
+            .find(|r| !self.required_subject_attributes.iter().any(|a| a == *r))
+        {
             return Err((
                 "required_subject_attributes",
-                format!("a {} certificate needs {a}", name(rules)),
+                format!("a {} certificate needs {a}", rules.name()),
             ));
         }
         let policy = rules.policy().unwrap_or_default();
         if !self.policies.iter().any(|p| p == policy) {
             return Err((
                 "policies",
-                format!("{} certificates assert {policy}", name(rules)),
+                format!("{} certificates assert {policy}", rules.name()),
             ));
         }
         if let Some(other) = self
@@ -399,9 +396,4 @@ impl Profile {
         }
         Ok(())
     }
-}
-
-/// The short name of a subject attribute given by short or long name.
-fn canonical_attribute(a: &str) -> &str {
-    crate::name::lookup(a).map_or(a, |attr| attr.short)
 }
