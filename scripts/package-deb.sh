@@ -83,17 +83,22 @@ mkdir -p "$root/DEBIAN"
 
 if [ "$kind" = signer ]; then
   install -D -m 0644 systemd/signerd.service "$root/lib/systemd/system/signerd.service"
-  install -D -m 0644 configs/signerd.yaml "$root/etc/signer/signerd.yaml"
+  # A single signer's configuration; a twin pair installs the examples
+  # signerd-a.yaml and signerd-b.yaml in its place (docs/operations.md).
+  install -D -m 0644 configs/signerd-single.yaml "$root/etc/signer/signerd.yaml"
   for f in operations protocol design decisions; do
     install -D -m 0644 "docs/$f.md" "$doc/$f.md"
   done
-  install -D -m 0644 configs/nats-server.conf "$doc/examples/nats-server.conf"
+  install -D -m 0644 configs/nats-server.conf "$doc/examples/nats-server-a.conf"
+  install -D -m 0644 configs/nats-server-b.conf "$doc/examples/nats-server-b.conf"
   # Debian's nats-server runs as user nats with no state directory: the
   # JetStream store of configs/nats-server.conf (/var/lib/nats) is made by
   # systemd for it.
   install -D -m 0644 systemd/nats-server-signer.conf \
     "$root/lib/systemd/system/nats-server.service.d/serial-link-signer.conf"
-  install -D -m 0644 configs/signerd.yaml "$doc/examples/signerd.yaml"
+  install -D -m 0644 configs/signerd.yaml "$doc/examples/signerd-a.yaml"
+  install -D -m 0644 configs/signerd-b.yaml "$doc/examples/signerd-b.yaml"
+  install -D -m 0644 configs/signerd-single.yaml "$doc/examples/signerd-single.yaml"
   conffile=/etc/signer/signerd.yaml
   depends="$libc, adduser"
   relations="Recommends: softhsm2 | opensc, nats-server"
@@ -105,6 +110,8 @@ if [ "$kind" = signer ]; then
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
+  # The home directory first, so that adduser finds it.
+  install -d -m 0700 /var/lib/signer
   if ! getent passwd signer >/dev/null; then
     adduser --system --group --home /var/lib/signer --no-create-home signer
   fi
@@ -113,9 +120,11 @@ if [ "$1" = configure ]; then
   if getent group softhsm >/dev/null; then
     adduser signer softhsm >/dev/null 2>&1 || true
   fi
-  install -d -m 0700 -o signer -g signer /var/lib/signer
-  # The CA certificates the ceremony writes (setup self-sign --out …).
-  install -d -m 0755 /etc/signer/ca
+  chown signer:signer /var/lib/signer
+  # What the ceremony writes as user signer (setup self-sign --out …, the
+  # twin's public keys): the daemon itself sees /etc read-only.
+  install -d -m 0775 -g signer /etc/signer/ca
+  chgrp signer /etc/signer/ca && chmod 0775 /etc/signer/ca
   chgrp signer /etc/signer/signerd.yaml && chmod 0640 /etc/signer/signerd.yaml
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true

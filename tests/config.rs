@@ -200,8 +200,8 @@ fn replication_and_openpgp_settings_are_checked() {
             "ca.replication.held_warning_secs",
         ),
         (
-            "    peer_tls_cert: /etc/signer/signer-b.nats.crt ",
-            "    #peer_tls_cert: /etc/signer/signer-b.nats.crt ",
+            "    peer_tls_cert: /etc/signer/ca/signer-b.nats.crt ",
+            "    #peer_tls_cert: /etc/signer/ca/signer-b.nats.crt ",
             "ca.replication.tls_cert",
         ),
         (
@@ -281,4 +281,99 @@ fn the_configuration_in_the_gateway_guide_parses() {
     let (code, text) = check(&path);
     assert_eq!(code, Some(0), "{yaml}\n{text}");
     assert!(text.contains("audit log copied to"), "{text}");
+}
+
+/// The lines of `ours` that differ from `reference`'s, in pairs; both must
+/// have the same lines apart from comment lines (the header).
+fn changed_lines(reference: &str, ours: &str) -> Vec<(String, String)> {
+    let body = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    let (reference, ours) = (body(reference), body(ours));
+    assert_eq!(reference.len(), ours.len());
+    reference
+        .iter()
+        .zip(ours.iter())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn the_twin_and_single_configurations_are_the_reference_with_their_names() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let read = |name: &str| std::fs::read_to_string(configs.join(name)).unwrap();
+    let a = read("signerd.yaml");
+    // signer-b: only its own names, the twin's and the cable address differ.
+    let b = read("signerd-b.yaml");
+    let changed = changed_lines(&a, &b);
+    let swapped = |line: &str| {
+        line.replace("signer-a", "\u{1}")
+            .replace("signer-b", "signer-a")
+            .replace('\u{1}', "signer-b")
+            .replace("replication-a", "replication-b")
+            .replace("audit-a", "audit-b")
+            .replace("0x21", "0x22")
+            .replace("192.168.100.2", "192.168.100.1")
+    };
+    for (from, to) in &changed {
+        if from.starts_with("peer_vkey:") {
+            // A placeholder of the other name (its key ID follows the name).
+            assert!(to.contains("\"signer-a.example.org/audit+"), "{to}");
+            continue;
+        }
+        assert_eq!(&swapped(from), to, "signerd-b.yaml");
+    }
+    assert_eq!(changed.len(), 11, "{changed:#?}");
+    // A single signer: the reference without its twin.
+    let single = read("signerd-single.yaml");
+    let without_twin: Vec<&str> = a
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .scan(false, |in_replication, l| {
+            if l.starts_with("  replication:") {
+                *in_replication = true;
+            } else if !l.starts_with("    ") {
+                *in_replication = false;
+            }
+            Some((*in_replication, l))
+        })
+        .filter(|(inside, l)| {
+            !inside && !l.contains("peer_vkey:") && !l.contains("{name: replication,")
+        })
+        .map(|(_, l)| l)
+        .collect();
+    let single_lines: Vec<&str> = single.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(single_lines, without_twin);
+    for name in ["signerd-b.yaml", "signerd-single.yaml"] {
+        let (code, text) = check(&configs.join(name));
+        assert_eq!(code, Some(0), "{name}: {text}");
+    }
+    // signer-b's nats-server: signer-a's with the names swapped; the nkey
+    // placeholders name the same signer in both files.
+    let nats_a = read("nats-server.conf");
+    let nats_b = read("nats-server-b.conf");
+    for (from, to) in changed_lines(&nats_a, &nats_b) {
+        let expected = from
+            .replace("signer-a", "\u{1}")
+            .replace("signer-b", "signer-a")
+            .replace('\u{1}', "signer-b")
+            .replace("SIGNER_SIGNER_A", "SIGNER_SIGNER_B")
+            .replace(
+                "UB4VSAG7MCG6AYI3JBVVMT5AZI7CRJBV53A7IZWFEZ665TY46MATMJJQ",
+                "UDRSQXWCOSULAMVKQNARGUMKPJWSMNJOUL2RCRQ3LXJQWVE5G6WBAXTT",
+            );
+        let expected = if from.contains("UDRSQXWC") {
+            from.replace(
+                "UDRSQXWCOSULAMVKQNARGUMKPJWSMNJOUL2RCRQ3LXJQWVE5G6WBAXTT",
+                "UB4VSAG7MCG6AYI3JBVVMT5AZI7CRJBV53A7IZWFEZ665TY46MATMJJQ",
+            )
+        } else {
+            expected
+        };
+        assert_eq!(expected, to, "nats-server-b.conf");
+    }
 }

@@ -42,7 +42,9 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
         "./lib/systemd/system/signerd.service",
         "./etc/signer/signerd.yaml",
         "./usr/share/doc/serial-link-signer/operations.md",
-        "./usr/share/doc/serial-link-signer/examples/nats-server.conf",
+        "./usr/share/doc/serial-link-signer/examples/nats-server-a.conf",
+        "./usr/share/doc/serial-link-signer/examples/nats-server-b.conf",
+        "./usr/share/doc/serial-link-signer/examples/signerd-b.yaml",
         "./lib/systemd/system/nats-server.service.d/serial-link-signer.conf",
     ] {
         assert!(contents.contains(path), "{path} missing from\n{contents}");
@@ -68,10 +70,13 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
         .unwrap();
     let postinst = std::fs::read_to_string(tree.path().join("DEBIAN/postinst")).unwrap();
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
-    assert!(postinst.contains("install -d -m 0700 -o signer -g signer /var/lib/signer"));
+    assert!(
+        postinst.contains("install -d -m 0700 /var/lib/signer")
+            && postinst.contains("chown signer:signer /var/lib/signer")
+    );
     assert!(postinst.contains("adduser signer softhsm"), "{postinst}");
     assert!(
-        postinst.contains("install -d -m 0755 /etc/signer/ca"),
+        postinst.contains("install -d -m 0775 -g signer /etc/signer/ca"),
         "{postinst}"
     );
     // The unit points at the documentation where the package puts it.
