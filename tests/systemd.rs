@@ -89,3 +89,58 @@ fn readiness_watchdog_and_journal_priorities() {
     assert!(log.lines().any(|l| l.starts_with("<4>")), "{log}");
     assert!(!log.contains('\u{1b}'), "{log}");
 }
+
+#[test]
+fn the_gateway_logs_with_journal_priorities_too() {
+    // A gateway whose signer is not there: it starts, warns that the device
+    // does not open, and stops on SIGTERM.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "name: watched\nsigners:\n  - {{device: {}, baud: 115200}}\nqueue:\n  sqlite: {}\nhealth:\n  interval_s: 1\n",
+            dir.path().join("absent.tty").display(),
+            dir.path().join("queue.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut child = Command::new(bin("signer-gateway"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        if text.lines().any(|l| l.starts_with("<4>")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "{line}"
+        );
+    }
+    assert!(log.lines().any(|l| l.starts_with("<6>")), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("<4>")), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+}

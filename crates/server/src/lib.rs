@@ -18,6 +18,7 @@
 pub mod config;
 pub mod engine;
 pub mod link;
+pub mod logging;
 
 pub use config::{Config, ConfigError};
 pub use engine::{outbox, Engine, EngineConfig, Outbox};
