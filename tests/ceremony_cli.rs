@@ -467,3 +467,45 @@ fn an_imported_intermediate_of_this_root_is_registered_and_revocable() {
     let (_, entries) = signer_x509::crl::parse(&der).unwrap();
     assert_eq!(entries.len(), 1, "the intermediate on the root's CRL");
 }
+
+/// A real HSM through OpenSC (Debian's opensc-pkcs11.so, as the reference
+/// configuration names it) with no card or reader: check-config says what
+/// the module shows and what to look at, not only that the token is absent.
+#[test]
+fn opensc_without_its_token_says_what_to_check() {
+    let module = Path::new("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so");
+    assert!(
+        module.exists(),
+        "OpenSC's PKCS#11 module (Debian package opensc) must be installed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, "123456\n").unwrap();
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let reference = include_str!("../configs/signerd-single.yaml");
+    let config = dir.path().join("signerd.yaml");
+    std::fs::write(
+        &config,
+        reference
+            .replace(
+                "/usr/lib/softhsm/libsofthsm2.so",
+                &module.display().to_string(),
+            )
+            .replace(
+                "pin: {credential: token-pin}",
+                &format!("pin: {{file: {}}}", pin.display()),
+            ),
+    )
+    .unwrap();
+    let (code, out, err) = output(
+        Command::new(bin("signerd"))
+            .args(["check-config", "--config"])
+            .arg(&config),
+    );
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("token labelled signer-a is not present")
+            && (err.contains("pcscd") || err.contains("the module shows")),
+        "{err}"
+    );
+}

@@ -359,10 +359,35 @@ impl Pkcs11Backend {
         let token = self.config.token.describe();
         let why = crate::softhsm::diagnose(&self.config.module)
             .map(|d| format!(": {d}"))
-            .unwrap_or_default();
+            .unwrap_or_else(|| format!("; {}", self.tokens_present()));
         Err(HsmError::Unavailable(format!(
             "token {token} is not present{why}"
         )))
+    }
+
+    /// What the module shows instead, for an operator looking for a token
+    /// (the labels the module reports; nothing secret).
+    fn tokens_present(&self) -> String {
+        let labels: Vec<String> = self
+            .ctx
+            .get_slots_with_token()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|slot| self.ctx.get_token_info(slot).ok())
+            .map(|info| {
+                format!(
+                    "{:?} (serial {:?})",
+                    info.label().trim_end(),
+                    info.serial_number().trim_end()
+                )
+            })
+            .collect();
+        let opensc = self.config.module.to_string_lossy().contains("opensc");
+        match (labels.is_empty(), opensc) {
+            (true, true) => "the module shows no token: is pcscd running (systemctl status pcscd) and the card or HSM connected (pcsc_scan, opensc-tool --list-readers)?".into(),
+            (true, false) => "the module shows no token: is the HSM connected and initialized (the vendor's tool lists its tokens)?".into(),
+            (false, _) => format!("the module shows {}", labels.join(", ")),
+        }
     }
 
     fn open_session(&self, rw: bool) -> Result<Session, HsmError> {
