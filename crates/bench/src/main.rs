@@ -47,7 +47,7 @@ struct Cli {
     /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
     #[arg(long, hide = true)]
     crl_diff_child: Option<String>,
-    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`, `storage`, `audit`); its part of
+    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -522,6 +522,8 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("replication") {
         replication::section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("replication") || only == Some("replication-cost") {
         replication::cost_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("storage") {

@@ -346,6 +346,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "|---|---|---|---|---|---|")?;
     let pinned = pin(std::process::id(), 0);
     let n = super::scaled(600, scale);
+    let mut cpu_rows = Vec::new();
     for (key, csr_key) in [
         ("rsa2048", &["rsa:2048"][..]),
         ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
@@ -366,10 +367,33 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         pipelined_rate(&c_alone, &csr, 20, "warm")?;
         pipelined_rate(&c_twin, &csr, 20, "warm")?;
         let (mut off, mut on) = (Vec::new(), Vec::new());
+        let cpu = |pid: u32| super::gateway::cpu_seconds(pid).unwrap_or(0.0);
+        let (mut cpu_off, mut cpu_a, mut cpu_nats_a, mut cpu_b) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..3 {
+            let before = cpu(alone.daemon.pid());
             off.push(pipelined_rate(&c_alone, &csr, n, &format!("off-{round}"))?);
+            cpu_off.push((cpu(alone.daemon.pid()) - before) * 1000.0 / n as f64);
+            let before = [
+                cpu(twins.a.daemon.pid()),
+                cpu(twins.nats_a.pid()),
+                cpu(twins.b.daemon.pid()) + cpu(twins.nats_b.pid()),
+            ];
             on.push(pipelined_rate(&c_twin, &csr, n, &format!("on-{round}"))?);
+            cpu_a.push((cpu(twins.a.daemon.pid()) - before[0]) * 1000.0 / n as f64);
+            cpu_nats_a.push((cpu(twins.nats_a.pid()) - before[1]) * 1000.0 / n as f64);
+            cpu_b.push(
+                (cpu(twins.b.daemon.pid()) + cpu(twins.nats_b.pid()) - before[2]) * 1000.0
+                    / n as f64,
+            );
         }
+        cpu_rows.push(format!(
+            "| {key} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            median(&mut cpu_off),
+            median(&mut cpu_a),
+            median(&mut cpu_nats_a),
+            median(&mut cpu_b)
+        ));
         let range = |v: &[f64]| {
             let (lo, hi) = v
                 .iter()
@@ -410,6 +434,14 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         twins
             .wait_in_sync(&c_twin, &twins.b.client(), None, Duration::from_secs(120))
             .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    writeln!(
+        report,
+        "\nCPU per certificate (ms, user + system, median of the pinned rounds above):\n\n\
+         | issuer key | signer alone | signer A | A's nats-server | B and its nats-server |\n|---|---|---|---|---|"
+    )?;
+    for row in cpu_rows {
+        writeln!(report, "{row}")?;
     }
     writeln!(report)?;
     Ok(())
