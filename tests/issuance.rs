@@ -655,3 +655,47 @@ fn revoke_over_the_link_idempotent_and_durable() {
         .unwrap();
     assert!(legacy_again.replayed && legacy_again.legacy);
 }
+
+/// §7 `sign_x509`: a CSR of up to 65,536 bytes, and the whole request
+/// within the signer's `max_frame`. With the default 16,384 a larger CSR
+/// never reaches the command; with `protocol.max_frame` raised, the CSR's
+/// own limit answers (inclusive: 65,536 bytes are read as a CSR, 65,537 are
+/// refused for their size).
+#[test]
+fn the_csr_limit_and_the_frame_limit() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let request = |csr: Vec<u8>| sign_request("big-csr", csr, "www.example.org");
+    let status = |r: Result<msg::SignX509Reply, signer_client::ClientError>| match r {
+        Err(signer_client::ClientError::Signer {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    let small = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = small.client();
+    assert_eq!(client.server().unwrap().max_frame, 16_384);
+    // The client knows the signer's limit from hello and says so at once;
+    // the signer itself refuses such a frame with id 0 (tests/link.rs).
+    let result = client.request::<calls::SignX509>(&request(vec![0x30; 20_000]));
+    let message = match result {
+        Err(signer_client::ClientError::Protocol(m)) => m,
+        other => panic!("expected a local refusal, got {other:?}"),
+    };
+    assert!(message.contains("max_frame of 16384"), "{message}");
+    drop(client);
+    drop(small);
+
+    let yaml = format!("{}protocol:\n  max_frame: 131072\n", c.ca_yaml);
+    let large = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, c.env());
+    let mut options = large.link_options();
+    options.max_frame = 131_072;
+    let client = large.client_with(options);
+    assert_eq!(client.server().unwrap().max_frame, 131_072);
+    let (code, message) = status(client.request::<calls::SignX509>(&request(vec![0x30; 65_537])));
+    assert_eq!(code, Status::MALFORMED_CSR, "{message}");
+    assert!(message.contains("more than 65536"), "{message}");
+    let (code, message) = status(client.request::<calls::SignX509>(&request(vec![0x30; 65_536])));
+    assert_eq!(code, Status::MALFORMED_CSR, "{message}");
+    assert!(!message.contains("more than"), "{message}");
+}

@@ -236,10 +236,40 @@ fn bad_input_gets_specific_errors_and_the_daemon_keeps_serving() {
             Status::UNKNOWN_COMMAND,
         ),
         (
-            "malformed body",
+            "a body that is not msgpack (0xc1 is never used)",
             frame(&encode_request(7, Command::HEALTH, &[0xc1])),
             7,
+            Status::MALFORMED_ENVELOPE,
+        ),
+        (
+            "malformed body: a number where health takes a map",
+            frame(&encode_request(7, Command::HEALTH, &[0x01])),
+            7,
             Status::MALFORMED_BODY,
+        ),
+        (
+            "a byte after the request array, answered by id",
+            frame(
+                &[
+                    &encode_request(10, Command::HEALTH, &health_body())[..],
+                    &[0x81],
+                ]
+                .concat(),
+            ),
+            10,
+            Status::MALFORMED_ENVELOPE,
+        ),
+        (
+            "a readable id, a command that is a string",
+            frame(&[0x94, 0x01, 0x0b, 0xa1, 0x78, 0x80]),
+            11,
+            Status::MALFORMED_ENVELOPE,
+        ),
+        (
+            "a readable id, an array of 2",
+            frame(&[0x92, 0x01, 0x0c]),
+            12,
+            Status::MALFORMED_ENVELOPE,
         ),
         (
             "unknown field",

@@ -278,6 +278,17 @@ def main():
     assert (rid, status) == (0, 10) and "id 0" in err["message"], (rid, status, err)
     print("ok id 0 -> malformed_envelope, not executed")
 
+    # Section 5.1: a readable id is answered with that id, not executed.
+    link.send_raw(frame(pack([1, 3010, 2, {}]) + b"\x81"))  # a byte after the array
+    link.send_raw(frame(pack([1, 3011, "health", {}])))       # command not a u16
+    link.send_raw(frame(pack([1, 3012])))                     # an array of 2
+    got = sorted((r, s) for r, s, _ in link.responses(3))
+    assert got == [(3010, 10), (3011, 10), (3012, 10)], got
+    link.send_raw(frame(pack(["1", 3013, 2, {}])))            # version not a uint: id 0
+    [(rid, status, err)] = link.responses(1)
+    assert (rid, status) == (0, 10), (rid, status, err)
+    print("ok malformed envelopes answered by id")
+
     link.send(3002, 0x4242, {})
     [(rid, status, err)] = link.responses(1)
     assert (rid, status) == (3002, 12), (rid, status, err)

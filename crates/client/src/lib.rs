@@ -506,6 +506,9 @@ struct Driver {
     rto: Rto,
     link_down: Option<String>,
     fetch_id: u64,
+    /// The signer's own frame limit, once `hello` showed it (the agreed
+    /// limit, when it is below what this client announced).
+    signer_max_frame: Option<usize>,
 }
 
 impl Driver {
@@ -528,6 +531,7 @@ impl Driver {
             },
             link_down: None,
             fetch_id: rand::random::<u64>() | 1 << 63,
+            signer_max_frame: None,
         }
     }
 
@@ -564,11 +568,20 @@ impl Driver {
                 body,
                 reply,
             } => {
+                // The signer would refuse the frame (§3.3) without knowing
+                // which request it was: say so now instead of waiting out
+                // the retransmissions.
+                let size = encode_request(id, command, &[]).len() + body.len();
                 if let Some(message) = &self.link_down {
                     let _ = reply.send(Err(ClientError::Link {
                         device: self.options.device.display().to_string(),
                         message: message.clone(),
                     }));
+                } else if let Some(max) = self.signer_max_frame.filter(|max| size > *max) {
+                    let _ = reply.send(Err(ClientError::Protocol(format!(
+                        "the request is {size} bytes, more than the signer's max_frame of {max}: \
+                         it would refuse the frame (raise protocol.max_frame on the signer)"
+                    ))));
                 } else {
                     self.queue.push_back(Queued {
                         id,
@@ -659,6 +672,8 @@ impl Driver {
         if o.command == Command::HELLO && status.is_ok() {
             if let Ok(hello) = decode_body::<msg::HelloReply>(&body) {
                 self.window = (self.options.window.min(hello.max_in_flight).max(1)) as usize;
+                self.signer_max_frame =
+                    (hello.max_frame < self.options.max_frame).then_some(hello.max_frame as usize);
             }
         }
         if status == Status::BUSY && !in_doubt_at_gateway(&body) {

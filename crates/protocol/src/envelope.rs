@@ -13,6 +13,7 @@ use std::io::Cursor;
 
 use rmp::decode as d;
 use rmp::encode as e;
+use serde::Deserialize;
 
 use crate::{Command, Status, VERSION};
 
@@ -26,6 +27,16 @@ pub enum EnvelopeError {
     /// Not an array of the right shape, or a field of the wrong type.
     #[error("malformed envelope: {0}")]
     Malformed(&'static str),
+    /// A request whose version and id could be read but whose rest is not
+    /// a request: answered with that id, so the client learns it was not
+    /// executed.
+    #[error("malformed envelope: {what}")]
+    MalformedRequest {
+        /// What is wrong.
+        what: &'static str,
+        /// The request id read.
+        id: u64,
+    },
     /// A well-formed envelope of a protocol version this side does not speak.
     #[error("unsupported protocol version {version}")]
     UnsupportedVersion {
@@ -109,26 +120,52 @@ fn read_head(
     Ok((version, id))
 }
 
-/// Reads a request envelope. The body is returned as the remaining bytes; it
-/// is checked when the command decodes it.
+/// Reads a request envelope. The body is returned as the bytes of its one
+/// msgpack value; it is checked when the command decodes it. Once the
+/// version and a non-zero id are read, every other defect is reported with
+/// that id ([`EnvelopeError::MalformedRequest`]); bytes after the array are
+/// such a defect.
 pub fn decode_request(content: &[u8]) -> Result<Request<'_>, EnvelopeError> {
     let mut cursor = Cursor::new(content);
-    let (_, id) = read_head(&mut cursor, 4, "request is not an array of 4")?;
+    let n = d::read_array_len(&mut cursor)
+        .map_err(|_| EnvelopeError::Malformed("request is not an array of 4"))?;
+    if n < 2 {
+        return Err(EnvelopeError::Malformed("request is not an array of 4"));
+    }
+    let version = read_u64(&mut cursor, "version is not an unsigned integer")?;
+    let id = read_u64(&mut cursor, "id is not an unsigned integer")?;
+    if version != VERSION {
+        return Err(EnvelopeError::UnsupportedVersion { version, id });
+    }
     if id == 0 {
         // Id 0 names a frame the signer could not read (§5.2): a request
         // carrying it is never executed.
         return Err(EnvelopeError::Malformed("request id 0 is reserved"));
     }
-    let command = Command(read_u16(
-        &mut cursor,
-        "command is not a 16-bit unsigned integer",
-    )?);
+    let malformed = |what| EnvelopeError::MalformedRequest { what, id };
+    if n != 4 {
+        return Err(malformed("request is not an array of 4"));
+    }
+    let command = Command(
+        d::read_int(&mut cursor)
+            .map_err(|_| malformed("command is not a 16-bit unsigned integer"))?,
+    );
     let at = usize::try_from(cursor.position()).unwrap_or(content.len());
     let body = &content[at.min(content.len())..];
     if body.is_empty() {
-        return Err(EnvelopeError::Malformed("request has no body"));
+        return Err(malformed("request has no body"));
     }
-    Ok(Request { id, command, body })
+    let mut rest = body;
+    serde::de::IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
+        .map_err(|_| malformed("the body is not one msgpack value"))?;
+    if !rest.is_empty() {
+        return Err(malformed("bytes after the request array"));
+    }
+    Ok(Request {
+        id,
+        command,
+        body: &body[..body.len() - rest.len()],
+    })
 }
 
 /// Encodes one response part.

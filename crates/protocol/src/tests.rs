@@ -83,32 +83,49 @@ fn unsupported_version_keeps_the_id() {
 
 #[test]
 fn malformed_envelopes() {
-    for (hex, why) in [
-        ("80", "a map"),
-        ("9301020280", "array of 3"),
-        ("940102", "truncated"),
-        ("940102a1780080", "string command"),
-        ("9401020200", "array of 4 missing body"),
-        ("94010203", "no body"),
-        ("940102cdffff80", "never mind: valid"),
-        ("940100cd000180", "id 0 (reserved for unreadable frames)"),
+    // (content, what, the id the answer carries: None for id 0)
+    for (hex, why, id) in [
+        ("80", "a map", None),
+        ("c1", "not msgpack", None),
+        ("9101", "array of 1", None),
+        ("92a17802", "version not an integer", None),
+        ("9301020280", "array of 3", Some(2)),
+        ("940102", "truncated", Some(2)),
+        ("940102a1780080", "string command", Some(2)),
+        ("94010203", "no body", Some(2)),
+        ("94010203cd", "a body cut short", Some(2)),
+        ("940103028081", "bytes after the array", Some(3)),
+        ("95010402808080", "array of 5", Some(4)),
+        (
+            "940100cd000180",
+            "id 0 (reserved for unreadable frames)",
+            None,
+        ),
     ] {
         let content = hex::decode(hex).unwrap();
         let result = decode_request(&content);
-        if why.starts_with("never mind") {
-            assert!(result.is_ok(), "{why}");
-        } else if why == "array of 4 missing body" {
-            // 0x00 is a valid msgpack value (0), so the body exists; the
-            // command decides whether it is acceptable.
-            assert!(result.is_ok());
-            assert!(decode_body::<msg::Empty>(result.unwrap().body).is_err());
-        } else {
-            assert!(
+        match id {
+            None => assert!(
                 matches!(result, Err(EnvelopeError::Malformed(_))),
                 "{why}: {result:?}"
-            );
+            ),
+            Some(want) => assert!(
+                matches!(result, Err(EnvelopeError::MalformedRequest { id, .. }) if id == want),
+                "{why}: {result:?}"
+            ),
         }
     }
+    // Valid envelopes; the command decides whether the body is acceptable.
+    let valid = hex::decode("940102cdffff80").unwrap();
+    let ok = decode_request(&valid).unwrap();
+    assert_eq!(
+        (ok.id, ok.command, ok.body),
+        (2, Command(0xffff), &[0x80][..])
+    );
+    // 0x00 is a msgpack value (0): the body exists, and `{}` it is not.
+    let zero = hex::decode("9401020200").unwrap();
+    let zero = decode_request(&zero).unwrap();
+    assert!(decode_body::<msg::Empty>(zero.body).is_err());
 }
 
 /// `fetch_crl`'s optional reply fields are left out when absent (§4:

@@ -357,6 +357,14 @@ impl Engine {
                 self.audit_refusal(0, Command(0), &failure);
                 self.respond_uncached(out, 0, &failure);
             }
+            // The id could be read: the client learns, by id, that this
+            // request was not executed.
+            Err(err @ EnvelopeError::MalformedRequest { id, .. }) => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                let failure = Failure::new(Status::MALFORMED_ENVELOPE, err.to_string());
+                self.audit_refusal(id, Command(0), &failure);
+                self.respond_uncached(out, id, &failure);
+            }
         }
     }
 
