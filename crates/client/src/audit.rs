@@ -95,7 +95,19 @@ impl AuditCopy {
                 // does not parse.
                 Verifier::from_vkey(v.trim())
                     .map_err(|e| AuditError::Copy(format!("not a verifier key: {e}")))?;
-                write_new(&path, format!("{}\n", v.trim()).as_bytes())?;
+                // Whole or not at all, and only if absent: another process
+                // opening the same copy (a gateway and its check-config) may
+                // keep it at the same moment; then it must be the same key.
+                if !keep_if_absent(&path, format!("{}\n", v.trim()).as_bytes())? {
+                    let h = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+                    if h.trim() != v.trim() {
+                        return Err(AuditError::Copy(format!(
+                            "{} holds another log's key ({}); this copy is of that log",
+                            path.display(),
+                            h.trim()
+                        )));
+                    }
+                }
                 v.trim().to_string()
             }
             (None, None) => {
@@ -429,6 +441,24 @@ fn hashes(proof: &[serde_bytes::ByteBuf]) -> Result<Vec<Hash>, AuditError> {
         .collect()
 }
 
+/// Writes `bytes` to `path` unless it exists, atomically: a reader sees
+/// the whole file or none. False when it existed.
+fn keep_if_absent(path: &Path, bytes: &[u8]) -> Result<bool, AuditError> {
+    let tmp = path.with_extension(format!(
+        "new-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    write_new(&tmp, bytes)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io(path, e)),
+    }
+}
+
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -438,4 +468,45 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+    use super::*;
+
+    #[test]
+    fn copies_opened_at_the_same_moment_keep_one_whole_key() {
+        let vkey = |i: u8| {
+            Verifier::new("a.example/audit", signer_tlog::note::TYPE_ED25519, [i; 32])
+                .unwrap()
+                .vkey()
+        };
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let mine = vkey(round);
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    let (dir, key) = (dir.path().to_path_buf(), mine.clone());
+                    std::thread::spawn(move || AuditCopy::open(&dir, Some(&key)).map(|_| ()))
+                })
+                .collect();
+            for t in opened {
+                t.join().unwrap().unwrap();
+            }
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("log.vkey")).unwrap(),
+                format!("{mine}\n")
+            );
+            // Another log's key is still refused.
+            let other = AuditCopy::open(dir.path(), Some(&vkey(round.wrapping_add(1))));
+            assert!(other.is_err());
+            // No temporary file stays behind.
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names.len(), 2, "{names:?}");
+        }
+    }
 }
