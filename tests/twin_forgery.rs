@@ -394,6 +394,28 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
     wait_refused(&b, "names origin \"signer-b\"");
     attacker.publish(subject, &[("Nats-Msg-Id", "garbage")], b"\xc1 not an event");
     wait_refused(&b, "undecodable event");
+    // A batch (a round's events and its seal in one message, as a signer
+    // publishes them) under the forged seal, and one that is no batch.
+    let mut forged_batch_seal = seal.clone();
+    forged_batch_seal.body.first = head + 3;
+    let mut ahead_of_a = forged_revocation.clone();
+    ahead_of_a.seq = head + 3;
+    let forged_bytes = ahead_of_a.encode().unwrap();
+    forged_batch_seal.body.digests = vec![serde_bytes::ByteBuf::from(
+        signer_replication::seal::event_digest(&forged_bytes).to_vec(),
+    )];
+    attacker.publish(
+        subject,
+        &[("Nats-Msg-Id", "forged-batch"), ("Signer-Kind", "batch")],
+        &signer_replication::seal::Batch::encode(&forged_batch_seal, &[(head + 3, forged_bytes)]),
+    );
+    wait_refused(&b, &format!("seal of events {}..{}", head + 3, head + 3));
+    attacker.publish(
+        subject,
+        &[("Nats-Msg-Id", "garbage-batch"), ("Signer-Kind", "batch")],
+        b"\x92\x01",
+    );
+    wait_refused(&b, "unreadable batch");
     // 5. The real revocation still applies, once, with A's reason.
     let revoked = a
         .request::<calls::RevokeX509>(&msg::RevokeX509 {

@@ -55,6 +55,11 @@ use tracing::{debug, info, warn};
 
 /// Events one publish round takes from the outbox.
 const PUBLISH_BATCH: usize = 256;
+/// Largest batch message, in event bytes: half of nats-server's default
+/// `max_payload` (1 MiB), which configs/nats-server.conf keeps.
+const PUBLISH_BATCH_BYTES: usize = 512 * 1024;
+/// How long a round waits for more events before it is sealed.
+const LINGER: Duration = Duration::from_millis(10);
 /// Events one apply transaction takes at most.
 const APPLY_BATCH: usize = 1000;
 /// Lag samples kept for the percentiles.
@@ -441,7 +446,10 @@ async fn resume_point(shared: &Shared, stream: &stream::Stream) -> u64 {
             .await,
         own_key,
     ) {
-        if let Ok(seal) = Seal::open(&last.payload, &shared.me, &own_key) {
+        let seal = Seal::open(&last.payload, &shared.me, &own_key).or_else(|_| {
+            seal::Batch::open(&last.payload, &shared.me, &own_key).map(|(seal, _)| seal)
+        });
+        if let Ok(seal) = seal {
             // A seal of an earlier repository with this id does not count.
             if seal.body.epoch == state.epoch {
                 from = from.max(seal.last());
@@ -476,7 +484,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                 }
             },
         };
-        let batch = match shared.repo.events_after(after, PUBLISH_BATCH) {
+        let mut batch = match shared.repo.events_after(after, PUBLISH_BATCH) {
             Ok(b) => b,
             Err(e) => {
                 shared.status().local_error = Some(format!("outbox: {e}"));
@@ -491,41 +499,34 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             }
             continue;
         }
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut failed = None;
-        for (seq, bytes) in &batch {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                "Nats-Msg-Id",
-                format!("{}:{epoch:016x}:{seq}", shared.me).as_str(),
-            );
-            match js
-                .publish_with_headers(subject.clone(), headers, bytes.clone().into())
-                .await
-            {
-                Ok(ack) => acks.push((*seq, ack)),
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
+        if batch.len() < PUBLISH_BATCH {
+            // A moment for the events committed right behind these: one
+            // message, one seal and one acknowledgement for all of them.
+            tokio::time::sleep(LINGER).await;
+            if let Ok(more) = shared.repo.events_after(after, PUBLISH_BATCH) {
+                if more.len() > batch.len() {
+                    batch = more;
                 }
             }
         }
-        // Advance only once every event of the round and its seal are
-        // stored; otherwise the round is sent again (same message ids).
-        let mut stored = 0;
-        for (_, ack) in acks {
-            match ack.await {
-                Ok(_) => stored += 1,
-                Err(e) => {
-                    failed.get_or_insert(e.to_string());
-                }
-            }
-        }
-        if failed.is_none() && stored == batch.len() {
-            match seal_round(&shared, &js, &subject, epoch, &batch).await {
-                Ok(()) => published = batch.last().map(|(seq, _)| *seq),
-                Err(e) => failed = Some(e),
-            }
+        // Within the message size nats-server allows (at least one event).
+        let mut bytes = 0;
+        let keep = batch
+            .iter()
+            .take_while(|(_, e)| {
+                bytes += e.len();
+                bytes <= PUBLISH_BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        batch.truncate(keep);
+        // Advance only once the round is stored; otherwise it is sent again
+        // (and sealed again: the twin skips what it applied).
+        let failed = publish_round(&shared, &js, &subject, epoch, &batch)
+            .await
+            .err();
+        if failed.is_none() {
+            published = batch.last().map(|(seq, _)| *seq);
         }
         let retry = {
             let mut s = shared.status();
@@ -543,8 +544,8 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
 }
 
 /// Signs the round's events with this signer's replication key and
-/// publishes the seal after them.
-async fn seal_round(
+/// publishes them and the seal as one message.
+async fn publish_round(
     shared: &Shared,
     js: &jetstream::Context,
     subject: &str,
@@ -553,8 +554,8 @@ async fn seal_round(
 ) -> Result<(), String> {
     let backend = Arc::clone(&shared.backend);
     let (key, me, events) = (shared.config.key.clone(), shared.me.clone(), batch.to_vec());
-    let seal = tokio::task::spawn_blocking(move || {
-        Seal::make(backend.as_ref(), &key, &me, epoch, &events)
+    let (seal, events) = tokio::task::spawn_blocking(move || {
+        Seal::make(backend.as_ref(), &key, &me, epoch, &events).map(|seal| (seal, events))
     })
     .await
     .map_err(|e| format!("seal: {e}"))?
@@ -563,19 +564,23 @@ async fn seal_round(
     headers.insert(
         "Nats-Msg-Id",
         format!(
-            "{}:{epoch:016x}:seal:{}:{}",
+            "{}:{epoch:016x}:batch:{}:{}",
             shared.me,
             seal.body.first,
             seal.last()
         )
         .as_str(),
     );
-    headers.insert(seal::KIND_HEADER, seal::KIND_SEAL);
-    js.publish_with_headers(subject.to_string(), headers, seal.encode().into())
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+    headers.insert(seal::KIND_HEADER, seal::KIND_BATCH);
+    js.publish_with_headers(
+        subject.to_string(),
+        headers,
+        seal::Batch::encode(&seal, &events).into(),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -713,7 +718,9 @@ struct Candidate {
     event: Event,
     digest: [u8; 32],
     stream_seq: u64,
-    message: jetstream::Message,
+    /// Its own message, to acknowledge; none for an event of a batch (the
+    /// batch is acknowledged as a seal is, once all of it is applied).
+    message: Option<jetstream::Message>,
 }
 
 /// What the consumer holds of the twin's stream: events by (epoch,
@@ -827,9 +834,11 @@ async fn consumer(shared: Arc<Shared>, client: async_nats::Client) {
 /// Refuses a message of the twin's stream: it is never applied and never
 /// counted as applied; JetStream is told to drop it (`Term`), not that it
 /// was processed.
-async fn refuse(shared: &Shared, held: &mut Inbox, m: &jetstream::Message, cause: String) {
+async fn refuse(shared: &Shared, held: &mut Inbox, m: Option<&jetstream::Message>, cause: String) {
     tracing::error!(cause = %cause, peer = %shared.config.peer_id, "replication: refused a message on the twin's stream");
-    held.done(m, jetstream::AckKind::Term).await;
+    if let Some(m) = m {
+        held.done(m, jetstream::AckKind::Term).await;
+    }
     let mut s = shared.status();
     s.refused += 1;
     s.last_refusal = Some((Instant::now(), cause.clone()));
@@ -845,12 +854,16 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
         // Redelivered while held (its acknowledgement is still owed).
         return;
     }
-    let is_seal = m
+    let kind = m
         .headers
         .as_ref()
         .and_then(|h| h.get(seal::KIND_HEADER))
-        .is_some_and(|v| v.as_str() == seal::KIND_SEAL);
-    if is_seal {
+        .map(|v| v.as_str().to_string());
+    if kind.as_deref() == Some(seal::KIND_BATCH) {
+        hold_batch(shared, held, m, stream_seq).await;
+        return;
+    }
+    if kind.as_deref() == Some(seal::KIND_SEAL) {
         match Seal::open(&m.payload, &shared.config.peer_id, &shared.peer_key) {
             Ok(seal) => {
                 for (i, d) in seal.body.digests.iter().enumerate() {
@@ -866,7 +879,7 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
                 refuse(
                     shared,
                     held,
-                    &m,
+                    Some(&m),
                     format!("stream message {stream_seq}: {cause}"),
                 )
                 .await
@@ -888,19 +901,84 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
                     event: e,
                     digest,
                     stream_seq,
-                    message: m,
+                    message: Some(m),
                 });
         }
         Err(e) => {
             refuse(
                 shared,
                 held,
-                &m,
+                Some(&m),
                 format!("stream message {stream_seq}: undecodable event: {e}"),
             )
             .await;
         }
     }
+}
+
+/// Keeps a sealed batch: its seal is verified and each event checked
+/// against it at once (anything amiss refuses the whole message); its
+/// events then wait like any event, and the message is acknowledged as a
+/// seal is, once all of them are applied.
+async fn hold_batch(shared: &Shared, held: &mut Inbox, m: jetstream::Message, stream_seq: u64) {
+    let opened = seal::Batch::open(&m.payload, &shared.config.peer_id, &shared.peer_key).and_then(
+        |(seal, events)| {
+            let decoded = events
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    Event::decode(bytes).map_err(|e| {
+                        format!("undecodable event {}: {e}", seal.body.first + i as u64)
+                    })
+                })
+                .collect::<Result<Vec<Event>, String>>()?;
+            // Each event where its seal puts it.
+            for (i, e) in decoded.iter().enumerate() {
+                let at = seal.body.first + i as u64;
+                if (e.epoch, e.seq) != (seal.body.epoch, at) {
+                    return Err(format!(
+                        "the batch's event {at} of epoch {:016x} names event {} of epoch {:016x}",
+                        seal.body.epoch, e.seq, e.epoch
+                    ));
+                }
+            }
+            Ok((seal, events, decoded))
+        },
+    );
+    let (seal, events, decoded) = match opened {
+        Ok(o) => o,
+        Err(cause) => {
+            refuse(
+                shared,
+                held,
+                Some(&m),
+                format!("stream message {stream_seq}: {cause}"),
+            )
+            .await;
+            return;
+        }
+    };
+    for (i, d) in seal.body.digests.iter().enumerate() {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(d);
+        held.sealed
+            .insert((seal.body.epoch, seal.body.first + i as u64), digest);
+    }
+    shared.status().seals_verified += 1;
+    for (mut e, bytes) in decoded.into_iter().zip(&events) {
+        e.origin.clone_from(&shared.config.peer_id);
+        let digest = seal::event_digest(bytes);
+        held.events
+            .entry((e.epoch, e.seq))
+            .or_default()
+            .push(Candidate {
+                event: e,
+                digest,
+                stream_seq,
+                message: None,
+            });
+    }
+    held.seals.push((seal.body.epoch, seal.last(), m));
 }
 
 /// Applies the unbroken run of sealed events after the last applied one,
@@ -934,13 +1012,15 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
                 kept.push(c);
             } else if c.digest == want {
                 // The same event delivered twice.
-                held.done(&c.message, jetstream::AckKind::Ack).await;
+                if let Some(m) = &c.message {
+                    held.done(m, jetstream::AckKind::Ack).await;
+                }
             } else {
                 let cause = format!(
                     "event {} of epoch {:016x} (stream message {}) differs from the event the twin sealed",
                     key.1, key.0, c.stream_seq
                 );
-                refuse(shared, held, &c.message, cause).await;
+                refuse(shared, held, c.message.as_ref(), cause).await;
             }
         }
         if !kept.is_empty() {
@@ -956,7 +1036,9 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
             .collect();
         for k in repeats {
             for c in held.events.remove(&k).unwrap_or_default() {
-                held.done(&c.message, jetstream::AckKind::Ack).await;
+                if let Some(m) = &c.message {
+                    held.done(m, jetstream::AckKind::Ack).await;
+                }
                 shared.status().duplicates_total += 1;
             }
         }
@@ -1002,8 +1084,9 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
             Ok(Ok(report)) => {
                 let now = now_us();
                 for c in &run {
-                    held.stream_seqs.remove(&c.stream_seq);
-                    held.done(&c.message, jetstream::AckKind::Ack).await;
+                    if let Some(m) = &c.message {
+                        held.done(m, jetstream::AckKind::Ack).await;
+                    }
                 }
                 last += run.len() as u64;
                 let mut s = shared.status();

@@ -21,6 +21,10 @@ const CONTEXT: &[u8] = b"signer replication seal v1\n";
 pub const KIND_HEADER: &str = "Signer-Kind";
 /// Its value on a seal.
 pub const KIND_SEAL: &str = "seal";
+/// Its value on a sealed batch: a publish round's events and their seal in
+/// one message (what a signer publishes; a lone event or seal is still
+/// read, and judged the same way).
+pub const KIND_BATCH: &str = "batch";
 
 /// The signed part of a seal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +96,12 @@ impl Seal {
     pub fn open(bytes: &[u8], origin: &str, key: &PublicKey) -> Result<Seal, String> {
         let seal: Seal =
             signer_protocol::decode_body(bytes).map_err(|e| format!("unreadable seal: {}", e.0))?;
+        seal.verify(origin, key)
+    }
+
+    /// Checks a seal as [`Seal::open`] does.
+    pub fn verify(self, origin: &str, key: &PublicKey) -> Result<Seal, String> {
+        let seal = self;
         if seal.body.origin != origin {
             return Err(format!(
                 "a seal names origin {:?} on {origin}'s stream",
@@ -120,6 +130,67 @@ impl Seal {
     /// Sequence number of the last event covered.
     pub fn last(&self) -> u64 {
         self.body.first + (self.body.digests.len() as u64).saturating_sub(1)
+    }
+}
+
+/// A publish round in one message: its events' bytes, in sequence order,
+/// and the seal over them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The seal of the round.
+    pub seal: Seal,
+    /// Each event's bytes, the first being the seal's `first`.
+    pub events: Vec<serde_bytes::ByteBuf>,
+}
+
+impl Batch {
+    /// The batch's wire bytes (msgpack) for `events` sealed by `seal`.
+    pub fn encode(seal: &Seal, events: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            seal: &'a Seal,
+            events: Vec<&'a serde_bytes::Bytes>,
+        }
+        signer_protocol::encode_body(&Out {
+            seal,
+            events: events
+                .iter()
+                .map(|(_, bytes)| serde_bytes::Bytes::new(bytes))
+                .collect(),
+        })
+    }
+
+    /// Reads a batch and checks it: the seal as [`Seal::open`] does, and
+    /// each event against the digest the seal gives it. Returns the seal and
+    /// the events' bytes.
+    pub fn open(
+        bytes: &[u8],
+        origin: &str,
+        key: &PublicKey,
+    ) -> Result<(Seal, Vec<Vec<u8>>), String> {
+        let batch: Batch = signer_protocol::decode_body(bytes)
+            .map_err(|e| format!("unreadable batch: {}", e.0))?;
+        let seal = batch.seal.verify(origin, key)?;
+        if batch.events.len() != seal.body.digests.len() {
+            return Err(format!(
+                "a batch of {} events under a seal of {}",
+                batch.events.len(),
+                seal.body.digests.len()
+            ));
+        }
+        for (i, (event, digest)) in batch.events.iter().zip(&seal.body.digests).enumerate() {
+            if event_digest(event).as_slice() != digest.as_slice() {
+                return Err(format!(
+                    "event {} of the batch of events {}..{} in epoch {:016x} differs from its seal",
+                    seal.body.first + i as u64,
+                    seal.body.first,
+                    seal.last(),
+                    seal.body.epoch
+                ));
+            }
+        }
+        let events = batch.events.into_iter().map(|e| e.into_vec()).collect();
+        Ok((seal, events))
     }
 }
 
