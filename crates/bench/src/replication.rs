@@ -305,6 +305,14 @@ fn pin(pid: u32, cpu: usize) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Pins one thread (by its id) to CPU `cpu`.
+fn pin_thread(tid: u32, cpu: usize) {
+    let _ = std::process::Command::new("taskset")
+        .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+}
+
 /// Lets every thread of `pid` run on every CPU again.
 fn unpin(pid: u32) {
     let all = format!(
@@ -316,6 +324,9 @@ fn unpin(pid: u32) {
         .stdout(std::process::Stdio::null())
         .status();
 }
+
+/// Rounds of each kind in the replication cost section.
+const ROUNDS: usize = 5;
 
 /// Issuance throughput of a signer with its twin replicating against the
 /// same signer alone, alternating in the same run.
@@ -332,11 +343,14 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         "Pipelined `sign_x509` over an unthrottled pty, the same settings for both: a signer alone \
          (no `ca.replication`), and signer A of a twin pair whose events are published, sealed \
          (one HSM signature per publish round) and applied by B through two `nats-server`s with \
-         nkey authentication and TLS, as shipped. Three rounds each, alternating; median and range. \
+         nkey authentication and TLS, as shipped. Five rounds each, alternating; median and range. \
          The two hosts of a pair are played by this machine's two cores: the signer alone, signer A, \
          A's nats-server and the client are pinned to the first core, signer B and B's nats-server \
          to the second (`sched_setaffinity` through `taskset`), so B's verifying and applying does \
-         not take A's CPU, as on two hosts. The last column is the same with nothing pinned (both \
+         not take A's CPU, as on two hosts; so are the relays that stand for the crossover cable \
+         (threads of the benchmark, copying between sockets: no host's work on a real pair). \
+         A publish round is one message (its events and their seal), sealed after waiting 20 ms for \
+         the events committed right behind its first. The last column is the same with nothing pinned (both \
          twins share both cores: an upper bound of the cost).\n"
     )?;
     writeln!(
@@ -355,11 +369,20 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         let alone_c = Ceremony::new(key, SERVER_PROFILE);
         let alone = Bench::start_with_env(LinkSpec::unthrottled(), &alone_c.ca_yaml, alone_c.env());
         let twins = Twins::new(key, SERVER_PROFILE);
-        // B's host: the second core.
+        // B's host: the second core. The cable's relays (in this process)
+        // are no host's work: they go with B's, off A's core.
         let b_pids = [twins.b.daemon.pid(), twins.nats_b.pid()];
         if pinned {
             for pid in b_pids {
                 pin(pid, 1);
+            }
+            for tid in twins
+                .cable_ab
+                .threads()
+                .into_iter()
+                .chain(twins.cable_ba.threads())
+            {
+                pin_thread(tid, 1);
             }
         }
         let csr = make_csr(alone_c.dir(), "bench", csr_key);
@@ -370,7 +393,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         let cpu = |pid: u32| super::gateway::cpu_seconds(pid).unwrap_or(0.0);
         let (mut cpu_off, mut cpu_a, mut cpu_nats_a, mut cpu_b) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for round in 0..3 {
+        for round in 0..ROUNDS {
             let before = cpu(alone.daemon.pid());
             off.push(pipelined_rate(&c_alone, &csr, n, &format!("off-{round}"))?);
             cpu_off.push((cpu(alone.daemon.pid()) - before) * 1000.0 / n as f64);
@@ -413,7 +436,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             for pid in everyone.into_iter().chain(b_pids) {
                 unpin(pid);
             }
-            for round in 0..3 {
+            for round in 0..ROUNDS {
                 off1.push(pipelined_rate(&c_alone, &csr, n, &format!("off1-{round}"))?);
                 on1.push(pipelined_rate(&c_twin, &csr, n, &format!("on1-{round}"))?);
             }

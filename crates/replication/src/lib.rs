@@ -59,7 +59,7 @@ const PUBLISH_BATCH: usize = 256;
 /// `max_payload` (1 MiB), which configs/nats-server.conf keeps.
 const PUBLISH_BATCH_BYTES: usize = 512 * 1024;
 /// How long a round waits for more events before it is sealed.
-const LINGER: Duration = Duration::from_millis(10);
+const LINGER: Duration = Duration::from_millis(20);
 /// Events one apply transaction takes at most.
 const APPLY_BATCH: usize = 1000;
 /// Lag samples kept for the percentiles.

@@ -207,6 +207,17 @@ pub struct CutProxy {
     up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    threads: Arc<Mutex<Vec<u32>>>,
+}
+
+/// The calling thread's id (for `taskset -p`).
+fn thread_id() -> Option<u32> {
+    std::fs::read_link("/proc/thread-self")
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
 }
 
 impl CutProxy {
@@ -218,9 +229,17 @@ impl CutProxy {
         let up = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let threads: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(Vec::new()));
+        let note = |threads: &Arc<Mutex<Vec<u32>>>| {
+            if let (Some(id), Ok(mut list)) = (thread_id(), threads.lock()) {
+                list.push(id);
+            }
+        };
         {
             let (up, stop, conns) = (Arc::clone(&up), Arc::clone(&stop), Arc::clone(&conns));
+            let threads = Arc::clone(&threads);
             std::thread::spawn(move || {
+                note(&threads);
                 while !stop.load(Ordering::SeqCst) {
                     let Ok((inbound, _)) = listener.accept() else {
                         std::thread::sleep(Duration::from_millis(10));
@@ -245,7 +264,9 @@ impl CutProxy {
                     }
                     for pair in pairs {
                         if let (Ok(mut from), Ok(mut to)) = pair {
+                            let threads = Arc::clone(&threads);
                             std::thread::spawn(move || {
+                                note(&threads);
                                 let _ = std::io::copy(&mut from, &mut to);
                                 let _ = from.shutdown(Shutdown::Both);
                                 let _ = to.shutdown(Shutdown::Both);
@@ -260,7 +281,14 @@ impl CutProxy {
             up,
             stop,
             conns,
+            threads,
         }
+    }
+
+    /// The ids of the relay's threads (the acceptor's first; threads it
+    /// starts later inherit its CPU affinity).
+    pub fn threads(&self) -> Vec<u32> {
+        self.threads.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:port`.
