@@ -413,6 +413,41 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         );
         assert!(findings.is_empty(), "{profile}: {findings:?}");
     }
+    // The root's CRL lists CA certificates (an ARL): cACompromise is allowed
+    // there, aACompromise is not; it passes pkilint's BR ARL linter.
+    let (ok, serial) =
+        signer_testsupport::ca::openssl(&d, &["x509", "-in", "sub.pem", "-noout", "-serial"]);
+    assert!(ok, "{serial}");
+    let sub_serial = hex::decode(serial.trim().trim_start_matches("serial=")).unwrap();
+    let revoke_sub = |id: &str, reason: u8| {
+        client.request::<calls::RevokeX509>(&msg::RevokeX509 {
+            request_id: id.into(),
+            issuer: "root".into(),
+            serial: sub_serial.clone(),
+            reason,
+            invalidity_date: None,
+        })
+    };
+    let refused = revoke_sub("sub-aa", 10);
+    assert!(
+        matches!(&refused, Err(e) if e.status() == Some(Status::INVALID_REASON)),
+        "{refused:?}"
+    );
+    revoke_sub("sub-ca-compromise", 2).unwrap();
+    let arl: msg::FetchCrlReply = client
+        .request::<calls::FetchCrl>(&full_crl("root"))
+        .unwrap();
+    assert_eq!(arl.entries, 1);
+    let arl_file = d.join("root.crl");
+    std::fs::write(&arl_file, arl.crl.unwrap()).unwrap();
+    for profile in ["BR", "PKIX"] {
+        let findings = pkilint(
+            "lint_crl",
+            &["lint", "-t", "ARL", "-p", profile, "-s", "WARNING"],
+            &arl_file,
+        );
+        assert!(findings.is_empty(), "ARL {profile}: {findings:?}");
+    }
     drop(client);
 
     // check-config refuses profiles that could only issue what the rules forbid.
@@ -425,6 +460,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         ("policies: [2.23.140.1.2.1]", "policies: [2.23.140.1.2.2]", "ca.profiles.web-dv.policies"),
         ("san_types: [dns, ip]", "san_types: [dns, email]", "ca.profiles.web-dv.san_types"),
         ("required_subject_attributes: [C, O]", "required_subject_attributes: [C]", "ca.profiles.web-ov.required_subject_attributes"),
+        ("  profiles:\n", "  crl: {next_update_hours: 241, refresh_hours: 24}\n  profiles:\n", "ca.crl.next_update_hours"),
     ] {
         assert!(config.contains(from), "{from}");
         let bad = config_path.with_file_name("bad.yaml");

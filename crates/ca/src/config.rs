@@ -253,6 +253,19 @@ impl Section for CaConfig {
                 ),
             ));
         }
+        // The TLS Baseline Requirements (4.9.7): a subscriber CRL's
+        // nextUpdate at most ten days after its thisUpdate.
+        if self.profiles.values().any(|p| p.rules.is_cabf_serverauth())
+            && self.crl.next_update_hours > 240
+        {
+            return Err(invalid(
+                "ca.crl.next_update_hours".into(),
+                format!(
+                    "at most 240 (ten days) when a profile issues under the TLS Baseline Requirements (4.9.7), got {}",
+                    self.crl.next_update_hours
+                ),
+            ));
+        }
         if let Some(r) = self.replication.as_mut() {
             r.validate(file, base)?;
             if !self.keys.iter().any(|k| k.name == r.key) {

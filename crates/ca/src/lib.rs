@@ -511,19 +511,43 @@ impl CaService {
                 ),
             ));
         }
-        // An issuer of TLS certificates under the Baseline Requirements
-        // publishes a CRL under their CRL profile (7.2.2): for subscriber
-        // certificates, no cACompromise or aACompromise.
-        let br = self
+        // A hierarchy that issues TLS certificates under the Baseline
+        // Requirements publishes its CRLs under their CRL profile (7.2.2):
+        // an issuer of subscriber certificates allows neither cACompromise
+        // nor aACompromise; an issuer of CA certificates only (a root: its
+        // CRL is an ARL) allows cACompromise but not aACompromise.
+        let br_subscribers = self
             .config
             .profiles
             .values()
             .any(|p| p.issuer == entry.name && p.rules.is_cabf_serverauth());
-        if br && matches!(request.reason, 2 | 10) {
+        let br_hierarchy = self
+            .config
+            .profiles
+            .values()
+            .any(|p| p.rules.is_cabf_serverauth());
+        let refused = if br_subscribers {
+            matches!(request.reason, 2 | 10).then_some(
+                "0 unspecified, 1 keyCompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn",
+            )
+        } else if br_hierarchy
+            && !self
+                .config
+                .profiles
+                .values()
+                .any(|p| p.issuer == entry.name)
+        {
+            (request.reason == 10).then_some(
+                "its CRL lists CA certificates: 0 unspecified, 1 keyCompromise, 2 cACompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn",
+            )
+        } else {
+            None
+        };
+        if let Some(allowed) = refused {
             return Err(Failure::new(
                 Status::INVALID_REASON,
                 format!(
-                    "reason {} is not allowed on the CRL of {}, which issues under the TLS Baseline Requirements (7.2.2: 0 unspecified, 1 keyCompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn)",
+                    "reason {} is not allowed on the CRL of {}, in a hierarchy under the TLS Baseline Requirements (7.2.2: {allowed})",
                     request.reason, entry.name
                 ),
             )
