@@ -413,6 +413,25 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         );
         assert!(findings.is_empty(), "{profile}: {findings:?}");
     }
+    // The CA certificates the ceremony made (setup self-sign and setup
+    // intermediate) pass RFC 5280's linter; pkilint recognises the root.
+    for file in ["root.pem", "sub.pem"] {
+        let der = d.join(format!("{file}.der"));
+        let out = der.display().to_string();
+        let (ok, text) = signer_testsupport::ca::openssl(
+            &d,
+            &["x509", "-in", file, "-outform", "DER", "-out", &out],
+        );
+        assert!(ok, "{text}");
+        let pkix = pkilint("lint_pkix_cert", &["lint", "-s", "WARNING"], &der);
+        assert!(pkix.is_empty(), "{file}: {pkix:?}");
+    }
+    let (_, _, detected) = output(
+        linter("lint_cabf_serverauth_cert")
+            .args(["lint", "-d", "-o"])
+            .arg(d.join("root.pem.der")),
+    );
+    assert!(detected.contains("ROOT-CA"), "{detected}");
     // The root's CRL lists CA certificates (an ARL): cACompromise is allowed
     // there, aACompromise is not; it passes pkilint's BR ARL linter.
     let (ok, serial) =
