@@ -492,4 +492,61 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         assert_eq!(code, Some(1), "{field}: {out}{err}");
         assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
     }
+
+    // A TLS issuing CA as the Baseline Requirements ask it of the ceremony
+    // (7.1.2.6): country in the subject, extKeyUsage, certificatePolicies,
+    // authorityInformationAccess; the CA/B Forum linter finds nothing.
+    drop(bench);
+    let (ok, text) = c.signerd(&[
+        "setup",
+        "intermediate",
+        "--config",
+        "setup.yaml",
+        "--issuer",
+        "root",
+        "--key",
+        "sub",
+        "--subject",
+        "CN=Example TLS CA,O=Example,C=DE",
+        "--days",
+        "1825",
+        "--crl-url",
+        "http://crl.example.org/root.crl",
+        "--eku",
+        "server_auth",
+        "--eku",
+        "client_auth",
+        "--policy",
+        "2.23.140.1.2.1",
+        "--ca-issuers-url",
+        "http://www.example.org/root.crt",
+        "--ocsp-url",
+        "http://ocsp.example.org",
+        "--out",
+        "tls-ca.pem",
+    ]);
+    assert!(ok, "{text}");
+    let out = d.join("tls-ca.der").display().to_string();
+    let (ok, text) = signer_testsupport::ca::openssl(
+        &d,
+        &["x509", "-in", "tls-ca.pem", "-outform", "DER", "-out", &out],
+    );
+    assert!(ok, "{text}");
+    let der = d.join("tls-ca.der");
+    for (tool, args) in [
+        ("lint_pkix_cert", &["lint", "-s", "WARNING"][..]),
+        (
+            "lint_cabf_serverauth_cert",
+            &["lint", "-d", "-s", "WARNING"][..],
+        ),
+    ] {
+        let findings = pkilint(tool, args, &der);
+        assert!(findings.is_empty(), "{tool}: {findings:?}");
+    }
+    let (_, _, detected) = output(
+        linter("lint_cabf_serverauth_cert")
+            .args(["lint", "-d", "-o"])
+            .arg(&der),
+    );
+    assert!(detected.contains("TLS-CA"), "{detected}");
 }

@@ -57,6 +57,9 @@ pub enum Step {
         path_len: u8,
         /// CRL distribution points.
         crl_urls: Vec<String>,
+        /// What else the intermediate says of itself (extKeyUsage,
+        /// certificatePolicies, authorityInformationAccess).
+        extras: IntermediateExtras,
         /// Where the PEM goes.
         out: PathBuf,
     },
@@ -154,6 +157,21 @@ impl Step {
             Step::Import { .. } => "import",
         }
     }
+}
+
+/// An intermediate's extensions beyond a CA's own: what the TLS Baseline
+/// Requirements ask of a TLS issuing CA (7.1.2.6: extKeyUsage,
+/// certificatePolicies, authorityInformationAccess).
+#[derive(Debug, Clone, Default)]
+pub struct IntermediateExtras {
+    /// extKeyUsage.
+    pub eku: Vec<signer_x509::profile::Eku>,
+    /// certificatePolicies (OIDs).
+    pub policies: Vec<String>,
+    /// OCSP URLs.
+    pub ocsp_urls: Vec<String>,
+    /// CA issuer URLs.
+    pub ca_issuers_urls: Vec<String>,
 }
 
 /// Why a step did not happen.
@@ -393,6 +411,10 @@ pub fn perform(
                 now,
                 scheme: None,
                 crl_urls: Vec::new(),
+                eku: Vec::new(),
+                policies: Vec::new(),
+                ocsp_urls: Vec::new(),
+                ca_issuers_urls: Vec::new(),
             };
             let der = self_signed_root(&*backend, &key, &spec).map_err(|e| e.to_string())?;
             let pem = cert_pem(&der);
@@ -414,6 +436,7 @@ pub fn perform(
             days,
             path_len,
             crl_urls,
+            extras,
             out,
         } => {
             let backend = backend(ca)?;
@@ -426,6 +449,10 @@ pub fn perform(
                 now,
                 scheme: None,
                 crl_urls,
+                eku: extras.eku,
+                policies: extras.policies,
+                ocsp_urls: extras.ocsp_urls,
+                ca_issuers_urls: extras.ca_issuers_urls,
             };
             let der = intermediate(&*backend, &parent, &key, &spec).map_err(|e| e.to_string())?;
             // Recorded as the issuer's certificate before it is written out:

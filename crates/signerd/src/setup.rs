@@ -102,6 +102,19 @@ pub enum SetupCmd {
         /// CRL distribution point of the issuer.
         #[arg(long)]
         crl_url: Vec<String>,
+        /// Extended key usage of the intermediate, e.g. server_auth (the TLS
+        /// Baseline Requirements ask it of a TLS issuing CA); repeat for more.
+        #[arg(long, value_parser = parse_eku)]
+        eku: Vec<signer_x509::profile::Eku>,
+        /// Certificate policy OID, e.g. 2.23.140.1.2.1; repeat for more.
+        #[arg(long)]
+        policy: Vec<String>,
+        /// OCSP responder URL of the issuer (authorityInformationAccess).
+        #[arg(long)]
+        ocsp_url: Vec<String>,
+        /// Where the issuer's certificate is published (authorityInformationAccess).
+        #[arg(long)]
+        ca_issuers_url: Vec<String>,
         /// Where to write the certificate (PEM).
         #[arg(long)]
         out: PathBuf,
@@ -201,6 +214,17 @@ impl SetupCmd {
     }
 }
 
+/// An extended key usage by its profile name.
+fn parse_eku(name: &str) -> Result<signer_x509::profile::Eku, String> {
+    signer_x509::profile::Eku::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = signer_x509::profile::Eku::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -243,6 +267,10 @@ impl SetupCmd {
                 days,
                 path_len,
                 crl_url,
+                eku,
+                policy,
+                ocsp_url,
+                ca_issuers_url,
                 out,
                 ..
             } => Step::Intermediate {
@@ -252,6 +280,12 @@ impl SetupCmd {
                 days,
                 path_len,
                 crl_urls: crl_url,
+                extras: signer_ca::ceremony::IntermediateExtras {
+                    eku,
+                    policies: policy,
+                    ocsp_urls: ocsp_url,
+                    ca_issuers_urls: ca_issuers_url,
+                },
                 out,
             },
             SetupCmd::Csr {

@@ -42,6 +42,21 @@ pub enum Eku {
 }
 
 impl Eku {
+    /// Every usage, by its configuration name.
+    pub const ALL: [(&'static str, Eku); 6] = [
+        ("server_auth", Eku::ServerAuth),
+        ("client_auth", Eku::ClientAuth),
+        ("code_signing", Eku::CodeSigning),
+        ("email_protection", Eku::EmailProtection),
+        ("time_stamping", Eku::TimeStamping),
+        ("ocsp_signing", Eku::OcspSigning),
+    ];
+
+    /// The usage named `name` as in a profile (`server_auth`, …).
+    pub fn from_name(name: &str) -> Option<Eku> {
+        Eku::ALL.iter().find(|(n, _)| *n == name).map(|(_, e)| *e)
+    }
+
     /// The OID.
     pub fn oid(self) -> const_oid::ObjectIdentifier {
         const_oid::ObjectIdentifier::new_unwrap(match self {

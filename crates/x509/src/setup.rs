@@ -32,28 +32,39 @@ pub struct CaSpec {
     pub scheme: Option<Scheme>,
     /// CRL URLs for an intermediate.
     pub crl_urls: Vec<String>,
+    /// extKeyUsage of an intermediate (the TLS Baseline Requirements ask
+    /// server_auth, with client_auth at most, of a TLS issuing CA).
+    pub eku: Vec<crate::profile::Eku>,
+    /// certificatePolicies of an intermediate (policy OIDs).
+    pub policies: Vec<String>,
+    /// authorityInformationAccess of an intermediate: OCSP URLs.
+    pub ocsp_urls: Vec<String>,
+    /// … and CA issuer URLs (where the issuer's certificate is).
+    pub ca_issuers_urls: Vec<String>,
 }
 
 /// The extensions of a CA certificate: CA key usage, basic constraints,
-/// SKI, AKI where there is an issuer, CRL distribution points.
+/// SKI, AKI (a root's names its own key), and for an intermediate what
+/// `spec` asks: CRL distribution points, extKeyUsage, certificatePolicies,
+/// authorityInformationAccess.
 fn ca_extensions(
     spki_der: &[u8],
-    path_len: Option<u8>,
+    spec: &CaSpec,
     aki: Option<Vec<u8>>,
-    crl_urls: &[String],
 ) -> Result<Vec<Vec<u8>>, IssueError> {
+    let ski = key_identifier(&spki_bits(spki_der)?);
     encode_extensions(&ExtensionSpec {
-        ca: Some(path_len),
+        ca: Some(spec.path_len),
         key_usage: CA_KEY_USAGE,
-        eku: &[],
+        eku: &spec.eku,
         sans: Vec::new(),
         empty_subject: false,
-        ski: Some(key_identifier(&spki_bits(spki_der)?)),
-        aki,
-        crl_urls,
-        ocsp_urls: &[],
-        ca_issuers_urls: &[],
-        policies: &[],
+        aki: Some(aki.unwrap_or_else(|| ski.clone())),
+        ski: Some(ski),
+        crl_urls: &spec.crl_urls,
+        ocsp_urls: &spec.ocsp_urls,
+        ca_issuers_urls: &spec.ca_issuers_urls,
+        policies: &spec.policies,
     })
 }
 
@@ -74,7 +85,7 @@ pub fn self_signed_root(
     let scheme = spec.scheme.unwrap_or_else(|| default_scheme(public.kind));
     let subject =
         name::encode(&spec.subject).map_err(|e| IssueError::SubjectNotAllowed(e.to_string()))?;
-    let extensions = ca_extensions(&public.spki_der, spec.path_len, None, &[])?;
+    let extensions = ca_extensions(&public.spki_der, spec, None)?;
     let serial = random_serial(spec.serial_prefix);
     let tbs = encode_tbs(&TbsSpec {
         serial: &serial,
@@ -100,12 +111,7 @@ pub fn intermediate(
     let scheme = spec.scheme.unwrap_or_else(|| default_scheme(parent.kind));
     let subject =
         name::encode(&spec.subject).map_err(|e| IssueError::SubjectNotAllowed(e.to_string()))?;
-    let extensions = ca_extensions(
-        &public.spki_der,
-        spec.path_len,
-        Some(parent.key_id.clone()),
-        &spec.crl_urls,
-    )?;
+    let extensions = ca_extensions(&public.spki_der, spec, Some(parent.key_id.clone()))?;
     let serial = random_serial(spec.serial_prefix);
     let not_after = (spec.now + i64::from(spec.days) * 86_400 - 1).min(parent.not_after);
     let tbs = encode_tbs(&TbsSpec {

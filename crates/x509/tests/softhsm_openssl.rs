@@ -122,6 +122,10 @@ fn issue_with_softhsm_keys_and_verify_with_openssl() {
         now: now() - 60,
         scheme: None,
         crl_urls: vec!["http://crl.example.org/root.crl".into()],
+        eku: Vec::new(),
+        policies: Vec::new(),
+        ocsp_urls: Vec::new(),
+        ca_issuers_urls: Vec::new(),
     };
     let root_der = self_signed_root(&backend, "root", &ca("Test Root", Some(1))).unwrap();
     let root = CaSigner::new("root", "root", root_der.clone(), &backend).unwrap();
