@@ -13,7 +13,6 @@ use std::io::Cursor;
 
 use rmp::decode as d;
 use rmp::encode as e;
-use serde::Deserialize;
 
 use crate::{Command, Status, VERSION};
 
@@ -155,17 +154,70 @@ pub fn decode_request(content: &[u8]) -> Result<Request<'_>, EnvelopeError> {
     if body.is_empty() {
         return Err(malformed("request has no body"));
     }
-    let mut rest = body;
-    serde::de::IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
-        .map_err(|_| malformed("the body is not one msgpack value"))?;
-    if !rest.is_empty() {
+    let len = value_len(body).ok_or_else(|| malformed("the body is not one msgpack value"))?;
+    if len != body.len() {
         return Err(malformed("bytes after the request array"));
     }
-    Ok(Request {
-        id,
-        command,
-        body: &body[..body.len() - rest.len()],
-    })
+    Ok(Request { id, command, body })
+}
+
+/// The length of the one msgpack value `bytes` starts with; `None` if it
+/// is cut short or holds a byte msgpack never uses. Iterative: a value
+/// nested as deep as a frame allows takes no stack.
+fn value_len(bytes: &[u8]) -> Option<usize> {
+    use rmp::Marker as M;
+    let mut at = 0usize;
+    // Values still to read (a container adds its elements).
+    let mut pending: u64 = 1;
+    let be = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes.get(at..at.checked_add(n)?)?;
+        Some(b.iter().fold(0u64, |acc, &x| acc << 8 | u64::from(x)))
+    };
+    while pending > 0 {
+        // Each value takes at least one byte: more pending values than
+        // bytes left cannot be a whole value.
+        if pending > (bytes.len() - at) as u64 {
+            return None;
+        }
+        pending -= 1;
+        let marker = M::from_u8(*bytes.get(at)?);
+        at += 1;
+        // (bytes of the header after the marker, payload length, elements)
+        let (head, payload, elements): (usize, u64, u64) = match marker {
+            M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => (0, 0, 0),
+            M::U8 | M::I8 => (1, 0, 0),
+            M::U16 | M::I16 => (2, 0, 0),
+            M::U32 | M::I32 | M::F32 => (4, 0, 0),
+            M::U64 | M::I64 | M::F64 => (8, 0, 0),
+            M::FixStr(n) => (0, u64::from(n), 0),
+            M::Str8 | M::Bin8 => (1, be(at, 1)?, 0),
+            M::Str16 | M::Bin16 => (2, be(at, 2)?, 0),
+            M::Str32 | M::Bin32 => (4, be(at, 4)?, 0),
+            M::FixArray(n) => (0, 0, u64::from(n)),
+            M::Array16 => (2, 0, be(at, 2)?),
+            M::Array32 => (4, 0, be(at, 4)?),
+            M::FixMap(n) => (0, 0, 2 * u64::from(n)),
+            M::Map16 => (2, 0, 2 * be(at, 2)?),
+            M::Map32 => (4, 0, 2 * be(at, 4)?),
+            M::FixExt1 => (1, 1, 0),
+            M::FixExt2 => (1, 2, 0),
+            M::FixExt4 => (1, 4, 0),
+            M::FixExt8 => (1, 8, 0),
+            M::FixExt16 => (1, 16, 0),
+            M::Ext8 => (2, be(at, 1)?, 0),
+            M::Ext16 => (3, be(at, 2)?, 0),
+            M::Ext32 => (5, be(at, 4)?, 0),
+            M::Reserved => return None,
+        };
+        at = at
+            .checked_add(head)?
+            .checked_add(usize::try_from(payload).ok()?)?;
+        if at > bytes.len() {
+            return None;
+        }
+        pending = pending.checked_add(elements)?;
+    }
+    Some(at)
 }
 
 /// Encodes one response part.

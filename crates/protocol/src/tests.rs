@@ -364,3 +364,51 @@ fn audit_request_vectors() {
         content
     );
 }
+
+/// A body nested as deep as a frame allows takes no stack: the envelope
+/// skips it as one value without recursion, and the command's decoder
+/// refuses it (or an unknown field holding it) without descending.
+#[test]
+fn deeply_nested_bodies_do_not_exhaust_the_stack() {
+    for depth in [100usize, 1_000, 2_000, 1_000_000] {
+        let nested = |prefix: &[u8]| {
+            let mut body = prefix.to_vec();
+            body.extend(std::iter::repeat_n(0x91u8, depth));
+            body.push(0x80);
+            body
+        };
+        let bodies = [nested(&[]), nested(&[0x81, 0xa1, b'x'])];
+        // On a thread with a small stack.
+        let results = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                bodies
+                    .iter()
+                    .map(|body| {
+                        let content = [&hex::decode("94010201").unwrap()[..], body].concat();
+                        let len = decode_request(&content).map(|r| r.body.len());
+                        let hello = decode_body::<msg::Hello>(body).is_err();
+                        (len, body.len(), hello)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        for (len, body_len, refused) in results {
+            assert_eq!(len, Ok(body_len), "{depth}");
+            assert!(refused, "{depth}");
+        }
+    }
+    // Cut short, or a container claiming more elements than bytes remain.
+    for hex_body in ["91", "dc0010", "ddffffffff", "c4", "c405", "c1"] {
+        let content = hex::decode(format!("94010201{hex_body}")).unwrap();
+        assert!(
+            matches!(
+                decode_request(&content),
+                Err(EnvelopeError::MalformedRequest { id: 2, .. })
+            ),
+            "{hex_body}"
+        );
+    }
+}
