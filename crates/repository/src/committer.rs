@@ -69,11 +69,14 @@ pub(crate) fn committer(
             }
         }
         let batch = issues;
+        let records = !batch.is_empty() || !certifies.is_empty();
         let outcome = guard(|| {
             let handle = db.get()?;
             commit_batch(&handle, origin, &batch, audits, &certifies)
         });
-        db.note(&outcome);
+        // Audit entries alone (the refusal of a request the full disk could
+        // not record, say) are small enough to fit where records do not.
+        db.note_write(&outcome, records);
         match outcome {
             Ok((results, certified, mark)) => {
                 high_water.fetch_max(mark, Ordering::SeqCst);

@@ -104,8 +104,16 @@ impl Writable {
     /// Notes a write's outcome: a storage failure (not a damaged record)
     /// schedules a reopen and is kept as the fault; a success clears it.
     pub(crate) fn note<T>(&self, result: &Result<T, RepoError>) {
+        self.note_write(result, true);
+    }
+
+    /// Like [`Writable::note`]; a success clears the fault only when
+    /// `clears` (a commit of records: a small audit entry that fits on a
+    /// full disk does not show the disk can take certificates again).
+    pub(crate) fn note_write<T>(&self, result: &Result<T, RepoError>, clears: bool) {
         let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
         match result {
+            Ok(_) if !clears => {}
             Ok(_) => {
                 if let Some(f) = fault.take() {
                     tracing::info!(failures = f.failures, "repository writes succeed again");
