@@ -364,22 +364,6 @@ fn tarball() -> PathBuf {
     path
 }
 
-fn build_deb(out: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin_dir = bin("signerd").parent().unwrap().to_path_buf();
-    let made = Command::new(root.join("scripts/package-deb.sh"))
-        .env("BIN_DIR", &bin_dir)
-        .env("OUT_DIR", out)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&made.stdout).trim())
-}
-
 /// The web host's lines, with the signers' serial devices where the
 /// runbook has /dev/ttyUSB0 and /dev/ttyUSB1. A `health` line is repeated
 /// until it shows what the runbook says it shows (the twins meet within a
@@ -419,7 +403,7 @@ fn the_ceremonies_run_as_written_on_debian() {
     assert!(am_root, "needs root: chroot, mounts and network namespaces");
     let tarball = tarball();
     let debs = tempfile::tempdir().unwrap();
-    let deb = build_deb(debs.path());
+    let deb = signer_testsupport::package_deb("signer", debs.path());
     let doc = include_str!("../docs/operations.md");
     let install: Vec<String> = block_install(doc);
 

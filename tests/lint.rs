@@ -115,6 +115,15 @@ fn pkilint(tool: &str, args: &[&str], file: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The certificate in PEM file `name` under `d`, written as DER beside it
+/// (pkilint reads DER); its path.
+fn der_file(d: &Path, name: &str) -> std::path::PathBuf {
+    let der = signer_x509::cert_der(&std::fs::read(d.join(name)).unwrap()).unwrap();
+    let path = d.join(format!("{name}.der"));
+    std::fs::write(&path, der).unwrap();
+    path
+}
+
 fn sign(
     client: &Client,
     id: &str,
@@ -416,20 +425,14 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
     // The CA certificates the ceremony made (setup self-sign and setup
     // intermediate) pass RFC 5280's linter; pkilint recognises the root.
     for file in ["root.pem", "sub.pem"] {
-        let der = d.join(format!("{file}.der"));
-        let out = der.display().to_string();
-        let (ok, text) = signer_testsupport::ca::openssl(
-            &d,
-            &["x509", "-in", file, "-outform", "DER", "-out", &out],
-        );
-        assert!(ok, "{text}");
+        let der = der_file(&d, file);
         let pkix = pkilint("lint_pkix_cert", &["lint", "-s", "WARNING"], &der);
         assert!(pkix.is_empty(), "{file}: {pkix:?}");
     }
     let (_, _, detected) = output(
         linter("lint_cabf_serverauth_cert")
             .args(["lint", "-d", "-o"])
-            .arg(d.join("root.pem.der")),
+            .arg(der_file(&d, "root.pem")),
     );
     assert!(detected.contains("ROOT-CA"), "{detected}");
     // The root's CRL lists CA certificates (an ARL): cACompromise is allowed
@@ -526,13 +529,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         "tls-ca.pem",
     ]);
     assert!(ok, "{text}");
-    let out = d.join("tls-ca.der").display().to_string();
-    let (ok, text) = signer_testsupport::ca::openssl(
-        &d,
-        &["x509", "-in", "tls-ca.pem", "-outform", "DER", "-out", &out],
-    );
-    assert!(ok, "{text}");
-    let der = d.join("tls-ca.der");
+    let der = der_file(&d, "tls-ca.pem");
     for (tool, args) in [
         ("lint_pkix_cert", &["lint", "-s", "WARNING"][..]),
         (

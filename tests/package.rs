@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use signer_testsupport::{bin, output};
+use signer_testsupport::{bin, output, package_deb};
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
     let (code, stdout, stderr) = output(Command::new("dpkg-deb").args(args).arg(deb));
@@ -17,23 +17,9 @@ fn dpkg_deb(args: &[&str], deb: &Path) -> String {
 
 #[test]
 fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin_dir = bin("signerd").parent().unwrap().to_path_buf();
     assert!(bin("signer-client").exists());
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(root.join("scripts/package-deb.sh"))
-        .env("BIN_DIR", &bin_dir)
-        .env("OUT_DIR", out_dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let deb = Path::new(&deb);
-    assert!(deb.exists(), "{}", deb.display());
+    let deb = &package_deb("signer", out_dir.path());
 
     let contents = dpkg_deb(&["-c"], deb);
     for path in [
@@ -161,22 +147,9 @@ fn the_deb_holds_binaries_unit_config_and_creates_the_user() {
 
 #[test]
 fn the_gateway_deb_holds_its_binaries_unit_and_config_and_keeps_the_queue() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin_dir = bin("signer-gateway").parent().unwrap().to_path_buf();
+    assert!(bin("signer-gateway").exists());
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(root.join("scripts/package-deb.sh"))
-        .arg("gateway")
-        .env("BIN_DIR", &bin_dir)
-        .env("OUT_DIR", out_dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let deb = Path::new(&deb);
+    let deb = &package_deb("gateway", out_dir.path());
 
     let contents = dpkg_deb(&["-c"], deb);
     for path in [

@@ -71,21 +71,27 @@ fn readiness_watchdog_and_journal_priorities() {
     assert_eq!(status.code(), Some(0), "{log}");
     // Every line carries its priority for journald; informational lines <6>,
     // the absent device's warning <4>; no colour codes.
-    assert!(!log.is_empty());
-    for line in log.lines() {
-        assert!(
-            line.starts_with("<3>")
-                || line.starts_with("<4>")
-                || line.starts_with("<6>")
-                || line.starts_with("<7>"),
-            "{line}"
-        );
-    }
+    journal_lines(&log);
     assert!(
         log.lines()
             .any(|l| l.starts_with("<6>") && l.contains("signerd started")),
         "{log}"
     );
+}
+
+/// Every line carries its syslog priority for journald, informational
+/// (`<6>`) and warning (`<4>`) lines among them, and no colour codes.
+fn journal_lines(log: &str) {
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "{line}"
+        );
+    }
+    assert!(log.lines().any(|l| l.starts_with("<6>")), "{log}");
     assert!(log.lines().any(|l| l.starts_with("<4>")), "{log}");
     assert!(!log.contains('\u{1b}'), "{log}");
 }
@@ -130,17 +136,5 @@ fn the_gateway_logs_with_journal_priorities_too() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait().unwrap();
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(!log.is_empty());
-    for line in log.lines() {
-        assert!(
-            ["<3>", "<4>", "<6>", "<7>"]
-                .iter()
-                .any(|p| line.starts_with(p)),
-            "{line}"
-        );
-    }
-    assert!(log.lines().any(|l| l.starts_with("<6>")), "{log}");
-    assert!(log.lines().any(|l| l.starts_with("<4>")), "{log}");
-    assert!(!log.contains('\u{1b}'), "{log}");
+    journal_lines(&std::fs::read_to_string(&log_path).unwrap());
 }

@@ -571,13 +571,16 @@ impl Driver {
                 // The signer would refuse the frame (§3.3) without knowing
                 // which request it was: say so now instead of waiting out
                 // the retransmissions.
-                let size = encode_request(id, command, &[]).len() + body.len();
+                let too_large = self.signer_max_frame.and_then(|max| {
+                    let size = encode_request(id, command, &[]).len() + body.len();
+                    (size > max).then_some((size, max))
+                });
                 if let Some(message) = &self.link_down {
                     let _ = reply.send(Err(ClientError::Link {
                         device: self.options.device.display().to_string(),
                         message: message.clone(),
                     }));
-                } else if let Some(max) = self.signer_max_frame.filter(|max| size > *max) {
+                } else if let Some((size, max)) = too_large {
                     let _ = reply.send(Err(ClientError::Protocol(format!(
                         "the request is {size} bytes, more than the signer's max_frame of {max}: \
                          it would refuse the frame (raise protocol.max_frame on the signer)"

@@ -854,27 +854,19 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
         // Redelivered while held (its acknowledgement is still owed).
         return;
     }
-    let kind = m
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(seal::KIND_HEADER))
-        .map(|v| v.as_str().to_string());
-    if kind.as_deref() == Some(seal::KIND_BATCH) {
+    let kind_is = |kind: &str| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(seal::KIND_HEADER))
+            .is_some_and(|v| v.as_str() == kind)
+    };
+    if kind_is(seal::KIND_BATCH) {
         hold_batch(shared, held, m, stream_seq).await;
         return;
     }
-    if kind.as_deref() == Some(seal::KIND_SEAL) {
+    if kind_is(seal::KIND_SEAL) {
         match Seal::open(&m.payload, &shared.config.peer_id, &shared.peer_key) {
-            Ok(seal) => {
-                for (i, d) in seal.body.digests.iter().enumerate() {
-                    let mut digest = [0u8; 32];
-                    digest.copy_from_slice(d);
-                    held.sealed
-                        .insert((seal.body.epoch, seal.body.first + i as u64), digest);
-                }
-                shared.status().seals_verified += 1;
-                held.seals.push((seal.body.epoch, seal.last(), m));
-            }
+            Ok(seal) => keep_seal(shared, held, &seal, m),
             Err(cause) => {
                 refuse(
                     shared,
@@ -942,10 +934,10 @@ async fn hold_batch(shared: &Shared, held: &mut Inbox, m: jetstream::Message, st
                     ));
                 }
             }
-            Ok((seal, events, decoded))
+            Ok((seal, decoded))
         },
     );
-    let (seal, events, decoded) = match opened {
+    let (seal, decoded) = match opened {
         Ok(o) => o,
         Err(cause) => {
             refuse(
@@ -958,16 +950,11 @@ async fn hold_batch(shared: &Shared, held: &mut Inbox, m: jetstream::Message, st
             return;
         }
     };
-    for (i, d) in seal.body.digests.iter().enumerate() {
+    // Batch::open checked each event against the seal's digest for it.
+    for (mut e, d) in decoded.into_iter().zip(&seal.body.digests) {
+        e.origin.clone_from(&shared.config.peer_id);
         let mut digest = [0u8; 32];
         digest.copy_from_slice(d);
-        held.sealed
-            .insert((seal.body.epoch, seal.body.first + i as u64), digest);
-    }
-    shared.status().seals_verified += 1;
-    for (mut e, bytes) in decoded.into_iter().zip(&events) {
-        e.origin.clone_from(&shared.config.peer_id);
-        let digest = seal::event_digest(bytes);
         held.events
             .entry((e.epoch, e.seq))
             .or_default()
@@ -978,6 +965,19 @@ async fn hold_batch(shared: &Shared, held: &mut Inbox, m: jetstream::Message, st
                 message: None,
             });
     }
+    keep_seal(shared, held, &seal, m);
+}
+
+/// Keeps a verified seal: the digests it vouches for, by (epoch, sequence
+/// number), and its message, acknowledged once all it covers is applied.
+fn keep_seal(shared: &Shared, held: &mut Inbox, seal: &Seal, m: jetstream::Message) {
+    for (i, d) in seal.body.digests.iter().enumerate() {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(d);
+        held.sealed
+            .insert((seal.body.epoch, seal.body.first + i as u64), digest);
+    }
+    shared.status().seals_verified += 1;
     held.seals.push((seal.body.epoch, seal.last(), m));
 }
 

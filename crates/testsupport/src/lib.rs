@@ -25,6 +25,30 @@ use std::time::{Duration, Instant};
 use signer_client::{Client, LinkOptions};
 use signer_linksim::{LinkSim, Options};
 
+/// Builds a Debian package (`kind`: `signer` or `gateway`) from this
+/// build's binaries with scripts/package-deb.sh into `out`; its path.
+pub fn package_deb(kind: &str, out: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin_dir = bin("signerd")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let made = Command::new(root.join("scripts/package-deb.sh"))
+        .arg(kind)
+        .env("BIN_DIR", &bin_dir)
+        .env("OUT_DIR", out)
+        .output()
+        .expect("run scripts/package-deb.sh");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let deb = PathBuf::from(String::from_utf8_lossy(&made.stdout).trim());
+    assert!(deb.exists(), "{}", deb.display());
+    deb
+}
+
 /// Path of one of the workspace's binaries, built (once per test process)
 /// with the same profile as the running test, so it is never stale.
 pub fn bin(name: &str) -> PathBuf {
