@@ -533,6 +533,19 @@ fn check_twin(
         }
         .into());
     }
+    if peer.peer_id.as_deref() != Some(expected.signer_id.as_str()) {
+        // Changes made before the twin was configured went to no outbox:
+        // only a backup taken once the twin was configured holds them all.
+        return Err(identity::Refusal::Foreign {
+            path: shown,
+            why: format!(
+                "the backup of {:?} was taken before it was configured with {:?} as its twin \
+                 (start it with the pair's configuration, then take the backup again)",
+                peer.signer_id, expected.signer_id
+            ),
+        }
+        .into());
+    }
     let mut as_peer = expected.clone();
     as_peer.signer_id = peer.signer_id.clone();
     as_peer.peer_id = None;
@@ -584,6 +597,7 @@ fn seed_into(
         meta.insert("epoch", crate::new_epoch(path))
             .map_err(storage)?;
         meta.insert("digests", 1).map_err(storage)?;
+        meta.insert("twin", 1).map_err(storage)?;
         let mut applied = txn.open_table(crate::apply::APPLIED).map_err(storage)?;
         applied
             .insert(

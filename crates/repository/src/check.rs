@@ -56,6 +56,142 @@ impl Repository {
     }
 }
 
+/// Order-independent sums of what the certificates say their index
+/// entries are, and of the index entries found.
+#[derive(Default)]
+struct IndexSums {
+    from_certs: ([u8; 32], [u8; 32], u64),
+    requests: ([u8; 32], u64),
+    expiry: ([u8; 32], u64),
+    undecodable: bool,
+}
+
+fn member(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u32).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn xor(acc: &mut [u8; 32], m: [u8; 32]) {
+    for (a, b) in acc.iter_mut().zip(m) {
+        *a ^= b;
+    }
+}
+
+impl IndexSums {
+    fn certificate(&mut self, request_id: &str, not_after: i64, issuer: &str, serial: &[u8]) {
+        let (req, exp, n) = &mut self.from_certs;
+        xor(
+            req,
+            member(&[request_id.as_bytes(), issuer.as_bytes(), serial]),
+        );
+        xor(
+            exp,
+            member(&[&not_after.to_be_bytes(), issuer.as_bytes(), serial]),
+        );
+        *n += 1;
+    }
+
+    fn request(&mut self, request_id: &str, issuer: &str, serial: &[u8]) {
+        xor(
+            &mut self.requests.0,
+            member(&[request_id.as_bytes(), issuer.as_bytes(), serial]),
+        );
+        self.requests.1 += 1;
+    }
+
+    /// A certificate whose request id the index gives to another (a
+    /// twins' conflict).
+    fn also_indexed(&mut self, request_id: &str, issuer: &str, serial: &[u8]) {
+        self.request(request_id, issuer, serial);
+    }
+
+    fn expiry(&mut self, not_after: i64, issuer: &str, serial: &[u8]) {
+        xor(
+            &mut self.expiry.0,
+            member(&[&not_after.to_be_bytes(), issuer.as_bytes(), serial]),
+        );
+        self.expiry.1 += 1;
+    }
+
+    fn agree(&self) -> bool {
+        let (req, exp, n) = self.from_certs;
+        !self.undecodable && self.requests == (req, n) && self.expiry == (exp, n)
+    }
+}
+
+type CertsTable = redb::ReadOnlyTable<(&'static str, &'static [u8]), &'static [u8]>;
+type RequestsTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+type ExpiryTable = redb::ReadOnlyTable<(i64, &'static str, &'static [u8]), ()>;
+
+/// The indexes disagree with the certificates: every record looked up in
+/// the others, naming each one that is missing or points nowhere.
+fn cross_check(
+    certs: &CertsTable,
+    requests: &RequestsTable,
+    expiry: &ExpiryTable,
+    f: &mut Found,
+) -> Result<(), RepoError> {
+    for item in certs.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        let (issuer, serial) = key.value();
+        let Ok(r) = decode(value.value()) else {
+            continue;
+        };
+        if requests
+            .get(r.request_id.as_str())
+            .map_err(storage)?
+            .is_none()
+        {
+            f.problem(format!(
+                "certificate {issuer}/{}: request id {} not indexed",
+                hex(serial),
+                r.request_id
+            ));
+        }
+        if expiry
+            .get((r.not_after, issuer, serial))
+            .map_err(storage)?
+            .is_none()
+        {
+            f.problem(format!(
+                "certificate {issuer}/{}: not in the expiry index",
+                hex(serial)
+            ));
+        }
+    }
+    for item in requests.iter().map_err(storage)? {
+        let (key, value) = item.map_err(storage)?;
+        if let Ok(entry) = decode_request(value.value()) {
+            if certs
+                .get((entry.issuer.as_str(), entry.serial.as_slice()))
+                .map_err(storage)?
+                .is_none()
+            {
+                f.problem(format!(
+                    "request {}: its certificate is missing",
+                    key.value()
+                ));
+            }
+        }
+    }
+    for item in expiry.iter().map_err(storage)? {
+        let (key, _) = item.map_err(storage)?;
+        let (_, issuer, serial) = key.value();
+        if certs.get((issuer, serial)).map_err(storage)?.is_none() {
+            f.problem(format!(
+                "expiry index: {issuer}/{} has no certificate",
+                hex(serial)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Result<(), RepoError> {
     match identity::read(txn) {
         Ok(Some(_)) => f.report.records += 1,
@@ -68,6 +204,13 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
     let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
     let mut digests: BTreeMap<String, SetDigest> = BTreeMap::new();
 
+    // One pass over each table, in its own key order: the indexes agree
+    // with the certificates when the multisets of (request id, issuer,
+    // serial) and (notAfter, issuer, serial) seen from both sides are
+    // equal (order-independent sums; no lookup per record, so the pass
+    // reads the file sequentially). Only when they differ is every record
+    // looked up, to name what is wrong.
+    let mut sums = IndexSums::default();
     for item in certs.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
         let (issuer, serial) = key.value();
@@ -76,6 +219,7 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
             Ok(r) => r,
             Err(e) => {
                 f.problem(format!("certificate {issuer}/{}: {e}", hex(serial)));
+                sums.undecodable = true;
                 continue;
             }
         };
@@ -87,57 +231,47 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
                 hex(&r.serial)
             ));
         }
-        match requests.get(r.request_id.as_str()).map_err(storage)? {
-            None => f.problem(format!(
-                "certificate {issuer}/{}: request id {} not indexed",
-                hex(serial),
-                r.request_id
-            )),
-            Some(v) => {
-                if let Err(e) = decode_request(v.value()) {
-                    f.problem(format!("request {}: {e}", r.request_id));
-                }
-            }
-        }
-        if expiry
-            .get((r.not_after, issuer, serial))
-            .map_err(storage)?
-            .is_none()
-        {
-            f.problem(format!(
-                "certificate {issuer}/{}: not in the expiry index",
-                hex(serial)
-            ));
-        }
+        sums.certificate(&r.request_id, r.not_after, issuer, serial);
         crate::outbox::add_cert(digests.entry(r.issuer.clone()).or_default(), &r);
     }
     for item in requests.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
         f.report.records += 1;
         match decode_request(value.value()) {
-            Err(e) => f.problem(format!("request {}: {e}", key.value())),
-            Ok(entry) => {
-                if certs
-                    .get((entry.issuer.as_str(), entry.serial.as_slice()))
-                    .map_err(storage)?
-                    .is_none()
-                {
-                    f.problem(format!(
-                        "request {}: its certificate is missing",
-                        key.value()
-                    ));
-                }
+            Err(e) => {
+                f.problem(format!("request {}: {e}", key.value()));
+                sums.undecodable = true;
             }
+            Ok(entry) => sums.request(key.value(), &entry.issuer, &entry.serial),
         }
     }
     for item in expiry.iter().map_err(storage)? {
         let (key, _) = item.map_err(storage)?;
-        let (_, issuer, serial) = key.value();
-        if certs.get((issuer, serial)).map_err(storage)?.is_none() {
-            f.problem(format!(
-                "expiry index: {issuer}/{} has no certificate",
-                hex(serial)
-            ));
+        let (not_after, issuer, serial) = key.value();
+        sums.expiry(not_after, issuer, serial);
+    }
+    // A request id both twins used names two certificates; the index
+    // keeps this signer's, the conflict record the twin's.
+    let conflicts = txn.open_table(crate::apply::CONFLICTS).map_err(storage)?;
+    for item in conflicts.iter().map_err(storage)? {
+        let (_, value) = item.map_err(storage)?;
+        let conflict =
+            sealed::open::<crate::records::Conflict>(crate::apply::CONFLICTS.name(), value.value());
+        match conflict
+            .ok()
+            .and_then(|c| Some((hex::decode(&c.remote.1).ok()?, c)))
+        {
+            Some((serial, c)) => sums.also_indexed(&c.request_id, &c.remote.0, &serial),
+            None => sums.undecodable = true,
+        }
+    }
+    if !sums.agree() {
+        let before = f.report.problems.len();
+        cross_check(&certs, &requests, &expiry, f)?;
+        if f.report.problems.len() == before && !sums.undecodable {
+            f.problem(
+                "indexes: the request id and expiry indexes do not hold exactly the certificates' entries".into(),
+            );
         }
     }
     let seqs = txn.open_table(REVOCATION_SEQ).map_err(storage)?;

@@ -46,9 +46,10 @@ impl Repository {
         let mark = self.write(|txn| {
             {
                 let mut crls = txn.open_table(CRLS).map_err(storage)?;
-                let value = sealed::seal(CRLS.name(), crl)?;
+                let value = sealed::seal_sized(CRLS.name(), crl, crl.der.len() + 1024)?;
                 crls.insert(crl.issuer.as_str(), value.as_slice())
                     .map_err(storage)?;
+                drop(value);
                 let mut history = txn.open_table(CRL_HISTORY).map_err(storage)?;
                 let meta = sealed::seal(
                     CRL_HISTORY.name(),

@@ -70,7 +70,7 @@ pub use records::{
     RevocationRecord, Revoked,
 };
 pub use revocations::revocation_wins;
-pub use store::WriteFault;
+pub use store::{Space, WriteFault};
 pub use tree::StoredCheckpoint;
 
 /// Why a repository operation failed.
@@ -307,6 +307,9 @@ impl Repository {
                 meta.insert("epoch", new_epoch(path)).map_err(storage)?;
                 meta.insert("digests", 1).map_err(storage)?;
             }
+            if expected.peer_id.is_some() {
+                outbox::mark_twinned(&txn)?;
+            }
             audit::append(
                 &txn,
                 &expected.signer_id,
@@ -346,9 +349,31 @@ impl Repository {
                 .into());
             };
             let identity = match identity::reconcile(&shown, &found, expected)? {
+                None if found.peer_id.is_some()
+                    && !outbox::twinned(&txn.open_table(outbox::META).map_err(storage)?)? =>
+                {
+                    // A pair's repository written before the outbox was
+                    // kept only for pairs.
+                    outbox::mark_twinned(&txn)?;
+                    txn.commit().map_err(storage)?;
+                    return Ok(found);
+                }
                 None => found,
                 Some(updated) => {
                     create_tables(&txn)?;
+                    let twinned = outbox::twinned(&txn.open_table(outbox::META).map_err(storage)?)?;
+                    if found.peer_id.is_some() && !twinned {
+                        // A pair's repository from before the outbox was
+                        // kept only for pairs: its events are all there.
+                        outbox::mark_twinned(&txn)?;
+                    } else if updated.peer_id.is_some() && !twinned {
+                        let events = outbox::become_twinned(&txn, &expected.signer_id)?;
+                        tracing::info!(
+                            events,
+                            twin = updated.peer_id.as_deref().unwrap_or_default(),
+                            "the repository is one of a pair now: what it recorded alone goes to the twin"
+                        );
+                    }
                     identity::write(&txn, &updated)?;
                     let added: Vec<String> = updated
                         .cas

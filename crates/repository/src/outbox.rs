@@ -22,7 +22,10 @@ pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("eve
 
 /// Counters: `event_seq` (last own sequence number assigned), `digests` (1
 /// once the digests cover every record), `epoch` (random, fixed when the
-/// repository is created: a replaced repository starts a new sequence).
+/// repository is created: a replaced repository starts a new sequence),
+/// `twin` (1 once the repository belongs to a pair: only then are changes
+/// written to the outbox; a single signer keeps no second copy of each
+/// record that nothing would ever read or trim).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
 
 /// Per issuer: [`SetDigest`].
@@ -225,14 +228,109 @@ pub(crate) fn digest_revocation(
     })
 }
 
+/// Marks the repository as one of a pair (in the caller's transaction):
+/// from then on its changes go to the outbox. Never undone.
+pub(crate) fn mark_twinned(txn: &WriteTransaction) -> Result<(), RepoError> {
+    txn.open_table(META)
+        .map_err(storage)?
+        .insert("twin", 1)
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// A single signer's repository becomes one of a pair: marked, and
+/// everything it recorded alone goes to the outbox as events, in the
+/// caller's transaction, so that the twin receives the whole record (its
+/// audit chain from the first entry, every certificate, revocation,
+/// certification and CRL number). Returns the events written.
+pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64, RepoError> {
+    use crate::records::{decode, decode_revocation, CrlMeta};
+    use crate::schema::{CERTS, CRL_HISTORY, REVOCATIONS};
+    mark_twinned(txn)?;
+    let mut changes = Vec::new();
+    for item in txn
+        .open_table(crate::audit::AUDIT)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        let (_, v) = item.map_err(storage)?;
+        let entry: AuditEntry = rmp_serde::from_slice(v.value())
+            .map_err(|e| RepoError::Corrupt(format!("audit entry: {e}")))?;
+        changes.push(Change::Audit(entry));
+    }
+    for item in txn
+        .open_table(CERTS)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        changes.push(Change::Issued(decode(item.map_err(storage)?.1.value())?));
+    }
+    for item in txn
+        .open_table(REVOCATIONS)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        changes.push(Change::Revoked(decode_revocation(
+            item.map_err(storage)?.1.value(),
+        )?));
+    }
+    for item in txn
+        .open_table(crate::openpgp::CERTIFICATIONS)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        changes.push(Change::Certified(crate::openpgp::decode(
+            item.map_err(storage)?.1.value(),
+        )?));
+    }
+    for item in txn
+        .open_table(CRL_HISTORY)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        let (k, v) = item.map_err(storage)?;
+        let (issuer, number) = k.value();
+        let meta: CrlMeta = sealed::open(CRL_HISTORY.name(), v.value())?;
+        changes.push(Change::CrlIssued {
+            issuer: issuer.to_string(),
+            number: number.to_vec(),
+            this_update: meta.this_update,
+        });
+    }
+    let n = changes.len() as u64;
+    for change in changes {
+        append_event(txn, origin, change)?;
+    }
+    Ok(n)
+}
+
+/// Whether the repository is one of a pair (its changes are replicated).
+pub(crate) fn twinned(
+    meta: &impl redb::ReadableTable<&'static str, u64>,
+) -> Result<bool, RepoError> {
+    Ok(meta
+        .get("twin")
+        .map_err(storage)?
+        .is_some_and(|v| v.value() == 1))
+}
+
 /// Appends one of this signer's changes to the outbox, in the caller's
-/// transaction; returns its sequence number.
+/// transaction; returns its sequence number, or `None` when the
+/// repository has no twin (nothing is written and no number is used).
 pub(crate) fn append_event(
     txn: &WriteTransaction,
     origin: &str,
     change: Change,
-) -> Result<u64, RepoError> {
+) -> Result<Option<u64>, RepoError> {
     let mut meta = txn.open_table(META).map_err(storage)?;
+    if !twinned(&meta)? {
+        return Ok(None);
+    }
     let epoch = meta.get("epoch").map_err(storage)?.map_or(0, |v| v.value());
     let seq = meta
         .get("event_seq")
@@ -253,7 +351,7 @@ pub(crate) fn append_event(
         .insert(seq, bytes.as_slice())
         .map_err(storage)?;
     meta.insert("event_seq", seq).map_err(storage)?;
-    Ok(seq)
+    Ok(Some(seq))
 }
 
 impl Repository {

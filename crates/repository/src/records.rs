@@ -37,19 +37,52 @@ pub struct CertRecord {
     pub signer_id: String,
 }
 
+/// Binary fields of the records: msgpack `bin` where stored and
+/// replicated (records written before kept them as base64 text, which is
+/// still read), base64 text in human-readable formats (JSON).
 mod b64 {
     use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+        if s.is_human_readable() {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+        } else {
+            s.serialize_bytes(v)
+        }
+    }
+
+    struct BytesOrText;
+
+    impl<'de> Visitor<'de> for BytesOrText {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes, or base64 text")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(E::custom)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            d.deserialize_str(BytesOrText)
+        } else {
+            d.deserialize_bytes(BytesOrText)
+        }
     }
 }
 
@@ -244,4 +277,75 @@ pub struct Conflict {
     pub origin: String,
     /// When it was found, Unix milliseconds.
     pub found_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert() -> CertRecord {
+        CertRecord {
+            issuer: "sub".into(),
+            serial: vec![0x41, 2],
+            der: (0..=255u8).cycle().take(1028).collect(),
+            profile: "server".into(),
+            request_id: "r-1".into(),
+            request_digest: vec![7; 32],
+            subject: "CN=x".into(),
+            not_before: 1,
+            not_after: 2,
+            issued_at_ms: 3,
+            signer_id: "a".into(),
+        }
+    }
+
+    /// The layout records had when binary fields were base64 text.
+    #[derive(Serialize)]
+    struct Before<'a> {
+        issuer: &'a str,
+        serial: &'a [u8],
+        der: String,
+        profile: &'a str,
+        request_id: &'a str,
+        request_digest: String,
+        subject: &'a str,
+        not_before: i64,
+        not_after: i64,
+        issued_at_ms: i64,
+        signer_id: &'a str,
+    }
+
+    #[test]
+    fn der_is_stored_as_bytes_and_records_in_base64_are_still_read() {
+        let r = cert();
+        let now = rmp_serde::to_vec_named(&r).unwrap();
+        assert!(now.len() < r.der.len() + 200, "{} bytes", now.len());
+        assert_eq!(rmp_serde::from_slice::<CertRecord>(&now).unwrap(), r);
+        let b64 = |v: &[u8]| crate::b64(v);
+        let old = rmp_serde::to_vec_named(&Before {
+            issuer: &r.issuer,
+            serial: &r.serial,
+            der: b64(&r.der),
+            profile: &r.profile,
+            request_id: &r.request_id,
+            request_digest: b64(&r.request_digest),
+            subject: &r.subject,
+            not_before: r.not_before,
+            not_after: r.not_after,
+            issued_at_ms: r.issued_at_ms,
+            signer_id: &r.signer_id,
+        })
+        .unwrap();
+        assert!(old.len() > now.len() + 300);
+        assert_eq!(rmp_serde::from_slice::<CertRecord>(&old).unwrap(), r);
+        // Text that is not base64 is a decoding error, not a record.
+        let mut bad = old.clone();
+        let at = bad.windows(3).position(|w| w == b"der").unwrap() + 6;
+        bad[at] = b'!';
+        assert!(rmp_serde::from_slice::<CertRecord>(&bad).is_err());
+        // JSON keeps base64 text.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(&b64(&r.der)));
+        assert_eq!(serde_json::from_str::<CertRecord>(&json).unwrap(), r);
+    }
 }

@@ -29,7 +29,18 @@ fn crc(table: &str, payload: &[u8]) -> u32 {
 
 /// Encodes `value` for `table` with its checksum.
 pub(crate) fn seal<T: Serialize + ?Sized>(table: &str, value: &T) -> Result<Vec<u8>, RepoError> {
-    let mut bytes = rmp_serde::to_vec_named(value).map_err(storage)?;
+    seal_sized(table, value, 0)
+}
+
+/// [`seal`] into a buffer of `hint` bytes to begin with: a large value
+/// (a CRL) is then not copied as the buffer grows.
+pub(crate) fn seal_sized<T: Serialize + ?Sized>(
+    table: &str,
+    value: &T,
+    hint: usize,
+) -> Result<Vec<u8>, RepoError> {
+    let mut bytes = Vec::with_capacity(hint);
+    rmp_serde::encode::write_named(&mut bytes, value).map_err(storage)?;
     let sum = crc(table, &bytes);
     bytes.extend_from_slice(&sum.to_be_bytes());
     Ok(bytes)

@@ -140,3 +140,42 @@ impl Writable {
         self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// How the repository file's bytes are used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes of keys and values stored.
+    pub stored: u64,
+    /// Bytes of the trees' own pages (branches, headers).
+    pub metadata: u64,
+    /// Bytes allocated but unused: partly filled pages and free pages.
+    pub fragmented: u64,
+    /// The file's length.
+    pub file: u64,
+    /// The bytes the file takes on disk (a file grown ahead of use is
+    /// sparse until written).
+    pub on_disk: u64,
+}
+
+impl crate::Repository {
+    /// How the file's bytes are used (a write transaction, aborted: not
+    /// beside a running daemon).
+    pub fn space(&self) -> Result<Space, RepoError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(self.path()).map_err(crate::storage)?;
+        let (file, on_disk) = (meta.len(), meta.blocks() * 512);
+        self.write(|txn| {
+            let stats = txn.stats().map_err(crate::storage)?;
+            Ok((
+                Space {
+                    stored: stats.stored_bytes(),
+                    metadata: stats.metadata_bytes(),
+                    fragmented: stats.fragmented_bytes(),
+                    file,
+                    on_disk,
+                },
+                false,
+            ))
+        })
+    }
+}

@@ -3,9 +3,11 @@ use std::sync::Arc;
 use super::*;
 use redb::ReadableTable;
 
-/// Opens the repository at `path` for signer `id`, creating it the first time.
+/// Opens the repository at `path` for signer `id` of the pair "a" and "b",
+/// creating it the first time.
 fn open(path: &Path, id: &str) -> Repository {
-    let expected = Expected::signer(id);
+    let mut expected = Expected::signer(id);
+    expected.peer_id = Some(if id == "a" { "b" } else { "a" }.into());
     if path.exists() {
         Repository::open(path, &expected, &OpenOptions::default()).unwrap()
     } else {
@@ -331,6 +333,110 @@ fn a_request_id_issued_twice_is_a_reported_conflict() {
         b.replica_state().unwrap().digests
     );
     assert_eq!(a.replica_state().unwrap().conflicts, 1);
+    // Two certificates under one request id, one indexed: consistent.
+    for repo in [&a, &b] {
+        let report = repo.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}
+
+/// Changes the closed repository at `path` outside the signer.
+fn tamper(path: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    f(&txn);
+    txn.commit().unwrap();
+}
+
+#[test]
+fn check_names_every_index_entry_that_is_missing_stray_or_misdirected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let fresh = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+        let a = open(path, "a");
+        for i in 0..50 {
+            a.record_issuance(record("root", i, &format!("req-{i}")))
+                .unwrap();
+        }
+        assert!(a.check().unwrap().problems.is_empty());
+        a.close();
+    };
+    let problems = |path: &Path| open(path, "a").check().unwrap().problems;
+    let serial7 = vec![0x40u8, 7];
+
+    fresh(&path);
+    tamper(&path, |txn| {
+        txn.open_table(REQUESTS).unwrap().remove("req-7").unwrap();
+    });
+    let found = problems(&path);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("request id req-7 not indexed")),
+        "{found:?}"
+    );
+
+    fresh(&path);
+    let not_after = record("root", 7, "req-7").not_after;
+    tamper(&path, |txn| {
+        let mut expiry = txn.open_table(EXPIRY).unwrap();
+        expiry
+            .remove((not_after, "root", serial7.as_slice()))
+            .unwrap();
+        expiry
+            .insert((not_after, "root", [0x40u8, 99].as_slice()), ())
+            .unwrap();
+    });
+    let found = problems(&path);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("root/4007: not in the expiry index")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("expiry index: root/4063 has no certificate")),
+        "{found:?}"
+    );
+
+    // An entry moved to another certificate: each certificate still has
+    // its entries looked up, and the sums tell the difference.
+    fresh(&path);
+    tamper(&path, |txn| {
+        let mut requests = txn.open_table(REQUESTS).unwrap();
+        let entry = requests.get("req-8").unwrap().unwrap().value().to_vec();
+        requests.insert("req-7", entry.as_slice()).unwrap();
+    });
+    let found = problems(&path);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("indexes: the request id and expiry indexes")),
+        "{found:?}"
+    );
+
+    // A certificate gone, its entries left.
+    fresh(&path);
+    tamper(&path, |txn| {
+        txn.open_table(CERTS)
+            .unwrap()
+            .remove(("root", serial7.as_slice()))
+            .unwrap();
+    });
+    let found = problems(&path);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("request req-7: its certificate is missing")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p.contains("set digest of root")),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -611,4 +717,82 @@ fn the_audit_tree_covers_every_entry_and_proves_what_it_holds() {
     }
     let a = open(&path, "a");
     assert!(matches!(a.audit_tree_head(), Err(RepoError::Corrupt(_))));
+}
+
+#[test]
+fn a_single_signer_keeps_no_outbox_until_it_has_a_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("single.redb");
+    let single =
+        Repository::create(&path, &Expected::signer("a"), &OpenOptions::default()).unwrap();
+    single.audit(AuditEntry::new("command", "sign_x509", "ok"));
+    for i in 0..3 {
+        single
+            .record_issuance(record("root", i, &format!("req-{i}")))
+            .unwrap();
+    }
+    single
+        .record_revocation(revocation("root", &[0x40, 1], 1), false)
+        .unwrap();
+    assert_eq!(single.replica_state().unwrap().own_seq, 0);
+    assert!(single.events_after(0, 100).unwrap().is_empty());
+    assert!(single.check().unwrap().problems.is_empty());
+    // Its backup cannot seed a twin: what it recorded went to no outbox.
+    let mut file = Vec::new();
+    single.backup(&mut file).unwrap();
+    single.close();
+    drop(single);
+    let mut b = Expected::signer("b");
+    b.peer_id = Some("a".into());
+    let refused = Repository::seed(
+        &dir.path().join("b.redb"),
+        &mut file.as_slice(),
+        &b,
+        &OpenOptions::default(),
+    );
+    assert!(
+        matches!(&refused, Err(RepoError::Refused(Refusal::Foreign { why, .. })) if why.contains("before it was configured")),
+        "{refused:?}"
+    );
+    // Configured with a twin, everything it recorded alone goes to the
+    // outbox first, then the binding's audit entry, then what follows.
+    let mut paired = Expected::signer("a");
+    paired.peer_id = Some("b".into());
+    let a = Repository::open(&path, &paired, &OpenOptions::default()).unwrap();
+    let alone = 2 + 3 + 1; // audit entries (create, sign_x509), certificates, revocation
+    assert_eq!(a.replica_state().unwrap().own_seq, alone + 1);
+    a.record_issuance(record("root", 7, "req-7")).unwrap();
+    let events = a.events_after(0, 100).unwrap();
+    assert_eq!(events.len() as u64, alone + 2);
+    assert_eq!(events[0].0, 1);
+    // Reopened, nothing is sent twice.
+    a.close();
+    drop(a);
+    let a = Repository::open(&path, &paired, &OpenOptions::default()).unwrap();
+    assert_eq!(a.replica_state().unwrap().own_seq, alone + 2);
+    // A twin that applies them holds the same sets and all of a's chain.
+    let twin = open(&dir.path().join("twin.redb"), "b");
+    let report = replicate(&a, &twin, 0);
+    assert_eq!(report.applied, alone + 2, "{report:?}");
+    assert_eq!(
+        twin.replica_state().unwrap().digests,
+        a.replica_state().unwrap().digests
+    );
+    let chains = twin.audit_verify().unwrap();
+    assert!(
+        chains
+            .iter()
+            .any(|c| c.signer_id == "a" && c.entries == 3 && c.broken.is_none()),
+        "{chains:?}"
+    );
+    assert!(twin.check().unwrap().problems.is_empty());
+    let mut file = Vec::new();
+    a.backup(&mut file).unwrap();
+    Repository::seed(
+        &dir.path().join("b.redb"),
+        &mut file.as_slice(),
+        &b,
+        &OpenOptions::default(),
+    )
+    .unwrap();
 }
