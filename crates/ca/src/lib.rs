@@ -634,11 +634,13 @@ impl CaService {
         self.check_clock(None)?;
         let now = self.clock.now_secs();
         let refresh = i64::from(self.config.crl.refresh_hours) * 3600;
-        if let Some(last) = &last {
-            if last.revocation_seq == seq && now < last.this_update + refresh {
-                return Ok(last.clone());
-            }
-        }
+        let last = match last {
+            Some(l) if l.revocation_seq == seq && now < l.this_update + refresh => return Ok(l),
+            other => other,
+        };
+        // Only its number and size are needed from here: its DER is not
+        // held while the new CRL is built.
+        let last = last.map(|l| (l.number, l.der.len()));
         let issuer_set = self.issuer()?;
         let ca = issuer_set
             .cas
@@ -654,12 +656,10 @@ impl CaService {
             .map_err(|e| self.damaged(e, "no CRL was signed"))?;
         let number = signer_x509::crl::next_number(
             now_us,
-            floor
-                .as_deref()
-                .or(last.as_ref().map(|l| l.number.as_slice())),
+            floor.as_deref().or(last.as_ref().map(|l| l.0.as_slice())),
         );
         let next_update = now + i64::from(self.config.crl.next_update_hours) * 3600;
-        let capacity = last.as_ref().map(|l| l.der.len()).unwrap_or(1024);
+        let capacity = last.as_ref().map_or(1024, |l| l.1);
         let mut builder = CrlBuilder::new(ca, scheme, now, next_update, &number, capacity)
             .map_err(|e| issue_failure(&e))?;
         let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
