@@ -20,6 +20,12 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 echo "== fuzz targets (short run)"
 scripts/fuzz.sh short
+echo "== regression guard: instructions per certificate (reported, never failed)"
+if cargo build --release --quiet --locked -p signer-bench; then
+  target/release/signer-bench --only guard 2>&1 | grep -v '^bench:' || echo "the regression guard did not run"
+else
+  echo "the regression guard was not built"
+fi
 passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc)
 failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc)
 echo "tests: ${passed} passed, ${failed} failed"

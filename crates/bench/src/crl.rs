@@ -355,3 +355,150 @@ pub fn diff_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// Resets this process's peak RSS (VmHWM) to its current RSS.
+fn reset_peak() -> anyhow::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    Ok(())
+}
+
+/// A `/proc/self/status` field in KiB.
+fn status_kib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// In the child: with `fill`, records `n` revocations in the repository
+/// first; then `rounds` times: one more revocation (so the CRL is due
+/// again) and a full `fetch_crl`, which builds and signs the CRL from the
+/// repository. Prints per round `seconds added_peak_kib crl_bytes`.
+pub fn scale_child(dir: &Path, n: u64, fill: bool, rounds: u64) -> anyhow::Result<()> {
+    use signer_protocol::{msg, Command};
+    use signer_repository::RevocationRecord;
+
+    let yaml = std::fs::read_to_string(dir.join("setup.yaml"))?;
+    let config =
+        signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &dir.join("setup.yaml"))?;
+    let ca = config.ca.ok_or_else(|| anyhow::anyhow!("no ca section"))?;
+    let service = signer_ca::CaService::start(&ca, "test-signer", 1)?;
+    let revocation = |i: u64| RevocationRecord {
+        issuer: "sub".into(),
+        serial: serial(i).to_vec(),
+        reason: u8::from(i.is_multiple_of(3)),
+        revoked_at: 1_763_000_000 + (i % 86_400) as i64,
+        invalidity_date: None,
+        request_id: format!("bulk-{i}"),
+        legacy: false,
+        signer_id: "bench".into(),
+        cert_not_after: None,
+        seq: 0,
+        replaced: false,
+    };
+    let repo = service.repository();
+    if fill {
+        let mut start = 0;
+        while start < n {
+            let end = (start + 100_000).min(n);
+            repo.record_revocations((start..end).map(revocation).collect())?;
+            start = end;
+        }
+    }
+    let ctx = signer_service::CallContext {
+        envelope_id: 1,
+        command: Command::FETCH_CRL,
+    };
+    // Serials 0.. are taken in order: the counter says how many.
+    let first = repo.revocation_seq("sub")?;
+    for next in first..first + rounds {
+        repo.record_revocations(vec![revocation(next)])?;
+        let rss = status_kib("VmRSS:");
+        reset_peak()?;
+        let started = Instant::now();
+        let reply = service
+            .fetch_crl(
+                &ctx,
+                msg::FetchCrl {
+                    issuer: "sub".into(),
+                    have_number: None,
+                    have_sha256: None,
+                },
+            )
+            .map_err(|f| anyhow::anyhow!("{f}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let peak = status_kib("VmHWM:") - rss;
+        let bytes = reply.crl.map_or(0, |c| c.len());
+        anyhow::ensure!(reply.entries >= n, "{} entries", reply.entries);
+        println!("{seconds} {peak} {bytes}");
+    }
+    Ok(())
+}
+
+/// The `fetch_crl` at scale report section: a CRL built from a repository
+/// of `n` revocations, in the process that recorded them (warm) and in a
+/// new one (cold).
+pub fn scale_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    let n = ((1_000_000f64 * scale.min(1.0)) as u64).max(1000);
+    let rounds = 5;
+    eprintln!("bench: fetch_crl from a repository of {n} revocations");
+    let ceremony = Ceremony::new("rsa2048", "");
+    let warm = child_numbers(
+        &ceremony,
+        "--crl-scale-child",
+        &format!("{},{n},fill,{rounds}", ceremony.dir().display()),
+    )?;
+    let mut cold = Vec::new();
+    for _ in 0..rounds {
+        cold.extend(child_numbers(
+            &ceremony,
+            "--crl-scale-child",
+            &format!("{},{n},open,1", ceremony.dir().display()),
+        )?);
+    }
+    let column = |v: &[f64], k: usize| -> Vec<f64> { v.chunks(3).map(|c| c[k]).collect() };
+    let spread = |mut v: Vec<f64>, f: &dyn Fn(f64) -> String| {
+        v.sort_by(f64::total_cmp);
+        format!(
+            "{} / {} / {}",
+            f(v[0]),
+            f(v[v.len() / 2]),
+            f(v[v.len() - 1])
+        )
+    };
+    let secs = |x: f64| format!("{x:.2} s");
+    let mib = |x: f64| format!("{:.1}", x / 1024.0);
+    let crl_mib = column(&warm, 2).into_iter().fold(0.0, f64::max) / 1048576.0;
+    writeln!(report, "## CRL from a repository of {n} revocations\n")?;
+    writeln!(
+        report,
+        "A full `fetch_crl` through the CA service (RSA-2048 issuer on SoftHSM2) after one more revocation each \
+         time, so that every fetch reads all {n} revocations from the repository, builds the CRL, signs it, verifies it \
+         and stores it. Warm: in the process that recorded them ({rounds} fetches in a row); cold: a new process \
+         each time (the repository opened, its pages checked, then one revocation and the fetch; {rounds} processes). \
+         Memory is what the fetch adds to the process's resident set at its peak (VmHWM reset before it). \
+         Figures are min / median / max; the baseline is the CRL's own size. Targets: ≤ 1 s, ≤ 2× the CRL.\n"
+    )?;
+    writeln!(
+        report,
+        "| | time (min / median / max) | memory added, MiB (min / median / max) | CRL size MiB | memory ÷ CRL size (max) |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    for (name, v) in [("warm", &warm), ("cold", &cold)] {
+        let peak_max = column(v, 1).into_iter().fold(0.0, f64::max) / 1024.0;
+        writeln!(
+            report,
+            "| {name} | {} | {} | {crl_mib:.1} | {:.2}× |",
+            spread(column(v, 0), &secs),
+            spread(column(v, 1), &mib),
+            peak_max / crl_mib.max(1e-9)
+        )?;
+    }
+    writeln!(report)?;
+    Ok(())
+}

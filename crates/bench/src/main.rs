@@ -7,10 +7,12 @@
 mod audit;
 mod crl;
 mod gateway;
+mod guard;
 mod openpgp;
 mod openssl_ca;
 mod plot;
 mod replication;
+mod scale;
 mod storage;
 
 use signer_client::Calls;
@@ -47,7 +49,19 @@ struct Cli {
     /// Internal: a CRL difference through the CA service, as `DIR,ENTRIES,ADDED`.
     #[arg(long, hide = true)]
     crl_diff_child: Option<String>,
-    /// Run only one section (`issuance`, `lines`, `crl`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
+    /// Internal: `fetch_crl` from a large repository, as `DIR,ENTRIES,fill|open,ROUNDS`.
+    #[arg(long, hide = true)]
+    crl_scale_child: Option<String>,
+    /// Internal: the regression guard's workload, as `DIR,REQUESTS`.
+    #[arg(long, hide = true)]
+    guard_child: Option<String>,
+    /// With `--only guard`: write the measured figures as the new baseline.
+    #[arg(long)]
+    update_guard: bool,
+    /// Internal: fill a ceremony's repository, as `DIR,CERTIFICATES`.
+    #[arg(long, hide = true)]
+    fill_child: Option<String>,
+    /// Run only one section (`guard`, `issuance`, `issuance-scale`, `lines`, `crl`, `crl-scale`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -57,7 +71,7 @@ struct Cli {
     raw_hsm: Option<String>,
 }
 
-fn scaled(n: usize, scale: f64) -> usize {
+pub(crate) fn scaled(n: usize, scale: f64) -> usize {
     ((n as f64 * scale) as usize).max(10)
 }
 
@@ -364,7 +378,12 @@ fn line_speed_section(
 }
 
 /// Runs [`raw_hsm_rate`] in a child process pointed at the ceremony's token.
-fn raw_in_child(ceremony: &Ceremony, key: &str, threads: usize, n: usize) -> anyhow::Result<f64> {
+pub(crate) fn raw_in_child(
+    ceremony: &Ceremony,
+    key: &str,
+    threads: usize,
+    n: usize,
+) -> anyhow::Result<f64> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .arg("--raw-hsm")
         .arg(format!(
@@ -465,6 +484,30 @@ fn main() -> anyhow::Result<()> {
         };
         return crl::diff_child(std::path::Path::new(dir), n.parse()?, added.parse()?);
     }
+    if let Some(spec) = &cli.guard_child {
+        let (dir, n) = spec
+            .rsplit_once(',')
+            .ok_or_else(|| anyhow::anyhow!("--guard-child DIR,REQUESTS"))?;
+        return guard::child(std::path::Path::new(dir), n.parse()?);
+    }
+    if let Some(spec) = &cli.fill_child {
+        let (dir, n) = spec
+            .rsplit_once(',')
+            .ok_or_else(|| anyhow::anyhow!("--fill-child DIR,CERTIFICATES"))?;
+        return scale::fill_child(std::path::Path::new(dir), n.parse()?);
+    }
+    if let Some(spec) = &cli.crl_scale_child {
+        let parts: Vec<&str> = spec.rsplitn(4, ',').collect();
+        let [rounds, mode, n, dir] = parts.as_slice() else {
+            anyhow::bail!("--crl-scale-child DIR,ENTRIES,fill|open,ROUNDS");
+        };
+        return crl::scale_child(
+            std::path::Path::new(dir),
+            n.parse()?,
+            *mode == "fill",
+            rounds.parse()?,
+        );
+    }
     if let Some(spec) = &cli.crl_child {
         let (dir, n) = spec
             .rsplit_once(',')
@@ -510,12 +553,21 @@ fn main() -> anyhow::Result<()> {
     if only.is_none() || only == Some("issuance") {
         issuance_section(&mut report, cli.scale)?;
     }
+    if only.is_none() || only == Some("guard") {
+        guard::section(&mut report, cli.update_guard)?;
+    }
+    if only.is_none() || only == Some("issuance-scale") {
+        scale::section(&mut report, cli.scale)?;
+    }
     if only.is_none() || only == Some("lines") {
         line_speed_section(&mut report, cli.scale, plots.as_deref())?;
     }
     if only.is_none() || only == Some("crl") {
         crl::section(&mut report, cli.scale, plots.as_deref())?;
         crl::diff_section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("crl") || only == Some("crl-scale") {
+        crl::scale_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("openpgp") {
         openpgp::section(&mut report, cli.scale)?;

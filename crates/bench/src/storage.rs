@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::replication::record;
+use crate::scale::filler;
 use signer_repository::{
     verify_backup, AuditEntry, Expected, OpenOptions, Repository, RevocationRecord,
 };
@@ -27,7 +28,14 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Fills a repository with `n` certificates (group commit, as the daemon
+/// Bytes a file takes on disk.
+fn on_disk(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.blocks() * 512)
+}
+
+/// Fills a repository with `n` certificates (random-looking serials, as
+/// the signer draws them) (group commit, as the daemon
 /// records them) and `n` revocations (batches, as a legacy import does).
 fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
     let started = Instant::now();
@@ -37,7 +45,7 @@ fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
     for i in 0..n {
         let tx = tx.clone();
         repo.record_issuance_then(
-            record(i),
+            filler(i as u64),
             Box::new(move |r| {
                 let _ = tx.send(r.is_ok());
             }),
@@ -60,7 +68,7 @@ fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
             .iter()
             .map(|&i| RevocationRecord {
                 issuer: "sub".into(),
-                serial: record(i).serial,
+                serial: filler(i as u64).serial,
                 reason: 1,
                 revoked_at: 1_795_000_000,
                 invalidity_date: None,
@@ -90,6 +98,11 @@ fn scale_row(report: &mut String, n: usize) -> anyhow::Result<()> {
     drop(repo);
     let size = std::fs::metadata(&path)?.len();
     let der_bytes = (n * 1028) as u64;
+    let space = {
+        let repo = Repository::open(&path, &expected, &options)?;
+        repo.space()?
+    };
+    eprintln!("storage {n}: as written {space:?}");
 
     let started = Instant::now();
     let repo = Repository::open(&path, &expected, &options)?;
@@ -97,6 +110,7 @@ fn scale_row(report: &mut String, n: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let report_check = repo.check()?;
     let check_s = started.elapsed().as_secs_f64();
+
     eprintln!("storage {n}: open {open_s:.1} s, check {check_s:.1} s");
     anyhow::ensure!(
         report_check.problems.is_empty(),
@@ -126,11 +140,19 @@ fn scale_row(report: &mut String, n: usize) -> anyhow::Result<()> {
         &options,
     )?;
     let restore_s = started.elapsed().as_secs_f64();
+    let restored_size = on_disk(&restored)?;
+    let per = |b: u64| b as f64 / n as f64;
     writeln!(
         report,
-        "| {n} + {n} | {issue_s:.1} s + {revoke_s:.1} s | {:.0} | {:.2} | {open_s:.2} s | {check_s:.2} s | {backup_s:.2} s ({:.0} MiB) | {verify_s:.2} s | {restore_s:.2} s | {:.0} |",
-        size as f64 / n as f64,
-        size as f64 / der_bytes as f64,
+        "| {n} + {n} | {issue_s:.1} s + {revoke_s:.1} s | {:.0} ({:.0} stored, {:.0} tree pages, {:.0} unused; file length {:.0}) | {:.2} | {:.0} ({:.2}) | {open_s:.2} s | {check_s:.2} s | {backup_s:.2} s ({:.0} MiB) | {verify_s:.2} s | {restore_s:.2} s | {:.0} |",
+        per(space.on_disk),
+        per(space.stored),
+        per(space.metadata),
+        per(space.fragmented.saturating_sub(space.file - space.on_disk.min(space.file))),
+        per(size),
+        space.on_disk as f64 / der_bytes as f64,
+        per(restored_size),
+        restored_size as f64 / der_bytes as f64,
         mib(backup_size),
         rss_peak_mib()
     )?;
@@ -219,9 +241,9 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "| certificates + revocations | recording | file bytes per certificate | file ÷ DER bytes | open | check | backup | verify backup | restore | peak RSS MiB |"
+        "| certificates + revocations | recording | bytes on disk per certificate | on disk ÷ DER bytes | restored file: bytes per certificate (÷ DER) | open | check | backup | verify backup | restore | peak RSS MiB |"
     )?;
-    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for n in [10_000, (1_000_000.0 * scale) as usize] {
         scale_row(report, n.max(1000))?;
     }
