@@ -666,7 +666,7 @@ impl CaService {
         let mut failed = None;
         let snapshot_seq = self
             .repo
-            .for_each_revocation(issuer, |r| {
+            .for_each_crl_entry(issuer, |r| {
                 if r.cert_not_after.is_some_and(|na| na + grace < now) || failed.is_some() {
                     return;
                 }
@@ -774,12 +774,13 @@ impl CaService {
         current: &CrlRecord,
     ) -> Result<msg::CrlDiff, Failure> {
         let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
-        let keep =
-            |r: &RevocationRecord, at: i64| r.cert_not_after.is_none_or(|na| na + grace >= at);
+        let keep = |r: &signer_repository::CrlView, at: i64| {
+            r.cert_not_after.is_none_or(|na| na + grace >= at)
+        };
         let mut added = Vec::new();
         let mut removed = Vec::new();
         self.repo
-            .for_each_revocation(issuer, |r| {
+            .for_each_crl_entry(issuer, |r| {
                 if r.seq > current.revocation_seq {
                     return;
                 }

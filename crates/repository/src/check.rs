@@ -14,9 +14,7 @@ use redb::{ReadableTable, TableHandle};
 use crate::outbox::SetDigest;
 use crate::records::{decode, decode_request, decode_revocation};
 use crate::schema::{CERTS, CRLS, CRL_HISTORY, EXPIRY, REQUESTS, REVOCATIONS, REVOCATION_SEQ};
-use crate::{
-    audit, hex, identity, openpgp, sealed, storage, CrlMeta, CrlRecord, RepoError, Repository,
-};
+use crate::{audit, hex, identity, openpgp, sealed, storage, CrlMeta, RepoError, Repository};
 
 /// At most this many problems are listed; the first is the one to act on.
 const MAX_PROBLEMS: usize = 100;
@@ -315,19 +313,14 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
         }
     }
     let crls = txn.open_table(CRLS).map_err(storage)?;
+    let parts = txn.open_table(crate::crls::CRL_DER).map_err(storage)?;
     for item in crls.iter().map_err(storage)? {
-        let (key, value) = item.map_err(storage)?;
+        let (key, _) = item.map_err(storage)?;
         f.report.records += 1;
-        match sealed::open::<CrlRecord>(CRLS.name(), value.value()) {
-            Err(e) => f.problem(format!("CRL of {}: {e}", key.value())),
-            Ok(crl) => {
-                use sha2::Digest;
-                if sha2::Sha256::digest(&crl.der).as_slice() != crl.sha256.as_slice() {
-                    f.problem(format!(
-                        "CRL of {}: its DER does not match its digest",
-                        key.value()
-                    ));
-                }
+        match crate::crls::read_crl(&crls, &parts, key.value()) {
+            Err(e) => f.problem(format!("latest CRL of {}: {e}", key.value())),
+            Ok(None) => {}
+            Ok(Some(crl)) => {
                 if history
                     .get((crl.issuer.as_str(), crl.number.as_slice()))
                     .map_err(storage)?

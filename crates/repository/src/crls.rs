@@ -14,6 +14,75 @@ use std::sync::atomic::Ordering;
 /// Per issuer: the highest CRL number either twin has used.
 pub(crate) const CRL_FLOOR: TableDefinition<&str, &[u8]> = TableDefinition::new("crl_floor_v1");
 
+/// The latest CRL's DER per issuer, in parts: (issuer, part) → part ‖
+/// CRC-32. The record in `crls_v1` keeps the rest (its `der` left empty),
+/// and its SHA-256 is checked over the parts put together. Parts keep a
+/// large CRL from being one value (which the storage engine would copy
+/// whole and round up to a power of two).
+pub(crate) const CRL_DER: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("crl_der_v1");
+
+/// Bytes of DER per part: with its checksum and the page's own header, a
+/// part fills a 64 KiB page.
+const PART: usize = 64 * 1024 - 512;
+
+/// Replaces `issuer`'s CRL parts with `der`'s.
+fn store_parts(txn: &WriteTransaction, issuer: &str, der: &[u8]) -> Result<(), RepoError> {
+    let mut parts = txn.open_table(CRL_DER).map_err(storage)?;
+    parts
+        .retain_in((issuer, 0)..=(issuer, u32::MAX), |_, _| false)
+        .map_err(storage)?;
+    for (i, part) in der.chunks(PART).enumerate() {
+        let index = u32::try_from(i).map_err(storage)?;
+        let value = sealed::seal_raw(CRL_DER.name(), part);
+        parts
+            .insert((issuer, index), value.as_slice())
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// The CRL record of `issuer` with its DER, read from `crls` and its parts
+/// (or, written before parts, from the record itself); its digest checked.
+pub(crate) fn read_crl(
+    crls: &impl ReadableTable<&'static str, &'static [u8]>,
+    parts: &impl ReadableTable<(&'static str, u32), &'static [u8]>,
+    issuer: &str,
+) -> Result<Option<CrlRecord>, RepoError> {
+    let Some(v) = crls.get(issuer).map_err(storage)? else {
+        return Ok(None);
+    };
+    let mut crl: CrlRecord = sealed::open(CRLS.name(), v.value())?;
+    if crl.der.is_empty() {
+        let range = (issuer, 0)..=(issuer, u32::MAX);
+        let last = parts
+            .range(range.clone())
+            .map_err(storage)?
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .map_or(0, |(k, _)| k.value().1 as usize + 1);
+        let mut der = Vec::with_capacity(last * PART);
+        for (expected, item) in parts.range(range).map_err(storage)?.enumerate() {
+            let (k, v) = item.map_err(storage)?;
+            if k.value().1 as usize != expected {
+                return Err(RepoError::Corrupt(format!(
+                    "CRL of {issuer}: part {expected} is missing"
+                )));
+            }
+            der.extend_from_slice(sealed::payload(CRL_DER.name(), v.value())?);
+        }
+        crl.der = der;
+    }
+    use sha2::Digest;
+    if sha2::Sha256::digest(&crl.der).as_slice() != crl.sha256.as_slice() {
+        return Err(RepoError::Corrupt(format!(
+            "CRL of {issuer}: its DER does not match its digest ({} bytes)",
+            crl.der.len()
+        )));
+    }
+    Ok(Some(crl))
+}
+
 fn big_endian_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let strip = |x: &[u8]| -> Vec<u8> {
         let start = x.iter().position(|&b| b != 0).unwrap_or(x.len());
@@ -45,11 +114,17 @@ impl Repository {
     pub fn store_crl(&self, crl: &CrlRecord) -> Result<(), RepoError> {
         let mark = self.write(|txn| {
             {
+                store_parts(txn, &crl.issuer, &crl.der)?;
                 let mut crls = txn.open_table(CRLS).map_err(storage)?;
-                let value = sealed::seal_sized(CRLS.name(), crl, crl.der.len() + 1024)?;
+                let value = sealed::seal(
+                    CRLS.name(),
+                    &CrlRecord {
+                        der: Vec::new(),
+                        ..crl.clone_without_der()
+                    },
+                )?;
                 crls.insert(crl.issuer.as_str(), value.as_slice())
                     .map_err(storage)?;
-                drop(value);
                 let mut history = txn.open_table(CRL_HISTORY).map_err(storage)?;
                 let meta = sealed::seal(
                     CRL_HISTORY.name(),
@@ -112,10 +187,8 @@ impl Repository {
     pub fn last_crl(&self, issuer: &str) -> Result<Option<CrlRecord>, RepoError> {
         self.read(|txn| {
             let crls = txn.open_table(CRLS).map_err(storage)?;
-            match crls.get(issuer).map_err(storage)? {
-                Some(v) => Ok(Some(sealed::open(CRLS.name(), v.value())?)),
-                None => Ok(None),
-            }
+            let parts = txn.open_table(CRL_DER).map_err(storage)?;
+            read_crl(&crls, &parts, issuer)
         })
     }
 }

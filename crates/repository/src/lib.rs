@@ -69,7 +69,7 @@ pub use records::{
     AuditEntry, CertRecord, CertificationRecord, Conflict, CrlMeta, CrlRecord, Recorded,
     RevocationRecord, Revoked,
 };
-pub use revocations::revocation_wins;
+pub use revocations::{revocation_wins, CrlView};
 pub use store::{Space, WriteFault};
 pub use tree::StoredCheckpoint;
 

@@ -165,6 +165,22 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
+impl CrlRecord {
+    /// A copy of everything but the DER (left empty).
+    pub(crate) fn clone_without_der(&self) -> CrlRecord {
+        CrlRecord {
+            issuer: self.issuer.clone(),
+            number: self.number.clone(),
+            this_update: self.this_update,
+            next_update: self.next_update,
+            revocation_seq: self.revocation_seq,
+            entries: self.entries,
+            sha256: self.sha256.clone(),
+            der: Vec::new(),
+        }
+    }
+}
+
 /// What recording a revocation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revoked {
@@ -208,7 +224,7 @@ pub(crate) fn encode_issued(r: &CertRecord) -> Result<(Vec<u8>, Vec<u8>), RepoEr
         digest: r.request_digest.clone(),
     };
     Ok((
-        sealed::seal(CERTS.name(), r)?,
+        sealed::seal_compact(CERTS.name(), r)?,
         sealed::seal(REQUESTS.name(), &entry)?,
     ))
 }
@@ -347,5 +363,98 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(&b64(&r.der)));
         assert_eq!(serde_json::from_str::<CertRecord>(&json).unwrap(), r);
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    fn revocation() -> RevocationRecord {
+        RevocationRecord {
+            issuer: "sub".into(),
+            serial: vec![0x21, 0x80, 3],
+            reason: 1,
+            revoked_at: 1_700_000_000,
+            invalidity_date: Some(1_699_000_000),
+            request_id: "r-1".into(),
+            legacy: false,
+            signer_id: "a".into(),
+            cert_not_after: Some(1_800_000_000),
+            seq: 7,
+            replaced: true,
+        }
+    }
+
+    #[test]
+    fn records_stored_in_order_or_by_name_read_the_same() {
+        let r = revocation();
+        let compact = sealed::seal_compact(REVOCATIONS.name(), &r).unwrap();
+        let named = sealed::seal(REVOCATIONS.name(), &r).unwrap();
+        assert!(
+            compact.len() + 60 < named.len(),
+            "{} / {}",
+            compact.len(),
+            named.len()
+        );
+        assert_eq!(decode_revocation(&compact).unwrap(), r);
+        assert_eq!(decode_revocation(&named).unwrap(), r);
+        // What a CRL reads of it, from either form.
+        for bytes in [&compact, &named] {
+            let view: crate::CrlView = sealed::open(REVOCATIONS.name(), bytes).unwrap();
+            assert_eq!(
+                (
+                    view.serial,
+                    view.reason,
+                    view.revoked_at,
+                    view.invalidity_date
+                ),
+                (r.serial.clone(), r.reason, r.revoked_at, r.invalidity_date)
+            );
+            assert_eq!(
+                (view.cert_not_after, view.seq, view.replaced),
+                (r.cert_not_after, r.seq, r.replaced)
+            );
+        }
+        // A record from before the later fields existed: they default.
+        #[derive(Serialize)]
+        struct Early<'a>(
+            &'a str,
+            &'a [u8],
+            u8,
+            i64,
+            Option<i64>,
+            &'a str,
+            bool,
+            &'a str,
+        );
+        let early =
+            rmp_serde::to_vec(&Early("sub", &r.serial, 1, 5, None, "r", false, "a")).unwrap();
+        let mut sealed_early = early.clone();
+        let mut h = crc32fast::Hasher::new();
+        h.update(REVOCATIONS.name().as_bytes());
+        h.update(&[0]);
+        h.update(&early);
+        sealed_early.extend_from_slice(&h.finalize().to_be_bytes());
+        let back = decode_revocation(&sealed_early).unwrap();
+        assert_eq!(
+            (back.seq, back.cert_not_after, back.replaced),
+            (0, None, false)
+        );
+        let (cert, _) = encode_issued(&CertRecord {
+            issuer: "sub".into(),
+            serial: vec![1],
+            der: vec![0x30, 0],
+            profile: "p".into(),
+            request_id: "r".into(),
+            request_digest: vec![9; 32],
+            subject: "CN=x".into(),
+            not_before: 1,
+            not_after: 2,
+            issued_at_ms: 3,
+            signer_id: "a".into(),
+        })
+        .unwrap();
+        assert_eq!(decode(&cert).unwrap().request_id, "r");
     }
 }

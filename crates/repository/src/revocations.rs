@@ -13,6 +13,34 @@ use std::sync::atomic::Ordering;
 use crate::clock;
 use redb::TableHandle;
 
+/// What a CRL (and a CRL difference) needs of a revocation record: the
+/// record's fields in its order (records are stored in order, or by name
+/// before), the strings skipped unread.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct CrlView {
+    issuer: serde::de::IgnoredAny,
+    /// Serial number, unsigned big-endian.
+    pub serial: Vec<u8>,
+    /// CRLReason code.
+    pub reason: u8,
+    /// revocationDate, Unix seconds.
+    pub revoked_at: i64,
+    /// Invalidity date, Unix seconds.
+    pub invalidity_date: Option<i64>,
+    request_id: serde::de::IgnoredAny,
+    legacy: serde::de::IgnoredAny,
+    signer_id: serde::de::IgnoredAny,
+    /// The certificate's notAfter, where known.
+    #[serde(default)]
+    pub cert_not_after: Option<i64>,
+    /// The issuer's revocation counter value this revocation set.
+    #[serde(default)]
+    pub seq: u64,
+    /// True when it replaced an earlier revocation of the serial.
+    #[serde(default)]
+    pub replaced: bool,
+}
+
 type RevocationTable<'t> = redb::Table<'t, (&'static str, u8, &'static [u8]), &'static [u8]>;
 type SeqTable<'t> = redb::Table<'t, &'static str, u64>;
 
@@ -175,6 +203,36 @@ impl Repository {
         })
     }
 
+    /// Streams what a CRL needs of each revocation of `issuer`, in numeric
+    /// serial order: the record decoded without its strings (request id,
+    /// signer, issuer), checksum verified as always. Returns the issuer's
+    /// revocation counter as of the same snapshot.
+    pub fn for_each_crl_entry(
+        &self,
+        issuer: &str,
+        mut f: impl FnMut(CrlView),
+    ) -> Result<u64, RepoError> {
+        self.read(|txn| {
+            let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
+            let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
+            for item in revocations
+                .range((issuer, 0u8, &[][..])..)
+                .map_err(storage)?
+            {
+                let (key, value) = item.map_err(storage)?;
+                if key.value().0 != issuer {
+                    break;
+                }
+                f(sealed::open(REVOCATIONS.name(), value.value())?);
+            }
+            Ok(seq
+                .get(issuer)
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        })
+    }
+
     /// The issuer's revocation counter (bumped by every new revocation).
     pub fn revocation_seq(&self, issuer: &str) -> Result<u64, RepoError> {
         self.read(|txn| {
@@ -208,7 +266,7 @@ pub(crate) fn insert_revocation(
         .unwrap_or(0)
         + 1;
     record.seq = next;
-    let value = sealed::seal(REVOCATIONS.name(), &record)?;
+    let value = sealed::seal_compact(REVOCATIONS.name(), &record)?;
     revocations
         .insert(
             (record.issuer.as_str(), serial_len, record.serial.as_slice()),

@@ -51,6 +51,7 @@ pub(crate) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), RepoErro
     txn.open_table(crate::apply::APPLIED).map_err(storage)?;
     txn.open_table(crate::apply::CONFLICTS).map_err(storage)?;
     txn.open_table(crate::crls::CRL_FLOOR).map_err(storage)?;
+    txn.open_table(crate::crls::CRL_DER).map_err(storage)?;
     txn.open_table(openpgp::CERTIFICATIONS).map_err(storage)?;
     txn.open_table(CERTS).map_err(storage)?;
     txn.open_table(REQUESTS).map_err(storage)?;

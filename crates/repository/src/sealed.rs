@@ -29,21 +29,32 @@ fn crc(table: &str, payload: &[u8]) -> u32 {
 
 /// Encodes `value` for `table` with its checksum.
 pub(crate) fn seal<T: Serialize + ?Sized>(table: &str, value: &T) -> Result<Vec<u8>, RepoError> {
-    seal_sized(table, value, 0)
-}
-
-/// [`seal`] into a buffer of `hint` bytes to begin with: a large value
-/// (a CRL) is then not copied as the buffer grows.
-pub(crate) fn seal_sized<T: Serialize + ?Sized>(
-    table: &str,
-    value: &T,
-    hint: usize,
-) -> Result<Vec<u8>, RepoError> {
-    let mut bytes = Vec::with_capacity(hint);
-    rmp_serde::encode::write_named(&mut bytes, value).map_err(storage)?;
+    let mut bytes = rmp_serde::to_vec_named(value).map_err(storage)?;
     let sum = crc(table, &bytes);
     bytes.extend_from_slice(&sum.to_be_bytes());
     Ok(bytes)
+}
+
+/// [`seal`] with the fields in order instead of by name (msgpack array):
+/// for the records kept by the million (certificates, revocations), smaller
+/// and quicker to read. [`open`] reads either form, so records written
+/// by name before are read as they are.
+pub(crate) fn seal_compact<T: Serialize + ?Sized>(
+    table: &str,
+    value: &T,
+) -> Result<Vec<u8>, RepoError> {
+    let mut bytes = rmp_serde::to_vec(value).map_err(storage)?;
+    let sum = crc(table, &bytes);
+    bytes.extend_from_slice(&sum.to_be_bytes());
+    Ok(bytes)
+}
+
+/// `bytes` with its checksum for `table`, as they are (no encoding).
+pub(crate) fn seal_raw(table: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + SUFFIX);
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(&crc(table, bytes).to_be_bytes());
+    out
 }
 
 /// The payload of a sealed value, if its checksum holds.

@@ -796,3 +796,79 @@ fn a_single_signer_keeps_no_outbox_until_it_has_a_twin() {
     )
     .unwrap();
 }
+
+fn crl_of(size: usize, number: u8) -> CrlRecord {
+    use sha2::Digest;
+    let der: Vec<u8> = (0..size)
+        .map(|i| (i * 7 + usize::from(number)) as u8)
+        .collect();
+    CrlRecord {
+        issuer: "root".into(),
+        number: vec![number],
+        this_update: 1,
+        next_update: 2,
+        revocation_seq: 0,
+        entries: 0,
+        sha256: sha2::Sha256::digest(&der).to_vec(),
+        der,
+    }
+}
+
+#[test]
+fn a_large_crl_is_stored_in_parts_read_whole_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let a = open(&path, "a");
+    a.store_crl(&crl_of(300_000, 1)).unwrap();
+    // A smaller one replaces every part of the larger.
+    let small = crl_of(70_000, 2);
+    a.store_crl(&small).unwrap();
+    assert_eq!(a.last_crl("root").unwrap(), Some(small.clone()));
+    assert!(a.check().unwrap().problems.is_empty());
+    let big = crl_of(300_000, 3);
+    a.store_crl(&big).unwrap();
+    assert_eq!(a.last_crl("root").unwrap(), Some(big));
+    a.close();
+    drop(a);
+
+    // A byte flipped in a part, a part lost: refused and named.
+    for damage in 0..2 {
+        let copy = dir.path().join(format!("damaged-{damage}.redb"));
+        std::fs::copy(&path, &copy).unwrap();
+        tamper(&copy, |txn| {
+            let mut parts = txn.open_table(crls::CRL_DER).unwrap();
+            if damage == 0 {
+                let mut v = parts.get(("root", 2)).unwrap().unwrap().value().to_vec();
+                v[100] ^= 1;
+                parts.insert(("root", 2), v.as_slice()).unwrap();
+            } else {
+                parts.remove(("root", 1)).unwrap();
+            }
+        });
+        let a = open(&copy, "a");
+        assert!(
+            matches!(a.last_crl("root"), Err(RepoError::Corrupt(_))),
+            "{damage}"
+        );
+        let found = a.check().unwrap().problems;
+        assert!(
+            found.iter().any(|p| p.contains("latest CRL of root")),
+            "{found:?}"
+        );
+    }
+
+    // A record written whole, before parts, is still read.
+    tamper(&path, |txn| {
+        let old = crl_of(1000, 9);
+        txn.open_table(schema::CRLS)
+            .unwrap()
+            .insert("root", sealed::seal("crls_v1", &old).unwrap().as_slice())
+            .unwrap();
+        txn.open_table(crls::CRL_DER)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+    });
+    let a = open(&path, "a");
+    assert_eq!(a.last_crl("root").unwrap(), Some(crl_of(1000, 9)));
+}

@@ -104,6 +104,78 @@ fn generalized_time(unix: i64) -> Option<Vec<u8>> {
     })
 }
 
+/// Appends the DER of one entry to `out` as [`encode_entry`] makes it,
+/// without allocating, when it is short enough for one-octet lengths (any
+/// serial of up to 20 octets is); false, with `out` unchanged, otherwise
+/// (and for dates out of range: [`encode_entry`] then says why).
+fn push_entry(out: &mut Vec<u8>, entry: &CrlEntry<'_>) -> bool {
+    let start = out.len();
+    let serial = {
+        let s = entry.serial;
+        let first = s
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(s.len().saturating_sub(1));
+        if s.is_empty() {
+            &[0u8][..]
+        } else {
+            &s[first..]
+        }
+    };
+    if serial.len() > 20 {
+        return false;
+    }
+    // SEQUENCE, length patched below; every inner length is < 128.
+    out.extend_from_slice(&[0x30, 0]);
+    let pad = serial[0] & 0x80 != 0;
+    out.extend_from_slice(&[0x02, (serial.len() + usize::from(pad)) as u8]);
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(serial);
+    if !time::encode_into(entry.revoked_at, false, out) {
+        out.truncate(start);
+        return false;
+    }
+    if entry.reason != 0 || entry.invalidity_date.is_some() {
+        out.extend_from_slice(&[0x30, 0]);
+        let exts = out.len();
+        if entry.reason != 0 {
+            // SEQUENCE { id-ce-cRLReasons, OCTET STRING { ENUMERATED reason } }
+            out.extend_from_slice(&[
+                0x30,
+                0x0a,
+                0x06,
+                0x03,
+                0x55,
+                0x1d,
+                0x15,
+                0x04,
+                0x03,
+                0x0a,
+                0x01,
+                entry.reason,
+            ]);
+        }
+        if let Some(when) = entry.invalidity_date {
+            // SEQUENCE { id-ce-invalidityDate, OCTET STRING { GeneralizedTime } }
+            out.extend_from_slice(&[0x30, 0x18, 0x06, 0x03, 0x55, 0x1d, 0x18, 0x04, 0x11]);
+            if !time::encode_into(when, true, out) {
+                out.truncate(start);
+                return false;
+            }
+        }
+        out[exts - 1] = (out.len() - exts) as u8;
+    }
+    let len = out.len() - start - 2;
+    if len >= 0x80 {
+        out.truncate(start);
+        return false;
+    }
+    out[start + 1] = len as u8;
+    true
+}
+
 /// The DER of one entry, exactly as it appears in the CRL.
 pub fn encode_entry(entry: &CrlEntry<'_>) -> Result<Vec<u8>, IssueError> {
     let date = time::encode(entry.revoked_at)
@@ -195,8 +267,10 @@ impl CrlBuilder {
 
     /// Appends one entry (callers give entries in numeric serial order).
     pub fn push(&mut self, entry: &CrlEntry<'_>) -> Result<(), IssueError> {
-        let encoded = encode_entry(entry)?;
-        self.buf.extend_from_slice(&encoded);
+        if !push_entry(&mut self.buf, entry) {
+            let encoded = encode_entry(entry)?;
+            self.buf.extend_from_slice(&encoded);
+        }
         self.entries += 1;
         Ok(())
     }
@@ -470,6 +544,58 @@ pub fn next_number(this_update_us: u128, last: Option<&[u8]>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_appended_in_place_equal_the_encoder() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            state >> 11
+        };
+        let times = [
+            -631_152_001, // 1949: out of range
+            -631_152_000,
+            0,
+            1_700_000_000,
+            2_524_607_999,   // last UTCTime second
+            2_524_608_000,   // first GeneralizedTime
+            253_402_300_799, // 9999-12-31T23:59:59
+            253_402_300_800, // out of range
+            -62_167_219_201, // before year 0
+        ];
+        for round in 0..20_000u32 {
+            let len = (next() % 24) as usize;
+            let mut serial: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round.is_multiple_of(5) && !serial.is_empty() {
+                serial[0] = 0;
+            }
+            if round.is_multiple_of(7) && !serial.is_empty() {
+                serial[0] |= 0x80;
+            }
+            let pick = |r: u64| {
+                if r.is_multiple_of(3) {
+                    times[(r / 3) as usize % times.len()]
+                } else {
+                    (r % 4_000_000_000) as i64
+                }
+            };
+            let entry = CrlEntry {
+                serial: &serial,
+                revoked_at: pick(next()),
+                reason: (next() % 11) as u8,
+                invalidity_date: next().is_multiple_of(2).then(|| pick(next())),
+            };
+            let mut out = vec![0xaa];
+            let fast = push_entry(&mut out, &entry);
+            match encode_entry(&entry) {
+                Ok(der) if fast => assert_eq!(&out[1..], &der[..], "{entry:?}"),
+                Ok(_) => assert!(len > 20, "{entry:?} fell back"),
+                Err(_) => assert!(!fast && out == [0xaa], "{entry:?}"),
+            }
+        }
+    }
 
     #[test]
     fn entry_encoding() {

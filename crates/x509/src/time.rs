@@ -53,6 +53,37 @@ pub fn encode(unix: i64) -> Option<Vec<u8>> {
     })
 }
 
+/// Appends `n` as `width` decimal digits.
+fn digits(out: &mut Vec<u8>, n: u32, width: u32) {
+    for k in (0..width).rev() {
+        out.push(b'0' + ((n / 10u32.pow(k)) % 10) as u8);
+    }
+}
+
+/// Appends the DER `Time` of Unix seconds to `out` (as [`encode`] makes
+/// it, without allocating); `generalized` forces GeneralizedTime. False
+/// (and nothing appended) outside the years the form can hold.
+pub fn encode_into(unix: i64, generalized: bool, out: &mut Vec<u8>) -> bool {
+    let (y, mo, d, h, mi, s) = ymdhms(unix);
+    let utc = !generalized && (1950..2050).contains(&y);
+    if !utc && !(if generalized { 0..=9999 } else { 2050..=9999 }).contains(&y) {
+        return false;
+    }
+    let y = y as u32;
+    if utc {
+        out.extend_from_slice(&[0x17, 13]);
+        digits(out, y % 100, 2);
+    } else {
+        out.extend_from_slice(&[0x18, 15]);
+        digits(out, y, 4);
+    }
+    for v in [mo, d, h, mi, s] {
+        digits(out, v, 2);
+    }
+    out.push(b'Z');
+    true
+}
+
 /// RFC 3339 text of Unix seconds, for messages.
 pub fn rfc3339(unix: i64) -> String {
     let (y, mo, d, h, mi, s) = ymdhms(unix);
