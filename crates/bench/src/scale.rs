@@ -23,13 +23,15 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// A certificate record as the signer makes them: a 16-octet serial
-/// (prefix 0x21 and random-looking octets, so records land all over the
-/// tree as real serials do) and about 1 KB of DER.
+/// (prefix 0x21, the time in milliseconds, 72 random-looking bits; record
+/// `i` issued `i` ms after the first, a month before now) and about 1 KB
+/// of DER.
 pub(crate) fn filler(i: u64) -> CertRecord {
     use sha2::Digest;
     let h = sha2::Sha256::digest(i.to_be_bytes());
-    let mut serial = vec![0x21];
-    serial.extend_from_slice(&h[..15]);
+    let mut random = [0u8; 9];
+    random.copy_from_slice(&h[..9]);
+    let serial = signer_x509::issue::serial_at(0x21, 1_793_500_000_000 + i, random);
     let mut der = vec![0x30, 0x82, 0x04, 0x00];
     der.extend((0..1024u64).map(|k| (k * 31 + i * 7) as u8));
     CertRecord {
@@ -213,7 +215,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(
         report,
         "Two signers, each with its own SoftHSM2 token and repository: one empty, one first filled with {filled} \
-         certificate records (about 1 KB of DER, random-looking 16-octet serials, through the group commit as the \
+         certificate records (about 1 KB of DER, 16-octet serials made as the signer makes them, through the group commit as the \
          daemon records them) and as many revocations. Then {rounds} rounds, alternating between the two: {n} pipelined \
          `sign_x509` requests over an unthrottled pty, the CSRs taken in turn from 32 made with distinct keys. Rate is \
          certificates per second; CPU is signerd's (all threads, from schedstat) per certificate, set against the floor \

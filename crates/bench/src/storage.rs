@@ -34,8 +34,8 @@ fn on_disk(path: &std::path::Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)?.blocks() * 512)
 }
 
-/// Fills a repository with `n` certificates (random-looking serials, as
-/// the signer draws them) (group commit, as the daemon
+/// Fills a repository with `n` certificates (serials as the signer makes
+/// them) (group commit, as the daemon
 /// records them) and `n` revocations (batches, as a legacy import does).
 fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
     let started = Instant::now();
