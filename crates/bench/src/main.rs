@@ -52,6 +52,10 @@ struct Cli {
     /// Internal: `fetch_crl` from a large repository, as `DIR,ENTRIES,fill|open,ROUNDS`.
     #[arg(long, hide = true)]
     crl_scale_child: Option<String>,
+    /// Also measure the repository at these sizes (on demand: 10,000,000
+    /// takes about 15 minutes and 50 GB of disk), e.g. `--storage-also 3000000`.
+    #[arg(long, value_delimiter = ',')]
+    storage_also: Vec<usize>,
     /// Internal: the regression guard's workload, as `DIR,REQUESTS`.
     #[arg(long, hide = true)]
     guard_child: Option<String>,
@@ -579,7 +583,7 @@ fn main() -> anyhow::Result<()> {
         replication::cost_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("storage") {
-        storage::section(&mut report, cli.scale)?;
+        storage::section(&mut report, cli.scale, &cli.storage_also)?;
     }
     if only.is_none() || only == Some("audit") {
         audit::section(&mut report, cli.scale)?;

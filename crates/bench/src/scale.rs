@@ -165,7 +165,8 @@ fn round_keep(
 }
 
 /// The floor, CPU seconds per certificate: one raw HSM signature (one
-/// session, in a process of its own), one CSR verification and one
+/// session, in a process of its own; the fastest of three runs), one CSR
+/// verification and one
 /// verification of an issued certificate against its CA, with the code
 /// signerd runs.
 fn floor(
@@ -174,7 +175,11 @@ fn floor(
     csrs: &[Vec<u8>],
     cert: &[u8],
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let sign = 1.0 / crate::raw_in_child(ceremony, key, 1, 2000)?;
+    // The floor is the least the work can cost: the fastest of three runs.
+    let mut sign = f64::MAX;
+    for _ in 0..3 {
+        sign = sign.min(1.0 / crate::raw_in_child(ceremony, key, 1, 1000)?);
+    }
     let n = 2000;
     let started = Instant::now();
     for i in 0..n {
@@ -220,7 +225,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
          `sign_x509` requests over an unthrottled pty, the CSRs taken in turn from 32 made with distinct keys. Rate is \
          certificates per second; CPU is signerd's (all threads, from schedstat) per certificate, set against the floor \
          the design requires, measured in the same run: one raw HSM signature with the issuer's key (one session, \
-         a process of its own), one CSR verification and one verification of an issued certificate against its \
+         a process of its own, the fastest of three runs), one CSR verification and one verification of an issued certificate against its \
          CA, with signerd's code. Figures are min / median / max over the rounds; the rate ratio is full ÷ empty \
          per round (targets: ≥ 95 % of the rate; ≤ 1.15× the floor).\n"
     )?;

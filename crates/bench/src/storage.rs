@@ -230,7 +230,7 @@ fn verify_rate(kind: &[&str]) -> anyhow::Result<f64> {
 }
 
 /// The `## Repository at scale` section.
-pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+pub fn section(report: &mut String, scale: f64, more: &[usize]) -> anyhow::Result<()> {
     writeln!(report, "## Repository at scale\n")?;
     writeln!(
         report,
@@ -244,7 +244,9 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         "| certificates + revocations | recording | bytes on disk per certificate | on disk ÷ DER bytes | restored file: bytes per certificate (÷ DER) | open | check | backup | verify backup | restore | peak RSS MiB |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|")?;
-    for n in [10_000, (1_000_000.0 * scale) as usize] {
+    let mut sizes = vec![10_000, (1_000_000.0 * scale) as usize];
+    sizes.extend_from_slice(more);
+    for n in sizes {
         scale_row(report, n.max(1000))?;
     }
     writeln!(report)?;
