@@ -234,6 +234,47 @@ pub fn section(
     Ok(())
 }
 
+/// The CA service of the ceremony in `dir` (SoftHSM2 reads its
+/// configuration once per process: one per child).
+fn service_of(dir: &Path) -> anyhow::Result<std::sync::Arc<signer_ca::CaService>> {
+    let yaml = std::fs::read_to_string(dir.join("setup.yaml"))?;
+    let config =
+        signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &dir.join("setup.yaml"))?;
+    let ca = config.ca.ok_or_else(|| anyhow::anyhow!("no ca section"))?;
+    Ok(signer_ca::CaService::start(&ca, "test-signer", 1)?)
+}
+
+/// Revocation `i` of the bulk: a third keyCompromise, dates spread over a day.
+fn revocation(i: u64) -> signer_repository::RevocationRecord {
+    signer_repository::RevocationRecord {
+        issuer: "sub".into(),
+        serial: serial(i).to_vec(),
+        reason: u8::from(i.is_multiple_of(3)),
+        revoked_at: 1_763_000_000 + (i % 86_400) as i64,
+        invalidity_date: None,
+        request_id: format!("bulk-{i}"),
+        legacy: false,
+        signer_id: "bench".into(),
+        cert_not_after: None,
+        seq: 0,
+        replaced: false,
+    }
+}
+
+/// Records revocations `range` in transactions of 100,000.
+fn record_bulk(
+    repo: &signer_repository::Repository,
+    range: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + 100_000).min(range.end);
+        repo.record_revocations((start..end).map(revocation).collect())?;
+        start = end;
+    }
+    Ok(())
+}
+
 /// Wire bytes of a reply body: response parts of 16 KiB, framed.
 fn wire_bytes(body: &[u8]) -> usize {
     signer_protocol::encode_response(1, signer_protocol::Status::OK, body, 16_384)
@@ -247,34 +288,9 @@ fn wire_bytes(body: &[u8]) -> usize {
 /// `generate_seconds full_wire_bytes diff_wire_bytes rebuilt_ok`.
 pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
     use signer_protocol::{encode_body, msg, Command};
-    use signer_repository::RevocationRecord;
 
-    let yaml = std::fs::read_to_string(dir.join("setup.yaml"))?;
-    let config =
-        signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &dir.join("setup.yaml"))?;
-    let ca = config.ca.ok_or_else(|| anyhow::anyhow!("no ca section"))?;
-    let service = signer_ca::CaService::start(&ca, "test-signer", 1)?;
-    let revocation = |i: u64| RevocationRecord {
-        issuer: "sub".into(),
-        serial: serial(i).to_vec(),
-        reason: u8::from(i.is_multiple_of(3)),
-        revoked_at: 1_763_000_000 + (i % 86_400) as i64,
-        invalidity_date: None,
-        request_id: format!("bulk-{i}"),
-        legacy: false,
-        signer_id: "bench".into(),
-        cert_not_after: None,
-        seq: 0,
-        replaced: false,
-    };
-    let mut start = 0;
-    while start < n {
-        let end = (start + 100_000).min(n);
-        service
-            .repository()
-            .record_revocations((start..end).map(revocation).collect())?;
-        start = end;
-    }
+    let service = service_of(dir)?;
+    record_bulk(service.repository(), 0..n)?;
     let ctx = signer_service::CallContext {
         envelope_id: 1,
         command: Command::FETCH_CRL,
@@ -381,34 +397,11 @@ fn status_kib(field: &str) -> f64 {
 /// repository. Prints per round `seconds added_peak_kib crl_bytes`.
 pub fn scale_child(dir: &Path, n: u64, fill: bool, rounds: u64) -> anyhow::Result<()> {
     use signer_protocol::{msg, Command};
-    use signer_repository::RevocationRecord;
 
-    let yaml = std::fs::read_to_string(dir.join("setup.yaml"))?;
-    let config =
-        signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &dir.join("setup.yaml"))?;
-    let ca = config.ca.ok_or_else(|| anyhow::anyhow!("no ca section"))?;
-    let service = signer_ca::CaService::start(&ca, "test-signer", 1)?;
-    let revocation = |i: u64| RevocationRecord {
-        issuer: "sub".into(),
-        serial: serial(i).to_vec(),
-        reason: u8::from(i.is_multiple_of(3)),
-        revoked_at: 1_763_000_000 + (i % 86_400) as i64,
-        invalidity_date: None,
-        request_id: format!("bulk-{i}"),
-        legacy: false,
-        signer_id: "bench".into(),
-        cert_not_after: None,
-        seq: 0,
-        replaced: false,
-    };
+    let service = service_of(dir)?;
     let repo = service.repository();
     if fill {
-        let mut start = 0;
-        while start < n {
-            let end = (start + 100_000).min(n);
-            repo.record_revocations((start..end).map(revocation).collect())?;
-            start = end;
-        }
+        record_bulk(repo, 0..n)?;
     }
     let ctx = signer_service::CallContext {
         envelope_id: 1,
@@ -462,15 +455,6 @@ pub fn scale_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         )?);
     }
     let column = |v: &[f64], k: usize| -> Vec<f64> { v.chunks(3).map(|c| c[k]).collect() };
-    let spread = |mut v: Vec<f64>, f: &dyn Fn(f64) -> String| {
-        v.sort_by(f64::total_cmp);
-        format!(
-            "{} / {} / {}",
-            f(v[0]),
-            f(v[v.len() / 2]),
-            f(v[v.len() - 1])
-        )
-    };
     let secs = |x: f64| format!("{x:.2} s");
     let mib = |x: f64| format!("{:.1}", x / 1024.0);
     let crl_mib = column(&warm, 2).into_iter().fold(0.0, f64::max) / 1048576.0;
@@ -494,8 +478,8 @@ pub fn scale_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         writeln!(
             report,
             "| {name} | {} | {} | {crl_mib:.1} | {:.2}× |",
-            spread(column(v, 0), &secs),
-            spread(column(v, 1), &mib),
+            crate::scale::spread(column(v, 0), secs),
+            crate::scale::spread(column(v, 1), mib),
             peak_max / crl_mib.max(1e-9)
         )?;
     }

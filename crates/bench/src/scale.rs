@@ -4,10 +4,9 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Instant;
 
-use signer_repository::{CertRecord, RevocationRecord};
+use signer_repository::CertRecord;
 use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
 use signer_testsupport::{Bench, LinkSpec};
 
@@ -58,52 +57,8 @@ pub fn fill_child(dir: &Path, n: u64) -> anyhow::Result<()> {
         signer_server::Config::<signer_ca::CaConfig>::parse(&yaml, &dir.join("setup.yaml"))?;
     let ca = config.ca.ok_or_else(|| anyhow::anyhow!("no ca section"))?;
     let service = signer_ca::CaService::start(&ca, "test-signer", 1)?;
-    let repo = service.repository();
     let started = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    let window = 4096u64;
-    let mut pending = 0u64;
-    for i in 0..n {
-        let tx = tx.clone();
-        repo.record_issuance_then(
-            filler(i),
-            Box::new(move |r| {
-                let _ = tx.send(r.is_ok());
-            }),
-        );
-        pending += 1;
-        if pending == window {
-            for _ in 0..window / 2 {
-                anyhow::ensure!(rx.recv()?, "a record was not stored");
-                pending -= 1;
-            }
-        }
-    }
-    for _ in 0..pending {
-        anyhow::ensure!(rx.recv()?, "a record was not stored");
-    }
-    let mut start = 0;
-    while start < n {
-        let end = (start + 20_000).min(n);
-        repo.record_revocations(
-            (start..end)
-                .map(|i| RevocationRecord {
-                    issuer: "sub".into(),
-                    serial: filler(i).serial,
-                    reason: 1,
-                    revoked_at: 1_795_000_000,
-                    invalidity_date: None,
-                    request_id: format!("fill-rev-{i}"),
-                    legacy: false,
-                    signer_id: "test-signer".into(),
-                    cert_not_after: Some(filler(i).not_after),
-                    seq: 0,
-                    replaced: false,
-                })
-                .collect(),
-        )?;
-        start = end;
-    }
+    crate::storage::fill(service.repository(), usize::try_from(n)?)?;
     eprintln!(
         "bench: filled with {n} + {n} in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -198,7 +153,8 @@ fn floor(
     Ok((sign, csr, verify))
 }
 
-fn spread(mut v: Vec<f64>, f: impl Fn(f64) -> String) -> String {
+/// Min / median / max of `v`, each shown by `f`.
+pub(crate) fn spread(mut v: Vec<f64>, f: impl Fn(f64) -> String) -> String {
     v.sort_by(f64::total_cmp);
     format!(
         "{} / {} / {}",

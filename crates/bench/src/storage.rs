@@ -37,7 +37,7 @@ fn on_disk(path: &std::path::Path) -> anyhow::Result<u64> {
 /// Fills a repository with `n` certificates (serials as the signer makes
 /// them) (group commit, as the daemon
 /// records them) and `n` revocations (batches, as a legacy import does).
-fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     let window = 4096;
@@ -63,21 +63,24 @@ fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
     }
     let issue_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
+    for chunk in (0..n as u64).collect::<Vec<_>>().chunks(20_000) {
         let records = chunk
             .iter()
-            .map(|&i| RevocationRecord {
-                issuer: "sub".into(),
-                serial: filler(i as u64).serial,
-                reason: 1,
-                revoked_at: 1_795_000_000,
-                invalidity_date: None,
-                request_id: format!("rev-{i}"),
-                legacy: false,
-                signer_id: "bench".into(),
-                cert_not_after: None,
-                seq: 0,
-                replaced: false,
+            .map(|&i| {
+                let cert = filler(i);
+                RevocationRecord {
+                    issuer: "sub".into(),
+                    serial: cert.serial,
+                    reason: 1,
+                    revoked_at: 1_795_000_000,
+                    invalidity_date: None,
+                    request_id: format!("rev-{i}"),
+                    legacy: false,
+                    signer_id: cert.signer_id,
+                    cert_not_after: Some(cert.not_after),
+                    seq: 0,
+                    replaced: false,
+                }
             })
             .collect();
         repo.record_revocations(records)?;

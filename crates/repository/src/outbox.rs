@@ -247,7 +247,14 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
     use crate::records::{decode, decode_revocation, CrlMeta};
     use crate::schema::{CERTS, CRL_HISTORY, REVOCATIONS};
     mark_twinned(txn)?;
-    let mut changes = Vec::new();
+    // Appended as they are read (the outbox tables are others than these):
+    // nothing of a large repository is held in memory.
+    let mut n = 0u64;
+    let mut add = |change: Change| -> Result<(), RepoError> {
+        append_event(txn, origin, change)?;
+        n += 1;
+        Ok(())
+    };
     for item in txn
         .open_table(crate::audit::AUDIT)
         .map_err(storage)?
@@ -257,7 +264,7 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
         let (_, v) = item.map_err(storage)?;
         let entry: AuditEntry = rmp_serde::from_slice(v.value())
             .map_err(|e| RepoError::Corrupt(format!("audit entry: {e}")))?;
-        changes.push(Change::Audit(entry));
+        add(Change::Audit(entry))?;
     }
     for item in txn
         .open_table(CERTS)
@@ -265,7 +272,7 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
         .iter()
         .map_err(storage)?
     {
-        changes.push(Change::Issued(decode(item.map_err(storage)?.1.value())?));
+        add(Change::Issued(decode(item.map_err(storage)?.1.value())?))?;
     }
     for item in txn
         .open_table(REVOCATIONS)
@@ -273,9 +280,9 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
         .iter()
         .map_err(storage)?
     {
-        changes.push(Change::Revoked(decode_revocation(
+        add(Change::Revoked(decode_revocation(
             item.map_err(storage)?.1.value(),
-        )?));
+        )?))?;
     }
     for item in txn
         .open_table(crate::openpgp::CERTIFICATIONS)
@@ -283,9 +290,9 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
         .iter()
         .map_err(storage)?
     {
-        changes.push(Change::Certified(crate::openpgp::decode(
+        add(Change::Certified(crate::openpgp::decode(
             item.map_err(storage)?.1.value(),
-        )?));
+        )?))?;
     }
     for item in txn
         .open_table(CRL_HISTORY)
@@ -296,15 +303,11 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
         let (k, v) = item.map_err(storage)?;
         let (issuer, number) = k.value();
         let meta: CrlMeta = sealed::open(CRL_HISTORY.name(), v.value())?;
-        changes.push(Change::CrlIssued {
+        add(Change::CrlIssued {
             issuer: issuer.to_string(),
             number: number.to_vec(),
             this_update: meta.this_update,
-        });
-    }
-    let n = changes.len() as u64;
-    for change in changes {
-        append_event(txn, origin, change)?;
+        })?;
     }
     Ok(n)
 }

@@ -180,27 +180,9 @@ impl Repository {
     pub fn for_each_revocation(
         &self,
         issuer: &str,
-        mut f: impl FnMut(RevocationRecord),
+        f: impl FnMut(RevocationRecord),
     ) -> Result<u64, RepoError> {
-        self.read(|txn| {
-            let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
-            let seq = txn.open_table(REVOCATION_SEQ).map_err(storage)?;
-            for item in revocations
-                .range((issuer, 0u8, &[][..])..)
-                .map_err(storage)?
-            {
-                let (key, value) = item.map_err(storage)?;
-                if key.value().0 != issuer {
-                    break;
-                }
-                f(decode_revocation(value.value())?);
-            }
-            Ok(seq
-                .get(issuer)
-                .map_err(storage)?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        })
+        self.scan_revocations(issuer, f)
     }
 
     /// Streams what a CRL needs of each revocation of `issuer`, in numeric
@@ -210,7 +192,17 @@ impl Repository {
     pub fn for_each_crl_entry(
         &self,
         issuer: &str,
-        mut f: impl FnMut(CrlView),
+        f: impl FnMut(CrlView),
+    ) -> Result<u64, RepoError> {
+        self.scan_revocations(issuer, f)
+    }
+
+    /// The revocations of `issuer` in serial order, each decoded as `T`
+    /// (the record, or a view of it), and the issuer's counter.
+    fn scan_revocations<T: serde::de::DeserializeOwned>(
+        &self,
+        issuer: &str,
+        mut f: impl FnMut(T),
     ) -> Result<u64, RepoError> {
         self.read(|txn| {
             let revocations = txn.open_table(REVOCATIONS).map_err(storage)?;
