@@ -487,3 +487,80 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
         Some("signer-b")
     );
 }
+
+/// Flips one byte inside the stored certificate of `request_id` (its
+/// checksum no longer matches), or puts `restore` back; returns the
+/// original value.
+fn damage_certificate(path: &Path, request_id: &str, restore: Option<Vec<u8>>) -> Vec<u8> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const CERTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("certs_v1");
+    let db = redb::Database::open(path).unwrap();
+    let (key, original) = {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(CERTS).unwrap();
+        let mut found = None;
+        for item in table.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let value = v.value().to_vec();
+            let wanted = request_id.as_bytes();
+            if value.windows(wanted.len()).any(|w| w == wanted) {
+                found = Some(((k.value().0.to_string(), k.value().1.to_vec()), value));
+            }
+        }
+        found.expect("the record is stored")
+    };
+    let value = restore.unwrap_or_else(|| {
+        let mut v = original.clone();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x01;
+        v
+    });
+    let txn = db.begin_write().unwrap();
+    txn.open_table(CERTS)
+        .unwrap()
+        .insert((key.0.as_str(), key.1.as_slice()), value.as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    original
+}
+
+#[test]
+fn a_damaged_record_waiting_in_the_outbox_stops_publishing_and_says_so() {
+    let mut t = Twins::new("p256", SERVER_PROFILE);
+    let d = t.ceremony.dir().to_path_buf();
+    let repo_a = d.join("repository.redb");
+    let (mut a, b) = (t.a.client(), t.b.client());
+    sign(&a, &d, "before");
+    t.wait_in_sync(&a, &b, 1, SYNC).unwrap();
+    // A's server down: the next certificate waits in A's outbox, which
+    // names it; its stored record is then damaged while A is stopped.
+    t.nats_a.kill();
+    let held = request(&d, "held");
+    let on_a: msg::SignX509Reply = a.request::<calls::SignX509>(&held).unwrap();
+    wait_for(&a, "replication:publish", |(s, d)| {
+        *s == HealthStatus::Degraded && !d.contains("waiting 0")
+    });
+    drop(a);
+    t.a.daemon.stop_cleanly();
+    let original = damage_certificate(&repo_a, "held", None);
+    t.nats_a.restart();
+    t.a.daemon.restart();
+    a = t.a.client();
+    // Nothing is published past it, and health says why.
+    wait_for(&a, "replication:publish", |(s, d)| {
+        *s == HealthStatus::Failing
+            && d.contains("outbox unreadable")
+            && d.contains("certs_v1: a record fails its checksum")
+    });
+    assert!(t.a.daemon.log().contains("the outbox cannot be read"));
+    // Repaired (the record put back as it was), the event goes out.
+    drop(a);
+    t.a.daemon.stop_cleanly();
+    damage_certificate(&repo_a, "held", Some(original));
+    t.a.daemon.restart();
+    a = t.a.client();
+    t.wait_in_sync(&a, &b, 2, SYNC).unwrap();
+    let replay: msg::SignX509Reply = b.request::<calls::SignX509>(&held).unwrap();
+    assert!(replay.replayed, "B holds A's certificate");
+    assert_eq!(replay.certificate, on_a.certificate);
+}

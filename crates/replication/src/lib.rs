@@ -60,6 +60,11 @@ const PUBLISH_BATCH: usize = 256;
 const PUBLISH_BATCH_BYTES: usize = 512 * 1024;
 /// How long a round waits for more events before it is sealed.
 const LINGER: Duration = Duration::from_millis(20);
+/// Events arriving within one [`LINGER`] that make a round wait once more
+/// (400 per second).
+const BUSY_EVENTS: usize = 8;
+/// The longest a round waits for more events under load.
+const MAX_LINGER: Duration = Duration::from_millis(200);
 /// Events one apply transaction takes at most.
 const APPLY_BATCH: usize = 1000;
 /// Lag samples kept for the percentiles.
@@ -143,6 +148,9 @@ pub struct LagStats {
 struct Status {
     published: u64,
     local_error: Option<String>,
+    /// The outbox could not be read (a damaged repository): nothing more
+    /// is published until it can.
+    outbox_error: Option<String>,
     peer_state: Option<(Instant, PeerState)>,
     peer_error: Option<String>,
     peer_unreachable_since: Option<Instant>,
@@ -485,9 +493,19 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             },
         };
         let mut batch = match shared.repo.events_after(after, PUBLISH_BATCH) {
-            Ok(b) => b,
+            Ok(b) => {
+                shared.status().outbox_error = None;
+                b
+            }
             Err(e) => {
-                shared.status().local_error = Some(format!("outbox: {e}"));
+                let first = shared
+                    .status()
+                    .outbox_error
+                    .replace(e.to_string())
+                    .is_none();
+                if first {
+                    tracing::error!(cause = %e, "replication: the outbox cannot be read; nothing more is published");
+                }
                 shared.pause(Duration::from_secs(1)).await;
                 continue;
             }
@@ -499,16 +517,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             }
             continue;
         }
-        if batch.len() < PUBLISH_BATCH {
-            // A moment for the events committed right behind these: one
-            // message, one seal and one acknowledgement for all of them.
-            tokio::time::sleep(LINGER).await;
-            if let Ok(more) = shared.repo.events_after(after, PUBLISH_BATCH) {
-                if more.len() > batch.len() {
-                    batch = more;
-                }
-            }
-        }
+        linger(&shared, &mut batch).await;
         // Within the message size nats-server allows (at least one event).
         let mut bytes = 0;
         let keep = batch
@@ -539,6 +548,33 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             // The stream may be gone (server store lost): find it again.
             published = None;
             shared.pause(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Waits a moment for the events committed right behind `batch`'s, so
+/// that one message, one seal and one acknowledgement carry them all:
+/// [`LINGER`] once, and again while events keep arriving at least as
+/// fast as [`BUSY_EVENTS`] per [`LINGER`] (a signer under load), up to
+/// [`MAX_LINGER`] or a full batch. At a steady trickle a round waits
+/// [`LINGER`] only, which keeps the lag short; under load nats-server's
+/// per-message work and the seal are shared by many events.
+async fn linger(shared: &Shared, batch: &mut Vec<(u64, Vec<u8>)>) {
+    let started = Instant::now();
+    let mut bytes: usize = batch.iter().map(|(_, e)| e.len()).sum();
+    while batch.len() < PUBLISH_BATCH && bytes < PUBLISH_BATCH_BYTES {
+        tokio::time::sleep(LINGER).await;
+        let Some(&(last, _)) = batch.last() else {
+            return;
+        };
+        let Ok(more) = shared.repo.events_after(last, PUBLISH_BATCH - batch.len()) else {
+            return;
+        };
+        let arrived = more.len();
+        bytes += more.iter().map(|(_, e)| e.len()).sum::<usize>();
+        batch.extend(more);
+        if arrived < BUSY_EVENTS || started.elapsed() >= MAX_LINGER {
+            return;
         }
     }
 }
@@ -1224,16 +1260,22 @@ impl HealthSource for Replicator {
         let waiting = state.own_seq.saturating_sub(s.published);
         checks.push(check(
             "publish",
-            if s.local_error.is_some() && waiting > 0 {
+            if s.outbox_error.is_some() {
+                HealthStatus::Failing
+            } else if s.local_error.is_some() && waiting > 0 {
                 HealthStatus::Degraded
             } else {
                 HealthStatus::Ok
             },
             format!(
-                "own events {} published {} waiting {}{}",
+                "own events {} published {} waiting {}{}{}",
                 state.own_seq,
                 s.published,
                 waiting,
+                s.outbox_error
+                    .as_ref()
+                    .map(|e| format!("; outbox unreadable: {e}"))
+                    .unwrap_or_default(),
                 s.local_error
                     .as_ref()
                     .map(|e| format!("; nats-server {}: {e}", cfg.local))

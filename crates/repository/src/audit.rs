@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use sha2::{Digest, Sha256};
 
-use crate::outbox::{append_event, Change};
+use crate::outbox::{append_pointer, Target};
 use crate::{storage, RepoError};
 use tracing::warn;
 
@@ -90,7 +90,7 @@ pub(crate) fn append(
         let bytes = rmp_serde::to_vec_named(&e).map_err(storage)?;
         table.insert(seq, bytes.as_slice()).map_err(storage)?;
         crate::tree::add_leaf(&mut tree, seq - 1, &bytes)?;
-        append_event(txn, signer_id, Change::Audit(e))?;
+        append_pointer(txn, Target::Audit(seq))?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use redb::ReadableTable;
 
 use crate::committer::{Issue, Job, Then};
-use crate::outbox::{append_event, digest_cert, Change, DigestTable, DIGESTS};
+use crate::outbox::{append_pointer, digest_cert, DigestTable, Target, DIGESTS};
 use crate::records::{decode, decode_request, encode_issued, CertRecord, Recorded, RequestEntry};
 use crate::schema::{CERTS, EXPIRY, REQUESTS};
 use crate::{storage, RepoError, Repository};
@@ -160,7 +160,6 @@ pub(crate) fn insert_request(t: &mut CertTables<'_>, r: &CertRecord) -> Result<(
 pub(crate) fn insert_issued(
     txn: &redb::WriteTransaction,
     t: &mut CertTables<'_>,
-    origin: &str,
     r: &CertRecord,
 ) -> Result<Result<Recorded, RepoError>, RepoError> {
     let existing = t
@@ -197,6 +196,6 @@ pub(crate) fn insert_issued(
     }
     insert_certificate(t, r)?;
     insert_request(t, r)?;
-    append_event(txn, origin, Change::Issued(r.clone()))?;
+    append_pointer(txn, Target::Issued(r.issuer.clone(), r.serial.clone()))?;
     Ok(Ok(Recorded::Inserted))
 }

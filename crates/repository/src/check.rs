@@ -359,12 +359,20 @@ fn check_tables(txn: &redb::ReadTransaction, origin: &str, f: &mut Found) -> Res
             f.problem(format!("conflict {}: {e}", key.value()));
         }
     }
+    // Each outbox entry can be sent as its event (a pointer's record is
+    // there and readable).
     let events = txn.open_table(crate::outbox::EVENTS).map_err(storage)?;
+    let certs = txn.open_table(CERTS).map_err(storage)?;
+    let audit = txn.open_table(crate::audit::AUDIT).map_err(storage)?;
     for item in events.iter().map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
         f.report.records += 1;
-        if let Err(e) = sealed::payload(crate::outbox::EVENTS.name(), value.value()) {
-            f.problem(format!("outbox event {}: {e}", key.value()));
+        let seq = key.value();
+        if let Err(e) = crate::outbox::materialize("", seq, value.value(), &certs, &audit) {
+            f.problem(match e {
+                RepoError::Corrupt(why) if why.starts_with("outbox event") => why,
+                e => format!("outbox event {seq}: {e}"),
+            });
         }
     }
     let stored = txn.open_table(crate::outbox::DIGESTS).map_err(storage)?;

@@ -126,7 +126,7 @@ pub(crate) fn commit_batch(
     {
         let mut tables = CertTables::open(&txn)?;
         for job in batch {
-            results.push(insert_issued(&txn, &mut tables, origin, &job.record)?);
+            results.push(insert_issued(&txn, &mut tables, &job.record)?);
         }
     }
     let certified = certifies

@@ -17,7 +17,11 @@ use crate::clock::now_us;
 use crate::records::{AuditEntry, CertRecord, CertificationRecord, RevocationRecord};
 use crate::{sealed, storage, RepoError, Repository};
 
-/// This signer's changes, by its own sequence number (1, 2, …).
+/// This signer's changes, by its own sequence number (1, 2, …): each a
+/// whole [`Event`] (msgpack map, sealed) or, for an issuance or an audit
+/// entry, a [`Pointer`] to the record written in the same transaction
+/// (msgpack array, sealed), which [`Repository::events_after`] turns into
+/// the whole event. The record is not written twice.
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events_v1");
 
 /// Counters: `event_seq` (last own sequence number assigned), `digests` (1
@@ -84,6 +88,25 @@ pub struct Event {
     pub at_us: i64,
     /// The change.
     pub change: Change,
+}
+
+/// An outbox entry naming the record it replicates (records are never
+/// changed once written): when the origin committed it, its epoch, and
+/// where the record is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Pointer {
+    at_us: i64,
+    epoch: u64,
+    target: Target,
+}
+
+/// Where a [`Pointer`]'s record is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Target {
+    /// A certificate: `Change::Issued` of CERTS\[(issuer, serial)\].
+    Issued(String, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// An entry of this signer's audit chain: `Change::Audit` of AUDIT\[seq\].
+    Audit(u64),
 }
 
 impl Event {
@@ -248,23 +271,20 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
     use crate::schema::{CERTS, CRL_HISTORY, REVOCATIONS};
     mark_twinned(txn)?;
     // Appended as they are read (the outbox tables are others than these):
-    // nothing of a large repository is held in memory.
+    // nothing of a large repository is held in memory. The audit chain and
+    // the certificates by pointer (each read to be sure it can be
+    // replicated).
     let mut n = 0u64;
-    let mut add = |change: Change| -> Result<(), RepoError> {
-        append_event(txn, origin, change)?;
-        n += 1;
-        Ok(())
-    };
     for item in txn
         .open_table(crate::audit::AUDIT)
         .map_err(storage)?
         .iter()
         .map_err(storage)?
     {
-        let (_, v) = item.map_err(storage)?;
-        let entry: AuditEntry = rmp_serde::from_slice(v.value())
-            .map_err(|e| RepoError::Corrupt(format!("audit entry: {e}")))?;
-        add(Change::Audit(entry))?;
+        let (k, v) = item.map_err(storage)?;
+        AuditEntry::decode(v.value())?;
+        append_pointer(txn, Target::Audit(k.value()))?;
+        n += 1;
     }
     for item in txn
         .open_table(CERTS)
@@ -272,8 +292,17 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
         .iter()
         .map_err(storage)?
     {
-        add(Change::Issued(decode(item.map_err(storage)?.1.value())?))?;
+        let (k, v) = item.map_err(storage)?;
+        decode(v.value())?;
+        let (issuer, serial) = k.value();
+        append_pointer(txn, Target::Issued(issuer.to_string(), serial.to_vec()))?;
+        n += 1;
     }
+    let mut add = |change: Change| -> Result<(), RepoError> {
+        append_event(txn, origin, change)?;
+        n += 1;
+        Ok(())
+    };
     for item in txn
         .open_table(REVOCATIONS)
         .map_err(storage)?
@@ -330,6 +359,44 @@ pub(crate) fn append_event(
     origin: &str,
     change: Change,
 ) -> Result<Option<u64>, RepoError> {
+    append(txn, |seq, epoch| {
+        sealed::seal(
+            EVENTS.name(),
+            &Event {
+                origin: origin.to_string(),
+                seq,
+                epoch,
+                at_us: now_us(),
+                change,
+            },
+        )
+    })
+}
+
+/// [`append_event`] for a record written in the caller's transaction: the
+/// outbox names it (see [`Pointer`]) instead of holding a second copy.
+pub(crate) fn append_pointer(
+    txn: &WriteTransaction,
+    target: Target,
+) -> Result<Option<u64>, RepoError> {
+    append(txn, |_, epoch| {
+        sealed::seal_compact(
+            EVENTS.name(),
+            &Pointer {
+                at_us: now_us(),
+                epoch,
+                target,
+            },
+        )
+    })
+}
+
+/// Writes the next outbox entry, made by `entry` from its sequence number
+/// and the epoch, if the repository has a twin.
+fn append(
+    txn: &WriteTransaction,
+    entry: impl FnOnce(u64, u64) -> Result<Vec<u8>, RepoError>,
+) -> Result<Option<u64>, RepoError> {
     let mut meta = txn.open_table(META).map_err(storage)?;
     if !twinned(&meta)? {
         return Ok(None);
@@ -341,14 +408,7 @@ pub(crate) fn append_event(
         .map(|v| v.value())
         .unwrap_or(0)
         + 1;
-    let event = Event {
-        origin: origin.to_string(),
-        seq,
-        epoch,
-        at_us: now_us(),
-        change,
-    };
-    let bytes = sealed::seal(EVENTS.name(), &event)?;
+    let bytes = entry(seq, epoch)?;
     txn.open_table(EVENTS)
         .map_err(storage)?
         .insert(seq, bytes.as_slice())
@@ -357,17 +417,100 @@ pub(crate) fn append_event(
     Ok(Some(seq))
 }
 
+/// An outbox entry as the twin receives it: a whole event's bytes as
+/// stored, or a [`Pointer`]'s record read from `certs` / `audit` and
+/// encoded as the event.
+pub(crate) fn materialize(
+    origin: &str,
+    seq: u64,
+    stored: &[u8],
+    certs: &impl ReadableTable<(&'static str, &'static [u8]), &'static [u8]>,
+    audit: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Vec<u8>, RepoError> {
+    let payload = sealed::payload(EVENTS.name(), stored)?;
+    // A whole event is a map; a pointer an array.
+    if !matches!(payload.first(), Some(0x90..=0x9f | 0xdc | 0xdd)) {
+        return Ok(payload.to_vec());
+    }
+    let pointer: Pointer = sealed::open(EVENTS.name(), stored)?;
+    let missing = |what: String| {
+        RepoError::Corrupt(format!(
+            "outbox event {seq} names {what}, which is not in the repository"
+        ))
+    };
+    // The record's stored encoding (checked against its checksum) goes
+    // into the event as it is: the same value as `Event::encode` of the
+    // decoded record would carry, without decoding and encoding it again.
+    let (variant, record) = match pointer.target {
+        Target::Issued(issuer, serial) => {
+            let stored = certs
+                .get((issuer.as_str(), serial.as_slice()))
+                .map_err(storage)?
+                .ok_or_else(|| missing(format!("certificate {issuer}/{}", crate::hex(&serial))))?;
+            let record = sealed::payload(crate::schema::CERTS.name(), stored.value())?.to_vec();
+            ("Issued", record)
+        }
+        Target::Audit(n) => {
+            let stored = audit
+                .get(n)
+                .map_err(storage)?
+                .ok_or_else(|| missing(format!("audit entry {n}")))?;
+            ("Audit", stored.value().to_vec())
+        }
+    };
+    Ok(encode_event(
+        origin,
+        seq,
+        pointer.epoch,
+        pointer.at_us,
+        variant,
+        &record,
+    ))
+}
+
+/// [`Event::encode`] of an event whose change is `variant` of the record
+/// already encoded as `record` (msgpack).
+fn encode_event(
+    origin: &str,
+    seq: u64,
+    epoch: u64,
+    at_us: i64,
+    variant: &str,
+    record: &[u8],
+) -> Vec<u8> {
+    use rmp::encode as e;
+    let mut out = Vec::with_capacity(record.len() + origin.len() + 64);
+    // Writing to a Vec cannot fail.
+    let _ = e::write_map_len(&mut out, 5);
+    let _ = e::write_str(&mut out, "origin");
+    let _ = e::write_str(&mut out, origin);
+    let _ = e::write_str(&mut out, "seq");
+    let _ = e::write_uint(&mut out, seq);
+    let _ = e::write_str(&mut out, "epoch");
+    let _ = e::write_uint(&mut out, epoch);
+    let _ = e::write_str(&mut out, "at_us");
+    let _ = e::write_sint(&mut out, at_us);
+    let _ = e::write_str(&mut out, "change");
+    let _ = e::write_map_len(&mut out, 1);
+    let _ = e::write_str(&mut out, variant);
+    out.extend_from_slice(record);
+    out
+}
+
 impl Repository {
     /// Up to `limit` outbox events with sequence numbers above `after`, encoded.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, RepoError> {
         self.read(|txn| {
             let events = txn.open_table(crate::outbox::EVENTS).map_err(storage)?;
+            let certs = txn.open_table(crate::schema::CERTS).map_err(storage)?;
+            let audit = txn.open_table(crate::audit::AUDIT).map_err(storage)?;
             let mut out = Vec::new();
             for item in events.range(after + 1..).map_err(storage)?.take(limit) {
                 let (k, v) = item.map_err(storage)?;
+                let seq = k.value();
                 out.push((
-                    k.value(),
-                    sealed::payload(crate::outbox::EVENTS.name(), v.value())?.to_vec(),
+                    seq,
+                    materialize(&self.origin, seq, v.value(), &certs, &audit)?,
                 ));
             }
             Ok(out)

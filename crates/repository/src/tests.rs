@@ -872,3 +872,76 @@ fn a_large_crl_is_stored_in_parts_read_whole_and_checked() {
     let a = open(&path, "a");
     assert_eq!(a.last_crl("root").unwrap(), Some(crl_of(1000, 9)));
 }
+
+#[test]
+fn the_outbox_names_records_and_sends_them_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let a = open(&path, "a");
+    let mut cert = record("root", 1, "req-1");
+    cert.der = (0..1500u32).map(|i| i as u8).collect();
+    a.record_issuance(cert.clone()).unwrap();
+    a.audit(AuditEntry::new("command", "sign_x509", "ok").fact("serial", "01"));
+    a.close();
+    // Each event reads as the whole change, its bytes as `Event::encode`
+    // of it would decode.
+    let events = a.events_after(0, 100).unwrap();
+    let decoded: Vec<Event> = events
+        .iter()
+        .map(|(_, b)| Event::decode(b).unwrap())
+        .collect();
+    assert!(decoded.iter().all(|e| e.origin == "a" && e.epoch != 0));
+    assert!(decoded.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert!(decoded
+        .iter()
+        .any(|e| matches!(&e.change, Change::Issued(r) if *r == cert)));
+    let audited = decoded
+        .iter()
+        .find_map(|e| match &e.change {
+            Change::Audit(entry) if entry.kind == "command" => Some(entry.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(audited.facts.get("serial").map(String::as_str), Some("01"));
+    for (e, (_, bytes)) in decoded.iter().zip(&events) {
+        assert_eq!(
+            Event::decode(&e.encode().unwrap()).unwrap(),
+            Event::decode(bytes).unwrap()
+        );
+    }
+    // The outbox holds no second copy of the certificate.
+    {
+        let stored: usize = a
+            .read(|txn| {
+                let t = txn.open_table(outbox::EVENTS).map_err(storage)?;
+                let mut n = 0;
+                for item in t.iter().map_err(storage)? {
+                    n += item.map_err(storage)?.1.value().len();
+                }
+                Ok(n)
+            })
+            .unwrap();
+        assert!(stored < 1000, "{stored} bytes in the outbox");
+    }
+    drop(a);
+    // A named record that is gone: refused when sent, named by the check.
+    tamper(&path, |txn| {
+        txn.open_table(schema::CERTS)
+            .unwrap()
+            .remove(("root", [0x40u8, 1].as_slice()))
+            .unwrap();
+    });
+    let a = open(&path, "a");
+    let refused = a.events_after(0, 100);
+    assert!(
+        matches!(&refused, Err(RepoError::Corrupt(why)) if why.contains("names certificate root/4001")),
+        "{refused:?}"
+    );
+    let problems = a.check().unwrap().problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("names certificate root/4001")),
+        "{problems:?}"
+    );
+}
