@@ -65,7 +65,7 @@ struct Cli {
     /// Internal: fill a ceremony's repository, as `DIR,CERTIFICATES`.
     #[arg(long, hide = true)]
     fill_child: Option<String>,
-    /// Run only one section (`guard`, `issuance`, `issuance-scale`, `lines`, `crl`, `crl-scale`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
+    /// Run only one section (`guard`, `issuance`, `issuance-scale`, `cores`, `lines`, `crl`, `crl-scale`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -562,6 +562,9 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("issuance-scale") {
         scale::section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("cores") {
+        scale::cores_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("lines") {
         line_speed_section(&mut report, cli.scale, plots.as_deref())?;

@@ -331,7 +331,6 @@ fn unpin(pid: u32) {
         .status();
 }
 
-/// Rounds of each kind in the replication cost section.
 /// Rounds of each kind with the twins pinned as two hosts (and, fewer,
 /// unpinned).
 const ROUNDS: usize = 9;

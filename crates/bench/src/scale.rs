@@ -251,3 +251,94 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report)?;
     Ok(())
 }
+
+/// Runs `taskset` for every thread of `pid` with CPU list `cpus`.
+fn taskset(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "taskset {cpus} {pid} failed");
+    Ok(())
+}
+
+/// The `## Issuance on one core and on two` section: signerd's CPU per
+/// certificate with its workers spread over both cores against the same
+/// signer on one core (the client and the link on the other).
+pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = crate::scaled(2000, scale);
+    let rounds = 5;
+    writeln!(report, "## Issuance on one core and on two\n")?;
+    writeln!(
+        report,
+        "One signer (4 workers, empty repository), {rounds} rounds of each, alternating: {n} pipelined \
+         `sign_x509` requests over an unthrottled pty, CSRs from 32 distinct keys. On one core: every thread of \
+         signerd pinned to the first core (`taskset`), the client and the link simulator (this benchmark's \
+         threads) to the second, so signerd has a core to itself. On two: nothing pinned (signerd, client \
+         and link share both cores). CPU is signerd's (all threads, from schedstat) per certificate; the \
+         ratio is two ÷ one per pair of rounds (target ≤ 1.1: spreading the work costs no more per \
+         certificate). Min / median / max.\n"
+    )?;
+    if cpus < 2 {
+        writeln!(report, "This machine has one CPU: not measured.\n")?;
+        return Ok(());
+    }
+    writeln!(
+        report,
+        "| issuer key | one core: cert/s | two: cert/s | one core: CPU ms/cert | two: CPU ms/cert | two ÷ one, CPU per certificate |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    let me = std::process::id();
+    let all = format!("0-{}", cpus - 1);
+    for (key, csr_key) in [
+        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
+        ("rsa2048", &["rsa:2048"][..]),
+    ] {
+        eprintln!("bench: issuance on one core and on two, {key}");
+        let ceremony = Ceremony::new(key, SERVER_PROFILE);
+        let csrs: Vec<Vec<u8>> = (0..32)
+            .map(|i| make_csr(ceremony.dir(), &format!("cores-{i}"), csr_key))
+            .collect();
+        let r = start(&ceremony)?;
+        let pid = r.bench.daemon.pid();
+        round(&r, &csrs, 50, "warm")?;
+        let mut rows = Vec::new();
+        for k in 0..rounds {
+            taskset(pid, "0")?;
+            taskset(me, "1")?;
+            let one = round(&r, &csrs, n, &format!("one{k}"));
+            taskset(pid, &all)?;
+            taskset(me, &all)?;
+            let one = one?;
+            let two = round(&r, &csrs, n, &format!("two{k}"))?;
+            eprintln!(
+                "bench: round {k}: one core {:.0}/s {:.3} ms, two {:.0}/s {:.3} ms",
+                one.0,
+                one.1 * 1e3,
+                two.0,
+                two.1 * 1e3
+            );
+            rows.push((one, two));
+        }
+        let rate = |x: f64| format!("{x:.0}");
+        let ms = |x: f64| format!("{:.3}", x * 1000.0);
+        let ratio = |x: f64| format!("{x:.2}");
+        writeln!(
+            report,
+            "| {} | {} | {} | {} | {} | {} |",
+            if key == "rsa2048" {
+                "RSA-2048"
+            } else {
+                "ECDSA P-256"
+            },
+            spread(rows.iter().map(|r| r.0 .0).collect(), rate),
+            spread(rows.iter().map(|r| r.1 .0).collect(), rate),
+            spread(rows.iter().map(|r| r.0 .1).collect(), ms),
+            spread(rows.iter().map(|r| r.1 .1).collect(), ms),
+            spread(rows.iter().map(|r| r.1 .1 / r.0 .1).collect(), ratio),
+        )?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
