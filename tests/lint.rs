@@ -547,3 +547,278 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
     );
     assert!(detected.contains("TLS-CA"), "{detected}");
 }
+
+const SMIME_PROFILES: &str = "  profiles:
+    mail-mv:
+      issuer: sub
+      rules: cabf_smime_mailbox
+      default_days: 365
+      max_days: 825
+      key_usage: [digital_signature, key_encipherment, key_agreement]
+      extended_key_usage: [email_protection]
+      subject_attributes: [CN, emailAddress, serialNumber]
+      san_types: [email]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.5.1.3]
+    mail-iv:
+      issuer: sub
+      rules: cabf_smime_individual
+      default_days: 365
+      max_days: 825
+      key_usage: [digital_signature, non_repudiation]
+      extended_key_usage: [email_protection]
+      subject_attributes: [CN, GN, SN, pseudonym, emailAddress, title, L, ST, C]
+      san_types: [email]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ocsp_urls: [http://ocsp.example.org]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.5.4.3]
+";
+
+#[test]
+fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
+    let c = Ceremony::new("p256", SMIME_PROFILES);
+    let d = c.dir().to_path_buf();
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let cas: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
+    let mut chain = Vec::new();
+    for ca in &cas.cas {
+        chain.extend(signer_x509::cert_pem(&ca.certificate).into_bytes());
+    }
+    std::fs::write(d.join("chain.pem"), &chain).unwrap();
+
+    let keys: [(&str, &[&str]); 3] = [
+        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        ("p384", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        ("rsa", &["rsa:2048"]),
+    ];
+    let alice = [("email", "alice@cacert.org")];
+    let issued: Vec<(&str, &str, Subject)> = vec![
+        ("mail-mv", "MAILBOX-STRICT", &[]),
+        (
+            "mail-mv",
+            "MAILBOX-STRICT",
+            &[
+                ("CN", "alice@cacert.org"),
+                ("emailAddress", "alice@cacert.org"),
+            ],
+        ),
+        (
+            "mail-iv",
+            "INDIVIDUAL-STRICT",
+            &[
+                ("C", "DE"),
+                ("L", "Berlin"),
+                ("GN", "Alice"),
+                ("SN", "Lee"),
+                ("CN", "Alice Lee"),
+            ],
+        ),
+        (
+            "mail-iv",
+            "INDIVIDUAL-STRICT",
+            &[("pseudonym", "Lucky"), ("CN", "Lucky")],
+        ),
+    ];
+    for (key, key_args) in &keys {
+        let csr = make_csr(&d, key, key_args);
+        for (i, (profile, kind, subject)) in issued.iter().enumerate() {
+            let id = format!("{profile}-{key}-{i}");
+            let reply = sign(&client, &id, profile, &csr, subject, &alice, 365)
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+            let file = d.join(format!("{id}.der"));
+            std::fs::write(&file, &reply.certificate).unwrap();
+            let findings = pkilint(
+                "lint_cabf_smime_cert",
+                &["lint", "-d", "-s", "WARNING"],
+                &file,
+            );
+            assert!(findings.is_empty(), "{id}: {findings:?}");
+            let (_, _, err) = output(
+                linter("lint_cabf_smime_cert")
+                    .args(["lint", "-d", "-o"])
+                    .arg(&file),
+            );
+            assert!(err.contains(kind), "{id}: detected as {err}");
+            let pem = d.join(format!("{id}.pem"));
+            std::fs::write(&pem, signer_x509::cert_pem(&reply.certificate)).unwrap();
+            let (code, out, err) = output(
+                Command::new("openssl")
+                    .args(["verify", "-x509_strict", "-purpose", "smimesign", "-CAfile"])
+                    .arg(d.join("chain.pem"))
+                    .arg(&pem),
+            );
+            assert_eq!(code, Some(0), "{id}: {out}{err}");
+        }
+    }
+
+    // Hostile requests, each refused before anything is signed.
+    let csr = make_csr(&d, "hostile", keys[0].1);
+    let cases: Vec<Hostile> = vec![
+        (
+            "o-under-mailbox",
+            "mail-mv",
+            vec![("O", "Example")],
+            alice.to_vec(),
+            365,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "cn-another-mailbox",
+            "mail-mv",
+            vec![("CN", "bob@cacert.org")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "cn-a-name-under-mailbox",
+            "mail-mv",
+            vec![("CN", "Alice Lee")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "email-address-not-in-san",
+            "mail-mv",
+            vec![("emailAddress", "bob@cacert.org")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "individual-without-a-name",
+            "mail-iv",
+            vec![("C", "DE")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "pseudonym-and-name",
+            "mail-iv",
+            vec![("pseudonym", "Lucky"), ("GN", "Alice")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "cn-from-nowhere",
+            "mail-iv",
+            vec![("pseudonym", "Lucky"), ("CN", "Unlucky")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "mailbox-in-another-attribute",
+            "mail-iv",
+            vec![("GN", "Alice"), ("title", "bob@cacert.org")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "dns-san",
+            "mail-mv",
+            vec![],
+            vec![("email", "alice@cacert.org"), ("dns", "cacert.org")],
+            365,
+            Status::SAN_NOT_ALLOWED,
+        ),
+        (
+            "longer-than-825-days",
+            "mail-mv",
+            vec![],
+            alice.to_vec(),
+            826,
+            Status::VALIDITY_TOO_LONG,
+        ),
+    ];
+    for (id, profile, subject, sans, days, status) in cases {
+        let refused = sign(&client, id, profile, &csr, &subject, &sans, days);
+        assert!(
+            matches!(&refused, Err(e) if e.status() == Some(status)),
+            "{id}: {refused:?}"
+        );
+    }
+    drop(client);
+
+    // check-config refuses S/MIME profiles that could only issue what the
+    // rules forbid.
+    let config_path = bench.daemon.config_path().to_path_buf();
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    for (from, to, field) in [
+        (
+            "subject_attributes: [CN, emailAddress, serialNumber]",
+            "subject_attributes: [CN, emailAddress, O]",
+            "ca.profiles.mail-mv.subject_attributes",
+        ),
+        (
+            "subject_attributes: [CN, GN, SN, pseudonym, emailAddress, title, L, ST, C]",
+            "subject_attributes: [CN, emailAddress, C]",
+            "ca.profiles.mail-iv.subject_attributes",
+        ),
+        (
+            "extended_key_usage: [email_protection]",
+            "extended_key_usage: [email_protection, client_auth]",
+            "ca.profiles.mail-mv.extended_key_usage",
+        ),
+        (
+            "key_usage: [digital_signature, non_repudiation]",
+            "key_usage: [non_repudiation]",
+            "ca.profiles.mail-iv.key_usage",
+        ),
+        (
+            "key_usage: [digital_signature, key_encipherment, key_agreement]",
+            "key_usage: [digital_signature, data_encipherment]",
+            "ca.profiles.mail-mv.key_usage",
+        ),
+        (
+            "san_types: [email]",
+            "san_types: [email, dns]",
+            "ca.profiles.mail-mv.san_types",
+        ),
+        (
+            "policies: [2.23.140.1.5.1.3]",
+            "policies: [2.23.140.1.5.1.2]",
+            "ca.profiles.mail-mv.policies",
+        ),
+        (
+            "policies: [2.23.140.1.5.1.3]",
+            "policies: [2.23.140.1.5.1.3, 2.5.29.32.0]",
+            "ca.profiles.mail-mv.policies",
+        ),
+        (
+            "      rules: cabf_smime_mailbox\n",
+            "",
+            "ca.profiles.mail-mv.rules",
+        ),
+        (
+            "crl_urls: [http://crl.example.org/sub.crl]",
+            "crl_urls: [https://crl.example.org/sub.crl]",
+            "ca.profiles.mail-mv.crl_urls",
+        ),
+        (
+            "max_days: 825",
+            "max_days: 826",
+            "ca.profiles.mail-mv.max_days",
+        ),
+    ] {
+        assert!(config.contains(from), "{from}");
+        let bad = config_path.with_file_name("bad.yaml");
+        std::fs::write(&bad, config.replacen(from, to, 1)).unwrap();
+        let (code, out, err) = output(
+            Command::new(bin("signerd"))
+                .args(["check-config", "--offline", "--config"])
+                .arg(&bad),
+        );
+        assert_eq!(code, Some(1), "{field}: {out}{err}");
+        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
+    }
+}

@@ -791,6 +791,45 @@ fn lint(
             }
         }
     }
+    if profile.rules.is_cabf_smime() {
+        // Validity counts both ends: notAfter - notBefore + 1 second.
+        let max = crate::profile::CABF_SMIME_MAX_DAYS;
+        if not_after - not_before + 1 > i64::from(max) * 86_400 {
+            return fail(
+                "cabf_smime_validity",
+                format!(
+                    "an S/MIME certificate may be valid for at most {max} days (S/MIME BR 6.3.2)"
+                ),
+            );
+        }
+        if !key_usage.iter().any(|b| {
+            matches!(
+                b,
+                KeyUsageBit::DigitalSignature
+                    | KeyUsageBit::KeyEncipherment
+                    | KeyUsageBit::KeyAgreement
+            )
+        }) {
+            return fail(
+                "cabf_smime_key_usage",
+                "none of the profile's key usage bits suits this key type (S/MIME BR 7.1.2.3 e)"
+                    .into(),
+            );
+        }
+        if let Err(why) = profile.rules.check_subject(subject) {
+            return fail("cabf_smime_subject", why);
+        }
+        let emails: Vec<&str> = sans
+            .iter()
+            .filter_map(|s| match s {
+                San::Email(e) => Some(e.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let Err(why) = profile.rules.check_smime_names(subject, &emails) {
+            return fail("cabf_smime_subject", why);
+        }
+    }
     if profile.extended_key_usage.contains(&Eku::ServerAuth) {
         if sans.is_empty() {
             return fail(
@@ -894,17 +933,19 @@ impl Issuer {
         let not_before = now;
         // Never beyond the issuer's own notAfter.
         let not_after = (not_before + i64::from(days) * 86_400 - 1).min(ca.not_after);
-        // EC keys cannot encipher: the Baseline Requirements forbid those bits for them.
+        // EC keys cannot encipher: the Baseline Requirements forbid those
+        // bits for them. Under the S/MIME rules RSA keys do not agree keys
+        // either (a profile for both key types lists key_encipherment and
+        // key_agreement; each key gets its own).
+        let rsa = matches!(csr.key, SubjectKey::Rsa { .. });
         let key_usage: Vec<KeyUsageBit> = profile
             .key_usage
             .iter()
             .copied()
-            .filter(|b| {
-                matches!(csr.key, SubjectKey::Rsa { .. })
-                    || !matches!(
-                        b,
-                        KeyUsageBit::KeyEncipherment | KeyUsageBit::DataEncipherment
-                    )
+            .filter(|b| match b {
+                KeyUsageBit::KeyEncipherment | KeyUsageBit::DataEncipherment => rsa,
+                KeyUsageBit::KeyAgreement => !(rsa && profile.rules.is_cabf_smime()),
+                _ => true,
             })
             .collect();
         lint(

@@ -39,7 +39,9 @@ pub const ATTRS: &[Attr] = &[
     attr("O", "2.5.4.10", 64, 0x0c),
     attr("OU", "2.5.4.11", 64, 0x0c),
     attr("postalCode", "2.5.4.17", 40, 0x0c),
+    attr("title", "2.5.4.12", 64, 0x0c),
     attr("GN", "2.5.4.42", 64, 0x0c),
+    attr("pseudonym", "2.5.4.65", 128, 0x0c),
     attr("emailAddress", "1.2.840.113549.1.9.1", 255, 0x16),
 ];
 

@@ -167,6 +167,11 @@ pub enum Rules {
     CabfServerauthOv,
     /// … individual validated (2.23.140.1.2.3).
     CabfServerauthIv,
+    /// CA/Browser Forum S/MIME Baseline Requirements, mailbox validated,
+    /// strict generation (policy 2.23.140.1.5.1.3).
+    CabfSmimeMailbox,
+    /// … individual validated, strict generation (2.23.140.1.5.4.3).
+    CabfSmimeIndividual,
 }
 
 /// The CA/Browser Forum's reserved policy OIDs for TLS certificates.
@@ -176,6 +181,17 @@ const CABF_TLS_POLICIES: [&str; 4] = [
     "2.23.140.1.2.3",
     "2.23.140.1.1",
 ];
+
+/// The CA/Browser Forum's arc of reserved policy OIDs for S/MIME
+/// certificates (validation level . generation).
+const CABF_SMIME_ARC: &str = "2.23.140.1.5.";
+
+/// anyPolicy (RFC 5280 4.2.1.4).
+const ANY_POLICY: &str = "2.5.29.32.0";
+
+/// Longest validity of an S/MIME subscriber certificate under the S/MIME
+/// Baseline Requirements (6.3.2), multipurpose and strict generations.
+pub const CABF_SMIME_MAX_DAYS: u32 = 825;
 
 /// Longest validity of a TLS subscriber certificate under the Baseline
 /// Requirements (7.1.2.7) for a certificate whose notBefore is `not_before`
@@ -201,12 +217,22 @@ impl Rules {
             Rules::CabfServerauthDv => "cabf_serverauth_dv",
             Rules::CabfServerauthOv => "cabf_serverauth_ov",
             Rules::CabfServerauthIv => "cabf_serverauth_iv",
+            Rules::CabfSmimeMailbox => "cabf_smime_mailbox",
+            Rules::CabfSmimeIndividual => "cabf_smime_individual",
         }
     }
 
     /// Whether these are the CA/Browser Forum's TLS rules.
     pub fn is_cabf_serverauth(self) -> bool {
-        self != Rules::Rfc5280
+        matches!(
+            self,
+            Rules::CabfServerauthDv | Rules::CabfServerauthOv | Rules::CabfServerauthIv
+        )
+    }
+
+    /// Whether these are the CA/Browser Forum's S/MIME rules.
+    pub fn is_cabf_smime(self) -> bool {
+        matches!(self, Rules::CabfSmimeMailbox | Rules::CabfSmimeIndividual)
     }
 
     /// The policy OID a certificate under these rules asserts.
@@ -216,6 +242,8 @@ impl Rules {
             Rules::CabfServerauthDv => Some(CABF_TLS_POLICIES[0]),
             Rules::CabfServerauthOv => Some(CABF_TLS_POLICIES[1]),
             Rules::CabfServerauthIv => Some(CABF_TLS_POLICIES[2]),
+            Rules::CabfSmimeMailbox => Some("2.23.140.1.5.1.3"),
+            Rules::CabfSmimeIndividual => Some("2.23.140.1.5.4.3"),
         }
     }
 
@@ -227,6 +255,24 @@ impl Rules {
             Rules::CabfServerauthDv => (&["C", "CN"], &[]),
             Rules::CabfServerauthOv => (&["C", "ST", "L", "O", "CN"], &["C", "O"]),
             Rules::CabfServerauthIv => (&["C", "ST", "L", "SN", "GN", "CN"], &["C", "SN", "GN"]),
+            // S/MIME BR 7.1.4.2.2-3, strict: the attributes MAY for the
+            // level; every other one SHALL NOT.
+            Rules::CabfSmimeMailbox => (&["CN", "serialNumber", "emailAddress"], &[]),
+            Rules::CabfSmimeIndividual => (
+                &[
+                    "CN",
+                    "GN",
+                    "SN",
+                    "pseudonym",
+                    "serialNumber",
+                    "emailAddress",
+                    "title",
+                    "L",
+                    "ST",
+                    "C",
+                ],
+                &[],
+            ),
         }
     }
 
@@ -243,6 +289,53 @@ impl Rules {
                 "an organization or individual validated certificate needs ST or L (BR 7.1.2.7.3-4)"
                     .into(),
             );
+        }
+        if self == Rules::CabfSmimeIndividual && !has("GN") && !has("SN") && !has("pseudonym") {
+            return Err(
+                "an individual validated S/MIME certificate needs GN, SN or pseudonym (S/MIME BR 7.1.4.2.3)"
+                    .into(),
+            );
+        }
+        if has("pseudonym") && (has("GN") || has("SN")) {
+            return Err("pseudonym may not be combined with GN or SN (S/MIME BR 7.1.4.2.2)".into());
+        }
+        Ok(())
+    }
+
+    /// S/MIME: every mailbox address in the subject is one of the
+    /// certificate's rfc822Name SANs (`emails`), and the CN names what the
+    /// level allows (a mailbox of the SANs, or for an individual a
+    /// pseudonym given in the subject or a name beside GN / SN).
+    pub fn check_smime_names(
+        self,
+        subject: &[(String, String)],
+        emails: &[&str],
+    ) -> Result<(), String> {
+        if !self.is_cabf_smime() {
+            return Ok(());
+        }
+        if emails.is_empty() {
+            return Err("an S/MIME certificate needs a mailbox address among its SANs (S/MIME BR 7.1.2.3 h)".into());
+        }
+        let has = |a: &str| subject.iter().any(|(k, _)| k == a);
+        for (attr, value) in subject {
+            if (attr == "emailAddress" || value.contains('@')) && !emails.contains(&value.as_str())
+            {
+                return Err(format!(
+                    "{attr}={value} is not among the certificate's email SANs (S/MIME BR 7.1.4.2.1)"
+                ));
+            }
+            if attr == "CN" && !emails.contains(&value.as_str()) {
+                let personal = self == Rules::CabfSmimeIndividual
+                    && (has("GN")
+                        || has("SN")
+                        || subject.iter().any(|(k, v)| k == "pseudonym" && v == value));
+                if !personal {
+                    return Err(format!(
+                        "CN={value} is neither an email SAN nor, for an individual, a name given in the subject (S/MIME BR 7.1.4.2.2 a)"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -308,6 +401,9 @@ impl Profile {
     /// reject: `Err((field, why))`, the field relative to the profile.
     pub fn check_rules(&self) -> Result<(), (&'static str, String)> {
         let rules = self.rules;
+        if rules.is_cabf_smime() {
+            return self.check_smime_rules();
+        }
         if !rules.is_cabf_serverauth() {
             if let Some(p) = self
                 .policies
@@ -319,7 +415,19 @@ impl Profile {
                     format!("the profile asserts the TLS Baseline Requirements' policy {p}: set rules to the matching cabf_serverauth_* (dv, ov, iv) so its certificates are checked against them"),
                 ));
             }
+            if let Some(p) = self.policies.iter().find(|p| p.starts_with(CABF_SMIME_ARC)) {
+                return Err((
+                    "rules",
+                    format!("the profile asserts the S/MIME Baseline Requirements' policy {p}: set rules to the matching cabf_smime_* (mailbox, individual) so its certificates are checked against them"),
+                ));
+            }
             return Ok(());
+        }
+        if let Some(p) = self.policies.iter().find(|p| p.starts_with(CABF_SMIME_ARC)) {
+            return Err((
+                "policies",
+                format!("{p} is an S/MIME policy: a TLS profile may not assert it"),
+            ));
         }
         if self.ca_path_len.is_some() {
             return Err((
@@ -408,6 +516,119 @@ impl Profile {
         }
         if self.max_days > 398 {
             return Err(("max_days", "at most 398 days (BR 6.3.2)".into()));
+        }
+        Ok(())
+    }
+    /// [`Profile::check_rules`] for the S/MIME Baseline Requirements (strict
+    /// generation).
+    fn check_smime_rules(&self) -> Result<(), (&'static str, String)> {
+        let rules = self.rules;
+        let name = rules.name();
+        if self.ca_path_len.is_some() {
+            return Err((
+                "ca_path_len",
+                format!("{name} profiles issue subscriber certificates, not CAs"),
+            ));
+        }
+        if self.extended_key_usage != [Eku::EmailProtection] {
+            return Err((
+                "extended_key_usage",
+                "the strict S/MIME profiles have email_protection and nothing else (S/MIME BR 7.1.2.3 f)".into(),
+            ));
+        }
+        let allowed_ku = [
+            KeyUsageBit::DigitalSignature,
+            KeyUsageBit::NonRepudiation,
+            KeyUsageBit::KeyEncipherment,
+            KeyUsageBit::KeyAgreement,
+        ];
+        let has = |b: KeyUsageBit| self.key_usage.contains(&b);
+        if self.key_usage.iter().any(|b| !allowed_ku.contains(b))
+            || !(has(KeyUsageBit::DigitalSignature)
+                || has(KeyUsageBit::KeyEncipherment)
+                || has(KeyUsageBit::KeyAgreement))
+            || (has(KeyUsageBit::NonRepudiation) && !has(KeyUsageBit::DigitalSignature))
+        {
+            return Err((
+                "key_usage",
+                "expected digital_signature (with non_repudiation if wanted) for signing and/or key_encipherment (RSA keys) or key_agreement (EC keys) for encryption (S/MIME BR 7.1.2.3 e); each key gets the bits its type can use".into(),
+            ));
+        }
+        if !self.require_san || self.san_types != [SanType::Email] {
+            return Err((
+                "san_types",
+                "expected [email] with require_san: true (S/MIME BR 7.1.2.3 h)".into(),
+            ));
+        }
+        let (allowed, _) = rules.attributes();
+        if let Some(a) = self
+            .subject_attributes
+            .iter()
+            .chain(&self.required_subject_attributes)
+            .find(|a| !allowed.contains(&a.as_str()))
+        {
+            return Err((
+                "subject_attributes",
+                format!(
+                    "{a} is not allowed in a {name} certificate (allowed: {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if rules == Rules::CabfSmimeIndividual
+            && !self
+                .subject_attributes
+                .iter()
+                .any(|a| matches!(a.as_str(), "GN" | "SN" | "pseudonym"))
+        {
+            return Err((
+                "subject_attributes",
+                format!("a {name} certificate needs GN, SN or pseudonym: allow at least one"),
+            ));
+        }
+        let policy = rules.policy().unwrap_or_default();
+        if !self.policies.iter().any(|p| p == policy) {
+            return Err(("policies", format!("{name} certificates assert {policy}")));
+        }
+        if let Some(other) = self.policies.iter().find(|p| {
+            (p.starts_with(CABF_SMIME_ARC) && *p != policy)
+                || CABF_TLS_POLICIES.contains(&p.as_str())
+                || *p == ANY_POLICY
+        }) {
+            return Err((
+                "policies",
+                format!("{other} may not be asserted beside {policy}"),
+            ));
+        }
+        if self.crl_urls.is_empty() {
+            return Err((
+                "crl_urls",
+                "an S/MIME certificate needs a CRL distribution point (S/MIME BR 7.1.2.3 b)".into(),
+            ));
+        }
+        if self.ca_issuers_urls.is_empty() {
+            return Err((
+                "ca_issuers_urls",
+                "an S/MIME certificate carries the issuing CA's certificate URL (S/MIME BR 7.1.2.3 c)".into(),
+            ));
+        }
+        for (field, urls) in [
+            ("crl_urls", &self.crl_urls),
+            ("ocsp_urls", &self.ocsp_urls),
+            ("ca_issuers_urls", &self.ca_issuers_urls),
+        ] {
+            if let Some(u) = urls.iter().find(|u| !u.starts_with("http://")) {
+                return Err((
+                    field,
+                    format!("{u}: only http:// URLs (S/MIME BR 7.1.2.3 b-c, strict)"),
+                ));
+            }
+        }
+        if self.max_days > CABF_SMIME_MAX_DAYS {
+            return Err((
+                "max_days",
+                format!("at most {CABF_SMIME_MAX_DAYS} days (S/MIME BR 6.3.2)"),
+            ));
         }
         Ok(())
     }
