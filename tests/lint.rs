@@ -193,6 +193,18 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
             "IV-FINAL-CERTIFICATE",
             &[("C", "DE"), ("L", "Berlin"), ("GN", "Ann"), ("SN", "Lee")],
         ),
+        // Asked in the reverse of the Baseline Requirements' order: issued
+        // in theirs (7.1.4.2).
+        (
+            "web-ov",
+            "OV-FINAL-CERTIFICATE",
+            &[
+                ("CN", "www.cacert.org"),
+                ("O", "CAcert Inc."),
+                ("L", "Sydney"),
+                ("C", "AU"),
+            ],
+        ),
     ];
     let mut serials = Vec::new();
     for (k, (key, key_args)) in keys.iter().enumerate() {
@@ -267,6 +279,46 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
                 ("O", "CAcert Inc."),
                 ("OU", "IT"),
             ],
+            dns.to_vec(),
+            90,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "duplicate-cn",
+            "web-dv",
+            vec![("CN", "www.cacert.org"), ("CN", "cacert.org")],
+            vec![("dns", "www.cacert.org"), ("dns", "cacert.org")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "insignificant-locality",
+            "web-ov",
+            vec![("C", "AU"), ("L", "-"), ("O", "CAcert Inc.")],
+            dns.to_vec(),
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "reserved-label",
+            "web-dv",
+            vec![],
+            vec![("dns", "ab--cd.cacert.org")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "invalid-punycode",
+            "web-dv",
+            vec![],
+            vec![("dns", "xn--zz9999zz.cacert.org")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "unassigned-country",
+            "web-ov",
+            vec![("C", "QQ"), ("L", "Sydney"), ("O", "CAcert Inc.")],
             dns.to_vec(),
             90,
             Status::SUBJECT_NOT_ALLOWED,
@@ -719,6 +771,14 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
             "mailbox-in-another-attribute",
             "mail-iv",
             vec![("GN", "Alice"), ("title", "bob@cacert.org")],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "insignificant-name",
+            "mail-iv",
+            vec![("GN", "."), ("SN", "Lee")],
             alice.to_vec(),
             365,
             Status::LINT_FAILED,

@@ -770,10 +770,19 @@ fn lint(
                 ),
             );
         }
-        if let Err(why) = profile.rules.check_subject(subject) {
+        if let Err(why) = profile
+            .rules
+            .check_subject(subject)
+            .and_then(|()| profile.rules.check_values(subject))
+        {
             return fail("cabf_subject", why);
         }
         for san in sans {
+            if let San::Dns(d) = san {
+                if let Some(why) = crate::names::reserved_label(d) {
+                    return fail("cabf_dns_label", why);
+                }
+            }
             match san {
                 San::Dns(d) if crate::names::internal_domain(d) => {
                     return fail(
@@ -816,7 +825,11 @@ fn lint(
                     .into(),
             );
         }
-        if let Err(why) = profile.rules.check_subject(subject) {
+        if let Err(why) = profile
+            .rules
+            .check_subject(subject)
+            .and_then(|()| profile.rules.check_values(subject))
+        {
             return fail("cabf_smime_subject", why);
         }
         let emails: Vec<&str> = sans
@@ -919,8 +932,9 @@ impl Issuer {
                 )));
             }
         }
-        let subject_der = name::encode(&request.subject)
-            .map_err(|e| IssueError::SubjectNotAllowed(e.to_string()))?;
+        let subject = profile.rules.order_subject(&request.subject);
+        let subject_der =
+            name::encode(&subject).map_err(|e| IssueError::SubjectNotAllowed(e.to_string()))?;
         let san_names = check_sans(profile, &request.sans)?;
 
         let days = request.validity_days.unwrap_or(profile.default_days);
@@ -955,7 +969,7 @@ impl Issuer {
             serial,
             not_before,
             not_after,
-            &request.subject,
+            &subject,
             &request.sans,
         )?;
 
@@ -965,7 +979,7 @@ impl Issuer {
             key_usage: &key_usage,
             eku: &profile.extended_key_usage,
             sans: san_names,
-            empty_subject: request.subject.is_empty(),
+            empty_subject: subject.is_empty(),
             // BR 7.1.2.7.6: NOT RECOMMENDED in TLS subscriber certificates.
             ski: (!profile.rules.is_cabf_serverauth())
                 .then(|| key_identifier(&csr.public_key_bits)),
@@ -990,7 +1004,7 @@ impl Issuer {
             der,
             serial: serial.to_vec(),
             issuer: ca.name.clone(),
-            subject: name::display(&request.subject),
+            subject: name::display(&subject),
             not_before,
             not_after,
             csr_fingerprint: csr.fingerprint,

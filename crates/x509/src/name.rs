@@ -71,6 +71,27 @@ pub enum NameError {
     },
 }
 
+/// The assigned ISO 3166-1 alpha-2 codes (with XK, which the CA/Browser
+/// Forum's linters accept), sorted; `XX` (unknown) is accepted beside them.
+const COUNTRIES: [&str; 250] = [
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "XK", "YE", "YT", "ZA", "ZM", "ZW",
+];
+
 fn printable(c: char) -> bool {
     c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
 }
@@ -100,6 +121,11 @@ pub fn encode(pairs: &[(String, String)]) -> Result<Vec<u8>, NameError> {
         }
         if a.short == "C" && !(value.len() == 2 && value.chars().all(|c| c.is_ascii_uppercase())) {
             return Err(bad("expected a two-letter ISO 3166 code in capitals"));
+        }
+        if a.short == "C" && value != "XX" && COUNTRIES.binary_search(&value.as_str()).is_err() {
+            return Err(bad(&format!(
+                "{value} is not an assigned ISO 3166-1 country code (XX for unknown)"
+            )));
         }
         let atv = derw::seq(&[&derw::oid(&a.oid), &derw::tlv(a.tag, value.as_bytes())]);
         rdns.push(derw::set(&[&atv]));
@@ -209,6 +235,15 @@ mod tests {
             Err(NameError::UnknownAttribute(_))
         ));
         assert!(encode(&[p("C", "Germany")]).is_err());
+        // Two capitals that no country has: refused (the CA/Browser
+        // Forum's linters reject them); XX stands for unknown.
+        for unassigned in ["QQ", "AA", "ZZ", "UK", "EU"] {
+            assert!(encode(&[p("C", unassigned)]).is_err(), "{unassigned}");
+        }
+        for assigned in ["DE", "GB", "XK", "XX", "AD", "ZW"] {
+            encode(&[p("C", assigned)]).unwrap();
+        }
+        assert!(COUNTRIES.windows(2).all(|w| w[0] < w[1]), "sorted");
         assert!(encode(&[p("CN", "")]).is_err());
         assert!(encode(&[p("CN", " padded")]).is_err());
         assert!(encode(&[p("CN", &"x".repeat(65))]).is_err());

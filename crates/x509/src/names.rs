@@ -107,9 +107,48 @@ fn public_v6(ip: Ipv6Addr) -> bool {
     !RESERVED.iter().any(|(net, len)| in_v6(ip, *net, *len))
 }
 
+/// Why a DNS name's labels break BR 7.1.2.7.12 beyond their LDH syntax: a
+/// label with `--` in its third and fourth characters is reserved unless
+/// it is an A-label (`xn--`), and an A-label's rest must be valid
+/// Punycode. `None` when the name passes.
+pub fn reserved_label(name: &str) -> Option<String> {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    for label in name.split('.') {
+        let bytes = label.as_bytes();
+        if bytes.len() > 4 && &bytes[2..4] == b"--" {
+            if !label[..2].eq_ignore_ascii_case("xn") {
+                return Some(format!("{name}: the label {label} is reserved (only xn-- labels may have -- in the third and fourth characters)"));
+            }
+            if idna::punycode::decode_to_string(&label[4..]).is_none() {
+                return Some(format!("{name}: {label} is not valid Punycode"));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_labels_and_invalid_a_labels_are_named() {
+        for ok in [
+            "www.cacert.org",
+            "xn--bcher-kva.example",
+            "*.xn--mnchen-3ya.de",
+            "a-b.example",
+        ] {
+            assert_eq!(reserved_label(ok), None, "{ok}");
+        }
+        for bad in [
+            "ab--cd.example.org",
+            "www.XY--z.example",
+            "xn--zz9999zz.example",
+        ] {
+            assert!(reserved_label(bad).is_some(), "{bad}");
+        }
+    }
 
     #[test]
     fn public_names_pass_and_internal_or_reserved_ones_do_not() {

@@ -302,6 +302,56 @@ impl Rules {
         Ok(())
     }
 
+    /// The subject in the order the certificate carries it: under the TLS
+    /// rules the attributes of BR 7.1.4.2's table in the table's order (C,
+    /// ST, L, O, SN, GN, CN for those a profile may allow), whatever order
+    /// the request gave; otherwise as requested.
+    pub fn order_subject(self, subject: &[(String, String)]) -> Vec<(String, String)> {
+        let mut ordered = subject.to_vec();
+        if self.is_cabf_serverauth() {
+            const ORDER: [&str; 11] = [
+                "DC",
+                "C",
+                "ST",
+                "L",
+                "postalCode",
+                "street",
+                "O",
+                "SN",
+                "GN",
+                "OU",
+                "CN",
+            ];
+            let rank = |a: &str| ORDER.iter().position(|o| *o == a).unwrap_or(ORDER.len());
+            ordered.sort_by_key(|(a, _)| rank(a));
+        }
+        ordered
+    }
+
+    /// Under the CA/Browser Forum's rules: each attribute at most once,
+    /// and every value with something significant in it (a letter, a
+    /// digit or a symbol; not only punctuation or spaces such as "-" or
+    /// ".").
+    pub fn check_values(self, subject: &[(String, String)]) -> Result<(), String> {
+        if !self.is_cabf_serverauth() && !self.is_cabf_smime() {
+            return Ok(());
+        }
+        for (i, (attr, value)) in subject.iter().enumerate() {
+            if subject[..i].iter().any(|(a, _)| a == attr) {
+                return Err(format!("{attr} appears more than once"));
+            }
+            let significant = value
+                .chars()
+                .any(|c| c.is_alphanumeric() || "$+<=>^`|~".contains(c));
+            if !significant {
+                return Err(format!(
+                    "{attr}={value} has no letter, digit or symbol (an insignificant value)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// S/MIME: every mailbox address in the subject is one of the
     /// certificate's rfc822Name SANs (`emails`), and the CN names what the
     /// level allows (a mailbox of the SANs, or for an individual a
@@ -631,5 +681,74 @@ impl Profile {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(k: &str, v: &str) -> (String, String) {
+        (k.into(), v.into())
+    }
+
+    #[test]
+    fn the_tls_rules_put_the_subject_in_the_baseline_requirements_order() {
+        let asked = [
+            p("CN", "a.example"),
+            p("O", "Org"),
+            p("L", "X"),
+            p("C", "DE"),
+        ];
+        let ordered = Rules::CabfServerauthOv.order_subject(&asked);
+        let names: Vec<&str> = ordered.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(names, ["C", "L", "O", "CN"]);
+        // Other rules keep the request's order.
+        assert_eq!(Rules::Rfc5280.order_subject(&asked), asked);
+        assert_eq!(Rules::CabfSmimeIndividual.order_subject(&asked), asked);
+    }
+
+    #[test]
+    fn forum_rules_refuse_repeated_attributes_and_insignificant_values() {
+        for rules in [Rules::CabfServerauthDv, Rules::CabfSmimeMailbox] {
+            assert!(rules.check_values(&[p("CN", "a"), p("CN", "b")]).is_err());
+            for value in ["-", ".", " - ", "…"] {
+                assert!(rules.check_values(&[p("L", value)]).is_err(), "{value:?}");
+            }
+            for value in ["Berlin", "7", "Zürich", "$"] {
+                rules.check_values(&[p("L", value)]).unwrap();
+            }
+        }
+        Rules::Rfc5280
+            .check_values(&[p("OU", "-"), p("OU", "-")])
+            .unwrap();
+    }
+
+    #[test]
+    fn smime_names_come_from_the_email_sans_or_the_person() {
+        let emails = ["alice@example.org"];
+        let mv = Rules::CabfSmimeMailbox;
+        mv.check_smime_names(&[p("CN", "alice@example.org")], &emails)
+            .unwrap();
+        assert!(mv.check_smime_names(&[p("CN", "Alice")], &emails).is_err());
+        assert!(mv
+            .check_smime_names(&[p("emailAddress", "bob@example.org")], &emails)
+            .is_err());
+        assert!(mv.check_smime_names(&[], &[]).is_err());
+        let iv = Rules::CabfSmimeIndividual;
+        iv.check_smime_names(&[p("GN", "Alice"), p("CN", "Alice Lee")], &emails)
+            .unwrap();
+        iv.check_smime_names(&[p("pseudonym", "Lucky"), p("CN", "Lucky")], &emails)
+            .unwrap();
+        assert!(iv
+            .check_smime_names(&[p("pseudonym", "Lucky"), p("CN", "Other")], &emails)
+            .is_err());
+        assert!(iv
+            .check_smime_names(&[p("GN", "A"), p("title", "x@y.org")], &emails)
+            .is_err());
+        assert!(iv.check_subject(&[p("C", "DE")]).is_err());
+        assert!(iv
+            .check_subject(&[p("pseudonym", "L"), p("SN", "Lee")])
+            .is_err());
     }
 }
