@@ -388,6 +388,14 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
             Status::LINT_FAILED,
         ),
         (
+            "cn-in-san-but-another-case",
+            "web-dv",
+            vec![("CN", "WWW.cacert.org")],
+            dns.to_vec(),
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
             "cn-not-in-san",
             "web-dv",
             vec![("CN", "other.cacert.org")],

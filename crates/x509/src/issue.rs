@@ -858,7 +858,7 @@ fn lint(
         }
         for (attr, value) in subject.iter().filter(|(a, _)| a == "CN") {
             let listed = sans.iter().any(|s| match s {
-                San::Dns(d) => d.eq_ignore_ascii_case(value),
+                San::Dns(d) => d == value,
                 San::Ip(ip) => ip.to_string() == *value,
                 _ => false,
             });
