@@ -57,7 +57,34 @@ const PROFILES: &str = "  profiles:
       crl_urls: [http://crl.example.org/sub.crl]
       ca_issuers_urls: [http://ca.example.org/sub.crt]
       policies: [2.23.140.1.2.3]
+    web-ev:
+      issuer: sub
+      rules: cabf_serverauth_ev
+      default_days: 90
+      max_days: 199
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth]
+      subject_attributes: [C, ST, L, O, serialNumber, businessCategory, jurisdictionC, jurisdictionST, jurisdictionL]
+      required_subject_attributes: [C, O, serialNumber, businessCategory, jurisdictionC]
+      san_types: [dns]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.1]
 ";
+
+/// An extended validation subject: the EV Guidelines' attributes, given in
+/// no particular order.
+const EV_SUBJECT: [(&str, &str); 8] = [
+    ("businessCategory", "Private Organization"),
+    ("jurisdictionC", "AU"),
+    ("jurisdictionST", "New South Wales"),
+    ("serialNumber", "ACN 123 456 789"),
+    ("O", "CAcert Inc."),
+    ("L", "Sydney"),
+    ("ST", "New South Wales"),
+    ("C", "AU"),
+];
 
 /// Subject attributes of a request.
 type Subject<'a> = &'a [(&'a str, &'a str)];
@@ -193,6 +220,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
             "IV-FINAL-CERTIFICATE",
             &[("C", "DE"), ("L", "Berlin"), ("GN", "Ann"), ("SN", "Lee")],
         ),
+        ("web-ev", "EV-FINAL-CERTIFICATE", &EV_SUBJECT),
         // Asked in the reverse of the Baseline Requirements' order: issued
         // in theirs (7.1.4.2).
         (
@@ -282,6 +310,82 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
             dns.to_vec(),
             90,
             Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "ev-wildcard",
+            "web-ev",
+            EV_SUBJECT.to_vec(),
+            vec![("dns", "*.cacert.org")],
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "ev-business-category",
+            "web-ev",
+            EV_SUBJECT
+                .iter()
+                .map(|&(k, v)| {
+                    (
+                        k,
+                        if k == "businessCategory" {
+                            "Startup"
+                        } else {
+                            v
+                        },
+                    )
+                })
+                .collect(),
+            dns.to_vec(),
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "ev-jurisdiction-locality-without-state",
+            "web-ev",
+            EV_SUBJECT
+                .iter()
+                .map(|&(k, v)| {
+                    if k == "jurisdictionST" {
+                        ("jurisdictionL", "Sydney")
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect(),
+            dns.to_vec(),
+            90,
+            Status::LINT_FAILED,
+        ),
+        (
+            "ev-jurisdiction-country",
+            "web-ev",
+            EV_SUBJECT
+                .iter()
+                .map(|&(k, v)| (k, if k == "jurisdictionC" { "QQ" } else { v }))
+                .collect(),
+            dns.to_vec(),
+            90,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "ev-without-registration-number",
+            "web-ev",
+            EV_SUBJECT
+                .iter()
+                .copied()
+                .filter(|&(k, _)| k != "serialNumber")
+                .collect(),
+            dns.to_vec(),
+            90,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
+            "ev-ip",
+            "web-ev",
+            EV_SUBJECT.to_vec(),
+            vec![("dns", "www.cacert.org"), ("ip", "8.8.8.8")],
+            90,
+            Status::SAN_NOT_ALLOWED,
         ),
         (
             "duplicate-cn",
@@ -542,6 +646,9 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         ("policies: [2.23.140.1.2.1]", "policies: [2.23.140.1.2.2]", "ca.profiles.web-dv.policies"),
         ("san_types: [dns, ip]", "san_types: [dns, email]", "ca.profiles.web-dv.san_types"),
         ("required_subject_attributes: [C, O]", "required_subject_attributes: [C]", "ca.profiles.web-ov.required_subject_attributes"),
+        ("required_subject_attributes: [C, O, serialNumber, businessCategory, jurisdictionC]", "required_subject_attributes: [C, O, businessCategory, jurisdictionC]", "ca.profiles.web-ev.required_subject_attributes"),
+        ("san_types: [dns]\n      require_san: true\n      crl_urls: [http://crl.example.org/sub.crl]\n      ca_issuers_urls: [http://ca.example.org/sub.crt]\n      policies: [2.23.140.1.1]", "san_types: [dns, ip]\n      require_san: true\n      crl_urls: [http://crl.example.org/sub.crl]\n      ca_issuers_urls: [http://ca.example.org/sub.crt]\n      policies: [2.23.140.1.1]", "ca.profiles.web-ev.san_types"),
+        ("policies: [2.23.140.1.1]", "policies: [2.23.140.1.1, 2.23.140.1.2.2]", "ca.profiles.web-ev.policies"),
         ("  profiles:\n", "  crl: {next_update_hours: 241, refresh_hours: 24}\n  profiles:\n", "ca.crl.next_update_hours"),
     ] {
         assert!(config.contains(from), "{from}");

@@ -782,6 +782,12 @@ fn lint(
                 if let Some(why) = crate::names::reserved_label(d) {
                     return fail("cabf_dns_label", why);
                 }
+                if profile.rules == crate::profile::Rules::CabfServerauthEv && d.starts_with("*.") {
+                    return fail(
+                        "cabf_ev_wildcard",
+                        format!("{d}: an EV certificate names no wildcard (EVG 9.2.1)"),
+                    );
+                }
             }
             match san {
                 San::Dns(d) if crate::names::internal_domain(d) => {

@@ -42,6 +42,10 @@ pub const ATTRS: &[Attr] = &[
     attr("title", "2.5.4.12", 64, 0x0c),
     attr("GN", "2.5.4.42", 64, 0x0c),
     attr("pseudonym", "2.5.4.65", 128, 0x0c),
+    attr("businessCategory", "2.5.4.15", 128, 0x0c),
+    attr("jurisdictionL", "1.3.6.1.4.1.311.60.2.1.1", 128, 0x0c),
+    attr("jurisdictionST", "1.3.6.1.4.1.311.60.2.1.2", 128, 0x0c),
+    attr("jurisdictionC", "1.3.6.1.4.1.311.60.2.1.3", 2, 0x13),
     attr("emailAddress", "1.2.840.113549.1.9.1", 255, 0x16),
 ];
 
@@ -119,10 +123,11 @@ pub fn encode(pairs: &[(String, String)]) -> Result<Vec<u8>, NameError> {
             0x16 if !value.is_ascii() => return Err(bad("not ASCII")),
             _ => {}
         }
-        if a.short == "C" && !(value.len() == 2 && value.chars().all(|c| c.is_ascii_uppercase())) {
+        let country = matches!(a.short, "C" | "jurisdictionC");
+        if country && !(value.len() == 2 && value.chars().all(|c| c.is_ascii_uppercase())) {
             return Err(bad("expected a two-letter ISO 3166 code in capitals"));
         }
-        if a.short == "C" && value != "XX" && COUNTRIES.binary_search(&value.as_str()).is_err() {
+        if country && value != "XX" && COUNTRIES.binary_search(&value.as_str()).is_err() {
             return Err(bad(&format!(
                 "{value} is not an assigned ISO 3166-1 country code (XX for unknown)"
             )));

@@ -167,6 +167,8 @@ pub enum Rules {
     CabfServerauthOv,
     /// … individual validated (2.23.140.1.2.3).
     CabfServerauthIv,
+    /// … extended validation (EV Guidelines; 2.23.140.1.1).
+    CabfServerauthEv,
     /// CA/Browser Forum S/MIME Baseline Requirements, mailbox validated,
     /// strict generation (policy 2.23.140.1.5.1.3).
     CabfSmimeMailbox,
@@ -217,6 +219,7 @@ impl Rules {
             Rules::CabfServerauthDv => "cabf_serverauth_dv",
             Rules::CabfServerauthOv => "cabf_serverauth_ov",
             Rules::CabfServerauthIv => "cabf_serverauth_iv",
+            Rules::CabfServerauthEv => "cabf_serverauth_ev",
             Rules::CabfSmimeMailbox => "cabf_smime_mailbox",
             Rules::CabfSmimeIndividual => "cabf_smime_individual",
         }
@@ -226,7 +229,10 @@ impl Rules {
     pub fn is_cabf_serverauth(self) -> bool {
         matches!(
             self,
-            Rules::CabfServerauthDv | Rules::CabfServerauthOv | Rules::CabfServerauthIv
+            Rules::CabfServerauthDv
+                | Rules::CabfServerauthOv
+                | Rules::CabfServerauthIv
+                | Rules::CabfServerauthEv
         )
     }
 
@@ -242,6 +248,7 @@ impl Rules {
             Rules::CabfServerauthDv => Some(CABF_TLS_POLICIES[0]),
             Rules::CabfServerauthOv => Some(CABF_TLS_POLICIES[1]),
             Rules::CabfServerauthIv => Some(CABF_TLS_POLICIES[2]),
+            Rules::CabfServerauthEv => Some(CABF_TLS_POLICIES[3]),
             Rules::CabfSmimeMailbox => Some("2.23.140.1.5.1.3"),
             Rules::CabfSmimeIndividual => Some("2.23.140.1.5.4.3"),
         }
@@ -255,6 +262,30 @@ impl Rules {
             Rules::CabfServerauthDv => (&["C", "CN"], &[]),
             Rules::CabfServerauthOv => (&["C", "ST", "L", "O", "CN"], &["C", "O"]),
             Rules::CabfServerauthIv => (&["C", "ST", "L", "SN", "GN", "CN"], &["C", "SN", "GN"]),
+            // EV Guidelines 9.2.
+            Rules::CabfServerauthEv => (
+                &[
+                    "C",
+                    "ST",
+                    "L",
+                    "postalCode",
+                    "street",
+                    "O",
+                    "serialNumber",
+                    "businessCategory",
+                    "jurisdictionC",
+                    "jurisdictionST",
+                    "jurisdictionL",
+                    "CN",
+                ],
+                &[
+                    "C",
+                    "O",
+                    "serialNumber",
+                    "businessCategory",
+                    "jurisdictionC",
+                ],
+            ),
             // S/MIME BR 7.1.4.2.2-3, strict: the attributes MAY for the
             // level; every other one SHALL NOT.
             Rules::CabfSmimeMailbox => (&["CN", "serialNumber", "emailAddress"], &[]),
@@ -281,14 +312,36 @@ impl Rules {
     /// identity).
     pub fn check_subject(self, subject: &[(String, String)]) -> Result<(), String> {
         let has = |a: &str| subject.iter().any(|(k, _)| k == a);
-        if matches!(self, Rules::CabfServerauthOv | Rules::CabfServerauthIv)
-            && !has("ST")
+        if matches!(
+            self,
+            Rules::CabfServerauthOv | Rules::CabfServerauthIv | Rules::CabfServerauthEv
+        ) && !has("ST")
             && !has("L")
         {
             return Err(
-                "an organization or individual validated certificate needs ST or L (BR 7.1.2.7.3-4)"
+                "an organization, individual or extended validated certificate needs ST or L (BR 7.1.2.7.3-4, EVG 9.2.6)"
                     .into(),
             );
+        }
+        if self == Rules::CabfServerauthEv {
+            const CATEGORIES: [&str; 4] = [
+                "Private Organization",
+                "Government Entity",
+                "Business Entity",
+                "Non-Commercial Entity",
+            ];
+            if let Some((_, v)) = subject
+                .iter()
+                .find(|(k, v)| k == "businessCategory" && !CATEGORIES.contains(&v.as_str()))
+            {
+                return Err(format!(
+                    "businessCategory {v:?} is none of {} (EVG 9.2.3)",
+                    CATEGORIES.join(", ")
+                ));
+            }
+            if has("jurisdictionL") && !has("jurisdictionST") {
+                return Err("jurisdictionL needs jurisdictionST (EVG 9.2.4)".into());
+            }
         }
         if self == Rules::CabfSmimeIndividual && !has("GN") && !has("SN") && !has("pseudonym") {
             return Err(
@@ -506,10 +559,10 @@ impl Profile {
             ));
         }
         if !self.require_san
-            || self
-                .san_types
-                .iter()
-                .any(|t| !matches!(t, SanType::Dns | SanType::Ip))
+            || self.san_types.iter().any(|t| {
+                !matches!(t, SanType::Dns | SanType::Ip)
+                    || (rules == Rules::CabfServerauthEv && *t == SanType::Ip)
+            })
         {
             return Err((
                 "san_types",
