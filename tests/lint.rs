@@ -743,6 +743,34 @@ const SMIME_PROFILES: &str = "  profiles:
       ocsp_urls: [http://ocsp.example.org]
       ca_issuers_urls: [http://ca.example.org/sub.crt]
       policies: [2.23.140.1.5.4.3]
+    mail-ov:
+      issuer: sub
+      rules: cabf_smime_organization
+      default_days: 365
+      max_days: 825
+      key_usage: [digital_signature, key_encipherment, key_agreement]
+      extended_key_usage: [email_protection]
+      subject_attributes: [CN, O, OU, organizationIdentifier, emailAddress, L, ST, C]
+      required_subject_attributes: [O, organizationIdentifier]
+      san_types: [email]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.5.2.3]
+    mail-sv:
+      issuer: sub
+      rules: cabf_smime_sponsor
+      default_days: 365
+      max_days: 825
+      key_usage: [digital_signature]
+      extended_key_usage: [email_protection]
+      subject_attributes: [CN, O, organizationIdentifier, GN, SN, pseudonym, emailAddress, title, C]
+      required_subject_attributes: [O, organizationIdentifier]
+      san_types: [email]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      ca_issuers_urls: [http://ca.example.org/sub.crt]
+      policies: [2.23.140.1.5.3.3]
 ";
 
 #[test]
@@ -789,6 +817,38 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
             "mail-iv",
             "INDIVIDUAL-STRICT",
             &[("pseudonym", "Lucky"), ("CN", "Lucky")],
+        ),
+        (
+            "mail-ov",
+            "ORGANIZATION-STRICT",
+            &[
+                ("C", "AU"),
+                ("O", "CAcert Inc."),
+                ("organizationIdentifier", "NTRAU-123456789"),
+                ("CN", "CAcert Inc."),
+            ],
+        ),
+        (
+            "mail-ov",
+            "ORGANIZATION-STRICT",
+            &[
+                ("O", "CAcert Inc."),
+                ("organizationIdentifier", "LEIXG-529900T8BM49AURSDO55"),
+                ("emailAddress", "alice@cacert.org"),
+            ],
+        ),
+        (
+            "mail-sv",
+            "SPONSORED-STRICT",
+            &[
+                ("C", "DE"),
+                ("O", "Example GmbH"),
+                ("organizationIdentifier", "VATDE-123456789"),
+                ("GN", "Alice"),
+                ("SN", "Lee"),
+                ("title", "Engineer"),
+                ("CN", "Alice Lee"),
+            ],
         ),
     ];
     for (key, key_args) in &keys {
@@ -899,6 +959,71 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
             Status::LINT_FAILED,
         ),
         (
+            "organization-identifier-syntax",
+            "mail-ov",
+            vec![
+                ("O", "CAcert Inc."),
+                ("organizationIdentifier", "ACN 123 456 789"),
+            ],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "organization-identifier-country",
+            "mail-ov",
+            vec![
+                ("C", "AU"),
+                ("O", "CAcert Inc."),
+                ("organizationIdentifier", "NTRGB-123456"),
+            ],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "lei-check-digits",
+            "mail-ov",
+            vec![
+                ("O", "CAcert Inc."),
+                ("organizationIdentifier", "LEIXG-529900T8BM49AURSDO56"),
+            ],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "cn-not-the-organization",
+            "mail-ov",
+            vec![
+                ("O", "CAcert Inc."),
+                ("organizationIdentifier", "NTRAU-123456789"),
+                ("CN", "Another Inc."),
+            ],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "sponsor-without-a-person",
+            "mail-sv",
+            vec![
+                ("O", "Example GmbH"),
+                ("organizationIdentifier", "VATDE-123456789"),
+            ],
+            alice.to_vec(),
+            365,
+            Status::LINT_FAILED,
+        ),
+        (
+            "organization-without-identifier",
+            "mail-ov",
+            vec![("O", "CAcert Inc.")],
+            alice.to_vec(),
+            365,
+            Status::SUBJECT_NOT_ALLOWED,
+        ),
+        (
             "dns-san",
             "mail-mv",
             vec![],
@@ -984,6 +1109,9 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
             "max_days: 826",
             "ca.profiles.mail-mv.max_days",
         ),
+        ("required_subject_attributes: [O, organizationIdentifier]", "required_subject_attributes: [O]", "ca.profiles.mail-ov.required_subject_attributes"),
+        ("subject_attributes: [CN, O, OU, organizationIdentifier, emailAddress, L, ST, C]", "subject_attributes: [CN, O, OU, organizationIdentifier, emailAddress, L, ST, C, GN]", "ca.profiles.mail-ov.subject_attributes"),
+        ("subject_attributes: [CN, O, organizationIdentifier, GN, SN, pseudonym, emailAddress, title, C]", "subject_attributes: [CN, O, organizationIdentifier, emailAddress, title, C]", "ca.profiles.mail-sv.subject_attributes"),
     ] {
         assert!(config.contains(from), "{from}");
         let bad = config_path.with_file_name("bad.yaml");

@@ -43,11 +43,17 @@ pub const ATTRS: &[Attr] = &[
     attr("GN", "2.5.4.42", 64, 0x0c),
     attr("pseudonym", "2.5.4.65", 128, 0x0c),
     attr("businessCategory", "2.5.4.15", 128, 0x0c),
+    attr("organizationIdentifier", "2.5.4.97", 64, 0x0c),
     attr("jurisdictionL", "1.3.6.1.4.1.311.60.2.1.1", 128, 0x0c),
     attr("jurisdictionST", "1.3.6.1.4.1.311.60.2.1.2", 128, 0x0c),
     attr("jurisdictionC", "1.3.6.1.4.1.311.60.2.1.3", 2, 0x13),
     attr("emailAddress", "1.2.840.113549.1.9.1", 255, 0x16),
 ];
+
+/// Whether `code` is an assigned ISO 3166-1 alpha-2 country code.
+pub fn is_country(code: &str) -> bool {
+    COUNTRIES.binary_search(&code).is_ok()
+}
 
 /// Looks an attribute up by short name (case-sensitive, as configured).
 pub fn lookup(short: &str) -> Option<&'static Attr> {

@@ -174,6 +174,10 @@ pub enum Rules {
     CabfSmimeMailbox,
     /// … individual validated, strict generation (2.23.140.1.5.4.3).
     CabfSmimeIndividual,
+    /// … organization validated, strict generation (2.23.140.1.5.2.3).
+    CabfSmimeOrganization,
+    /// … sponsor validated, strict generation (2.23.140.1.5.3.3).
+    CabfSmimeSponsor,
 }
 
 /// The CA/Browser Forum's reserved policy OIDs for TLS certificates.
@@ -222,6 +226,8 @@ impl Rules {
             Rules::CabfServerauthEv => "cabf_serverauth_ev",
             Rules::CabfSmimeMailbox => "cabf_smime_mailbox",
             Rules::CabfSmimeIndividual => "cabf_smime_individual",
+            Rules::CabfSmimeOrganization => "cabf_smime_organization",
+            Rules::CabfSmimeSponsor => "cabf_smime_sponsor",
         }
     }
 
@@ -238,7 +244,18 @@ impl Rules {
 
     /// Whether these are the CA/Browser Forum's S/MIME rules.
     pub fn is_cabf_smime(self) -> bool {
-        matches!(self, Rules::CabfSmimeMailbox | Rules::CabfSmimeIndividual)
+        matches!(
+            self,
+            Rules::CabfSmimeMailbox
+                | Rules::CabfSmimeIndividual
+                | Rules::CabfSmimeOrganization
+                | Rules::CabfSmimeSponsor
+        )
+    }
+
+    /// Whether an S/MIME level names a person (GN, SN or pseudonym).
+    fn names_a_person(self) -> bool {
+        matches!(self, Rules::CabfSmimeIndividual | Rules::CabfSmimeSponsor)
     }
 
     /// The policy OID a certificate under these rules asserts.
@@ -251,6 +268,8 @@ impl Rules {
             Rules::CabfServerauthEv => Some(CABF_TLS_POLICIES[3]),
             Rules::CabfSmimeMailbox => Some("2.23.140.1.5.1.3"),
             Rules::CabfSmimeIndividual => Some("2.23.140.1.5.4.3"),
+            Rules::CabfSmimeOrganization => Some("2.23.140.1.5.2.3"),
+            Rules::CabfSmimeSponsor => Some("2.23.140.1.5.3.3"),
         }
     }
 
@@ -304,6 +323,38 @@ impl Rules {
                 ],
                 &[],
             ),
+            Rules::CabfSmimeOrganization => (
+                &[
+                    "CN",
+                    "O",
+                    "OU",
+                    "organizationIdentifier",
+                    "serialNumber",
+                    "emailAddress",
+                    "L",
+                    "ST",
+                    "C",
+                ],
+                &["O", "organizationIdentifier"],
+            ),
+            Rules::CabfSmimeSponsor => (
+                &[
+                    "CN",
+                    "O",
+                    "OU",
+                    "organizationIdentifier",
+                    "GN",
+                    "SN",
+                    "pseudonym",
+                    "serialNumber",
+                    "emailAddress",
+                    "title",
+                    "L",
+                    "ST",
+                    "C",
+                ],
+                &["O", "organizationIdentifier"],
+            ),
         }
     }
 
@@ -343,11 +394,23 @@ impl Rules {
                 return Err("jurisdictionL needs jurisdictionST (EVG 9.2.4)".into());
             }
         }
-        if self == Rules::CabfSmimeIndividual && !has("GN") && !has("SN") && !has("pseudonym") {
+        if self.names_a_person() && !has("GN") && !has("SN") && !has("pseudonym") {
             return Err(
-                "an individual validated S/MIME certificate needs GN, SN or pseudonym (S/MIME BR 7.1.4.2.3)"
+                "an individual or sponsor validated S/MIME certificate needs GN, SN or pseudonym (S/MIME BR 7.1.4.2.3)"
                     .into(),
             );
+        }
+        if self.is_cabf_smime() {
+            let country = subject
+                .iter()
+                .find(|(k, _)| k == "C")
+                .map(|(_, v)| v.as_str());
+            for (_, v) in subject
+                .iter()
+                .filter(|(k, _)| k == "organizationIdentifier")
+            {
+                check_organization_identifier(v, country)?;
+            }
         }
         if has("pseudonym") && (has("GN") || has("SN")) {
             return Err("pseudonym may not be combined with GN or SN (S/MIME BR 7.1.4.2.2)".into());
@@ -429,19 +492,117 @@ impl Rules {
                 ));
             }
             if attr == "CN" && !emails.contains(&value.as_str()) {
-                let personal = self == Rules::CabfSmimeIndividual
+                let personal = self.names_a_person()
                     && (has("GN")
                         || has("SN")
                         || subject.iter().any(|(k, v)| k == "pseudonym" && v == value));
-                if !personal {
+                let organization = self == Rules::CabfSmimeOrganization
+                    && subject.iter().any(|(k, v)| k == "O" && v == value);
+                if !personal && !organization {
                     return Err(format!(
-                        "CN={value} is neither an email SAN nor, for an individual, a name given in the subject (S/MIME BR 7.1.4.2.2 a)"
+                        "CN={value} is neither an email SAN nor, for an individual or a sponsor, a name given in the subject, nor for an organization its O (S/MIME BR 7.1.4.2.2 a)"
                     ));
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Why an `organizationIdentifier` value breaks S/MIME BR 7.1.4.2.2 d: the
+/// form `SSSCC[+SP][-REFERENCE]` with a registration scheme the signer
+/// knows (NTR, VAT, PSD and LEI with a reference, GOV without), a country
+/// the scheme allows (the same as the subject's `C` unless global), a
+/// state or province only for NTR and GOV, and an LEI whose check digits
+/// hold (ISO 17442).
+pub fn check_organization_identifier(value: &str, country: Option<&str>) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "organizationIdentifier {value:?}: {why} (S/MIME BR 7.1.4.2.2 d)"
+        ))
+    };
+    let (head, reference) = match value.split_once('-') {
+        Some((h, r)) => (h, Some(r)),
+        None => (value, None),
+    };
+    let (head, sp) = match head.split_once('+') {
+        Some((h, sp)) => (h, Some(sp)),
+        None => (head, None),
+    };
+    if head.len() != 5 || !head.is_ascii() {
+        return bad("expected a three-letter scheme and a two-letter country");
+    }
+    let (scheme, cc) = head.split_at(3);
+    if sp.is_some_and(|sp| {
+        sp.is_empty() || sp.len() > 3 || !sp.bytes().all(|b| b.is_ascii_alphanumeric())
+    }) {
+        return bad("a state or province is one to three letters or digits");
+    }
+    if reference.is_some_and(str::is_empty) {
+        return bad("an empty reference");
+    }
+    let iso = crate::name::is_country(cc);
+    let (country_ok, sp_allowed, reference_needed) = match scheme {
+        "NTR" => (iso, cc != "DE", true),
+        "VAT" => (iso || cc == "EL" || cc == "XI", false, true),
+        "PSD" => (iso, false, true),
+        "LEI" => (cc == "XG", false, true),
+        "GOV" => (iso, true, false),
+        _ => return bad("the registration scheme is none of NTR, VAT, PSD, LEI, GOV"),
+    };
+    if !country_ok {
+        return bad(&format!("{cc} is not a country the {scheme} scheme allows"));
+    }
+    if sp.is_some() && !sp_allowed {
+        return bad(&format!(
+            "the {scheme} scheme takes no state or province here"
+        ));
+    }
+    if reference.is_some() != reference_needed {
+        return bad(if reference_needed {
+            "the scheme needs a reference"
+        } else {
+            "the scheme takes no reference"
+        });
+    }
+    if scheme == "LEI" && !reference.is_some_and(lei_valid) {
+        return bad("the reference is not a valid LEI (20 characters, ISO 17442 check digits)");
+    }
+    if let Some(c) = country {
+        if cc != "XG" && cc != c {
+            return bad(&format!(
+                "its country {cc} differs from the subject's C={c}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ISO 17442: 18 letters or digits and two check digits, the whole read as
+/// a number (letters as 10–35) ≡ 1 (mod 97).
+fn lei_valid(lei: &str) -> bool {
+    if lei.len() != 20
+        || !lei
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        || !lei.as_bytes()[18..].iter().all(u8::is_ascii_digit)
+    {
+        return false;
+    }
+    let mut rem: u32 = 0;
+    for b in lei.bytes() {
+        let v = if b.is_ascii_digit() {
+            u32::from(b - b'0')
+        } else {
+            u32::from(b - b'A') + 10
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
 }
 
 /// A certificate profile.
@@ -663,7 +824,7 @@ impl Profile {
                 "expected [email] with require_san: true (S/MIME BR 7.1.2.3 h)".into(),
             ));
         }
-        let (allowed, _) = rules.attributes();
+        let (allowed, required) = rules.attributes();
         if let Some(a) = self
             .subject_attributes
             .iter()
@@ -678,7 +839,16 @@ impl Profile {
                 ),
             ));
         }
-        if rules == Rules::CabfSmimeIndividual
+        if let Some(a) = required
+            .iter()
+            .find(|r| !self.required_subject_attributes.iter().any(|a| a == *r))
+        {
+            return Err((
+                "required_subject_attributes",
+                format!("a {name} certificate needs {a}"),
+            ));
+        }
+        if rules.names_a_person()
             && !self
                 .subject_attributes
                 .iter()
@@ -775,6 +945,41 @@ mod tests {
         Rules::Rfc5280
             .check_values(&[p("OU", "-"), p("OU", "-")])
             .unwrap();
+    }
+
+    #[test]
+    fn organization_identifiers_follow_the_registration_schemes() {
+        for ok in [
+            "NTRGB-12345678",
+            "NTRUS+CA-C1234567",
+            "VATDE-123456789",
+            "VATEL-123456789",
+            "PSDBE-NBB-1234.567.890",
+            "LEIXG-529900T8BM49AURSDO55",
+            "GOVUS",
+            "GOVUS+CA",
+        ] {
+            check_organization_identifier(ok, None).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "NTRGB",
+            "NTRQQ-1",
+            "NTRDE+BY-HRB 1",
+            "VATDE+BY-1",
+            "LEIXG-529900T8BM49AURSDO56",
+            "LEIDE-529900T8BM49AURSDO55",
+            "GOVUS-123",
+            "XYZDE-1",
+            "DE:DE-1",
+            "NTRGB+ABCD-1",
+            "NTRGB-",
+        ] {
+            assert!(check_organization_identifier(bad, None).is_err(), "{bad:?}");
+        }
+        // The country agrees with the subject's C, unless global.
+        assert!(check_organization_identifier("NTRGB-1", Some("DE")).is_err());
+        check_organization_identifier("LEIXG-529900T8BM49AURSDO55", Some("DE")).unwrap();
     }
 
     #[test]
