@@ -402,7 +402,8 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         pipelined_rate(&c_alone, &csr, 20, "warm")?;
         pipelined_rate(&c_twin, &csr, 20, "warm")?;
         let (mut off, mut on) = (Vec::new(), Vec::new());
-        let cpu = |pid: u32| super::gateway::cpu_seconds(pid).unwrap_or(0.0);
+        // Nanoseconds from schedstat: finer than the clock ticks of /proc/PID/stat.
+        let cpu = |pid: u32| super::scale::cpu_seconds(pid).unwrap_or(0.0);
         let (mut cpu_off, mut cpu_a, mut cpu_nats_a, mut cpu_b) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..ROUNDS {
@@ -437,7 +438,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             format!("{lo:.2}–{hi:.2}")
         };
         cpu_rows.push(format!(
-            "| {key} | {:.2} | {:.2} | {:.2} | {:.2} ({host_range}) | {:.2} |",
+            "| {key} | {:.3} | {:.3} | {:.3} | {:.2} ({host_range}) | {:.3} |",
             median(&mut cpu_off),
             median(&mut cpu_a),
             median(&mut cpu_nats_a),
@@ -497,7 +498,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     }
     writeln!(
         report,
-        "\nCPU per certificate (ms, user + system, median of the pinned rounds above):\n\n\
+        "\nCPU per certificate (ms, time on a CPU from schedstat, median of the pinned rounds above):\n\n\
          | issuer key | signer alone | signer A | A's nats-server | A's host ÷ alone, each pair of rounds | B and its nats-server |\n|---|---|---|---|---|---|"
     )?;
     for row in cpu_rows {

@@ -12,7 +12,7 @@ use signer_testsupport::{Bench, LinkSpec};
 
 /// CPU seconds the live threads of a process have run (schedstat:
 /// nanoseconds, finer than the clock ticks of /proc/PID/stat).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let mut ns = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
