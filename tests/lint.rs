@@ -151,6 +151,69 @@ fn der_file(d: &Path, name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The signer's CA certificates, as `chain.pem` in `d` (for openssl verify).
+fn write_chain(client: &Client, d: &Path) {
+    let cas: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
+    let mut chain = Vec::new();
+    for ca in &cas.cas {
+        chain.extend(signer_x509::cert_pem(&ca.certificate).into_bytes());
+    }
+    std::fs::write(d.join("chain.pem"), &chain).unwrap();
+}
+
+/// Subject key types each rule set issues for: name, `openssl req -newkey`
+/// arguments.
+const KEYS: [(&str, &[&str]); 3] = [
+    ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+    ("p384", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+    ("rsa", &["rsa:2048"]),
+];
+
+/// `openssl verify -x509_strict` (and `extra`) accepts certificate `der`
+/// against `d`'s chain.pem.
+fn openssl_verify(d: &Path, id: &str, der: &[u8], extra: &[&str]) {
+    let pem = d.join(format!("{id}.pem"));
+    std::fs::write(&pem, signer_x509::cert_pem(der)).unwrap();
+    let (code, out, err) = output(
+        Command::new("openssl")
+            .args(["verify", "-x509_strict"])
+            .args(extra)
+            .arg("-CAfile")
+            .arg(d.join("chain.pem"))
+            .arg(&pem),
+    );
+    assert_eq!(code, Some(0), "{id}: {out}{err}");
+}
+
+/// Each hostile request is refused with its status.
+fn refuse_all(client: &Client, csr: &[u8], cases: Vec<Hostile>) {
+    for (id, profile, subject, sans, days, status) in cases {
+        let refused = sign(client, id, profile, csr, &subject, &sans, days);
+        assert!(
+            matches!(&refused, Err(e) if e.status() == Some(status)),
+            "{id}: {refused:?}"
+        );
+    }
+}
+
+/// check-config refuses the configuration at `config_path` with each edit
+/// (`from` replaced by `to`), naming `field`.
+fn check_config_refuses(config_path: &Path, edits: &[(&str, &str, &str)]) {
+    let config = std::fs::read_to_string(config_path).unwrap();
+    for &(from, to, field) in edits {
+        assert!(config.contains(from), "{from}");
+        let bad = config_path.with_file_name("bad.yaml");
+        std::fs::write(&bad, config.replacen(from, to, 1)).unwrap();
+        let (code, out, err) = output(
+            Command::new(bin("signerd"))
+                .args(["check-config", "--offline", "--config"])
+                .arg(&bad),
+        );
+        assert_eq!(code, Some(1), "{field}: {out}{err}");
+        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
+    }
+}
+
 fn sign(
     client: &Client,
     id: &str,
@@ -185,18 +248,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
     let d = c.dir().to_path_buf();
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
     let client = bench.client();
-    let cas: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
-    let mut chain = Vec::new();
-    for ca in &cas.cas {
-        chain.extend(signer_x509::cert_pem(&ca.certificate).into_bytes());
-    }
-    std::fs::write(d.join("chain.pem"), &chain).unwrap();
-
-    let keys: [(&str, &[&str]); 3] = [
-        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
-        ("p384", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
-        ("rsa", &["rsa:2048"]),
-    ];
+    write_chain(&client, &d);
     let issued: Vec<(&str, &str, Subject)> = vec![
         (
             "web-dv",
@@ -235,7 +287,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         ),
     ];
     let mut serials = Vec::new();
-    for (k, (key, key_args)) in keys.iter().enumerate() {
+    for (k, (key, key_args)) in KEYS.iter().enumerate() {
         let csr = make_csr(&d, key, key_args);
         for (i, (profile, kind, subject)) in issued.iter().enumerate() {
             let id = format!("{profile}-{key}-{i}");
@@ -271,15 +323,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
                     .arg(&file),
             );
             assert!(err.contains(kind), "{id}: detected as {err}");
-            let pem = d.join(format!("{id}.pem"));
-            std::fs::write(&pem, signer_x509::cert_pem(&reply.certificate)).unwrap();
-            let (code, out, err) = output(
-                Command::new("openssl")
-                    .args(["verify", "-x509_strict", "-CAfile"])
-                    .arg(d.join("chain.pem"))
-                    .arg(&pem),
-            );
-            assert_eq!(code, Some(0), "{id}: {out}{err}");
+            openssl_verify(&d, &id, &reply.certificate, &[]);
             if k == 0 {
                 serials.push(reply.serial);
             }
@@ -287,7 +331,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
     }
 
     // Hostile requests, each refused before anything is signed.
-    let csr = make_csr(&d, "hostile", keys[0].1);
+    let csr = make_csr(&d, "hostile", KEYS[0].1);
     let dns = [("dns", "www.cacert.org")];
     let cases: Vec<Hostile> = vec![
         (
@@ -524,13 +568,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
             Status::SAN_NOT_ALLOWED,
         ),
     ];
-    for (id, profile, subject, sans, days, status) in cases {
-        let refused = sign(&client, id, profile, &csr, &subject, &sans, days);
-        assert!(
-            matches!(&refused, Err(e) if e.status() == Some(status)),
-            "{id}: {refused:?}"
-        );
-    }
+    refuse_all(&client, &csr, cases);
     // The BR schedule itself: 200 days today (2026-03-15 to 2027-03-14).
     assert_eq!(
         signer_x509::profile::cabf_max_validity_days(1_790_000_000),
@@ -637,9 +675,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
     drop(client);
 
     // check-config refuses profiles that could only issue what the rules forbid.
-    let config_path = bench.daemon.config_path().to_path_buf();
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    for (from, to, field) in [
+    check_config_refuses(bench.daemon.config_path(), &[
         ("subject_attributes: [CN]\n", "subject_attributes: [CN, O]\n", "ca.profiles.web-dv.subject_attributes"),
         ("key_usage: [digital_signature]\n      extended_key_usage: [server_auth, client_auth]", "key_usage: [digital_signature, key_encipherment]\n      extended_key_usage: [server_auth, client_auth]", "ca.profiles.web-dv.key_usage"),
         ("      rules: cabf_serverauth_dv\n", "", "ca.profiles.web-dv.rules"),
@@ -650,18 +686,7 @@ fn certificates_and_crls_pass_the_cabf_linters_and_hostile_requests_are_refused(
         ("san_types: [dns]\n      require_san: true\n      crl_urls: [http://crl.example.org/sub.crl]\n      ca_issuers_urls: [http://ca.example.org/sub.crt]\n      policies: [2.23.140.1.1]", "san_types: [dns, ip]\n      require_san: true\n      crl_urls: [http://crl.example.org/sub.crl]\n      ca_issuers_urls: [http://ca.example.org/sub.crt]\n      policies: [2.23.140.1.1]", "ca.profiles.web-ev.san_types"),
         ("policies: [2.23.140.1.1]", "policies: [2.23.140.1.1, 2.23.140.1.2.2]", "ca.profiles.web-ev.policies"),
         ("  profiles:\n", "  crl: {next_update_hours: 241, refresh_hours: 24}\n  profiles:\n", "ca.crl.next_update_hours"),
-    ] {
-        assert!(config.contains(from), "{from}");
-        let bad = config_path.with_file_name("bad.yaml");
-        std::fs::write(&bad, config.replacen(from, to, 1)).unwrap();
-        let (code, out, err) = output(
-            Command::new(bin("signerd"))
-                .args(["check-config", "--offline", "--config"])
-                .arg(&bad),
-        );
-        assert_eq!(code, Some(1), "{field}: {out}{err}");
-        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
-    }
+    ]);
 
     // A TLS issuing CA as the Baseline Requirements ask it of the ceremony
     // (7.1.2.6): country in the subject, extKeyUsage, certificatePolicies,
@@ -779,18 +804,7 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
     let d = c.dir().to_path_buf();
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
     let client = bench.client();
-    let cas: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {}).unwrap();
-    let mut chain = Vec::new();
-    for ca in &cas.cas {
-        chain.extend(signer_x509::cert_pem(&ca.certificate).into_bytes());
-    }
-    std::fs::write(d.join("chain.pem"), &chain).unwrap();
-
-    let keys: [(&str, &[&str]); 3] = [
-        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
-        ("p384", &["ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
-        ("rsa", &["rsa:2048"]),
-    ];
+    write_chain(&client, &d);
     let alice = [("email", "alice@cacert.org")];
     let issued: Vec<(&str, &str, Subject)> = vec![
         ("mail-mv", "MAILBOX-STRICT", &[]),
@@ -851,7 +865,7 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
             ],
         ),
     ];
-    for (key, key_args) in &keys {
+    for (key, key_args) in &KEYS {
         let csr = make_csr(&d, key, key_args);
         for (i, (profile, kind, subject)) in issued.iter().enumerate() {
             let id = format!("{profile}-{key}-{i}");
@@ -871,20 +885,12 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
                     .arg(&file),
             );
             assert!(err.contains(kind), "{id}: detected as {err}");
-            let pem = d.join(format!("{id}.pem"));
-            std::fs::write(&pem, signer_x509::cert_pem(&reply.certificate)).unwrap();
-            let (code, out, err) = output(
-                Command::new("openssl")
-                    .args(["verify", "-x509_strict", "-purpose", "smimesign", "-CAfile"])
-                    .arg(d.join("chain.pem"))
-                    .arg(&pem),
-            );
-            assert_eq!(code, Some(0), "{id}: {out}{err}");
+            openssl_verify(&d, &id, &reply.certificate, &["-purpose", "smimesign"]);
         }
     }
 
     // Hostile requests, each refused before anything is signed.
-    let csr = make_csr(&d, "hostile", keys[0].1);
+    let csr = make_csr(&d, "hostile", KEYS[0].1);
     let cases: Vec<Hostile> = vec![
         (
             "o-under-mailbox",
@@ -1040,20 +1046,12 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
             Status::VALIDITY_TOO_LONG,
         ),
     ];
-    for (id, profile, subject, sans, days, status) in cases {
-        let refused = sign(&client, id, profile, &csr, &subject, &sans, days);
-        assert!(
-            matches!(&refused, Err(e) if e.status() == Some(status)),
-            "{id}: {refused:?}"
-        );
-    }
+    refuse_all(&client, &csr, cases);
     drop(client);
 
     // check-config refuses S/MIME profiles that could only issue what the
     // rules forbid.
-    let config_path = bench.daemon.config_path().to_path_buf();
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    for (from, to, field) in [
+    check_config_refuses(bench.daemon.config_path(), &[
         (
             "subject_attributes: [CN, emailAddress, serialNumber]",
             "subject_attributes: [CN, emailAddress, O]",
@@ -1112,16 +1110,5 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
         ("required_subject_attributes: [O, organizationIdentifier]", "required_subject_attributes: [O]", "ca.profiles.mail-ov.required_subject_attributes"),
         ("subject_attributes: [CN, O, OU, organizationIdentifier, emailAddress, L, ST, C]", "subject_attributes: [CN, O, OU, organizationIdentifier, emailAddress, L, ST, C, GN]", "ca.profiles.mail-ov.subject_attributes"),
         ("subject_attributes: [CN, O, organizationIdentifier, GN, SN, pseudonym, emailAddress, title, C]", "subject_attributes: [CN, O, organizationIdentifier, emailAddress, title, C]", "ca.profiles.mail-sv.subject_attributes"),
-    ] {
-        assert!(config.contains(from), "{from}");
-        let bad = config_path.with_file_name("bad.yaml");
-        std::fs::write(&bad, config.replacen(from, to, 1)).unwrap();
-        let (code, out, err) = output(
-            Command::new(bin("signerd"))
-                .args(["check-config", "--offline", "--config"])
-                .arg(&bad),
-        );
-        assert_eq!(code, Some(1), "{field}: {out}{err}");
-        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
-    }
+    ]);
 }

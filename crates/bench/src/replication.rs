@@ -300,7 +300,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Pins every thread of process `pid` to CPU `cpu` (later threads
 /// inherit it); false when the machine has fewer than two CPUs or taskset
 /// is missing.
-fn pin(pid: u32, cpu: usize) -> bool {
+pub(crate) fn pin(pid: u32, cpu: usize) -> bool {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         return false;
     }
@@ -320,7 +320,7 @@ fn pin_thread(tid: u32, cpu: usize) {
 }
 
 /// Lets every thread of `pid` run on every CPU again.
-fn unpin(pid: u32) {
+pub(crate) fn unpin(pid: u32) {
     let all = format!(
         "0-{}",
         std::thread::available_parallelism().map_or(1, |n| n.get()) - 1

@@ -10,6 +10,8 @@ use signer_repository::CertRecord;
 use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
 use signer_testsupport::{Bench, LinkSpec};
 
+use crate::replication::{pin, unpin};
+
 /// CPU seconds the live threads of a process have run (schedstat:
 /// nanoseconds, finer than the clock ticks of /proc/PID/stat).
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -153,6 +155,24 @@ fn floor(
     Ok((sign, csr, verify))
 }
 
+/// The issuer keys these sections measure: name, the `openssl req
+/// -newkey` arguments of the CSRs, the name in the tables.
+const KEYS: [(&str, &[&str], &str); 2] = [
+    (
+        "p256",
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "ECDSA P-256",
+    ),
+    ("rsa2048", &["rsa:2048"], "RSA-2048"),
+];
+
+/// CSRs of 32 distinct keys of type `csr_key`, made in `dir`.
+fn distinct_csrs(dir: &Path, tag: &str, csr_key: &[&str]) -> Vec<Vec<u8>> {
+    (0..32)
+        .map(|i| make_csr(dir, &format!("{tag}-{i}"), csr_key))
+        .collect()
+}
+
 /// Min / median / max of `v`, each shown by `f`.
 pub(crate) fn spread(mut v: Vec<f64>, f: impl Fn(f64) -> String) -> String {
     v.sort_by(f64::total_cmp);
@@ -190,16 +210,11 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         "| issuer key | empty: cert/s | full: cert/s | full ÷ empty, rate | floor: HSM signature + CSR + certificate verification, ms | empty: CPU ms/cert (÷ floor) | full: CPU ms/cert (÷ floor) | fill time |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
-    for (key, csr_key) in [
-        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
-        ("rsa2048", &["rsa:2048"][..]),
-    ] {
+    for (key, csr_key, label) in KEYS {
         eprintln!("bench: issuance on a full repository, {key}");
         let empty = Ceremony::new(key, SERVER_PROFILE);
         let full = Ceremony::new(key, SERVER_PROFILE);
-        let csrs: Vec<Vec<u8>> = (0..32)
-            .map(|i| make_csr(empty.dir(), &format!("scale-{i}"), csr_key))
-            .collect();
+        let csrs = distinct_csrs(empty.dir(), "scale", csr_key);
         let started = Instant::now();
         let out = std::process::Command::new(std::env::current_exe()?)
             .arg("--fill-child")
@@ -232,11 +247,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         writeln!(
             report,
             "| {} | {} | {} | {} | {:.3} + {:.3} + {:.3} = {:.3} | {} | {} | {fill_s:.0} s |",
-            if key == "rsa2048" {
-                "RSA-2048"
-            } else {
-                "ECDSA P-256"
-            },
+            label,
             spread(rows.iter().map(|r| r.0 .0).collect(), rate),
             spread(rows.iter().map(|r| r.1 .0).collect(), rate),
             spread(rows.iter().map(|r| r.1 .0 / r.0 .0).collect(), pct),
@@ -249,16 +260,6 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         )?;
     }
     writeln!(report)?;
-    Ok(())
-}
-
-/// Runs `taskset` for every thread of `pid` with CPU list `cpus`.
-fn taskset(pid: u32, cpus: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "taskset {cpus} {pid} failed");
     Ok(())
 }
 
@@ -290,26 +291,19 @@ pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     )?;
     writeln!(report, "|---|---|---|---|---|---|")?;
     let me = std::process::id();
-    let all = format!("0-{}", cpus - 1);
-    for (key, csr_key) in [
-        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
-        ("rsa2048", &["rsa:2048"][..]),
-    ] {
+    for (key, csr_key, label) in KEYS {
         eprintln!("bench: issuance on one core and on two, {key}");
         let ceremony = Ceremony::new(key, SERVER_PROFILE);
-        let csrs: Vec<Vec<u8>> = (0..32)
-            .map(|i| make_csr(ceremony.dir(), &format!("cores-{i}"), csr_key))
-            .collect();
+        let csrs = distinct_csrs(ceremony.dir(), "cores", csr_key);
         let r = start(&ceremony)?;
         let pid = r.bench.daemon.pid();
         round(&r, &csrs, 50, "warm")?;
         let mut rows = Vec::new();
         for k in 0..rounds {
-            taskset(pid, "0")?;
-            taskset(me, "1")?;
+            anyhow::ensure!(pin(pid, 0) && pin(me, 1), "taskset failed");
             let one = round(&r, &csrs, n, &format!("one{k}"));
-            taskset(pid, &all)?;
-            taskset(me, &all)?;
+            unpin(pid);
+            unpin(me);
             let one = one?;
             let two = round(&r, &csrs, n, &format!("two{k}"))?;
             eprintln!(
@@ -327,11 +321,7 @@ pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         writeln!(
             report,
             "| {} | {} | {} | {} | {} | {} |",
-            if key == "rsa2048" {
-                "RSA-2048"
-            } else {
-                "ECDSA P-256"
-            },
+            label,
             spread(rows.iter().map(|r| r.0 .0).collect(), rate),
             spread(rows.iter().map(|r| r.1 .0).collect(), rate),
             spread(rows.iter().map(|r| r.0 .1).collect(), ms),

@@ -730,38 +730,8 @@ impl Profile {
                 "expected dns and/or ip names, with require_san: true (BR 7.1.2.7.12)".into(),
             ));
         }
-        let (allowed, required) = rules.attributes();
-        if let Some(a) = self
-            .subject_attributes
-            .iter()
-            .chain(&self.required_subject_attributes)
-            .find(|a| !allowed.contains(&a.as_str()))
-        {
-            return Err((
-                "subject_attributes",
-                format!(
-                    "{a} is not allowed in a {} certificate (allowed: {})",
-                    rules.name(),
-                    allowed.join(", ")
-                ),
-            ));
-        }
-        if let Some(a) = required
-            .iter()
-            .find(|r| !self.required_subject_attributes.iter().any(|a| a == *r))
-        {
-            return Err((
-                "required_subject_attributes",
-                format!("a {} certificate needs {a}", rules.name()),
-            ));
-        }
-        let policy = rules.policy().unwrap_or_default();
-        if !self.policies.iter().any(|p| p == policy) {
-            return Err((
-                "policies",
-                format!("{} certificates assert {policy}", rules.name()),
-            ));
-        }
+        self.check_level_attributes()?;
+        let policy = self.check_level_policy()?;
         if let Some(other) = self
             .policies
             .iter()
@@ -783,6 +753,50 @@ impl Profile {
         }
         Ok(())
     }
+
+    /// The subject attributes a Forum rule set allows for its level, and
+    /// those it requires, against the profile's.
+    fn check_level_attributes(&self) -> Result<(), (&'static str, String)> {
+        let name = self.rules.name();
+        let (allowed, required) = self.rules.attributes();
+        if let Some(a) = self
+            .subject_attributes
+            .iter()
+            .chain(&self.required_subject_attributes)
+            .find(|a| !allowed.contains(&a.as_str()))
+        {
+            return Err((
+                "subject_attributes",
+                format!(
+                    "{a} is not allowed in a {name} certificate (allowed: {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if let Some(a) = required
+            .iter()
+            .find(|r| !self.required_subject_attributes.iter().any(|a| a == *r))
+        {
+            return Err((
+                "required_subject_attributes",
+                format!("a {name} certificate needs {a}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Forum rule set's policy OID is among the profile's; returns it.
+    fn check_level_policy(&self) -> Result<&'static str, (&'static str, String)> {
+        let policy = self.rules.policy().unwrap_or_default();
+        if !self.policies.iter().any(|p| p == policy) {
+            return Err((
+                "policies",
+                format!("{} certificates assert {policy}", self.rules.name()),
+            ));
+        }
+        Ok(policy)
+    }
+
     /// [`Profile::check_rules`] for the S/MIME Baseline Requirements (strict
     /// generation).
     fn check_smime_rules(&self) -> Result<(), (&'static str, String)> {
@@ -824,30 +838,7 @@ impl Profile {
                 "expected [email] with require_san: true (S/MIME BR 7.1.2.3 h)".into(),
             ));
         }
-        let (allowed, required) = rules.attributes();
-        if let Some(a) = self
-            .subject_attributes
-            .iter()
-            .chain(&self.required_subject_attributes)
-            .find(|a| !allowed.contains(&a.as_str()))
-        {
-            return Err((
-                "subject_attributes",
-                format!(
-                    "{a} is not allowed in a {name} certificate (allowed: {})",
-                    allowed.join(", ")
-                ),
-            ));
-        }
-        if let Some(a) = required
-            .iter()
-            .find(|r| !self.required_subject_attributes.iter().any(|a| a == *r))
-        {
-            return Err((
-                "required_subject_attributes",
-                format!("a {name} certificate needs {a}"),
-            ));
-        }
+        self.check_level_attributes()?;
         if rules.names_a_person()
             && !self
                 .subject_attributes
@@ -859,10 +850,7 @@ impl Profile {
                 format!("a {name} certificate needs GN, SN or pseudonym: allow at least one"),
             ));
         }
-        let policy = rules.policy().unwrap_or_default();
-        if !self.policies.iter().any(|p| p == policy) {
-            return Err(("policies", format!("{name} certificates assert {policy}")));
-        }
+        let policy = self.check_level_policy()?;
         if let Some(other) = self.policies.iter().find(|p| {
             (p.starts_with(CABF_SMIME_ARC) && *p != policy)
                 || CABF_TLS_POLICIES.contains(&p.as_str())
