@@ -461,6 +461,7 @@ fn an_imported_intermediate_of_this_root_is_registered_and_revocable() {
             issuer: "root".into(),
             have_number: None,
             have_sha256: None,
+            shard: None,
         })
         .unwrap();
     let der = crl.crl.unwrap();

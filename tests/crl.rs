@@ -154,6 +154,7 @@ fn crls_check_out_with_openssl_and_track_revocations() {
             issuer: "sub".into(),
             have_number: None,
             have_sha256: None,
+            shard: None,
         })
         .unwrap();
     assert_eq!(first.entries, 3);
@@ -207,6 +208,7 @@ fn crls_check_out_with_openssl_and_track_revocations() {
             issuer: "sub".into(),
             have_number: Some(vec![0x7f; 12]),
             have_sha256: Some(vec![0; 32]),
+            shard: None,
         })
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_CRL), "{err}");
@@ -220,6 +222,7 @@ fn crls_check_out_with_openssl_and_track_revocations() {
             issuer: "sub".into(),
             have_number: Some(current.number.clone()),
             have_sha256: None,
+            shard: None,
         })
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_CRL), "{err}");
@@ -229,6 +232,7 @@ fn crls_check_out_with_openssl_and_track_revocations() {
             issuer: "sub".into(),
             have_number: None,
             have_sha256: Some(current.sha256.clone()),
+            shard: None,
         })
         .unwrap();
     assert!(!whole.unchanged && whole.crl.is_some() && whole.diff.is_none());
@@ -237,6 +241,7 @@ fn crls_check_out_with_openssl_and_track_revocations() {
             issuer: "nope".into(),
             have_number: None,
             have_sha256: None,
+            shard: None,
         })
         .unwrap_err();
     assert_eq!(err.status(), Some(Status::UNKNOWN_ISSUER), "{err}");

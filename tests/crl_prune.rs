@@ -63,6 +63,7 @@ fn expired_entries_leave_the_crl_after_the_grace_period() {
                     issuer: "sub".into(),
                     have_number: have.map(|h| h.number.clone()),
                     have_sha256: have.map(|h| h.sha256.clone()),
+                    shard: None,
                 },
             )
             .unwrap()

@@ -37,8 +37,14 @@ struct Pair {
 }
 
 fn pair() -> Pair {
+    pair_with(|_| {})
+}
+
+/// [`pair`] with the ceremony's configuration changed by `edit` first.
+fn pair_with(edit: impl FnOnce(&mut Ceremony)) -> Pair {
     let mut ceremony = Ceremony::new_as("signer-a", "p256", SERVER_PROFILE);
     ceremony.add_openpgp();
+    edit(&mut ceremony);
     let t = Twins::with_ceremony_on(ceremony, LinkSpec::baud(115_200));
     let d = t.ceremony.dir().to_path_buf();
     drop(t.a.client());
@@ -215,15 +221,21 @@ fn gateway_yaml(name: &str, devices: &[&Path], queue: &str, extra: &str) -> Stri
     )
 }
 
+/// The intermediate's CRL shards in the gateway test: published by the
+/// gateway under their URLs' paths.
+const SHARD_URL: &str = "http://crl.example.org/sub/{shard}.crl";
+
 #[test]
 fn sqlite_queue_through_twins_with_the_gateway_killed_and_a_twin_lost() {
+    // The intermediate has partitioned CRLs: the gateway publishes them
+    // beside its full CRL, from either twin.
     let Pair {
         mut t,
         d,
         key,
         csrs,
         expires,
-    } = pair();
+    } = pair_with(|c| c.with_crl_shards(2, SHARD_URL));
 
     let crl_dir = d.join("crl");
     std::fs::create_dir(&crl_dir).unwrap();
@@ -388,6 +400,41 @@ fn sqlite_queue_through_twins_with_the_gateway_killed_and_a_twin_lost() {
     }
     assert!(crl_dir.join("sub-ca.pem").exists());
     assert!(crl_dir.join("root.crl").exists());
+    // Each shard's CRL, at its URL's path, lists exactly the revoked
+    // certificates of that shard (their serials carry it) and names its URL.
+    let mut on_shards = 0;
+    for shard in 0..2u8 {
+        let file = crl_dir.join(format!("sub/{shard}.crl"));
+        let url = SHARD_URL.replace("{shard}", &shard.to_string());
+        wait_until(
+            "a shard's CRL to list its revocations",
+            Duration::from_secs(60),
+            || {
+                std::fs::read(&file)
+                    .ok()
+                    .and_then(|der| signer_x509::crl::parse(&der).ok())
+                    .is_some_and(|(h, entries)| {
+                        h.shard_url.as_deref() == Some(url.as_str())
+                            && entries.len()
+                                == revoked_serials
+                                    .iter()
+                                    .filter(|s| {
+                                        signer_x509::shard_of(&hex::decode(s).unwrap())
+                                            == Some(shard)
+                                    })
+                                    .count()
+                    })
+            },
+            || gw.log(),
+        );
+        let (_, entries) = signer_x509::crl::parse(&std::fs::read(&file).unwrap()).unwrap();
+        assert!(entries
+            .iter()
+            .all(|e| signer_x509::shard_of(&e.serial) == Some(shard)));
+        on_shards += entries.len();
+        assert!(crl_dir.join(format!("sub/{shard}.pem")).exists());
+    }
+    assert_eq!(on_shards, REVOKE);
 
     // Stopping is clean; the twin comes back and both agree: every sign row
     // is one certificate on both signers, no request id has two.

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use signer_client::{Calls, Client, ClientError};
 use signer_protocol::{calls, msg, Status};
-use signer_testsupport::ca::{full_crl, make_csr, Ceremony};
+use signer_testsupport::ca::{full_crl, linter, make_csr, pkilint, Ceremony};
 use signer_testsupport::{bin, output, Bench, LinkSpec};
 
 const PROFILES: &str = "  profiles:
@@ -107,40 +107,6 @@ const ACCEPTED: [&str; 2] = [
     "cabf.serverauth.dv.common_name_attribute_present",
     "cabf.serverauth.ov.common_name_attribute_present",
 ];
-
-/// A pkilint command: from the virtual environment scripts/setup-debian.sh
-/// makes (`PKILINT_VENV`, by default ~/.cache/serial-link-signer/pkilint),
-/// else from PATH.
-fn linter(tool: &str) -> Command {
-    let venv = std::env::var_os("PKILINT_VENV")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".cache/serial-link-signer/pkilint"))
-        });
-    match venv.map(|v| v.join("bin").join(tool)) {
-        Some(path) if path.exists() => Command::new(path),
-        _ => Command::new(tool),
-    }
-}
-
-/// pkilint's findings at WARNING and above, as (code, severity).
-fn pkilint(tool: &str, args: &[&str], file: &Path) -> Vec<(String, String)> {
-    let (code, out, err) = output(linter(tool).args(args).arg(file));
-    assert!(
-        code.is_some(),
-        "{tool} (pip install pkilint; scripts/setup-debian.sh installs it): {err}"
-    );
-    out.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let (code, severity) = l.rsplit_once(" (")?;
-            let severity = severity.strip_suffix(')')?;
-            matches!(severity, "FATAL" | "ERROR" | "WARNING")
-                .then(|| (code.to_string(), severity.to_string()))
-        })
-        .collect()
-}
 
 /// The certificate in PEM file `name` under `d`, written as DER beside it
 /// (pkilint reads DER); its path.

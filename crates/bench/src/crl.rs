@@ -53,6 +53,7 @@ pub fn child(dir: &Path, n: u64) -> anyhow::Result<()> {
         base + 7 * 86_400,
         &[0x01],
         n as usize * 40,
+        None,
     )?;
     for i in 0..n {
         let s = serial(i);
@@ -302,6 +303,7 @@ pub fn diff_child(dir: &Path, n: u64, added: u64) -> anyhow::Result<()> {
                 issuer: "sub".into(),
                 have_number: have.map(|h| h.0.to_vec()),
                 have_sha256: have.map(|h| h.1.to_vec()),
+                shard: None,
             },
         )
     };
@@ -421,6 +423,7 @@ pub fn scale_child(dir: &Path, n: u64, fill: bool, rounds: u64) -> anyhow::Resul
                     issuer: "sub".into(),
                     have_number: None,
                     have_sha256: None,
+                    shard: None,
                 },
             )
             .map_err(|f| anyhow::anyhow!("{f}"))?;

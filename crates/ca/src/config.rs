@@ -37,6 +37,35 @@ pub struct CaEntry {
     /// of the legacy CA being migrated); recorded as legacy. Default false.
     #[serde(default)]
     pub legacy_serials: bool,
+    /// Partitioned CRLs (absent: one CRL for every certificate).
+    #[serde(default)]
+    pub crl_shards: Option<CrlShards>,
+}
+
+/// `ca.cas[].crl_shards`: the issuer's certificates are spread over
+/// `count` CRL shards, each certificate's shard chosen at issuance and kept
+/// in its serial; shard *n*'s CRL is at `url` with `{shard}` replaced by
+/// *n*, and every certificate's CRL distribution point names its shard's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlShards {
+    /// Shards, 1–256. It may grow; it never shrinks (the certificates of a
+    /// removed shard would name a CRL no longer published).
+    pub count: u16,
+    /// The shards' CRL URL, an `http://` URL with `{shard}` once in it,
+    /// e.g. `http://crl.example.org/sub/{shard}.crl`.
+    pub url: String,
+}
+
+impl CaEntry {
+    /// The CRL URLs of the issuer's shards in order (None: no shards).
+    pub fn shard_urls(&self) -> Option<Vec<String>> {
+        self.crl_shards.as_ref().map(|s| {
+            (0..s.count)
+                .map(|n| signer_x509::shard_url(&s.url, n as u8))
+                .collect()
+        })
+    }
 }
 
 /// The `ca:` section.
@@ -352,7 +381,89 @@ impl Section for CaConfig {
                     format!("no key named {} in ca.keys", c.key),
                 ));
             }
+            if c.name.contains('#') {
+                return Err(invalid(
+                    format!("ca.cas[{i}].name"),
+                    format!("{:?}: a CA name has no '#' (it names a CRL shard)", c.name),
+                ));
+            }
+            if let Some(shards) = &c.crl_shards {
+                if !(1..=256).contains(&shards.count) {
+                    return Err(invalid(
+                        format!("ca.cas[{i}].crl_shards.count"),
+                        format!("expected 1 to 256, got {}", shards.count),
+                    ));
+                }
+                let placeholder = signer_x509::issue::SHARD_PLACEHOLDER;
+                if !shards.url.starts_with("http://")
+                    || shards.url.matches(placeholder).count() != 1
+                {
+                    return Err(invalid(
+                        format!("ca.cas[{i}].crl_shards.url"),
+                        format!(
+                            "expected an http:// URL with {placeholder} once in it, such as http://crl.example.org/{}/{placeholder}.crl, got {:?}",
+                            c.name, shards.url
+                        ),
+                    ));
+                }
+            }
             resolve(base, &mut c.certificate);
+        }
+        // A sharded issuer's profiles name the shard's CRL: theirs unless
+        // they name one themselves (the full CRL, which stays available).
+        for (name, p) in self.profiles.iter_mut() {
+            let shards = self
+                .cas
+                .iter()
+                .find(|c| c.name == p.issuer)
+                .and_then(|c| c.crl_shards.as_ref());
+            let placeholder = signer_x509::issue::SHARD_PLACEHOLDER;
+            let key = format!("ca.profiles.{name}.crl_urls");
+            match shards {
+                None => {
+                    if p.crl_urls.iter().any(|u| u.contains(placeholder)) {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "{placeholder} names a CRL shard, and ca.cas {} has no crl_shards",
+                                p.issuer
+                            ),
+                        ));
+                    }
+                }
+                Some(shards) => {
+                    if p.crl_urls.is_empty() {
+                        p.crl_urls = vec![shards.url.clone()];
+                    }
+                    if p.crl_urls
+                        .iter()
+                        .any(|u| u.contains(placeholder) && *u != shards.url)
+                    {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "a shard's CRL is at ca.cas {}'s crl_shards.url ({}); leave crl_urls out",
+                                p.issuer, shards.url
+                            ),
+                        ));
+                    }
+                    if p.crl_urls.len() > 1 && p.crl_urls.contains(&shards.url) {
+                        return Err(invalid(
+                            key,
+                            "a certificate in a CRL shard names that shard's CRL alone (its CRL's issuing distribution point names one URL)".into(),
+                        ));
+                    }
+                    if p.ca_path_len.is_some() {
+                        return Err(invalid(
+                            format!("ca.profiles.{name}.ca_path_len"),
+                            format!(
+                                "ca.cas {} has crl_shards: a shard's CRL lists subscriber certificates only (onlyContainsUserCerts); issue CA certificates under an issuer without shards",
+                                p.issuer
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         if let Some(o) = &mut self.openpgp {
             if !names.contains(o.key.as_str()) {

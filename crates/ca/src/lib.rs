@@ -113,6 +113,21 @@ fn reply_from(record: &CertRecord, replayed: bool) -> msg::SignX509Reply {
 }
 
 /// The signature value of a DER CRL, read without decoding its entries.
+/// The name a CRL is kept under in the repository: the issuer's, or for
+/// one of its shards `issuer#shard` (CA names have no '#').
+fn crl_scope(issuer: &str, shard: Option<u8>) -> String {
+    match shard {
+        Some(n) => format!("{issuer}#{n}"),
+        None => issuer.to_string(),
+    }
+}
+
+/// Whether a revocation of `serial` goes on the CRL of `shard` (every
+/// revocation is on the full CRL).
+fn in_shard(serial: &[u8], shard: Option<u8>) -> bool {
+    shard.is_none_or(|n| signer_x509::shard_of(serial) == Some(n))
+}
+
 fn crl_signature(der: &[u8]) -> Option<Vec<u8>> {
     use der::Decode;
     #[derive(der::Sequence)]
@@ -460,9 +475,21 @@ impl CaService {
         Ok(Prepared::Record(record, issued.csr_fingerprint))
     }
 
+    /// A serial no certificate of `ca` has; for an issuer with CRL shards,
+    /// in a shard chosen at random (the serial carries it).
     fn fresh_serial(&self, ca: &str) -> Result<Vec<u8>, Failure> {
+        let shards = self
+            .config
+            .cas
+            .iter()
+            .find(|c| c.name == ca)
+            .and_then(|c| c.crl_shards.as_ref())
+            .map(|s| s.count);
         for _ in 0..8 {
-            let serial = signer_x509::random_serial(self.config.serial_prefix);
+            let serial = match shards {
+                Some(count) => signer_x509::sharded_serial(self.config.serial_prefix, count),
+                None => signer_x509::random_serial(self.config.serial_prefix),
+            };
             if !self
                 .repo
                 .serial_exists(ca, &serial)
@@ -618,17 +645,27 @@ impl CaService {
         }
     }
 
-    /// The issuer's current CRL: the stored one while it is fresh and no
-    /// revocation came since, else a new one, signed and stored.
-    pub fn current_crl(&self, issuer: &str) -> Result<CrlRecord, Failure> {
+    /// The issuer's current CRL (of its shard `shard`, if given): the
+    /// stored one while it is fresh and no revocation came since, else a
+    /// new one, signed and stored.
+    pub fn current_crl(&self, issuer: &str, shard: Option<u8>) -> Result<CrlRecord, Failure> {
         let _one_at_a_time = self.crl_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let shard_url = match shard {
+            Some(n) => Some(self.shard_url(issuer, n)?),
+            None => None,
+        };
+        // A shard's CRLs are kept under their own name: their numbers,
+        // history and differences are the shard's.
+        let scope = crl_scope(issuer, shard);
+        let issuer_name = issuer;
+        let issuer = scope.as_str();
         let last = self
             .repo
             .last_crl(issuer)
             .map_err(|e| self.damaged(e, "no CRL was sent"))?;
         let seq = self
             .repo
-            .revocation_seq(issuer)
+            .revocation_seq(issuer_name)
             .map_err(|e| self.damaged(e, "no CRL was sent"))?;
         // A set-back clock must not judge the stored CRL fresh either.
         self.check_clock(None)?;
@@ -644,8 +681,8 @@ impl CaService {
         let issuer_set = self.issuer()?;
         let ca = issuer_set
             .cas
-            .get(issuer)
-            .ok_or_else(|| self.unknown_issuer(issuer))?;
+            .get(issuer_name)
+            .ok_or_else(|| self.unknown_issuer(issuer_name))?;
         self.check_clock(Some(ca))?;
         let scheme = signer_x509::issue::default_scheme(ca.kind);
         let now_us = u128::try_from(self.clock.now_us()).unwrap_or(0);
@@ -660,14 +697,25 @@ impl CaService {
         );
         let next_update = now + i64::from(self.config.crl.next_update_hours) * 3600;
         let capacity = last.as_ref().map_or(1024, |l| l.1);
-        let mut builder = CrlBuilder::new(ca, scheme, now, next_update, &number, capacity)
-            .map_err(|e| issue_failure(&e))?;
+        let mut builder = CrlBuilder::new(
+            ca,
+            scheme,
+            now,
+            next_update,
+            &number,
+            capacity,
+            shard_url.as_deref(),
+        )
+        .map_err(|e| issue_failure(&e))?;
         let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
         let mut failed = None;
         let snapshot_seq = self
             .repo
-            .for_each_crl_entry(issuer, |r| {
-                if r.cert_not_after.is_some_and(|na| na + grace < now) || failed.is_some() {
+            .for_each_crl_entry(issuer_name, |r| {
+                if r.cert_not_after.is_some_and(|na| na + grace < now)
+                    || failed.is_some()
+                    || !in_shard(&r.serial, shard)
+                {
                     return;
                 }
                 let entry = CrlEntry {
@@ -709,6 +757,27 @@ impl CaService {
         Ok(record)
     }
 
+    /// The CRL URL of `issuer`'s shard `shard`, which must exist.
+    fn shard_url(&self, issuer: &str, shard: u8) -> Result<String, Failure> {
+        let shards = self
+            .config
+            .cas
+            .iter()
+            .find(|c| c.name == issuer)
+            .and_then(|c| c.crl_shards.as_ref());
+        match shards {
+            Some(s) if u16::from(shard) < s.count => Ok(signer_x509::shard_url(&s.url, shard)),
+            Some(s) => Err(Failure::new(
+                Status::UNKNOWN_SHARD,
+                format!("{issuer} has CRL shards 0 to {}, not {shard}", s.count - 1),
+            )),
+            None => Err(Failure::new(
+                Status::UNKNOWN_SHARD,
+                format!("{issuer} has no CRL shards: fetch its CRL without a shard"),
+            )),
+        }
+    }
+
     /// Handles `fetch_crl`.
     pub fn fetch_crl(
         &self,
@@ -718,7 +787,8 @@ impl CaService {
         if !self.config.cas.iter().any(|c| c.name == request.issuer) {
             return Err(self.unknown_issuer(&request.issuer));
         }
-        let crl = self.current_crl(&request.issuer)?;
+        let crl = self.current_crl(&request.issuer, request.shard)?;
+        let scope = crl_scope(&request.issuer, request.shard);
         let mut reply = msg::FetchCrlReply {
             unchanged: false,
             number: crl.number.clone(),
@@ -732,7 +802,7 @@ impl CaService {
         if let Some(have) = &request.have_number {
             let meta = self
                 .repo
-                .crl_meta(&request.issuer, have)
+                .crl_meta(&scope, have)
                 .map_err(|e| self.damaged(e, "no CRL was sent"))?;
             let Some(meta) =
                 meta.filter(|m| request.have_sha256.as_deref() == Some(m.sha256.as_slice()))
@@ -742,7 +812,7 @@ impl CaService {
                     format!(
                         "this signer never issued CRL number {} with that digest for {}",
                         hex::encode(have),
-                        request.issuer
+                        scope
                     ),
                 ));
             };
@@ -750,7 +820,7 @@ impl CaService {
                 reply.unchanged = true;
                 return Ok(reply);
             }
-            let diff = self.crl_diff(&request.issuer, have, &meta, &crl)?;
+            let diff = self.crl_diff(&request.issuer, request.shard, have, &meta, &crl)?;
             let estimate =
                 diff.added.len() * 40 + diff.removed.len() * 24 + diff.signature.len() + 64;
             if estimate < crl.der.len() / 2 {
@@ -769,6 +839,7 @@ impl CaService {
     fn crl_diff(
         &self,
         issuer: &str,
+        shard: Option<u8>,
         base: &[u8],
         old: &CrlMeta,
         current: &CrlRecord,
@@ -781,7 +852,7 @@ impl CaService {
         let mut removed = Vec::new();
         self.repo
             .for_each_crl_entry(issuer, |r| {
-                if r.seq > current.revocation_seq {
+                if r.seq > current.revocation_seq || !in_shard(&r.serial, shard) {
                     return;
                 }
                 if r.seq > old.revocation_seq {
@@ -823,6 +894,12 @@ impl CaService {
                 .map(|c| msg::CaCert {
                     name: c.name.clone(),
                     certificate: c.cert_der.clone(),
+                    crl_shards: self
+                        .config
+                        .cas
+                        .iter()
+                        .find(|e| e.name == c.name)
+                        .and_then(config::CaEntry::shard_urls),
                 })
                 .collect(),
         })

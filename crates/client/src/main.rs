@@ -136,6 +136,17 @@ enum Cmd {
         /// The issuer's certificate to verify the CRL with (default: from the signer's ca_certs).
         #[arg(long)]
         ca_cert: Option<PathBuf>,
+        /// A shard's CRL (an issuer with partitioned CRLs), 0 first; without
+        /// it, the full CRL.
+        #[arg(long)]
+        shard: Option<u8>,
+    },
+    /// Print an issuer's CRL shards as the JSON array of CRL URLs the CCADB
+    /// asks for ("JSON Array of Partitioned CRLs").
+    CrlUrls {
+        /// Name of the issuing CA.
+        #[arg(long)]
+        issuer: String,
     },
     /// Fetch the CA certificates the signer issues under.
     CaCerts {
@@ -427,7 +438,9 @@ fn run(cli: &Cli, client: &Failover) -> Result<ExitCode, Failed> {
             issuer,
             out,
             ca_cert,
-        } => crl(client, json, issuer, out, ca_cert.as_deref())?,
+            shard,
+        } => crl(client, json, issuer, *shard, out, ca_cert.as_deref())?,
+        Cmd::CrlUrls { issuer } => crl_urls(client, issuer)?,
         Cmd::Revoke {
             issuer,
             serial,
@@ -914,10 +927,32 @@ fn ca_certs(client: &Failover, json: bool, out_dir: Option<&Path>) -> Result<Exi
         let list: Vec<_> = reply
             .cas
             .iter()
-            .map(|c| serde_json::json!({"name": c.name, "certificate": signer_x509::cert_pem(&c.certificate)}))
+            .map(|c| {
+                let mut v = serde_json::json!({"name": c.name, "certificate": signer_x509::cert_pem(&c.certificate)});
+                if let Some(shards) = &c.crl_shards {
+                    v["crl_shards"] = serde_json::json!(shards);
+                }
+                v
+            })
             .collect();
         say!("{}", serde_json::Value::Array(list));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn crl_urls(client: &Failover, issuer: &str) -> Result<ExitCode, Failed> {
+    let reply: msg::CaCertsReply = client.request::<calls::CaCerts>(&msg::Empty {})?;
+    let ca = reply
+        .cas
+        .iter()
+        .find(|c| c.name == issuer)
+        .ok_or_else(|| Failed::Input(format!("the signer has no CA named {issuer}")))?;
+    let shards = ca.crl_shards.as_ref().ok_or_else(|| {
+        Failed::Input(format!(
+            "{issuer} has no CRL shards: its certificates name its full CRL"
+        ))
+    })?;
+    say!("{}", serde_json::json!(shards));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -993,6 +1028,7 @@ fn crl(
     client: &Failover,
     json: bool,
     issuer: &str,
+    shard: Option<u8>,
     out: &Path,
     ca_cert: Option<&Path>,
 ) -> Result<ExitCode, Failed> {
@@ -1009,8 +1045,13 @@ fn crl(
         None => None,
     };
     let before = client.stats().bytes_received;
-    let fetched =
-        signer_client::verify::fetch_crl_checked(client, issuer, have.as_deref(), cert.as_deref())?;
+    let fetched = signer_client::verify::fetch_crl_checked(
+        client,
+        issuer,
+        shard,
+        have.as_deref(),
+        cert.as_deref(),
+    )?;
     let received = client.stats().bytes_received - before;
     let (reply, new_der, via) = (fetched.reply, fetched.der, fetched.via);
     if let Some(der) = &new_der {

@@ -45,15 +45,17 @@ pub fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
     Some(n.as_bytes().to_vec())
 }
 
-/// Fetches the current CRL of `issuer`, as a difference against `have` (the
-/// copy held, if any) where the signer can, and checks it: the bytes match
-/// the announced SHA-256 and the signature verifies with `issuer_cert` (DER;
-/// fetched with `ca_certs` when not given). A copy the signer does not know,
-/// or a difference that does not rebuild the signer's bytes, is answered by
-/// fetching the whole CRL.
+/// Fetches the current CRL of `issuer` (of its shard `shard`, if given),
+/// as a difference against `have` (the copy held, if any) where the signer
+/// can, and checks it: the bytes match the announced SHA-256, the signature
+/// verifies with `issuer_cert` (DER; fetched with `ca_certs` when not
+/// given), and a shard's CRL names a shard (its issuing distribution
+/// point). A copy the signer does not know, or a difference that does not
+/// rebuild the signer's bytes, is answered by fetching the whole CRL.
 pub fn fetch_crl_checked(
     client: &impl Calls,
     issuer: &str,
+    shard: Option<u8>,
     have: Option<&[u8]>,
     issuer_cert: Option<&[u8]>,
 ) -> Result<FetchedCrl, ClientError> {
@@ -61,6 +63,7 @@ pub fn fetch_crl_checked(
         issuer: issuer.to_string(),
         have_number: have.and_then(crl_number),
         have_sha256: have.map(|d| sha2::Sha256::digest(d).to_vec()),
+        shard,
     };
     let whole = msg::FetchCrl {
         have_number: None,
@@ -110,6 +113,14 @@ pub fn fetch_crl_checked(
         signer_x509::crl::verify(der, &cert).map_err(|e| {
             ClientError::Protocol(format!("the CRL's signature does not verify: {e}"))
         })?;
+        if let Some(shard) = shard {
+            let (header, _) = signer_x509::crl::parse(der).map_err(ClientError::Protocol)?;
+            if header.shard_url.is_none() {
+                return Err(ClientError::Protocol(format!(
+                    "the CRL of shard {shard} names no shard (no issuing distribution point)"
+                )));
+            }
+        }
     }
     Ok(FetchedCrl { reply, der, via })
 }
@@ -224,6 +235,7 @@ mod tests {
             cas: vec![msg::CaCert {
                 name: "ca".into(),
                 certificate: cert.to_vec(),
+                crl_shards: None,
             }],
         }
     }

@@ -61,7 +61,60 @@ impl Published {
     }
 }
 
-/// The publisher's per-issuer memory.
+/// One CRL to publish: an issuer's full CRL, or one of its shards'.
+struct Target {
+    /// Its name in the publisher's memory and the metrics: the issuer, or
+    /// `issuer#shard`.
+    key: String,
+    /// A shard's number and CRL URL.
+    shard: Option<(u8, String)>,
+}
+
+impl Target {
+    /// The issuer's full CRL, then its shards' (if it has any).
+    fn all(ca: &msg::CaCert) -> Vec<Target> {
+        let mut all = vec![Target {
+            key: ca.name.clone(),
+            shard: None,
+        }];
+        for (n, url) in ca.crl_shards.iter().flatten().enumerate().take(256) {
+            all.push(Target {
+                key: format!("{}#{n}", ca.name),
+                shard: Some((n as u8, url.clone())),
+            });
+        }
+        all
+    }
+}
+
+/// Where a shard's CRL is published: the URL's path under the published
+/// directory (`http://crl.example.org/sub/3.crl` → `DIR/sub/3.crl`), the
+/// web server serving that directory at the URL's host. A path that would
+/// leave the directory is refused.
+fn shard_file(directory: &Path, url: &str) -> Result<(PathBuf, String), String> {
+    let path = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, path)| path)
+        .ok_or_else(|| format!("{url}: not an http:// URL with a path"))?;
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\\'))
+    {
+        return Err(format!(
+            "{url}: its path does not name a file under the CRL directory"
+        ));
+    }
+    let (name, dirs) = parts
+        .split_last()
+        .ok_or_else(|| format!("{url}: no file name"))?;
+    let dir = dirs.iter().fold(directory.to_path_buf(), |d, p| d.join(p));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok((dir, name.to_string()))
+}
+
+/// The publisher's per-CRL memory.
 #[derive(Default)]
 struct Held {
     published: Option<Published>,
@@ -109,10 +162,6 @@ impl Publisher {
         }
     }
 
-    fn path(&self, issuer: &str) -> PathBuf {
-        self.config.directory.join(self.config.file_name(issuer))
-    }
-
     /// The issuers to publish and their certificates: asked for once every
     /// `check_s` (not on every pass: the link is for requests).
     fn issuers(&self) -> Result<Vec<msg::CaCert>, ClientError> {
@@ -149,27 +198,46 @@ impl Publisher {
         };
         let mut published = 0;
         for ca in cas {
-            match self.refresh_if_due(&ca, now) {
-                Ok(true) => published += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(issuer = %ca.name, cause = %e, "CRL not refreshed; the last good one stays published");
-                    lock(&self.metrics.crls)
-                        .entry(ca.name.clone())
-                        .or_default()
-                        .error = Some(e);
+            // Taken now: a revocation recorded during the fetches marks it again.
+            let revoked = lock(&self.revoked).remove(&ca.name);
+            let mut failed = false;
+            for target in Target::all(&ca) {
+                match self.refresh_if_due(&ca, &target, revoked, now) {
+                    Ok(true) => published += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed = true;
+                        warn!(issuer = %ca.name, crl = %target.key, cause = %e, "CRL not refreshed; the last good one stays published");
+                        lock(&self.metrics.crls)
+                            .entry(target.key.clone())
+                            .or_default()
+                            .error = Some(e);
+                    }
                 }
+            }
+            if failed && revoked {
+                lock(&self.revoked).insert(ca.name.clone());
             }
         }
         published
     }
 
-    fn refresh_if_due(&self, ca: &msg::CaCert, now: i64) -> Result<bool, String> {
+    fn refresh_if_due(
+        &self,
+        ca: &msg::CaCert,
+        target: &Target,
+        revoked: bool,
+        now: i64,
+    ) -> Result<bool, String> {
         let issuer = ca.name.as_str();
+        let (dir, name) = match &target.shard {
+            None => (self.config.directory.clone(), self.config.file_name(issuer)),
+            Some((_, url)) => shard_file(&self.config.directory, url)?,
+        };
         let mut held = lock(&self.held);
-        let h = held.entry(issuer.to_string()).or_insert_with(|| Held {
-            // What is published now, if it is this issuer's and intact.
-            published: std::fs::read(self.path(issuer))
+        let h = held.entry(target.key.clone()).or_insert_with(|| Held {
+            // What is published now, if it is this CRL's and intact.
+            published: std::fs::read(dir.join(&name))
                 .ok()
                 .and_then(|der| Published::read(der, &ca.certificate).ok()),
             last_check: None,
@@ -180,27 +248,30 @@ impl Publisher {
             .is_none_or(|p| now + self.config.refresh_margin_s as i64 >= p.header.next_update)
             || h.last_check
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.config.check_s));
-        // Taken now: a revocation recorded during the fetch marks it again.
-        let revoked = lock(&self.revoked).remove(issuer);
         if !due_by_time && !revoked {
             return Ok(false);
         }
         let have = h.published.as_ref().map(|p| p.der.as_slice());
+        let shard = target.shard.as_ref().map(|(n, _)| *n);
         let fetched =
-            verify::fetch_crl_checked(&*self.signers, issuer, have, Some(&ca.certificate))
-                .map_err(|e| {
-                    if revoked {
-                        lock(&self.revoked).insert(issuer.to_string());
-                    }
-                    e.to_string()
-                })?;
+            verify::fetch_crl_checked(&*self.signers, issuer, shard, have, Some(&ca.certificate))
+                .map_err(|e| e.to_string())?;
         h.last_check = Some(Instant::now());
         let newly = match fetched.der {
             Some(der) => {
                 let new = Published::read(der, &ca.certificate)?;
-                self.publish(issuer, h.published.as_ref(), &new, now)?;
+                if let Some((n, url)) = &target.shard {
+                    if new.header.shard_url.as_deref() != Some(url.as_str()) {
+                        return Err(format!(
+                            "the CRL of shard {n} names {:?} in its issuing distribution point, not {url}",
+                            new.header.shard_url
+                        ));
+                    }
+                }
+                self.publish(&dir, &name, h.published.as_ref(), &new, now)?;
                 info!(
                     issuer,
+                    crl = %target.key,
                     entries = new.entries,
                     this_update = new.header.this_update,
                     next_update = new.header.next_update,
@@ -213,7 +284,7 @@ impl Publisher {
             None => false,
         };
         let mut crls = lock(&self.metrics.crls);
-        let state = crls.entry(issuer.to_string()).or_default();
+        let state = crls.entry(target.key.clone()).or_default();
         if let Some(p) = &h.published {
             state.this_update = p.header.this_update;
             state.next_update = p.header.next_update;
@@ -229,7 +300,8 @@ impl Publisher {
     /// Checks a new CRL against the published one and writes it out.
     fn publish(
         &self,
-        issuer: &str,
+        dir: &Path,
+        name: &str,
         old: Option<&Published>,
         new: &Published,
         now: i64,
@@ -249,10 +321,8 @@ impl Publisher {
                 ));
             }
         }
-        let dir = &self.config.directory;
-        let name = self.config.file_name(issuer);
-        publish_file(dir, &name, &new.der)
-            .map_err(|e| format!("cannot write {}: {e}", dir.join(&name).display()))?;
+        publish_file(dir, name, &new.der)
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))?;
         if self.config.pem {
             let pem_name = format!("{}.pem", name.trim_end_matches(".crl"));
             publish_file(dir, &pem_name, pem_crl(&new.der).as_bytes())
@@ -277,6 +347,24 @@ pub fn pem_crl(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shards_crl_is_published_under_its_urls_path_and_never_outside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (d, name) = shard_file(dir.path(), "http://crl.example.org/sub/3.crl").unwrap();
+        assert_eq!((d, name.as_str()), (dir.path().join("sub"), "3.crl"));
+        assert!(dir.path().join("sub").is_dir());
+        for bad in [
+            "http://crl.example.org/../3.crl",
+            "http://crl.example.org/sub//3.crl",
+            "http://crl.example.org/sub/",
+            "http://crl.example.org",
+            "https://crl.example.org/3.crl",
+            "http://crl.example.org/./3.crl",
+        ] {
+            assert!(shard_file(dir.path(), bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn crl_numbers_compare_as_integers() {

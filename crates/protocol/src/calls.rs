@@ -252,6 +252,9 @@ impl Facts for msg::RevokeX509Reply {}
 impl Facts for msg::FetchCrl {
     fn facts(&self, out: &mut FactList) {
         out.push(("issuer", self.issuer.clone()));
+        if let Some(shard) = self.shard {
+            out.push(("shard", shard.to_string()));
+        }
     }
 }
 

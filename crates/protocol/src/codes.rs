@@ -152,6 +152,8 @@ wire_code! {
         INVALID_INVALIDITY_DATE = 205 => "invalid_invalidity_date",
         /// `fetch_crl` named a CRL this signer never issued.
         UNKNOWN_CRL = 206 => "unknown_crl",
+        /// `fetch_crl` named a shard the issuer does not have (or it has no shards).
+        UNKNOWN_SHARD = 207 => "unknown_shard",
         /// Not an OpenPGP public key (unreadable, several keys, wrong armor).
         MALFORMED_OPENPGP_KEY = 400 => "malformed_openpgp_key",
         /// A secret key was sent instead of a public one.

@@ -202,6 +202,10 @@ pub struct CaCert {
     /// The CA certificate, DER.
     #[serde(with = "serde_bytes")]
     pub certificate: Vec<u8>,
+    /// An issuer with partitioned CRLs: its shards' CRL URLs, shard 0
+    /// first (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_shards: Option<Vec<String>>,
 }
 
 /// `ca_certs` reply.
@@ -258,6 +262,9 @@ pub struct FetchCrl {
     /// SHA-256 of the DER of the copy the client holds, if any.
     #[serde(default, with = "serde_bytes")]
     pub have_sha256: Option<Vec<u8>>,
+    /// A shard's CRL (an issuer with partitioned CRLs); absent: the full CRL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u8>,
 }
 
 /// `fetch_crl` reply.

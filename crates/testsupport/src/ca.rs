@@ -42,6 +42,7 @@ pub fn full_crl(issuer: &str) -> msg::FetchCrl {
         issuer: issuer.into(),
         have_number: None,
         have_sha256: None,
+        shard: None,
     }
 }
 
@@ -283,6 +284,20 @@ impl Ceremony {
         c
     }
 
+    /// Gives the intermediate `sub` partitioned CRLs: `count` shards at
+    /// `url` (with `{shard}` in it) in `ca_yaml` (`ca.cas[1].crl_shards`).
+    pub fn with_crl_shards(&mut self, count: u16, url: &str) {
+        let sub = format!("certificate: {}/sub.pem}}", self.dir().display());
+        assert!(self.ca_yaml.contains(&sub), "{}", self.ca_yaml);
+        self.ca_yaml = self.ca_yaml.replace(
+            &sub,
+            &format!(
+                "certificate: {}/sub.pem, crl_shards: {{count: {count}, url: \"{url}\"}}}}",
+                self.dir().display()
+            ),
+        );
+    }
+
     /// Adds an OpenPGP CA key (RSA-2048, key name `openpgp`) made with
     /// `signerd setup generate-key` and its certificate made with `signerd
     /// setup openpgp`; `ca_yaml` gains the key and `ca.openpgp` (casual
@@ -391,4 +406,38 @@ impl Ceremony {
         assert!(ok, "signerd {args:?}: {text}");
         text
     }
+}
+
+/// A pkilint command: from the virtual environment scripts/setup-debian.sh
+/// makes (`PKILINT_VENV`, by default ~/.cache/serial-link-signer/pkilint),
+/// else from PATH.
+pub fn linter(tool: &str) -> Command {
+    let venv = std::env::var_os("PKILINT_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cache/serial-link-signer/pkilint"))
+        });
+    match venv.map(|v| v.join("bin").join(tool)) {
+        Some(path) if path.exists() => Command::new(path),
+        _ => Command::new(tool),
+    }
+}
+
+/// pkilint's findings at WARNING and above, as (code, severity).
+pub fn pkilint(tool: &str, args: &[&str], file: &Path) -> Vec<(String, String)> {
+    let (code, out, err) = crate::output(linter(tool).args(args).arg(file));
+    assert!(
+        code.is_some(),
+        "{tool} (pip install pkilint; scripts/setup-debian.sh installs it): {err}"
+    );
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (code, severity) = l.rsplit_once(" (")?;
+            let severity = severity.strip_suffix(')')?;
+            matches!(severity, "FATAL" | "ERROR" | "WARNING")
+                .then(|| (code.to_string(), severity.to_string()))
+        })
+        .collect()
 }

@@ -1,7 +1,9 @@
 //! CRL encoding (RFC 5280, section 5): v2, entries in the order given
 //! (callers give numeric serial order), reason codes (none for
 //! unspecified), invalidity dates, and the CRL extensions authority key
-//! identifier (the issuer's own SKI) and CRL number.
+//! identifier (the issuer's own SKI) and CRL number; a shard's CRL (a
+//! partitioned CRL) also a critical issuing distribution point naming the
+//! shard's URL, byte for byte as its certificates' CRL distribution point.
 //!
 //! One buffer holds the whole CRL: entries are appended as they come, the
 //! TBS header is written afterwards into space reserved in front of them,
@@ -18,6 +20,7 @@ const REASON_CODE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.21");
 const INVALIDITY_DATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.24");
 const AUTHORITY_KEY_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.35");
 const CRL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.20");
+const ISSUING_DISTRIBUTION_POINT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.28");
 
 /// Room for the CertificateList and TBSCertList headers and the entries'
 /// SEQUENCE OF header (each at most tag + 9 length octets).
@@ -63,6 +66,42 @@ pub struct Header {
     pub next_update: i64,
     /// cRLNumber, unsigned big-endian.
     pub number: Vec<u8>,
+    /// A shard's CRL: the URL its issuing distribution point names (the
+    /// shard's certificates name it as their CRL distribution point).
+    pub shard_url: Option<String>,
+}
+
+/// The issuing distribution point extension of a shard's CRL (RFC 5280
+/// 5.2.5, BR 7.2.2): critical; distributionPoint fullName the one URI
+/// the shard's certificates carry, onlyContainsUserCerts TRUE (shards are
+/// for issuers of subscriber certificates).
+pub fn issuing_distribution_point(url: &str) -> Vec<u8> {
+    let value = derw::seq(&[
+        &derw::tlv(0xa0, &derw::tlv(0xa0, &derw::tlv(0x86, url.as_bytes()))),
+        &[0x81, 0x01, 0xff],
+    ]);
+    derw::seq(&[
+        &derw::oid(&ISSUING_DISTRIBUTION_POINT),
+        &[0x01, 0x01, 0xff],
+        &derw::octet_string(&value),
+    ])
+}
+
+/// The URL of an issuing distribution point made by
+/// [`issuing_distribution_point`], from the extension's value.
+fn shard_url_of(value: &[u8]) -> Result<String, String> {
+    let bad = || "an issuing distribution point this signer does not make".to_string();
+    let (h, seq, _) = next_tlv(value).ok_or_else(bad)?;
+    let (h1, dp, rest) = next_tlv(&seq[h..]).ok_or_else(bad)?;
+    if seq[0] != 0x30 || dp[0] != 0xa0 || rest != [0x81, 0x01, 0xff] {
+        return Err(bad());
+    }
+    let (h2, full, _) = next_tlv(&dp[h1..]).ok_or_else(bad)?;
+    let (h3, uri, _) = next_tlv(&full[h2..]).ok_or_else(bad)?;
+    if full[0] != 0xa0 || uri[0] != 0x86 || h1 + full.len() != dp.len() {
+        return Err(bad());
+    }
+    String::from_utf8(uri[h3..].to_vec()).map_err(|_| bad())
 }
 
 /// An entry as owned data (for differences and rebuilds).
@@ -205,9 +244,10 @@ pub fn encode_entry(entry: &CrlEntry<'_>) -> Result<Vec<u8>, IssueError> {
 }
 
 impl CrlBuilder {
-    /// Starts a CRL of `ca` with the given times and number; `capacity` is
-    /// the expected size of the entries (e.g. the last CRL's size), so the
-    /// buffer is not reallocated while it grows.
+    /// Starts a CRL of `ca` (of its shard at `shard_url`, if given) with
+    /// the given times and number; `capacity` is the expected size of the
+    /// entries (e.g. the last CRL's size), so the buffer is not
+    /// reallocated while it grows.
     pub fn new(
         ca: &CaSigner,
         scheme: Scheme,
@@ -215,6 +255,7 @@ impl CrlBuilder {
         next_update: i64,
         number: &[u8],
         capacity: usize,
+        shard_url: Option<&str>,
     ) -> Result<Self, IssueError> {
         let header = Header {
             algorithm: algorithm_identifier(scheme),
@@ -223,6 +264,7 @@ impl CrlBuilder {
             this_update,
             next_update,
             number: number.to_vec(),
+            shard_url: shard_url.map(str::to_string),
         };
         CrlBuilder::with_header(&header, capacity)
     }
@@ -249,7 +291,12 @@ impl CrlBuilder {
             &derw::oid(&CRL_NUMBER),
             &derw::octet_string(&derw::uint(&h.number)),
         ]);
-        let extensions = derw::explicit(0, &derw::seq(&[&aki, &crl_number]));
+        let idp = h
+            .shard_url
+            .as_deref()
+            .map(issuing_distribution_point)
+            .unwrap_or_default();
+        let extensions = derw::explicit(0, &derw::seq(&[&aki, &crl_number, &idp]));
         let entries_start = HEADERS + fixed.len();
         let mut buf = Vec::with_capacity(entries_start + capacity + extensions.len() + 600);
         buf.resize(entries_start, 0);
@@ -369,6 +416,7 @@ pub fn parse(der: &[u8]) -> Result<(Header, Vec<OwnedEntry>), String> {
     let tbs = &crl.tbs_cert_list;
     let mut key_id = None;
     let mut number = None;
+    let mut shard_url = None;
     for ext in tbs.crl_extensions.iter().flatten() {
         if ext.extn_id == AUTHORITY_KEY_ID {
             let aki =
@@ -382,6 +430,8 @@ pub fn parse(der: &[u8]) -> Result<(Header, Vec<OwnedEntry>), String> {
                     .as_bytes()
                     .to_vec(),
             );
+        } else if ext.extn_id == ISSUING_DISTRIBUTION_POINT {
+            shard_url = Some(shard_url_of(ext.extn_value.as_bytes())?);
         }
     }
     let header = Header {
@@ -391,6 +441,7 @@ pub fn parse(der: &[u8]) -> Result<(Header, Vec<OwnedEntry>), String> {
         this_update: unix(&tbs.this_update),
         next_update: tbs.next_update.as_ref().map(unix).ok_or("no nextUpdate")?,
         number: number.ok_or("no CRL number")?,
+        shard_url,
     };
     let mut entries = Vec::new();
     for rc in tbs.revoked_certificates.iter().flatten() {
@@ -495,6 +546,7 @@ fn parse_header(tbs: &[u8]) -> Result<(Header, ()), String> {
             this_update: 0,
             next_update: 0,
             number: Vec::new(),
+            shard_url: None,
         },
         (),
     ))
@@ -670,6 +722,7 @@ mod parse_tests {
             1_700_600_000,
             &[1],
             64,
+            None,
         )
         .unwrap();
         b.push(&CrlEntry {
@@ -690,7 +743,7 @@ mod parse_tests {
 mod rebuild_tests {
     use super::*;
 
-    fn header(this_update: i64, number: u8) -> Header {
+    fn header(this_update: i64, number: u8, shard: bool) -> Header {
         Header {
             algorithm: algorithm_identifier(Scheme::Ecdsa(signer_keys::Hash::Sha256)),
             issuer: crate::name::encode(&[("CN".into(), "Test CA".into())]).unwrap(),
@@ -698,7 +751,66 @@ mod rebuild_tests {
             this_update,
             next_update: this_update + 86_400,
             number: vec![number],
+            shard_url: shard.then(|| "http://crl.example.org/sub/3.crl".to_string()),
         }
+    }
+
+    #[test]
+    fn a_shards_crl_names_its_url_in_a_critical_issuing_distribution_point() {
+        use der::Decode;
+        let h = header(1_700_000_000, 1, true);
+        let der = full(&h, &[entry(vec![1, 2], 0, 1, false)], &[1, 2, 3]);
+        let crl = <x509_cert::crl::CertificateList>::from_der(&der).unwrap();
+        let idp = crl
+            .tbs_cert_list
+            .crl_extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == ISSUING_DISTRIBUTION_POINT)
+            .expect("an issuing distribution point");
+        assert!(idp.critical);
+        let value = x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint::from_der(
+            idp.extn_value.as_bytes(),
+        )
+        .unwrap();
+        assert!(value.only_contains_user_certs);
+        assert!(!value.only_contains_ca_certs && !value.indirect_crl);
+        assert!(value.only_some_reasons.is_none());
+        // The same bytes as a certificate's CRL distribution point names it.
+        let cdp = crate::issue::encode_extensions(&crate::issue::ExtensionSpec {
+            ca: None,
+            key_usage: &[],
+            eku: &[],
+            sans: Vec::new(),
+            empty_subject: false,
+            ski: None,
+            aki: None,
+            crl_urls: &["http://crl.example.org/sub/3.crl".to_string()],
+            ocsp_urls: &[],
+            ca_issuers_urls: &[],
+            policies: &[],
+        })
+        .unwrap()
+        .pop()
+        .unwrap();
+        let dp = &idp.extn_value.as_bytes()[2..];
+        let name = &dp[..dp.len() - 3];
+        assert!(
+            cdp.windows(name.len()).any(|w| w == name),
+            "{} not in {}",
+            hex::encode(name),
+            hex::encode(&cdp)
+        );
+        assert_eq!(parse(&der).unwrap().0, h);
+        // The vector of docs/protocol.md (7.7, partitioned CRLs).
+        let vector = hex::encode(issuing_distribution_point(
+            "http://crl.example.org/sub/3.crl",
+        ));
+        assert!(include_str!("../../../docs/protocol.md").contains(&format!("`{vector}`")));
+        // An issuing distribution point of another shape is not read as one.
+        assert!(shard_url_of(&[0x30, 0x03, 0x81, 0x01, 0xff]).is_err());
+        assert!(shard_url_of(&[0x30, 0x00]).is_err());
+        assert!(shard_url_of(&[]).is_err());
     }
 
     fn full(h: &Header, entries: &[OwnedEntry], signature: &[u8]) -> Vec<u8> {
@@ -737,17 +849,18 @@ mod rebuild_tests {
             new_serials in proptest::collection::btree_set(serial_strategy(), 0..30),
             drop_mask in proptest::collection::vec(proptest::bool::ANY, 60),
             reasons in proptest::collection::vec(0u8..6, 90),
+            shard in proptest::bool::ANY,
         ) {
             let old: Vec<OwnedEntry> = old_serials.iter().enumerate()
                 .map(|(i, s)| entry(s.clone(), i as i64, reasons[i], i % 4 == 0)).collect();
-            let old_der = full(&header(1_700_000_000, 1), &old, &[1, 2, 3]);
+            let old_der = full(&header(1_700_000_000, 1, shard), &old, &[1, 2, 3]);
             // New CRL: some old entries pruned, some new ones added.
             let removed: Vec<Vec<u8>> = old.iter().zip(&drop_mask).filter(|(_, d)| **d).map(|(e, _)| e.serial.clone()).collect();
             let added: Vec<OwnedEntry> = new_serials.iter().filter(|s| !old_serials.contains(*s)).enumerate()
                 .map(|(i, s)| entry(s.clone(), 1000 + i as i64, reasons[60 + i], i % 3 == 0)).collect();
             let mut new: Vec<OwnedEntry> = old.iter().filter(|e| !removed.contains(&e.serial)).cloned().collect();
             new.extend(added.iter().cloned());
-            let h2 = header(1_700_100_000, 2);
+            let h2 = header(1_700_100_000, 2, shard);
             let signature = vec![9u8; 71];
             let new_der = full(&h2, &new, &signature);
             let diff = CrlDiff {

@@ -990,7 +990,7 @@ impl Issuer {
             ski: (!profile.rules.is_cabf_serverauth())
                 .then(|| key_identifier(&csr.public_key_bits)),
             aki: Some(ca.key_id.clone()),
-            crl_urls: &profile.crl_urls,
+            crl_urls: &crl_urls(&profile.crl_urls, serial)?,
             ocsp_urls: &profile.ocsp_urls,
             ca_issuers_urls: &profile.ca_issuers_urls,
             policies: &profile.policies,
@@ -1040,6 +1040,57 @@ pub fn serial_at(prefix: u8, ms: u64, random: [u8; 9]) -> Vec<u8> {
     serial
 }
 
+/// Where a sharded issuer's CRL URL takes the shard's number.
+pub const SHARD_PLACEHOLDER: &str = "{shard}";
+
+/// A fresh serial of a certificate in CRL shard `shard`: 17 octets, the
+/// prefix, milliseconds since the epoch (6 octets), the shard, then 72
+/// random bits. The shard travels in the serial, so every signer (and its
+/// twin) puts the certificate's revocation on the shard its CRL
+/// distribution point names, whatever shard count is configured later.
+pub fn serial_in_shard(prefix: u8, shard: u8) -> Vec<u8> {
+    let mut serial = random_serial(prefix);
+    serial.insert(7, shard);
+    serial
+}
+
+/// A fresh serial (as [`serial_in_shard`] makes it) in one of `count`
+/// shards (1–256), chosen at random.
+pub fn sharded_serial(prefix: u8, count: u16) -> Vec<u8> {
+    serial_in_shard(prefix, (rand::random::<u16>() % count.clamp(1, 256)) as u8)
+}
+
+/// The CRL shard a serial made by [`serial_in_shard`] belongs to (None for
+/// the 16-octet serials of an issuer without shards).
+pub fn shard_of(serial: &[u8]) -> Option<u8> {
+    (serial.len() == 17).then(|| serial[7])
+}
+
+/// A shard's CRL URL: the issuer's URL with the shard's number in place.
+pub fn shard_url(template: &str, shard: u8) -> String {
+    template.replace(SHARD_PLACEHOLDER, &shard.to_string())
+}
+
+/// The profile's CRL URLs for the certificate with `serial`: a sharded URL
+/// names the shard the serial carries.
+fn crl_urls(urls: &[String], serial: &[u8]) -> Result<Vec<String>, IssueError> {
+    urls.iter()
+        .map(|u| {
+            if !u.contains(SHARD_PLACEHOLDER) {
+                return Ok(u.clone());
+            }
+            shard_of(serial)
+                .map(|shard| shard_url(u, shard))
+                .ok_or_else(|| {
+                    IssueError::Issuer(format!(
+                        "{u} names a CRL shard, and serial {} carries none",
+                        hex::encode(serial)
+                    ))
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod serial_tests {
     use super::*;
@@ -1056,5 +1107,29 @@ mod serial_tests {
         let (x, y) = (random_serial(0x21), random_serial(0x21));
         assert_ne!(x[7..], y[7..]);
         assert!(x[1..7] <= y[1..7]);
+    }
+
+    #[test]
+    fn a_sharded_serial_carries_its_shard_and_its_url_names_it() {
+        let s = serial_in_shard(0x21, 200);
+        assert_eq!((s.len(), s[0], shard_of(&s)), (17, 0x21, Some(200)));
+        assert_eq!(shard_of(&random_serial(0x21)), None);
+        assert!((0..100).all(|_| shard_of(&sharded_serial(0x21, 3)) < Some(3)));
+        assert_eq!(shard_of(&sharded_serial(0x21, 256)).map(|_| ()), Some(()));
+        let urls = vec![
+            "http://crl.example.org/sub/{shard}.crl".to_string(),
+            "http://crl.example.org/sub.crl".to_string(),
+        ];
+        assert_eq!(
+            crl_urls(&urls, &s).unwrap(),
+            [
+                "http://crl.example.org/sub/200.crl",
+                "http://crl.example.org/sub.crl"
+            ]
+        );
+        assert!(matches!(
+            crl_urls(&urls, &random_serial(0x21)),
+            Err(IssueError::Issuer(_))
+        ));
     }
 }

@@ -27,7 +27,8 @@ pub mod time;
 
 pub use csr::{Csr, CsrError, SubjectKey};
 pub use issue::{
-    random_serial, verify_issued, CaSigner, IssueError, IssueRequest, Issued, Issuer, San,
+    random_serial, serial_in_shard, shard_of, shard_url, sharded_serial, verify_issued, CaSigner,
+    IssueError, IssueRequest, Issued, Issuer, San,
 };
 pub use profile::Profile;
 
