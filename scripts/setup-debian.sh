@@ -36,6 +36,7 @@ if [ ! -s "$debian_root" ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   tree=$(mktemp -d)
+  chmod 0755 "$tree"   # the root directory's mode travels in the tarball
   $sudo debootstrap --variant=minbase --include=adduser,softhsm2,nats-server,openssl,ca-certificates \
     bookworm "$tree" http://deb.debian.org/debian >/dev/null
   mkdir -p "$(dirname "$debian_root")"

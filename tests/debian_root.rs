@@ -157,7 +157,13 @@ impl Host {
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
         let r = root.display();
-        sh(&format!("tar -C {r} -xf {}", tarball.display()));
+        // The root directory's own mode as a host has it: a tarball made
+        // from a private temporary directory would carry 0700, and no user
+        // but root could reach anything.
+        sh(&format!(
+            "tar -C {r} -xf {} && chmod 0755 {r}",
+            tarball.display()
+        ));
         // A minimal /dev: the usual nodes, the ptys, nothing else.
         sh(&format!("mount -t proc proc {r}/proc && mount -t tmpfs -o mode=0755 dev {r}/dev && mkdir {r}/dev/pts {r}/dev/shm"));
         for node in ["null", "zero", "full", "random", "urandom", "tty", "ptmx"] {
