@@ -1078,3 +1078,83 @@ fn smime_certificates_pass_the_smime_linter_and_hostile_requests_are_refused() {
         ("subject_attributes: [CN, O, organizationIdentifier, GN, SN, pseudonym, emailAddress, title, C]", "subject_attributes: [CN, O, organizationIdentifier, emailAddress, title, C]", "ca.profiles.mail-sv.subject_attributes"),
     ]);
 }
+
+/// The profiles configs/signerd.yaml ships (the intermediate named `sub`
+/// here): what each issues passes pkilint, the CA/B Forum linter for the
+/// TLS server profile and RFC 5280's for the TLS client profile, and
+/// `openssl verify -x509_strict` for its purpose.
+#[test]
+fn the_shipped_profiles_issue_what_the_linters_accept() {
+    let shipped = include_str!("../configs/signerd.yaml");
+    let profiles = &shipped[shipped.find("  profiles:\n").unwrap()..];
+    let profiles = profiles.replace("issuer: class1", "issuer: sub");
+    let c = Ceremony::new("p256", &profiles);
+    let d = c.dir().to_path_buf();
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    write_chain(&client, &d);
+    // Profile, subject, SANs, openssl's purpose.
+    type Case<'a> = (&'a str, Subject<'a>, Subject<'a>, &'a str);
+    let cases: [Case; 2] = [
+        (
+            "server",
+            &[("CN", "www.cacert.org")],
+            &[("dns", "www.cacert.org"), ("ip", "8.8.8.8")],
+            "sslserver",
+        ),
+        (
+            "client",
+            &[("CN", "Alice"), ("emailAddress", "alice@cacert.org")],
+            &[("email", "alice@cacert.org")],
+            "sslclient",
+        ),
+    ];
+    for (profile, subject, sans, purpose) in cases {
+        for (key, key_args) in KEYS {
+            let id = format!("shipped-{profile}-{key}");
+            let csr = make_csr(&d, &id, key_args);
+            let reply = sign(&client, &id, profile, &csr, subject, sans, 90)
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+            let file = d.join(format!("{id}.der"));
+            std::fs::write(&file, &reply.certificate).unwrap();
+            // The linter for what the certificate is: a TLS server or an
+            // e-mail certificate is judged by its Forum's rules.
+            let ekus = extended_key_usages(&reply.certificate);
+            let (tool, args): (&str, &[&str]) = if ekus.iter().any(|e| e == "1.3.6.1.5.5.7.3.4") {
+                ("lint_cabf_smime_cert", &["lint", "-d", "-s", "WARNING"])
+            } else if ekus.iter().any(|e| e == "1.3.6.1.5.5.7.3.1") {
+                (
+                    "lint_cabf_serverauth_cert",
+                    &["lint", "-d", "-s", "WARNING"],
+                )
+            } else {
+                ("lint_pkix_cert", &["lint", "-s", "WARNING"])
+            };
+            let findings = pkilint(tool, args, &file);
+            let unexpected: Vec<_> = findings
+                .iter()
+                .filter(|(code, _)| !ACCEPTED.contains(&code.as_str()))
+                .collect();
+            assert!(unexpected.is_empty(), "{id}: {unexpected:?}");
+            openssl_verify(&d, &id, &reply.certificate, &["-purpose", purpose]);
+        }
+    }
+}
+
+/// The extended key usage OIDs of a certificate.
+fn extended_key_usages(der: &[u8]) -> Vec<String> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).unwrap();
+    cert.tbs_certificate()
+        .extensions()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.extn_id.to_string() == "2.5.29.37")
+        .flat_map(|e| {
+            x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes())
+                .unwrap()
+                .0
+        })
+        .map(|oid| oid.to_string())
+        .collect()
+}

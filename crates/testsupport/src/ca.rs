@@ -424,12 +424,19 @@ pub fn linter(tool: &str) -> Command {
     }
 }
 
-/// pkilint's findings at WARNING and above, as (code, severity).
+/// pkilint's findings at WARNING and above, as (code, severity). A file
+/// the linter refuses to judge (unreadable, or of a kind it cannot detect:
+/// an e-mail certificate without an S/MIME policy, say) fails the test.
 pub fn pkilint(tool: &str, args: &[&str], file: &Path) -> Vec<(String, String)> {
     let (code, out, err) = crate::output(linter(tool).args(args).arg(file));
     assert!(
         code.is_some(),
         "{tool} (pip install pkilint; scripts/setup-debian.sh installs it): {err}"
+    );
+    assert!(
+        !err.contains("Could not determine") && !err.contains("Failed to load"),
+        "{tool} cannot judge {}: {err}",
+        file.display()
     );
     out.lines()
         .filter_map(|l| {
