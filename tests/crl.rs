@@ -291,3 +291,84 @@ fn a_root_revokes_the_intermediate_it_signed_and_lists_it_on_its_crl() {
     );
     assert!(ok && text.contains("verify OK"), "{text}");
 }
+
+/// A CRL is linted before it is signed: a revocation recorded with a
+/// reason the issuer's rules allowed then (RFC 5280's: aACompromise) stops
+/// the CRL once the issuer publishes under the TLS Baseline Requirements'
+/// CRL profile, which forbids it; nothing is signed, the refusal names the
+/// entry and the rule, and the log says so.
+#[test]
+fn a_crl_the_issuers_rules_forbid_is_not_signed() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    let mut bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, c.env());
+    let client = bench.client();
+    let cert = sign(&client, &d, "aa");
+    revoke(&client, "sub", &cert.serial, 10, None);
+    let crl: msg::FetchCrlReply = client
+        .request::<calls::FetchCrl>(&signer_testsupport::ca::full_crl("sub"))
+        .unwrap();
+    assert_eq!(crl.entries, 1);
+    drop(client);
+
+    // The same issuer, now also under the Baseline Requirements.
+    let config = bench.daemon.config_path().to_path_buf();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "  profiles:\n",
+            "  profiles:
+    web-dv:
+      issuer: sub
+      rules: cabf_serverauth_dv
+      default_days: 90
+      max_days: 199
+      key_usage: [digital_signature]
+      extended_key_usage: [server_auth]
+      subject_attributes: [CN]
+      san_types: [dns]
+      require_san: true
+      crl_urls: [http://crl.example.org/sub.crl]
+      policies: [2.23.140.1.2.1]
+",
+        ),
+    )
+    .unwrap();
+    bench.daemon.restart();
+    let client = bench.client();
+    let lint_refused = |client: &signer_client::Client| match client
+        .request::<calls::FetchCrl>(&signer_testsupport::ca::full_crl("sub"))
+    {
+        Err(e) => {
+            assert_eq!(e.status(), Some(Status::LINT_FAILED), "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("br_crl_reason") && text.contains(&hex::encode(&cert.serial)),
+                "{text}"
+            );
+        }
+        Ok(r) => panic!("a CRL was sent: {} entries", r.entries),
+    };
+    // The CRL signed before is not sent again…
+    lint_refused(&client);
+    assert!(bench.daemon.log().contains("the stored CRL is not sent"));
+    // … nor is a new one signed after another revocation.
+    let other = sign(&client, &d, "other");
+    revoke(&client, "sub", &other.serial, 1, None);
+    lint_refused(&client);
+    assert!(bench.daemon.log().contains("CRL not signed"));
+    // A new revocation with that reason is refused at the door.
+    let third = sign(&client, &d, "third");
+    let refused = client.request::<calls::RevokeX509>(&msg::RevokeX509 {
+        request_id: "r2".into(),
+        issuer: "sub".into(),
+        serial: third.serial.clone(),
+        reason: 10,
+        invalidity_date: None,
+    });
+    assert!(
+        matches!(&refused, Err(e) if e.status() == Some(Status::INVALID_REASON)),
+        "{refused:?}"
+    );
+}

@@ -36,7 +36,7 @@ use signer_repository::{
 use signer_service::{CallContext, Failure, HealthSource, Router};
 use signer_x509::crl::{CrlBuilder, CrlEntry};
 use signer_x509::{CaSigner, IssueError, IssueRequest, Issuer, San};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use audit::CaAudit;
 pub use checkpoints::{AuditConfig, AuditLog};
@@ -74,6 +74,9 @@ pub struct CaService {
     issuer: RwLock<Option<Arc<Issuer>>>,
     load_error: Mutex<Option<String>>,
     crl_lock: Mutex<()>,
+    /// Stored CRLs linted against this configuration since it started (a
+    /// CRL signed under other rules is checked before it is sent again).
+    crls_linted: Mutex<std::collections::BTreeSet<String>>,
     openpgp: Mutex<Option<Arc<openpgp::OpenpgpCa>>>,
     clock: SharedClock,
     scrub_state: Mutex<integrity::ScrubState>,
@@ -120,6 +123,26 @@ fn crl_scope(issuer: &str, shard: Option<u8>) -> String {
         Some(n) => format!("{issuer}#{n}"),
         None => issuer.to_string(),
     }
+}
+
+/// The lint failure of a CRL entry whose reason `refused` (the issuer's
+/// rule set, [`CertificateAuthority::refused_reasons`]) forbids.
+fn refused_entry(
+    refused: Option<(&'static [u8], &'static str)>,
+    issuer: &str,
+    r: &signer_repository::CrlView,
+) -> Option<signer_x509::IssueError> {
+    let (reasons, allowed) = refused?;
+    reasons
+        .contains(&r.reason)
+        .then(|| signer_x509::IssueError::Lint {
+            rule: "br_crl_reason",
+            message: format!(
+                "serial {} is revoked with reason {}, which the CRL of {issuer} may not carry under the TLS Baseline Requirements (7.2.2: {allowed}); no CRL was signed or sent",
+                hex::encode(&r.serial),
+                r.reason
+            ),
+        })
 }
 
 /// Whether a revocation of `serial` goes on the CRL of `shard` (every
@@ -241,6 +264,7 @@ impl CaService {
             issuer: RwLock::new(None),
             load_error: Mutex::new(None),
             crl_lock: Mutex::new(()),
+            crls_linted: Mutex::new(std::collections::BTreeSet::new()),
             openpgp: Mutex::new(None),
             clock,
             scrub_state: Mutex::new(integrity::ScrubState::default()),
@@ -504,6 +528,32 @@ impl CaService {
         ))
     }
 
+    /// The CRLReasons the CRL of `issuer` may not carry, with the list it
+    /// allows (for messages); None when RFC 5280's rules alone apply. A
+    /// hierarchy that issues TLS certificates under the Baseline
+    /// Requirements publishes its CRLs under their CRL profile (7.2.2): an
+    /// issuer of subscriber certificates allows neither cACompromise nor
+    /// aACompromise; an issuer of CA certificates only (a root: its CRL is
+    /// an ARL) allows cACompromise but not aACompromise.
+    fn refused_reasons(&self, issuer: &str) -> Option<(&'static [u8], &'static str)> {
+        let profiles = || self.config.profiles.values();
+        if profiles().any(|p| p.issuer == issuer && p.rules.is_cabf_serverauth()) {
+            Some((
+                &[2, 10],
+                "0 unspecified, 1 keyCompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn",
+            ))
+        } else if profiles().any(|p| p.rules.is_cabf_serverauth())
+            && !profiles().any(|p| p.issuer == issuer)
+        {
+            Some((
+                &[10],
+                "its CRL lists CA certificates: 0 unspecified, 1 keyCompromise, 2 cACompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn",
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Handles `revoke_x509`: durably recorded before the answer.
     pub fn revoke(
         &self,
@@ -538,38 +588,10 @@ impl CaService {
                 ),
             ));
         }
-        // A hierarchy that issues TLS certificates under the Baseline
-        // Requirements publishes its CRLs under their CRL profile (7.2.2):
-        // an issuer of subscriber certificates allows neither cACompromise
-        // nor aACompromise; an issuer of CA certificates only (a root: its
-        // CRL is an ARL) allows cACompromise but not aACompromise.
-        let br_subscribers = self
-            .config
-            .profiles
-            .values()
-            .any(|p| p.issuer == entry.name && p.rules.is_cabf_serverauth());
-        let br_hierarchy = self
-            .config
-            .profiles
-            .values()
-            .any(|p| p.rules.is_cabf_serverauth());
-        let refused = if br_subscribers {
-            matches!(request.reason, 2 | 10).then_some(
-                "0 unspecified, 1 keyCompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn",
-            )
-        } else if br_hierarchy
-            && !self
-                .config
-                .profiles
-                .values()
-                .any(|p| p.issuer == entry.name)
-        {
-            (request.reason == 10).then_some(
-                "its CRL lists CA certificates: 0 unspecified, 1 keyCompromise, 2 cACompromise, 3 affiliationChanged, 4 superseded, 5 cessationOfOperation, 9 privilegeWithdrawn",
-            )
-        } else {
-            None
-        };
+        let refused = self
+            .refused_reasons(&entry.name)
+            .filter(|(reasons, _)| reasons.contains(&request.reason))
+            .map(|(_, allowed)| allowed);
         if let Some(allowed) = refused {
             return Err(Failure::new(
                 Status::INVALID_REASON,
@@ -672,7 +694,10 @@ impl CaService {
         let now = self.clock.now_secs();
         let refresh = i64::from(self.config.crl.refresh_hours) * 3600;
         let last = match last {
-            Some(l) if l.revocation_seq == seq && now < l.this_update + refresh => return Ok(l),
+            Some(l) if l.revocation_seq == seq && now < l.this_update + refresh => {
+                self.lint_stored_crl(issuer_name, shard, &l)?;
+                return Ok(l);
+            }
             other => other,
         };
         // Only its number and size are needed from here: its DER is not
@@ -709,6 +734,10 @@ impl CaService {
         .map_err(|e| issue_failure(&e))?;
         let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
         let mut failed = None;
+        // Linted before it is signed: a reason the issuer's rule set does
+        // not allow (a revocation recorded under another configuration, or
+        // by the twin under its own) stops the CRL, naming the entry.
+        let refused = self.refused_reasons(issuer_name);
         let snapshot_seq = self
             .repo
             .for_each_crl_entry(issuer_name, |r| {
@@ -716,6 +745,10 @@ impl CaService {
                     || failed.is_some()
                     || !in_shard(&r.serial, shard)
                 {
+                    return;
+                }
+                if let Some(e) = refused_entry(refused, issuer_name, &r) {
+                    failed = Some(e);
                     return;
                 }
                 let entry = CrlEntry {
@@ -730,6 +763,7 @@ impl CaService {
             })
             .map_err(|e| self.damaged(e, "no CRL was signed"))?;
         if let Some(e) = failed {
+            error!(issuer, cause = %e, "CRL not signed");
             return Err(issue_failure(&e));
         }
         let entries = builder.entries();
@@ -776,6 +810,50 @@ impl CaService {
                 format!("{issuer} has no CRL shards: fetch its CRL without a shard"),
             )),
         }
+    }
+
+    /// Lints a stored CRL of `issuer` (its shard `shard`) once per run
+    /// before it is sent again: it may have been signed under rules this
+    /// configuration no longer has. Its entries are read from the
+    /// repository (those it reflects), not parsed from its DER.
+    fn lint_stored_crl(
+        &self,
+        issuer: &str,
+        shard: Option<u8>,
+        crl: &CrlRecord,
+    ) -> Result<(), Failure> {
+        let refused = self.refused_reasons(issuer);
+        if refused.is_none()
+            || self
+                .crls_linted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&crl_scope(issuer, shard))
+        {
+            return Ok(());
+        }
+        let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
+        let mut failed = None;
+        self.repo
+            .for_each_crl_entry(issuer, |r| {
+                let listed = r.seq <= crl.revocation_seq
+                    && in_shard(&r.serial, shard)
+                    && r.cert_not_after
+                        .is_none_or(|na| na + grace >= crl.this_update);
+                if listed && failed.is_none() {
+                    failed = refused_entry(refused, issuer, &r);
+                }
+            })
+            .map_err(|e| self.damaged(e, "no CRL was sent"))?;
+        if let Some(e) = failed {
+            error!(issuer, cause = %e, "the stored CRL is not sent");
+            return Err(issue_failure(&e));
+        }
+        self.crls_linted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(crl_scope(issuer, shard));
+        Ok(())
     }
 
     /// Handles `fetch_crl`.
