@@ -16,8 +16,14 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Every certificate and CRL the tests' signers make is collected here and
+# linted with pkilint at the end (tests/python/lint_corpus.py).
+SIGNER_LINT_CORPUS=$(mktemp -d)
+export SIGNER_LINT_CORPUS
+trap 'rm -rf "$log" "$SIGNER_LINT_CORPUS"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+echo "== pkilint over every certificate and CRL the tests made"
+"${PKILINT_VENV:-$HOME/.cache/serial-link-signer/pkilint}/bin/python" tests/python/lint_corpus.py "$SIGNER_LINT_CORPUS" ERROR 200
 echo "== fuzz targets (short run)"
 scripts/fuzz.sh short
 echo "== regression guard: instructions per certificate (reported, never failed)"

@@ -183,6 +183,28 @@ impl Repository {
         })
     }
 
+    /// Every latest CRL kept (one per issuer and per CRL shard, under the
+    /// name it is kept by), each with its DER checked against its digest;
+    /// one that fails is given as the error naming it.
+    pub fn for_each_latest_crl(
+        &self,
+        mut f: impl FnMut(Result<CrlRecord, RepoError>),
+    ) -> Result<(), RepoError> {
+        self.read(|txn| {
+            let crls = txn.open_table(CRLS).map_err(storage)?;
+            let parts = txn.open_table(CRL_DER).map_err(storage)?;
+            for item in crls.iter().map_err(storage)? {
+                let (key, _) = item.map_err(storage)?;
+                match read_crl(&crls, &parts, key.value()) {
+                    Ok(Some(crl)) => f(Ok(crl)),
+                    Ok(None) => {}
+                    Err(e) => f(Err(e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The issuer's latest CRL.
     pub fn last_crl(&self, issuer: &str) -> Result<Option<CrlRecord>, RepoError> {
         self.read(|txn| {

@@ -279,6 +279,77 @@ impl Daemon {
     }
 }
 
+/// Where every certificate and CRL the tests' signers made is collected
+/// when set (scripts/test.sh sets it): each daemon, when dropped, copies
+/// what its repository holds there, and the suite lints the lot with
+/// pkilint at its end (tests/python/lint_corpus.py).
+pub const LINT_CORPUS: &str = "SIGNER_LINT_CORPUS";
+
+impl Daemon {
+    /// A copy of this daemon's repository, opened as its configuration
+    /// names it (signer id, CA certificates); None if it cannot be.
+    fn open_repository(&self) -> Option<(signer_repository::Repository, tempfile::NamedTempFile)> {
+        let text = std::fs::read_to_string(&self.config).ok()?;
+        let config: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+        let base = self.config.parent()?;
+        let signer_id = config.get("signer_id")?.as_str()?;
+        let ca = config.get("ca")?;
+        let mut expected = signer_repository::Expected::signer(signer_id);
+        for entry in ca.get("cas")?.as_sequence()? {
+            let name = entry.get("name")?.as_str()?;
+            let cert = base.join(entry.get("certificate")?.as_str()?);
+            if let Some(fingerprint) = std::fs::read(&cert)
+                .ok()
+                .and_then(|b| signer_x509::cert_der(&b).ok())
+                .and_then(|der| signer_x509::spki_sha256(&der).ok())
+            {
+                expected.cas.insert(name.to_string(), fingerprint);
+            }
+        }
+        let path = base.join(ca.get("repository")?.as_str()?);
+        // A copy: a daemon killed mid-write leaves a file to repair, and the
+        // test's own file stays as the test left it.
+        let copy = tempfile::NamedTempFile::new().ok()?;
+        std::fs::copy(&path, copy.path()).ok()?;
+        let repo = signer_repository::Repository::open(
+            copy.path(),
+            &expected,
+            &signer_repository::OpenOptions::default(),
+        )
+        .map_err(|e| eprintln!("lint corpus: {} not read: {e}", path.display()))
+        .ok()?;
+        Some((repo, copy))
+    }
+
+    /// Copies the certificates and latest CRLs of this daemon's repository
+    /// into `corpus` (`cert-HASH.der`, `crl-HASH.der`; a twin's copy of the
+    /// same certificate is the same file). A repository a test left
+    /// unreadable, or a record that fails its check, is skipped: its test
+    /// judges it.
+    fn add_to_lint_corpus(&self, corpus: &Path) {
+        let Some((repo, _copy)) = self.open_repository() else {
+            return;
+        };
+        let _ = std::fs::create_dir_all(corpus);
+        let write = |kind: &str, der: &[u8]| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            der.hash(&mut h);
+            let _ = std::fs::write(corpus.join(format!("{kind}-{:016x}.der", h.finish())), der);
+        };
+        let _ = repo.for_each_certificate(|r| {
+            if let Ok(cert) = r {
+                write("cert", &cert.der);
+            }
+        });
+        let _ = repo.for_each_latest_crl(|r| {
+            if let Ok(crl) = r {
+                write("crl", &crl.der);
+            }
+        });
+    }
+}
+
 fn spawn_daemon(config: &Path, log: &Path, env: &[(String, PathBuf)]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -301,6 +372,9 @@ fn spawn_daemon(config: &Path, log: &Path, env: &[(String, PathBuf)]) -> Child {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        if let Some(corpus) = std::env::var_os(LINT_CORPUS) {
+            self.add_to_lint_corpus(Path::new(&corpus));
+        }
         if std::thread::panicking() {
             eprintln!("--- signerd log ---\n{}", self.log());
         }
