@@ -121,8 +121,20 @@ struct Held {
     last_check: Option<Instant>,
 }
 
-/// Issuers whose CRL changed since it was last fetched.
+/// CRLs that changed since they were last fetched: an issuer's full CRL
+/// by its name, a shard's as `issuer#shard`.
 pub type Revoked = Arc<Mutex<BTreeSet<String>>>;
+
+/// Marks the CRLs a revocation of `serial` by `issuer` changed: the full
+/// CRL, and the shard's its serial carries (if the issuer has shards; the
+/// other shards' CRLs are unchanged and wait for their schedule).
+pub fn mark_revoked(revoked: &Revoked, issuer: &str, serial: &[u8]) {
+    let mut marked = lock(revoked);
+    marked.insert(issuer.to_string());
+    if let Some(shard) = signer_x509::shard_of(serial) {
+        marked.insert(format!("{issuer}#{shard}"));
+    }
+}
 
 /// The CRL publisher.
 pub struct Publisher {
@@ -198,15 +210,16 @@ impl Publisher {
         };
         let mut published = 0;
         for ca in cas {
-            // Taken now: a revocation recorded during the fetches marks it again.
-            let revoked = lock(&self.revoked).remove(&ca.name);
-            let mut failed = false;
             for target in Target::all(&ca) {
+                // Taken now: a revocation recorded during the fetch marks it again.
+                let revoked = lock(&self.revoked).remove(&target.key);
                 match self.refresh_if_due(&ca, &target, revoked, now) {
                     Ok(true) => published += 1,
                     Ok(false) => {}
                     Err(e) => {
-                        failed = true;
+                        if revoked {
+                            lock(&self.revoked).insert(target.key.clone());
+                        }
                         warn!(issuer = %ca.name, crl = %target.key, cause = %e, "CRL not refreshed; the last good one stays published");
                         lock(&self.metrics.crls)
                             .entry(target.key.clone())
@@ -214,9 +227,6 @@ impl Publisher {
                             .error = Some(e);
                     }
                 }
-            }
-            if failed && revoked {
-                lock(&self.revoked).insert(ca.name.clone());
             }
         }
         published
@@ -364,6 +374,15 @@ mod tests {
         ] {
             assert!(shard_file(dir.path(), bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_revocation_marks_the_full_crl_and_its_shards_alone() {
+        let revoked = Revoked::default();
+        mark_revoked(&revoked, "sub", &signer_x509::serial_in_shard(0x21, 3));
+        mark_revoked(&revoked, "root", &signer_x509::random_serial(0x21));
+        let marked: Vec<String> = lock(&revoked).iter().cloned().collect();
+        assert_eq!(marked, ["root", "sub", "sub#3"]);
     }
 
     #[test]

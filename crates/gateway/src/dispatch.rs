@@ -170,7 +170,7 @@ pub struct Dispatcher {
     pub owner: String,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Issuers that revoked since their CRL was last fetched.
+    /// CRLs that changed since they were last fetched.
     pub revoked: crate::crl::Revoked,
     /// CA certificates answers are checked with.
     pub trust: Arc<Trust>,
@@ -479,10 +479,7 @@ impl Dispatcher {
             Ok(request) => {
                 let outcome = self.send(row, &request, marks);
                 if let (Request::Revoke(r), Outcome::Done(_)) = (&request, &outcome) {
-                    self.revoked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(r.issuer.clone());
+                    crate::crl::mark_revoked(&self.revoked, &r.issuer, &r.serial);
                 }
                 outcome
             }
