@@ -12,8 +12,8 @@ use std::process::Command;
 
 use signer_client::{Calls, Client, ClientError};
 use signer_protocol::{calls, msg, Status};
-use signer_testsupport::ca::{full_crl, linter, make_csr, pkilint, Ceremony};
-use signer_testsupport::{bin, output, Bench, LinkSpec};
+use signer_testsupport::ca::{check_config_refuses, full_crl, linter, make_csr, pkilint, Ceremony};
+use signer_testsupport::{output, Bench, LinkSpec};
 
 const PROFILES: &str = "  profiles:
     web-dv:
@@ -159,24 +159,6 @@ fn refuse_all(client: &Client, csr: &[u8], cases: Vec<Hostile>) {
             matches!(&refused, Err(e) if e.status() == Some(status)),
             "{id}: {refused:?}"
         );
-    }
-}
-
-/// check-config refuses the configuration at `config_path` with each edit
-/// (`from` replaced by `to`), naming `field`.
-fn check_config_refuses(config_path: &Path, edits: &[(&str, &str, &str)]) {
-    let config = std::fs::read_to_string(config_path).unwrap();
-    for &(from, to, field) in edits {
-        assert!(config.contains(from), "{from}");
-        let bad = config_path.with_file_name("bad.yaml");
-        std::fs::write(&bad, config.replacen(from, to, 1)).unwrap();
-        let (code, out, err) = output(
-            Command::new(bin("signerd"))
-                .args(["check-config", "--offline", "--config"])
-                .arg(&bad),
-        );
-        assert_eq!(code, Some(1), "{field}: {out}{err}");
-        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
     }
 }
 

@@ -448,3 +448,21 @@ pub fn pkilint(tool: &str, args: &[&str], file: &Path) -> Vec<(String, String)> 
         })
         .collect()
 }
+
+/// check-config refuses the configuration at `config_path` with each edit
+/// (`from` replaced by `to`), naming `field`.
+pub fn check_config_refuses(config_path: &Path, edits: &[(&str, &str, &str)]) {
+    let config = std::fs::read_to_string(config_path).expect("check-config case");
+    for &(from, to, field) in edits {
+        assert!(config.contains(from), "{from}");
+        let bad = config_path.with_file_name("bad.yaml");
+        std::fs::write(&bad, config.replacen(from, to, 1)).expect("check-config case");
+        let (code, out, err) = crate::output(
+            Command::new(bin("signerd"))
+                .args(["check-config", "--offline", "--config"])
+                .arg(&bad),
+        );
+        assert_eq!(code, Some(1), "{field}: {out}{err}");
+        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
+    }
+}
