@@ -20,19 +20,34 @@ import sys
 
 from pkilint.bin import lint_cabf_serverauth_cert, lint_cabf_smime_cert, lint_crl, lint_pkix_cert
 
-# OID TLVs of the Forum's policies: 2.23.140.1.1 (EV), 2.23.140.1.2.x
-# (TLS DV/OV/IV), 2.23.140.1.5.x.y (S/MIME).
-EV = bytes.fromhex("060567810c0101")
-TLS = bytes.fromhex("060667810c0102")
-SMIME = bytes.fromhex("060867810c0105")
+def oid_tlv(dotted):
+    """The DER of an OBJECT IDENTIFIER."""
+    arcs = [int(a) for a in dotted.split(".")]
+    body = bytearray()
+    for n in [arcs[0] * 40 + arcs[1]] + arcs[2:]:
+        chunk = [n & 0x7F]
+        n >>= 7
+        while n:
+            chunk.insert(0, 0x80 | (n & 0x7F))
+            n >>= 7
+        body += bytes(chunk)
+    return bytes([0x06, len(body)]) + bytes(body)
+
+
+# The Forum's policies: EV and the TLS levels; the S/MIME levels and
+# generations (2.23.140.1.5.level.generation).
+TLS = [oid_tlv(o) for o in ("2.23.140.1.1", "2.23.140.1.2.1", "2.23.140.1.2.2", "2.23.140.1.2.3")]
+SMIME = [oid_tlv(f"2.23.140.1.5.{l}.{g}") for l in range(1, 5) for g in range(1, 4)]
+assert oid_tlv("2.23.140.1.5.1.3").hex() == "060767810c01050103"
+assert oid_tlv("1.2.840.113549").hex() == "06062a864886f70d"
 
 
 def linter(kind, der):
     if kind == "crl":
         return "lint_crl", lint_crl.main, ["lint", "-t", "CRL", "-p", "PKIX"]
-    if EV in der or TLS in der:
+    if any(o in der for o in TLS):
         return "lint_cabf_serverauth_cert", lint_cabf_serverauth_cert.main, ["lint", "-d"]
-    if SMIME in der:
+    if any(o in der for o in SMIME):
         return "lint_cabf_smime_cert", lint_cabf_smime_cert.main, ["lint", "-d"]
     return "lint_pkix_cert", lint_pkix_cert.main, ["lint"]
 
@@ -67,6 +82,10 @@ def main():
     print(f"lint corpus: {len(names)} files ({summary}); {failed} with findings at {severity}")
     if len(names) < at_least:
         print(f"lint corpus: expected at least {at_least} files: the tests' signers were not collected")
+        return 1
+    tools = ("lint_cabf_serverauth_cert", "lint_cabf_smime_cert", "lint_crl", "lint_pkix_cert")
+    if at_least and not all(counts.get(t) for t in tools):
+        print(f"lint corpus: every linter should have had files (the suite issues each kind): {counts}")
         return 1
     return 1 if failed else 0
 
