@@ -76,3 +76,35 @@ fn the_spec_client_verifies_the_audit_log_on_its_own() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
 }
+
+#[test]
+fn the_spec_client_fetches_crls_as_the_spec_says() {
+    use signer_testsupport::ca::{Ceremony, SERVER_PROFILE};
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let bench = Bench::start_with_env(LinkSpec::baud(115_200), &c.ca_yaml, c.env());
+    drop(bench.client());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/spec_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(bench.client_device())
+        .args(["crls", "sub"])
+        .output()
+        .expect("python3 must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{text}\n--- signerd ---\n{}",
+        bench.daemon.log()
+    );
+    for line in [
+        "ok fetch_crl: full CRL",
+        "ok fetch_crl: unchanged",
+        "ok a CSR beyond max_frame",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}

@@ -236,10 +236,42 @@ def audit(link, vkey):
     assert got == {rid + 1: 501, rid + 2: 0}, got
     print("ok audit_ack")
 
+def crls(link, issuer):
+    """Section 7.7 against a signer with CA `issuer` (no CRL shards)."""
+    link.send(5000, 19, {})
+    [(rid, status, reply)] = link.responses(1)
+    assert status == 0 and any(c["name"] == issuer for c in reply["cas"]), reply
+    assert all("crl_shards" not in c for c in reply["cas"]), reply  # absent, not nil
+    link.send(5001, 18, {"issuer": issuer})
+    [(rid, status, crl)] = link.responses(1)
+    assert (rid, status) == (5001, 0), (rid, status, crl)
+    assert isinstance(crl["crl"], bytes) and "diff" not in crl and not crl["unchanged"], crl
+    assert hashlib.sha256(crl["crl"]).digest() == crl["sha256"]
+    print("ok fetch_crl: full CRL, optional fields left out")
+    link.send(5002, 18, {"issuer": issuer, "have_number": crl["number"], "have_sha256": crl["sha256"]})
+    [(rid, status, same)] = link.responses(1)
+    assert status == 0 and same["unchanged"] and "crl" not in same and "diff" not in same, same
+    link.send(5003, 18, {"issuer": issuer, "have_number": crl["number"]})  # without its digest
+    [(rid, status, err)] = link.responses(1)
+    assert (rid, status) == (5003, 206), (rid, status, err)
+    link.send(5004, 18, {"issuer": issuer, "shard": 0})  # an issuer without shards
+    [(rid, status, err)] = link.responses(1)
+    assert (rid, status) == (5004, 207), (rid, status, err)
+    print("ok fetch_crl: unchanged, have_number alone unknown_crl, unknown_shard")
+    # Section 7.4: a CSR beyond the frame limit is a frame the signer refuses.
+    link.send(5005, 16, {"request_id": "big", "profile": "server", "csr": b"\x30" * 20000, "subject": []})
+    [(rid, status, err)] = link.responses(1)
+    assert (rid, status) == (0, 2), (rid, status, err)
+    print("ok a CSR beyond max_frame: frame_oversize, id 0")
+
+
 def main():
     link = Link(sys.argv[1])
     if len(sys.argv) > 3 and sys.argv[2] == "audit":
         audit(link, sys.argv[3])
+        return
+    if len(sys.argv) > 3 and sys.argv[2] == "crls":
+        crls(link, sys.argv[3])
         return
     # Vectors from section 10.
     assert frame(bytes.fromhex("0102")).hex() == "070102b6cc429200"
