@@ -395,3 +395,77 @@ fn each_shard_has_its_own_crl_naming_it_and_the_full_crl_stays() {
         ("{name: root, key: root,", "{name: \"root#1\", key: root,", "ca.cas[0].name"),
     ]);
 }
+
+/// Twins put every revocation on the shard its serial names, whichever
+/// twin issued or revoked it: once they agree, each shard's CRL lists the
+/// same certificates on both.
+#[test]
+fn twins_list_each_revocation_on_the_same_shard() {
+    let mut c = Ceremony::new_as("signer-a", "p256", SERVER_PROFILE);
+    c.with_crl_shards(SHARDS as u16, SHARD_URL);
+    let t = signer_testsupport::twins::Twins::with_ceremony(c);
+    let d = t.ceremony.dir().to_path_buf();
+    let (a, b) = (t.a.client(), t.b.client());
+    let on_a: Vec<_> = (0..6)
+        .map(|i| sign(&a, &d, &format!("ta{i}"), "server"))
+        .collect();
+    let on_b: Vec<_> = (0..6)
+        .map(|i| sign(&b, &d, &format!("tb{i}"), "server"))
+        .collect();
+    t.wait_in_sync(&a, &b, 12, std::time::Duration::from_secs(60))
+        .unwrap();
+    // Each twin revokes some of its own and some of the other's.
+    for r in on_a.iter().take(2).chain(on_b.iter().skip(4)) {
+        revoke(&a, &r.serial, 1);
+    }
+    for r in on_b.iter().take(2).chain(on_a.iter().skip(4)) {
+        revoke(&b, &r.serial, 4);
+    }
+    // Revoked: the first two and last two of each twin's six.
+    let revoked: Vec<&[u8]> = on_a
+        .iter()
+        .chain(&on_b)
+        .enumerate()
+        .filter(|(i, _)| !matches!(i % 6, 2 | 3))
+        .map(|(_, r)| r.serial.as_slice())
+        .collect();
+    // Serials listed by one shard's CRL on one twin.
+    type Serials = Vec<Vec<u8>>;
+    let listed = |client: &Client, shard: u8| -> Serials {
+        let reply: msg::FetchCrlReply = client
+            .request::<calls::FetchCrl>(&msg::FetchCrl {
+                shard: Some(shard),
+                ..full_crl("sub")
+            })
+            .unwrap();
+        let (header, entries) = signer_x509::crl::parse(&reply.crl.unwrap()).unwrap();
+        assert_eq!(header.shard_url, Some(shard_url(usize::from(shard))));
+        let mut serials: Serials = entries.into_iter().map(|e| e.serial).collect();
+        serials.sort();
+        serials
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let shards: Vec<(Serials, Serials)> = (0..SHARDS as u8)
+            .map(|n| (listed(&a, n), listed(&b, n)))
+            .collect();
+        let agreed = shards.iter().all(|(x, y)| x == y)
+            && shards.iter().map(|(x, _)| x.len()).sum::<usize>() == revoked.len();
+        if agreed {
+            for (n, (x, _)) in shards.iter().enumerate() {
+                assert!(x.iter().all(|s| signer_x509::shard_of(s) == Some(n as u8)));
+            }
+            let mut all: Vec<Vec<u8>> = shards.into_iter().flat_map(|(x, _)| x).collect();
+            all.sort();
+            let mut want: Vec<Vec<u8>> = revoked.iter().map(|s| s.to_vec()).collect();
+            want.sort();
+            assert_eq!(all, want);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "shards differ: {shards:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
