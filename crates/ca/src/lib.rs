@@ -503,10 +503,7 @@ impl CaService {
     /// in a shard chosen at random (the serial carries it).
     fn fresh_serial(&self, ca: &str) -> Result<Vec<u8>, Failure> {
         let shards = self
-            .config
-            .cas
-            .iter()
-            .find(|c| c.name == ca)
+            .ca_entry(ca)
             .and_then(|c| c.crl_shards.as_ref())
             .map(|s| s.count);
         for _ in 0..8 {
@@ -732,7 +729,6 @@ impl CaService {
             shard_url.as_deref(),
         )
         .map_err(|e| issue_failure(&e))?;
-        let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
         let mut failed = None;
         // Linted before it is signed: a reason the issuer's rule set does
         // not allow (a revocation recorded under another configuration, or
@@ -741,10 +737,7 @@ impl CaService {
         let snapshot_seq = self
             .repo
             .for_each_crl_entry(issuer_name, |r| {
-                if r.cert_not_after.is_some_and(|na| na + grace < now)
-                    || failed.is_some()
-                    || !in_shard(&r.serial, shard)
-                {
+                if !self.on_crl_at(&r, now) || failed.is_some() || !in_shard(&r.serial, shard) {
                     return;
                 }
                 if let Some(e) = refused_entry(refused, issuer_name, &r) {
@@ -791,15 +784,21 @@ impl CaService {
         Ok(record)
     }
 
+    /// Whether a revocation is on a CRL made at `at`: not once its
+    /// certificate expired more than `ca.crl.expired_grace_days` before.
+    fn on_crl_at(&self, r: &signer_repository::CrlView, at: i64) -> bool {
+        let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
+        r.cert_not_after.is_none_or(|na| na + grace >= at)
+    }
+
+    /// The configuration of CA `name`.
+    fn ca_entry(&self, name: &str) -> Option<&config::CaEntry> {
+        self.config.cas.iter().find(|c| c.name == name)
+    }
+
     /// The CRL URL of `issuer`'s shard `shard`, which must exist.
     fn shard_url(&self, issuer: &str, shard: u8) -> Result<String, Failure> {
-        let shards = self
-            .config
-            .cas
-            .iter()
-            .find(|c| c.name == issuer)
-            .and_then(|c| c.crl_shards.as_ref());
-        match shards {
+        match self.ca_entry(issuer).and_then(|c| c.crl_shards.as_ref()) {
             Some(s) if u16::from(shard) < s.count => Ok(signer_x509::shard_url(&s.url, shard)),
             Some(s) => Err(Failure::new(
                 Status::UNKNOWN_SHARD,
@@ -832,14 +831,12 @@ impl CaService {
         {
             return Ok(());
         }
-        let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
         let mut failed = None;
         self.repo
             .for_each_crl_entry(issuer, |r| {
                 let listed = r.seq <= crl.revocation_seq
                     && in_shard(&r.serial, shard)
-                    && r.cert_not_after
-                        .is_none_or(|na| na + grace >= crl.this_update);
+                    && self.on_crl_at(&r, crl.this_update);
                 if listed && failed.is_none() {
                     failed = refused_entry(refused, issuer, &r);
                 }
@@ -922,10 +919,7 @@ impl CaService {
         old: &CrlMeta,
         current: &CrlRecord,
     ) -> Result<msg::CrlDiff, Failure> {
-        let grace = i64::from(self.config.crl.expired_grace_days) * 86_400;
-        let keep = |r: &signer_repository::CrlView, at: i64| {
-            r.cert_not_after.is_none_or(|na| na + grace >= at)
-        };
+        let keep = |r: &signer_repository::CrlView, at: i64| self.on_crl_at(r, at);
         let mut added = Vec::new();
         let mut removed = Vec::new();
         self.repo
@@ -972,12 +966,7 @@ impl CaService {
                 .map(|c| msg::CaCert {
                     name: c.name.clone(),
                     certificate: c.cert_der.clone(),
-                    crl_shards: self
-                        .config
-                        .cas
-                        .iter()
-                        .find(|e| e.name == c.name)
-                        .and_then(config::CaEntry::shard_urls),
+                    crl_shards: self.ca_entry(&c.name).and_then(config::CaEntry::shard_urls),
                 })
                 .collect(),
         })

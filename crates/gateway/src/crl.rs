@@ -119,6 +119,9 @@ fn shard_file(directory: &Path, url: &str) -> Result<(PathBuf, String), String> 
 struct Held {
     published: Option<Published>,
     last_check: Option<Instant>,
+    /// The directory and file name it is published under.
+    dir: PathBuf,
+    name: String,
 }
 
 /// CRLs that changed since they were last fetched: an issuer's full CRL
@@ -240,18 +243,26 @@ impl Publisher {
         now: i64,
     ) -> Result<bool, String> {
         let issuer = ca.name.as_str();
-        let (dir, name) = match &target.shard {
-            None => (self.config.directory.clone(), self.config.file_name(issuer)),
-            Some((_, url)) => shard_file(&self.config.directory, url)?,
-        };
         let mut held = lock(&self.held);
-        let h = held.entry(target.key.clone()).or_insert_with(|| Held {
-            // What is published now, if it is this CRL's and intact.
-            published: std::fs::read(dir.join(&name))
-                .ok()
-                .and_then(|der| Published::read(der, &ca.certificate).ok()),
-            last_check: None,
-        });
+        let h = match held.entry(target.key.clone()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                // Where it goes, once (a shard's URL never changes).
+                let (dir, name) = match &target.shard {
+                    None => (self.config.directory.clone(), self.config.file_name(issuer)),
+                    Some((_, url)) => shard_file(&self.config.directory, url)?,
+                };
+                e.insert(Held {
+                    // What is published now, if it is this CRL's and intact.
+                    published: std::fs::read(dir.join(&name))
+                        .ok()
+                        .and_then(|der| Published::read(der, &ca.certificate).ok()),
+                    last_check: None,
+                    dir,
+                    name,
+                })
+            }
+        };
         let due_by_time = h
             .published
             .as_ref()
@@ -278,7 +289,7 @@ impl Publisher {
                         ));
                     }
                 }
-                self.publish(&dir, &name, h.published.as_ref(), &new, now)?;
+                self.publish(&h.dir, &h.name, h.published.as_ref(), &new, now)?;
                 info!(
                     issuer,
                     crl = %target.key,
