@@ -242,6 +242,9 @@ fn sqlite_queue_through_twins_with_the_gateway_killed_and_a_twin_lost() {
     // A damaged file where the CRL goes is not taken for the published CRL:
     // it is replaced by a checked one.
     std::fs::write(crl_dir.join("sub-ca.crl"), b"not a CRL").unwrap();
+    // So is a damaged shard file (checked below).
+    std::fs::create_dir(crl_dir.join("sub")).unwrap();
+    std::fs::write(crl_dir.join("sub/0.crl"), b"not a CRL either").unwrap();
     let metrics_port = free_port();
     let socket = d.join("gateway.sock");
     let yaml = gateway_yaml(
