@@ -267,7 +267,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
 /// certificate with its workers spread over both cores against the same
 /// signer on one core (the client and the link on the other).
 pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = crate::replication::online_cpus();
     let n = crate::scaled(2000, scale);
     let rounds = 5;
     writeln!(report, "## Issuance on one core and on two\n")?;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use sha2::{Digest, Sha256};
 
-use crate::outbox::{append_pointer, Target};
+use crate::outbox::{Outbox, Target};
 use crate::{storage, RepoError};
 use tracing::warn;
 
@@ -80,6 +80,7 @@ pub(crate) fn append(
         None => (0, vec![0; 32]),
     };
     let mut tree = txn.open_table(crate::tree::AUDIT_TREE).map_err(storage)?;
+    let mut outbox = Outbox::open(txn)?;
     for mut e in entries {
         seq += 1;
         e.seq = seq;
@@ -90,7 +91,7 @@ pub(crate) fn append(
         let bytes = rmp_serde::to_vec_named(&e).map_err(storage)?;
         table.insert(seq, bytes.as_slice()).map_err(storage)?;
         crate::tree::add_leaf(&mut tree, seq - 1, &bytes)?;
-        append_pointer(txn, Target::Audit(seq))?;
+        outbox.pointer(Target::Audit(seq))?;
     }
     Ok(())
 }

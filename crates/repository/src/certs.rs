@@ -5,7 +5,7 @@
 use redb::ReadableTable;
 
 use crate::committer::{Issue, Job, Then};
-use crate::outbox::{append_pointer, digest_cert, DigestTable, Target, DIGESTS};
+use crate::outbox::{digest_cert, DigestTable, Target, DIGESTS};
 use crate::records::{decode, decode_request, encode_issued, CertRecord, Recorded, RequestEntry};
 use crate::schema::{CERTS, EXPIRY, REQUESTS};
 use crate::{storage, RepoError, Repository};
@@ -158,7 +158,7 @@ pub(crate) fn insert_request(t: &mut CertTables<'_>, r: &CertRecord) -> Result<(
 /// the request id is taken, a refusal if the serial is, else the record
 /// written (certificate, request id, outbox event).
 pub(crate) fn insert_issued(
-    txn: &redb::WriteTransaction,
+    outbox: &mut crate::outbox::Outbox<'_>,
     t: &mut CertTables<'_>,
     r: &CertRecord,
 ) -> Result<Result<Recorded, RepoError>, RepoError> {
@@ -196,6 +196,6 @@ pub(crate) fn insert_issued(
     }
     insert_certificate(t, r)?;
     insert_request(t, r)?;
-    append_pointer(txn, Target::Issued(r.issuer.clone(), r.serial.clone()))?;
+    outbox.pointer(Target::Issued(r.issuer.clone(), r.serial.clone()))?;
     Ok(Ok(Recorded::Inserted))
 }

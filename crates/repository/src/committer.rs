@@ -125,8 +125,9 @@ pub(crate) fn commit_batch(
     let mut results = Vec::with_capacity(batch.len());
     {
         let mut tables = CertTables::open(&txn)?;
+        let mut outbox = crate::outbox::Outbox::open(&txn)?;
         for job in batch {
-            results.push(insert_issued(&txn, &mut tables, &job.record)?);
+            results.push(insert_issued(&mut outbox, &mut tables, &job.record)?);
         }
     }
     let certified = certifies

@@ -274,6 +274,7 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
     // nothing of a large repository is held in memory. The audit chain and
     // the certificates by pointer (each read to be sure it can be
     // replicated).
+    let mut outbox = Outbox::open(txn)?;
     let mut n = 0u64;
     for item in txn
         .open_table(crate::audit::AUDIT)
@@ -283,7 +284,7 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
     {
         let (k, v) = item.map_err(storage)?;
         AuditEntry::decode(v.value())?;
-        append_pointer(txn, Target::Audit(k.value()))?;
+        outbox.pointer(Target::Audit(k.value()))?;
         n += 1;
     }
     for item in txn
@@ -295,11 +296,11 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
         let (k, v) = item.map_err(storage)?;
         decode(v.value())?;
         let (issuer, serial) = k.value();
-        append_pointer(txn, Target::Issued(issuer.to_string(), serial.to_vec()))?;
+        outbox.pointer(Target::Issued(issuer.to_string(), serial.to_vec()))?;
         n += 1;
     }
     let mut add = |change: Change| -> Result<(), RepoError> {
-        append_event(txn, origin, change)?;
+        outbox.event(origin, change)?;
         n += 1;
         Ok(())
     };
@@ -359,37 +360,22 @@ pub(crate) fn append_event(
     origin: &str,
     change: Change,
 ) -> Result<Option<u64>, RepoError> {
-    append(txn, |seq, epoch| {
-        sealed::seal(
-            EVENTS.name(),
-            &Event {
-                origin: origin.to_string(),
-                seq,
-                epoch,
-                at_us: now_us(),
-                change,
-            },
-        )
-    })
+    append(txn, |seq, epoch| event_bytes(origin, seq, epoch, change))
 }
 
-/// [`append_event`] for a record written in the caller's transaction: the
-/// outbox names it (see [`Pointer`]) instead of holding a second copy.
-pub(crate) fn append_pointer(
-    txn: &WriteTransaction,
-    target: Target,
-) -> Result<Option<u64>, RepoError> {
-    append(txn, |_, epoch| {
-        sealed::seal_compact(
-            EVENTS.name(),
-            &Pointer {
-                at_us: now_us(),
-                epoch,
-                target,
-            },
-        )
-    })
+fn event_bytes(origin: &str, seq: u64, epoch: u64, change: Change) -> Result<Vec<u8>, RepoError> {
+    sealed::seal(
+        EVENTS.name(),
+        &Event {
+            origin: origin.to_string(),
+            seq,
+            epoch,
+            at_us: now_us(),
+            change,
+        },
+    )
 }
+
 
 /// Writes the next outbox entry, made by `entry` from its sequence number
 /// and the epoch, if the repository has a twin.
@@ -397,24 +383,79 @@ fn append(
     txn: &WriteTransaction,
     entry: impl FnOnce(u64, u64) -> Result<Vec<u8>, RepoError>,
 ) -> Result<Option<u64>, RepoError> {
-    let mut meta = txn.open_table(META).map_err(storage)?;
-    if !twinned(&meta)? {
-        return Ok(None);
+    Outbox::open(txn)?.append(entry)
+}
+
+/// The outbox opened once for many entries of one transaction (a group
+/// commit's certificates or audit entries): the tables and the position
+/// are looked up once instead of per entry. While it is open, nothing else
+/// in the transaction may open the outbox's tables (redb refuses a table
+/// opened twice), so it lives in a scope of its own.
+pub(crate) struct Outbox<'t> {
+    meta: redb::Table<'t, &'static str, u64>,
+    events: redb::Table<'t, u64, &'static [u8]>,
+    /// (epoch, last sequence number) when the repository has a twin.
+    at: Option<(u64, u64)>,
+}
+
+impl<'t> Outbox<'t> {
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Outbox<'t>, RepoError> {
+        let meta = txn.open_table(META).map_err(storage)?;
+        let at = if twinned(&meta)? {
+            let get = |k: &str| -> Result<u64, RepoError> {
+                Ok(meta.get(k).map_err(storage)?.map_or(0, |v| v.value()))
+            };
+            Some((get("epoch")?, get("event_seq")?))
+        } else {
+            None
+        };
+        Ok(Outbox {
+            meta,
+            events: txn.open_table(EVENTS).map_err(storage)?,
+            at,
+        })
     }
-    let epoch = meta.get("epoch").map_err(storage)?.map_or(0, |v| v.value());
-    let seq = meta
-        .get("event_seq")
-        .map_err(storage)?
-        .map(|v| v.value())
-        .unwrap_or(0)
-        + 1;
-    let bytes = entry(seq, epoch)?;
-    txn.open_table(EVENTS)
-        .map_err(storage)?
-        .insert(seq, bytes.as_slice())
-        .map_err(storage)?;
-    meta.insert("event_seq", seq).map_err(storage)?;
-    Ok(Some(seq))
+
+    fn append(
+        &mut self,
+        entry: impl FnOnce(u64, u64) -> Result<Vec<u8>, RepoError>,
+    ) -> Result<Option<u64>, RepoError> {
+        let Some((epoch, last)) = self.at else {
+            return Ok(None);
+        };
+        let seq = last + 1;
+        let bytes = entry(seq, epoch)?;
+        self.events
+            .insert(seq, bytes.as_slice())
+            .map_err(storage)?;
+        // Written with every entry: the position is never behind what the
+        // table holds, however the transaction goes on.
+        self.meta.insert("event_seq", seq).map_err(storage)?;
+        self.at = Some((epoch, seq));
+        Ok(Some(seq))
+    }
+
+    /// [`append_event`] through this outbox.
+    pub(crate) fn event(&mut self, origin: &str, change: Change) -> Result<Option<u64>, RepoError> {
+        self.append(|seq, epoch| event_bytes(origin, seq, epoch, change))
+    }
+
+    /// An entry naming a record written in this transaction (see
+    /// [`Pointer`]): the outbox does not hold a second copy.
+    pub(crate) fn pointer(&mut self, target: Target) -> Result<Option<u64>, RepoError> {
+        self.append(|_, epoch| pointer_bytes(epoch, target))
+    }
+}
+
+fn pointer_bytes(epoch: u64, target: Target) -> Result<Vec<u8>, RepoError> {
+    sealed::seal_compact(
+        EVENTS.name(),
+        &Pointer {
+            at_us: now_us(),
+            epoch,
+            target,
+        },
+    )
 }
 
 /// An outbox entry as the twin receives it: a whole event's bytes as
