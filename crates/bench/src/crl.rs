@@ -439,8 +439,8 @@ pub fn scale_child(dir: &Path, n: u64, fill: bool, rounds: u64) -> anyhow::Resul
 /// The `fetch_crl` at scale report section: a CRL built from a repository
 /// of `n` revocations, in the process that recorded them (warm) and in a
 /// new one (cold).
-pub fn scale_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
-    let n = ((1_000_000f64 * scale.min(1.0)) as u64).max(1000);
+pub fn scale_section(report: &mut String, scale: f64, records: Option<u64>) -> anyhow::Result<()> {
+    let n = records.unwrap_or(((1_000_000f64 * scale.min(1.0)) as u64).max(1000));
     let rounds = 5;
     eprintln!("bench: fetch_crl from a repository of {n} revocations");
     let ceremony = Ceremony::new("rsa2048", "");

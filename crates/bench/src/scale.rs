@@ -86,6 +86,34 @@ fn start(ceremony: &Ceremony) -> anyhow::Result<Running> {
     Ok(Running { bench, client })
 }
 
+/// [`start`], and the seconds from starting the daemon to its first
+/// answer on the link.
+fn timed_start(ceremony: &Ceremony) -> anyhow::Result<(Running, f64)> {
+    let started = Instant::now();
+    let running = start(ceremony)?;
+    Ok((running, started.elapsed().as_secs_f64()))
+}
+
+/// Stops `running` and starts the same signer again: [`timed_start`].
+fn restart(running: Running, ceremony: &Ceremony) -> anyhow::Result<(Running, f64)> {
+    drop(running);
+    timed_start(ceremony)
+}
+
+/// Round trips of 20 `health` requests, one at a time, in ms.
+fn health_ms(r: &Running) -> anyhow::Result<Vec<f64>> {
+    use signer_protocol::{encode_body, msg, Command};
+    (0..20)
+        .map(|_| {
+            let started = Instant::now();
+            r.client
+                .submit(Command::HEALTH, encode_body(&msg::Empty {}))
+                .wait()?;
+            Ok(started.elapsed().as_secs_f64() * 1000.0)
+        })
+        .collect()
+}
+
 /// One round: `n` pipelined requests cycling through `csrs`; the rate and
 /// signerd's CPU seconds per certificate.
 fn round(r: &Running, csrs: &[Vec<u8>], n: usize, tag: &str) -> anyhow::Result<(f64, f64)> {
@@ -185,8 +213,8 @@ pub(crate) fn spread(mut v: Vec<f64>, f: impl Fn(f64) -> String) -> String {
 }
 
 /// The `## Issuance on a repository of 1,000,000 certificates` section.
-pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
-    let filled = ((1_000_000f64 * scale.min(1.0)) as u64).max(1000);
+pub fn section(report: &mut String, scale: f64, records: Option<u64>) -> anyhow::Result<()> {
+    let filled = records.unwrap_or(((1_000_000f64 * scale.min(1.0)) as u64).max(1000));
     let n = crate::scaled(2000, scale);
     let rounds = 5;
     writeln!(
@@ -210,6 +238,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         "| issuer key | empty: cert/s | full: cert/s | full ÷ empty, rate | floor: HSM signature + CSR + certificate verification, ms | empty: CPU ms/cert (÷ floor) | full: CPU ms/cert (÷ floor) | fill time |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    let mut startup = Vec::new();
     for (key, csr_key, label) in KEYS {
         eprintln!("bench: issuance on a full repository, {key}");
         let empty = Ceremony::new(key, SERVER_PROFILE);
@@ -227,13 +256,26 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         let fill_s = started.elapsed().as_secs_f64();
-        let a = start(&empty)?;
-        let b = start(&full)?;
+        let (a, a_start) = timed_start(&empty)?;
+        let (b, b_start) = timed_start(&full)?;
         // Warm up both (sessions, CA check, the file's first pages).
         let (_, cert) = round_keep(&a, &csrs, 50, "warm")?;
         round(&b, &csrs, 50, "warm")?;
         let (sign, csr, verify) = floor(&empty, key, &csrs, &cert)?;
         let floor_s = sign + csr + verify;
+        let (a_health, b_health) = (health_ms(&a)?, health_ms(&b)?);
+        // A second start of each (the file now in the page cache).
+        let (a, a_again) = restart(a, &empty)?;
+        let (b, b_again) = restart(b, &full)?;
+        startup.push(format!(
+            "| {label} | {:.2} s / {:.2} s | {:.2} s / {:.2} s | {} | {} |",
+            a_start,
+            a_again,
+            b_start,
+            b_again,
+            spread(a_health, |x| format!("{x:.2}")),
+            spread(b_health, |x| format!("{x:.2}")),
+        ));
         let mut rows = Vec::new();
         for k in 0..rounds {
             let e = round(&a, &csrs, n, &format!("r{k}"))?;
@@ -258,6 +300,17 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             spread(rows.iter().map(|r| r.0 .1).collect(), ms),
             spread(rows.iter().map(|r| r.1 .1).collect(), ms),
         )?;
+    }
+    writeln!(
+        report,
+        "\nStartup: from starting `signerd` to the first answer on the link (the repository opened with \
+         every page's checksum verified, the token logged in, the CA certificates checked), the first time \
+         after the fill and again (the file in the page cache). `health`: one request at a time, 20 of them, \
+         round trip in ms (min / median / max).\n\n\
+         | issuer key | empty: startup, first / again | full: startup, first / again | empty: health ms | full: health ms |\n|---|---|---|---|---|"
+    )?;
+    for row in startup {
+        writeln!(report, "{row}")?;
     }
     writeln!(report)?;
     Ok(())

@@ -945,3 +945,79 @@ fn the_outbox_names_records_and_sends_them_whole() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn group_commits_number_the_outbox_without_gaps_or_repeats() {
+    // Many certificates and audit entries committed together (the outbox
+    // opened once per group commit), revocations between them (each in a
+    // transaction of its own): every change once, numbered 1, 2, … in
+    // commit order, across a reopening.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let a = std::sync::Arc::new(open(&path, "a"));
+    let before = a.events_after(0, 100_000).unwrap().len();
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let a = std::sync::Arc::clone(&a);
+            std::thread::spawn(move || {
+                for i in 0..50u8 {
+                    let serial = t * 50 + i + 1;
+                    let mut cert = record("root", 0, &format!("req-{t}-{i}"));
+                    cert.serial = vec![0x40, serial];
+                    a.record_issuance(cert).unwrap();
+                    a.audit(AuditEntry::new("command", "sign_x509", "ok"));
+                    if i % 10 == 0 {
+                        a.record_revocation(revocation("root", &[0x40, serial], 1), false)
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Audit entries are queued, not waited for: one more certificate
+    // (committed after them) makes sure they are written.
+    a.record_issuance(record("other", 1, "req-last")).unwrap();
+    let check = |repo: &Repository| {
+        let events: Vec<Event> = repo
+            .events_after(0, 100_000)
+            .unwrap()
+            .iter()
+            .map(|(seq, b)| {
+                let e = Event::decode(b).unwrap();
+                assert_eq!(e.seq, *seq);
+                e
+            })
+            .collect();
+        assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        let count = |f: fn(&Change) -> bool| events.iter().filter(|e| f(&e.change)).count();
+        assert_eq!(count(|c| matches!(c, Change::Issued(r) if r.issuer == "root")), 200);
+        assert_eq!(count(|c| matches!(c, Change::Revoked(_))), 20);
+        assert_eq!(
+            count(|c| matches!(c, Change::Audit(e) if e.kind == "command")),
+            200
+        );
+        let mut serials: Vec<Vec<u8>> = events
+            .iter()
+            .filter_map(|e| match &e.change {
+                Change::Issued(r) if r.issuer == "root" => Some(r.serial.clone()),
+                _ => None,
+            })
+            .collect();
+        serials.sort();
+        serials.dedup();
+        assert_eq!(serials.len(), 200);
+        events.len()
+    };
+    let n = check(&a);
+    assert_eq!(n, before + 421);
+    std::sync::Arc::into_inner(a).unwrap().close();
+    let a = open(&path, "a");
+    assert_eq!(check(&a), n);
+    // The next change continues the sequence.
+    a.record_issuance(record("other", 2, "req-next")).unwrap();
+    let last = a.events_after(0, 100_000).unwrap().last().unwrap().0;
+    assert_eq!(last, n as u64 + 1);
+}
