@@ -546,3 +546,59 @@ fn sigterm_stops_the_daemon_while_the_peer_does_not_read() {
         bench.daemon.log()
     );
 }
+
+#[test]
+fn callers_waiting_for_a_lost_signer_share_one_attempt_to_reach_it() {
+    // Two links: the first with nobody on it (a lost signer), the second
+    // with a signer. Callers that need the lost one while another is trying
+    // to open its link get that attempt's failure instead of each waiting
+    // out an attempt of their own in turn (a gateway's workers with rows in
+    // doubt on it did, and the twin's rows waited behind them); a caller
+    // that comes afterwards tries again; requests go to the one that
+    // answers.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = signer_linksim::LinkSim::start(signer_linksim::Options::new(
+        dir.path().join("a"),
+        dir.path().join("b"),
+    ))
+    .unwrap();
+    let bench = Bench::start(LinkSpec::unthrottled());
+    drop(bench.client());
+    let mut lost = LinkOptions::new(dir.path().join("b"));
+    lost.baud = 4_000_000;
+    let pair = std::sync::Arc::new(signer_client::Failover::new(
+        vec![lost, bench.link_options()],
+        Duration::from_secs(2),
+    ));
+    let callers: Vec<_> = (0..3)
+        .map(|k| {
+            let pair = std::sync::Arc::clone(&pair);
+            // The first starts the attempt; the others come while it runs.
+            std::thread::sleep(Duration::from_millis(if k == 0 { 0 } else { 300 }));
+            std::thread::spawn(move || pair.server_of(0).unwrap_err())
+        })
+        .collect();
+    let errors: Vec<signer_client::ClientError> =
+        callers.into_iter().map(|c| c.join().unwrap()).collect();
+    let attempts = errors
+        .iter()
+        .filter(|e| matches!(e, signer_client::ClientError::Timeout(..)))
+        .count();
+    let shared = errors
+        .iter()
+        .filter(|e| matches!(e, signer_client::ClientError::Link { message, .. } if message.contains("while this one waited")))
+        .count();
+    assert_eq!((attempts, shared), (1, 2), "{errors:?}");
+    assert!(errors.iter().all(signer_client::no_answer), "{errors:?}");
+    // Afterwards: a new attempt of its own.
+    let later = pair.server_of(0).unwrap_err();
+    assert!(
+        matches!(later, signer_client::ClientError::Timeout(..)),
+        "{later}"
+    );
+    // The signer that answers is used meanwhile.
+    let reply = pair.call(Command::HEALTH, health_body()).unwrap();
+    assert_eq!(reply.status, Status::OK);
+    assert_eq!(pair.current(), 1);
+    drop(sim);
+}

@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signer_protocol::calls::{self, Retry};
 use signer_protocol::{msg, Command, Status};
@@ -35,6 +35,14 @@ use crate::{Calls, Client, ClientError, ClientStats, LinkOptions, Reply};
 /// An open link: the generation it was opened in, and its client.
 type Opened = (u64, Arc<Client>);
 
+/// A link's state: open or not, and when an attempt to open it last
+/// failed (its signer did not answer `hello`) and why.
+#[derive(Default)]
+struct Slot {
+    open: Option<Opened>,
+    failed: Option<(Instant, String)>,
+}
+
 /// A client for a pair (or more) of signers that fails over between them.
 /// Each link is opened when first needed and then kept open (a gateway
 /// holds every device, so nothing else can take one), until it fails.
@@ -42,7 +50,7 @@ pub struct Failover {
     links: Vec<LinkOptions>,
     failover_after: Duration,
     /// One slot per link.
-    slots: Vec<Mutex<Option<Opened>>>,
+    slots: Vec<Mutex<Slot>>,
     current: AtomicUsize,
     generation: AtomicU64,
     failovers: AtomicU64,
@@ -104,7 +112,7 @@ impl Failover {
             })
             .collect();
         Failover {
-            slots: links.iter().map(|_| Mutex::new(None)).collect(),
+            slots: links.iter().map(|_| Mutex::new(Slot::default())).collect(),
             links,
             failover_after,
             current: AtomicUsize::new(0),
@@ -161,18 +169,39 @@ impl Failover {
         self.current.load(Ordering::SeqCst) % self.links.len().max(1)
     }
 
-    /// The client of link `index`, opening it if needed.
+    /// The client of link `index`, opening it if needed. Callers that
+    /// waited while another opened the link share that attempt's failure
+    /// instead of each waiting out an open of their own, one after another
+    /// (a gateway's workers with rows in doubt on a lost signer would
+    /// otherwise queue here for minutes while the twin could be working);
+    /// a caller that comes later tries again.
     fn slot(&self, index: usize) -> Result<(u64, Arc<Client>), ClientError> {
         let Some(slot) = self.slots.get(index) else {
             return Err(ClientError::Closed);
         };
+        let arrived = Instant::now();
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(open) = slot.as_ref() {
+        if let Some(open) = slot.open.as_ref() {
             return Ok(open.clone());
         }
-        let client = Arc::new(Client::open(&self.links[index])?);
+        if let Some((at, cause)) = &slot.failed {
+            if *at >= arrived {
+                return Err(ClientError::Link {
+                    device: self.links[index].device.display().to_string(),
+                    message: format!("{cause} (an attempt made while this one waited to open it)"),
+                });
+            }
+        }
+        let client = match Client::open(&self.links[index]) {
+            Ok(client) => Arc::new(client),
+            Err(e) => {
+                slot.failed = Some((Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
+        slot.failed = None;
         let generation = self.generation.fetch_add(1, Ordering::SeqCst);
-        *slot = Some((generation, Arc::clone(&client)));
+        slot.open = Some((generation, Arc::clone(&client)));
         Ok((generation, client))
     }
 
@@ -217,8 +246,8 @@ impl Failover {
     fn close(&self, index: usize, generation: u64) {
         if let Some(slot) = self.slots.get(index) {
             let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
-                *slot = None;
+            if slot.open.as_ref().is_some_and(|(g, _)| *g == generation) {
+                slot.open = None;
             }
         }
     }
@@ -279,7 +308,7 @@ impl Failover {
             .iter()
             .map(|slot| {
                 let slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-                slot.as_ref().map(|(_, c)| c.stats())
+                slot.open.as_ref().map(|(_, c)| c.stats())
             })
             .collect()
     }
