@@ -82,7 +82,8 @@ fn start(ceremony: &Ceremony) -> anyhow::Result<Running> {
         ceremony.ca_yaml
     );
     let bench = Bench::start_with_env(LinkSpec::unthrottled(), &yaml, ceremony.env());
-    let client = bench.client();
+    // Every page of a large repository is checked before the daemon serves.
+    let client = bench.client_within(bench.link_options(), std::time::Duration::from_secs(900));
     Ok(Running { bench, client })
 }
 

@@ -462,8 +462,15 @@ impl Bench {
     }
 
     /// Like [`Bench::client`] with explicit options.
-    pub fn client_with(&self, mut options: LinkOptions) -> Client {
-        let until = Instant::now() + Duration::from_secs(20);
+    pub fn client_with(&self, options: LinkOptions) -> Client {
+        self.client_within(options, Duration::from_secs(20))
+    }
+
+    /// Like [`Bench::client_with`], waiting up to `wait` for the daemon to
+    /// serve (a repository of millions of records is checked page by page
+    /// before it does).
+    pub fn client_within(&self, mut options: LinkOptions, wait: Duration) -> Client {
+        let until = Instant::now() + wait;
         let timeout = options.timeout;
         options.timeout = Duration::from_secs(2);
         loop {
@@ -486,7 +493,7 @@ impl Bench {
                 }
                 Err(e) if Instant::now() > until => {
                     panic!(
-                        "signerd did not answer within 20 s: {e}\n{}",
+                        "signerd did not answer within {wait:?}: {e}\n{}",
                         self.daemon.log()
                     )
                 }
