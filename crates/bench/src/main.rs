@@ -599,35 +599,51 @@ fn main() -> anyhow::Result<()> {
     if only.is_none() || only == Some("gateway") {
         gateway::section(&mut report, cli.scale)?;
     }
-    if only.is_some() {
-        if let Some(old) = cli
-            .out
-            .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-        {
-            report = splice(&old, &report);
-        }
+    if let Some(old) = cli
+        .out
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+    {
+        report = if only.is_some() {
+            splice(&old, &report)
+        } else {
+            // A full run keeps what only runs on demand (`--records`,
+            // `--storage-also`) after its own sections.
+            splice(&report, &extra_sections(&old, &report))
+        };
     }
     write_report(cli.out.as_deref(), &report)
+}
+
+/// The `## ` sections of `old` whose headings `new` does not have.
+fn extra_sections(old: &str, new: &str) -> String {
+    let (_, old) = sections(old);
+    let (_, new) = sections(new);
+    old.into_iter()
+        .filter(|(h, _)| !new.iter().any(|(n, _)| n == h))
+        .map(|(_, body)| body)
+        .collect()
+}
+
+/// A report's preamble and its `## ` sections (heading, text).
+fn sections(text: &str) -> (String, Vec<(String, String)>) {
+    let mut pre = String::new();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("## ") {
+            out.push((line.trim_end().to_string(), String::new()));
+        }
+        match out.last_mut() {
+            Some((_, body)) => body.push_str(line),
+            None => pre.push_str(line),
+        }
+    }
+    (pre, out)
 }
 
 /// `old` with each `## ` section of `new` in place of the one of the same
 /// heading (appended if it had none); `new`'s preamble is dropped.
 fn splice(old: &str, new: &str) -> String {
-    fn sections(text: &str) -> (String, Vec<(String, String)>) {
-        let mut pre = String::new();
-        let mut out: Vec<(String, String)> = Vec::new();
-        for line in text.split_inclusive('\n') {
-            if line.starts_with("## ") {
-                out.push((line.trim_end().to_string(), String::new()));
-            }
-            match out.last_mut() {
-                Some((_, body)) => body.push_str(line),
-                None => pre.push_str(line),
-            }
-        }
-        (pre, out)
-    }
     let (pre, mut kept) = sections(old);
     for (heading, body) in sections(new).1 {
         match kept.iter_mut().find(|(h, _)| *h == heading) {
@@ -749,4 +765,28 @@ fn link_sections(report: &mut String, scale: f64) -> anyhow::Result<()> {
     drop(bench);
 
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{extra_sections, splice};
+
+    const OLD: &str = "# B\nold time\n## A\nold a\n## On demand\nbig\n## Gone\nold g\n";
+
+    #[test]
+    fn an_only_run_replaces_its_section_and_keeps_the_rest() {
+        assert_eq!(
+            splice(OLD, "# B\nnew time\n## A\nnew a\n"),
+            "# B\nold time\n## A\nnew a\n## On demand\nbig\n## Gone\nold g\n"
+        );
+    }
+
+    #[test]
+    fn a_full_run_keeps_the_old_sections_it_did_not_make_after_its_own() {
+        let new = "# B\nnew time\n## A\nnew a\n## Gone\nnew g\n";
+        assert_eq!(
+            splice(new, &extra_sections(OLD, new)),
+            "# B\nnew time\n## A\nnew a\n## Gone\nnew g\n## On demand\nbig\n"
+        );
+    }
 }
