@@ -421,16 +421,23 @@ fn client_cli_health_text_json_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2), "usage exit code");
 }
 
+/// A simulated link in `dir` with no signer on its far end, and the
+/// options of its near end.
+fn link_to_nobody(dir: &std::path::Path) -> (signer_linksim::LinkSim, LinkOptions) {
+    let sim = signer_linksim::LinkSim::start(signer_linksim::Options::new(
+        dir.join("a"),
+        dir.join("b"),
+    ))
+    .unwrap();
+    let mut options = LinkOptions::new(dir.join("b"));
+    options.baud = 4_000_000;
+    (sim, options)
+}
+
 #[test]
 fn client_times_out_when_no_signer_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = signer_linksim::LinkSim::start(signer_linksim::Options::new(
-        dir.path().join("a"),
-        dir.path().join("b"),
-    ))
-    .unwrap();
-    let mut options = LinkOptions::new(dir.path().join("b"));
-    options.baud = 4_000_000;
+    let (sim, mut options) = link_to_nobody(dir.path());
     options.timeout = Duration::from_millis(2500);
     let err = match signer_client::Client::open(&options) {
         Ok(_) => panic!("nobody is listening"),
@@ -557,15 +564,9 @@ fn callers_waiting_for_a_lost_signer_share_one_attempt_to_reach_it() {
     // that comes afterwards tries again; requests go to the one that
     // answers.
     let dir = tempfile::tempdir().unwrap();
-    let sim = signer_linksim::LinkSim::start(signer_linksim::Options::new(
-        dir.path().join("a"),
-        dir.path().join("b"),
-    ))
-    .unwrap();
+    let (sim, lost) = link_to_nobody(dir.path());
     let bench = Bench::start(LinkSpec::unthrottled());
     drop(bench.client());
-    let mut lost = LinkOptions::new(dir.path().join("b"));
-    lost.baud = 4_000_000;
     let pair = std::sync::Arc::new(signer_client::Failover::new(
         vec![lost, bench.link_options()],
         Duration::from_secs(2),
