@@ -424,11 +424,9 @@ fn client_cli_health_text_json_and_exit_codes() {
 /// A simulated link in `dir` with no signer on its far end, and the
 /// options of its near end.
 fn link_to_nobody(dir: &std::path::Path) -> (signer_linksim::LinkSim, LinkOptions) {
-    let sim = signer_linksim::LinkSim::start(signer_linksim::Options::new(
-        dir.join("a"),
-        dir.join("b"),
-    ))
-    .unwrap();
+    let sim =
+        signer_linksim::LinkSim::start(signer_linksim::Options::new(dir.join("a"), dir.join("b")))
+            .unwrap();
     let mut options = LinkOptions::new(dir.join("b"));
     options.baud = 4_000_000;
     (sim, options)

@@ -376,7 +376,6 @@ fn event_bytes(origin: &str, seq: u64, epoch: u64, change: Change) -> Result<Vec
     )
 }
 
-
 /// Writes the next outbox entry, made by `entry` from its sequence number
 /// and the epoch, if the repository has a twin.
 fn append(
@@ -425,9 +424,7 @@ impl<'t> Outbox<'t> {
         };
         let seq = last + 1;
         let bytes = entry(seq, epoch)?;
-        self.events
-            .insert(seq, bytes.as_slice())
-            .map_err(storage)?;
+        self.events.insert(seq, bytes.as_slice()).map_err(storage)?;
         // Written with every entry: the position is never behind what the
         // table holds, however the transaction goes on.
         self.meta.insert("event_seq", seq).map_err(storage)?;

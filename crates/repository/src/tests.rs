@@ -993,7 +993,10 @@ fn group_commits_number_the_outbox_without_gaps_or_repeats() {
             .collect();
         assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
         let count = |f: fn(&Change) -> bool| events.iter().filter(|e| f(&e.change)).count();
-        assert_eq!(count(|c| matches!(c, Change::Issued(r) if r.issuer == "root")), 200);
+        assert_eq!(
+            count(|c| matches!(c, Change::Issued(r) if r.issuer == "root")),
+            200
+        );
         assert_eq!(count(|c| matches!(c, Change::Revoked(_))), 20);
         assert_eq!(
             count(|c| matches!(c, Change::Audit(e) if e.kind == "command")),
