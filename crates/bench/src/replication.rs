@@ -535,7 +535,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(
         report,
         "\nCPU per certificate (ms, time on a CPU from schedstat, median of the pinned rounds above). The \
-         last column is everything the first core (A's host) did per certificate, kernel work included \
+         last column is everything the first core (A's host, with the client and the link simulator) did per certificate, kernel work included \
          (loopback networking, writeback; /proc/stat, 10 ms ticks), in the rounds alone and with a twin:\n\n\
          | issuer key | signer alone | signer A | A's nats-server | A's host ÷ alone, each pair of rounds | B and its nats-server | first core, all its work: alone / with a twin |\n|---|---|---|---|---|---|---|"
     )?;
