@@ -95,12 +95,6 @@ fn timed_start(ceremony: &Ceremony) -> anyhow::Result<(Running, f64)> {
     Ok((running, started.elapsed().as_secs_f64()))
 }
 
-/// Stops `running` and starts the same signer again: [`timed_start`].
-fn restart(running: Running, ceremony: &Ceremony) -> anyhow::Result<(Running, f64)> {
-    drop(running);
-    timed_start(ceremony)
-}
-
 /// Round trips of 20 `health` requests, one at a time, in ms.
 fn health_ms(r: &Running) -> anyhow::Result<Vec<f64>> {
     use signer_protocol::{encode_body, msg, Command};
@@ -266,8 +260,9 @@ pub fn section(report: &mut String, scale: f64, records: Option<u64>) -> anyhow:
         let floor_s = sign + csr + verify;
         let (a_health, b_health) = (health_ms(&a)?, health_ms(&b)?);
         // A second start of each (the file now in the page cache).
-        let (a, a_again) = restart(a, &empty)?;
-        let (b, b_again) = restart(b, &full)?;
+        drop((a, b));
+        let (a, a_again) = timed_start(&empty)?;
+        let (b, b_again) = timed_start(&full)?;
         startup.push(format!(
             "| {label} | {:.2} s / {:.2} s | {:.2} s / {:.2} s | {} | {} |",
             a_start,

@@ -360,29 +360,7 @@ pub(crate) fn append_event(
     origin: &str,
     change: Change,
 ) -> Result<Option<u64>, RepoError> {
-    append(txn, |seq, epoch| event_bytes(origin, seq, epoch, change))
-}
-
-fn event_bytes(origin: &str, seq: u64, epoch: u64, change: Change) -> Result<Vec<u8>, RepoError> {
-    sealed::seal(
-        EVENTS.name(),
-        &Event {
-            origin: origin.to_string(),
-            seq,
-            epoch,
-            at_us: now_us(),
-            change,
-        },
-    )
-}
-
-/// Writes the next outbox entry, made by `entry` from its sequence number
-/// and the epoch, if the repository has a twin.
-fn append(
-    txn: &WriteTransaction,
-    entry: impl FnOnce(u64, u64) -> Result<Vec<u8>, RepoError>,
-) -> Result<Option<u64>, RepoError> {
-    Outbox::open(txn)?.append(entry)
+    Outbox::open(txn)?.event(origin, change)
 }
 
 /// The outbox opened once for many entries of one transaction (a group
@@ -415,6 +393,8 @@ impl<'t> Outbox<'t> {
         })
     }
 
+    /// Writes the next entry, made by `entry` from its sequence number and
+    /// the epoch, if the repository has a twin.
     fn append(
         &mut self,
         entry: impl FnOnce(u64, u64) -> Result<Vec<u8>, RepoError>,
@@ -434,25 +414,34 @@ impl<'t> Outbox<'t> {
 
     /// [`append_event`] through this outbox.
     pub(crate) fn event(&mut self, origin: &str, change: Change) -> Result<Option<u64>, RepoError> {
-        self.append(|seq, epoch| event_bytes(origin, seq, epoch, change))
+        self.append(|seq, epoch| {
+            sealed::seal(
+                EVENTS.name(),
+                &Event {
+                    origin: origin.to_string(),
+                    seq,
+                    epoch,
+                    at_us: now_us(),
+                    change,
+                },
+            )
+        })
     }
 
     /// An entry naming a record written in this transaction (see
     /// [`Pointer`]): the outbox does not hold a second copy.
     pub(crate) fn pointer(&mut self, target: Target) -> Result<Option<u64>, RepoError> {
-        self.append(|_, epoch| pointer_bytes(epoch, target))
+        self.append(|_, epoch| {
+            sealed::seal_compact(
+                EVENTS.name(),
+                &Pointer {
+                    at_us: now_us(),
+                    epoch,
+                    target,
+                },
+            )
+        })
     }
-}
-
-fn pointer_bytes(epoch: u64, target: Target) -> Result<Vec<u8>, RepoError> {
-    sealed::seal_compact(
-        EVENTS.name(),
-        &Pointer {
-            at_us: now_us(),
-            epoch,
-            target,
-        },
-    )
 }
 
 /// An outbox entry as the twin receives it: a whole event's bytes as
