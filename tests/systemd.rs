@@ -138,3 +138,45 @@ fn the_gateway_logs_with_journal_priorities_too() {
     let _ = child.wait().unwrap();
     journal_lines(&std::fs::read_to_string(&log_path).unwrap());
 }
+
+#[test]
+fn a_signer_with_a_repository_says_it_checks_it_and_extends_the_start() {
+    // Opening the repository reads every page first (seconds at millions
+    // of records): systemd hears why the start takes long and extends its
+    // start timeout, then READY=1 once the link is served.
+    use signer_client::Calls;
+    use signer_testsupport::ca::{Ceremony, SERVER_PROFILE};
+    use signer_testsupport::{Bench, LinkSpec};
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let socket_path = c.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut env = c.env();
+    env.push(("NOTIFY_SOCKET".into(), socket_path.clone()));
+    let bench = Bench::start_with_env(LinkSpec::unthrottled(), &c.ca_yaml, env);
+    let mut got: Vec<String> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 512];
+    while Instant::now() < until && !got.iter().any(|m| m.starts_with("READY=1")) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let ready = got.iter().position(|m| m.starts_with("READY=1"));
+    let extended = got.iter().position(|m| {
+        m.starts_with("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=checking the repository (")
+    });
+    assert!(
+        matches!((extended, ready), (Some(e), Some(r)) if e < r),
+        "{got:?}"
+    );
+    // Serving: nothing more is extended.
+    assert!(bench.client().health().is_ok());
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(n) = socket.recv(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(!m.starts_with("EXTEND_TIMEOUT_USEC"), "{m}");
+    }
+}

@@ -96,7 +96,11 @@ fn run(c: &Config) -> anyhow::Result<()> {
             let sessions = c.protocol.workers
                 + usize::from(ca_config.replication.is_some())
                 + usize::from(ca_config.audit.is_some());
-            let service = CaService::start(ca_config, &c.signer_id, sessions)?;
+            let service = {
+                // Opening the repository reads the whole file first.
+                let _starting = notify::Starting::begin(&ca_config.repository);
+                CaService::start(ca_config, &c.signer_id, sessions)?
+            };
             router = service.routes(router);
             health.push(service.clone());
             if let Some(r) = &ca_config.replication {
