@@ -182,6 +182,19 @@ fn twins_converge_through_partitions_and_restarts() {
     t.nats_a.restart();
     t.wait_in_sync(&a, &b, 21, SYNC).unwrap();
 
+    // Published but not yet read by B when A's nats-server loses its store
+    // (a wiped disk): the stream is gone with them, and A, with nothing
+    // new to publish, finds that out and publishes them again from its
+    // outbox (which keeps each until B has applied it).
+    t.cut();
+    for i in 0..3 {
+        sign(&a, &d, &format!("ra-{i}"));
+    }
+    wait_for(&a, "replication:publish", |(_, d)| d.contains("waiting 0"));
+    t.nats_a.restart_empty();
+    t.restore();
+    t.wait_in_sync(&a, &b, 24, SYNC).unwrap();
+
     // signerd killed (-9) on either side right after issuing.
     for i in 0..2 {
         sign(&a, &d, &format!("ka-{i}"));
@@ -194,7 +207,7 @@ fn twins_converge_through_partitions_and_restarts() {
     t.a.daemon.restart();
     drop(a);
     a = t.a.client();
-    t.wait_in_sync(&a, &b, 25, SYNC).unwrap();
+    t.wait_in_sync(&a, &b, 28, SYNC).unwrap();
     // Restarted twins still answer a retried request id with the original.
     let replay: msg::SignX509Reply = b.request::<calls::SignX509>(&requests[4]).unwrap();
     assert!(replay.replayed);

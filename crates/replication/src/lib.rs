@@ -511,9 +511,18 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             }
         };
         if batch.is_empty() {
-            tokio::select! {
-                _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            let idle = tokio::select! {
+                _ = shared.wake.notified() => false,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+            };
+            // A stream lost with its nats-server's store takes what the
+            // twin had not read yet; with nothing new to publish, no
+            // publish would fail to tell. Found missing, it is made again
+            // and the outbox published anew from what the twin has not
+            // applied.
+            if idle && js.get_stream(stream_name(&shared.me)).await.is_err() {
+                debug!("replication: the stream is gone; publishing again from the outbox");
+                published = None;
             }
             continue;
         }

@@ -43,6 +43,8 @@ pub struct NatsServer {
     pub port: u16,
     conf: PathBuf,
     log: PathBuf,
+    /// JetStream's store directory.
+    store: PathBuf,
 }
 
 impl NatsServer {
@@ -119,6 +121,7 @@ impl NatsServer {
             port,
             conf,
             log: dir.join(format!("{name}.log")),
+            store: dir.join(format!("{name}-jetstream")),
         };
         server.spawn();
         server
@@ -189,6 +192,14 @@ impl NatsServer {
     /// Starts it again on the same port and store (after `kill`).
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Starts it again on the same port with its store lost (a wiped disk):
+    /// every stream and consumer on it is gone.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
         self.spawn();
     }
 }
