@@ -80,20 +80,21 @@ pub(crate) fn append(
         None => (0, vec![0; 32]),
     };
     let mut tree = txn.open_table(crate::tree::AUDIT_TREE).map_err(storage)?;
-    let mut outbox = Outbox::open(txn)?;
-    for mut e in entries {
-        seq += 1;
-        e.seq = seq;
-        e.signer_id = signer_id.to_string();
-        e.prev = prev;
-        e.hash = e.compute_hash();
-        prev = e.hash.clone();
-        let bytes = rmp_serde::to_vec_named(&e).map_err(storage)?;
-        table.insert(seq, bytes.as_slice()).map_err(storage)?;
-        crate::tree::add_leaf(&mut tree, seq - 1, &bytes)?;
-        outbox.pointer(Target::Audit(seq))?;
-    }
-    Ok(())
+    Outbox::with(txn, |outbox| {
+        for mut e in entries {
+            seq += 1;
+            e.seq = seq;
+            e.signer_id = signer_id.to_string();
+            e.prev = prev;
+            e.hash = e.compute_hash();
+            prev = e.hash.clone();
+            let bytes = rmp_serde::to_vec_named(&e).map_err(storage)?;
+            table.insert(seq, bytes.as_slice()).map_err(storage)?;
+            crate::tree::add_leaf(&mut tree, seq - 1, &bytes)?;
+            outbox.pointer(Target::Audit(seq))?;
+        }
+        Ok(())
+    })
 }
 
 /// Stores a twin's entry (replicated).

@@ -125,10 +125,12 @@ pub(crate) fn commit_batch(
     let mut results = Vec::with_capacity(batch.len());
     {
         let mut tables = CertTables::open(&txn)?;
-        let mut outbox = crate::outbox::Outbox::open(&txn)?;
-        for job in batch {
-            results.push(insert_issued(&mut outbox, &mut tables, &job.record)?);
-        }
+        crate::outbox::Outbox::with(&txn, |outbox| {
+            for job in batch {
+                results.push(insert_issued(outbox, &mut tables, &job.record)?);
+            }
+            Ok(())
+        })?;
     }
     let certified = certifies
         .iter()

@@ -274,72 +274,73 @@ pub(crate) fn become_twinned(txn: &WriteTransaction, origin: &str) -> Result<u64
     // nothing of a large repository is held in memory. The audit chain and
     // the certificates by pointer (each read to be sure it can be
     // replicated).
-    let mut outbox = Outbox::open(txn)?;
-    let mut n = 0u64;
-    for item in txn
-        .open_table(crate::audit::AUDIT)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        AuditEntry::decode(v.value())?;
-        outbox.pointer(Target::Audit(k.value()))?;
-        n += 1;
-    }
-    for item in txn
-        .open_table(CERTS)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        decode(v.value())?;
-        let (issuer, serial) = k.value();
-        outbox.pointer(Target::Issued(issuer.to_string(), serial.to_vec()))?;
-        n += 1;
-    }
-    let mut add = |change: Change| -> Result<(), RepoError> {
-        outbox.event(origin, change)?;
-        n += 1;
-        Ok(())
-    };
-    for item in txn
-        .open_table(REVOCATIONS)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        add(Change::Revoked(decode_revocation(
-            item.map_err(storage)?.1.value(),
-        )?))?;
-    }
-    for item in txn
-        .open_table(crate::openpgp::CERTIFICATIONS)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        add(Change::Certified(crate::openpgp::decode(
-            item.map_err(storage)?.1.value(),
-        )?))?;
-    }
-    for item in txn
-        .open_table(CRL_HISTORY)
-        .map_err(storage)?
-        .iter()
-        .map_err(storage)?
-    {
-        let (k, v) = item.map_err(storage)?;
-        let (issuer, number) = k.value();
-        let meta: CrlMeta = sealed::open(CRL_HISTORY.name(), v.value())?;
-        add(Change::CrlIssued {
-            issuer: issuer.to_string(),
-            number: number.to_vec(),
-            this_update: meta.this_update,
-        })?;
-    }
-    Ok(n)
+    Outbox::with(txn, |outbox| {
+        let mut n = 0u64;
+        for item in txn
+            .open_table(crate::audit::AUDIT)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            AuditEntry::decode(v.value())?;
+            outbox.pointer(Target::Audit(k.value()))?;
+            n += 1;
+        }
+        for item in txn
+            .open_table(CERTS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            decode(v.value())?;
+            let (issuer, serial) = k.value();
+            outbox.pointer(Target::Issued(issuer.to_string(), serial.to_vec()))?;
+            n += 1;
+        }
+        let mut add = |change: Change| -> Result<(), RepoError> {
+            outbox.event(origin, change)?;
+            n += 1;
+            Ok(())
+        };
+        for item in txn
+            .open_table(REVOCATIONS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            add(Change::Revoked(decode_revocation(
+                item.map_err(storage)?.1.value(),
+            )?))?;
+        }
+        for item in txn
+            .open_table(crate::openpgp::CERTIFICATIONS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            add(Change::Certified(crate::openpgp::decode(
+                item.map_err(storage)?.1.value(),
+            )?))?;
+        }
+        for item in txn
+            .open_table(CRL_HISTORY)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            let (issuer, number) = k.value();
+            let meta: CrlMeta = sealed::open(CRL_HISTORY.name(), v.value())?;
+            add(Change::CrlIssued {
+                issuer: issuer.to_string(),
+                number: number.to_vec(),
+                this_update: meta.this_update,
+            })?;
+        }
+        Ok(n)
+    })
 }
 
 /// Whether the repository is one of a pair (its changes are replicated).
@@ -360,23 +361,42 @@ pub(crate) fn append_event(
     origin: &str,
     change: Change,
 ) -> Result<Option<u64>, RepoError> {
-    Outbox::open(txn)?.event(origin, change)
+    Outbox::with(txn, |outbox| outbox.event(origin, change))
 }
 
 /// The outbox opened once for many entries of one transaction (a group
 /// commit's certificates or audit entries): the tables and the position
-/// are looked up once instead of per entry. While it is open, nothing else
-/// in the transaction may open the outbox's tables (redb refuses a table
-/// opened twice), so it lives in a scope of its own.
+/// are looked up once, and the position written once, instead of per
+/// entry. While it is open, nothing else in the transaction may open the
+/// outbox's tables (redb refuses a table opened twice), so it lives only
+/// within [`Outbox::with`].
 pub(crate) struct Outbox<'t> {
     meta: redb::Table<'t, &'static str, u64>,
     events: redb::Table<'t, u64, &'static [u8]>,
     /// (epoch, last sequence number) when the repository has a twin.
     at: Option<(u64, u64)>,
+    /// Whether entries were appended (the position has moved).
+    moved: bool,
 }
 
 impl<'t> Outbox<'t> {
-    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Outbox<'t>, RepoError> {
+    /// Runs `f` with the outbox of `txn`, then records the position past
+    /// what `f` appended. An error from `f` is returned without it: the
+    /// caller's transaction is then not committed, so no entry stays
+    /// without its position.
+    pub(crate) fn with<T>(
+        txn: &'t WriteTransaction,
+        f: impl FnOnce(&mut Outbox<'t>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let mut outbox = Outbox::open(txn)?;
+        let out = f(&mut outbox)?;
+        if let (true, Some((_, last))) = (outbox.moved, outbox.at) {
+            outbox.meta.insert("event_seq", last).map_err(storage)?;
+        }
+        Ok(out)
+    }
+
+    fn open(txn: &'t WriteTransaction) -> Result<Outbox<'t>, RepoError> {
         let meta = txn.open_table(META).map_err(storage)?;
         let at = if twinned(&meta)? {
             let get = |k: &str| -> Result<u64, RepoError> {
@@ -390,6 +410,7 @@ impl<'t> Outbox<'t> {
             meta,
             events: txn.open_table(EVENTS).map_err(storage)?,
             at,
+            moved: false,
         })
     }
 
@@ -405,10 +426,8 @@ impl<'t> Outbox<'t> {
         let seq = last + 1;
         let bytes = entry(seq, epoch)?;
         self.events.insert(seq, bytes.as_slice()).map_err(storage)?;
-        // Written with every entry: the position is never behind what the
-        // table holds, however the transaction goes on.
-        self.meta.insert("event_seq", seq).map_err(storage)?;
         self.at = Some((epoch, seq));
+        self.moved = true;
         Ok(Some(seq))
     }
 
