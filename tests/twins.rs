@@ -473,6 +473,9 @@ fn a_replacement_twin_seeded_from_the_survivor_holds_every_record() {
     assert_eq!(crl.entries, 2, "both revocations are on the new B's CRL");
     let apply = checks(&b)["replication:apply"].clone();
     assert!(!apply.1.contains("were gone"), "{apply:?}");
+    // Every record and audit chain each twin holds passes its check, B's
+    // chain from before and after its disk was lost included.
+    t.check_repositories();
 
     // A's clock is set back a year: A refuses to sign (clock_untrusted), and
     // a client with both links gets the certificate from B instead.

@@ -584,6 +584,7 @@ fn seed_into(
     identity::write(&txn, &mine)?;
     let mut peer_meta: BTreeMap<String, u64> = BTreeMap::new();
     let mut audit_entries = 0u64;
+    let mut former: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let (_, summary) = read_backup(backup, |table, rows| {
         if SEEDED.contains(&table) {
             let mut done = false;
@@ -601,9 +602,40 @@ fn seed_into(
                     .map_err(storage)?;
                 audit_entries += 1;
             }
+        } else if table == audit::AUDIT_PEER.name() {
+            // The peer's copy of this signer's own former chain.
+            for (k, v) in &rows {
+                let (signer, seq) = <(&str, u64) as Value>::from_bytes(k);
+                if signer == expected.signer_id {
+                    former.insert(seq, v.to_vec());
+                }
+            }
         }
         Ok(())
     })?;
+    // This signer's chain goes on from the last entry of it the peer holds
+    // (the same signer id, keys and audit log, on a new disk): its new
+    // entries link to that one, so the peer's copy and any copy outside
+    // the box stay one chain (entries lost with the old disk show there as
+    // a log that went back). Started anew instead, its entries would
+    // overwrite the peer's copy from 1 on and break it. A copy that does
+    // not start at 1 or has a gap cannot be taken up: refused.
+    let own_entries = former.len() as u64;
+    if !former.is_empty() {
+        if former.keys().copied().ne(1..=own_entries) {
+            return Err(RepoError::Corrupt(format!(
+                "{shown}: the backup's copy of {}'s audit chain is not whole (entries {:?} to {:?}, {} of them)",
+                expected.signer_id,
+                former.keys().next(),
+                former.keys().next_back(),
+                own_entries
+            )));
+        }
+        let mut own = txn.open_table(audit::AUDIT).map_err(storage)?;
+        for (seq, bytes) in &former {
+            own.insert(*seq, bytes.as_slice()).map_err(storage)?;
+        }
+    }
     {
         let mut meta = txn.open_table(crate::outbox::META).map_err(storage)?;
         meta.insert("epoch", crate::new_epoch(path))
@@ -635,6 +667,7 @@ fn seed_into(
                 .fact("certificates", summary.count(CERTS.name()).to_string())
                 .fact("revocations", summary.count(REVOCATIONS.name()).to_string())
                 .fact("peer_audit_entries", audit_entries.to_string())
+                .fact("own_audit_entries", own_entries.to_string())
                 .fact(
                     "peer_event_seq",
                     peer_meta.get("event_seq").copied().unwrap_or(0).to_string(),

@@ -673,6 +673,29 @@ impl Twins {
         )
     }
 
+    /// `signerd repo check` on both twins while they serve (every record
+    /// and every audit chain each holds, its own and the other's), each
+    /// required to pass; their outputs.
+    pub fn check_repositories(&self) -> (String, String) {
+        let check = |config: PathBuf, softhsm: PathBuf| {
+            signerd_in(
+                &["repo", "check"],
+                &config,
+                &[("SOFTHSM2_CONF".to_string(), softhsm)],
+            )
+        };
+        (
+            check(
+                self.a.dir().join("signerd.yaml"),
+                self.ceremony.hsm.conf.clone(),
+            ),
+            check(
+                self.b.dir().join("signerd.yaml"),
+                self.dir_b().join("softhsm2.conf"),
+            ),
+        )
+    }
+
     /// B's token store directory (its repository lives there too).
     pub fn dir_b(&self) -> &Path {
         self.token_b.path()
