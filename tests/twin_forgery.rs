@@ -504,3 +504,127 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
         "{log}"
     );
 }
+
+/// Asks `nats` a JetStream API question; the JSON answer.
+fn js_api(nats: &mut Nats, subject: &str, body: &str) -> serde_json::Value {
+    nats.send(format!("PUB {subject} _INBOX.api {}\r\n{body}\r\n", body.len()).as_bytes());
+    let (_, answer) = nats.next().expect("an answer from the JetStream API");
+    serde_json::from_slice(&answer).unwrap()
+}
+
+#[test]
+fn a_sealed_batch_of_the_twins_former_repository_is_never_applied_again() {
+    // B's disk is lost twice, and B is seeded anew each time (a new epoch,
+    // its sequence from 1 again). An attacker with B's NATS credentials kept
+    // the first batch B sealed in its second repository; once B runs on its
+    // third, they publish it again. It is authentic (B's replication key
+    // sealed it) but not B's present: A never goes back to that epoch,
+    // refuses the batch, says so, and keeps applying what B does now.
+    let mut t = Twins::new("p256", SERVER_PROFILE);
+    let d = t.ceremony.dir().to_path_buf();
+    let a = t.a.client();
+    let b = t.b.client();
+    sign(&b, &d, "first-repository");
+    t.wait_in_sync(&a, &b, 1, SYNC).unwrap();
+    drop(b);
+    let b_key = signer_keys::PublicKey::from_pem(
+        &std::fs::read_to_string(t.dir_b().join("replication-b.pem")).unwrap(),
+    )
+    .unwrap();
+    let tls_b = t.dir_b().join("signer-b.nats.crt");
+    let seed_b = t.dir_b().join("replication-b.seed");
+
+    // The second repository, its first batch held on B's server (the cable
+    // is cut, so A cannot take it yet) and copied by the attacker.
+    t.cut();
+    let b = replace_b(&mut t);
+    wait_published(&b);
+    let mut attacker = Nats::connect(t.nats_b.port, &tls_b, &seed_b);
+    attacker.subscribe("_INBOX.api");
+    let info = js_api(&mut attacker, "$JS.API.STREAM.INFO.SIGNER_SIGNER_B", "");
+    let first = info["state"]["first_seq"].as_u64().unwrap();
+    let got = js_api(
+        &mut attacker,
+        "$JS.API.STREAM.MSG.GET.SIGNER_SIGNER_B",
+        &format!("{{\"seq\":{first}}}"),
+    );
+    use base64::Engine as _;
+    let kept = base64::engine::general_purpose::STANDARD
+        .decode(got["message"]["data"].as_str().unwrap())
+        .unwrap();
+    let (seal, _) = signer_replication::seal::Batch::open(&kept, "signer-b", &b_key).unwrap();
+    assert_eq!(seal.body.first, 1, "the second repository's first batch");
+    let second_epoch = seal.body.epoch;
+    t.restore();
+    t.wait_in_sync(&a, &b, 1, SYNC).unwrap();
+    drop(b);
+
+    // The third repository.
+    let b = replace_b(&mut t);
+    sign(&b, &d, "third-repository");
+    t.wait_in_sync(&a, &b, 2, SYNC).unwrap();
+    assert_eq!(refused(&a).0, msg::HealthStatus::Ok);
+
+    // The kept batch, published again on B's stream.
+    attacker.publish(
+        "signer.signer-b.events",
+        &[("Nats-Msg-Id", "kept-batch"), ("Signer-Kind", "batch")],
+        &kept,
+    );
+    let detail = wait_refused(&a, "published again");
+    assert!(detail.contains(&format!("{second_epoch:016x}")), "{detail}");
+    // A stays with B's present: what B does now still reaches A.
+    sign(&b, &d, "after-the-replay");
+    t.wait_in_sync(&a, &b, 3, SYNC).unwrap();
+    let log = t.a.daemon.log();
+    assert!(log.contains("published again"), "{log}");
+
+    // Again to an A just started, which remembers nothing of the epochs it
+    // left: B's signed state (over A's fresh nonce) names B's present
+    // epoch, and nothing else is taken for it.
+    drop(a);
+    t.a.daemon.restart();
+    let a = t.a.client();
+    attacker.publish(
+        "signer.signer-b.events",
+        &[
+            ("Nats-Msg-Id", "kept-batch-again"),
+            ("Signer-Kind", "batch"),
+        ],
+        &kept,
+    );
+    let detail = wait_refused(&a, "published again");
+    assert!(detail.contains(&format!("{second_epoch:016x}")), "{detail}");
+    sign(&b, &d, "after-the-restart");
+    t.wait_in_sync(&a, &b, 4, SYNC).unwrap();
+    // Every audit chain each twin holds still links, B's three
+    // repositories' included.
+    t.check_repositories();
+}
+
+/// B's disk is lost: its repository is seeded anew from A's backup and B
+/// starts on it (a new epoch). B's new client.
+fn replace_b(t: &mut Twins) -> Client {
+    t.b.daemon.kill();
+    std::fs::remove_file(t.dir_b().join("repository.redb")).unwrap();
+    t.seed_b_from_a();
+    t.b.daemon.restart();
+    t.b.client()
+}
+
+/// Waits until B has published everything it has (its outbox is on its
+/// nats-server).
+fn wait_published(b: &Client) {
+    let until = Instant::now() + SYNC;
+    loop {
+        let publish = checks(b).get("replication:publish").cloned();
+        if publish
+            .as_ref()
+            .is_some_and(|(_, d)| d.contains("waiting 0") && !d.contains("published 0 "))
+        {
+            return;
+        }
+        assert!(Instant::now() < until, "never published: {publish:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

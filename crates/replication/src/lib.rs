@@ -776,12 +776,18 @@ struct Candidate {
 struct Inbox {
     events: BTreeMap<(u64, u64), Vec<Candidate>>,
     sealed: BTreeMap<(u64, u64), [u8; 32]>,
-    seals: Vec<(u64, u64, jetstream::Message)>,
+    /// (epoch, last sequence number covered, message, when it arrived).
+    seals: Vec<(u64, u64, jetstream::Message, Instant)>,
     refusals: Vec<String>,
     /// Stream sequence numbers held (a redelivery is not held twice).
     stream_seqs: std::collections::HashSet<u64>,
-    /// Epochs of the twin this consumer moved on from (their seals are done).
-    left: std::collections::HashSet<u64>,
+    /// Epochs of the twin this consumer moved on from, each with the
+    /// highest stream sequence number seen when it did: a seal of such an
+    /// epoch delivered late is done; one stored after that was published
+    /// again, not by the twin.
+    left: std::collections::HashMap<u64, u64>,
+    /// The highest stream sequence number held so far.
+    last_stream_seq: u64,
 }
 
 impl Inbox {
@@ -899,6 +905,7 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
         // Redelivered while held (its acknowledgement is still owed).
         return;
     }
+    held.last_stream_seq = held.last_stream_seq.max(stream_seq);
     let kind_is = |kind: &str| {
         m.headers
             .as_ref()
@@ -1023,7 +1030,8 @@ fn keep_seal(shared: &Shared, held: &mut Inbox, seal: &Seal, m: jetstream::Messa
             .insert((seal.body.epoch, seal.body.first + i as u64), digest);
     }
     shared.status().seals_verified += 1;
-    held.seals.push((seal.body.epoch, seal.last(), m));
+    held.seals
+        .push((seal.body.epoch, seal.last(), m, Instant::now()));
 }
 
 /// Applies the unbroken run of sealed events after the last applied one,
@@ -1088,21 +1096,27 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
             }
         }
     }
-    // A new epoch (the twin's repository was replaced) starts at 1, and only
-    // where the twin sealed it.
+    // A new epoch (the twin's repository was replaced) starts at 1, where
+    // the twin sealed it, and only when the twin's latest signed state
+    // (an answer to this signer's fresh nonce) says it is in that epoch:
+    // a batch its former repository sealed, kept and published again, is
+    // authentic but not the twin's present, and never taken for it.
+    let attested = shared
+        .status()
+        .peer_state
+        .as_ref()
+        .map(|(at, p)| (*at, p.state.epoch));
     let continues = epoch.is_some_and(|e| held.sealed.contains_key(&(e, last + 1)));
     if !continues {
-        if let Some(&(new_epoch, _)) = held
-            .sealed
-            .keys()
-            .find(|(e, seq)| Some(*e) != epoch && *seq == 1)
-        {
+        if let Some(&(new_epoch, _)) = held.sealed.keys().find(|(e, seq)| {
+            Some(*e) != epoch && *seq == 1 && attested.is_some_and(|(_, now)| now == *e)
+        }) {
             if let Some(old) = epoch {
                 warn!(
                     epoch = format!("{new_epoch:016x}"),
                     "replication: the twin's repository is new: its sequence starts again"
                 );
-                held.left.insert(old);
+                held.left.insert(old, held.last_stream_seq);
             }
             epoch = Some(new_epoch);
             last = 0;
@@ -1161,16 +1175,52 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
             }
         }
     }
-    // Seals whose events are all applied (or of an epoch left behind) are done.
+    // Seals whose events are all applied (or of an epoch left behind) are
+    // done. A seal of another epoch than the one applied is a replay of the
+    // twin's former repository when it was stored after this consumer left
+    // that epoch, or when the twin said after it arrived that it is in the
+    // applied epoch: refused, with the events it covers.
     let mut open = Vec::new();
-    for (e, covered_last, m) in std::mem::take(&mut held.seals) {
-        if (Some(e) == epoch && covered_last <= last) || held.left.contains(&e) {
+    let mut replayed = Vec::new();
+    for (e, covered_last, m, arrived) in std::mem::take(&mut held.seals) {
+        let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let other = epoch.is_some() && Some(e) != epoch;
+        let late = held.left.get(&e).is_some_and(|&upto| stream_seq > upto);
+        let not_present = attested.is_some_and(|(at, now)| at > arrived && Some(now) == epoch);
+        if other && (late || (!held.left.contains_key(&e) && not_present)) {
+            replayed.push((e, m));
+        } else if (Some(e) == epoch && covered_last <= last) || held.left.contains_key(&e) {
             held.done(&m, jetstream::AckKind::Ack).await;
         } else {
-            open.push((e, covered_last, m));
+            open.push((e, covered_last, m, arrived));
         }
     }
     held.seals = open;
+    for (e, m) in replayed {
+        let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let still_sealed = held.seals.iter().any(|s| s.0 == e);
+        if !still_sealed {
+            held.sealed.retain(|&(se, _), _| se != e);
+            let gone: Vec<(u64, u64)> = held
+                .events
+                .range((e, 0)..=(e, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for key in gone {
+                for c in held.events.remove(&key).unwrap_or_default() {
+                    if let Some(lone) = &c.message {
+                        held.done(lone, jetstream::AckKind::Term).await;
+                    }
+                }
+            }
+        }
+        let cause = format!(
+            "stream message {stream_seq}: a seal of the twin's epoch {e:016x}, published again: \
+             the twin's repository is in epoch {:016x}",
+            epoch.unwrap_or(0)
+        );
+        refuse(shared, held, Some(&m), cause).await;
+    }
     if let Some(e) = epoch {
         held.sealed.retain(|&(se, seq), _| se != e || seq > last);
     }
@@ -1205,7 +1255,7 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
         || held
             .seals
             .iter()
-            .any(|(e, covered_last, _)| *e == next.0 && *covered_last >= next.1);
+            .any(|(e, covered_last, _, _)| *e == next.0 && *covered_last >= next.1);
     let waiting = (has_next || later).then_some((next.0, next.1, has_next));
     s.waiting_for = match (waiting, s.waiting_for) {
         (None, _) => None,
