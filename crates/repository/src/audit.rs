@@ -97,12 +97,23 @@ pub(crate) fn append(
     })
 }
 
-/// Stores a twin's entry (replicated).
+/// Stores a twin's entry (replicated). An entry of the copy is never
+/// replaced by a different one: that would rewrite the twin's chain as this
+/// signer holds it (evidence), so it is refused and nothing of the
+/// transaction is applied.
 pub(crate) fn store_peer(txn: &WriteTransaction, e: &AuditEntry) -> Result<(), RepoError> {
     let bytes = rmp_serde::to_vec_named(e).map_err(storage)?;
-    txn.open_table(AUDIT_PEER)
-        .map_err(storage)?
-        .insert((e.signer_id.as_str(), e.seq), bytes.as_slice())
+    let mut copy = txn.open_table(AUDIT_PEER).map_err(storage)?;
+    if let Some(held) = copy.get((e.signer_id.as_str(), e.seq)).map_err(storage)? {
+        if held.value() != bytes.as_slice() {
+            return Err(RepoError::Corrupt(format!(
+                "audit entry {} of {} differs from the one already held: the copy of its chain is not rewritten",
+                e.seq, e.signer_id
+            )));
+        }
+        return Ok(());
+    }
+    copy.insert((e.signer_id.as_str(), e.seq), bytes.as_slice())
         .map_err(storage)?;
     Ok(())
 }

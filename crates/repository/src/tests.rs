@@ -499,6 +499,30 @@ fn the_audit_chain_verifies_replicates_and_reports_the_first_broken_link() {
     assert_eq!(on_b.len(), 2);
     assert_eq!((on_b[1].signer_id.as_str(), on_b[1].entries), ("a", 8));
     assert!(on_b[1].broken.is_none());
+    // An entry of the copy is never replaced by a different one (a chain of
+    // a's started again at 1, say): refused, nothing of it applied, the
+    // copy as it was.
+    let state = a.replica_state().unwrap();
+    let mut other = a.audit_entries(|e| e.seq == 3).unwrap().remove(0);
+    other.outcome = "refused".into();
+    other.hash = other.compute_hash();
+    let event = Event {
+        origin: "a".into(),
+        seq: state.own_seq + 1,
+        epoch: state.epoch,
+        at_us: 1,
+        change: Change::Audit(other),
+    };
+    let refused = b.apply_events(&[(event, 1)]).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("differs from the one already held"),
+        "{refused}"
+    );
+    let on_b = b.audit_verify().unwrap();
+    assert_eq!((on_b[1].entries, on_b[1].broken.clone()), (8, None));
+    assert_eq!(b.replica_state().unwrap().applied["a"].0, state.own_seq);
     let found = b
         .audit_entries(|e| e.facts.get("request_id").is_some_and(|r| r == "r-3"))
         .unwrap();
