@@ -257,6 +257,10 @@ fn twins_converge_through_partitions_and_restarts() {
     // Nothing of A's was skipped into B.
     let agreement = &checks(&b)["replication:agreement"];
     assert!(!agreement.1.contains("in sync"), "{agreement:?}");
+    // A keeps the copy of B's former audit chain apart, whole, and copies
+    // the new one from its first entry: both verify.
+    let (on_a, _) = t.check_repositories();
+    assert!(on_a.contains("signer-b~"), "{on_a}");
 }
 
 fn issued_total(detail: &str) -> u64 {

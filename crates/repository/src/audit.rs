@@ -100,18 +100,54 @@ pub(crate) fn append(
 /// Stores a twin's entry (replicated). An entry of the copy is never
 /// replaced by a different one: that would rewrite the twin's chain as this
 /// signer holds it (evidence), so it is refused and nothing of the
-/// transaction is applied.
+/// transaction is applied. One exception keeps both chains whole: a first
+/// entry (sequence 1, linking to nothing) that differs from the held one
+/// means the twin's chain started again (its repository made anew instead
+/// of seeded); the held copy is then kept under `<twin>~<its first hash>`
+/// (verified, searchable, never written again) and the new chain is
+/// copied from 1.
 pub(crate) fn store_peer(txn: &WriteTransaction, e: &AuditEntry) -> Result<(), RepoError> {
     let bytes = rmp_serde::to_vec_named(e).map_err(storage)?;
     let mut copy = txn.open_table(AUDIT_PEER).map_err(storage)?;
-    if let Some(held) = copy.get((e.signer_id.as_str(), e.seq)).map_err(storage)? {
-        if held.value() != bytes.as_slice() {
+    let held = copy
+        .get((e.signer_id.as_str(), e.seq))
+        .map_err(storage)?
+        .map(|v| v.value().to_vec());
+    if let Some(held) = held {
+        if held == bytes {
+            return Ok(());
+        }
+        if e.seq != 1 || e.prev != vec![0; 32] {
             return Err(RepoError::Corrupt(format!(
                 "audit entry {} of {} differs from the one already held: the copy of its chain is not rewritten",
                 e.seq, e.signer_id
             )));
         }
-        return Ok(());
+        let former = AuditEntry::decode(&held)?;
+        let label = format!(
+            "{}~{}",
+            e.signer_id,
+            crate::hex(&former.hash[..8.min(former.hash.len())])
+        );
+        let mut moved = Vec::new();
+        for item in copy
+            .range((e.signer_id.as_str(), 0u64)..=(e.signer_id.as_str(), u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            moved.push((k.value().1, v.value().to_vec()));
+        }
+        for (seq, v) in &moved {
+            copy.remove((e.signer_id.as_str(), *seq)).map_err(storage)?;
+            copy.insert((label.as_str(), *seq), v.as_slice())
+                .map_err(storage)?;
+        }
+        warn!(
+            twin = %e.signer_id,
+            kept_as = %label,
+            entries = moved.len(),
+            "the twin's audit chain started again; the copy of its former chain is kept apart"
+        );
     }
     copy.insert((e.signer_id.as_str(), e.seq), bytes.as_slice())
         .map_err(storage)?;

@@ -523,6 +523,33 @@ fn the_audit_chain_verifies_replicates_and_reports_the_first_broken_link() {
     let on_b = b.audit_verify().unwrap();
     assert_eq!((on_b[1].entries, on_b[1].broken.clone()), (8, None));
     assert_eq!(b.replica_state().unwrap().applied["a"].0, state.own_seq);
+    // A chain of a's started again (a's repository made anew, a new epoch):
+    // the copy of the former chain is kept apart, whole, and the new one
+    // copied from 1.
+    let mut restart = AuditEntry::new("repository", "create", "ok");
+    restart.seq = 1;
+    restart.signer_id = "a".into();
+    restart.prev = vec![0; 32];
+    restart.hash = restart.compute_hash();
+    let event = Event {
+        origin: "a".into(),
+        seq: 1,
+        epoch: state.epoch ^ 1,
+        at_us: 1,
+        change: Change::Audit(restart),
+    };
+    b.apply_events(&[(event, 1)]).unwrap();
+    let chains = b.audit_verify().unwrap();
+    let shape: Vec<(String, u64, bool)> = chains
+        .iter()
+        .map(|c| (c.signer_id.clone(), c.entries, c.broken.is_none()))
+        .collect();
+    assert_eq!(shape.len(), 3, "{shape:?}");
+    assert_eq!(shape[1], ("a".to_string(), 1, true), "{shape:?}");
+    assert!(
+        shape[2].0.starts_with("a~") && shape[2].1 == 8 && shape[2].2,
+        "{shape:?}"
+    );
     let found = b
         .audit_entries(|e| e.facts.get("request_id").is_some_and(|r| r == "r-3"))
         .unwrap();

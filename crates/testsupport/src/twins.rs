@@ -673,16 +673,14 @@ impl Twins {
         )
     }
 
-    /// `signerd repo check` on both twins while they serve (every record
-    /// and every audit chain each holds, its own and the other's), each
-    /// required to pass; their outputs.
+    /// `signerd repo check` and `signerd audit verify` on both twins while
+    /// they serve (every record and every audit chain each holds, its own
+    /// and the other's), each required to pass; their outputs.
     pub fn check_repositories(&self) -> (String, String) {
         let check = |config: PathBuf, softhsm: PathBuf| {
-            signerd_in(
-                &["repo", "check"],
-                &config,
-                &[("SOFTHSM2_CONF".to_string(), softhsm)],
-            )
+            let env = [("SOFTHSM2_CONF".to_string(), softhsm)];
+            signerd_in(&["repo", "check"], &config, &env)
+                + &signerd_in(&["audit", "verify"], &config, &env)
         };
         (
             check(
