@@ -705,6 +705,73 @@ fn a_replacement_twin_seeded_from_the_survivors_backup_goes_on_from_there() {
 }
 
 #[test]
+fn a_seed_takes_up_the_twins_own_former_chain_only_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a.redb"), "a");
+    // a's copy of b's chain: entries 1 and 2, linked; then, in another
+    // repository, 1 and 3 (a gap).
+    let chain = |seqs: &[u64]| -> Vec<(Event, u64)> {
+        let mut prev = vec![0; 32];
+        let mut out = Vec::new();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let mut e = AuditEntry::new("command", "sign_x509", "ok");
+            e.seq = seq;
+            e.signer_id = "b".into();
+            e.prev = prev.clone();
+            e.hash = e.compute_hash();
+            prev = e.hash.clone();
+            let event = Event {
+                origin: "b".into(),
+                seq: i as u64 + 1,
+                epoch: 7,
+                at_us: 1,
+                change: Change::Audit(e),
+            };
+            out.push((event, 1));
+        }
+        out
+    };
+    a.apply_events(&chain(&[1, 2])).unwrap();
+    let mut file = Vec::new();
+    a.backup(&mut file).unwrap();
+    let mut expected = Expected::signer("b");
+    expected.peer_id = Some("a".into());
+    let path = dir.path().join("b.redb");
+    Repository::seed(
+        &path,
+        &mut file.as_slice(),
+        &expected,
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let b = Repository::open(&path, &expected, &OpenOptions::default()).unwrap();
+    // Its own chain goes on from entry 2: 1, 2, then the seed's two entries.
+    let chains = b.audit_verify().unwrap();
+    assert_eq!(
+        (chains[0].entries, chains[0].broken.clone()),
+        (4, None),
+        "{chains:?}"
+    );
+    b.close();
+
+    let gap = tempfile::tempdir().unwrap();
+    let a = open(&gap.path().join("a.redb"), "a");
+    a.apply_events(&chain(&[1, 3])).unwrap();
+    let mut file = Vec::new();
+    a.backup(&mut file).unwrap();
+    let path = gap.path().join("b.redb");
+    let refused = Repository::seed(
+        &path,
+        &mut file.as_slice(),
+        &expected,
+        &OpenOptions::default(),
+    )
+    .unwrap_err();
+    assert!(refused.to_string().contains("is not whole"), "{refused}");
+    assert!(!path.exists(), "a refused seed leaves no file");
+}
+
+#[test]
 fn the_audit_tree_covers_every_entry_and_proves_what_it_holds() {
     use signer_tlog::merkle;
     let dir = tempfile::tempdir().unwrap();
