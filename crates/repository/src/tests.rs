@@ -641,6 +641,13 @@ fn certifications_are_kept_once_replicate_and_conflict_when_made_twice() {
     assert_eq!(a.certification_count().unwrap(), 2);
 }
 
+/// Seeds twin "b" (whose twin is "a") at `path` from the backup `file`.
+fn seed_b(path: &Path, file: &[u8]) -> Result<BackupSummary, RepoError> {
+    let mut expected = Expected::signer("b");
+    expected.peer_id = Some("a".into());
+    Repository::seed(path, &mut &file[..], &expected, &OpenOptions::default())
+}
+
 #[test]
 fn a_replacement_twin_seeded_from_the_survivors_backup_goes_on_from_there() {
     let dir = tempfile::tempdir().unwrap();
@@ -666,20 +673,9 @@ fn a_replacement_twin_seeded_from_the_survivors_backup_goes_on_from_there() {
         Err(RepoError::Refused(Refusal::Foreign { .. }))
     ));
     assert!(!path.exists());
-    Repository::seed(
-        &path,
-        &mut file.as_slice(),
-        &expected,
-        &OpenOptions::default(),
-    )
-    .unwrap();
+    seed_b(&path, &file).unwrap();
     assert!(matches!(
-        Repository::seed(
-            &path,
-            &mut file.as_slice(),
-            &expected,
-            &OpenOptions::default()
-        ),
+        seed_b(&path, &file),
         Err(RepoError::Refused(Refusal::Exists(_)))
     ));
     let b = Repository::open(&path, &expected, &OpenOptions::default()).unwrap();
@@ -737,13 +733,7 @@ fn a_seed_takes_up_the_twins_own_former_chain_only_whole() {
     let mut expected = Expected::signer("b");
     expected.peer_id = Some("a".into());
     let path = dir.path().join("b.redb");
-    Repository::seed(
-        &path,
-        &mut file.as_slice(),
-        &expected,
-        &OpenOptions::default(),
-    )
-    .unwrap();
+    seed_b(&path, &file).unwrap();
     let b = Repository::open(&path, &expected, &OpenOptions::default()).unwrap();
     // Its own chain goes on from entry 2: 1, 2, then the seed's two entries.
     let chains = b.audit_verify().unwrap();
@@ -760,13 +750,7 @@ fn a_seed_takes_up_the_twins_own_former_chain_only_whole() {
     let mut file = Vec::new();
     a.backup(&mut file).unwrap();
     let path = gap.path().join("b.redb");
-    let refused = Repository::seed(
-        &path,
-        &mut file.as_slice(),
-        &expected,
-        &OpenOptions::default(),
-    )
-    .unwrap_err();
+    let refused = seed_b(&path, &file).unwrap_err();
     assert!(refused.to_string().contains("is not whole"), "{refused}");
     assert!(!path.exists(), "a refused seed leaves no file");
 }
