@@ -791,6 +791,19 @@ struct Inbox {
 }
 
 impl Inbox {
+    /// Takes the held candidates of epoch `epoch` with sequence numbers in
+    /// `seqs` out of the inbox.
+    fn take(&mut self, epoch: u64, seqs: std::ops::RangeInclusive<u64>) -> Vec<Candidate> {
+        let keys: Vec<(u64, u64)> = self
+            .events
+            .range((epoch, *seqs.start())..=(epoch, *seqs.end()))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .flat_map(|k| self.events.remove(&k).unwrap_or_default())
+            .collect()
+    }
+
     /// Acknowledges a held message (`Ack`, or `Term` for a refusal): it
     /// will not come again, so it is no longer remembered as held.
     async fn done(&mut self, m: &jetstream::Message, kind: jetstream::AckKind) {
@@ -1082,18 +1095,11 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
     }
     // Repeats of what was applied (redelivery after a restart).
     if let Some(e) = epoch {
-        let repeats: Vec<(u64, u64)> = held
-            .events
-            .range((e, 0)..=(e, last))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in repeats {
-            for c in held.events.remove(&k).unwrap_or_default() {
-                if let Some(m) = &c.message {
-                    held.done(m, jetstream::AckKind::Ack).await;
-                }
-                shared.status().duplicates_total += 1;
+        for c in held.take(e, 0..=last) {
+            if let Some(m) = &c.message {
+                held.done(m, jetstream::AckKind::Ack).await;
             }
+            shared.status().duplicates_total += 1;
         }
     }
     // A new epoch (the twin's repository was replaced) starts at 1, where
@@ -1188,7 +1194,7 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
         let late = held.left.get(&e).is_some_and(|&upto| stream_seq > upto);
         let not_present = attested.is_some_and(|(at, now)| at > arrived && Some(now) == epoch);
         if other && (late || (!held.left.contains_key(&e) && not_present)) {
-            replayed.push((e, m));
+            replayed.push((e, m, stream_seq));
         } else if (Some(e) == epoch && covered_last <= last) || held.left.contains_key(&e) {
             held.done(&m, jetstream::AckKind::Ack).await;
         } else {
@@ -1196,21 +1202,12 @@ async fn apply_held(shared: &Shared, held: &mut Inbox) {
         }
     }
     held.seals = open;
-    for (e, m) in replayed {
-        let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let still_sealed = held.seals.iter().any(|s| s.0 == e);
-        if !still_sealed {
+    for (e, m, stream_seq) in replayed {
+        if !held.seals.iter().any(|s| s.0 == e) {
             held.sealed.retain(|&(se, _), _| se != e);
-            let gone: Vec<(u64, u64)> = held
-                .events
-                .range((e, 0)..=(e, u64::MAX))
-                .map(|(k, _)| *k)
-                .collect();
-            for key in gone {
-                for c in held.events.remove(&key).unwrap_or_default() {
-                    if let Some(lone) = &c.message {
-                        held.done(lone, jetstream::AckKind::Term).await;
-                    }
+            for c in held.take(e, 0..=u64::MAX) {
+                if let Some(lone) = &c.message {
+                    held.done(lone, jetstream::AckKind::Term).await;
                 }
             }
         }
