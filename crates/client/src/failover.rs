@@ -323,8 +323,31 @@ impl Calls for Failover {
     /// Sends a request to the current signer, failing over while signers
     /// stop answering (every signer gets at most two tries) — except a
     /// request that issues and may have reached a signer: that one stays
-    /// with it ([`ClientError::InDoubt`]).
+    /// with it ([`ClientError::InDoubt`]). While the signers answer
+    /// `starting` (their repository checked, their HSM logged in), the
+    /// request is sent again every [`STARTING_PAUSE`] for up to
+    /// `failover_after`: nothing was done with it.
     fn call(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError> {
+        let until = Instant::now() + self.failover_after;
+        loop {
+            let answer = self.call_once(command, body.clone());
+            let starting = match &answer {
+                Ok(reply) => reply.status == Status::STARTING,
+                Err(e) => e.status() == Some(Status::STARTING),
+            };
+            if !starting || Instant::now() + STARTING_PAUSE > until {
+                return answer;
+            }
+            std::thread::sleep(STARTING_PAUSE);
+        }
+    }
+}
+
+/// How often a request answered `starting` is sent again.
+pub const STARTING_PAUSE: Duration = Duration::from_millis(250);
+
+impl Failover {
+    fn call_once(&self, command: Command, body: Vec<u8>) -> Result<Reply, ClientError> {
         // A command this library does not know is treated as one that issues.
         let stays = calls::declaration(command).is_none_or(|d| d.retry == Retry::SameSigner);
         let key = stays
@@ -394,7 +417,8 @@ impl Calls for Failover {
 }
 
 /// Statuses after which the other signer is asked: this one did nothing
-/// and cannot do it now (its HSM, disk or clock), while its twin may.
+/// and cannot do it now (its HSM, disk or clock, or it is still starting),
+/// while its twin may.
 pub fn twin_may_answer(status: Status) -> bool {
     matches!(
         status,
@@ -403,5 +427,6 @@ pub fn twin_may_answer(status: Status) -> bool {
             | Status::REPOSITORY_CORRUPT
             | Status::CLOCK_UNTRUSTED
             | Status::SHUTTING_DOWN
+            | Status::STARTING
     )
 }

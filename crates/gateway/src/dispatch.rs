@@ -33,8 +33,8 @@ use crate::metrics::Metrics;
 use crate::queue::{Answer, Claimed, Outcome, Queue};
 
 /// True for statuses that say the request itself is refused: sending it
-/// again changes nothing. Everything else (the link, `busy`, the signer's
-/// HSM, disk or clock) is worth another attempt.
+/// again changes nothing. Everything else (the link, `busy`, a signer still
+/// starting, the signer's HSM, disk or clock) is worth another attempt.
 pub fn is_final(status: Status) -> bool {
     matches!(
         status,
@@ -553,9 +553,14 @@ mod tests {
             Status::HSM_UNAVAILABLE,
             Status::CLOCK_UNTRUSTED,
             Status::SHUTTING_DOWN,
+            Status::STARTING,
             Status::INTERNAL,
         ] {
             assert!(!is_final(s), "{s}");
+            assert!(
+                s == Status::INTERNAL || signer_client::twin_may_answer(s),
+                "{s}"
+            );
         }
         for s in [
             Status::REQUEST_ID_CONFLICT,

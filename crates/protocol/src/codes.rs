@@ -114,6 +114,10 @@ wire_code! {
         INTERNAL = 50 => "internal",
         /// The signer is shutting down; retry with the same id (also on the twin).
         SHUTTING_DOWN = 51 => "shutting_down",
+        /// The signer is starting (checking its repository, logging in to
+        /// the HSM); the request had no effect: retry with the same id
+        /// later (also on the twin).
+        STARTING = 52 => "starting",
         /// No profile of that name.
         UNKNOWN_PROFILE = 100 => "unknown_profile",
         /// The CSR is not a PKCS#10 request.
@@ -213,6 +217,7 @@ impl Status {
                 | Status::FRAME_SHORT
                 | Status::BUSY
                 | Status::SHUTTING_DOWN
+                | Status::STARTING
                 | Status::UNKNOWN_RESPONSE
                 | Status::INTERNAL
                 | Status::HSM_UNAVAILABLE

@@ -11,6 +11,10 @@ const UNKNOWN_COMMAND: (&str, &str) = (
     "9601030c0001c42081a76d657373616765b6756e6b6e6f776e20636f6d6d616e6420307830306666",
     "059601030c2801c42081a76d657373616765b6756e6b6e6f776e20636f6d6d616e6420307830306666a4398dec00",
 );
+const STARTING: (&str, &str) = (
+    "960105340001c41281a76d657373616765a87374617274696e67",
+    "05960105341a01c41281a76d657373616765a87374617274696e67b813562100",
+);
 const FETCH_PARTS: (&str, &str) = (
     "9401040382a2696403a57061727473920102",
     "179401040382a2696403a5706172747392010214177f8f00",
@@ -59,6 +63,23 @@ fn error_response_vector() {
     );
     let err: msg::ErrorBody = decode_body(part.data).unwrap();
     assert_eq!(err.message, "unknown command 0x00ff");
+}
+
+#[test]
+fn starting_response_vector() {
+    let content = check_frame(STARTING);
+    let body = encode_body(&msg::ErrorBody {
+        message: "starting".into(),
+        detail: String::new(),
+    });
+    assert_eq!(
+        encode_response(5, Status::STARTING, &body, 4096),
+        vec![content.clone()]
+    );
+    let part = decode_response_part(&content).unwrap();
+    assert_eq!((part.id, part.status), (5, Status::STARTING));
+    assert_eq!(part.status.name(), Some("starting"));
+    assert!(part.status.is_retryable());
 }
 
 #[test]

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use signer_protocol::calls;
 use signer_service::{
     audit_of, Answer, Audit, AuditSink, CallContext, CommandOutcome, Completion, Failure,
-    HealthSource, Placement, Router,
+    HealthSource, Placement, Route, Router,
 };
 
 /// Limits of the engine.
@@ -112,12 +112,16 @@ enum Work {
 /// The engine. Cheap to share: clone the `Arc`.
 pub struct Engine {
     config: EngineConfig,
-    router: Router,
+    /// `hello` and `health`, served from the start.
+    built_in: Router,
+    /// The services' commands, once they are ready ([`Engine::ready`]):
+    /// until then every other command is answered `starting`.
+    services: std::sync::OnceLock<Router>,
     cache: Mutex<Cache>,
     counters: Counters,
     peer_max_frame: AtomicU32,
     started: Instant,
-    health: Vec<Arc<dyn HealthSource>>,
+    health: Mutex<Vec<Arc<dyn HealthSource>>>,
     jobs: Mutex<Option<Sender<Work>>>,
     stopping: AtomicBool,
     stop: Arc<AtomicBool>,
@@ -152,21 +156,34 @@ fn digest(command: Command, body: &[u8]) -> Digest32 {
 }
 
 impl Engine {
-    /// Builds the engine and starts its worker threads.
+    /// Builds the engine, starts its worker threads and serves `router`'s
+    /// commands.
     pub fn start(
         config: EngineConfig,
         router: Router,
         health: Vec<Arc<dyn HealthSource>>,
     ) -> Arc<Self> {
+        let engine = Self::starting(config, Vec::new());
+        engine.ready(router, health);
+        engine
+    }
+
+    /// Builds the engine and starts its worker threads while the services
+    /// are still starting (the repository being checked, the HSM logged
+    /// in): `hello` and `health` (from `health`, which says what the
+    /// start waits for) are answered, every other command `starting`
+    /// without effect, until [`Engine::ready`].
+    pub fn starting(config: EngineConfig, health: Vec<Arc<dyn HealthSource>>) -> Arc<Self> {
         let (tx, rx) = mpsc::channel::<Work>();
         let engine = Arc::new_cyclic(|weak: &std::sync::Weak<Engine>| Engine {
             peer_max_frame: AtomicU32::new(DEFAULT_MAX_FRAME.min(config.max_frame)),
             config,
-            router: Self::built_in(weak.clone()).merge(router),
+            built_in: Self::built_in(weak.clone()),
+            services: std::sync::OnceLock::new(),
             cache: Mutex::new(Cache::default()),
             counters: Counters::default(),
             started: Instant::now(),
-            health,
+            health: Mutex::new(health),
             jobs: Mutex::new(Some(tx)),
             stopping: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
@@ -188,6 +205,28 @@ impl Engine {
         }
         drop(handles);
         engine
+    }
+
+    /// Serves `router`'s commands from now on, with `health` as the
+    /// health sources (replacing those given to [`Engine::starting`]).
+    /// Only the first call counts.
+    pub fn ready(&self, router: Router, health: Vec<Arc<dyn HealthSource>>) {
+        let mut sources = lock(&self.health);
+        if self.services.set(router).is_ok() {
+            *sources = health;
+        }
+    }
+
+    /// Whether the services' commands are served ([`Engine::ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.services.get().is_some()
+    }
+
+    /// The route of `command`: a built-in one, or a service's once ready.
+    fn route(&self, command: Command) -> Option<&Route> {
+        self.built_in
+            .get(command)
+            .or_else(|| self.services.get().and_then(|r| r.get(command)))
     }
 
     /// `hello` and `health`: ordinary routes whose handlers ask the engine.
@@ -411,8 +450,19 @@ impl Engine {
                 return;
             }
             let command = request.command;
-            let placement = match self.router.get(command) {
+            let placement = match self.route(command) {
                 Some(route) => route.placement,
+                None if !self.is_ready() => {
+                    drop(cache);
+                    // Not stored: the same id is executed once the signer is ready.
+                    let failure = Failure::new(
+                        Status::STARTING,
+                        "the signer is starting (checking its repository, logging in to the HSM); \
+                         retry with the same id later or on the twin",
+                    );
+                    self.respond_uncached(out, id, &failure);
+                    return;
+                }
                 None => {
                     drop(cache);
                     let failure = if command.name().is_some() {
@@ -491,7 +541,7 @@ impl Engine {
     /// Runs a request; its answer is sent when the [`Completion`] finishes,
     /// which a handler may do later from another thread.
     fn run(self: &Arc<Self>, ctx: CallContext, digest: Digest32, body: &[u8], out: &Outbox) {
-        let Some(route) = self.router.get(ctx.command).cloned() else {
+        let Some(route) = self.route(ctx.command).cloned() else {
             let failure = Failure::new(Status::UNKNOWN_COMMAND, "unknown command");
             self.complete(ctx, digest, Err(failure), out, true);
             return;
@@ -648,9 +698,13 @@ impl Engine {
         let max_frame = hello.max_frame.min(self.config.max_frame);
         self.peer_max_frame.store(max_frame, Ordering::Relaxed);
         info!(client = %hello.client, max_frame, "hello");
-        let mut commands: Vec<u16> = self.router.commands().map(|c| c.0).collect();
+        let mut commands: Vec<u16> = self.built_in.commands().map(|c| c.0).collect();
+        if let Some(services) = self.services.get() {
+            commands.extend(services.commands().map(|c| c.0));
+        }
         commands.push(Command::FETCH_PARTS.0);
         commands.sort_unstable();
+        commands.dedup();
         Ok(msg::HelloReply {
             version: VERSION,
             versions: vec![VERSION],
@@ -684,7 +738,8 @@ impl Engine {
 
     /// The health report.
     pub fn health_report(&self) -> msg::HealthReply {
-        let checks: Vec<msg::Check> = self.health.iter().flat_map(|s| s.checks()).collect();
+        let sources = lock(&self.health).clone();
+        let checks: Vec<msg::Check> = sources.iter().flat_map(|s| s.checks()).collect();
         let status = checks
             .iter()
             .map(|c| c.status)

@@ -59,9 +59,23 @@ test_call!(PanicCall = PANIC, Echo);
 fn harness(config: EngineConfig) -> Harness {
     let echo_calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Mutex::new(()));
-    let calls = Arc::clone(&echo_calls);
-    let g = Arc::clone(&gate);
-    let router = Router::new()
+    let router = services(&echo_calls, &gate);
+    let engine = Engine::start(config, router, Vec::new());
+    let (out, rx) = crate::outbox();
+    Harness {
+        engine,
+        out,
+        rx,
+        echo_calls,
+        gate,
+    }
+}
+
+/// The test commands' router.
+fn services(echo_calls: &Arc<AtomicUsize>, gate: &Arc<Mutex<()>>) -> Router {
+    let calls = Arc::clone(echo_calls);
+    let g = Arc::clone(gate);
+    Router::new()
         .on::<EchoCall>(move |_: &CallContext, e: Echo| -> Result<Echo, Failure> {
             calls.fetch_add(1, Ordering::SeqCst);
             Ok(e)
@@ -75,16 +89,7 @@ fn harness(config: EngineConfig) -> Harness {
         })
         .on::<PanicCall>(|_: &CallContext, _: Echo| -> Result<Echo, Failure> {
             panic!("handler bug")
-        });
-    let engine = Engine::start(config, router, Vec::new());
-    let (out, rx) = crate::outbox();
-    Harness {
-        engine,
-        out,
-        rx,
-        echo_calls,
-        gate,
-    }
+        })
 }
 
 impl Harness {
@@ -454,4 +459,78 @@ fn liveness_fails_while_every_worker_is_stuck_and_returns_after() {
     );
     drop(held);
     assert!(h.engine.alive(Duration::from_secs(5)), "free again");
+}
+
+/// What a starting daemon's health says.
+struct Waiting;
+
+impl signer_service::HealthSource for Waiting {
+    fn checks(&self) -> Vec<msg::Check> {
+        vec![msg::Check {
+            name: "starting".into(),
+            status: msg::HealthStatus::Failing,
+            detail: "checking".into(),
+        }]
+    }
+}
+
+#[test]
+fn a_starting_engine_answers_hello_and_health_and_refuses_the_rest_unstored() {
+    let echo_calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Mutex::new(()));
+    let engine = Engine::starting(EngineConfig::default(), vec![Arc::new(Waiting)]);
+    let (out, rx) = crate::outbox();
+    let h = Harness {
+        engine,
+        out,
+        rx,
+        echo_calls: Arc::clone(&echo_calls),
+        gate: Arc::clone(&gate),
+    };
+    let hello = encode_body(&msg::Hello {
+        max_frame: 4096,
+        client: "t".into(),
+    });
+    h.send(1, Command::HELLO, &hello);
+    let (_, status, _, _, data) = h.next();
+    assert_eq!(status, Status::OK);
+    let reply: msg::HelloReply = decode_body(&data).unwrap();
+    assert_eq!(reply.commands, vec![1, 2, 3]);
+    h.send(2, Command::HEALTH, &encode_body(&msg::Empty {}));
+    let health: msg::HealthReply = decode_body(&h.next().4).unwrap();
+    assert_eq!(health.status, msg::HealthStatus::Failing);
+    assert_eq!(health.checks[0].name, "starting");
+    // Known later or not at all: nothing runs, nothing is stored.
+    for (id, command) in [(7, ECHO), (8, Command(0x0999)), (9, Command::SIGN_X509)] {
+        h.send(id, command, &echo(1));
+        let (got, status, _, _, _) = h.next();
+        assert_eq!((got, status), (id, Status::STARTING), "{command:?}");
+    }
+    h.send(7, ECHO, &echo(1));
+    assert_eq!(h.next().1, Status::STARTING);
+    assert_eq!(h.echo_calls.load(Ordering::SeqCst), 0);
+    assert!(!h.engine.is_ready());
+
+    h.engine.ready(services(&echo_calls, &gate), Vec::new());
+    assert!(h.engine.is_ready());
+    // The same id, executed now, once.
+    h.send(7, ECHO, &echo(1));
+    assert_eq!(h.next().1, Status::OK);
+    h.send(7, ECHO, &echo(1));
+    assert_eq!(h.next().1, Status::OK);
+    assert_eq!(h.echo_calls.load(Ordering::SeqCst), 1);
+    h.send(8, Command(0x0999), &echo(1));
+    assert_eq!(h.next().1, Status::UNKNOWN_COMMAND);
+    h.send(10, Command::HEALTH, &encode_body(&msg::Empty {}));
+    let health: msg::HealthReply = decode_body(&h.next().4).unwrap();
+    assert_eq!(health.status, msg::HealthStatus::Ok);
+    assert!(health.checks.is_empty());
+    h.send(11, Command::HELLO, &hello);
+    let reply: msg::HelloReply = decode_body(&h.next().4).unwrap();
+    assert!(reply.commands.contains(&ECHO.0));
+    // A second hand-over changes nothing.
+    h.engine.ready(Router::new(), vec![Arc::new(Waiting)]);
+    h.send(12, ECHO, &echo(2));
+    assert_eq!(h.next().1, Status::OK);
+    h.nothing_more();
 }
