@@ -48,9 +48,13 @@ step "signerd check-config and run (log: demo-run/signerd.log)"
 "$bin/signerd" check-config --config signerd.yaml
 "$bin/signerd" run --config signerd.yaml >signerd.log 2>&1 &
 pids+=($!)
-sleep 0.5
-
 client=("$bin/signer-client" --link client.tty --baud 115200)
+# It answers at once; until the repository is checked and the token logged
+# in, health says `starting` (and signing is answered `starting`).
+for _ in $(seq 100); do
+  "${client[@]}" --timeout 2 health 2>/dev/null | grep -q starting || break
+  sleep 0.1
+done
 step "signer-client hello"
 "${client[@]}" hello
 step "signer-client health"

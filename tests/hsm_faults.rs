@@ -123,3 +123,136 @@ fn the_signer_reports_hsm_faults_and_recovers_without_a_restart() {
     assert!(!reply.replayed);
     sign(&client, &csr, "after").unwrap();
 }
+
+/// Starts a signer whose HSM does not answer its first calls (`hang`
+/// until the control file says otherwise).
+fn start_hung(c: &Ceremony, control: &Path) -> signer_testsupport::Bench {
+    set(control, "hang");
+    let yaml = c
+        .ca_yaml
+        .replace(SOFTHSM_MODULE, &fault_module().display().to_string());
+    let mut env = c.env();
+    env.push(("FAULTHSM_CONTROL".into(), control.to_path_buf()));
+    signer_testsupport::Bench::start_with_env(LinkSpec::unthrottled(), &yaml, env)
+}
+
+/// A client of a signer that answers but may still be starting.
+fn open_client(bench: &signer_testsupport::Bench) -> Client {
+    let mut options = bench.link_options();
+    options.timeout = Duration::from_secs(2);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Client::open(&options) {
+            Ok(client) => return client,
+            Err(e) => assert!(
+                Instant::now() < until,
+                "no answer: {e}\n{}",
+                bench.daemon.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_starting_signer_answers_health_and_refuses_work_until_it_has_started() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let d = c.dir().to_path_buf();
+    let control = d.join("fault");
+    let csr = make_csr(
+        &d,
+        "starting",
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let bench = start_hung(&c, &control);
+
+    // The link is served while the start waits for the HSM: hello lists
+    // only what a starting signer answers, health says what it waits for.
+    let client = open_client(&bench);
+    let hello = client.server().unwrap();
+    assert!(!hello.commands.contains(&Cmd::SIGN_X509.0), "{hello:?}");
+    assert!(hello.commands.contains(&Cmd::HEALTH.0), "{hello:?}");
+    let h = client.health().unwrap();
+    assert_eq!(h.status, msg::HealthStatus::Failing, "{h:?}");
+    let check = h.checks.iter().find(|c| c.name == "starting").unwrap();
+    assert!(
+        check.detail.contains("checking the repository") && check.detail.contains("HSM"),
+        "{check:?}"
+    );
+    assert!(signer_testsupport::still_starting(&client));
+
+    // Work is refused without effect, each time afresh (not stored): the
+    // same envelope and request id are executed once the signer is ready.
+    let body =
+        signer_protocol::encode_body(&sign_request("early", csr.clone(), "faults.example.org"));
+    for _ in 0..2 {
+        let reply = client.call(Cmd::SIGN_X509, body.clone()).unwrap();
+        assert_eq!(reply.status, Status::STARTING);
+        let err: msg::ErrorBody = signer_protocol::decode_body(&reply.body).unwrap();
+        assert!(err.message.contains("starting"), "{}", err.message);
+    }
+    for (command, body) in [
+        (
+            Cmd::REVOKE_X509,
+            signer_protocol::encode_body(&msg::Empty {}),
+        ),
+        (Cmd::FETCH_CRL, signer_protocol::encode_body(&msg::Empty {})),
+        (Cmd(0x0999), signer_protocol::encode_body(&msg::Empty {})),
+    ] {
+        let reply = client.call(command, body).unwrap();
+        assert_eq!(reply.status, Status::STARTING, "{command:?}");
+    }
+
+    // A caller that waits (the client library, the CLI) sends it again
+    // until the signer has started (one client on the line at a time).
+    drop(client);
+    let waiting = {
+        let mut options = bench.link_options();
+        options.timeout = Duration::from_secs(2);
+        let body = sign_request("early", csr.clone(), "faults.example.org");
+        std::thread::spawn(move || {
+            let signers = signer_client::Failover::new(vec![options], Duration::from_secs(30));
+            signers.request::<calls::SignX509>(&body)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!waiting.is_finished(), "answered while the HSM hangs");
+    set(&control, "");
+    let waited = waiting.join().unwrap().unwrap();
+    let client = open_client(&bench);
+    let until = Instant::now() + Duration::from_secs(20);
+    while signer_testsupport::still_starting(&client) {
+        assert!(Instant::now() < until, "{}", bench.daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The request refused twice, sent again, is the one the waiting
+    // caller got signed (same request id): one certificate.
+    let reply = client.call(Cmd::SIGN_X509, body).unwrap();
+    assert_eq!(reply.status, Status::OK);
+    let again: msg::SignX509Reply = reply.decode().unwrap();
+    assert_eq!(again.certificate, waited.certificate);
+    assert!(again.replayed);
+    let h = client.health().unwrap();
+    assert!(h.checks.iter().all(|c| c.name != "starting"), "{h:?}");
+    let hello = client.server().unwrap();
+    assert!(hello.commands.contains(&Cmd::SIGN_X509.0), "{hello:?}");
+}
+
+#[test]
+fn a_signer_stopped_while_its_start_hangs_exits_with_an_error() {
+    let c = Ceremony::new("p256", SERVER_PROFILE);
+    let control = c.dir().join("fault");
+    let mut bench = start_hung(&c, &control);
+    let client = open_client(&bench);
+    assert!(signer_testsupport::still_starting(&client));
+    drop(client);
+    bench.daemon.signal("TERM");
+    let code = bench.daemon.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{}", bench.daemon.log());
+    assert!(
+        bench.daemon.log().contains("stopped while starting"),
+        "{}",
+        bench.daemon.log()
+    );
+    set(&control, "");
+}

@@ -19,6 +19,9 @@ use crate::{notify, Config};
 /// How long requests in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a stop waits for a start still under way.
+const START_ABANDON: Duration = Duration::from_secs(3);
+
 /// Runs `run`: the daemon's exit status.
 pub fn main(config: &Path) -> ExitCode {
     let c = match crate::config::load_config(config) {
@@ -83,7 +86,106 @@ fn init_logging(c: &Config) {
     signer_server::logging::init(&c.log.level, c.log.format);
 }
 
+/// What the start made: the services the link serves and what stops them.
+struct Started {
+    ca: Option<Arc<CaService>>,
+    replicator: Option<Arc<Replicator>>,
+    audit_log: Option<(Arc<signer_ca::AuditLog>, std::thread::JoinHandle<()>)>,
+    audit: Option<Arc<signer_ca::CaAudit>>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+}
+
 fn run(c: &Config) -> anyhow::Result<()> {
+    // The link is served while the services start (the repository's pages
+    // checked, the HSM logged in, the CA certificates checked), which takes
+    // seconds on a large repository: `health` says what the start waits
+    // for, every other request is answered `starting` without effect.
+    let starting = Arc::new(StartCheck::new(c));
+    let engine = Engine::starting(
+        c.engine(),
+        vec![Arc::clone(&starting) as Arc<dyn HealthSource>],
+    );
+    let stop = engine.stop_flag();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    // A hang-up (the terminal or SSH session that started it went away) does
+    // not stop the signer: nothing in flight is dropped. Nothing is reloaded
+    // either; a changed configuration takes a restart.
+    let hangups = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangups))?;
+    let start = {
+        let (c, engine) = (c.clone(), Arc::clone(&engine));
+        std::thread::Builder::new()
+            .name("start".into())
+            .spawn(move || {
+                let started = start(&c, &engine, &starting);
+                if started.is_err() {
+                    // The link stops; the error is signerd's exit status.
+                    engine.stop_flag().store(true, Ordering::SeqCst);
+                }
+                started
+            })?
+    };
+    link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
+    notify::notify("STOPPING=1");
+    // A start still under way (a stop asked for while the repository is
+    // checked, or an HSM that does not answer its login) is waited for a
+    // moment, then abandoned: nothing was served from it, and the
+    // repository is left as by a crash, which it survives.
+    let deadline = std::time::Instant::now() + START_ABANDON;
+    while !start.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !start.is_finished() {
+        engine.shutdown(SHUTDOWN_GRACE);
+        anyhow::bail!(
+            "stopped while starting: the start did not end within {} s",
+            START_ABANDON.as_secs()
+        );
+    }
+    let started = match start.join() {
+        Ok(started) => started,
+        Err(_) => Err(anyhow::anyhow!("the start failed unexpectedly")),
+    };
+    // Without an open device the link had no session to drain; stop the workers here.
+    engine.shutdown(SHUTDOWN_GRACE);
+    let Started {
+        ca,
+        replicator,
+        audit_log,
+        audit,
+        watchdog,
+    } = started?;
+    if let Some(thread) = watchdog {
+        let _ = thread.join();
+    }
+    if let Some(r) = replicator {
+        r.stop();
+    }
+    if let Some(audit) = audit {
+        audit.flush();
+    }
+    if let Some(ca) = ca {
+        ca.stop();
+        ca.repository().audit(signer_repository::AuditEntry::new(
+            "shutdown", "signerd", "ok",
+        ));
+        ca.repository().close();
+        // The last checkpoint covers the shutdown entry.
+        if let Some((log, thread)) = audit_log {
+            log.stop();
+            let _ = thread.join();
+        }
+    }
+    info!(signal = stop.load(Ordering::SeqCst), "signerd stopped");
+    Ok(())
+}
+
+/// Starts the services and hands them to the engine; then tells systemd
+/// the signer is ready. A stop asked for meanwhile is honoured once the
+/// start ends: the services are handed over and stopped as usual.
+fn start(c: &Config, engine: &Arc<Engine>, starting: &StartCheck) -> anyhow::Result<Started> {
     let mut router = Router::new();
     let mut health: Vec<Arc<dyn HealthSource>> = Vec::new();
     let mut replicator = None;
@@ -101,6 +203,7 @@ fn run(c: &Config) -> anyhow::Result<()> {
                 let _starting = notify::Starting::begin(&ca_config.repository);
                 CaService::start(ca_config, &c.signer_id, sessions)?
             };
+            starting.phase("starting replication and the audit log");
             router = service.routes(router);
             health.push(service.clone());
             if let Some(r) = &ca_config.replication {
@@ -131,7 +234,6 @@ fn run(c: &Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let engine = Engine::start(c.engine(), router, health);
     let mut audit = None;
     if let Some(ca) = &ca {
         let repo = ca.repository();
@@ -144,52 +246,87 @@ fn run(c: &Config) -> anyhow::Result<()> {
                 .fact("link", c.link.device.display().to_string()),
         );
     }
-    let stop = engine.stop_flag();
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    engine.ready(router, health);
+    info!(
+        signer_id = %c.signer_id,
+        version = env!("CARGO_PKG_VERSION"),
+        ca = ca.is_some(),
+        start_ms = starting.since.elapsed().as_millis() as u64,
+        "signerd started"
+    );
+    if engine.stop_flag().load(Ordering::SeqCst) {
+        // Stopped while starting: handed over to be stopped, never ready.
+        return Ok(Started {
+            ca,
+            replicator,
+            audit_log,
+            audit,
+            watchdog: None,
+        });
     }
-    // A hang-up (the terminal or SSH session that started it went away) does
-    // not stop the signer: nothing in flight is dropped. Nothing is reloaded
-    // either; a changed configuration takes a restart.
-    let hangups = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangups))?;
-    info!(signer_id = %c.signer_id, version = env!("CARGO_PKG_VERSION"), ca = ca.is_some(), "signerd started");
     notify::notify(&format!(
         "READY=1\nSTATUS=serving {} as {}",
         c.link.device.display(),
         c.signer_id
     ));
-    let watchdog = notify::watchdog_interval().map(|interval| {
-        let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
+    let watchdog = notify::watchdog_interval().and_then(|interval| {
+        let (engine, stop) = (Arc::clone(engine), engine.stop_flag());
         std::thread::Builder::new()
             .name("watchdog".into())
             .spawn(move || feed_watchdog(&engine, interval, &stop))
+            .ok()
     });
-    link::serve(&engine, &c.link, &stop, SHUTDOWN_GRACE);
-    notify::notify("STOPPING=1");
-    if let Some(Ok(thread)) = watchdog {
-        let _ = thread.join();
-    }
-    // Without an open device the link had no session to drain; stop the workers here.
-    engine.shutdown(SHUTDOWN_GRACE);
-    if let Some(r) = replicator {
-        r.stop();
-    }
-    if let Some(audit) = audit {
-        audit.flush();
-    }
-    if let Some(ca) = ca {
-        ca.stop();
-        ca.repository().audit(signer_repository::AuditEntry::new(
-            "shutdown", "signerd", "ok",
-        ));
-        ca.repository().close();
-        // The last checkpoint covers the shutdown entry.
-        if let Some((log, thread)) = audit_log {
-            log.stop();
-            let _ = thread.join();
+    Ok(Started {
+        ca,
+        replicator,
+        audit_log,
+        audit,
+        watchdog,
+    })
+}
+
+/// The `starting` check while the services start: failing, with what the
+/// start does and for how long it has.
+struct StartCheck {
+    since: std::time::Instant,
+    phase: std::sync::Mutex<String>,
+}
+
+impl StartCheck {
+    fn new(c: &Config) -> StartCheck {
+        let phase = match &c.ca {
+            Some(ca) => {
+                let bytes = std::fs::metadata(&ca.repository).map_or(0, |m| m.len());
+                format!(
+                    "checking the repository ({} MiB), logging in to the HSM, checking the CA certificates",
+                    bytes >> 20
+                )
+            }
+            None => "starting".into(),
+        };
+        StartCheck {
+            since: std::time::Instant::now(),
+            phase: std::sync::Mutex::new(phase),
         }
     }
-    info!(signal = stop.load(Ordering::SeqCst), "signerd stopped");
-    Ok(())
+
+    fn phase(&self, now: &str) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = now.into();
+        }
+    }
+}
+
+impl HealthSource for StartCheck {
+    fn checks(&self) -> Vec<signer_protocol::msg::Check> {
+        let phase = self.phase.lock().map(|p| p.clone()).unwrap_or_default();
+        vec![signer_protocol::msg::Check {
+            name: "starting".into(),
+            status: signer_protocol::msg::HealthStatus::Failing,
+            detail: format!(
+                "{phase}: {} s so far; requests are answered `starting` until then",
+                self.since.elapsed().as_secs()
+            ),
+        }]
+    }
 }
