@@ -256,3 +256,39 @@ fn a_signer_stopped_while_its_start_hangs_exits_with_an_error() {
     );
     set(&control, "");
 }
+
+#[test]
+fn a_client_of_both_signers_asks_the_twin_while_one_is_starting() {
+    let hung = Ceremony::new("p256", SERVER_PROFILE);
+    let serving = Ceremony::new("p256", SERVER_PROFILE);
+    let control = hung.dir().join("fault");
+    let starting = start_hung(&hung, &control);
+    let other = signer_testsupport::Bench::start_with_env(
+        LinkSpec::unthrottled(),
+        &serving.ca_yaml,
+        serving.env(),
+    );
+    drop(other.client());
+    drop(open_client(&starting));
+    let csr = make_csr(
+        hung.dir(),
+        "twin",
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let request = sign_request("to-the-twin", csr, "faults.example.org");
+    let mut first = starting.link_options();
+    first.timeout = Duration::from_secs(2);
+    let signers =
+        signer_client::Failover::new(vec![first, other.link_options()], Duration::from_secs(5));
+    let reply = signers.request::<calls::SignX509>(&request).unwrap();
+    assert_eq!(signers.failovers(), 1);
+    // Signed by the signer that had started, once: the same request there
+    // is the same certificate.
+    drop(signers);
+    let again = other.client().request::<calls::SignX509>(&request).unwrap();
+    assert_eq!(again.certificate, reply.certificate);
+    assert!(again.replayed);
+    let client = open_client(&starting);
+    assert!(signer_testsupport::still_starting(&client));
+    set(&control, "");
+}
