@@ -222,11 +222,14 @@ impl Engine {
         self.services.get().is_some()
     }
 
-    /// The route of `command`: a built-in one, or a service's once ready.
+    /// The route of `command`: the services' once ready (which may answer
+    /// `hello` and `health` themselves, as the gateway's relay does), else
+    /// a built-in one.
     fn route(&self, command: Command) -> Option<&Route> {
-        self.built_in
-            .get(command)
-            .or_else(|| self.services.get().and_then(|r| r.get(command)))
+        self.services
+            .get()
+            .and_then(|r| r.get(command))
+            .or_else(|| self.built_in.get(command))
     }
 
     /// `hello` and `health`: ordinary routes whose handlers ask the engine.

@@ -534,3 +534,36 @@ fn a_starting_engine_answers_hello_and_health_and_refuses_the_rest_unstored() {
     assert_eq!(h.next().1, Status::OK);
     h.nothing_more();
 }
+
+#[test]
+fn a_service_may_answer_health_itself_as_the_gateways_relay_does() {
+    let relayed = Router::new().on::<signer_protocol::calls::Health>(
+        |_: &CallContext, _: msg::Empty| -> Result<msg::HealthReply, Failure> {
+            Ok(msg::HealthReply {
+                status: msg::HealthStatus::Degraded,
+                version: "x".into(),
+                signer_id: "relayed".into(),
+                time_ms: 0,
+                uptime_s: 0,
+                link: msg::LinkStats::default(),
+                checks: Vec::new(),
+            })
+        },
+    );
+    let engine = Engine::starting(EngineConfig::default(), vec![Arc::new(Waiting)]);
+    let (out, rx) = crate::outbox();
+    let h = Harness {
+        engine,
+        out,
+        rx,
+        echo_calls: Arc::new(AtomicUsize::new(0)),
+        gate: Arc::new(Mutex::new(())),
+    };
+    h.send(1, Command::HEALTH, &encode_body(&msg::Empty {}));
+    let own: msg::HealthReply = decode_body(&h.next().4).unwrap();
+    assert_eq!(own.checks[0].name, "starting");
+    h.engine.ready(relayed, Vec::new());
+    h.send(2, Command::HEALTH, &encode_body(&msg::Empty {}));
+    let theirs: msg::HealthReply = decode_body(&h.next().4).unwrap();
+    assert_eq!(theirs.signer_id, "relayed");
+}
