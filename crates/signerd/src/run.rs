@@ -119,7 +119,12 @@ fn run(c: &Config) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("start".into())
             .spawn(move || {
-                let started = start(&c, &engine, &starting);
+                // A start that panics must not leave the link answering
+                // `starting` for good.
+                let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    start(&c, &engine, &starting)
+                }))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the start failed unexpectedly")));
                 if started.is_err() {
                     // The link stops; the error is signerd's exit status.
                     engine.stop_flag().store(true, Ordering::SeqCst);
