@@ -282,9 +282,70 @@ fn a_client_of_both_signers_asks_the_twin_while_one_is_starting() {
         signer_client::Failover::new(vec![first, other.link_options()], Duration::from_secs(5));
     let reply = signers.request::<calls::SignX509>(&request).unwrap();
     assert_eq!(signers.failovers(), 1);
+
+    // A request in doubt on the starting signer (sent before it restarted,
+    // no answer) stays with it: it may have signed it before, and it has
+    // not looked yet. The twin is not asked.
+    let doubt = sign_request(
+        "in-doubt",
+        make_csr(
+            hung.dir(),
+            "doubt",
+            &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        "faults.example.org",
+    );
+    assert!(signers.set_in_doubt(Cmd::SIGN_X509, "in-doubt", &starting.client_device()));
+    let before = signers.health_of(1).unwrap().link.executed;
+    let answer = signers.request::<calls::SignX509>(&doubt);
+    assert!(
+        matches!(&answer, Err(e) if e.status() == Some(Status::STARTING)),
+        "{answer:?}"
+    );
+    assert_eq!(signers.in_doubt(Cmd::SIGN_X509, "in-doubt"), Some(0));
+    assert_eq!(signers.failovers(), 1);
+    // Only this health request ran on the twin since.
+    assert_eq!(signers.health_of(1).unwrap().link.executed, before + 1);
+    drop(signers);
+
+    // The batch tool's file of a request in doubt stays too.
+    let dir = hung.dir();
+    let out = dir.join("batch-out");
+    std::fs::create_dir(&out).unwrap();
+    let csr = String::from_utf8(make_csr(
+        dir,
+        "bd",
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    ))
+    .unwrap();
+    let line = serde_json::json!({"request_id": "batch-doubt", "kind": "sign_x509", "body": {
+        "profile": "server", "csr": csr,
+        "subject": [["CN", "bd.example.org"]],
+        "sans": [{"type": "dns", "value": "bd.example.org"}]}});
+    std::fs::write(dir.join("doubt.jsonl"), line.to_string()).unwrap();
+    let doubt_file = out.join("batch-doubt.in-doubt");
+    std::fs::write(
+        &doubt_file,
+        format!("{}\n", starting.client_device().display()),
+    )
+    .unwrap();
+    let links = format!(
+        "{},{}",
+        starting.client_device().display(),
+        other.client_device().display()
+    );
+    let (_, stdout, err) = signer_testsupport::output(
+        std::process::Command::new(signer_testsupport::bin("signer-client"))
+            .args(["--link", &links, "--failover-after", "2", "--json", "batch"])
+            .arg(dir.join("doubt.jsonl"))
+            .arg("--out-dir")
+            .arg(&out),
+    );
+    assert!(stdout.contains("starting"), "{stdout}{err}");
+    assert!(doubt_file.exists(), "{stdout}{err}");
+    assert!(!out.join("batch-doubt.json").exists(), "{stdout}{err}");
     // Signed by the signer that had started, once: the same request there
     // is the same certificate.
-    drop(signers);
     let again = other.client().request::<calls::SignX509>(&request).unwrap();
     assert_eq!(again.certificate, reply.certificate);
     assert!(again.replayed);

@@ -359,6 +359,10 @@ impl Failover {
             if let Some(index) = pinned {
                 match self.call_on(index, command, body.clone()) {
                     Err(e) if no_answer(&e) => return Err(self.in_doubt_error(index, &e)),
+                    // Refused before that signer looked at its records (it is
+                    // starting or stopping): it may still hold the request
+                    // from before, so the doubt stays and the twin is not asked.
+                    Ok(reply) if refused_unread(reply.status) => return Ok(reply),
                     // That signer did nothing with it: the twin may answer.
                     Ok(reply) if self.links.len() > 1 && twin_may_answer(reply.status) => {
                         self.doubts().forget(key);
@@ -414,6 +418,13 @@ impl Failover {
         }
         Err(last_error.unwrap_or(ClientError::Closed))
     }
+}
+
+/// Statuses a signer answers without reading its records (it is starting,
+/// or stopping): they say nothing of what it did with the same request
+/// before, so a request in doubt on it stays there.
+pub fn refused_unread(status: Status) -> bool {
+    matches!(status, Status::STARTING | Status::SHUTTING_DOWN)
 }
 
 /// Statuses after which the other signer is asked: this one did nothing

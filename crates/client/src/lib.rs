@@ -31,7 +31,7 @@ mod failover;
 mod port;
 pub mod requests;
 pub mod verify;
-pub use failover::{no_answer, twin_may_answer, Failover};
+pub use failover::{no_answer, refused_unread, twin_may_answer, Failover};
 use port::Port;
 pub use port::{unix_path, UNIX_PREFIX};
 

@@ -269,8 +269,14 @@ pub fn run(
                 } else if let (Some(file), Ok(_) | Err(ClientError::Signer { .. })) =
                     (&doubt_file, &outcome)
                 {
-                    // A signer answered: nothing is in doubt any more.
-                    let _ = std::fs::remove_file(file);
+                    // A signer answered: nothing is in doubt any more —
+                    // unless it answered without reading its records
+                    // (starting, stopping), which says nothing of before.
+                    let unread = matches!(&outcome, Err(ClientError::Signer { status, .. })
+                        if signer_client::refused_unread(*status));
+                    if !unread {
+                        let _ = std::fs::remove_file(file);
+                    }
                 }
                 let line = result_line(job, &outcome);
                 match &outcome {
