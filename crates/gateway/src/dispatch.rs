@@ -135,6 +135,9 @@ fn classify(
             ..Answer::default()
         }),
         // The signer did nothing: any signer may take the row next time.
+        // (`None` keeps what the row holds: a row in doubt on this signer,
+        // which may answer before it reads its records — starting,
+        // stopping — stays in doubt here.)
         Err(e @ ClientError::Signer { .. }) => {
             transient(config, row, format!("{signer}: {e}"), None)
         }
@@ -513,6 +516,26 @@ mod tests {
             body: "{}".into(),
             attempts,
             sent_to: None,
+        }
+    }
+
+    #[test]
+    fn a_row_in_doubt_stays_with_a_signer_that_answers_before_reading_its_records() {
+        let in_doubt = Claimed {
+            sent_to: Some("signer-a".into()),
+            ..row(1)
+        };
+        for status in [Status::STARTING, Status::SHUTTING_DOWN] {
+            let refused = Err(ClientError::Signer {
+                status,
+                message: "not now".into(),
+                detail: String::new(),
+            });
+            // Retried, and the row's signer is kept (`None`), never cleared.
+            assert!(matches!(
+                classify(&config(), &in_doubt, refused, "signer-a"),
+                Outcome::Retry { sent_to: None, .. }
+            ));
         }
     }
 
