@@ -474,19 +474,22 @@ impl signer_service::HealthSource for Waiting {
     }
 }
 
-#[test]
-fn a_starting_engine_answers_hello_and_health_and_refuses_the_rest_unstored() {
-    let echo_calls = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Mutex::new(()));
+/// An engine whose services are still starting.
+fn starting() -> Harness {
     let engine = Engine::starting(EngineConfig::default(), vec![Arc::new(Waiting)]);
     let (out, rx) = crate::outbox();
-    let h = Harness {
+    Harness {
         engine,
         out,
         rx,
-        echo_calls: Arc::clone(&echo_calls),
-        gate: Arc::clone(&gate),
-    };
+        echo_calls: Arc::new(AtomicUsize::new(0)),
+        gate: Arc::new(Mutex::new(())),
+    }
+}
+
+#[test]
+fn a_starting_engine_answers_hello_and_health_and_refuses_the_rest_unstored() {
+    let h = starting();
     let hello = encode_body(&msg::Hello {
         max_frame: 4096,
         client: "t".into(),
@@ -511,7 +514,7 @@ fn a_starting_engine_answers_hello_and_health_and_refuses_the_rest_unstored() {
     assert_eq!(h.echo_calls.load(Ordering::SeqCst), 0);
     assert!(!h.engine.is_ready());
 
-    h.engine.ready(services(&echo_calls, &gate), Vec::new());
+    h.engine.ready(services(&h.echo_calls, &h.gate), Vec::new());
     assert!(h.engine.is_ready());
     // The same id, executed now, once.
     h.send(7, ECHO, &echo(1));
@@ -550,15 +553,7 @@ fn a_service_may_answer_health_itself_as_the_gateways_relay_does() {
             })
         },
     );
-    let engine = Engine::starting(EngineConfig::default(), vec![Arc::new(Waiting)]);
-    let (out, rx) = crate::outbox();
-    let h = Harness {
-        engine,
-        out,
-        rx,
-        echo_calls: Arc::new(AtomicUsize::new(0)),
-        gate: Arc::new(Mutex::new(())),
-    };
+    let h = starting();
     h.send(1, Command::HEALTH, &encode_body(&msg::Empty {}));
     let own: msg::HealthReply = decode_body(&h.next().4).unwrap();
     assert_eq!(own.checks[0].name, "starting");
