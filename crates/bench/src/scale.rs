@@ -106,6 +106,8 @@ fn timed_start(ceremony: &Ceremony) -> anyhow::Result<(Running, Startup)> {
             break (probe, started.elapsed().as_secs_f64());
         }
         anyhow::ensure!(started.elapsed() < limit, "signerd did not answer");
+        // The device may not exist yet: no busy loop while it appears.
+        std::thread::sleep(std::time::Duration::from_millis(2));
     };
     // Every page of a large repository is checked before the daemon signs.
     while signer_testsupport::still_starting(&probe) {

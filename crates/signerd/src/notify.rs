@@ -70,10 +70,16 @@ pub struct Starting {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The size of the file at `path` (0 if it cannot be read: the start
+/// itself then says why).
+pub fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
 impl Starting {
     /// Begins the notifications for a start that opens `repository`.
     pub fn begin(repository: &std::path::Path) -> Starting {
-        let bytes = std::fs::metadata(repository).map_or(0, |m| m.len());
+        let bytes = file_len(repository);
         let budget = Duration::from_secs(90) + Duration::from_secs(bytes / SLOWEST_CHECK);
         Starting::to(
             std::env::var_os("NOTIFY_SOCKET"),

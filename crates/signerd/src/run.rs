@@ -149,10 +149,10 @@ fn run(c: &Config) -> anyhow::Result<()> {
             START_ABANDON.as_secs()
         );
     }
-    let started = match start.join() {
-        Ok(started) => started,
-        Err(_) => Err(anyhow::anyhow!("the start failed unexpectedly")),
-    };
+    // The start catches its own panics: joining it does not fail.
+    let started = start
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("start thread lost")));
     // Without an open device the link had no session to drain; stop the workers here.
     engine.shutdown(SHUTDOWN_GRACE);
     let Started {
@@ -259,28 +259,24 @@ fn start(c: &Config, engine: &Arc<Engine>, starting: &StartCheck) -> anyhow::Res
         start_ms = starting.since.elapsed().as_millis() as u64,
         "signerd started"
     );
-    if engine.stop_flag().load(Ordering::SeqCst) {
-        // Stopped while starting: handed over to be stopped, never ready.
-        return Ok(Started {
-            ca,
-            replicator,
-            audit_log,
-            audit,
-            watchdog: None,
-        });
+    // Stopped while starting: handed over to be stopped, never ready.
+    let stopping = engine.stop_flag().load(Ordering::SeqCst);
+    if !stopping {
+        notify::notify(&format!(
+            "READY=1\nSTATUS=serving {} as {}",
+            c.link.device.display(),
+            c.signer_id
+        ));
     }
-    notify::notify(&format!(
-        "READY=1\nSTATUS=serving {} as {}",
-        c.link.device.display(),
-        c.signer_id
-    ));
-    let watchdog = notify::watchdog_interval().and_then(|interval| {
-        let (engine, stop) = (Arc::clone(engine), engine.stop_flag());
-        std::thread::Builder::new()
-            .name("watchdog".into())
-            .spawn(move || feed_watchdog(&engine, interval, &stop))
-            .ok()
-    });
+    let watchdog = notify::watchdog_interval()
+        .filter(|_| !stopping)
+        .and_then(|interval| {
+            let (engine, stop) = (Arc::clone(engine), engine.stop_flag());
+            std::thread::Builder::new()
+                .name("watchdog".into())
+                .spawn(move || feed_watchdog(&engine, interval, &stop))
+                .ok()
+        });
     Ok(Started {
         ca,
         replicator,
@@ -301,10 +297,9 @@ impl StartCheck {
     fn new(c: &Config) -> StartCheck {
         let phase = match &c.ca {
             Some(ca) => {
-                let bytes = std::fs::metadata(&ca.repository).map_or(0, |m| m.len());
                 format!(
                     "checking the repository ({} MiB), logging in to the HSM, checking the CA certificates",
-                    bytes >> 20
+                    notify::file_len(&ca.repository) >> 20
                 )
             }
             None => "starting".into(),
