@@ -416,6 +416,29 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
         b"\x92\x01",
     );
     wait_refused(&b, "unreadable batch");
+    // The same compressed, as a signer publishes rounds to a twin that
+    // reads them (`batch-lz4`): expanded, then judged as any batch; and a
+    // bomb that claims more than a round can be, refused unexpanded.
+    attacker.publish(
+        subject,
+        &[
+            ("Nats-Msg-Id", "forged-batch-lz4"),
+            ("Signer-Kind", "batch-lz4"),
+        ],
+        &signer_replication::seal::Batch::compress(&signer_replication::seal::Batch::encode(
+            &forged_batch_seal,
+            &[(head + 3, ahead_of_a.encode().unwrap())],
+        )),
+    );
+    wait_refused(&b, &format!("seal of events {}..{}", head + 3, head + 3));
+    let mut bomb = (1u32 << 30).to_le_bytes().to_vec();
+    bomb.extend_from_slice(&[0x1f, 0, 1, 0, 0xff, 0xff, 0xff, 0xff]);
+    attacker.publish(
+        subject,
+        &[("Nats-Msg-Id", "bomb-lz4"), ("Signer-Kind", "batch-lz4")],
+        &bomb,
+    );
+    wait_refused(&b, "claiming 1073741824 bytes");
     // 5. The real revocation still applies, once, with A's reason.
     let revoked = a
         .request::<calls::RevokeX509>(&msg::RevokeX509 {
@@ -428,6 +451,9 @@ fn forged_altered_and_replayed_events_never_change_the_twin() {
         .unwrap();
     assert_eq!(revoked.reason, 4);
     t.wait_in_sync(&a, &b, 4, SYNC).unwrap();
+    // A's real rounds went compressed: B's signed state says it reads them.
+    let publish = checks(&a)["replication:publish"].1.clone();
+    assert!(publish.contains("rounds compressed (lz4)"), "{publish}");
     let on_b = b.request::<calls::FetchCrl>(&full_crl("sub")).unwrap();
     assert_eq!(on_b.entries, 1);
     let on_a = a.request::<calls::FetchCrl>(&full_crl("sub")).unwrap();
@@ -549,10 +575,24 @@ fn a_sealed_batch_of_the_twins_former_repository_is_never_applied_again() {
         &format!("{{\"seq\":{first}}}"),
     );
     use base64::Engine as _;
-    let kept = base64::engine::general_purpose::STANDARD
-        .decode(got["message"]["data"].as_str().unwrap())
-        .unwrap();
-    let (seal, _) = signer_replication::seal::Batch::open(&kept, "signer-b", &b_key).unwrap();
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or(""))
+            .unwrap()
+    };
+    let kept = b64(&got["message"]["data"]);
+    // Plain or compressed, as B published it (compressed once it has heard
+    // that A reads it).
+    let kind = if String::from_utf8_lossy(&b64(&got["message"]["hdrs"])).contains("batch-lz4") {
+        "batch-lz4"
+    } else {
+        "batch"
+    };
+    let plain = match kind {
+        "batch-lz4" => signer_replication::seal::Batch::decompress(&kept).unwrap(),
+        _ => kept.clone(),
+    };
+    let (seal, _) = signer_replication::seal::Batch::open(&plain, "signer-b", &b_key).unwrap();
     assert_eq!(seal.body.first, 1, "the second repository's first batch");
     let second_epoch = seal.body.epoch;
     t.restore();
@@ -568,7 +608,7 @@ fn a_sealed_batch_of_the_twins_former_repository_is_never_applied_again() {
     // The kept batch, published again on B's stream.
     attacker.publish(
         "signer.signer-b.events",
-        &[("Nats-Msg-Id", "kept-batch"), ("Signer-Kind", "batch")],
+        &[("Nats-Msg-Id", "kept-batch"), ("Signer-Kind", kind)],
         &kept,
     );
     let detail = wait_refused(&a, "published again");
@@ -587,10 +627,7 @@ fn a_sealed_batch_of_the_twins_former_repository_is_never_applied_again() {
     let a = t.a.client();
     attacker.publish(
         "signer.signer-b.events",
-        &[
-            ("Nats-Msg-Id", "kept-batch-again"),
-            ("Signer-Kind", "batch"),
-        ],
+        &[("Nats-Msg-Id", "kept-batch-again"), ("Signer-Kind", kind)],
         &kept,
     );
     let detail = wait_refused(&a, "published again");

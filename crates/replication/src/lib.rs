@@ -53,8 +53,10 @@ use signer_repository::{AuditEntry, Event, ReplicaState, Repository};
 use signer_service::HealthSource;
 use tracing::{debug, info, warn};
 
-/// Events one publish round takes from the outbox.
-const PUBLISH_BATCH: usize = 256;
+/// Events one publish round takes from the outbox (an issuance is two: the
+/// certificate and its audit entry; [`PUBLISH_BATCH_BYTES`] usually ends a
+/// round first).
+const PUBLISH_BATCH: usize = 1024;
 /// Largest batch message, in event bytes: half of nats-server's default
 /// `max_payload` (1 MiB), which configs/nats-server.conf keeps.
 const PUBLISH_BATCH_BYTES: usize = 512 * 1024;
@@ -129,6 +131,11 @@ pub struct PeerState {
     /// Its clock when it answered, Unix milliseconds (the twins compare clocks).
     #[serde(default)]
     pub time_ms: i64,
+    /// The message kinds it reads on this signer's stream beyond `batch`
+    /// (`batch-lz4`): a signer publishes compressed rounds only to a twin
+    /// that says it reads them, so the twins can be upgraded one at a time.
+    #[serde(default)]
+    pub reads: Vec<String>,
 }
 
 /// Lag percentiles of applied events (origin commit → applied here).
@@ -171,6 +178,8 @@ struct Status {
     last_refusal: Option<(Instant, String)>,
     /// The twin's clock minus this signer's, milliseconds, at the last exchange.
     clock_drift_ms: Option<i64>,
+    /// Whether the last round published went compressed (`batch-lz4`).
+    last_round_lz4: bool,
 }
 
 struct Shared {
@@ -616,17 +625,40 @@ async fn publish_round(
         )
         .as_str(),
     );
-    headers.insert(seal::KIND_HEADER, seal::KIND_BATCH);
-    js.publish_with_headers(
-        subject.to_string(),
-        headers,
-        seal::Batch::encode(&seal, &events).into(),
-    )
-    .await
-    .map_err(|e| e.to_string())?
-    .await
-    .map_err(|e| e.to_string())?;
+    let encoded = seal::Batch::encode(&seal, &events);
+    let lz4 = twin_reads_lz4(shared);
+    let payload = if lz4 {
+        headers.insert(seal::KIND_HEADER, seal::KIND_BATCH_LZ4);
+        seal::Batch::compress(&encoded)
+    } else {
+        headers.insert(seal::KIND_HEADER, seal::KIND_BATCH);
+        encoded
+    };
+    js.publish_with_headers(subject.to_string(), headers, payload.into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    shared.status().last_round_lz4 = lz4;
     Ok(())
+}
+
+/// Whether the twin's last signed state answer says it reads compressed
+/// batches (a twin not heard from yet, or of an earlier version, gets
+/// plain ones).
+fn twin_reads_lz4(shared: &Shared) -> bool {
+    shared
+        .status()
+        .peer_state
+        .as_ref()
+        .is_some_and(|(_, p)| p.reads_lz4())
+}
+
+impl PeerState {
+    /// Whether this signer reads compressed batches (`batch-lz4`).
+    pub fn reads_lz4(&self) -> bool {
+        self.reads.iter().any(|k| k == seal::KIND_BATCH_LZ4)
+    }
 }
 
 async fn responder(shared: Arc<Shared>, client: async_nats::Client) {
@@ -653,6 +685,7 @@ async fn responder(shared: Arc<Shared>, client: async_nats::Client) {
                 state,
                 published: shared.status().published,
                 time_ms: signer_clock::SystemClock.now_ms(),
+                reads: vec![seal::KIND_BATCH_LZ4.to_string()],
             };
             let Ok(bytes) = rmp_serde::to_vec_named(&answer) else {
                 continue;
@@ -926,7 +959,23 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
             .is_some_and(|v| v.as_str() == kind)
     };
     if kind_is(seal::KIND_BATCH) {
-        hold_batch(shared, held, m, stream_seq).await;
+        let payload = m.payload.clone();
+        hold_batch(shared, held, m, &payload, stream_seq).await;
+        return;
+    }
+    if kind_is(seal::KIND_BATCH_LZ4) {
+        match seal::Batch::decompress(&m.payload) {
+            Ok(payload) => hold_batch(shared, held, m, &payload, stream_seq).await,
+            Err(cause) => {
+                refuse(
+                    shared,
+                    held,
+                    Some(&m),
+                    format!("stream message {stream_seq}: {cause}"),
+                )
+                .await
+            }
+        }
         return;
     }
     if kind_is(seal::KIND_SEAL) {
@@ -977,8 +1026,14 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
 /// against it at once (anything amiss refuses the whole message); its
 /// events then wait like any event, and the message is acknowledged as a
 /// seal is, once all of them are applied.
-async fn hold_batch(shared: &Shared, held: &mut Inbox, m: jetstream::Message, stream_seq: u64) {
-    let opened = seal::Batch::open(&m.payload, &shared.config.peer_id, &shared.peer_key).and_then(
+async fn hold_batch(
+    shared: &Shared,
+    held: &mut Inbox,
+    m: jetstream::Message,
+    payload: &[u8],
+    stream_seq: u64,
+) {
+    let opened = seal::Batch::open(payload, &shared.config.peer_id, &shared.peer_key).and_then(
         |(seal, events)| {
             let decoded = events
                 .iter()
@@ -1324,10 +1379,15 @@ impl HealthSource for Replicator {
                 HealthStatus::Ok
             },
             format!(
-                "own events {} published {} waiting {}{}{}",
+                "own events {} published {} waiting {}{}{}{}",
                 state.own_seq,
                 s.published,
                 waiting,
+                if s.last_round_lz4 {
+                    "; rounds compressed (lz4)"
+                } else {
+                    ""
+                },
                 s.outbox_error
                     .as_ref()
                     .map(|e| format!("; outbox unreadable: {e}"))
@@ -1547,6 +1607,46 @@ impl HealthSource for Replicator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_twin_of_an_earlier_version_gets_plain_batches() {
+        // Its state answer, as it encodes it: no `reads`.
+        #[derive(serde::Serialize)]
+        struct Earlier {
+            signer_id: String,
+            state: ReplicaState,
+            published: u64,
+            time_ms: i64,
+        }
+        let earlier = rmp_serde::to_vec_named(&Earlier {
+            signer_id: "signer-b".into(),
+            state: ReplicaState::default(),
+            published: 7,
+            time_ms: 1,
+        })
+        .unwrap();
+        let read: PeerState = rmp_serde::from_slice(&earlier).unwrap();
+        assert_eq!(read.published, 7);
+        assert!(!read.reads_lz4());
+        // This version's answer says it reads them, and an earlier version
+        // reads that answer (the field it does not know is skipped).
+        let now = PeerState {
+            reads: vec![seal::KIND_BATCH_LZ4.into()],
+            ..read
+        };
+        assert!(now.reads_lz4());
+        let bytes = rmp_serde::to_vec_named(&now).unwrap();
+        #[derive(serde::Deserialize)]
+        struct EarlierRead {
+            published: u64,
+        }
+        assert_eq!(
+            rmp_serde::from_slice::<EarlierRead>(&bytes)
+                .unwrap()
+                .published,
+            7
+        );
+    }
 
     #[test]
     fn names_are_valid_for_nats() {

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use sha2::Digest as _;
 use signer_hsm::{
     KeyGenerator, KeyKind, KeySpec, PinSource, Pkcs11Backend, SigningBackend, TokenConfig,
     TokenSelector,
@@ -100,4 +101,63 @@ fn a_batch_opens_only_whole_under_its_origins_key() {
     // A replay is the same batch: it opens, and the twin skips what it has
     // applied (sequence numbers), which tests/twin_forgery.rs shows.
     assert!(Batch::open(&bytes, "signer-a", &key_a).is_ok());
+
+    // Compressed (`batch-lz4`), it expands to the same bytes and is judged
+    // the same way: compression is outside what the seal vouches for.
+    let packed = Batch::compress(&bytes);
+    assert_eq!(Batch::decompress(&packed).unwrap(), bytes);
+    let altered_packed = Batch::compress(&Batch::encode(&seal, &altered));
+    refused(
+        &Batch::decompress(&altered_packed).unwrap(),
+        "signer-a",
+        &key_a,
+        "event 8 of the batch",
+    );
+}
+
+#[test]
+fn a_compressed_batch_expands_only_to_what_it_claims_within_the_limit() {
+    // Rounds of real events shrink (names, extensions and field names
+    // repeat from one certificate to the next).
+    let round: Vec<u8> = (0..256u32)
+        .flat_map(|i| {
+            let mut e = b"\x8a\xa6origin\xa8signer-a\xa3seq".to_vec();
+            e.extend_from_slice(&i.to_be_bytes());
+            e.extend_from_slice(&[0x30, 0x82, 0x02, 0x10]);
+            e.extend_from_slice(&sha2::Sha256::digest(i.to_be_bytes()));
+            e.extend_from_slice(b"CN=Example Sub CA,O=Example,C=DE; server profile; ocsp, crl");
+            e
+        })
+        .collect();
+    let packed = Batch::compress(&round);
+    assert!(
+        packed.len() * 2 < round.len(),
+        "{} of {}",
+        packed.len(),
+        round.len()
+    );
+    assert_eq!(Batch::decompress(&packed).unwrap(), round);
+
+    let refused = |message: &[u8], words: &str| {
+        let err = Batch::decompress(message).unwrap_err();
+        assert!(err.contains(words), "{words:?} in {err}");
+    };
+    // Absent or shorter than its length.
+    refused(b"", "shorter than its length");
+    refused(b"\x10\x00\x00", "shorter than its length");
+    // A bomb: a few bytes claiming far more than a round can be. Refused
+    // before anything is expanded.
+    let mut bomb = (64u32 << 20).to_le_bytes().to_vec();
+    bomb.extend_from_slice(&packed[4..]);
+    refused(&bomb, "claiming 67108864 bytes (at most 2097152)");
+    // Claiming more or less than it expands to, or no LZ4 block at all.
+    let mut more = ((round.len() + 1) as u32).to_le_bytes().to_vec();
+    more.extend_from_slice(&packed[4..]);
+    assert!(Batch::decompress(&more).is_err());
+    let mut less = ((round.len() - 1) as u32).to_le_bytes().to_vec();
+    less.extend_from_slice(&packed[4..]);
+    assert!(Batch::decompress(&less).is_err());
+    refused(&[16, 0, 0, 0, 0xff, 0xff, 0xff], "does not expand");
+    // Cut short.
+    assert!(Batch::decompress(&packed[..packed.len() / 2]).is_err());
 }
