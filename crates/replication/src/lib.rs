@@ -942,6 +942,18 @@ async fn refuse(shared: &Shared, held: &mut Inbox, m: Option<&jetstream::Message
     held.refusals.push(cause);
 }
 
+/// [`refuse`] for message `stream_seq` of the twin's stream.
+async fn refuse_message(
+    shared: &Shared,
+    held: &mut Inbox,
+    m: &jetstream::Message,
+    stream_seq: u64,
+    cause: &str,
+) {
+    let cause = format!("stream message {stream_seq}: {cause}");
+    refuse(shared, held, Some(m), cause).await;
+}
+
 /// Keeps a message of the twin's stream: a seal is verified at once (and
 /// refused if it does not verify); an event waits for its seal and for the
 /// events before it.
@@ -958,38 +970,23 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
             .and_then(|h| h.get(seal::KIND_HEADER))
             .is_some_and(|v| v.as_str() == kind)
     };
-    if kind_is(seal::KIND_BATCH) {
-        let payload = m.payload.clone();
-        hold_batch(shared, held, m, &payload, stream_seq).await;
-        return;
-    }
-    if kind_is(seal::KIND_BATCH_LZ4) {
-        match seal::Batch::decompress(&m.payload) {
+    let lz4 = kind_is(seal::KIND_BATCH_LZ4);
+    if lz4 || kind_is(seal::KIND_BATCH) {
+        let payload = if lz4 {
+            seal::Batch::decompress(&m.payload).map(bytes::Bytes::from)
+        } else {
+            Ok(m.payload.clone())
+        };
+        match payload {
             Ok(payload) => hold_batch(shared, held, m, &payload, stream_seq).await,
-            Err(cause) => {
-                refuse(
-                    shared,
-                    held,
-                    Some(&m),
-                    format!("stream message {stream_seq}: {cause}"),
-                )
-                .await
-            }
+            Err(cause) => refuse_message(shared, held, &m, stream_seq, &cause).await,
         }
         return;
     }
     if kind_is(seal::KIND_SEAL) {
         match Seal::open(&m.payload, &shared.config.peer_id, &shared.peer_key) {
             Ok(seal) => keep_seal(shared, held, &seal, m),
-            Err(cause) => {
-                refuse(
-                    shared,
-                    held,
-                    Some(&m),
-                    format!("stream message {stream_seq}: {cause}"),
-                )
-                .await
-            }
+            Err(cause) => refuse_message(shared, held, &m, stream_seq, &cause).await,
         }
         return;
     }
@@ -1011,11 +1008,12 @@ async fn hold(shared: &Shared, held: &mut Inbox, m: jetstream::Message) {
                 });
         }
         Err(e) => {
-            refuse(
+            refuse_message(
                 shared,
                 held,
-                Some(&m),
-                format!("stream message {stream_seq}: undecodable event: {e}"),
+                &m,
+                stream_seq,
+                &format!("undecodable event: {e}"),
             )
             .await;
         }
@@ -1060,13 +1058,7 @@ async fn hold_batch(
     let (seal, decoded) = match opened {
         Ok(o) => o,
         Err(cause) => {
-            refuse(
-                shared,
-                held,
-                Some(&m),
-                format!("stream message {stream_seq}: {cause}"),
-            )
-            .await;
+            refuse_message(shared, held, &m, stream_seq, &cause).await;
             return;
         }
     };
