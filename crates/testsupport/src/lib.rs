@@ -212,6 +212,21 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 20 s) until its log says it has started: its services
+    /// ready, so a request is no longer answered `starting`. Reads only
+    /// the log: the link stays free for the test's own clients.
+    pub fn wait_started(&self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains("signerd started") {
+            assert!(
+                Instant::now() < until,
+                "signerd did not start within 20 s\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its configuration file.
     pub fn config_path(&self) -> &Path {
         &self.config

@@ -637,6 +637,11 @@ impl Twins {
             &yaml_b,
             vec![("SOFTHSM2_CONF".into(), conf_b)],
         );
+        // Both serving before the test's first request: a client of both
+        // (`Failover`) would otherwise be told `starting` by one and be
+        // answered by the other.
+        a.daemon.wait_started();
+        b.daemon.wait_started();
         Twins {
             a,
             b,
