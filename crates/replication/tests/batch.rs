@@ -113,6 +113,27 @@ fn a_batch_opens_only_whole_under_its_origins_key() {
         &key_a,
         "event 8 of the batch",
     );
+    // Someone else's, compressed: the same refusals.
+    let by_b_packed = Batch::compress(&Batch::encode(&by_b, &events));
+    refused(
+        &Batch::decompress(&by_b_packed).unwrap(),
+        "signer-a",
+        &key_a,
+        "seal of events",
+    );
+    refused(
+        &Batch::decompress(&packed).unwrap(),
+        "signer-b",
+        &key_a,
+        "names origin \"signer-a\"",
+    );
+    // A lone seal compressed is no batch.
+    refused(
+        &Batch::decompress(&Batch::compress(&seal.encode())).unwrap(),
+        "signer-a",
+        &key_a,
+        "unreadable batch",
+    );
 }
 
 #[test]
