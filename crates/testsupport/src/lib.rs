@@ -365,6 +365,11 @@ impl Daemon {
     }
 }
 
+/// The variable naming the log filter of the daemons started here (debug,
+/// for tests, when unset; the benchmarks set the shipped `info`, so what
+/// they measure is what runs).
+pub const DAEMON_LOG: &str = "SIGNER_DAEMON_LOG";
+
 fn spawn_daemon(config: &Path, log: &Path, env: &[(String, PathBuf)]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -375,7 +380,10 @@ fn spawn_daemon(config: &Path, log: &Path, env: &[(String, PathBuf)]) -> Child {
         .arg("run")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "debug,async_nats=info")
+        .env(
+            "RUST_LOG",
+            std::env::var(DAEMON_LOG).unwrap_or_else(|_| "debug,async_nats=info".into()),
+        )
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
