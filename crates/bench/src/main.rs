@@ -70,7 +70,7 @@ struct Cli {
     /// Internal: fill a ceremony's repository, as `DIR,CERTIFICATES`.
     #[arg(long, hide = true)]
     fill_child: Option<String>,
-    /// Run only one section (`guard`, `issuance`, `issuance-scale`, `cores`, `lines`, `crl`, `crl-scale`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
+    /// Run only one section (`guard`, `issuance`, `issuance-scale`, `cores`, `threads`, `lines`, `crl`, `crl-scale`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -486,6 +486,11 @@ fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Every daemon measured logs as shipped (`level: info`): the tests'
+    // debug lines would be part of what is measured.
+    if std::env::var_os(signer_testsupport::DAEMON_LOG).is_none() {
+        std::env::set_var(signer_testsupport::DAEMON_LOG, "info");
+    }
     if let Some(spec) = &cli.crl_diff_child {
         let parts: Vec<&str> = spec.rsplitn(3, ',').collect();
         let [added, n, dir] = parts.as_slice() else {
@@ -570,6 +575,9 @@ fn main() -> anyhow::Result<()> {
     }
     if only.is_none() || only == Some("cores") {
         scale::cores_section(&mut report, cli.scale)?;
+    }
+    if only.is_none() || only == Some("threads") {
+        scale::threads_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("lines") {
         line_speed_section(&mut report, cli.scale, plots.as_deref())?;

@@ -85,8 +85,9 @@ fn start(ceremony: &Ceremony) -> anyhow::Result<Running> {
 fn launch(ceremony: &Ceremony) -> Bench {
     // The scrub would verify the filler's certificates; it is not part of
     // issuing.
+    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
     let yaml = format!(
-        "protocol:\n  workers: 4\n  max_in_flight: 32\n{}  storage:\n    scrub_interval_secs: 0\n",
+        "protocol:\n  workers: {workers}\n  max_in_flight: 32\n{}  storage:\n    scrub_interval_secs: 0\n",
         ceremony.ca_yaml
     );
     Bench::start_with_env(LinkSpec::unthrottled(), &yaml, ceremony.env())
@@ -442,6 +443,152 @@ pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             spread(rows.iter().map(|r| r.1 .1).collect(), ms),
             spread(rows.iter().map(|r| r.1 .1 / r.0 .1).collect(), ratio),
         )?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
+
+/// CPU nanoseconds of `pid`'s threads, by what they do, and the context
+/// switches of all of them.
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by;
+    };
+    for task in tasks.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *by.entry(thread_group(name.trim()).to_string()).or_default() += ns;
+        // Every time a thread stopped running, as nanoseconds' neighbour.
+        let switches: u64 = std::fs::read_to_string(task.path().join("status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        *by.entry(SWITCHES.to_string()).or_default() += switches;
+    }
+    by
+}
+
+/// The key under which [`thread_cpu`] counts context switches (all threads).
+const SWITCHES: &str = "~switches";
+
+/// The part of signerd a thread belongs to, by its name.
+fn thread_group(name: &str) -> &'static str {
+    match name {
+        n if n.starts_with("worker-") => "workers",
+        "repo-committer" => "committer",
+        "link-writer" => "link writer",
+        "signerd" => "link reader",
+        _ => "other",
+    }
+}
+
+/// Commits and the records they held since start, from `health`.
+fn commits(r: &Running) -> Option<(u64, u64)> {
+    use signer_protocol::{encode_body, msg, Command};
+    let reply: msg::HealthReply = r
+        .client
+        .submit(Command::HEALTH, encode_body(&msg::Empty {}))
+        .wait()
+        .ok()?
+        .decode()
+        .ok()?;
+    let detail = &reply.checks.iter().find(|c| c.name == "repository")?.detail;
+    let (_, rest) = detail.split_once("; ")?;
+    let mut words = rest.split_whitespace();
+    let commits = words.next()?.parse().ok()?;
+    let records = words.nth(2)?.parse().ok()?;
+    Some((commits, records))
+}
+
+/// The `## Where signerd's CPU goes` section: each thread group's CPU per
+/// certificate in pipelined issuance, next to the floor.
+pub fn threads_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    let n = crate::scaled(2000, scale);
+    let rounds = 5;
+    let groups = [
+        "workers",
+        "committer",
+        "link reader",
+        "link writer",
+        "other",
+    ];
+    writeln!(report, "## Where signerd's CPU goes\n")?;
+    writeln!(
+        report,
+        "One signer (4 workers, empty repository), {rounds} rounds of {n} pipelined `sign_x509` requests over \
+         an unthrottled pty, CSRs from 32 distinct keys; each thread's CPU (schedstat) per certificate, by \
+         what the thread does: the workers (parse, CSR verification, profile, lint, HSM signature, re-verification), \
+         the committer (group commit of the record and its audit entry, then the reply's encoding and \
+         hand-off to the link writer), the link reader (the process's main thread: frames in) and the link \
+         writer (frames out). The floor is measured in the same run as in the issuance sections (one core, \
+         fastest of three HSM runs). Min / median / max; records per commit from `health`; context switches of all \
+         signerd's threads (voluntary and not) per certificate.\n"
+    )?;
+    let mut head = String::from("| issuer key | floor ms |");
+    for g in groups {
+        write!(head, " {g}: ms/cert |")?;
+    }
+    head.push_str(" all: ms/cert (÷ floor) | records per commit | context switches per cert |");
+    writeln!(report, "{head}\n|---|---|---|---|---|---|---|---|---|---|")?;
+    for (key, csr_key, label) in KEYS {
+        eprintln!("bench: where the CPU goes, {key}");
+        let ceremony = Ceremony::new(key, SERVER_PROFILE);
+        let csrs = distinct_csrs(ceremony.dir(), "threads", csr_key);
+        let r = start(&ceremony)?;
+        let pid = r.bench.daemon.pid();
+        let (_, cert) = round_keep(&r, &csrs, 50, "warm")?;
+        let (sign, csr, verify) = floor(&ceremony, key, &csrs, &cert, 1)?;
+        let floor_s = sign + csr + verify;
+        let mut per: Vec<std::collections::BTreeMap<String, f64>> = Vec::new();
+        let mut batch = Vec::new();
+        let mut switches = Vec::new();
+        for k in 0..rounds {
+            let before = thread_cpu(pid);
+            let c0 = commits(&r);
+            round(&r, &csrs, n, &format!("t{k}"))?;
+            let after = thread_cpu(pid);
+            let c1 = commits(&r);
+            let mut row = std::collections::BTreeMap::new();
+            for (g, v) in &after {
+                let d = v.saturating_sub(before.get(g).copied().unwrap_or(0)) as f64 / n as f64;
+                if g == SWITCHES {
+                    switches.push(d);
+                } else {
+                    row.insert(g.clone(), d / 1e9);
+                }
+            }
+            eprintln!("bench: round {k}: {row:?}");
+            per.push(row);
+            if let (Some(a), Some(b)) = (c0, c1) {
+                let commits = b.0.saturating_sub(a.0).max(1);
+                batch.push(b.1.saturating_sub(a.1) as f64 / commits as f64);
+            }
+        }
+        let ms = |x: f64| format!("{:.3}", x * 1000.0);
+        let mut line = format!("| {label} | {:.3} |", floor_s * 1000.0);
+        for g in groups {
+            let v = per
+                .iter()
+                .map(|row| row.get(g).copied().unwrap_or(0.0))
+                .collect();
+            write!(line, " {} |", spread(v, ms))?;
+        }
+        let all = per.iter().map(|row| row.values().sum::<f64>()).collect();
+        let all_ratio = |x: f64| format!("{:.3} ({:.2}×)", x * 1000.0, x / floor_s);
+        write!(line, " {} |", spread(all, all_ratio))?;
+        if batch.is_empty() {
+            write!(line, " — |")?;
+        } else {
+            write!(line, " {} |", spread(batch, |x| format!("{x:.1}")))?;
+        }
+        write!(line, " {} |", spread(switches, |x| format!("{x:.2}")))?;
+        writeln!(report, "{line}")?;
     }
     writeln!(report)?;
     Ok(())
