@@ -440,8 +440,12 @@ impl CaService {
     fn prepare(&self, request: &msg::SignX509) -> Result<Prepared, Failure> {
         idempotency::check_key(&request.request_id)?;
         let digest = idempotency::request_digest(request);
-        if let Some(record) = self
+        // One read transaction for the request id and the serial checks.
+        let snapshot = self
             .repo
+            .snapshot()
+            .map_err(|e| self.damaged(e, "nothing was sent"))?;
+        if let Some(record) = snapshot
             .find_by_request(&request.request_id)
             .map_err(|e| self.damaged(e, "nothing was sent"))?
         {
@@ -474,7 +478,8 @@ impl CaService {
             validity_days: request.validity_days,
         };
         self.check_clock(issuer.cas.get(&ca_name))?;
-        let serial = self.fresh_serial(&ca_name)?;
+        let serial = self.fresh_serial(&snapshot, &ca_name)?;
+        drop(snapshot);
         let issued = issuer
             .issue(
                 self.backend.as_ref(),
@@ -501,7 +506,11 @@ impl CaService {
 
     /// A serial no certificate of `ca` has; for an issuer with CRL shards,
     /// in a shard chosen at random (the serial carries it).
-    fn fresh_serial(&self, ca: &str) -> Result<Vec<u8>, Failure> {
+    fn fresh_serial(
+        &self,
+        snapshot: &signer_repository::Snapshot,
+        ca: &str,
+    ) -> Result<Vec<u8>, Failure> {
         let shards = self
             .ca_entry(ca)
             .and_then(|c| c.crl_shards.as_ref())
@@ -511,8 +520,7 @@ impl CaService {
                 Some(count) => signer_x509::sharded_serial(self.config.serial_prefix, count),
                 None => signer_x509::random_serial(self.config.serial_prefix),
             };
-            if !self
-                .repo
+            if !snapshot
                 .serial_exists(ca, &serial)
                 .map_err(|e| self.damaged(e, "nothing was issued"))?
             {

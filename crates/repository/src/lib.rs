@@ -60,6 +60,7 @@ mod tree;
 pub use apply::{ApplyReport, ReplicaState};
 pub use audit::ChainReport;
 pub use backup::{verify_backup, Summary as BackupSummary};
+pub use certs::Snapshot;
 pub use check::CheckReport;
 pub use committer::Then;
 pub use identity::{Expected, Identity, Refusal};
@@ -545,13 +546,20 @@ impl Repository {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
+        let txn = self.begin_read()?;
+        // Moved in, so that its end is guarded too.
+        guard(move || f(&txn))
+    }
+
+    /// A read transaction (a consistent snapshot), guarded like
+    /// [`Repository::read`].
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, RepoError> {
         guard(|| {
-            let txn = match &self.db {
+            match &self.db {
                 Store::Writable(w) => w.get()?.begin_read(),
                 Store::ReadOnly(db) => db.begin_read(),
             }
-            .map_err(storage)?;
-            f(&txn)
+            .map_err(storage)
         })
     }
 
