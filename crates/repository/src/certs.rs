@@ -6,7 +6,9 @@ use redb::ReadableTable;
 
 use crate::committer::{Issue, Job, Then};
 use crate::outbox::{digest_cert, DigestTable, Target, DIGESTS};
-use crate::records::{decode, decode_request, encode_issued, CertRecord, Recorded, RequestEntry};
+use crate::records::{
+    decode, decode_request, encode_cert, encode_request_entry, CertRecord, Recorded, RequestEntry,
+};
 use crate::schema::{CERTS, EXPIRY, REQUESTS};
 use crate::{guard, storage, RepoError, Repository};
 use std::sync::mpsc;
@@ -177,7 +179,7 @@ impl<'t> CertTables<'t> {
 /// ([`insert_request`]): issuance refuses a taken request id, the twin's
 /// apply records a conflict instead.
 pub(crate) fn insert_certificate(t: &mut CertTables<'_>, r: &CertRecord) -> Result<(), RepoError> {
-    let (value, _) = encode_issued(r)?;
+    let value = encode_cert(r)?;
     t.certs
         .insert((r.issuer.as_str(), r.serial.as_slice()), value.as_slice())
         .map_err(storage)?;
@@ -189,7 +191,7 @@ pub(crate) fn insert_certificate(t: &mut CertTables<'_>, r: &CertRecord) -> Resu
 
 /// Points `r`'s request id at it.
 pub(crate) fn insert_request(t: &mut CertTables<'_>, r: &CertRecord) -> Result<(), RepoError> {
-    let (_, entry) = encode_issued(r)?;
+    let entry = encode_request_entry(r)?;
     t.requests
         .insert(r.request_id.as_str(), entry.as_slice())
         .map_err(storage)?;

@@ -216,17 +216,19 @@ pub(crate) fn decode_revocation(bytes: &[u8]) -> Result<RevocationRecord, RepoEr
     sealed::open(REVOCATIONS.name(), bytes)
 }
 
-/// A certificate record and its request id entry, sealed for their tables.
-pub(crate) fn encode_issued(r: &CertRecord) -> Result<(Vec<u8>, Vec<u8>), RepoError> {
+/// A certificate record, sealed for its table.
+pub(crate) fn encode_cert(r: &CertRecord) -> Result<Vec<u8>, RepoError> {
+    sealed::seal_compact(CERTS.name(), r)
+}
+
+/// A certificate record's request id entry, sealed for its table.
+pub(crate) fn encode_request_entry(r: &CertRecord) -> Result<Vec<u8>, RepoError> {
     let entry = RequestEntry {
         issuer: r.issuer.clone(),
         serial: r.serial.clone(),
         digest: r.request_digest.clone(),
     };
-    Ok((
-        sealed::seal_compact(CERTS.name(), r)?,
-        sealed::seal(REQUESTS.name(), &entry)?,
-    ))
+    sealed::seal(REQUESTS.name(), &entry)
 }
 
 /// One audit entry.
@@ -441,7 +443,7 @@ mod compact_tests {
             (back.seq, back.cert_not_after, back.replaced),
             (0, None, false)
         );
-        let (cert, _) = encode_issued(&CertRecord {
+        let cert = encode_cert(&CertRecord {
             issuer: "sub".into(),
             serial: vec![1],
             der: vec![0x30, 0],
