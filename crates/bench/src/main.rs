@@ -656,7 +656,15 @@ fn splice(old: &str, new: &str) -> String {
     for (heading, body) in sections(new).1 {
         match kept.iter_mut().find(|(h, _)| *h == heading) {
             Some(slot) => slot.1 = body,
-            None => kept.push((heading, body)),
+            None => {
+                // A section new to the report starts after a blank line.
+                if let Some((_, last)) = kept.last_mut() {
+                    if !last.ends_with("\n\n") {
+                        last.push('\n');
+                    }
+                }
+                kept.push((heading, body));
+            }
         }
     }
     let mut text = pre;
@@ -794,7 +802,19 @@ mod tests {
         let new = "# B\nnew time\n## A\nnew a\n## Gone\nnew g\n";
         assert_eq!(
             splice(new, &extra_sections(OLD, new)),
-            "# B\nnew time\n## A\nnew a\n## Gone\nnew g\n## On demand\nbig\n"
+            "# B\nnew time\n## A\nnew a\n## Gone\nnew g\n\n## On demand\nbig\n"
+        );
+    }
+
+    #[test]
+    fn a_section_new_to_the_report_is_appended_after_a_blank_line() {
+        assert_eq!(
+            splice("# B\n## A\na\n", "# B\n## New\nn\n"),
+            "# B\n## A\na\n\n## New\nn\n"
+        );
+        assert_eq!(
+            splice("# B\n## A\na\n\n", "# B\n## New\nn\n"),
+            "# B\n## A\na\n\n## New\nn\n"
         );
     }
 }

@@ -591,5 +591,124 @@ pub fn threads_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         writeln!(report, "{line}")?;
     }
     writeln!(report)?;
+    commit_table(report)
+}
+
+/// The group commit's cost per commit and per record ([`commit_cpu`] for
+/// several batch sizes, fitted to a line).
+fn commit_table(report: &mut String) -> anyhow::Result<()> {
+    let sizes = [1usize, 4, 16, 64];
+    let runs = 3;
+    let commits = 200;
+    writeln!(
+        report,
+        "The group commit alone (in the benchmark's process, no link, no HSM): the committer thread's CPU \
+         per commit holding k certificate records, each with an audit entry of the size signerd writes per \
+         `sign_x509`, {commits} commits of each size, {runs} runs (min / median / max); the line through \
+         all the points gives what a commit costs whatever it holds and what each record adds.\n"
+    )?;
+    writeln!(
+        report,
+        "| records per commit | committer CPU per commit, ms | per record, ms |\n|---|---|---|"
+    )?;
+    let mut points = Vec::new();
+    for k in sizes {
+        let mut per_commit = Vec::new();
+        for _ in 0..runs {
+            let (ms, held) = commit_cpu(k, commits)?;
+            eprintln!("bench: commits of {k}: {ms:.3} ms each, {held:.1} records");
+            per_commit.push(ms);
+            points.push((held, ms));
+        }
+        writeln!(
+            report,
+            "| {k} | {} | {} |",
+            spread(per_commit.clone(), |x| format!("{x:.3}")),
+            spread(
+                per_commit.iter().map(|x| x / k as f64).collect(),
+                |x| format!("{x:.4}")
+            ),
+        )?;
+    }
+    let n = points.len() as f64;
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+    });
+    let per_record = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let fixed = my - per_record * mx;
+    writeln!(
+        report,
+        "\nFitted: {fixed:.3} ms per commit + {per_record:.4} ms per record.\n"
+    )?;
     Ok(())
+}
+
+/// The group commit alone, in this process: the committer thread's CPU
+/// per commit of `k` certificate records, each with an audit entry of the
+/// size signerd writes per `sign_x509` (as signerd hands them over, the
+/// entries of one batch's commands going into a later commit), over
+/// `commits` commits, on a repository already holding 2,000 records.
+/// Milliseconds per commit, and the records each commit held.
+fn commit_cpu(k: usize, commits: usize) -> anyhow::Result<(f64, f64)> {
+    use signer_repository::{AuditEntry, Expected, OpenOptions, Repository};
+    let dir = tempfile::tempdir()?;
+    let repo = Repository::create(
+        &dir.path().join("repo.redb"),
+        &Expected::signer("bench"),
+        &OpenOptions::default(),
+    )?;
+    crate::storage::fill(&repo, 2000)?;
+    let committer = std::fs::read_dir("/proc/self/task")?
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "repo-committer")
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .ok_or_else(|| anyhow::anyhow!("no committer thread"))?;
+    let cpu = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{committer}/schedstat"))?;
+        Ok(stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    };
+    let (cpu0, commits0) = (cpu()?, repo.stats()?.commits);
+    for c in 0..commits {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for j in 0..k {
+            let i = (10_000 + c * k + j) as u64;
+            repo.audit(
+                AuditEntry::new("command", "sign_x509", "ok")
+                    .fact("req_id", (1u64 << 61 | i).to_string())
+                    .fact("elapsed_ms", "3")
+                    .fact("request_id", format!("bench-{i}"))
+                    .fact("issuer", "sub")
+                    .fact("serial", format!("2101a2373512{i:020x}"))
+                    .fact("profile", "server")
+                    .fact("csr_sha256", format!("{:064x}", i)),
+            );
+            let tx = tx.clone();
+            repo.record_issuance_then(
+                filler(i),
+                Box::new(move |r| {
+                    let _ = tx.send(r.is_ok());
+                }),
+            );
+        }
+        drop(tx);
+        for ok in rx {
+            anyhow::ensure!(ok, "a record was refused");
+        }
+    }
+    let done = repo.stats()?.commits.saturating_sub(commits0).max(1);
+    let ms = (cpu()?.saturating_sub(cpu0)) as f64 / 1e6 / done as f64;
+    repo.close();
+    Ok((ms, (k * commits) as f64 / done as f64))
 }
