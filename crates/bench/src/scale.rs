@@ -244,6 +244,32 @@ fn distinct_csrs(dir: &Path, tag: &str, csr_key: &[&str]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A signer ready to measure, with what it was made from.
+struct Warm {
+    /// Its CA, token and files (kept while it runs).
+    ceremony: Ceremony,
+    /// CSRs of 32 distinct keys.
+    csrs: Vec<Vec<u8>>,
+    r: Running,
+    /// The warm-up round's last certificate.
+    cert: Vec<u8>,
+}
+
+/// A signer of `key` (4 workers, empty repository) with CSRs of 32 keys of
+/// type `csr_key`, after a warm-up round.
+fn warm_signer(key: &str, csr_key: &[&str], tag: &str) -> anyhow::Result<Warm> {
+    let ceremony = Ceremony::new(key, SERVER_PROFILE);
+    let csrs = distinct_csrs(ceremony.dir(), tag, csr_key);
+    let r = start(&ceremony)?;
+    let (_, cert) = round_keep(&r, &csrs, 50, "warm")?;
+    Ok(Warm {
+        ceremony,
+        csrs,
+        r,
+        cert,
+    })
+}
+
 /// Min / median / max of `v`, each shown by `f`.
 pub(crate) fn spread(mut v: Vec<f64>, f: impl Fn(f64) -> String) -> String {
     v.sort_by(f64::total_cmp);
@@ -408,11 +434,13 @@ pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     let me = std::process::id();
     for (key, csr_key, label) in KEYS {
         eprintln!("bench: issuance on one core and on two, {key}");
-        let ceremony = Ceremony::new(key, SERVER_PROFILE);
-        let csrs = distinct_csrs(ceremony.dir(), "cores", csr_key);
-        let r = start(&ceremony)?;
+        let Warm {
+            ceremony: _ceremony,
+            csrs,
+            r,
+            ..
+        } = warm_signer(key, csr_key, "cores")?;
         let pid = r.bench.daemon.pid();
-        round(&r, &csrs, 50, "warm")?;
         let mut rows = Vec::new();
         for k in 0..rounds {
             anyhow::ensure!(pin(pid, 0) && pin(me, 1), "taskset failed");
@@ -538,11 +566,13 @@ pub fn threads_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "{head}\n|---|---|---|---|---|---|---|---|---|---|")?;
     for (key, csr_key, label) in KEYS {
         eprintln!("bench: where the CPU goes, {key}");
-        let ceremony = Ceremony::new(key, SERVER_PROFILE);
-        let csrs = distinct_csrs(ceremony.dir(), "threads", csr_key);
-        let r = start(&ceremony)?;
+        let Warm {
+            ceremony,
+            csrs,
+            r,
+            cert,
+        } = warm_signer(key, csr_key, "threads")?;
         let pid = r.bench.daemon.pid();
-        let (_, cert) = round_keep(&r, &csrs, 50, "warm")?;
         let (sign, csr, verify) = floor(&ceremony, key, &csrs, &cert, 1)?;
         let floor_s = sign + csr + verify;
         let mut per: Vec<std::collections::BTreeMap<String, f64>> = Vec::new();
