@@ -75,6 +75,30 @@ fn a_known_request_id_returns_the_original_and_stores_nothing() {
 }
 
 #[test]
+fn a_snapshot_answers_as_the_repository_was_when_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = open(&dir.path().join("repo.redb"), "a");
+    repo.record_issuance(record("root", 1, "req-1")).unwrap();
+    let before = repo.snapshot().unwrap();
+    repo.record_issuance(record("root", 2, "req-2")).unwrap();
+    // Both lookups of one issuance see the same state, whatever is
+    // committed meanwhile; a new snapshot sees the commit.
+    assert_eq!(
+        before.find_by_request("req-1").unwrap(),
+        Some(record("root", 1, "req-1"))
+    );
+    assert_eq!(before.find_by_request("req-2").unwrap(), None);
+    assert!(!before.serial_exists("root", &[0x40, 2]).unwrap());
+    let after = repo.snapshot().unwrap();
+    assert!(after.serial_exists("root", &[0x40, 2]).unwrap());
+    assert!(after.find_by_request("req-2").unwrap().is_some());
+    drop((before, after));
+    // Snapshots ended: the repository closes and commits as before.
+    repo.record_issuance(record("root", 3, "req-3")).unwrap();
+    assert_eq!(repo.stats().unwrap().certificates, 3);
+}
+
+#[test]
 fn concurrent_records_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Arc::new(open(&dir.path().join("repo.redb"), "a"));
