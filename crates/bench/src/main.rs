@@ -80,6 +80,11 @@ struct Cli {
     raw_hsm: Option<String>,
 }
 
+/// signerd's workers in the issuance benchmarks: 4, or `$BENCH_WORKERS`.
+pub(crate) fn workers() -> String {
+    std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into())
+}
+
 pub(crate) fn scaled(n: usize, scale: f64) -> usize {
     ((n as f64 * scale) as usize).max(10)
 }
@@ -239,9 +244,9 @@ fn issuance_run(
     tag: &str,
     cores: Option<&str>,
 ) -> anyhow::Result<IssuanceRun> {
-    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
     let yaml = format!(
-        "protocol:\n  workers: {workers}\n  max_in_flight: 32\n{}",
+        "protocol:\n  workers: {}\n  max_in_flight: 32\n{}",
+        workers(),
         ceremony.ca_yaml
     );
     let mut env = ceremony.env();

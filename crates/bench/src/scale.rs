@@ -17,10 +17,19 @@ use crate::replication::{pin, unpin};
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let mut ns = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        ns += schedstat_ns(&task.ok()?.path())?;
     }
     Some(ns as f64 / 1e9)
+}
+
+/// Nanoseconds the thread whose /proc directory is `task` has run.
+fn schedstat_ns(task: &Path) -> Option<u64> {
+    std::fs::read_to_string(task.join("schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A certificate record as the signer makes them: a 16-octet serial
@@ -81,13 +90,13 @@ fn start(ceremony: &Ceremony) -> anyhow::Result<Running> {
     Ok(Running { bench, client })
 }
 
-/// signerd with `ceremony`'s CA and 4 workers on an unthrottled link.
+/// signerd with `ceremony`'s CA and [`crate::workers`] workers on an unthrottled link.
 fn launch(ceremony: &Ceremony) -> Bench {
     // The scrub would verify the filler's certificates; it is not part of
     // issuing.
-    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
     let yaml = format!(
-        "protocol:\n  workers: {workers}\n  max_in_flight: 32\n{}  storage:\n    scrub_interval_secs: 0\n",
+        "protocol:\n  workers: {}\n  max_in_flight: 32\n{}  storage:\n    scrub_interval_secs: 0\n",
+        crate::workers(),
         ceremony.ca_yaml
     );
     Bench::start_with_env(LinkSpec::unthrottled(), &yaml, ceremony.env())
@@ -255,7 +264,7 @@ struct Warm {
     cert: Vec<u8>,
 }
 
-/// A signer of `key` (4 workers, empty repository) with CSRs of 32 keys of
+/// A signer of `key` ([`launch`]'s, empty repository) with CSRs of 32 keys of
 /// type `csr_key`, after a warm-up round.
 fn warm_signer(key: &str, csr_key: &[&str], tag: &str) -> anyhow::Result<Warm> {
     let ceremony = Ceremony::new(key, SERVER_PROFILE);
@@ -414,13 +423,14 @@ pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "## Issuance on one core and on two\n")?;
     writeln!(
         report,
-        "One signer (4 workers, empty repository), {rounds} rounds of each, alternating: {n} pipelined \
+        "One signer ({} workers, empty repository), {rounds} rounds of each, alternating: {n} pipelined \
          `sign_x509` requests over an unthrottled pty, CSRs from 32 distinct keys. On one core: every thread of \
          signerd pinned to the first core (`taskset`), the client and the link simulator (this benchmark's \
          threads) to the second, so signerd has a core to itself. On two: nothing pinned (signerd, client \
          and link share both cores). CPU is signerd's (all threads, from schedstat) per certificate; the \
          ratio is two ÷ one per pair of rounds (target ≤ 1.1: spreading the work costs no more per \
-         certificate). Min / median / max.\n"
+         certificate). Min / median / max.\n",
+        crate::workers()
     )?;
     if cpus < 2 {
         writeln!(report, "This machine has one CPU: not measured.\n")?;
@@ -476,34 +486,34 @@ pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU nanoseconds of `pid`'s threads, by what they do, and the context
-/// switches of all of them.
-fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
-    let mut by = std::collections::BTreeMap::new();
+/// What `pid`'s threads have used so far.
+#[derive(Default)]
+struct ThreadUse {
+    /// CPU nanoseconds, by what the threads do ([`thread_group`]).
+    cpu_ns: std::collections::BTreeMap<&'static str, u64>,
+    /// Context switches of all of them, voluntary and not.
+    switches: u64,
+}
+
+fn thread_use(pid: u32) -> ThreadUse {
+    let mut used = ThreadUse::default();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by;
+        return used;
     };
     for task in tasks.flatten() {
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(task.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        *by.entry(thread_group(name.trim()).to_string()).or_default() += ns;
-        // Every time a thread stopped running, as nanoseconds' neighbour.
-        let switches: u64 = std::fs::read_to_string(task.path().join("status"))
+        let task = task.path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        *used.cpu_ns.entry(thread_group(name.trim())).or_default() +=
+            schedstat_ns(&task).unwrap_or(0);
+        used.switches += std::fs::read_to_string(task.join("status"))
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("ctxt_switches:"))
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        *by.entry(SWITCHES.to_string()).or_default() += switches;
+            .sum::<u64>();
     }
-    by
+    used
 }
-
-/// The key under which [`thread_cpu`] counts context switches (all threads).
-const SWITCHES: &str = "~switches";
 
 /// The part of signerd a thread belongs to, by its name.
 fn thread_group(name: &str) -> &'static str {
@@ -549,14 +559,15 @@ pub fn threads_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "## Where signerd's CPU goes\n")?;
     writeln!(
         report,
-        "One signer (4 workers, empty repository), {rounds} rounds of {n} pipelined `sign_x509` requests over \
+        "One signer ({} workers, empty repository), {rounds} rounds of {n} pipelined `sign_x509` requests over \
          an unthrottled pty, CSRs from 32 distinct keys; each thread's CPU (schedstat) per certificate, by \
          what the thread does: the workers (parse, CSR verification, profile, lint, HSM signature, re-verification), \
          the committer (group commit of the record and its audit entry, then the reply's encoding and \
          hand-off to the link writer), the link reader (the process's main thread: frames in) and the link \
          writer (frames out). The floor is measured in the same run as in the issuance sections (one core, \
          fastest of three HSM runs). Min / median / max; records per commit from `health`; context switches of all \
-         signerd's threads (voluntary and not) per certificate.\n"
+         signerd's threads (voluntary and not) per certificate.\n",
+        crate::workers()
     )?;
     let mut head = String::from("| issuer key | floor ms |");
     for g in groups {
@@ -575,24 +586,25 @@ pub fn threads_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         let pid = r.bench.daemon.pid();
         let (sign, csr, verify) = floor(&ceremony, key, &csrs, &cert, 1)?;
         let floor_s = sign + csr + verify;
-        let mut per: Vec<std::collections::BTreeMap<String, f64>> = Vec::new();
+        let mut per: Vec<std::collections::BTreeMap<&str, f64>> = Vec::new();
         let mut batch = Vec::new();
         let mut switches = Vec::new();
         for k in 0..rounds {
-            let before = thread_cpu(pid);
+            let before = thread_use(pid);
             let c0 = commits(&r);
             round(&r, &csrs, n, &format!("t{k}"))?;
-            let after = thread_cpu(pid);
+            let after = thread_use(pid);
             let c1 = commits(&r);
-            let mut row = std::collections::BTreeMap::new();
-            for (g, v) in &after {
-                let d = v.saturating_sub(before.get(g).copied().unwrap_or(0)) as f64 / n as f64;
-                if g == SWITCHES {
-                    switches.push(d);
-                } else {
-                    row.insert(g.clone(), d / 1e9);
-                }
-            }
+            let per_cert = |after: u64, before: u64| after.saturating_sub(before) as f64 / n as f64;
+            let row: std::collections::BTreeMap<&str, f64> = after
+                .cpu_ns
+                .iter()
+                .map(|(g, ns)| {
+                    let was = before.cpu_ns.get(g).copied().unwrap_or(0);
+                    (*g, per_cert(*ns, was) / 1e9)
+                })
+                .collect();
+            switches.push(per_cert(after.switches, before.switches));
             eprintln!("bench: round {k}: {row:?}");
             per.push(row);
             if let (Some(a), Some(b)) = (c0, c1) {
@@ -701,14 +713,8 @@ fn commit_cpu(k: usize, commits: usize) -> anyhow::Result<(f64, f64)> {
         .filter_map(|t| t.file_name().to_str()?.parse::<u64>().ok())
         .max()
         .ok_or_else(|| anyhow::anyhow!("no committer thread"))?;
-    let cpu = || -> anyhow::Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{committer}/schedstat"))?;
-        Ok(stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
-    };
+    let task = Path::new("/proc/self/task").join(committer.to_string());
+    let cpu = || schedstat_ns(&task).ok_or_else(|| anyhow::anyhow!("no committer schedstat"));
     let (cpu0, commits0) = (cpu()?, repo.stats()?.commits);
     for c in 0..commits {
         let (tx, rx) = std::sync::mpsc::channel();
