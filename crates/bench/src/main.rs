@@ -194,15 +194,11 @@ fn raw_hsm_rate(
 /// What one issuance run measured.
 struct IssuanceRun {
     rate: f64,
-    commits: u64,
     elapsed: Duration,
     bytes_sent: u64,
     bytes_received: u64,
 }
 
-/// Certificates per second through signerd over `link`: pipelined
-/// `sign_x509` requests with distinct request ids (starting with `tag`),
-/// each durably recorded; `cores` pins signerd with `taskset`.
 /// The `sign_x509` request the benchmarks send: request id `<tag>-<i>`.
 pub(crate) fn sign_request(tag: &str, csr: &[u8], i: usize) -> msg::SignX509 {
     msg::SignX509 {
@@ -236,13 +232,15 @@ pub(crate) fn pipelined_sign(
     Ok(started.elapsed())
 }
 
+/// Certificates per second through signerd over `link`: pipelined
+/// `sign_x509` requests with distinct request ids (starting with `tag`),
+/// each durably recorded.
 fn issuance_run(
     ceremony: &Ceremony,
     csr: &[u8],
     n: usize,
     link: LinkSpec,
     tag: &str,
-    cores: Option<&str>,
 ) -> anyhow::Result<IssuanceRun> {
     let yaml = format!(
         "protocol:\n  workers: {}\n  max_in_flight: 32\n{}",
@@ -252,14 +250,6 @@ fn issuance_run(
     let mut env = ceremony.env();
     env.push(("RUST_LOG".into(), "info".into()));
     let bench = Bench::start_with_env(link, &yaml, env);
-    if let Some(cpus) = cores {
-        // Every thread of signerd on these CPUs only.
-        let status = std::process::Command::new("taskset")
-            .args(["-a", "-p", "-c", cpus, &bench.daemon.pid().to_string()])
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        anyhow::ensure!(status.success(), "taskset failed");
-    }
     let client = bench.client();
     // Warm up (CA check, sessions, repository file).
     let _: msg::SignX509Reply =
@@ -267,25 +257,8 @@ fn issuance_run(
     let before = client.stats();
     let elapsed = pipelined_sign(&client, csr, n, tag)?;
     let after = client.stats();
-    let rate = n as f64 / elapsed.as_secs_f64();
-    let health = client.health()?;
-    let commits = health
-        .checks
-        .iter()
-        .find(|c| c.name == "repository")
-        .map(|c| c.detail.clone())
-        .unwrap_or_default();
-    eprintln!("bench: repository after the run: {commits}");
-    // "N certificates, N revocations, X MiB; N commits for N records since start"
-    let commits_n = commits
-        .split("; ")
-        .nth(1)
-        .and_then(|t| t.split(' ').next())
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
     Ok(IssuanceRun {
-        rate,
-        commits: commits_n,
+        rate: n as f64 / elapsed.as_secs_f64(),
         elapsed,
         bytes_sent: after.bytes_sent - before.bytes_sent,
         bytes_received: after.bytes_received - before.bytes_received,
@@ -334,7 +307,7 @@ fn line_speed_section(
             LinkSpec::baud(baud)
         };
         eprintln!("bench: issuance at {} baud, {n} requests", baud);
-        let run = issuance_run(&ceremony, &csr, n, link, &format!("line{baud}"), None)?;
+        let run = issuance_run(&ceremony, &csr, n, link, &format!("line{baud}"))?;
         let busier = run.bytes_sent.max(run.bytes_received);
         let line = if baud == 0 {
             None
@@ -424,71 +397,6 @@ fn scheme_for(key: &str) -> Scheme {
     }
 }
 
-fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
-    writeln!(
-        report,
-        "## Issuance: end to end vs. the raw HSM signing rate\n"
-    )?;
-    writeln!(
-        report,
-        "The issuing CA's key is on a SoftHSM2 token; the baseline is that key's raw signing \
-         rate (host-side SHA-256, `C_Sign` on the digest) with one session per core (2), the \
-         fastest the token goes here. `signerd` runs with 4 workers (a worker hands a signed \
-         certificate to the committer and takes the next request, so signing overlaps the \
-         fsync'd commits). End to end: pipelined `sign_x509` requests from the client \
-         library over an unthrottled pty to `signerd`, each one parsed, its CSR verified, \
-         checked against the profile, linted, signed in the HSM, re-verified, and committed to \
-         the repository (fsync'd, group commit) before the answer is sent. The same run \
-         pinned to one core (`taskset`, all of signerd's threads; the client and the relay \
-         keep both) shows the scaling; the other baseline is `openssl ca` with a file key of \
-         the same type, one process per certificate (as CA scripts around OpenSSL issue), one \
-         and two at a time (two CAs, one per core).\n"
-    )?;
-    writeln!(report, "| issuer key | raw HSM, 1 session (sig/s) | raw HSM, 2 sessions (sig/s) | end to end (cert/s) | end to end / raw (2 sessions) | repository commits | signerd on 1 core (cert/s) | 1 → 2 cores | `openssl ca`, a process per certificate, 1 / 2 at a time (cert/s) | end to end / `openssl ca` (2) |")?;
-    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
-    for (key, csr_key) in [
-        ("rsa2048", &["rsa:2048"][..]),
-        ("p256", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
-    ] {
-        eprintln!("bench: issuance with a {key} issuer");
-        let ceremony = Ceremony::new(key, SERVER_PROFILE);
-        let n = scaled(2000, scale);
-        let raw1 = raw_in_child(&ceremony, key, 1, n / 2)?;
-        let raw2 = raw_in_child(&ceremony, key, 2, n)?;
-        let csr = make_csr(ceremony.dir(), "bench", csr_key);
-        let all_cores = issuance_run(&ceremony, &csr, n, LinkSpec::unthrottled(), "bench", None)?;
-        let (e2e, commits) = (all_cores.rate, all_cores.commits);
-        let one_core = issuance_run(
-            &ceremony,
-            &csr,
-            n / 2,
-            LinkSpec::unthrottled(),
-            "bench1core",
-            Some("0"),
-        )?
-        .rate;
-        let csr_pem = ceremony.dir().join("bench.csr");
-        let m = scaled(200, scale);
-        let openssl1 = openssl_ca::rate(ceremony.dir(), key, &csr_pem, m / 2, 1)?;
-        let openssl2 = openssl_ca::rate(ceremony.dir(), key, &csr_pem, m, 2)?;
-        writeln!(
-            report,
-            "| {} | {raw1:.0} | {raw2:.0} | {e2e:.0} | {:.0} % | {commits} for {} certificates | {one_core:.0} | {:.2}× | {openssl1:.0} / {openssl2:.0} | {:.1}× |",
-            if key == "rsa2048" {
-                "RSA-2048"
-            } else {
-                "ECDSA P-256"
-            },
-            100.0 * e2e / raw2,
-            n + 1,
-            e2e / one_core,
-            e2e / openssl2
-        )?;
-    }
-    writeln!(report)?;
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Every daemon measured logs as shipped (`level: info`): the tests'
@@ -570,7 +478,7 @@ fn main() -> anyhow::Result<()> {
         link_sections(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("issuance") {
-        issuance_section(&mut report, cli.scale)?;
+        scale::issuance_section(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("guard") {
         guard::section(&mut report, cli.update_guard)?;

@@ -755,3 +755,91 @@ fn commit_cpu(k: usize, commits: usize) -> anyhow::Result<(f64, f64)> {
     repo.close();
     Ok((ms, (k * commits) as f64 / done as f64))
 }
+
+/// The `## Issuance: end to end vs. the raw HSM signing rate` section:
+/// signerd's rate over an unthrottled pty beside what the HSM alone, the
+/// floor and `openssl ca` manage in the same rounds.
+pub fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
+    let n = crate::scaled(2000, scale);
+    let m = crate::scaled(200, scale);
+    let rounds = 5;
+    writeln!(
+        report,
+        "## Issuance: end to end vs. the raw HSM signing rate\n"
+    )?;
+    writeln!(
+        report,
+        "The issuing CA's key is on a SoftHSM2 token. `signerd` runs with {} workers, empty repository. \
+         {rounds} rounds, each measuring in turn: the key's raw signing rate (host-side SHA-256, `C_Sign` on \
+         the digest, a process of its own) with one session and with two (one per core, the fastest the token \
+         goes here); end to end, {n} pipelined `sign_x509` requests from the client library over an unthrottled \
+         pty, the CSRs taken in turn from 32 made with distinct keys, each one parsed, its CSR verified, checked \
+         against the profile, linted, signed in the HSM, re-verified, and committed to the repository (fsync'd, \
+         group commit) before the answer is sent; and `openssl ca` with a file key of the same type, one process \
+         per certificate (as CA scripts around OpenSSL issue), one and two at a time (two CAs, one per core; \
+         {m} certificates). The raw HSM rate leaves out the two verifications the design requires, so the \
+         rate the floor allows is given too: two cores' worth of one HSM signature, one CSR verification and \
+         one certificate verification, measured with both cores busy (as in the sections on the \
+         1,000,000-record repository); end to end, the client and the link simulator share those two cores with signerd. Ratios are taken per round. Min / median / max. How signerd's CPU per \
+         certificate compares with one core and with two is in \"Issuance on one core and on two\"; what \
+         each thread costs in \"Where signerd's CPU goes\".\n",
+        crate::workers()
+    )?;
+    writeln!(
+        report,
+        "| issuer key | raw HSM, 1 session (sig/s) | raw HSM, 2 sessions (sig/s) | the floor on two cores (cert/s) | end to end (cert/s) | end to end ÷ raw (2 sessions) | end to end ÷ the floor | records per commit | `openssl ca`, 1 at a time (cert/s) | `openssl ca`, 2 at a time (cert/s) | end to end ÷ `openssl ca` (2) |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for (key, csr_key, label) in KEYS {
+        eprintln!("bench: issuance with a {key} issuer");
+        let Warm {
+            ceremony,
+            csrs,
+            r,
+            cert,
+        } = warm_signer(key, csr_key, "issuance")?;
+        let (sign, csr, verify) = floor(&ceremony, key, &csrs, &cert, 2)?;
+        // Two cores' worth of floors a second.
+        let floor_rate = 2.0 / (sign + csr + verify);
+        let csr_pem = ceremony.dir().join("issuance-0.csr");
+        anyhow::ensure!(csr_pem.exists(), "no CSR at {}", csr_pem.display());
+        let mut rows = Vec::new();
+        for k in 0..rounds {
+            let raw1 = crate::raw_in_child(&ceremony, key, 1, n / 2)?;
+            let raw2 = crate::raw_in_child(&ceremony, key, 2, n)?;
+            let c0 = commits(&r);
+            let (e2e, _) = round(&r, &csrs, n, &format!("i{k}"))?;
+            let batch = match (c0, commits(&r)) {
+                (Some((c0, r0)), Some((c1, r1))) if c1 > c0 => (r1 - r0) as f64 / (c1 - c0) as f64,
+                _ => f64::NAN,
+            };
+            let ossl1 = crate::openssl_ca::rate(ceremony.dir(), key, &csr_pem, m / 2, 1)?;
+            let ossl2 = crate::openssl_ca::rate(ceremony.dir(), key, &csr_pem, m, 2)?;
+            eprintln!(
+                "bench: round {k}: raw {raw1:.0} / {raw2:.0} sig/s, end to end {e2e:.0}/s, \
+                 {batch:.1} per commit, openssl {ossl1:.0} / {ossl2:.0}/s"
+            );
+            rows.push([raw1, raw2, e2e, batch, ossl1, ossl2]);
+        }
+        let col = |i: usize| rows.iter().map(|r| r[i]).collect::<Vec<_>>();
+        let rate = |x: f64| format!("{x:.0}");
+        let pct = |x: f64| format!("{:.0} %", 100.0 * x);
+        writeln!(
+            report,
+            "| {label} | {} | {} | {floor_rate:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            spread(col(0), rate),
+            spread(col(1), rate),
+            spread(col(2), rate),
+            spread(rows.iter().map(|r| r[2] / r[1]).collect(), pct),
+            spread(rows.iter().map(|r| r[2] / floor_rate).collect(), pct),
+            spread(col(3), |x| format!("{x:.1}")),
+            spread(col(4), rate),
+            spread(col(5), rate),
+            spread(rows.iter().map(|r| r[2] / r[5]).collect(), |x| format!(
+                "{x:.1}×"
+            )),
+        )?;
+    }
+    writeln!(report)?;
+    Ok(())
+}
