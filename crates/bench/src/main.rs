@@ -26,7 +26,7 @@ use signer_client::Client;
 use signer_hsm::{
     Hash, KeySpec, PinSource, Pkcs11Backend, Scheme, SigningBackend, TokenConfig, TokenSelector,
 };
-use signer_protocol::{encode_body, encode_request, msg, Command};
+use signer_protocol::{encode_body, encode_request, msg, Command, Status};
 use signer_server::{Engine, EngineConfig};
 use signer_service::Router;
 use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
@@ -70,7 +70,7 @@ struct Cli {
     /// Internal: fill a ceremony's repository, as `DIR,CERTIFICATES`.
     #[arg(long, hide = true)]
     fill_child: Option<String>,
-    /// Run only one section (`guard`, `issuance`, `issuance-scale`, `cores`, `threads`, `lines`, `crl`, `crl-scale`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
+    /// Run only one section (`link`, `guard`, `issuance`, `issuance-scale`, `cores`, `threads`, `lines`, `crl`, `crl-scale`, `openpgp`, `replication`, `replication-cost`, `storage`, `audit`, `gateway`); its part of
     /// an existing report is replaced, the rest kept.
     #[arg(long)]
     only: Option<String>,
@@ -116,17 +116,29 @@ struct Pipelined {
     elapsed: Duration,
     bytes_sent: u64,
     bytes_received: u64,
+    /// The msgpack bodies alone, both ways: the rest of the bytes is the
+    /// framing (envelope, CRC, COBS and delimiter).
+    payload_sent: u64,
+    payload_received: u64,
     retransmits: u64,
 }
 
-fn pipelined_health(client: &Client, n: usize) -> anyhow::Result<Pipelined> {
+/// `requests` submitted at once over `client`, then every answer awaited
+/// (each must be `ok`); what crossed the link meanwhile.
+fn pipelined(client: &Client, requests: Vec<(Command, Vec<u8>)>) -> anyhow::Result<Pipelined> {
+    let n = requests.len();
+    let payload_sent = requests.iter().map(|(_, b)| b.len() as u64).sum();
     let before = client.stats();
     let started = Instant::now();
-    let pending: Vec<_> = (0..n)
-        .map(|_| client.submit(Command::HEALTH, health_body()))
+    let pending: Vec<_> = requests
+        .into_iter()
+        .map(|(command, body)| client.submit(command, body))
         .collect();
+    let mut payload_received = 0;
     for p in pending {
-        p.wait()?;
+        let reply = p.wait()?;
+        anyhow::ensure!(reply.status == Status::OK, "answered {:?}", reply.status);
+        payload_received += reply.body.len() as u64;
     }
     let elapsed = started.elapsed();
     let after = client.stats();
@@ -135,8 +147,14 @@ fn pipelined_health(client: &Client, n: usize) -> anyhow::Result<Pipelined> {
         elapsed,
         bytes_sent: after.bytes_sent - before.bytes_sent,
         bytes_received: after.bytes_received - before.bytes_received,
+        payload_sent,
+        payload_received,
         retransmits: after.retransmits - before.retransmits,
     })
+}
+
+fn pipelined_health(client: &Client, n: usize) -> anyhow::Result<Pipelined> {
+    pipelined(client, (0..n).map(|_| (Command::HEALTH, health_body())).collect())
 }
 
 /// Signatures per second straight from the token: `threads` threads, each
@@ -191,14 +209,6 @@ fn raw_hsm_rate(
     Ok((n / threads * threads) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// What one issuance run measured.
-struct IssuanceRun {
-    rate: f64,
-    elapsed: Duration,
-    bytes_sent: u64,
-    bytes_received: u64,
-}
-
 /// The `sign_x509` request the benchmarks send: request id `<tag>-<i>`.
 pub(crate) fn sign_request(tag: &str, csr: &[u8], i: usize) -> msg::SignX509 {
     msg::SignX509 {
@@ -232,16 +242,15 @@ pub(crate) fn pipelined_sign(
     Ok(started.elapsed())
 }
 
-/// Certificates per second through signerd over `link`: pipelined
-/// `sign_x509` requests with distinct request ids (starting with `tag`),
-/// each durably recorded.
+/// Pipelined `sign_x509` requests through signerd over `link`, with
+/// distinct request ids (starting with `tag`), each durably recorded.
 fn issuance_run(
     ceremony: &Ceremony,
     csr: &[u8],
     n: usize,
     link: LinkSpec,
     tag: &str,
-) -> anyhow::Result<IssuanceRun> {
+) -> anyhow::Result<Pipelined> {
     let yaml = format!(
         "protocol:\n  workers: {}\n  max_in_flight: 32\n{}",
         workers(),
@@ -254,15 +263,12 @@ fn issuance_run(
     // Warm up (CA check, sessions, repository file).
     let _: msg::SignX509Reply =
         client.request::<calls::SignX509>(&sign_request(tag, csr, usize::MAX))?;
-    let before = client.stats();
-    let elapsed = pipelined_sign(&client, csr, n, tag)?;
-    let after = client.stats();
-    Ok(IssuanceRun {
-        rate: n as f64 / elapsed.as_secs_f64(),
-        elapsed,
-        bytes_sent: after.bytes_sent - before.bytes_sent,
-        bytes_received: after.bytes_received - before.bytes_received,
-    })
+    pipelined(
+        &client,
+        (0..n)
+            .map(|i| (Command::SIGN_X509, encode_body(&sign_request(tag, csr, i))))
+            .collect(),
+    )
 }
 
 /// Issuance through `signer-linksim` at line speeds from 9,600 baud up, as a
@@ -283,15 +289,21 @@ fn line_speed_section(
         "## Issuance over serial lines of each speed
 "
     )?;
+    let rounds = 5;
     writeln!(
         report,
         "Pipelined `sign_x509` requests (P-256 CSR, ECDSA P-256 issuer on SoftHSM2) from the client \
-         library through `signer-linksim` at each line speed (8N1: 10 bits a byte) to `signerd`. \
-         The baseline is the time the line itself needs for the bytes that crossed it in the busier \
-         direction (the certificates), measured in the same run; the target at 115,200 baud is 95 %.\n"
+         library through `signer-linksim` at each line speed (8N1: 10 bits a byte) to `signerd`, \
+         {rounds} runs at each speed (a new signer and link each time). The baseline is the time the \
+         line itself needs for the bytes that crossed it in the busier direction (the certificates), \
+         measured in the same run; the target at 115,200 baud is 95 %. Bytes per certificate are \
+         what crossed the line, split into the msgpack bodies (request: CSR, names, profile; \
+         reply: the certificate) and the framing around them (envelope with request id and \
+         command or status, CRC-32, COBS and the delimiter). Rate and share: min / median / max; \
+         times: median.\n"
     )?;
-    writeln!(report, "| line | requests | cert/s | bytes per certificate (to signer / back) | line time of the busier direction | measured | share of the line rate |")?;
-    writeln!(report, "|---|---|---|---|---|---|---|")?;
+    writeln!(report, "| line | requests | cert/s | bytes per certificate to signer: body + framing | back: body + framing | line time of the busier direction | measured | share of the line rate |")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
     let mut points = Vec::new();
     for baud in [
         9_600u32, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600, 0,
@@ -301,36 +313,59 @@ fn line_speed_section(
         } else {
             scaled((baud / 1_500).clamp(8, 300) as usize, scale)
         };
-        let link = if baud == 0 {
-            LinkSpec::unthrottled()
-        } else {
-            LinkSpec::baud(baud)
+        let link = || {
+            if baud == 0 {
+                LinkSpec::unthrottled()
+            } else {
+                LinkSpec::baud(baud)
+            }
         };
-        eprintln!("bench: issuance at {} baud, {n} requests", baud);
-        let run = issuance_run(&ceremony, &csr, n, link, &format!("line{baud}"))?;
-        let busier = run.bytes_sent.max(run.bytes_received);
-        let line = if baud == 0 {
-            None
-        } else {
-            Some(busier as f64 * 10.0 / f64::from(baud))
+        eprintln!("bench: issuance at {baud} baud, {n} requests, {rounds} runs");
+        let mut runs = Vec::new();
+        for k in 0..rounds {
+            runs.push(issuance_run(&ceremony, &csr, n, link(), &format!("line{baud}-{k}"))?);
+        }
+        // Line time of the busier direction, seconds.
+        let line_time = |r: &Pipelined| {
+            (baud != 0).then(|| r.bytes_sent.max(r.bytes_received) as f64 * 10.0 / f64::from(baud))
         };
+        let rate = |r: &Pipelined| r.requests as f64 / r.elapsed.as_secs_f64();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let per = |x: u64| x / n as u64;
+        let split = |wire: u64, body: u64| {
+            format!("{} ({} + {})", per(wire), per(body), per(wire) - per(body))
+        };
+        let last = &runs[runs.len() - 1];
         writeln!(
             report,
-            "| {} | {n} | {:.1} | {} / {} | {} | {:.2} s | {} |",
+            "| {} | {n} | {} | {} | {} | {} | {:.2} s | {} |",
             if baud == 0 {
                 "unthrottled pty".to_string()
             } else {
                 format!("{baud} baud")
             },
-            run.rate,
-            run.bytes_sent / n as u64,
-            run.bytes_received / n as u64,
-            line.map_or("—".into(), |l| format!("{l:.2} s")),
-            run.elapsed.as_secs_f64(),
-            line.map_or("—".into(), |l| format!(
-                "{:.1} %",
-                100.0 * l / run.elapsed.as_secs_f64()
-            )),
+            scale::spread(runs.iter().map(rate).collect(), |x| format!("{x:.1}")),
+            split(last.bytes_sent, last.payload_sent),
+            split(last.bytes_received, last.payload_received),
+            if baud == 0 {
+                "—".into()
+            } else {
+                format!("{:.2} s", median(runs.iter().filter_map(line_time).collect()))
+            },
+            median(runs.iter().map(|r| r.elapsed.as_secs_f64()).collect()),
+            if baud == 0 {
+                "—".into()
+            } else {
+                scale::spread(
+                    runs.iter()
+                        .filter_map(|r| Some(line_time(r)? / r.elapsed.as_secs_f64()))
+                        .collect(),
+                    |x| format!("{:.1} %", 100.0 * x),
+                )
+            },
         )?;
         points.push((
             if baud == 0 {
@@ -338,7 +373,7 @@ fn line_speed_section(
             } else {
                 f64::from(baud)
             },
-            run.rate,
+            median(runs.iter().map(rate).collect()),
         ));
     }
     writeln!(report)?;
@@ -474,7 +509,7 @@ fn main() -> anyhow::Result<()> {
         .as_deref()
         .and_then(|p| p.parent())
         .map(|d| d.join("plots"));
-    if only.is_none() {
+    if only.is_none() || only == Some("link") {
         link_sections(&mut report, cli.scale)?;
     }
     if only.is_none() || only == Some("issuance") {
@@ -625,16 +660,25 @@ fn link_sections(report: &mut String, scale: f64) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
+        "| of which the msgpack bodies, request / response (the rest is framing) | {} / {} |",
+        one.payload_sent, one.payload_received
+    )?;
+    writeln!(
+        report,
         "| time on a 115,200-baud line, both directions at once | {:.1} ms |\n",
         (one.bytes_sent.max(one.bytes_received) * 10) as f64 / 115.2
     )?;
 
-    // 2. Unthrottled pty vs the engine alone.
+    // 2. Unthrottled pty vs the engine alone, alternating.
     eprintln!("bench: unthrottled pty vs engine");
     let n = scaled(20_000, scale);
-    let baseline = engine_baseline(n);
-    let run = pipelined_health(&client, n)?;
-    let rate = run.requests as f64 / run.elapsed.as_secs_f64();
+    let rounds = 5;
+    let mut rows = Vec::new();
+    for _ in 0..rounds {
+        let baseline = engine_baseline(n);
+        let run = pipelined_health(&client, n)?;
+        rows.push((baseline, run.requests as f64 / run.elapsed.as_secs_f64()));
+    }
     drop(client);
     drop(bench);
     writeln!(report, "## Link: unthrottled pty\n")?;
@@ -642,54 +686,92 @@ fn link_sections(report: &mut String, scale: f64) -> anyhow::Result<()> {
         report,
         "{n} pipelined `health` requests from `signer-client`'s library through `signer-linksim` \
          (unthrottled) to `signerd`, against the same requests fed to the protocol engine in \
-         process (framing, envelope, dedupe store, handler; no link).\n"
+         process (framing, envelope, dedupe store, handler; no link); {rounds} rounds, alternating, \
+         min / median / max (frames: both directions).\n"
     )?;
-    writeln!(report, "| | requests/s | frames/s (both directions) |")?;
+    writeln!(report, "| | requests/s | frames/s |")?;
     writeln!(report, "|---|---|---|")?;
+    let rate = |x: f64| format!("{x:.0}");
+    let frames = |x: f64| format!("{:.0}", 2.0 * x);
+    let column = |f: fn(&(f64, f64)) -> f64| rows.iter().map(f).collect::<Vec<_>>();
     writeln!(
         report,
-        "| baseline: engine in process | {baseline:.0} | {:.0} |",
-        baseline * 2.0
+        "| baseline: engine in process | {} | {} |",
+        scale::spread(column(|r| r.0), rate),
+        scale::spread(column(|r| r.0), frames)
     )?;
     writeln!(
         report,
-        "| end to end over the pty | {rate:.0} | {:.0} |",
-        rate * 2.0
+        "| end to end over the pty | {} | {} |",
+        scale::spread(column(|r| r.1), rate),
+        scale::spread(column(|r| r.1), frames)
     )?;
-    writeln!(report, "| ratio | {:.1} % | |\n", 100.0 * rate / baseline)?;
+    writeln!(
+        report,
+        "| ratio | {} | |\n",
+        scale::spread(column(|r| r.1 / r.0), |x| format!("{:.1} %", 100.0 * x))
+    )?;
 
     // 3. Goodput at 115,200 baud vs the line rate.
     eprintln!("bench: 115200 baud goodput");
     let baud = 115_200u32;
     let bench = Bench::start(LinkSpec::baud(baud));
     let client = bench.client();
-    let n = scaled(400, scale);
-    let run = pipelined_health(&client, n)?;
-    let busier = run.bytes_sent.max(run.bytes_received);
-    let line_time = (busier * 10) as f64 / f64::from(baud);
-    let efficiency = line_time / run.elapsed.as_secs_f64();
+    let n = scaled(200, scale);
+    let runs = (0..rounds)
+        .map(|_| pipelined_health(&client, n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let line_time = |r: &Pipelined| (r.bytes_sent.max(r.bytes_received) * 10) as f64 / f64::from(baud);
+    let run = &runs[runs.len() - 1];
     writeln!(report, "## Link: simulated 115,200-baud line\n")?;
     writeln!(
         report,
-        "{n} pipelined `health` requests through `signer-linksim --baud 115200` (8N1, 10 bits a byte). \
-         The baseline is the time the line needs for the bytes of the busier direction \
-         (responses), at 11,520 bytes/s.\n"
+        "{n} pipelined `health` requests through `signer-linksim --baud 115200` (8N1, 10 bits a byte), \
+         {rounds} runs. The baseline is the time the line needs for the bytes of the busier direction \
+         (responses), at 11,520 bytes/s. Bytes: the last run; times and share: min / median / max.\n"
     )?;
     writeln!(report, "| | value |")?;
     writeln!(report, "|---|---|")?;
-    writeln!(report, "| bytes client → signer | {} |", run.bytes_sent)?;
-    writeln!(report, "| bytes signer → client | {} |", run.bytes_received)?;
     writeln!(
         report,
-        "| baseline: line time for the busier direction | {line_time:.2} s |"
+        "| bytes client → signer (msgpack bodies + framing) | {} ({} + {}) |",
+        run.bytes_sent,
+        run.payload_sent,
+        run.bytes_sent - run.payload_sent
     )?;
-    writeln!(report, "| measured | {:.2} s |", run.elapsed.as_secs_f64())?;
     writeln!(
         report,
-        "| goodput, share of the line rate | {:.1} % |",
-        efficiency * 100.0
+        "| bytes signer → client (msgpack bodies + framing) | {} ({} + {}) |",
+        run.bytes_received,
+        run.payload_received,
+        run.bytes_received - run.payload_received
     )?;
-    writeln!(report, "| retransmissions | {} |\n", run.retransmits)?;
+    let secs = |x: f64| format!("{x:.2} s");
+    writeln!(
+        report,
+        "| baseline: line time for the busier direction | {} |",
+        scale::spread(runs.iter().map(line_time).collect(), secs)
+    )?;
+    writeln!(
+        report,
+        "| measured | {} |",
+        scale::spread(runs.iter().map(|r| r.elapsed.as_secs_f64()).collect(), secs)
+    )?;
+    writeln!(
+        report,
+        "| goodput, share of the line rate | {} |",
+        scale::spread(
+            runs.iter()
+                .map(|r| line_time(r) / r.elapsed.as_secs_f64())
+                .collect(),
+            |x| format!("{:.1} %", 100.0 * x)
+        )
+    )?;
+    writeln!(
+        report,
+        "| retransmissions, all runs | {} |\n",
+        runs.iter().map(|r| r.retransmits).sum::<u64>()
+    )?;
     drop(client);
     drop(bench);
 
