@@ -30,7 +30,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         "Pipelined `sign_x509` over an unthrottled pty: a signer without `ca.audit` and one whose \
          audit log signs a checkpoint (Ed25519 in SoftHSM2) every 1000 entries or 60 s, as \
          configs/signerd.yaml ships it; the tree's hashes are written with every entry either way \
-         (they are part of the repository). Three rounds each, alternating; median and range.\n"
+         (they are part of the repository). Five rounds each, alternating; median and range.\n"
     )?;
     writeln!(
         report,
@@ -60,7 +60,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         rate(&c_off, 20, "warm")?;
         rate(&c_on, 20, "warm")?;
         let (mut v_off, mut v_on) = (Vec::new(), Vec::new());
-        for round in 0..3 {
+        for round in 0..5 {
             v_off.push(rate(&c_off, n, &format!("off-{round}"))?);
             v_on.push(rate(&c_on, n, &format!("on-{round}"))?);
         }
