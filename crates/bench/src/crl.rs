@@ -216,18 +216,23 @@ pub fn section(
         };
         ours.push((n as f64, median(0).max(0.001)));
         theirs.push((n as f64, median(2).max(0.001)));
-        let secs = |x: f64| format!("{x:.2}");
+        let secs = |x: f64| format!("{x:.3}");
         let mib = |x: f64| format!("{:.1}", x / 1024.0);
+        let ratio = |i: usize, j: usize| {
+            spread(rows.iter().map(|r| r[i] / r[j]).collect(), |x| {
+                format!("{x:.1}")
+            })
+        };
         writeln!(
             report,
-            "| {n} | {} | {} | {:.1} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {:.1} | {} | {} | {}× faster | {}× less |",
             spread(col(0), secs),
             spread(col(1), mib),
             size / 1048576.0,
             spread(col(2), secs),
             spread(col(3), mib),
-            spread(rows.iter().map(|r| r[2] / r[0]).collect(), |x| format!("{x:.1}× faster")),
-            spread(rows.iter().map(|r| r[3] / r[1]).collect(), |x| format!("{x:.1}× less")),
+            ratio(2, 0),
+            ratio(3, 1),
         )?;
     }
     writeln!(report)?;

@@ -154,7 +154,10 @@ fn pipelined(client: &Client, requests: Vec<(Command, Vec<u8>)>) -> anyhow::Resu
 }
 
 fn pipelined_health(client: &Client, n: usize) -> anyhow::Result<Pipelined> {
-    pipelined(client, (0..n).map(|_| (Command::HEALTH, health_body())).collect())
+    pipelined(
+        client,
+        (0..n).map(|_| (Command::HEALTH, health_body())).collect(),
+    )
 }
 
 /// Signatures per second straight from the token: `threads` threads, each
@@ -323,7 +326,13 @@ fn line_speed_section(
         eprintln!("bench: issuance at {baud} baud, {n} requests, {rounds} runs");
         let mut runs = Vec::new();
         for k in 0..rounds {
-            runs.push(issuance_run(&ceremony, &csr, n, link(), &format!("line{baud}-{k}"))?);
+            runs.push(issuance_run(
+                &ceremony,
+                &csr,
+                n,
+                link(),
+                &format!("line{baud}-{k}"),
+            )?);
         }
         // Line time of the busier direction, seconds.
         let line_time = |r: &Pipelined| {
@@ -353,7 +362,10 @@ fn line_speed_section(
             if baud == 0 {
                 "—".into()
             } else {
-                format!("{:.2} s", median(runs.iter().filter_map(line_time).collect()))
+                format!(
+                    "{:.2} s",
+                    median(runs.iter().filter_map(line_time).collect())
+                )
             },
             median(runs.iter().map(|r| r.elapsed.as_secs_f64()).collect()),
             if baud == 0 {
@@ -721,7 +733,8 @@ fn link_sections(report: &mut String, scale: f64) -> anyhow::Result<()> {
     let runs = (0..rounds)
         .map(|_| pipelined_health(&client, n))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let line_time = |r: &Pipelined| (r.bytes_sent.max(r.bytes_received) * 10) as f64 / f64::from(baud);
+    let line_time =
+        |r: &Pipelined| (r.bytes_sent.max(r.bytes_received) * 10) as f64 / f64::from(baud);
     let run = &runs[runs.len() - 1];
     writeln!(report, "## Link: simulated 115,200-baud line\n")?;
     writeln!(

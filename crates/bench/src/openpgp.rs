@@ -14,6 +14,9 @@ use signer_testsupport::{Bench, LinkSpec};
 use crate::scale::spread;
 use crate::{raw_in_child, scaled};
 
+/// A user ID and the exported OpenPGP key it is on.
+type UserKey = (String, Vec<u8>);
+
 pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(
         report,
@@ -52,7 +55,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         .as_secs() as i64
         + 30 * 86_400;
     // Four user keys of each type, taken in turn.
-    let kinds: Vec<(&str, &str, Vec<(String, Vec<u8>)>)> = [("Ed25519", "ed25519"), ("RSA-3072", "rsa3072")]
+    let kinds: Vec<(&str, &str, Vec<UserKey>)> = [("Ed25519", "ed25519"), ("RSA-3072", "rsa3072")]
         .into_iter()
         .map(|(label, algo)| {
             let keys = (0..4)
@@ -65,7 +68,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             (label, algo, keys)
         })
         .collect();
-    let request = |algo: &str, keys: &[(String, Vec<u8>)], tag: &str, i: usize| {
+    let request = |algo: &str, keys: &[UserKey], tag: &str, i: usize| {
         let (uid, key) = &keys[i % keys.len()];
         msg::CertifyOpenpgp {
             request_id: format!("bench-{algo}-{tag}-{i}"),
@@ -89,7 +92,12 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             let started = Instant::now();
             let tag = format!("r{k}");
             let pending: Vec<_> = (0..n)
-                .map(|i| client.submit(Command::CERTIFY_OPENPGP, encode_body(&request(algo, keys, &tag, i))))
+                .map(|i| {
+                    client.submit(
+                        Command::CERTIFY_OPENPGP,
+                        encode_body(&request(algo, keys, &tag, i)),
+                    )
+                })
                 .collect();
             for p in pending {
                 let _: msg::CertifyOpenpgpReply = p.wait()?.decode()?;
