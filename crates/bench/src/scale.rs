@@ -255,6 +255,8 @@ fn distinct_csrs(dir: &Path, tag: &str, csr_key: &[&str]) -> Vec<Vec<u8>> {
 
 /// A signer ready to measure, with what it was made from.
 struct Warm {
+    /// Its issuer key type (`p256`, `rsa2048`).
+    key: &'static str,
     /// Its CA, token and files (kept while it runs).
     ceremony: Ceremony,
     /// CSRs of 32 distinct keys.
@@ -266,17 +268,27 @@ struct Warm {
 
 /// A signer of `key` ([`launch`]'s, empty repository) with CSRs of 32 keys of
 /// type `csr_key`, after a warm-up round.
-fn warm_signer(key: &str, csr_key: &[&str], tag: &str) -> anyhow::Result<Warm> {
+fn warm_signer(key: &'static str, csr_key: &[&str], tag: &str) -> anyhow::Result<Warm> {
     let ceremony = Ceremony::new(key, SERVER_PROFILE);
     let csrs = distinct_csrs(ceremony.dir(), tag, csr_key);
     let r = start(&ceremony)?;
     let (_, cert) = round_keep(&r, &csrs, 50, "warm")?;
     Ok(Warm {
+        key,
         ceremony,
         csrs,
         r,
         cert,
     })
+}
+
+impl Warm {
+    /// [`floor`] with this signer's key, CSRs and certificate, as one
+    /// figure: CPU seconds per certificate.
+    fn floor(&self, cores: usize) -> anyhow::Result<f64> {
+        let (sign, csr, verify) = floor(&self.ceremony, self.key, &self.csrs, &self.cert, cores)?;
+        Ok(sign + csr + verify)
+    }
 }
 
 /// Min / median / max of `v`, each shown by `f`.
@@ -446,26 +458,18 @@ pub fn cores_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     let me = std::process::id();
     for (key, csr_key, label) in KEYS {
         eprintln!("bench: issuance on one core and on two, {key}");
-        let Warm {
-            ceremony,
-            csrs,
-            r,
-            cert,
-        } = warm_signer(key, csr_key, "cores")?;
+        let w = warm_signer(key, csr_key, "cores")?;
+        let (r, csrs) = (&w.r, &w.csrs);
         let pid = r.bench.daemon.pid();
-        let floor_sum = |cores| -> anyhow::Result<f64> {
-            let (sign, csr, verify) = floor(&ceremony, key, &csrs, &cert, cores)?;
-            Ok(sign + csr + verify)
-        };
-        let machine = floor_sum(2)? / floor_sum(1)?;
+        let machine = w.floor(2)? / w.floor(1)?;
         let mut rows = Vec::new();
         for k in 0..rounds {
             anyhow::ensure!(pin(pid, 0) && pin(me, 1), "taskset failed");
-            let one = round(&r, &csrs, n, &format!("one{k}"));
+            let one = round(r, csrs, n, &format!("one{k}"));
             unpin(pid);
             unpin(me);
             let one = one?;
-            let two = round(&r, &csrs, n, &format!("two{k}"))?;
+            let two = round(r, csrs, n, &format!("two{k}"))?;
             eprintln!(
                 "bench: round {k}: one core {:.0}/s {:.3} ms, two {:.0}/s {:.3} ms",
                 one.0,
@@ -584,24 +588,19 @@ pub fn threads_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "{head}\n|---|---|---|---|---|---|---|---|---|---|")?;
     for (key, csr_key, label) in KEYS {
         eprintln!("bench: where the CPU goes, {key}");
-        let Warm {
-            ceremony,
-            csrs,
-            r,
-            cert,
-        } = warm_signer(key, csr_key, "threads")?;
+        let w = warm_signer(key, csr_key, "threads")?;
+        let (r, csrs) = (&w.r, &w.csrs);
         let pid = r.bench.daemon.pid();
-        let (sign, csr, verify) = floor(&ceremony, key, &csrs, &cert, 1)?;
-        let floor_s = sign + csr + verify;
+        let floor_s = w.floor(1)?;
         let mut per: Vec<std::collections::BTreeMap<&str, f64>> = Vec::new();
         let mut batch = Vec::new();
         let mut switches = Vec::new();
         for k in 0..rounds {
             let before = thread_use(pid);
-            let c0 = commits(&r);
-            round(&r, &csrs, n, &format!("t{k}"))?;
+            let c0 = commits(r);
+            round(r, csrs, n, &format!("t{k}"))?;
             let after = thread_use(pid);
-            let c1 = commits(&r);
+            let c1 = commits(r);
             let per_cert = |after: u64, before: u64| after.saturating_sub(before) as f64 / n as f64;
             let row: std::collections::BTreeMap<&str, f64> = after
                 .cpu_ns
@@ -792,24 +791,19 @@ pub fn issuance_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
     writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for (key, csr_key, label) in KEYS {
         eprintln!("bench: issuance with a {key} issuer");
-        let Warm {
-            ceremony,
-            csrs,
-            r,
-            cert,
-        } = warm_signer(key, csr_key, "issuance")?;
-        let (sign, csr, verify) = floor(&ceremony, key, &csrs, &cert, 2)?;
+        let w = warm_signer(key, csr_key, "issuance")?;
+        let (ceremony, r, csrs) = (&w.ceremony, &w.r, &w.csrs);
         // Two cores' worth of floors a second.
-        let floor_rate = 2.0 / (sign + csr + verify);
+        let floor_rate = 2.0 / w.floor(2)?;
         let csr_pem = ceremony.dir().join("issuance-0.csr");
         anyhow::ensure!(csr_pem.exists(), "no CSR at {}", csr_pem.display());
         let mut rows = Vec::new();
         for k in 0..rounds {
-            let raw1 = crate::raw_in_child(&ceremony, key, 1, n / 2)?;
-            let raw2 = crate::raw_in_child(&ceremony, key, 2, n)?;
-            let c0 = commits(&r);
-            let (e2e, _) = round(&r, &csrs, n, &format!("i{k}"))?;
-            let batch = match (c0, commits(&r)) {
+            let raw1 = crate::raw_in_child(ceremony, key, 1, n / 2)?;
+            let raw2 = crate::raw_in_child(ceremony, key, 2, n)?;
+            let c0 = commits(r);
+            let (e2e, _) = round(r, csrs, n, &format!("i{k}"))?;
+            let batch = match (c0, commits(r)) {
                 (Some((c0, r0)), Some((c1, r1))) if c1 > c0 => (r1 - r0) as f64 / (c1 - c0) as f64,
                 _ => f64::NAN,
             };

@@ -88,8 +88,23 @@ pub(crate) fn fill(repo: &Repository, n: usize) -> anyhow::Result<(f64, f64)> {
     Ok((issue_s, started.elapsed().as_secs_f64()))
 }
 
-/// One row of the scale table.
-fn scale_row(report: &mut String, n: usize) -> anyhow::Result<()> {
+/// What one fill-and-maintain run of `n` certificates and `n`
+/// revocations measured.
+struct ScaleRun {
+    issue_s: f64,
+    revoke_s: f64,
+    space: signer_repository::Space,
+    size: u64,
+    open_s: f64,
+    check_s: f64,
+    backup_s: f64,
+    backup_size: u64,
+    verify_s: f64,
+    restore_s: f64,
+    restored_size: u64,
+}
+
+fn scale_run(n: usize) -> anyhow::Result<ScaleRun> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("repo.redb");
     let expected = Expected::signer("bench");
@@ -100,7 +115,6 @@ fn scale_row(report: &mut String, n: usize) -> anyhow::Result<()> {
     repo.close();
     drop(repo);
     let size = std::fs::metadata(&path)?.len();
-    let der_bytes = (n * 1028) as u64;
     let space = {
         let repo = Repository::open(&path, &expected, &options)?;
         repo.space()?
@@ -143,20 +157,57 @@ fn scale_row(report: &mut String, n: usize) -> anyhow::Result<()> {
         &options,
     )?;
     let restore_s = started.elapsed().as_secs_f64();
-    let restored_size = on_disk(&restored)?;
+    Ok(ScaleRun {
+        issue_s,
+        revoke_s,
+        space,
+        size,
+        open_s,
+        check_s,
+        backup_s,
+        backup_size,
+        verify_s,
+        restore_s,
+        restored_size: on_disk(&restored)?,
+    })
+}
+
+/// One row of the scale table: `rounds` runs of `n`; times as min /
+/// median / max, sizes from the last run (they do not vary).
+fn scale_row(report: &mut String, n: usize, rounds: usize) -> anyhow::Result<()> {
+    let runs = (0..rounds)
+        .map(|_| scale_run(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let last = &runs[runs.len() - 1];
+    let (space, size) = (&last.space, last.size);
+    let der_bytes = (n * 1028) as u64;
     let per = |b: u64| b as f64 / n as f64;
+    let t = |f: fn(&ScaleRun) -> f64| {
+        if runs.len() == 1 {
+            format!("{:.2} s", f(last))
+        } else {
+            crate::scale::spread(runs.iter().map(f).collect(), |x| format!("{x:.2}")) + " s"
+        }
+    };
     writeln!(
         report,
-        "| {n} + {n} | {issue_s:.1} s + {revoke_s:.1} s | {:.0} ({:.0} stored, {:.0} tree pages, {:.0} unused; file length {:.0}) | {:.2} | {:.0} ({:.2}) | {open_s:.2} s | {check_s:.2} s | {backup_s:.2} s ({:.0} MiB) | {verify_s:.2} s | {restore_s:.2} s | {:.0} |",
+        "| {n} + {n} | {} + {} | {:.0} ({:.0} stored, {:.0} tree pages, {:.0} unused; file length {:.0}) | {:.2} | {:.0} ({:.2}) | {} | {} | {} ({:.0} MiB) | {} | {} | {:.0} |",
+        t(|r| r.issue_s),
+        t(|r| r.revoke_s),
         per(space.on_disk),
         per(space.stored),
         per(space.metadata),
         per(space.fragmented.saturating_sub(space.file - space.on_disk.min(space.file))),
         per(size),
         space.on_disk as f64 / der_bytes as f64,
-        per(restored_size),
-        restored_size as f64 / der_bytes as f64,
-        mib(backup_size),
+        per(last.restored_size),
+        last.restored_size as f64 / der_bytes as f64,
+        t(|r| r.open_s),
+        t(|r| r.check_s),
+        t(|r| r.backup_s),
+        mib(last.backup_size),
+        t(|r| r.verify_s),
+        t(|r| r.restore_s),
         rss_peak_mib()
     )?;
     Ok(())
@@ -240,17 +291,22 @@ pub fn section(report: &mut String, scale: f64, more: &[usize]) -> anyhow::Resul
         "Certificates recorded through the group commit (as the daemon records them, about 1 KB of DER each) \
          and as many revocations; then the file reopened (every page's checksum checked), `repo check`'s record pass \
          (every table and value, indexes, set digests, the audit chain), an online backup, its verification, and a \
-         restore into a new file (which recomputes the content digest). Peak RSS is the process's high-water mark so far.\n"
+         restore into a new file (which recomputes the content digest). Peak RSS is the process's high-water mark so far. \
+         Five runs of each size, each on a new file (times: min / median / max; sizes from the last run); a size asked \
+         for on top with `--storage-also` once (its times are that run's).\n"
     )?;
     writeln!(
         report,
         "| certificates + revocations | recording | bytes on disk per certificate | on disk ÷ DER bytes | restored file: bytes per certificate (÷ DER) | open | check | backup | verify backup | restore | peak RSS MiB |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|")?;
-    let mut sizes = vec![10_000, (1_000_000.0 * scale) as usize];
-    sizes.extend_from_slice(more);
-    for n in sizes {
-        scale_row(report, n.max(1000))?;
+    // Five runs of each size; sizes asked for on top (10,000,000 takes a
+    // quarter of an hour) once.
+    for n in [10_000, (1_000_000.0 * scale) as usize] {
+        scale_row(report, n.max(1000), 5)?;
+    }
+    for &n in more {
+        scale_row(report, n.max(1000), 1)?;
     }
     writeln!(report)?;
     let p256 = verify_rate(&["ec", "-pkeyopt", "ec_paramgen_curve:P-256"])?;
