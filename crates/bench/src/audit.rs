@@ -11,10 +11,7 @@ use signer_testsupport::{Bench, LinkSpec};
 use signer_tlog::merkle::{self, LeafHashes};
 use signer_tlog::note::{Checkpoint, SignatureLine, SignedCheckpoint};
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use crate::scale::median;
 
 fn range(v: &[f64]) -> String {
     let (lo, hi) = v
@@ -64,7 +61,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             v_off.push(rate(&c_off, n, &format!("off-{round}"))?);
             v_on.push(rate(&c_on, n, &format!("on-{round}"))?);
         }
-        let (m_off, m_on) = (median(&mut v_off.clone()), median(&mut v_on.clone()));
+        let (m_off, m_on) = (median(&v_off), median(&v_on));
         writeln!(
             report,
             "| {key} | {m_off:.0} ({}) | {m_on:.0} ({}) | {:.2} | ≥ 0.95 |",

@@ -8,7 +8,7 @@ use std::time::Instant;
 use signer_hsm::{KeySpec, PinSource, Pkcs11Backend, TokenConfig, TokenSelector};
 use signer_testsupport::ca::Ceremony;
 
-use crate::scale::spread;
+use crate::scale::{median, spread};
 use signer_x509::crl::{CrlBuilder, CrlEntry};
 use signer_x509::CaSigner;
 
@@ -209,13 +209,8 @@ pub fn section(
             rows.push([secs.max(1e-6), peak.max(1.0), o_secs, o_peak as f64]);
         }
         let col = |i: usize| rows.iter().map(|r| r[i]).collect::<Vec<_>>();
-        let median = |i: usize| {
-            let mut v = col(i);
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        ours.push((n as f64, median(0).max(0.001)));
-        theirs.push((n as f64, median(2).max(0.001)));
+        ours.push((n as f64, median(&col(0)).max(0.001)));
+        theirs.push((n as f64, median(&col(2)).max(0.001)));
         let secs = |x: f64| format!("{x:.3}");
         let mib = |x: f64| format!("{:.1}", x / 1024.0);
         let ratio = |i: usize, j: usize| {

@@ -11,11 +11,7 @@ use signer_testsupport::ca::{make_csr, Ceremony, SERVER_PROFILE};
 use signer_testsupport::gateway::Gateway;
 use signer_testsupport::{bin, Bench, LinkSpec};
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use crate::scale::median;
 
 fn range(v: &[f64]) -> String {
     let (lo, hi) = v

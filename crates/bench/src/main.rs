@@ -339,10 +339,6 @@ fn line_speed_section(
             (baud != 0).then(|| r.bytes_sent.max(r.bytes_received) as f64 * 10.0 / f64::from(baud))
         };
         let rate = |r: &Pipelined| r.requests as f64 / r.elapsed.as_secs_f64();
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let per = |x: u64| x / n as u64;
         let split = |wire: u64, body: u64| {
             format!("{} ({} + {})", per(wire), per(body), per(wire) - per(body))
@@ -364,10 +360,15 @@ fn line_speed_section(
             } else {
                 format!(
                     "{:.2} s",
-                    median(runs.iter().filter_map(line_time).collect())
+                    scale::median(&runs.iter().filter_map(line_time).collect::<Vec<_>>())
                 )
             },
-            median(runs.iter().map(|r| r.elapsed.as_secs_f64()).collect()),
+            scale::median(
+                &runs
+                    .iter()
+                    .map(|r| r.elapsed.as_secs_f64())
+                    .collect::<Vec<_>>()
+            ),
             if baud == 0 {
                 "—".into()
             } else {
@@ -385,7 +386,7 @@ fn line_speed_section(
             } else {
                 f64::from(baud)
             },
-            median(runs.iter().map(rate).collect()),
+            scale::median(&runs.iter().map(rate).collect::<Vec<_>>()),
         ));
     }
     writeln!(report)?;

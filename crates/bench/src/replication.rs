@@ -16,7 +16,7 @@ use signer_repository::{CertRecord, Repository};
 use signer_testsupport::twins::NatsServer;
 use signer_testsupport::{SoftHsm, SOFTHSM_MODULE};
 
-use crate::scale::spread;
+use crate::scale::{median, spread};
 
 /// A certificate record with about 1 KB of DER (an RSA-2048 leaf's size).
 pub(crate) fn record(i: usize) -> CertRecord {
@@ -272,7 +272,7 @@ pub fn section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         report,
         "| lag at 100 issuances/s, p99 of each round | {} (median {:.1} commits) | ≤ 50 ms |",
         spread(lags.iter().map(|l| l.p99_ms).collect(), ms),
-        median(&mut lags.iter().map(|l| l.p99_ms).collect::<Vec<_>>()) / commit_p50
+        median(&lags.iter().map(|l| l.p99_ms).collect::<Vec<_>>()) / commit_p50
     )?;
     writeln!(
         report,
@@ -321,11 +321,6 @@ fn pipelined_rate(
     tag: &str,
 ) -> anyhow::Result<f64> {
     Ok(n as f64 / super::pipelined_sign(client, csr, n, tag)?.as_secs_f64())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Pins every thread of process `pid` to CPU `cpu` (later threads
@@ -493,7 +488,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         }
         // A's host (signer A and its nats-server) against the signer alone,
         // round by round.
-        let mut host: Vec<f64> = cpu_a
+        let host: Vec<f64> = cpu_a
             .iter()
             .zip(&cpu_nats_a)
             .zip(&cpu_off)
@@ -507,13 +502,13 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
         };
         cpu_rows.push(format!(
             "| {key} | {:.3} | {:.3} | {:.3} | {:.2} ({host_range}) | {:.3} | {:.3} / {:.3} |",
-            median(&mut cpu_off),
-            median(&mut cpu_a),
-            median(&mut cpu_nats_a),
-            median(&mut host),
-            median(&mut cpu_b),
-            median(&mut core_off),
-            median(&mut core_on),
+            median(&cpu_off),
+            median(&cpu_a),
+            median(&cpu_nats_a),
+            median(&host),
+            median(&cpu_b),
+            median(&core_off),
+            median(&core_on),
         ));
         let range = |v: &[f64]| {
             let (lo, hi) = v
@@ -521,7 +516,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
                 .fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
             format!("{lo:.0}–{hi:.0}")
         };
-        let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
+        let (m_off, m_on) = (median(&off), median(&on));
         // Each round with a twin against the round alone just before it:
         // the machine's load changes less within a pair than across the run.
         let paired: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
@@ -550,7 +545,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             pin(std::process::id(), 0);
         }
         let one_host = if pinned {
-            format!("{:.2}", median(&mut on1) / median(&mut off1))
+            format!("{:.2}", median(&on1) / median(&off1))
         } else {
             "—".into()
         };
@@ -559,7 +554,7 @@ pub fn cost_section(report: &mut String, scale: f64) -> anyhow::Result<()> {
             "| {key} | {m_off:.0} ({}) | {m_on:.0} ({}) | {:.2} ({}) | ≥ 0.95 | {one_host} |",
             range(&off),
             range(&on),
-            median(&mut paired.clone()),
+            median(&paired),
             range2(&paired)
         )?;
         twins

@@ -291,6 +291,13 @@ impl Warm {
     }
 }
 
+/// The median of `v` (the upper one of an even count).
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Min / median / max of `v`, each shown by `f`.
 pub(crate) fn spread(mut v: Vec<f64>, f: impl Fn(f64) -> String) -> String {
     v.sort_by(f64::total_cmp);
